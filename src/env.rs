@@ -1,0 +1,230 @@
+//! The transport seam: what a component may do to the world outside it.
+//!
+//! Components (orchestrator, worker, fake APIs, controller) are written
+//! against [`Env`] and never see the simulator. The simulation implements
+//! it with virtual time and simulated links (`crate::stack`); a real-process
+//! transport implements it with a clock, sockets and timers. Everything a
+//! component knows about time, addresses and randomness comes through here.
+
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::ids::{HostId, JobId, Micros, TaskId};
+use crate::wire::Msg;
+
+/// A name a component resolves to a host (DNS in a real deployment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// The serving orchestrator (global DNS name).
+    Orchestrator,
+    /// The serving vector store (global DNS name).
+    Vector,
+}
+
+/// The phase of a step at which a worker can be killed (DOMAIN.md, Faults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// About to write the checkpoint.
+    BeforeCheckpoint,
+    /// The checkpoint is durable; the call is not sent yet.
+    AfterCheckpoint,
+    /// The API processed the request; the response is lost.
+    InFlight,
+    /// The response arrived; the result is not persisted yet.
+    AfterResult,
+    /// The result is persisted.
+    AfterPersist,
+}
+
+impl Phase {
+    /// Every phase, in step order.
+    pub const ALL: [Phase; 5] = [
+        Phase::BeforeCheckpoint,
+        Phase::AfterCheckpoint,
+        Phase::InFlight,
+        Phase::AfterResult,
+        Phase::AfterPersist,
+    ];
+
+    /// Name as written in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::BeforeCheckpoint => "before_checkpoint",
+            Phase::AfterCheckpoint => "after_checkpoint",
+            Phase::InFlight => "in_flight",
+            Phase::AfterResult => "after_result",
+            Phase::AfterPersist => "after_persist",
+        }
+    }
+}
+
+/// Timers every component may set, and harness control events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// Worker: check the outstanding request's deadline.
+    Watchdog,
+    /// Worker: renew the lease.
+    Heartbeat,
+    /// Worker: wait is over (backoff, retry-after, 409, unavailable).
+    Resume {
+        /// Which wait (stale ones are ignored).
+        seq: u32,
+    },
+    /// Orchestrator: recovery scan for expired leases.
+    RecoveryScan,
+    /// Orchestrator: ship replication batch.
+    ReplicationTick,
+    /// Vector store: take a snapshot.
+    SnapshotTick,
+    /// Vector store: a snapshot finished uploading; ship it.
+    ShipSnapshot {
+        /// Snapshot index in the store's list.
+        id: u32,
+    },
+    /// Vector store: hydration finished.
+    HydrationDone,
+    /// Controller: health check.
+    HealthTick,
+    /// Controller: health check timed out.
+    HealthTimeout {
+        /// Check number.
+        seq: u32,
+    },
+    /// Controller: next failover stage.
+    FailoverStage,
+    /// Client: a job arrives.
+    Arrival {
+        /// Job.
+        job: JobId,
+    },
+    /// Client: retry unacknowledged submissions.
+    ClientRetry,
+    /// Client: next probe.
+    ProbeTick,
+    /// Harness: apply fault number `i` (start).
+    FaultStart(u16),
+    /// Harness: fault number `i` ends.
+    FaultEnd(u16),
+    /// Harness: restart a host.
+    Restart(HostId),
+    /// Harness: bring up a new worker host (scale-up).
+    Spawn(HostId),
+}
+
+/// Something worth telling the drill's timeline (not on the hot path:
+/// recovery actions, failover stages, faults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum Note {
+    /// The recovery service found a lease expired and requeued the task.
+    LeaseExpired {
+        /// Task.
+        task: TaskId,
+        /// Job.
+        job: JobId,
+    },
+    /// A worker resumed a task at a step.
+    Resumed {
+        /// Job.
+        job: JobId,
+        /// Step.
+        step: u16,
+    },
+    /// A step of unknown status was reconciled by asking the API.
+    Reconciled {
+        /// Job.
+        job: JobId,
+        /// Step.
+        step: u16,
+        /// The API had the effect.
+        found: bool,
+    },
+    /// A step of unknown status was re-issued without asking.
+    Reissued {
+        /// Job.
+        job: JobId,
+        /// Step.
+        step: u16,
+    },
+    /// A decision had to be re-derived (it was not durable).
+    Rederived {
+        /// Job.
+        job: JobId,
+        /// Step.
+        step: u16,
+    },
+    /// A worker dropped a task whose lease it no longer holds.
+    Abandoned {
+        /// Job.
+        job: JobId,
+    },
+    /// A write from a stale lease holder was rejected by fencing.
+    Fenced {
+        /// Task.
+        task: TaskId,
+    },
+    /// A task failed permanently.
+    TaskFailed {
+        /// Job.
+        job: JobId,
+        /// Step.
+        step: u16,
+    },
+    /// A provider's circuit breaker opened.
+    BreakerOpened {
+        /// Provider index.
+        provider: u8,
+    },
+    /// The controller declared the primary region unhealthy.
+    FailoverDetected,
+    /// The standby was promoted.
+    Promoted,
+    /// The DNS record changed; clients see it after the TTL.
+    DnsSwitched,
+    /// The DNS change is visible everywhere.
+    RoutingEffective,
+    /// Standby capacity is up.
+    ScaledUp,
+    /// Vector memory is restored in the new region.
+    Hydrated {
+        /// Points restored.
+        points: u64,
+    },
+    /// The new region serves.
+    Serving,
+    /// A host crashed (fault).
+    Crashed {
+        /// Host.
+        host: HostId,
+    },
+    /// A host restarted.
+    Restarted {
+        /// Host.
+        host: HostId,
+    },
+}
+
+/// What a component can do. Implemented by the simulation and by real
+/// transports.
+pub trait Env {
+    /// Current time.
+    fn now_us(&self) -> Micros;
+    /// The host this component runs on.
+    fn me(&self) -> HostId;
+    /// Sends a message.
+    fn send(&mut self, to: HostId, msg: Msg);
+    /// Sends a message after a processing delay (the sender's work time).
+    fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg);
+    /// Sets a timer on this host.
+    fn set_timer(&mut self, after_us: Micros, timer: Timer);
+    /// The seeded RNG.
+    fn rng(&mut self) -> &mut ChaCha8Rng;
+    /// Resolves a service name as this host sees it now.
+    fn resolve(&self, svc: Service) -> HostId;
+    /// Records a timeline note.
+    fn note(&mut self, note: Note);
+    /// A worker reached a phase of a step. Returns `true` when a fault kills
+    /// the named host here: the caller must stop at once.
+    fn reach(&mut self, host: HostId, job: JobId, step: u16, phase: Phase) -> bool;
+}

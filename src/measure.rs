@@ -1,0 +1,352 @@
+//! Measurements from ground truth: the fake APIs' ledgers, the stores'
+//! actual contents, and what the client was told — never what the
+//! orchestrator believes happened.
+//!
+//! Definitions (DOMAIN.md):
+//! - **RTO** = from fault onset until the stack accepts and completes new
+//!   work in the serving region (a health probe accepted after the onset is
+//!   done in the serving store) *and* every task in flight at the onset has
+//!   made progress again (a result or completion committed after the onset
+//!   in the serving store). Parts come from the timeline.
+//! - **RPO** per surface = at onset, the age of the oldest acknowledged
+//!   write that did not survive recovery; 0 when nothing acknowledged was lost.
+//! - **Duplicates** = ledger entries beyond one per (job, step).
+//! - **Lost** = side-effect steps the serving store records as done with no
+//!   ledger entry.
+//! - **Stuck** = workload jobs not done in the serving store at the horizon.
+//! - **Replanned** = plan steps whose decision differed between side
+//!   effects that acted on it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::env::Note;
+use crate::ids::{JobId, Micros, us_to_s};
+use crate::stack::Stack;
+use crate::store::{LogRec, Op, StepState, Store, TaskStatus};
+use crate::workflow::StepKind;
+
+/// What the drill recorded about one fault while it ran.
+#[derive(Clone, Debug, Default)]
+pub struct FaultObs {
+    /// Kind, as written.
+    pub kind: &'static str,
+    /// When it took effect (None if it never triggered).
+    pub onset_us: Option<Micros>,
+    /// Jobs whose tasks were leased in the serving store at onset.
+    pub in_flight: Vec<JobId>,
+    /// For a permanent region loss of the primary: the lost primary's log
+    /// and how much of it was acknowledged.
+    pub lost_log: Option<LostLog>,
+}
+
+/// The log of a primary lost with its region.
+#[derive(Clone, Debug)]
+pub struct LostLog {
+    /// Every record it had committed.
+    pub log: Vec<LogRec>,
+    /// Records up to this LSN were acknowledged to their writers.
+    pub acked_upto: u64,
+}
+
+/// RTO with its parts, in seconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct RtoParts {
+    /// Onset → the stack noticed (lease expiry, health checks, breaker).
+    pub detection_s: f64,
+    /// Promotion and the DNS TTL.
+    pub routing_s: f64,
+    /// Scale-up of the standby.
+    pub scale_up_s: f64,
+    /// Vector-store hydration.
+    pub hydration_s: f64,
+    /// The rest: until in-flight work progresses and new work completes.
+    pub resume_s: f64,
+}
+
+/// RPO per surface, in seconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct RpoSurfaces {
+    /// Tasks, steps, checkpoints, event log.
+    pub structured_state_s: f64,
+    /// Vector memory.
+    pub vector_memory_s: f64,
+    /// Accepted jobs (the in-flight task queue).
+    pub queue_s: f64,
+}
+
+impl RpoSurfaces {
+    /// The largest over surfaces.
+    pub fn max_s(&self) -> f64 {
+        self.structured_state_s
+            .max(self.vector_memory_s)
+            .max(self.queue_s)
+    }
+}
+
+/// One fault's measurements.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultResult {
+    /// Kind.
+    pub kind: &'static str,
+    /// Onset, seconds from the drill's start (None: never triggered).
+    pub onset_s: Option<f64>,
+    /// RTO, seconds (None: not recovered by the horizon).
+    pub rto_s: Option<f64>,
+    /// RTO parts.
+    pub rto_parts: RtoParts,
+    /// RPO per surface.
+    pub rpo: RpoSurfaces,
+    /// Tasks in flight at onset.
+    pub in_flight_tasks: usize,
+}
+
+/// Counts from the ledgers and stores.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Duplicate side effects.
+    pub duplicates: u64,
+    /// Lost side effects.
+    pub lost_effects: u64,
+    /// Stuck jobs.
+    pub stuck_tasks: u64,
+    /// Replanned steps.
+    pub replanned_steps: u64,
+    /// Writes accepted from stale lease holders.
+    pub stale_writes: u64,
+    /// Workload jobs done.
+    pub done_tasks: u64,
+    /// Side effects in the ledgers.
+    pub side_effects: u64,
+}
+
+/// Measures a finished drill.
+pub fn measure(
+    stack: &Stack,
+    faults: &[FaultObs],
+    horizon_us: Micros,
+) -> (Vec<FaultResult>, Counts) {
+    let serving = stack.serving_orch();
+    let store = stack.orch(serving).store();
+    let counts = counts(stack, store);
+    let first_progress = progress_index(store);
+    let results = faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let next_onset = faults
+                .iter()
+                .skip(i + 1)
+                .filter_map(|g| g.onset_us)
+                .min()
+                .unwrap_or(horizon_us);
+            fault_result(
+                stack,
+                store,
+                &first_progress,
+                f,
+                next_onset.max(f.onset_us.unwrap_or(0)),
+            )
+        })
+        .collect();
+    (results, counts)
+}
+
+/// For each job, its commit times of results and completion, in order.
+fn progress_index(store: &Store) -> BTreeMap<JobId, Vec<Micros>> {
+    let mut idx: BTreeMap<JobId, Vec<Micros>> = BTreeMap::new();
+    for rec in store.log() {
+        if let Op::Result { task, .. } | Op::Complete { task } = rec.op
+            && let Some(t) = store.task(task)
+        {
+            idx.entry(t.job).or_default().push(rec.at_us);
+        }
+    }
+    idx
+}
+
+fn counts(stack: &Stack, store: &Store) -> Counts {
+    let mut c = Counts::default();
+    let mut per_step: BTreeMap<(u32, u16), u64> = BTreeMap::new();
+    for api in [stack.hosts.payment, stack.hosts.email] {
+        for e in stack.api(api).ledger() {
+            *per_step.entry((e.origin.job.0, e.origin.step)).or_default() += 1;
+        }
+    }
+    c.side_effects = per_step.values().sum();
+    c.duplicates = per_step.values().map(|n| n - 1).sum();
+    for t in store.tasks() {
+        if t.probe {
+            continue;
+        }
+        let tpl = &stack.templates[t.template as usize];
+        for (i, s) in t.steps.iter().enumerate() {
+            if s.state == StepState::Done
+                && tpl.steps[i].kind.is_side_effect()
+                && !per_step.contains_key(&(t.job.0, i as u16))
+            {
+                c.lost_effects += 1;
+            }
+        }
+    }
+    for j in 0..stack.workload_jobs {
+        let done = store
+            .task_for_job(JobId(j))
+            .and_then(|t| store.task(t))
+            .is_some_and(|t| t.status == TaskStatus::Done);
+        if done {
+            c.done_tasks += 1;
+        } else {
+            c.stuck_tasks += 1;
+        }
+    }
+    c.replanned_steps = stack.truth.replanned.len() as u64;
+    c.stale_writes = stack
+        .hosts
+        .orch
+        .iter()
+        .map(|&h| stack.orch(h).stale_writes_accepted())
+        .sum();
+    let _ = StepKind::Search;
+    c
+}
+
+fn fault_result(
+    stack: &Stack,
+    store: &Store,
+    progress: &BTreeMap<JobId, Vec<Micros>>,
+    f: &FaultObs,
+    window_end_us: Micros,
+) -> FaultResult {
+    let Some(t0) = f.onset_us else {
+        return FaultResult {
+            kind: f.kind,
+            onset_s: None,
+            rto_s: Some(0.0),
+            rto_parts: RtoParts::default(),
+            rpo: RpoSurfaces::default(),
+            in_flight_tasks: 0,
+        };
+    };
+    // In-flight work progresses again.
+    let mut resumed_at = Some(t0);
+    for job in &f.in_flight {
+        let next = progress
+            .get(job)
+            .and_then(|v| v.iter().copied().find(|&at| at > t0));
+        resumed_at = match (resumed_at, next) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+    // New work: the first probe or job accepted after onset that is done.
+    let mut new_work: Option<Micros> = None;
+    for t in store.tasks().iter().rev() {
+        if t.created_us < t0 {
+            break;
+        }
+        if t.status == TaskStatus::Done
+            && let Some(done) = progress.get(&t.job).and_then(|v| v.last().copied())
+        {
+            new_work = Some(new_work.map_or(done, |x: Micros| x.min(done)));
+        }
+    }
+    let rto_us = match (resumed_at, new_work) {
+        (Some(a), Some(b)) => Some(a.max(b) - t0),
+        _ => None,
+    };
+    let parts = rto_parts(stack, t0, window_end_us, rto_us);
+    let rpo = rpo(stack, store, f, t0);
+    FaultResult {
+        kind: f.kind,
+        onset_s: Some(us_to_s(t0)),
+        rto_s: rto_us.map(us_to_s),
+        rto_parts: parts,
+        rpo,
+        in_flight_tasks: f.in_flight.len(),
+    }
+}
+
+fn rto_parts(stack: &Stack, t0: Micros, end: Micros, rto_us: Option<Micros>) -> RtoParts {
+    let first = |pred: &dyn Fn(&Note) -> bool| {
+        stack
+            .truth
+            .trace
+            .iter()
+            .find(|e| e.at_us >= t0 && e.at_us <= end && pred(&e.note))
+            .map(|e| e.at_us)
+    };
+    let detected = first(&|n| {
+        matches!(
+            n,
+            Note::FailoverDetected | Note::LeaseExpired { .. } | Note::BreakerOpened { .. }
+        )
+    });
+    let routed = first(&|n| matches!(n, Note::RoutingEffective));
+    let scaled = first(&|n| matches!(n, Note::ScaledUp));
+    let serving = first(&|n| matches!(n, Note::Serving));
+    let mut p = RtoParts::default();
+    let mut mark = t0;
+    let mut take = |at: Option<Micros>| -> f64 {
+        match at {
+            Some(at) if at >= mark => {
+                let d = at - mark;
+                mark = at;
+                us_to_s(d)
+            }
+            _ => 0.0,
+        }
+    };
+    p.detection_s = take(detected);
+    p.routing_s = take(routed);
+    p.scale_up_s = take(scaled);
+    p.hydration_s = take(serving);
+    if let Some(rto) = rto_us {
+        p.resume_s = us_to_s((t0 + rto).saturating_sub(mark));
+    }
+    p
+}
+
+fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
+    let mut r = RpoSurfaces::default();
+    let age = |at: Micros| us_to_s(t0.saturating_sub(at));
+    if let Some(lost) = &f.lost_log {
+        // Structured state: records the promoted store does not hold.
+        let kept = stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn);
+        if let Some(first_lost) = lost
+            .log
+            .iter()
+            .find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0)
+        {
+            r.structured_state_s = age(first_lost.at_us);
+        }
+        // Vector memory: acknowledged points the serving store lacks.
+        let vec = &stack.vector(stack.hosts.vec[1]).store;
+        let oldest_lost = stack
+            .truth
+            .vec_acks
+            .iter()
+            .filter(|(p, at)| **at <= t0 && vec.query(**p).is_none())
+            .map(|(_, at)| *at)
+            .min();
+        if let Some(at) = oldest_lost {
+            r.vector_memory_s = age(at);
+        }
+        // Queue: jobs the client was told were accepted, unknown afterwards.
+        let oldest_job = stack
+            .truth
+            .accepted_us
+            .iter()
+            .enumerate()
+            .filter(|(j, at)| {
+                at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none()
+            })
+            .filter_map(|(_, at)| *at)
+            .min();
+        if let Some(at) = oldest_job {
+            r.queue_s = age(at);
+        }
+    }
+    r
+}

@@ -1,0 +1,537 @@
+//! The orchestrator: mints task ids, grants leases with fencing tokens,
+//! takes the workers' durable writes, runs the recovery service, and
+//! replicates its store to the other region.
+//!
+//! Durable state is the [`Store`] (and the role); everything else is
+//! volatile and rebuilt from the store by [`Orchestrator::start`], which is
+//! what a restart or a promotion runs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::env::{Env, Note, Timer};
+use crate::ids::{HostId, Micros, TaskId, US_PER_MS};
+use crate::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
+use crate::wire::{Grant, Msg, WorkerWrite};
+
+/// How structured state reaches the other region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Replication {
+    /// No replica.
+    None,
+    /// A write is acknowledged only once the replica has it.
+    Sync,
+    /// Writes are shipped in batches every `interval_ms`, each record once
+    /// it is `lag_ms` old.
+    Async {
+        /// Replication delay.
+        lag_ms: u64,
+        /// Batch interval.
+        interval_ms: u64,
+    },
+}
+
+/// Orchestrator settings.
+#[derive(Clone, Copy, Debug)]
+pub struct OrchConfig {
+    /// Lease duration.
+    pub lease_ms: u64,
+    /// Recovery scan interval.
+    pub recovery_scan_ms: u64,
+    /// Check fencing tokens on writes.
+    pub fencing: bool,
+    /// Replication mode.
+    pub replication: Replication,
+    /// Where the replica lives.
+    pub replica: Option<HostId>,
+    /// The client to notify of finished probes.
+    pub client: HostId,
+}
+
+/// The orchestrator component.
+pub struct Orchestrator {
+    cfg: OrchConfig,
+    // durable
+    store: Store,
+    primary: bool,
+    // volatile
+    serving: bool,
+    ready: VecDeque<TaskId>,
+    parked: VecDeque<(HostId, u32)>,
+    expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
+    pending_sync: VecDeque<(u64, HostId, Msg)>,
+    replica_acked: u64,
+    stale_accepted: u64,
+}
+
+impl Orchestrator {
+    /// A new orchestrator, primary or standby.
+    pub fn new(cfg: OrchConfig, primary: bool) -> Self {
+        Orchestrator {
+            cfg,
+            store: Store::new(),
+            primary,
+            serving: false,
+            ready: VecDeque::new(),
+            parked: VecDeque::new(),
+            expiries: BinaryHeap::new(),
+            pending_sync: VecDeque::new(),
+            replica_acked: 0,
+            stale_accepted: 0,
+        }
+    }
+
+    /// The durable store (ground truth of what is recorded).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether this orchestrator is the primary.
+    pub fn is_primary(&self) -> bool {
+        self.primary
+    }
+
+    /// Whether it serves traffic now.
+    pub fn is_serving(&self) -> bool {
+        self.serving
+    }
+
+    /// Writes accepted from a holder whose lease had moved on (possible only
+    /// with fencing off): ground truth for the fencing invariant.
+    pub fn stale_writes_accepted(&self) -> u64 {
+        self.stale_accepted
+    }
+
+    /// Highest LSN the replica has confirmed.
+    pub fn replica_acked(&self) -> u64 {
+        self.replica_acked
+    }
+
+    /// Drops volatile state (a crash). The store survives (it is committed).
+    pub fn crash(&mut self) {
+        self.serving = false;
+        self.ready.clear();
+        self.parked.clear();
+        self.expiries.clear();
+        self.pending_sync.clear();
+    }
+
+    /// A returning old primary that was failed away from: it must not serve.
+    pub fn demote(&mut self) {
+        self.primary = false;
+        self.serving = false;
+    }
+
+    /// Takes the store out (the region's storage is lost; the harness keeps
+    /// the old log as evidence of what was acknowledged).
+    pub fn take_store(&mut self) -> Store {
+        self.crash();
+        self.replica_acked = 0;
+        std::mem::take(&mut self.store)
+    }
+
+    /// Storage lost with its region.
+    pub fn wipe(&mut self) {
+        self.crash();
+        self.store = Store::new();
+        self.replica_acked = 0;
+    }
+
+    /// Start-up: rebuild the queues from the store; a primary serves at once.
+    pub fn start(&mut self, env: &mut impl Env) {
+        self.ready.clear();
+        self.expiries.clear();
+        for t in self.store.tasks() {
+            match t.status {
+                TaskStatus::Queued => self.ready.push_back(t.id),
+                TaskStatus::Leased => self.expiries.push(Reverse((t.lease.expires_us, t.id))),
+                TaskStatus::Done | TaskStatus::Failed => {}
+            }
+        }
+        self.serving = self.primary;
+        if self.primary {
+            self.arm(env);
+        }
+    }
+
+    fn arm(&self, env: &mut impl Env) {
+        env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
+        if let Replication::Async { interval_ms, .. } = self.cfg.replication
+            && self.cfg.replica.is_some()
+        {
+            env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
+        }
+    }
+
+    /// Promotion of a standby: a new timeline, then serve after `Open`.
+    fn promote(&mut self, env: &mut impl Env) {
+        if self.primary {
+            return;
+        }
+        self.primary = true;
+        self.store.new_timeline();
+        self.cfg.replica = None;
+        self.start(env);
+        // Promoted, but traffic is opened by the controller once the region
+        // is scaled up and hydrated.
+        self.serving = false;
+        env.note(Note::Promoted);
+    }
+
+    fn commit(&mut self, env: &mut impl Env, op: Op) -> u64 {
+        let lsn = self.store.commit(env.now_us(), op);
+        if self.cfg.replication == Replication::Sync
+            && let Some(r) = self.cfg.replica
+        {
+            let rec = *self.store.log().last().expect("just committed");
+            env.send(
+                r,
+                Msg::Replicate {
+                    recs: Box::new([rec]),
+                },
+            );
+        }
+        lsn
+    }
+
+    /// Replies once `lsn` is durable per the replication mode.
+    fn reply_at(&mut self, env: &mut impl Env, lsn: u64, to: HostId, msg: Msg) {
+        if self.cfg.replication == Replication::Sync
+            && self.cfg.replica.is_some()
+            && lsn > self.replica_acked
+        {
+            self.pending_sync.push_back((lsn, to, msg));
+        } else {
+            env.send(to, msg);
+        }
+    }
+
+    /// Handles a message.
+    pub fn on_msg(&mut self, env: &mut impl Env, from: HostId, msg: Msg) {
+        match msg {
+            Msg::Submit {
+                job,
+                template,
+                steps,
+                probe,
+            } => {
+                if !self.serving {
+                    return; // not serving: the client retries elsewhere
+                }
+                if self.store.task_for_job(job).is_some() {
+                    env.send(from, Msg::SubmitAck { job });
+                    return;
+                }
+                let task = self.store.next_task_id();
+                let lsn = self.commit(
+                    env,
+                    Op::Create {
+                        task,
+                        job,
+                        template,
+                        steps,
+                        probe,
+                    },
+                );
+                self.ready.push_back(task);
+                self.reply_at(env, lsn, from, Msg::SubmitAck { job });
+                self.dispatch(env);
+            }
+            Msg::LeaseReq { req } => {
+                if let Some(slot) = self.parked.iter_mut().find(|(h, _)| *h == from) {
+                    slot.1 = req;
+                } else {
+                    self.parked.push_back((from, req));
+                }
+                if self.serving {
+                    self.dispatch(env);
+                }
+            }
+            Msg::Write { req, token, write } => self.on_write(env, from, req, token, write),
+            Msg::Heartbeat { task, token } => {
+                let Some(t) = self.store.task(task) else {
+                    return;
+                };
+                let ok = self.serving && t.status == TaskStatus::Leased && t.lease.token == token;
+                if ok {
+                    let expires_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
+                    let lsn = self.commit(env, Op::Renew { task, expires_us });
+                    self.expiries.push(Reverse((expires_us, task)));
+                    self.reply_at(
+                        env,
+                        lsn,
+                        from,
+                        Msg::HeartbeatAck {
+                            task,
+                            ok,
+                            lease_ms: self.cfg.lease_ms,
+                        },
+                    );
+                } else {
+                    env.send(
+                        from,
+                        Msg::HeartbeatAck {
+                            task,
+                            ok,
+                            lease_ms: 0,
+                        },
+                    );
+                }
+            }
+            Msg::Replicate { recs } => {
+                if self.primary {
+                    return;
+                }
+                for rec in recs.iter() {
+                    self.store.apply_replicated(rec);
+                }
+                env.send(
+                    from,
+                    Msg::ReplicateAck {
+                        lsn: self.store.last_lsn(),
+                    },
+                );
+            }
+            Msg::ReplicateAck { lsn } => {
+                self.replica_acked = self.replica_acked.max(lsn);
+                while let Some((l, _, _)) = self.pending_sync.front() {
+                    if *l > self.replica_acked {
+                        break;
+                    }
+                    let (_, to, m) = self.pending_sync.pop_front().expect("front");
+                    env.send(to, m);
+                }
+            }
+            Msg::Ping { seq } => {
+                if self.serving {
+                    env.send(from, Msg::Pong { seq });
+                }
+            }
+            Msg::Promote => self.promote(env),
+            Msg::Open => {
+                if self.primary && !self.serving {
+                    self.serving = true;
+                    self.arm(env);
+                    env.note(Note::Serving);
+                    self.dispatch(env);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_write(
+        &mut self,
+        env: &mut impl Env,
+        from: HostId,
+        req: u32,
+        token: u64,
+        write: WorkerWrite,
+    ) {
+        if !self.serving {
+            return;
+        }
+        let task = write.task();
+        let Some(t) = self.store.task(task) else {
+            env.send(from, Msg::WriteAck { req, ok: false });
+            return;
+        };
+        let current =
+            t.status == TaskStatus::Leased && t.lease.token == token && t.lease.holder == from;
+        if !current {
+            if self.cfg.fencing {
+                env.note(Note::Fenced { task });
+                env.send(from, Msg::WriteAck { req, ok: false });
+                return;
+            }
+            self.stale_accepted += 1;
+        }
+        let lsn = match write {
+            WorkerWrite::Intent {
+                task,
+                ordinal,
+                key,
+                args,
+            } => self.commit(
+                env,
+                Op::Intent {
+                    task,
+                    ordinal,
+                    key,
+                    args,
+                },
+            ),
+            WorkerWrite::Result {
+                task,
+                ordinal,
+                decision,
+                reconciled,
+                last,
+            } => {
+                let already = self
+                    .store
+                    .task(task)
+                    .is_some_and(|t| t.status == TaskStatus::Done);
+                let mut lsn = self.commit(
+                    env,
+                    Op::Result {
+                        task,
+                        ordinal,
+                        decision,
+                        reconciled,
+                    },
+                );
+                if last && !already {
+                    lsn = self.commit(env, Op::Complete { task });
+                    self.notify_done(env, task);
+                }
+                lsn
+            }
+            WorkerWrite::Session { task, steps } => {
+                let mut lsn = 0;
+                for ordinal in 0..steps {
+                    lsn = self.commit(
+                        env,
+                        Op::Result {
+                            task,
+                            ordinal,
+                            decision: NO_DECISION,
+                            reconciled: false,
+                        },
+                    );
+                }
+                if self
+                    .store
+                    .task(task)
+                    .is_some_and(|t| t.status != TaskStatus::Done)
+                {
+                    lsn = self.commit(env, Op::Complete { task });
+                    self.notify_done(env, task);
+                }
+                lsn
+            }
+            WorkerWrite::Fail { task, ordinal } => self.commit(env, Op::Fail { task, ordinal }),
+        };
+        self.reply_at(env, lsn, from, Msg::WriteAck { req, ok: true });
+    }
+
+    fn notify_done(&mut self, env: &mut impl Env, task: TaskId) {
+        if let Some(t) = self.store.task(task)
+            && t.probe
+        {
+            env.send(self.cfg.client, Msg::Completed { job: t.job });
+        }
+    }
+
+    /// Hands queued tasks to parked workers.
+    fn dispatch(&mut self, env: &mut impl Env) {
+        while !self.parked.is_empty() {
+            let Some(task) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(t) = self.store.task(task) else {
+                continue;
+            };
+            if t.status != TaskStatus::Queued {
+                continue;
+            }
+            let (worker, req) = self.parked.pop_front().expect("non-empty");
+            let resumed = t.lease.token > 0;
+            let token = t.lease.token + 1;
+            let expires_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
+            let lease = Lease {
+                holder: worker,
+                token,
+                expires_us,
+            };
+            let lsn = self.commit(env, Op::Lease { task, lease });
+            self.expiries.push(Reverse((expires_us, task)));
+            let t = self.store.task(task).expect("exists");
+            let grant = Grant {
+                task,
+                job: t.job,
+                template: t.template,
+                token,
+                lease_ms: self.cfg.lease_ms,
+                cursor: t.cursor,
+                steps: t.steps.clone(),
+                resumed,
+            };
+            self.reply_at(
+                env,
+                lsn,
+                worker,
+                Msg::LeaseGrant {
+                    req,
+                    grant: Box::new(grant),
+                },
+            );
+        }
+    }
+
+    /// Handles a timer.
+    pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
+        match timer {
+            Timer::RecoveryScan if self.serving => {
+                self.recovery_scan(env);
+                env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
+            }
+            Timer::ReplicationTick if self.primary => {
+                if let (
+                    Replication::Async {
+                        lag_ms,
+                        interval_ms,
+                    },
+                    Some(replica),
+                ) = (self.cfg.replication, self.cfg.replica)
+                {
+                    self.ship(env, replica, lag_ms * US_PER_MS);
+                    env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ship(&mut self, env: &mut impl Env, replica: HostId, lag_us: Micros) {
+        let cutoff = env.now_us().saturating_sub(lag_us);
+        let log = self.store.log();
+        let from = self.replica_acked as usize;
+        let upto = log[from..].partition_point(|r| r.at_us <= cutoff) + from;
+        if upto > from {
+            // At most a bounded batch per tick keeps one message small.
+            let upto = upto.min(from + 65_536);
+            env.send(
+                replica,
+                Msg::Replicate {
+                    recs: log[from..upto].into(),
+                },
+            );
+        }
+    }
+
+    /// The recovery service: requeue every task whose lease expired.
+    fn recovery_scan(&mut self, env: &mut impl Env) {
+        let now = env.now_us();
+        while let Some(&Reverse((expires, task))) = self.expiries.peek() {
+            if expires > now {
+                break;
+            }
+            self.expiries.pop();
+            let Some(t) = self.store.task(task) else {
+                continue;
+            };
+            if t.status != TaskStatus::Leased || t.lease.expires_us != expires {
+                continue; // finished, requeued, or renewed since
+            }
+            let job = t.job;
+            self.commit(env, Op::Requeue { task });
+            self.ready.push_back(task);
+            env.note(Note::LeaseExpired { task, job });
+        }
+        self.dispatch(env);
+    }
+}

@@ -1,0 +1,260 @@
+//! Two regions: the DNS record that routes traffic, and the failover
+//! controller that health-checks the primary and runs the failover:
+//! detect (interval × failure threshold) → promote the standby's store →
+//! switch DNS (visible after the TTL) → scale up the standby → hydrate its
+//! vector store → open it to traffic.
+
+use serde::{Deserialize, Serialize};
+
+use crate::env::{Env, Note, Service, Timer};
+use crate::ids::{HostId, Micros, US_PER_MS};
+use crate::wire::Msg;
+
+/// The failover patterns of seed 003.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    /// One region, nothing to fail over to.
+    SingleRegion,
+    /// Both regions serve; the standby's workers already run.
+    ActiveActive,
+    /// The DR region runs a pilot light and scales up on failover.
+    WarmStandby,
+    /// Nothing runs in the DR region: provision, then restore.
+    ColdStandby,
+}
+
+/// Failover timings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverConfig {
+    /// Health-check interval.
+    pub health_interval_ms: u64,
+    /// A check fails when no answer arrives within this.
+    pub health_timeout_ms: u64,
+    /// Consecutive failed checks that declare the region down.
+    pub failure_threshold: u32,
+    /// Promotion of the standby's store.
+    pub promotion_ms: u64,
+    /// DNS TTL: how long clients keep the old address.
+    pub dns_ttl_ms: u64,
+    /// Scale-up of the standby (warm) or provisioning (cold).
+    pub scale_up_ms: u64,
+}
+
+/// A DNS record as resolvers see it: the old target until the TTL of the
+/// change has passed (the worst case a cached resolver sees).
+#[derive(Clone, Copy, Debug)]
+pub struct Record {
+    old: HostId,
+    new: HostId,
+    changed_at_us: Micros,
+    ttl_us: Micros,
+}
+
+impl Record {
+    /// A record pointing at `h`.
+    pub fn new(h: HostId, ttl_us: Micros) -> Self {
+        Record {
+            old: h,
+            new: h,
+            changed_at_us: 0,
+            ttl_us,
+        }
+    }
+    /// What a resolver returns at `now_us`.
+    #[inline]
+    pub fn resolve(&self, now_us: Micros) -> HostId {
+        if now_us >= self.changed_at_us + self.ttl_us {
+            self.new
+        } else {
+            self.old
+        }
+    }
+    /// Points the record elsewhere from `now_us`.
+    pub fn switch(&mut self, now_us: Micros, to: HostId) {
+        self.old = self.resolve(now_us);
+        self.new = to;
+        self.changed_at_us = now_us;
+    }
+    /// When the current target became visible everywhere.
+    pub fn effective_at_us(&self) -> Micros {
+        self.changed_at_us + self.ttl_us
+    }
+}
+
+/// The global DNS: one record per service.
+#[derive(Clone, Copy, Debug)]
+pub struct Dns {
+    /// The orchestrator's name.
+    pub orchestrator: Record,
+    /// The vector store's name.
+    pub vector: Record,
+}
+
+impl Dns {
+    /// Resolves a service.
+    #[inline]
+    pub fn resolve(&self, svc: Service, now_us: Micros) -> HostId {
+        match svc {
+            Service::Orchestrator => self.orchestrator.resolve(now_us),
+            Service::Vector => self.vector.resolve(now_us),
+        }
+    }
+}
+
+/// Where the failover is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Checking health.
+    Watching,
+    /// Promoting the standby store.
+    Promoting,
+    /// Waiting out the DNS TTL.
+    Routing,
+    /// Scaling up.
+    ScalingUp,
+    /// Hydrating vector memory.
+    Hydrating,
+    /// Failed over; the new region serves.
+    Done,
+}
+
+/// What the controller asks the harness to do (it cannot start hosts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Switch DNS to the standby.
+    SwitchDns,
+    /// Bring the standby's full capacity up now.
+    ScaleUp,
+}
+
+/// The failover controller (a Route 53-style health checker plus runbook
+/// automation). It lives outside both regions.
+pub struct Controller {
+    cfg: FailoverConfig,
+    primary: HostId,
+    standby_orch: HostId,
+    standby_vec: HostId,
+    seq: u32,
+    answered: u32,
+    failures: u32,
+    stage: Stage,
+    requests: Vec<Request>,
+}
+
+impl Controller {
+    /// A controller watching `primary`, ready to fail over to the standby.
+    pub fn new(
+        cfg: FailoverConfig,
+        primary: HostId,
+        standby_orch: HostId,
+        standby_vec: HostId,
+    ) -> Self {
+        assert!(
+            cfg.failure_threshold >= 1,
+            "a failure threshold of 0 would fail over at once"
+        );
+        Controller {
+            cfg,
+            primary,
+            standby_orch,
+            standby_vec,
+            seq: 0,
+            answered: 0,
+            failures: 0,
+            stage: Stage::Watching,
+            requests: Vec::new(),
+        }
+    }
+
+    /// Current stage.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Requests for the harness, drained.
+    pub fn take_requests(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.requests)
+    }
+
+    /// Start-up.
+    pub fn start(&mut self, env: &mut impl Env) {
+        env.set_timer(self.cfg.health_interval_ms * US_PER_MS, Timer::HealthTick);
+    }
+
+    /// Handles a timer.
+    pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
+        match timer {
+            Timer::HealthTick if self.stage == Stage::Watching => {
+                self.seq += 1;
+                env.send(self.primary, Msg::Ping { seq: self.seq });
+                env.set_timer(
+                    self.cfg.health_timeout_ms * US_PER_MS,
+                    Timer::HealthTimeout { seq: self.seq },
+                );
+                env.set_timer(self.cfg.health_interval_ms * US_PER_MS, Timer::HealthTick);
+            }
+            Timer::HealthTimeout { seq } if self.stage == Stage::Watching => {
+                if self.answered >= seq {
+                    self.failures = 0;
+                    return;
+                }
+                self.failures += 1;
+                if self.failures >= self.cfg.failure_threshold {
+                    env.note(Note::FailoverDetected);
+                    self.stage = Stage::Promoting;
+                    env.send(self.standby_orch, Msg::Promote);
+                    env.set_timer(self.cfg.promotion_ms * US_PER_MS, Timer::FailoverStage);
+                }
+            }
+            Timer::FailoverStage => match self.stage {
+                Stage::Promoting => {
+                    self.stage = Stage::Routing;
+                    env.note(Note::DnsSwitched);
+                    self.requests.push(Request::SwitchDns);
+                    env.set_timer(self.cfg.dns_ttl_ms * US_PER_MS, Timer::FailoverStage);
+                }
+                Stage::Routing => {
+                    env.note(Note::RoutingEffective);
+                    self.stage = Stage::ScalingUp;
+                    env.set_timer(self.cfg.scale_up_ms * US_PER_MS, Timer::FailoverStage);
+                }
+                Stage::ScalingUp => {
+                    env.note(Note::ScaledUp);
+                    self.requests.push(Request::ScaleUp);
+                    self.stage = Stage::Hydrating;
+                    env.send(self.standby_vec, Msg::Hydrate);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    /// Handles a message.
+    pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
+        match msg {
+            Msg::Pong { seq } => self.answered = self.answered.max(seq),
+            Msg::Hydrated if self.stage == Stage::Hydrating => {
+                self.stage = Stage::Done;
+                env.send(self.standby_orch, Msg::Open);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_serves_the_old_target_until_the_ttl_passes() {
+        let mut r = Record::new(HostId(1), 60);
+        r.switch(100, HostId(2));
+        assert_eq!(r.resolve(159), HostId(1));
+        assert_eq!(r.resolve(160), HostId(2));
+        assert_eq!(r.effective_at_us(), 160);
+    }
+}

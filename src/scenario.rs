@@ -1,0 +1,733 @@
+//! Scenario files: a drill as TOML. Parsing, defaults and validation.
+//!
+//! Unknown fields are errors. Durations are written the way people write
+//! them (`"90s"`, `"5m"`, `"1h 30m"`). Every cross-field rule is checked
+//! before a drill runs, and every error names the file, the field and the
+//! fix.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::env::Phase;
+use crate::ids::{Micros, US_PER_MS};
+use crate::orchestrator::Replication;
+use crate::policy::{AntiPattern, Policy};
+use crate::provider::{ErrorMode, ProviderConfig};
+use crate::region::Pattern;
+use crate::tier::Tier;
+
+/// A duration written as text (`"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+pub struct Dur(pub u64);
+
+impl Dur {
+    /// Milliseconds.
+    pub fn ms(self) -> u64 {
+        self.0
+    }
+    /// Microseconds.
+    pub fn us(self) -> Micros {
+        self.0 * US_PER_MS
+    }
+    /// From seconds.
+    pub const fn secs(s: u64) -> Self {
+        Dur(s * 1_000)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_duration(std::time::Duration::from_millis(self.0))
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"` into milliseconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "invalid duration {s:?} ({e}); write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\""
+        )
+    })?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} is too long"))
+}
+
+/// Whether the drill is expected to pass or to be caught failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// The stack must meet its tier.
+    #[default]
+    Pass,
+    /// An anti-pattern drill: the drill must catch a violation.
+    Fail,
+}
+
+/// A drill.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name (defaults to the file stem).
+    #[serde(default)]
+    pub name: String,
+    /// One line: what it rehearses.
+    #[serde(default)]
+    pub purpose: String,
+    /// Recovery tier the stack claims.
+    pub tier: Tier,
+    /// Seed of the one RNG.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// How long the drill runs (simulated).
+    pub horizon: Dur,
+    /// Expected outcome.
+    #[serde(default)]
+    pub expect: Expect,
+    /// The stack.
+    #[serde(default)]
+    pub stack: StackSpec,
+    /// The workload.
+    #[serde(default)]
+    pub workload: Workload,
+    /// The faults, in any order.
+    #[serde(default)]
+    pub faults: Vec<FaultSpec>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// The stack description.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StackSpec {
+    /// Failover pattern.
+    pub pattern: Pattern,
+    /// Workers per serving region.
+    pub workers: u32,
+    /// Workers kept running in a warm standby before failover.
+    pub standby_workers: u32,
+    /// Safeguard switches.
+    pub policy: Policy,
+    /// Anti-patterns to switch on (shorthand for policy fields).
+    pub anti_patterns: Vec<AntiPattern>,
+    /// Structured-state replication.
+    pub replication: Replication,
+    /// Failover timings.
+    pub failover: FailoverSpec,
+    /// Vector memory.
+    pub vector: VectorSpec,
+    /// LLM providers in priority order (the last should be the local fallback).
+    pub providers: Vec<ProviderConfig>,
+    /// Breaker settings.
+    pub breaker: crate::router::BreakerConfig,
+    /// Tool APIs.
+    pub apis: ApisSpec,
+    /// Recovery-service scan interval.
+    pub recovery_scan: Dur,
+    /// Worker request timeout.
+    pub request_timeout: Dur,
+}
+
+impl Default for StackSpec {
+    fn default() -> Self {
+        StackSpec {
+            pattern: Pattern::WarmStandby,
+            workers: 4,
+            standby_workers: 1,
+            policy: Policy::default(),
+            anti_patterns: Vec::new(),
+            replication: Replication::Async {
+                lag_ms: 1_000,
+                interval_ms: 1_000,
+            },
+            failover: FailoverSpec::default(),
+            vector: VectorSpec::default(),
+            providers: vec![
+                ProviderConfig::anthropic(),
+                ProviderConfig::openai(),
+                ProviderConfig::local(),
+            ],
+            breaker: crate::router::BreakerConfig::default(),
+            apis: ApisSpec::default(),
+            recovery_scan: Dur::secs(5),
+            request_timeout: Dur::secs(10),
+        }
+    }
+}
+
+impl StackSpec {
+    /// The policy with the listed anti-patterns applied.
+    pub fn effective_policy(&self) -> Policy {
+        let mut p = self.policy;
+        for a in &self.anti_patterns {
+            a.apply(&mut p);
+        }
+        p
+    }
+}
+
+/// Failover timings as written.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverSpec {
+    /// Health-check interval.
+    pub health_interval: Dur,
+    /// Health-check timeout.
+    pub health_timeout: Dur,
+    /// Consecutive failures that declare the region down.
+    pub failure_threshold: u32,
+    /// Promotion of the standby store.
+    pub promotion: Dur,
+    /// DNS TTL.
+    pub dns_ttl: Dur,
+    /// Scale-up (warm) or provisioning (cold).
+    pub scale_up: Dur,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        FailoverSpec {
+            health_interval: Dur::secs(30),
+            health_timeout: Dur::secs(4),
+            failure_threshold: 3,
+            promotion: Dur::secs(2),
+            dns_ttl: Dur::secs(60),
+            scale_up: Dur::secs(120),
+        }
+    }
+}
+
+/// Where vector snapshots go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotLocation {
+    /// Shipped to the other region (reference).
+    OtherRegion,
+    /// Kept in the same region (anti-pattern 9: a file, not a backup).
+    SameRegion,
+}
+
+/// Vector memory settings.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorSpec {
+    /// Snapshot cadence.
+    pub snapshot_interval: Dur,
+    /// Where snapshots go.
+    pub snapshot_location: SnapshotLocation,
+    /// Upload plus cross-region copy time.
+    pub ship_delay: Dur,
+    /// A streaming replica in the other region (no hydration needed).
+    pub streaming_replica: bool,
+    /// Restore: fixed part.
+    pub restore_base: Dur,
+    /// Restore: per point, in microseconds.
+    pub restore_per_point_us: u64,
+}
+
+impl Default for VectorSpec {
+    fn default() -> Self {
+        VectorSpec {
+            snapshot_interval: Dur::secs(300),
+            snapshot_location: SnapshotLocation::OtherRegion,
+            ship_delay: Dur::secs(30),
+            streaming_replica: false,
+            restore_base: Dur::secs(60),
+            restore_per_point_us: 0,
+        }
+    }
+}
+
+/// Tool API settings.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApisSpec {
+    /// The payment API deduplicates on the idempotency key.
+    pub payment_dedupe: bool,
+    /// The email API deduplicates on the idempotency key.
+    pub email_dedupe: bool,
+    /// Payment processing time.
+    pub payment_latency: Dur,
+    /// Email processing time.
+    pub email_latency: Dur,
+    /// Search latency.
+    pub search_latency: Dur,
+}
+
+impl Default for ApisSpec {
+    fn default() -> Self {
+        ApisSpec {
+            payment_dedupe: true,
+            email_dedupe: true,
+            payment_latency: Dur(300),
+            email_latency: Dur(200),
+            search_latency: Dur(500),
+        }
+    }
+}
+
+/// How jobs arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// All at time zero.
+    AtOnce,
+    /// Evenly spaced by `interval`.
+    Uniform,
+    /// Exponential gaps with mean `interval`.
+    Poisson,
+}
+
+/// The workload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// Templates, used round-robin.
+    pub templates: Vec<String>,
+    /// Number of jobs.
+    pub tasks: u32,
+    /// Arrival process.
+    pub arrival: Arrival,
+    /// Mean gap between arrivals (uniform, poisson).
+    pub interval: Dur,
+    /// Health-probe interval after each fault.
+    pub probe_interval: Dur,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            templates: vec![
+                "book_flight".into(),
+                "research_report".into(),
+                "approve_refund".into(),
+            ],
+            tasks: 12,
+            arrival: Arrival::Uniform,
+            interval: Dur::secs(5),
+            probe_interval: Dur::secs(2),
+        }
+    }
+}
+
+/// A region by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionName {
+    /// The primary region.
+    A,
+    /// The standby region.
+    B,
+}
+
+/// When a fault starts: at a time, or when a job reaches a step's phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum When {
+    /// When `job` reaches `step` at `phase`.
+    Event {
+        /// Job number (0-based, in arrival order).
+        job: u32,
+        /// Step ordinal.
+        step: u16,
+        /// Phase.
+        phase: Phase,
+    },
+    /// At a time.
+    At(Dur),
+}
+
+/// Which worker a fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WorkerTarget {
+    /// Worker number `n` of region A.
+    Index(u32),
+    /// Whichever worker holds this job's lease at that moment.
+    HoldingJob(u32),
+}
+
+/// One fault.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultSpec {
+    /// Kill a worker (its memory and local disk are gone); it restarts fresh.
+    WorkerKill {
+        /// When.
+        at: When,
+        /// Which worker (for time triggers; event triggers hit the worker
+        /// running the job).
+        #[serde(default)]
+        worker: Option<WorkerTarget>,
+        /// Restart after (never when absent).
+        #[serde(default = "default_restart")]
+        restart_after: Option<Dur>,
+    },
+    /// Freeze a worker (GC pause, frozen VM): it wakes up later as a zombie.
+    WorkerPause {
+        /// When.
+        at: When,
+        /// Which worker.
+        #[serde(default)]
+        worker: Option<WorkerTarget>,
+        /// How long.
+        duration: Dur,
+    },
+    /// Lose a region: every host crashes; durable storage is gone for a
+    /// permanent loss, kept for a temporary one.
+    RegionLoss {
+        /// When.
+        at: Dur,
+        /// Which region.
+        #[serde(default = "default_region")]
+        region: RegionName,
+        /// How long (permanent when absent).
+        #[serde(default)]
+        duration: Option<Dur>,
+    },
+    /// A provider fails in one error mode for a period.
+    ProviderOutage {
+        /// When.
+        at: Dur,
+        /// Provider name as in `stack.providers`.
+        provider: String,
+        /// Error mode.
+        mode: ErrorMode,
+        /// How long.
+        duration: Dur,
+    },
+}
+
+fn default_restart() -> Option<Dur> {
+    Some(Dur::secs(30))
+}
+fn default_region() -> RegionName {
+    RegionName::A
+}
+
+impl FaultSpec {
+    /// The fault's kind, as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FaultSpec::WorkerKill { .. } => "worker_kill",
+            FaultSpec::WorkerPause { .. } => "worker_pause",
+            FaultSpec::RegionLoss { .. } => "region_loss",
+            FaultSpec::ProviderOutage { .. } => "provider_outage",
+        }
+    }
+
+    /// Start time when it is time-triggered.
+    pub fn at(&self) -> Option<Dur> {
+        match self {
+            FaultSpec::WorkerKill {
+                at: When::At(d), ..
+            }
+            | FaultSpec::WorkerPause {
+                at: When::At(d), ..
+            } => Some(*d),
+            FaultSpec::RegionLoss { at, .. } | FaultSpec::ProviderOutage { at, .. } => Some(*at),
+            _ => None,
+        }
+    }
+}
+
+/// A scenario that failed to load: where and what.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML or schema error, with line and column.
+    #[error("{path}:{line}:{col}: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A cross-field rule is broken.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// The field.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// Parses a scenario from text; `path` is used in errors and for the
+/// default name.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let mut sc: Scenario = toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        ScenarioError::Parse {
+            path: path.to_owned(),
+            line,
+            col,
+            message: e.message().trim().to_owned(),
+        }
+    })?;
+    if sc.name.is_empty() {
+        sc.name = path
+            .file_stem()
+            .map_or_else(|| "drill".into(), |s| s.to_string_lossy().into_owned());
+    }
+    validate(path, &sc)?;
+    Ok(sc)
+}
+
+/// Loads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The cross-field rules.
+pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
+    let bad = |field: String, message: String| {
+        Err(ScenarioError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        })
+    };
+    let names: Vec<&str> = crate::workflow::builtin().iter().map(|t| t.name).collect();
+    if sc.horizon.ms() == 0 {
+        return bad(
+            "horizon".into(),
+            "must be longer than 0; write e.g. horizon = \"2h\"".into(),
+        );
+    }
+    if sc.workload.templates.is_empty() {
+        return bad(
+            "workload.templates".into(),
+            "needs at least one template".into(),
+        );
+    }
+    for (i, t) in sc.workload.templates.iter().enumerate() {
+        if !names.contains(&t.as_str()) || t == "probe" {
+            let known: Vec<&str> = names.iter().copied().filter(|n| *n != "probe").collect();
+            return bad(
+                format!("workload.templates[{i}]"),
+                format!(
+                    "unknown template {t:?}; expected one of {}",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    if sc.workload.tasks == 0 {
+        return bad("workload.tasks".into(), "must be at least 1".into());
+    }
+    if sc.workload.arrival != Arrival::AtOnce && sc.workload.interval.ms() == 0 {
+        return bad(
+            "workload.interval".into(),
+            "must be longer than 0 for uniform or poisson arrivals".into(),
+        );
+    }
+    if sc.stack.workers == 0 {
+        return bad("stack.workers".into(), "must be at least 1".into());
+    }
+    if sc.stack.standby_workers > sc.stack.workers {
+        return bad(
+            "stack.standby_workers".into(),
+            "cannot exceed stack.workers".into(),
+        );
+    }
+    if sc.stack.providers.is_empty() {
+        return bad(
+            "stack.providers".into(),
+            "needs at least one provider".into(),
+        );
+    }
+    let policy = sc.stack.effective_policy();
+    if policy.lease_ms == 0 {
+        return bad(
+            "stack.policy.lease_ms".into(),
+            "must be longer than 0".into(),
+        );
+    }
+    if sc.stack.failover.failure_threshold == 0 {
+        return bad(
+            "stack.failover.failure_threshold".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if sc.stack.failover.health_interval.ms() == 0 {
+        return bad(
+            "stack.failover.health_interval".into(),
+            "must be longer than 0".into(),
+        );
+    }
+    if let Replication::Async { interval_ms: 0, .. } = sc.stack.replication {
+        return bad(
+            "stack.replication.interval_ms".into(),
+            "must be longer than 0".into(),
+        );
+    }
+    if sc.stack.vector.snapshot_interval.ms() == 0 {
+        return bad(
+            "stack.vector.snapshot_interval".into(),
+            "must be longer than 0".into(),
+        );
+    }
+    let mut first_fault: Option<Dur> = None;
+    for (i, f) in sc.faults.iter().enumerate() {
+        let field = |name: &str| format!("faults[{i}].{name}");
+        if let Some(at) = f.at() {
+            first_fault = Some(first_fault.map_or(at, |x| x.min(at)));
+        }
+        match f {
+            FaultSpec::WorkerKill { at, worker, .. }
+            | FaultSpec::WorkerPause { at, worker, .. } => {
+                if let When::Event { job, step, .. } = at {
+                    if *job >= sc.workload.tasks {
+                        return bad(
+                            field("at.job"),
+                            format!(
+                                "job {job} does not exist: the workload has {} (0-based)",
+                                sc.workload.tasks
+                            ),
+                        );
+                    }
+                    let tpl_name =
+                        &sc.workload.templates[*job as usize % sc.workload.templates.len()];
+                    let len = crate::workflow::builtin()
+                        .iter()
+                        .find(|t| t.name == tpl_name)
+                        .map_or(0, |t| t.steps.len());
+                    if usize::from(*step) >= len {
+                        return bad(
+                            field("at.step"),
+                            format!(
+                                "job {job} runs {tpl_name} which has {len} steps (0-based); pick a step below {len}"
+                            ),
+                        );
+                    }
+                    if worker.is_some() {
+                        return bad(field("worker"), "an event-triggered fault hits the worker running the job; remove `worker`".into());
+                    }
+                } else {
+                    match worker {
+                        Some(WorkerTarget::Index(n)) if *n >= sc.stack.workers => {
+                            return bad(field("worker"), format!("worker {n} does not exist: region a has {} workers (0-based)", sc.stack.workers));
+                        }
+                        Some(WorkerTarget::HoldingJob(j)) if *j >= sc.workload.tasks => {
+                            return bad(field("worker"), format!("job {j} does not exist: the workload has {}", sc.workload.tasks));
+                        }
+                        None => return bad(field("worker"), "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`".into()),
+                        _ => {}
+                    }
+                }
+                if let FaultSpec::WorkerPause { duration, .. } = f
+                    && duration.ms() == 0
+                {
+                    return bad(field("duration"), "must be longer than 0".into());
+                }
+            }
+            FaultSpec::RegionLoss { region, .. } => {
+                if *region == RegionName::B && sc.stack.pattern == Pattern::SingleRegion {
+                    return bad(field("region"), "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern".into());
+                }
+            }
+            FaultSpec::ProviderOutage { provider, .. } => {
+                if !sc.stack.providers.iter().any(|p| &p.name == provider) {
+                    let known: Vec<&str> =
+                        sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
+                    return bad(
+                        field("provider"),
+                        format!(
+                            "unknown provider {provider:?}; the stack has {}",
+                            known.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(first) = first_fault
+        && first >= sc.horizon
+    {
+        return bad(
+            "horizon".into(),
+            format!(
+                "the drill ends ({}) before the first fault ({first}); lengthen the horizon",
+                sc.horizon
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_as_people_write_them() {
+        assert_eq!(parse_duration("90s").unwrap(), 90_000);
+        assert_eq!(parse_duration("5m").unwrap(), 300_000);
+        assert_eq!(parse_duration("1h 30m").unwrap(), 5_400_000);
+        assert_eq!(parse_duration("250ms").unwrap(), 250);
+        assert!(parse_duration("soon").unwrap_err().contains("\"90s\""));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_phases_point_at_the_place() {
+        let text = "tier = \"internal-ops\"\nhorizon = \"1h\"\n[[faults]]\nkind = \"worker_kill\"\nat = { job = 1, step = 2, phase = \"mid_call\" }\n";
+        let err = parse(Path::new("x.toml"), text).unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:5:"), "{err}");
+        let err = parse(
+            Path::new("y.toml"),
+            "tier = \"batch\"\nhorizon = \"1h\"\nbogus = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("y.toml:3:1"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_rules_are_checked() {
+        let text = "tier = \"batch\"\nhorizon = \"10m\"\n[[faults]]\nkind = \"region_loss\"\nat = \"20m\"\n";
+        let err = parse(Path::new("z.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("before the first fault"), "{err}");
+    }
+}

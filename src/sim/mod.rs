@@ -1,0 +1,476 @@
+//! The deterministic simulation runtime: virtual time, hosts grouped into
+//! regions, a network with per-link latency, loss and partitions, and one
+//! seeded RNG.
+//!
+//! The runtime knows nothing of agents. It is generic over the message type
+//! `M` and the timer type `T` of whatever runs on it, keeps one event queue
+//! ordered by `(time, sequence)`, and *skips idle time*: popping an event
+//! jumps the clock straight to it, so a 24-hour drill costs as much wall
+//! time as its number of events, not its simulated length.
+//!
+//! Determinism: every random choice comes from the one `ChaCha8Rng` seeded
+//! by the drill; ties in time are broken by the order events were
+//! scheduled; nothing iterates a `HashMap`; there is no wall clock.
+//!
+//! Crash semantics (see [`Runtime::crash`]): a crash bumps the host's
+//! incarnation. Every message and timer remembers the incarnation of its
+//! destination at the moment it was scheduled, and is dropped on delivery
+//! if the host has crashed (or crashed and restarted) since. So messages in
+//! flight to a crashed host are lost, and replies to a crashed caller are
+//! lost, without any bookkeeping in the components.
+
+pub mod net;
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::ids::{HostId, Micros, RegionId};
+pub use net::{Endpoint, LinkClass, NetConfig, Network, Partition};
+
+/// A host's runtime status.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Human-readable name (`"worker-a-3"`), for reports only.
+    pub name: String,
+    /// The failure domain.
+    pub region: RegionId,
+    /// `false` between a crash and the next restart.
+    pub up: bool,
+    /// Bumped at every crash; stale messages and timers are dropped.
+    pub incarnation: u32,
+    /// A paused host (GC pause, frozen VM) handles nothing before this time;
+    /// its events are deferred, not lost.
+    pub paused_until_us: Micros,
+}
+
+/// What the runtime hands back from [`Runtime::step`].
+#[derive(Debug)]
+pub enum Event<M, T> {
+    /// A message arrives at `to`, which is up and is the incarnation it was
+    /// addressed to.
+    Deliver {
+        /// Sender.
+        from: HostId,
+        /// Receiver.
+        to: HostId,
+        /// Payload.
+        msg: M,
+    },
+    /// A timer set by `host` fires.
+    Timer {
+        /// The host that set the timer.
+        host: HostId,
+        /// Payload.
+        timer: T,
+    },
+    /// A harness event (fault injection, measurement tick); not tied to any
+    /// host's liveness.
+    Control(T),
+}
+
+enum Payload<M, T> {
+    Deliver {
+        from: HostId,
+        to: HostId,
+        incarnation: u32,
+        msg: M,
+    },
+    Timer {
+        host: HostId,
+        incarnation: u32,
+        timer: T,
+    },
+    Control(T),
+}
+
+struct Entry<M, T> {
+    at_us: Micros,
+    seq: u64,
+    payload: Payload<M, T>,
+}
+
+impl<M, T> PartialEq for Entry<M, T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.at_us == other.at_us && self.seq == other.seq
+    }
+}
+impl<M, T> Eq for Entry<M, T> {}
+impl<M, T> PartialOrd for Entry<M, T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<M, T> Ord for Entry<M, T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: invert so the earliest (then the first
+        // scheduled) pops first.
+        (other.at_us, other.seq).cmp(&(self.at_us, self.seq))
+    }
+}
+
+/// Counters of what the runtime did, for benchmarks and the event digest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Events popped and handed out (messages, timers, controls).
+    pub events: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages dropped: lost on the link, partitioned, or to a crashed host.
+    pub dropped: u64,
+    /// Timers dropped because their host crashed.
+    pub stale_timers: u64,
+}
+
+/// The simulation runtime. See the module docs.
+pub struct Runtime<M, T> {
+    now_us: Micros,
+    seq: u64,
+    queue: BinaryHeap<Entry<M, T>>,
+    hosts: Vec<Host>,
+    net: Network,
+    rng: ChaCha8Rng,
+    stats: RuntimeStats,
+    digest: u64,
+}
+
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
+impl<M, T> Runtime<M, T> {
+    /// A runtime at time zero with no hosts.
+    pub fn new(seed: u64, net: NetConfig) -> Self {
+        Runtime {
+            now_us: 0,
+            seq: 0,
+            queue: BinaryHeap::with_capacity(1024),
+            hosts: Vec::new(),
+            net: Network::new(net),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            stats: RuntimeStats::default(),
+            digest: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+
+    /// Adds a host (up, incarnation 0) and returns its id.
+    pub fn add_host(&mut self, name: impl Into<String>, region: RegionId) -> HostId {
+        let id = HostId(u32::try_from(self.hosts.len()).expect("fewer than 2^32 hosts"));
+        self.hosts.push(Host {
+            name: name.into(),
+            region,
+            up: true,
+            incarnation: 0,
+            paused_until_us: 0,
+        });
+        id
+    }
+
+    /// The current simulated time.
+    #[inline]
+    pub fn now_us(&self) -> Micros {
+        self.now_us
+    }
+
+    /// The one RNG.
+    #[inline]
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    /// All hosts, indexed by `HostId`.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// One host.
+    #[inline]
+    pub fn host(&self, h: HostId) -> &Host {
+        &self.hosts[h.0 as usize]
+    }
+
+    /// The network, for faults that change links.
+    pub fn net_mut(&mut self) -> &mut Network {
+        &mut self.net
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RuntimeStats {
+        self.stats
+    }
+
+    /// A running FNV-1a digest over every event handed out (time, kind,
+    /// hosts): two runs with equal digests saw the same event sequence.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// Number of events waiting.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    #[inline]
+    fn push(&mut self, at_us: Micros, payload: Payload<M, T>) {
+        debug_assert!(at_us >= self.now_us, "scheduling into the past");
+        self.seq += 1;
+        self.queue.push(Entry {
+            at_us,
+            seq: self.seq,
+            payload,
+        });
+    }
+
+    /// Sends `msg` from `from` to `to` over the network: it arrives after the
+    /// link's latency unless the link drops it or a partition cuts it.
+    #[inline]
+    pub fn send(&mut self, from: HostId, to: HostId, msg: M) {
+        self.send_after(from, 0, to, msg);
+    }
+
+    /// The time a host acts at: now, or its wake-up time while it is paused
+    /// (a frozen process sends nothing and sets no timer until it wakes).
+    #[inline]
+    fn local_now(&self, h: HostId) -> Micros {
+        self.now_us.max(self.hosts[h.0 as usize].paused_until_us)
+    }
+
+    /// Sends `msg` after the sender spent `delay_us` processing it.
+    #[inline]
+    pub fn send_after(&mut self, from: HostId, delay_us: Micros, to: HostId, msg: M) {
+        let depart = self.local_now(from) + delay_us;
+        let (fr, tr) = (
+            self.hosts[from.0 as usize].region,
+            self.hosts[to.0 as usize].region,
+        );
+        match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
+            Some(latency_us) => {
+                let incarnation = self.hosts[to.0 as usize].incarnation;
+                self.push(
+                    depart + latency_us,
+                    Payload::Deliver {
+                        from,
+                        to,
+                        incarnation,
+                        msg,
+                    },
+                );
+            }
+            None => self.stats.dropped += 1,
+        }
+    }
+
+    /// Sets a timer on `host`, firing after `after_us` unless the host
+    /// crashes first.
+    #[inline]
+    pub fn set_timer(&mut self, host: HostId, after_us: Micros, timer: T) {
+        let incarnation = self.hosts[host.0 as usize].incarnation;
+        let at = self.local_now(host) + after_us;
+        self.push(
+            at,
+            Payload::Timer {
+                host,
+                incarnation,
+                timer,
+            },
+        );
+    }
+
+    /// Schedules a harness event at an absolute time (clamped to now).
+    pub fn schedule_control(&mut self, at_us: Micros, ev: T) {
+        let at = at_us.max(self.now_us);
+        self.push(at, Payload::Control(ev));
+    }
+
+    /// Crashes a host: it drops everything in memory (the caller resets the
+    /// component), and every message and timer addressed to its current
+    /// incarnation is lost.
+    pub fn crash(&mut self, h: HostId) {
+        let host = &mut self.hosts[h.0 as usize];
+        host.up = false;
+        host.incarnation += 1;
+        host.paused_until_us = 0;
+    }
+
+    /// Brings a crashed host back up as a new incarnation. The caller re-runs
+    /// the component's start-up.
+    pub fn restart(&mut self, h: HostId) {
+        let host = &mut self.hosts[h.0 as usize];
+        assert!(!host.up, "restart of a host that is up: {}", host.name);
+        host.up = true;
+        host.incarnation += 1;
+    }
+
+    /// Freezes a host until `until_us`: it neither handles messages nor
+    /// fires timers before then; they are deferred, in order.
+    pub fn pause(&mut self, h: HostId, until_us: Micros) {
+        let host = &mut self.hosts[h.0 as usize];
+        host.paused_until_us = host.paused_until_us.max(until_us);
+    }
+
+    /// Pops the next live event, advancing the clock to it. Returns `None`
+    /// when nothing is left or the next event lies beyond `horizon_us`.
+    pub fn step(&mut self, horizon_us: Micros) -> Option<Event<M, T>> {
+        loop {
+            let head_at = self.queue.peek()?.at_us;
+            if head_at > horizon_us {
+                return None;
+            }
+            let Entry { at_us, payload, .. } = self.queue.pop().expect("peeked");
+            self.now_us = at_us;
+            match payload {
+                Payload::Deliver {
+                    from,
+                    to,
+                    incarnation,
+                    msg,
+                } => {
+                    let host = &self.hosts[to.0 as usize];
+                    if !host.up || host.incarnation != incarnation {
+                        self.stats.dropped += 1;
+                        continue;
+                    }
+                    if host.paused_until_us > at_us {
+                        let wake = host.paused_until_us;
+                        self.push(
+                            wake,
+                            Payload::Deliver {
+                                from,
+                                to,
+                                incarnation,
+                                msg,
+                            },
+                        );
+                        continue;
+                    }
+                    self.stats.events += 1;
+                    self.stats.delivered += 1;
+                    self.mix(at_us, 1, u64::from(from.0) << 32 | u64::from(to.0));
+                    return Some(Event::Deliver { from, to, msg });
+                }
+                Payload::Timer {
+                    host: h,
+                    incarnation,
+                    timer,
+                } => {
+                    let host = &self.hosts[h.0 as usize];
+                    if !host.up || host.incarnation != incarnation {
+                        self.stats.stale_timers += 1;
+                        continue;
+                    }
+                    if host.paused_until_us > at_us {
+                        let wake = host.paused_until_us;
+                        self.push(
+                            wake,
+                            Payload::Timer {
+                                host: h,
+                                incarnation,
+                                timer,
+                            },
+                        );
+                        continue;
+                    }
+                    self.stats.events += 1;
+                    self.mix(at_us, 2, u64::from(h.0));
+                    return Some(Event::Timer { host: h, timer });
+                }
+                Payload::Control(t) => {
+                    self.stats.events += 1;
+                    self.mix(at_us, 3, 0);
+                    return Some(Event::Control(t));
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn mix(&mut self, at: Micros, kind: u64, hosts: u64) {
+        for word in [at, kind, hosts] {
+            self.digest ^= word;
+            self.digest = self.digest.wrapping_mul(FNV_PRIME);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::US_PER_S;
+
+    fn rt() -> Runtime<u32, u32> {
+        Runtime::new(7, NetConfig::default())
+    }
+
+    #[test]
+    fn idle_time_is_skipped_and_order_is_by_time_then_schedule() {
+        let mut r = rt();
+        let a = r.add_host("a", RegionId(0));
+        r.set_timer(a, 3_600 * US_PER_S, 1);
+        r.set_timer(a, 10, 2);
+        r.set_timer(a, 10, 3);
+        let mut seen = Vec::new();
+        while let Some(Event::Timer { timer, .. }) = r.step(u64::MAX) {
+            seen.push((r.now_us(), timer));
+        }
+        assert_eq!(seen, vec![(10, 2), (10, 3), (3_600 * US_PER_S, 1)]);
+    }
+
+    #[test]
+    fn messages_to_a_crashed_host_are_lost_and_restart_does_not_revive_them() {
+        let mut r = rt();
+        let a = r.add_host("a", RegionId(0));
+        let b = r.add_host("b", RegionId(0));
+        r.send(a, b, 1);
+        r.set_timer(b, 5, 9);
+        r.crash(b);
+        r.restart(b);
+        r.send(a, b, 2);
+        let mut got = Vec::new();
+        while let Some(ev) = r.step(u64::MAX) {
+            if let Event::Deliver { msg, .. } = ev {
+                got.push(msg);
+            } else {
+                panic!("stale timer fired");
+            }
+        }
+        assert_eq!(got, vec![2]);
+        assert_eq!(r.stats().dropped, 1);
+        assert_eq!(r.stats().stale_timers, 1);
+    }
+
+    #[test]
+    fn a_paused_host_defers_events_until_it_wakes() {
+        let mut r = rt();
+        let a = r.add_host("a", RegionId(0));
+        r.set_timer(a, 10, 1);
+        r.pause(a, 1_000);
+        let ev = r.step(u64::MAX);
+        assert!(matches!(ev, Some(Event::Timer { timer: 1, .. })));
+        assert_eq!(r.now_us(), 1_000);
+    }
+
+    #[test]
+    fn horizon_stops_the_clock() {
+        let mut r = rt();
+        let a = r.add_host("a", RegionId(0));
+        r.set_timer(a, 100, 1);
+        assert!(r.step(50).is_none());
+        assert!(r.step(100).is_some());
+    }
+
+    #[test]
+    fn same_seed_same_digest() {
+        let run = |seed| {
+            let mut r: Runtime<u32, u32> = Runtime::new(seed, NetConfig::default());
+            let a = r.add_host("a", RegionId(0));
+            let b = r.add_host("b", RegionId(1));
+            for i in 0..100 {
+                r.send(a, b, i);
+            }
+            while r.step(u64::MAX).is_some() {}
+            r.digest()
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+}

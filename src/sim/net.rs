@@ -1,0 +1,200 @@
+//! The simulated network: latency, jitter and loss per link class, and
+//! partitions between hosts or regions, one-way or both ways, for a period.
+
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{HostId, Micros, RegionId};
+
+/// Which kind of link a message crosses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkClass {
+    /// Sender and receiver are the same host.
+    Local,
+    /// Same region.
+    IntraRegion,
+    /// Different regions.
+    CrossRegion,
+}
+
+/// Latency and loss of one link class.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkConfig {
+    /// Fixed one-way latency.
+    pub latency_us: Micros,
+    /// Uniform extra latency in `[0, jitter_us]`.
+    pub jitter_us: Micros,
+    /// Probability that a message is dropped.
+    pub loss: f64,
+}
+
+/// Link parameters for the whole network.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetConfig {
+    /// Within a region (default 0.5 ms ± 0.2 ms).
+    pub intra_region: LinkConfig,
+    /// Between regions (default 35 ms ± 5 ms one way).
+    pub cross_region: LinkConfig,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            intra_region: LinkConfig {
+                latency_us: 500,
+                jitter_us: 200,
+                loss: 0.0,
+            },
+            cross_region: LinkConfig {
+                latency_us: 35_000,
+                jitter_us: 5_000,
+                loss: 0.0,
+            },
+        }
+    }
+}
+
+/// One side of a partition or degraded link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Endpoint {
+    /// A single host.
+    Host(HostId),
+    /// Every host of a region.
+    Region(RegionId),
+}
+
+impl Endpoint {
+    #[inline]
+    fn matches(self, h: HostId, r: RegionId) -> bool {
+        match self {
+            Endpoint::Host(x) => x == h,
+            Endpoint::Region(x) => x == r,
+        }
+    }
+}
+
+/// A cut (or a degradation) between two endpoints for a period.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Partition {
+    /// One side.
+    pub a: Endpoint,
+    /// The other side.
+    pub b: Endpoint,
+    /// Start (inclusive).
+    pub from_us: Micros,
+    /// End (exclusive).
+    pub until_us: Micros,
+    /// Only `a → b` is affected.
+    pub one_way: bool,
+    /// Extra latency on the link instead of a cut (0 with `loss == 1.0` is a
+    /// full partition).
+    pub extra_latency_us: Micros,
+    /// Probability of loss on the link during the period (1.0 = cut).
+    pub loss: f64,
+}
+
+/// The network state.
+pub struct Network {
+    cfg: NetConfig,
+    partitions: Vec<Partition>,
+}
+
+impl Network {
+    /// A healthy network.
+    pub fn new(cfg: NetConfig) -> Self {
+        Network {
+            cfg,
+            partitions: Vec::new(),
+        }
+    }
+
+    /// Adds a partition or link degradation.
+    pub fn add_partition(&mut self, p: Partition) {
+        assert!(p.from_us <= p.until_us, "partition ends before it starts");
+        assert!((0.0..=1.0).contains(&p.loss), "loss is a probability");
+        self.partitions.push(p);
+    }
+
+    /// The link class between two hosts.
+    #[inline]
+    pub fn class(from: HostId, fr: RegionId, to: HostId, tr: RegionId) -> LinkClass {
+        if from == to {
+            LinkClass::Local
+        } else if fr == tr {
+            LinkClass::IntraRegion
+        } else {
+            LinkClass::CrossRegion
+        }
+    }
+
+    /// Latency of a message sent now, or `None` when it is lost.
+    #[inline]
+    pub fn route(
+        &mut self,
+        now_us: Micros,
+        from: HostId,
+        fr: RegionId,
+        to: HostId,
+        tr: RegionId,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<Micros> {
+        let link = match Network::class(from, fr, to, tr) {
+            LinkClass::Local => return Some(0),
+            LinkClass::IntraRegion => self.cfg.intra_region,
+            LinkClass::CrossRegion => self.cfg.cross_region,
+        };
+        let mut latency = link.latency_us;
+        if link.jitter_us > 0 {
+            latency += rng.random_range(0..=link.jitter_us);
+        }
+        if link.loss > 0.0 && rng.random_bool(link.loss) {
+            return None;
+        }
+        if !self.partitions.is_empty() {
+            for p in &self.partitions {
+                if now_us < p.from_us || now_us >= p.until_us {
+                    continue;
+                }
+                let forward = p.a.matches(from, fr) && p.b.matches(to, tr);
+                let backward = !p.one_way && p.b.matches(from, fr) && p.a.matches(to, tr);
+                if forward || backward {
+                    if p.loss >= 1.0 || (p.loss > 0.0 && rng.random_bool(p.loss)) {
+                        return None;
+                    }
+                    latency += p.extra_latency_us;
+                }
+            }
+        }
+        Some(latency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn cross_region_is_slower_and_partitions_cut_for_their_period_only() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let mut n = Network::new(NetConfig::default());
+        let (a, b, c) = (HostId(0), HostId(1), HostId(2));
+        let (r0, r1) = (RegionId(0), RegionId(1));
+        let intra = n.route(0, a, r0, b, r0, &mut rng).unwrap();
+        let cross = n.route(0, a, r0, c, r1, &mut rng).unwrap();
+        assert!(cross > 10 * intra);
+        n.add_partition(Partition {
+            a: Endpoint::Region(r0),
+            b: Endpoint::Host(c),
+            from_us: 100,
+            until_us: 200,
+            one_way: true,
+            extra_latency_us: 0,
+            loss: 1.0,
+        });
+        assert!(n.route(150, a, r0, c, r1, &mut rng).is_none());
+        assert!(n.route(150, c, r1, a, r0, &mut rng).is_some(), "one-way");
+        assert!(n.route(200, a, r0, c, r1, &mut rng).is_some(), "healed");
+    }
+}

@@ -1,0 +1,1152 @@
+//! The simulated agent stack: builds the hosts of a scenario's stack on the
+//! runtime, routes every event to its component through [`SimEnv`], and
+//! keeps the harness's ground-truth instruments ([`Truth`]).
+//!
+//! Topology: region A (primary) and region B (standby) each have an
+//! orchestrator, a vector store, a local fallback model and workers; the
+//! client, the fake payment/email/search APIs, the hosted LLM providers and
+//! the failover controller live outside both regions.
+
+use std::rc::Rc;
+
+use rand::{Rng, RngExt};
+use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
+
+use crate::env::{Env, Note, Phase, Service, Timer};
+use crate::ids::{HostId, JobId, Micros, RegionId, US_PER_MS, US_PER_S};
+use crate::ledger::{ApiConfig, CallOutcome, SideEffectApi};
+use crate::orchestrator::{OrchConfig, Orchestrator, Replication};
+use crate::provider::ProviderMock;
+use crate::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
+use crate::scenario::{Arrival, Scenario, SnapshotLocation};
+use crate::sim::{Event, NetConfig, Runtime};
+use crate::vector::{PointId, RetentionLadder, VectorConfig, VectorStore};
+use crate::wire::Msg;
+use crate::worker::{Worker, WorkerShared};
+use crate::workflow::{self, Template};
+
+/// Region A.
+pub const REGION_A: RegionId = RegionId(0);
+/// Region B.
+pub const REGION_B: RegionId = RegionId(1);
+/// Outside both regions (SaaS APIs, providers, client, controller).
+pub const EXTERNAL: RegionId = RegionId(2);
+
+/// One job of the workload.
+#[derive(Clone, Copy, Debug)]
+pub struct JobSpec {
+    /// Template index.
+    pub template: u16,
+    /// Arrival time.
+    pub at_us: Micros,
+    /// Harness probe.
+    pub probe: bool,
+}
+
+/// A point on the fault hooks: kill or pause when a job reaches a phase.
+#[derive(Clone, Copy, Debug)]
+pub struct Trigger {
+    /// Fault index in the scenario.
+    pub fault: u16,
+    /// Job.
+    pub job: JobId,
+    /// Step.
+    pub step: u16,
+    /// Phase.
+    pub phase: Phase,
+    /// Pause for this long instead of killing.
+    pub pause_us: Option<Micros>,
+    /// Fired already.
+    pub fired: bool,
+}
+
+/// A crash or pause the fault hooks asked for during a handler.
+#[derive(Clone, Copy, Debug)]
+pub struct HookHit {
+    /// Fault index.
+    pub fault: u16,
+    /// Host hit.
+    pub host: HostId,
+}
+
+/// A timeline entry.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct TraceEvent {
+    /// When.
+    pub at_us: Micros,
+    /// Host that noted it.
+    pub host: HostId,
+    /// What.
+    pub note: Note,
+}
+
+/// Ground-truth instruments that live outside the stack's components.
+#[derive(Default)]
+pub struct Truth {
+    /// When each job was acknowledged to the client.
+    pub accepted_us: Vec<Option<Micros>>,
+    /// First decision a side effect acted upon, per (job, governing step).
+    pub acted: FxHashMap<(JobId, u16), u32>,
+    /// (job, step) pairs whose side effects acted on two different decisions.
+    pub replanned: Vec<(JobId, u16)>,
+    /// First acknowledgement time of each vector point by the primary.
+    pub vec_acks: FxHashMap<PointId, Micros>,
+    /// The timeline.
+    pub trace: Vec<TraceEvent>,
+    /// Fault hooks.
+    pub triggers: Vec<Trigger>,
+    /// Hooks hit during the current handler.
+    pub hits: Vec<HookHit>,
+    /// LSN the promoted standby held at promotion, and when.
+    pub promoted_at: Option<(u64, Micros)>,
+    /// Model calls and tool calls completed (for benchmarks).
+    pub calls: u64,
+}
+
+/// Vector store host.
+pub struct VectorNode {
+    /// The store (durable).
+    pub store: VectorStore,
+    /// Serving traffic.
+    pub serving: bool,
+    /// Where snapshots and streaming replication go.
+    pub peer: Option<HostId>,
+    stream: bool,
+    snapshot_interval_us: Micros,
+    ship_delay_us: Micros,
+    snapshots_local_only: bool,
+    controller: HostId,
+    hydrate_from: Option<crate::vector::Snapshot>,
+    restore_base_us: Micros,
+    streamed: bool,
+}
+
+/// The client: submits the workload and health probes, retries until acked.
+pub struct Client {
+    jobs: Rc<Vec<JobSpec>>,
+    next_arrival: usize,
+    pending: std::collections::VecDeque<(Micros, JobId)>,
+    acked: Vec<bool>,
+    retry_armed: bool,
+    probe_since: Option<Micros>,
+    probe_interval_us: Micros,
+    next_probe: u32,
+    last_probe: Option<(JobId, Micros)>,
+    first_probe_job: u32,
+    templates: Rc<Vec<Template>>,
+}
+
+/// A host's component.
+pub enum Node {
+    /// Workload generator.
+    Client(Client),
+    /// Orchestrator (region A or B).
+    Orchestrator(Orchestrator),
+    /// Worker.
+    Worker(Worker),
+    /// Payment or email API.
+    Api(SideEffectApi),
+    /// Read-only search tool.
+    Search(Micros),
+    /// An LLM provider.
+    Provider(ProviderMock),
+    /// Vector store.
+    Vector(VectorNode),
+    /// Failover controller.
+    Controller(Controller),
+}
+
+/// The built stack.
+pub struct Stack {
+    /// The runtime.
+    pub rt: Runtime<Msg, Timer>,
+    /// Components by host.
+    pub nodes: Vec<Node>,
+    /// DNS.
+    pub dns: Dns,
+    /// Ground truth.
+    pub truth: Truth,
+    /// Named hosts.
+    pub hosts: Hosts,
+    /// The workload.
+    pub jobs: Rc<Vec<JobSpec>>,
+    /// Worker settings.
+    pub worker_shared: Rc<WorkerShared>,
+    /// Number of workload jobs (probes come after).
+    pub workload_jobs: u32,
+    /// Templates.
+    pub templates: Rc<Vec<Template>>,
+    /// The pattern.
+    pub pattern: Pattern,
+}
+
+/// Where things are.
+#[derive(Clone, Debug, Default)]
+pub struct Hosts {
+    /// Client.
+    pub client: HostId,
+    /// Orchestrators: A, B.
+    pub orch: [HostId; 2],
+    /// Vector stores: A, B.
+    pub vec: [HostId; 2],
+    /// Workers in A.
+    pub workers_a: Vec<HostId>,
+    /// Workers in B (running and scale-up ones).
+    pub workers_b: Vec<HostId>,
+    /// Workers in B that start only on scale-up.
+    pub scale_up_b: Vec<HostId>,
+    /// Payment API.
+    pub payment: HostId,
+    /// Email API.
+    pub email: HostId,
+    /// Search API.
+    pub search: HostId,
+    /// Providers in priority order (the last one is region A's local model).
+    pub providers: Vec<HostId>,
+    /// Region B's local model.
+    pub local_b: Option<HostId>,
+    /// Failover controller.
+    pub controller: Option<HostId>,
+}
+
+/// The maximum number of probe jobs a drill may submit.
+pub const MAX_PROBES: u32 = 100_000;
+
+struct SimEnv<'a> {
+    rt: &'a mut Runtime<Msg, Timer>,
+    me: HostId,
+    dns: &'a Dns,
+    truth: &'a mut Truth,
+}
+
+impl Env for SimEnv<'_> {
+    #[inline]
+    fn now_us(&self) -> Micros {
+        // A paused host acts at its wake-up time (see Runtime::pause).
+        self.rt.now_us().max(self.rt.host(self.me).paused_until_us)
+    }
+    #[inline]
+    fn me(&self) -> HostId {
+        self.me
+    }
+    #[inline]
+    fn send(&mut self, to: HostId, msg: Msg) {
+        self.rt.send(self.me, to, msg);
+    }
+    #[inline]
+    fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg) {
+        self.rt.send_after(self.me, delay_us, to, msg);
+    }
+    #[inline]
+    fn set_timer(&mut self, after_us: Micros, timer: Timer) {
+        self.rt.set_timer(self.me, after_us, timer);
+    }
+    #[inline]
+    fn rng(&mut self) -> &mut ChaCha8Rng {
+        self.rt.rng()
+    }
+    #[inline]
+    fn resolve(&self, svc: Service) -> HostId {
+        self.dns.resolve(svc, self.rt.now_us())
+    }
+    fn note(&mut self, note: Note) {
+        self.truth.trace.push(TraceEvent {
+            at_us: self.rt.now_us(),
+            host: self.me,
+            note,
+        });
+    }
+    #[inline]
+    fn reach(&mut self, host: HostId, job: JobId, step: u16, phase: Phase) -> bool {
+        if self.truth.triggers.is_empty() {
+            return false;
+        }
+        let Some(t) = self
+            .truth
+            .triggers
+            .iter_mut()
+            .find(|t| !t.fired && t.job == job && t.step == step && t.phase == phase)
+        else {
+            return false;
+        };
+        t.fired = true;
+        let (fault, pause) = (t.fault, t.pause_us);
+        match pause {
+            Some(d) => {
+                // Freeze the host from this exact point: the rest of the
+                // handler acts at its wake-up time.
+                let until = self.rt.now_us() + d;
+                self.rt.pause(host, until);
+                self.truth.hits.push(HookHit { fault, host });
+                false
+            }
+            None => {
+                self.truth.hits.push(HookHit { fault, host });
+                host == self.me
+            }
+        }
+    }
+}
+
+/// The templates' step counts by index (used by the client).
+fn steps_of(templates: &[Template], t: u16) -> u16 {
+    templates[t as usize].steps.len() as u16
+}
+
+impl Stack {
+    /// Builds the stack, the workload and the DNS of a scenario.
+    pub fn build(sc: &Scenario, seed: u64) -> Stack {
+        let spec = &sc.stack;
+        let policy = spec.effective_policy();
+        let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::default());
+        let templates: Rc<Vec<Template>> = Rc::new(workflow::builtin());
+        let pattern = spec.pattern;
+        let two = pattern != Pattern::SingleRegion;
+
+        let client = rt.add_host("client", EXTERNAL);
+        let orch_a = rt.add_host("orchestrator-a", REGION_A);
+        let orch_b = rt.add_host("orchestrator-b", REGION_B);
+        let vec_a = rt.add_host("vector-a", REGION_A);
+        let vec_b = rt.add_host("vector-b", REGION_B);
+        let payment = rt.add_host("payment-api", EXTERNAL);
+        let email = rt.add_host("email-api", EXTERNAL);
+        let search = rt.add_host("search-api", EXTERNAL);
+        let mut providers = Vec::new();
+        let mut local_b = None;
+        for (i, p) in spec.providers.iter().enumerate() {
+            let is_last = i + 1 == spec.providers.len();
+            let local = p.kind == crate::provider::ProviderKind::Local;
+            let region = if local { REGION_A } else { EXTERNAL };
+            providers.push(rt.add_host(format!("provider-{}", p.name), region));
+            if local && is_last && two {
+                local_b = Some(rt.add_host(format!("provider-{}-b", p.name), REGION_B));
+            }
+        }
+        let controller = two.then(|| rt.add_host("failover-controller", EXTERNAL));
+
+        let replication = if two {
+            spec.replication
+        } else {
+            Replication::None
+        };
+        let orch_cfg = OrchConfig {
+            lease_ms: policy.lease_ms,
+            recovery_scan_ms: spec.recovery_scan.ms().max(1),
+            fencing: policy.fencing,
+            replication,
+            replica: (two && replication != Replication::None).then_some(orch_b),
+            client,
+        };
+
+        let mut nodes: Vec<Option<Node>> = (0..rt.hosts().len()).map(|_| None).collect();
+        nodes[orch_a.0 as usize] = Some(Node::Orchestrator(Orchestrator::new(orch_cfg, true)));
+        nodes[orch_b.0 as usize] = Some(Node::Orchestrator(Orchestrator::new(
+            OrchConfig {
+                replica: None,
+                ..orch_cfg
+            },
+            false,
+        )));
+        let vcfg = VectorConfig {
+            restore_base_us: spec.vector.restore_base.us(),
+            restore_per_point_us: spec.vector.restore_per_point_us,
+        };
+        let ctl = controller.unwrap_or(client);
+        let local_only = spec.vector.snapshot_location == SnapshotLocation::SameRegion || !two;
+        nodes[vec_a.0 as usize] = Some(Node::Vector(VectorNode {
+            store: VectorStore::new(vcfg.clone()),
+            serving: true,
+            peer: two.then_some(vec_b),
+            stream: two && spec.vector.streaming_replica,
+            snapshot_interval_us: spec.vector.snapshot_interval.us(),
+            ship_delay_us: spec.vector.ship_delay.us(),
+            snapshots_local_only: local_only,
+            controller: ctl,
+            hydrate_from: None,
+            restore_base_us: spec.vector.restore_base.us(),
+            streamed: false,
+        }));
+        nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
+            store: VectorStore::new(vcfg),
+            serving: false,
+            peer: None,
+            stream: false,
+            snapshot_interval_us: spec.vector.snapshot_interval.us(),
+            ship_delay_us: spec.vector.ship_delay.us(),
+            snapshots_local_only: true,
+            controller: ctl,
+            hydrate_from: None,
+            restore_base_us: spec.vector.restore_base.us(),
+            streamed: false,
+        }));
+        let api = |dedupe: bool, latency: crate::scenario::Dur, base: ApiConfig| {
+            Node::Api(SideEffectApi::new(ApiConfig {
+                dedupe,
+                processing_us: latency.us(),
+                ..base
+            }))
+        };
+        nodes[payment.0 as usize] = Some(api(
+            spec.apis.payment_dedupe,
+            spec.apis.payment_latency,
+            ApiConfig::payment(),
+        ));
+        nodes[email.0 as usize] = Some(api(
+            spec.apis.email_dedupe,
+            spec.apis.email_latency,
+            ApiConfig::email(),
+        ));
+        nodes[search.0 as usize] = Some(Node::Search(spec.apis.search_latency.us()));
+        for (h, p) in providers.iter().zip(&spec.providers) {
+            nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
+        }
+        if let (Some(h), Some(p)) = (local_b, spec.providers.last()) {
+            nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
+        }
+        if let Some(c) = controller {
+            let f = spec.failover;
+            let cfg = FailoverConfig {
+                health_interval_ms: f.health_interval.ms(),
+                health_timeout_ms: f.health_timeout.ms(),
+                failure_threshold: f.failure_threshold,
+                promotion_ms: f.promotion.ms(),
+                dns_ttl_ms: f.dns_ttl.ms(),
+                scale_up_ms: if pattern == Pattern::ActiveActive {
+                    0
+                } else {
+                    f.scale_up.ms()
+                },
+            };
+            nodes[c.0 as usize] = Some(Node::Controller(Controller::new(
+                cfg, orch_a, orch_b, vec_b,
+            )));
+        }
+
+        // Workers.
+        let mut router = crate::router::RouterSettings::for_providers(&spec.providers);
+        router.breaker = spec.breaker;
+        let shared_for = |home: Option<HostId>, providers: Vec<HostId>| {
+            Rc::new(WorkerShared {
+                policy,
+                templates: (*templates).clone(),
+                home,
+                payment,
+                email,
+                search,
+                providers,
+                router: router.clone(),
+                request_timeout_us: spec.request_timeout.us(),
+            })
+        };
+        let shared_a = shared_for(None, providers.clone());
+        let mut providers_b = providers.clone();
+        if let (Some(b), Some(last)) = (local_b, providers_b.last_mut()) {
+            *last = b;
+        }
+        let home_b = if pattern == Pattern::ActiveActive {
+            None
+        } else {
+            Some(orch_b)
+        };
+        let shared_b = shared_for(home_b, providers_b);
+        let mut hosts = Hosts {
+            client,
+            orch: [orch_a, orch_b],
+            vec: [vec_a, vec_b],
+            payment,
+            email,
+            search,
+            providers,
+            local_b,
+            controller,
+            ..Hosts::default()
+        };
+        for i in 0..spec.workers {
+            let h = rt.add_host(format!("worker-a-{i}"), REGION_A);
+            nodes.push(Some(Node::Worker(Worker::new(shared_a.clone(), h))));
+            hosts.workers_a.push(h);
+        }
+        if two {
+            let running = match pattern {
+                Pattern::ActiveActive => spec.workers,
+                Pattern::WarmStandby => spec.standby_workers,
+                _ => 0,
+            };
+            for i in 0..spec.workers {
+                let h = rt.add_host(format!("worker-b-{i}"), REGION_B);
+                nodes.push(Some(Node::Worker(Worker::new(shared_b.clone(), h))));
+                hosts.workers_b.push(h);
+                if i >= running {
+                    hosts.scale_up_b.push(h);
+                }
+            }
+        }
+
+        // Workload.
+        let n = sc.workload.tasks;
+        let tpl_index = |name: &str| {
+            templates
+                .iter()
+                .position(|t| t.name == name)
+                .expect("validated") as u16
+        };
+        let probe_tpl = tpl_index("probe");
+        let mut jobs = Vec::with_capacity(n as usize);
+        let mut t = 0u64;
+        for i in 0..n {
+            let name = &sc.workload.templates[i as usize % sc.workload.templates.len()];
+            let gap = sc.workload.interval.us();
+            match sc.workload.arrival {
+                Arrival::AtOnce => {}
+                Arrival::Uniform => t = u64::from(i) * gap,
+                Arrival::Poisson => {
+                    if i > 0 {
+                        let u: f64 = rt.rng().random_range(f64::EPSILON..1.0);
+                        t += (-u.ln() * gap as f64) as u64;
+                    }
+                }
+            }
+            jobs.push(JobSpec {
+                template: tpl_index(name),
+                at_us: t,
+                probe: false,
+            });
+        }
+        for _ in 0..MAX_PROBES {
+            jobs.push(JobSpec {
+                template: probe_tpl,
+                at_us: u64::MAX,
+                probe: true,
+            });
+        }
+        let jobs = Rc::new(jobs);
+        nodes[client.0 as usize] = Some(Node::Client(Client {
+            jobs: jobs.clone(),
+            next_arrival: 0,
+            pending: Default::default(),
+            acked: vec![false; jobs.len()],
+            retry_armed: false,
+            probe_since: None,
+            probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
+            next_probe: n,
+            last_probe: None,
+            first_probe_job: n,
+            templates: templates.clone(),
+        }));
+
+        let ttl = spec.failover.dns_ttl.us();
+        let dns = Dns {
+            orchestrator: Record::new(orch_a, ttl),
+            vector: Record::new(vec_a, ttl),
+        };
+        let nodes: Vec<Node> = nodes
+            .into_iter()
+            .map(|n| n.expect("every host has a component"))
+            .collect();
+        let mut truth = Truth {
+            accepted_us: vec![None; jobs.len()],
+            ..Truth::default()
+        };
+        truth.trace.reserve(64);
+        let mut stack = Stack {
+            rt,
+            nodes,
+            dns,
+            truth,
+            hosts,
+            jobs,
+            worker_shared: shared_a,
+            workload_jobs: n,
+            templates,
+            pattern,
+        };
+        // Scale-up workers are not running yet.
+        for h in stack.hosts.scale_up_b.clone() {
+            stack.rt.crash(h);
+        }
+        stack
+    }
+
+    /// Runs every component's start-up.
+    pub fn start(&mut self) {
+        for i in 0..self.nodes.len() {
+            let h = HostId(i as u32);
+            if self.rt.host(h).up {
+                self.start_host(h);
+            }
+        }
+    }
+
+    /// Runs one host's start-up.
+    pub fn start_host(&mut self, h: HostId) {
+        let Stack {
+            rt,
+            nodes,
+            dns,
+            truth,
+            ..
+        } = self;
+        let mut env = SimEnv {
+            rt,
+            me: h,
+            dns,
+            truth,
+        };
+        match &mut nodes[h.0 as usize] {
+            Node::Orchestrator(o) => {
+                // A returning primary that was failed away from stays standby.
+                if o.is_primary() && env.resolve(Service::Orchestrator) != h {
+                    o.demote();
+                }
+                o.start(&mut env);
+            }
+            Node::Worker(w) => w.start(&mut env),
+            Node::Controller(c) => c.start(&mut env),
+            Node::Client(c) => c.start(&mut env),
+            Node::Vector(v) => v.start(&mut env),
+            _ => {}
+        }
+    }
+
+    /// Crashes a host: its volatile state is dropped (a worker is replaced by
+    /// a fresh process with an empty disk).
+    pub fn crash_host(&mut self, h: HostId) {
+        if !self.rt.host(h).up {
+            return;
+        }
+        self.rt.crash(h);
+        match &mut self.nodes[h.0 as usize] {
+            Node::Worker(w) => *w = Worker::new(w.shared(), h),
+            Node::Orchestrator(o) => o.crash(),
+            Node::Vector(v) => v.serving = false,
+            _ => {}
+        }
+        self.truth.trace.push(TraceEvent {
+            at_us: self.rt.now_us(),
+            host: h,
+            note: Note::Crashed { host: h },
+        });
+    }
+
+    /// Restarts a crashed host and runs its start-up.
+    pub fn restart_host(&mut self, h: HostId) {
+        if self.rt.host(h).up {
+            return;
+        }
+        self.rt.restart(h);
+        self.truth.trace.push(TraceEvent {
+            at_us: self.rt.now_us(),
+            host: h,
+            note: Note::Restarted { host: h },
+        });
+        self.start_host(h);
+    }
+
+    /// Hands one event to its component. Returns the controller's requests
+    /// and the hooks hit, for the drill to act on.
+    pub fn dispatch(&mut self, ev: Event<Msg, Timer>) -> Option<Timer> {
+        let Stack {
+            rt,
+            nodes,
+            dns,
+            truth,
+            jobs,
+            ..
+        } = self;
+        match ev {
+            Event::Control(t) => return Some(t),
+            Event::Deliver { from, to, msg } => {
+                let mut env = SimEnv {
+                    rt,
+                    me: to,
+                    dns,
+                    truth,
+                };
+                match &mut nodes[to.0 as usize] {
+                    Node::Worker(w) => w.on_msg(&mut env, from, msg),
+                    Node::Orchestrator(o) => o.on_msg(&mut env, from, msg),
+                    Node::Api(api) => api_on_msg(api, &mut env, from, msg),
+                    Node::Search(lat) => {
+                        if let Msg::ToolReq { req, origin, .. } = msg {
+                            let ok = CallOutcome::Ok {
+                                effect: 0,
+                                replayed: false,
+                            };
+                            env.send_after(*lat, from, Msg::ToolResp { req, outcome: ok });
+                            env.truth.calls += 1;
+                            env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
+                        }
+                    }
+                    Node::Provider(p) => {
+                        if let Msg::ModelReq {
+                            req,
+                            request,
+                            origin,
+                        } = msg
+                        {
+                            let now = env.now_us();
+                            let outcome = p.handle(now, &request, env.rng());
+                            env.send_after(
+                                outcome.latency_us,
+                                from,
+                                Msg::ModelResp { req, outcome },
+                            );
+                            env.truth.calls += 1;
+                            if outcome.result.is_ok() {
+                                env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
+                            }
+                        }
+                    }
+                    Node::Vector(v) => v.on_msg(&mut env, from, msg),
+                    Node::Controller(c) => c.on_msg(&mut env, from, msg),
+                    Node::Client(c) => c.on_msg(&mut env, from, msg),
+                }
+            }
+            Event::Timer { host, timer } => {
+                let mut env = SimEnv {
+                    rt,
+                    me: host,
+                    dns,
+                    truth,
+                };
+                match &mut nodes[host.0 as usize] {
+                    Node::Worker(w) => w.on_timer(&mut env, timer),
+                    Node::Orchestrator(o) => o.on_timer(&mut env, timer),
+                    Node::Vector(v) => v.on_timer(&mut env, timer),
+                    Node::Controller(c) => c.on_timer(&mut env, timer),
+                    Node::Client(c) => c.on_timer(&mut env, timer, jobs),
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// Drains the controller's requests (DNS switch, scale-up).
+    pub fn controller_requests(&mut self) -> Vec<Request> {
+        match self.hosts.controller {
+            Some(c) => match &mut self.nodes[c.0 as usize] {
+                Node::Controller(ctl) => ctl.take_requests(),
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        }
+    }
+
+    /// The orchestrator on host `h`.
+    pub fn orch(&self, h: HostId) -> &Orchestrator {
+        match &self.nodes[h.0 as usize] {
+            Node::Orchestrator(o) => o,
+            _ => panic!("host {h:?} is not an orchestrator"),
+        }
+    }
+
+    /// The orchestrator on host `h`, mutably.
+    pub fn orch_mut(&mut self, h: HostId) -> &mut Orchestrator {
+        match &mut self.nodes[h.0 as usize] {
+            Node::Orchestrator(o) => o,
+            _ => panic!("host {h:?} is not an orchestrator"),
+        }
+    }
+
+    /// The vector node on host `h`.
+    pub fn vector(&self, h: HostId) -> &VectorNode {
+        match &self.nodes[h.0 as usize] {
+            Node::Vector(v) => v,
+            _ => panic!("host {h:?} is not a vector store"),
+        }
+    }
+
+    /// The vector node on host `h`, mutably.
+    pub fn vector_mut(&mut self, h: HostId) -> &mut VectorNode {
+        match &mut self.nodes[h.0 as usize] {
+            Node::Vector(v) => v,
+            _ => panic!("host {h:?} is not a vector store"),
+        }
+    }
+
+    /// A side-effect API.
+    pub fn api(&self, h: HostId) -> &SideEffectApi {
+        match &self.nodes[h.0 as usize] {
+            Node::Api(a) => a,
+            _ => panic!("host {h:?} is not an API"),
+        }
+    }
+
+    /// A provider mock.
+    pub fn provider_mut(&mut self, h: HostId) -> &mut ProviderMock {
+        match &mut self.nodes[h.0 as usize] {
+            Node::Provider(p) => p,
+            _ => panic!("host {h:?} is not a provider"),
+        }
+    }
+
+    /// Every provider mock (for cost).
+    pub fn providers(&self) -> impl Iterator<Item = &ProviderMock> {
+        self.nodes.iter().filter_map(|n| {
+            if let Node::Provider(p) = n {
+                Some(p)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The orchestrator that serves at the end (the primary).
+    pub fn serving_orch(&self) -> HostId {
+        let [a, b] = self.hosts.orch;
+        if self.orch(b).is_primary() && !self.orch(a).is_primary() {
+            b
+        } else {
+            a
+        }
+    }
+}
+
+fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
+    let now = env.now_us();
+    match msg {
+        Msg::ToolReq {
+            req,
+            key,
+            params,
+            origin,
+            basis,
+            ..
+        } => {
+            // Ground truth: did this side effect act on a different decision
+            // than an earlier one for the same plan step?
+            let k = (origin.job, basis.0);
+            match env.truth.acted.get(&k) {
+                Some(&d) if d != basis.1 => {
+                    if !env.truth.replanned.contains(&k) {
+                        env.truth.replanned.push(k);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    env.truth.acted.insert(k, basis.1);
+                }
+            }
+            let (outcome, done_at) = api.call(now, Some(key), params, origin);
+            env.send_after(done_at - now, from, Msg::ToolResp { req, outcome });
+            env.truth.calls += 1;
+            if matches!(
+                outcome,
+                CallOutcome::Ok {
+                    replayed: false,
+                    ..
+                }
+            ) {
+                env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
+            }
+        }
+        Msg::LookupReq { req, key, .. } => {
+            let found = api.lookup(now, key);
+            env.send_after(50 * US_PER_MS, from, Msg::LookupResp { req, found });
+        }
+        _ => {}
+    }
+}
+
+impl VectorNode {
+    fn start(&mut self, env: &mut impl Env) {
+        if self.serving {
+            env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
+        }
+    }
+
+    fn on_msg(&mut self, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
+        let now = env.now_us();
+        match msg {
+            Msg::VecUpsert {
+                req,
+                point,
+                value,
+                origin,
+            } => {
+                if !self.serving {
+                    env.send(
+                        from,
+                        Msg::VecResp {
+                            req,
+                            unavailable: true,
+                        },
+                    );
+                    return;
+                }
+                self.store.upsert(now, point, value);
+                env.truth.vec_acks.entry(point).or_insert(now);
+                if self.stream
+                    && let Some(peer) = self.peer
+                {
+                    env.send(
+                        peer,
+                        Msg::VecReplicate {
+                            point,
+                            value,
+                            at_us: now,
+                        },
+                    );
+                }
+                env.send_after(
+                    5 * US_PER_MS,
+                    from,
+                    Msg::VecResp {
+                        req,
+                        unavailable: false,
+                    },
+                );
+                env.truth.calls += 1;
+                env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
+            }
+            Msg::VecQuery { req, origin, .. } => {
+                let unavailable = !self.serving;
+                env.send_after(5 * US_PER_MS, from, Msg::VecResp { req, unavailable });
+                if !unavailable {
+                    env.truth.calls += 1;
+                    env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
+                }
+            }
+            Msg::VecReplicate {
+                point,
+                value,
+                at_us,
+            } => {
+                self.streamed = true;
+                self.store.upsert(at_us, point, value);
+            }
+            Msg::ShipSnapshot(snap) => {
+                self.store.receive_snapshot(*snap);
+                self.store.prune(now, RetentionLadder::default());
+            }
+            Msg::Hydrate => {
+                // Restore the newest snapshot held (a streaming replica is
+                // already hydrated).
+                let (dur, snap) = if self.streamed {
+                    (0, None)
+                } else {
+                    match self.store.snapshots().last() {
+                        Some(s) => (self.store.restore_duration_us(s), Some(s.clone())),
+                        None => (self.restore_base_us, None),
+                    }
+                };
+                self.hydrate_from = snap;
+                env.set_timer(dur, Timer::HydrationDone);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, env: &mut SimEnv<'_>, timer: Timer) {
+        let now = env.now_us();
+        match timer {
+            Timer::SnapshotTick if self.serving => {
+                let snap = self.store.snapshot(now);
+                if !self.snapshots_local_only {
+                    env.set_timer(self.ship_delay_us, Timer::ShipSnapshot { id: snap.id });
+                }
+                self.store.prune(now, RetentionLadder::default());
+                env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
+            }
+            Timer::ShipSnapshot { id } => {
+                if let (Some(peer), Some(s)) = (
+                    self.peer,
+                    self.store.snapshots().iter().find(|s| s.id == id),
+                ) {
+                    env.send(peer, Msg::ShipSnapshot(Box::new(s.clone())));
+                }
+            }
+            Timer::HydrationDone => {
+                let points = match self.hydrate_from.take() {
+                    Some(s) => self.store.restore(now, &s),
+                    None => self.store.len() as u64,
+                };
+                self.serving = true;
+                env.note(Note::Hydrated { points });
+                env.send(self.controller, Msg::Hydrated);
+                env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Client {
+    fn start(&mut self, env: &mut impl Env) {
+        self.arm_next_arrival(env);
+    }
+
+    fn arm_next_arrival(&mut self, env: &mut impl Env) {
+        if let Some(j) = self.jobs.get(self.next_arrival)
+            && !j.probe
+        {
+            let at = j.at_us.max(env.now_us());
+            env.set_timer(
+                at - env.now_us(),
+                Timer::Arrival {
+                    job: JobId(self.next_arrival as u32),
+                },
+            );
+        }
+    }
+
+    fn submit(&mut self, env: &mut impl Env, job: JobId) {
+        let spec = self.jobs[job.0 as usize];
+        let to = env.resolve(Service::Orchestrator);
+        let steps = steps_of(&self.templates, spec.template);
+        env.send(
+            to,
+            Msg::Submit {
+                job,
+                template: spec.template,
+                steps,
+                probe: spec.probe,
+            },
+        );
+        self.pending.push_back((env.now_us(), job));
+        if !self.retry_armed {
+            self.retry_armed = true;
+            env.set_timer(5 * US_PER_S, Timer::ClientRetry);
+        }
+    }
+
+    /// Starts probing until a probe submitted from now on completes.
+    pub fn start_probing(&mut self, env: &mut impl Env) {
+        let first = self.probe_since.is_none();
+        self.probe_since = Some(env.now_us());
+        self.last_probe = None;
+        if first {
+            self.probe(env);
+        }
+    }
+
+    fn probe(&mut self, env: &mut impl Env) {
+        if self.probe_since.is_none() {
+            return;
+        }
+        let now = env.now_us();
+        let due = match self.last_probe {
+            None => true,
+            Some((_, at)) => now >= at + 30 * US_PER_S,
+        };
+        if due && self.next_probe < self.first_probe_job + MAX_PROBES {
+            let job = JobId(self.next_probe);
+            self.next_probe += 1;
+            self.last_probe = Some((job, now));
+            self.submit(env, job);
+        }
+        env.set_timer(self.probe_interval_us, Timer::ProbeTick);
+    }
+
+    fn on_timer(&mut self, env: &mut SimEnv<'_>, timer: Timer, jobs: &[JobSpec]) {
+        let now = env.now_us();
+        match timer {
+            Timer::Arrival { job } => {
+                self.next_arrival += 1;
+                self.submit(env, job);
+                // Jobs arriving at the same instant go out together.
+                while let Some(j) = jobs.get(self.next_arrival) {
+                    if j.probe || j.at_us > now {
+                        break;
+                    }
+                    let job = JobId(self.next_arrival as u32);
+                    self.next_arrival += 1;
+                    self.submit(env, job);
+                }
+                self.arm_next_arrival(env);
+            }
+            Timer::ClientRetry => {
+                self.retry_armed = false;
+                let mut resend = Vec::new();
+                while let Some(&(at, job)) = self.pending.front() {
+                    if self.acked[job.0 as usize] {
+                        self.pending.pop_front();
+                        continue;
+                    }
+                    if at + 5 * US_PER_S > now {
+                        break;
+                    }
+                    self.pending.pop_front();
+                    resend.push(job);
+                }
+                for job in resend {
+                    self.submit(env, job);
+                }
+                if !self.pending.is_empty() && !self.retry_armed {
+                    self.retry_armed = true;
+                    env.set_timer(5 * US_PER_S, Timer::ClientRetry);
+                }
+            }
+            Timer::ProbeTick => self.probe(env),
+            _ => {}
+        }
+    }
+
+    fn on_msg(&mut self, env: &mut SimEnv<'_>, _from: HostId, msg: Msg) {
+        match msg {
+            Msg::SubmitAck { job } => {
+                let j = job.0 as usize;
+                if !self.acked[j] {
+                    self.acked[j] = true;
+                    env.truth.accepted_us[j] = Some(env.now_us());
+                }
+            }
+            Msg::Completed { job } => {
+                if let (Some(since), Some((last, at))) = (self.probe_since, self.last_probe)
+                    && job == last
+                    && at >= since
+                {
+                    self.probe_since = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Stack {
+    /// Tells the client to probe from now on (a fault began).
+    pub fn start_probing(&mut self) {
+        let Stack {
+            rt,
+            nodes,
+            dns,
+            truth,
+            hosts,
+            ..
+        } = self;
+        let mut env = SimEnv {
+            rt,
+            me: hosts.client,
+            dns,
+            truth,
+        };
+        if let Node::Client(c) = &mut nodes[hosts.client.0 as usize] {
+            c.start_probing(&mut env);
+        }
+    }
+
+    /// Sets an outage on a provider by name (and on region B's copy of the
+    /// local model when it is the one named).
+    pub fn provider_hosts_named(&self, name: &str, names: &[String]) -> Vec<HostId> {
+        let mut out = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            if n == name {
+                out.push(self.hosts.providers[i]);
+                if i + 1 == names.len()
+                    && let Some(b) = self.hosts.local_b
+                {
+                    out.push(b);
+                }
+            }
+        }
+        out
+    }
+
+    /// Draws from the drill's RNG (for harness decisions).
+    pub fn rng_u64(&mut self) -> u64 {
+        self.rt.rng().next_u64()
+    }
+}

@@ -1,0 +1,304 @@
+//! The protocol between components: every request and response that
+//! crosses the transport seam.
+//!
+//! In the simulation these values are moved between hosts by the runtime;
+//! behind HTTP they are the bodies of requests on loopback. Nothing here
+//! knows which. Large payloads are boxed so the common messages stay small
+//! on the simulator's hot path.
+
+use crate::ids::{IdemKey, JobId, Micros, Origin, TaskId};
+use crate::ledger::{CallOutcome, Lookup};
+use crate::provider::{ModelOutcome, ModelRequest};
+use crate::store::{LogRec, StepRec};
+use crate::vector::{PointId, Snapshot};
+
+/// Which fake API a tool request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// Payments (charge, refund).
+    Payment,
+    /// Email.
+    Email,
+    /// Read-only search.
+    Search,
+}
+
+/// A lease grant: everything a worker needs to continue a task.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// Task.
+    pub task: TaskId,
+    /// Job.
+    pub job: JobId,
+    /// Template index.
+    pub template: u16,
+    /// Fencing token.
+    pub token: u64,
+    /// Lease expiry on the orchestrator's clock, as a duration from now.
+    pub lease_ms: u64,
+    /// Next step.
+    pub cursor: u16,
+    /// Durable step records (checkpoints, decisions).
+    pub steps: Box<[StepRec]>,
+    /// The task was leased before (this is a resume).
+    pub resumed: bool,
+}
+
+/// Every message.
+#[derive(Clone, Debug)]
+pub enum Msg {
+    // --- client ⇄ orchestrator
+    /// Submit a job (idempotent on the job id).
+    Submit {
+        /// Job.
+        job: JobId,
+        /// Template.
+        template: u16,
+        /// Number of steps in the template.
+        steps: u16,
+        /// Harness probe.
+        probe: bool,
+    },
+    /// The job is accepted (durably, with the task id).
+    SubmitAck {
+        /// Job.
+        job: JobId,
+    },
+
+    /// A probe job finished (the orchestrator tells the client).
+    Completed {
+        /// Job.
+        job: JobId,
+    },
+
+    // --- worker ⇄ orchestrator
+    /// Long-poll for work.
+    LeaseReq {
+        /// Request number (echoed).
+        req: u32,
+    },
+    /// Work.
+    LeaseGrant {
+        /// Request number.
+        req: u32,
+        /// The grant.
+        grant: Box<Grant>,
+    },
+    /// A durable write from the lease holder.
+    Write {
+        /// Request number.
+        req: u32,
+        /// Fencing token.
+        token: u64,
+        /// The write.
+        write: WorkerWrite,
+    },
+    /// The write's answer.
+    WriteAck {
+        /// Request number.
+        req: u32,
+        /// `false`: fenced off (the lease moved on).
+        ok: bool,
+    },
+    /// Lease renewal.
+    Heartbeat {
+        /// Task.
+        task: TaskId,
+        /// Token.
+        token: u64,
+    },
+    /// Renewal answer.
+    HeartbeatAck {
+        /// Task.
+        task: TaskId,
+        /// `false`: the lease moved on.
+        ok: bool,
+        /// New lease duration from now.
+        lease_ms: u64,
+    },
+
+    // --- worker ⇄ tool APIs
+    /// A tool call.
+    ToolReq {
+        /// Request number.
+        req: u32,
+        /// Which API.
+        api: Api,
+        /// Idempotency key.
+        key: IdemKey,
+        /// Parameters hash.
+        params: u64,
+        /// Ground-truth attribution (harness metadata; the API's logic ignores it).
+        origin: Origin,
+        /// The decision the arguments were derived from (harness metadata).
+        basis: (u16, u32),
+    },
+    /// The tool's answer.
+    ToolResp {
+        /// Request number.
+        req: u32,
+        /// Outcome.
+        outcome: CallOutcome,
+    },
+    /// Reconciliation: look a key up.
+    LookupReq {
+        /// Request number.
+        req: u32,
+        /// Which API.
+        api: Api,
+        /// Key.
+        key: IdemKey,
+    },
+    /// Lookup answer.
+    LookupResp {
+        /// Request number.
+        req: u32,
+        /// Result.
+        found: Lookup,
+    },
+
+    // --- worker ⇄ providers
+    /// A model call.
+    ModelReq {
+        /// Request number.
+        req: u32,
+        /// The request.
+        request: ModelRequest,
+        /// Ground-truth attribution (harness metadata).
+        origin: Origin,
+    },
+    /// The provider's answer (or the SDK's timeout).
+    ModelResp {
+        /// Request number.
+        req: u32,
+        /// Outcome.
+        outcome: ModelOutcome,
+    },
+
+    // --- worker ⇄ vector store
+    /// Upsert a point.
+    VecUpsert {
+        /// Request number.
+        req: u32,
+        /// Point.
+        point: PointId,
+        /// Value.
+        value: u64,
+        /// Ground-truth attribution (harness metadata).
+        origin: Origin,
+    },
+    /// Query a point.
+    VecQuery {
+        /// Request number.
+        req: u32,
+        /// Point.
+        point: PointId,
+        /// Ground-truth attribution (harness metadata).
+        origin: Origin,
+    },
+    /// Answer to either.
+    VecResp {
+        /// Request number.
+        req: u32,
+        /// The store is not serving (standby, hydrating).
+        unavailable: bool,
+    },
+
+    // --- replication and snapshots
+    /// Structured-state replication: a batch of log records.
+    Replicate {
+        /// Records in LSN order.
+        recs: Box<[LogRec]>,
+    },
+    /// The replica applied up to this LSN.
+    ReplicateAck {
+        /// Highest applied LSN.
+        lsn: u64,
+    },
+    /// Vector streaming replication: one upsert.
+    VecReplicate {
+        /// Point.
+        point: PointId,
+        /// Value.
+        value: u64,
+        /// When the primary acknowledged it.
+        at_us: Micros,
+    },
+    /// A vector snapshot arrives at another region's storage.
+    ShipSnapshot(Box<Snapshot>),
+
+    // --- failover control
+    /// Health check.
+    Ping {
+        /// Check number.
+        seq: u32,
+    },
+    /// Health answer.
+    Pong {
+        /// Check number.
+        seq: u32,
+    },
+    /// Become the primary (promotion).
+    Promote,
+    /// Restore vector memory from the newest snapshot held, then report.
+    Hydrate,
+    /// Hydration finished.
+    Hydrated,
+    /// Start serving traffic.
+    Open,
+}
+
+/// A durable write a worker asks the orchestrator for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerWrite {
+    /// Checkpoint before a call.
+    Intent {
+        /// Task.
+        task: TaskId,
+        /// Step.
+        ordinal: u16,
+        /// Key.
+        key: IdemKey,
+        /// Arguments.
+        args: u64,
+    },
+    /// Persist a step's result.
+    Result {
+        /// Task.
+        task: TaskId,
+        /// Step.
+        ordinal: u16,
+        /// Decision or `NO_DECISION`.
+        decision: u32,
+        /// Adopted by reconciliation.
+        reconciled: bool,
+        /// This was the last step: complete the task too.
+        last: bool,
+    },
+    /// Session-end checkpoint (anti-pattern 2): every result at once.
+    Session {
+        /// Task.
+        task: TaskId,
+        /// Steps run.
+        steps: u16,
+    },
+    /// Give up on the task.
+    Fail {
+        /// Task.
+        task: TaskId,
+        /// Step.
+        ordinal: u16,
+    },
+}
+
+impl WorkerWrite {
+    /// The task written to.
+    pub fn task(&self) -> TaskId {
+        match *self {
+            WorkerWrite::Intent { task, .. }
+            | WorkerWrite::Result { task, .. }
+            | WorkerWrite::Session { task, .. }
+            | WorkerWrite::Fail { task, .. } => task,
+        }
+    }
+}

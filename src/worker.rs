@@ -1,0 +1,899 @@
+//! The worker: leases tasks and runs the agent loop over a plan.
+//!
+//! Per step, under the reference policy: checkpoint (intent: key, args) →
+//! call (model through the router, tool, vector memory) → persist the
+//! result. On a resumed task whose current step has an intent but no
+//! result, the side effect's status is unknown: the worker reconciles by
+//! asking the API by key, adopts the effect if it exists, and otherwise
+//! re-issues with the *same* key and arguments.
+//!
+//! The worker has at most one request outstanding (plus lease renewals),
+//! guarded by one lazily re-armed watchdog timer, so an idle or busy worker
+//! costs O(1) timer events per request timeout, not per request.
+//!
+//! All of its state is volatile: a crash drops it, including the scratchpad
+//! (local disk). The fault hooks ([`Env::reach`]) sit at the exact phase
+//! boundaries DOMAIN.md names.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use rand::Rng;
+
+use crate::env::{Env, Note, Phase, Service, Timer};
+use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId, US_PER_MS, US_PER_S};
+use crate::ledger::{CallOutcome, Lookup};
+use crate::policy::{Checkpointing, KeySource, Policy};
+use crate::provider::ModelRequest;
+use crate::router::{AttemptResult, Router, RouterCall, Step as RouteStep};
+use crate::store::{NO_DECISION, StepState};
+use crate::vector::PointId;
+use crate::wire::{Api, Grant, Msg, WorkerWrite};
+use crate::workflow::{MAX_STEPS, StepKind, Template, args_for};
+
+/// Everything workers of one stack share (read-only).
+pub struct WorkerShared {
+    /// The policy switches.
+    pub policy: Policy,
+    /// Workflow templates.
+    pub templates: Vec<Template>,
+    /// Where to find the orchestrator: `None` = the global name (DNS),
+    /// `Some(h)` = the region's own orchestrator.
+    pub home: Option<HostId>,
+    /// Tool API hosts.
+    pub payment: HostId,
+    /// Email API host.
+    pub email: HostId,
+    /// Search API host.
+    pub search: HostId,
+    /// Provider hosts in priority order (the last is this region's local model).
+    pub providers: Vec<HostId>,
+    /// Router settings.
+    pub router: crate::router::RouterSettings,
+    /// Request timeout towards the orchestrator and tools.
+    pub request_timeout_us: Micros,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Lease,
+    Checkpoint,
+    Lookup,
+    Call,
+    Persist,
+}
+
+struct Outstanding {
+    req: u32,
+    deadline_us: Micros,
+    to: HostId,
+    msg: Msg,
+    wait: Wait,
+}
+
+struct TaskCtx {
+    task: TaskId,
+    /// The id keys are made from (differs from `task` under anti-pattern 7).
+    key_task: u64,
+    job: JobId,
+    template: u16,
+    token: u64,
+    lease_until_us: Micros,
+    cursor: u16,
+    decisions: [u32; MAX_STEPS],
+    /// Step at `cursor` has an intent but no result: status unknown.
+    unknown: Option<(IdemKey, u64)>,
+    /// Key and arguments of the current attempt.
+    key: IdemKey,
+    args: u64,
+    /// A model step being re-run only to recover a lost decision.
+    rederiving: Option<u16>,
+    call: Option<RouterCall>,
+    /// Steps run by this worker on this task (the prompt's transcript).
+    transcript: u32,
+    /// What a `Resume` timer continues.
+    on_resume: Again,
+    /// Planted bug: the result was persisted before the call.
+    precommitted: bool,
+    /// A `Fail` write is in flight.
+    failing: bool,
+}
+
+/// What to do when a wait ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Again {
+    Route,
+    Call,
+    Lookup,
+}
+
+/// The worker component.
+pub struct Worker {
+    shared: Rc<WorkerShared>,
+    me: HostId,
+    req_seq: u32,
+    out: Option<Outstanding>,
+    watchdog_armed: bool,
+    heartbeat_armed: bool,
+    wait_seq: u32,
+    ctx: Option<TaskCtx>,
+    scratch: BTreeMap<(JobId, u16), u32>,
+    router: Router,
+    model_decision: Option<u32>,
+}
+
+impl Worker {
+    /// A fresh worker process (empty memory, empty disk).
+    pub fn new(shared: Rc<WorkerShared>, me: HostId) -> Self {
+        let router = Router::from_settings(&shared.router, shared.policy);
+        Worker {
+            shared,
+            me,
+            req_seq: 0,
+            out: None,
+            watchdog_armed: false,
+            heartbeat_armed: false,
+            wait_seq: 0,
+            ctx: None,
+            scratch: BTreeMap::new(),
+            router,
+            model_decision: None,
+        }
+    }
+
+    /// The shared settings (to start a fresh process on the same host).
+    pub fn shared(&self) -> Rc<WorkerShared> {
+        self.shared.clone()
+    }
+
+    /// The router (breaker state, for reports).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Loses the scratchpad (disk loss without a crash).
+    pub fn lose_disk(&mut self) {
+        self.scratch.clear();
+    }
+
+    /// Start-up: ask for work.
+    pub fn start(&mut self, env: &mut impl Env) {
+        self.request_lease(env);
+    }
+
+    fn orchestrator(&self, env: &impl Env) -> HostId {
+        self.shared
+            .home
+            .unwrap_or_else(|| env.resolve(Service::Orchestrator))
+    }
+
+    fn request(
+        &mut self,
+        env: &mut impl Env,
+        to: HostId,
+        wait: Wait,
+        make: impl FnOnce(u32) -> Msg,
+    ) {
+        self.req_seq = self.req_seq.wrapping_add(1);
+        let req = self.req_seq;
+        let msg = make(req);
+        env.send(to, msg.clone());
+        let timeout = if wait == Wait::Lease {
+            30 * US_PER_S
+        } else {
+            self.shared.request_timeout_us
+        };
+        let deadline_us = env.now_us() + timeout;
+        self.out = Some(Outstanding {
+            req,
+            deadline_us,
+            to,
+            msg,
+            wait,
+        });
+        if !self.watchdog_armed {
+            self.watchdog_armed = true;
+            env.set_timer(timeout, Timer::Watchdog);
+        }
+    }
+
+    fn request_lease(&mut self, env: &mut impl Env) {
+        self.ctx = None;
+        let to = self.orchestrator(env);
+        self.request(env, to, Wait::Lease, |req| Msg::LeaseReq { req });
+    }
+
+    fn write(&mut self, env: &mut impl Env, wait: Wait, write: WorkerWrite) {
+        let token = self.ctx.as_ref().expect("writing without a task").token;
+        let to = self.orchestrator(env);
+        self.request(env, to, wait, |req| Msg::Write { req, token, write });
+    }
+
+    fn take_reply(&mut self, req: u32) -> Option<Wait> {
+        match &self.out {
+            Some(o) if o.req == req => Some(self.out.take().expect("some").wait),
+            _ => None,
+        }
+    }
+
+    fn wait_then_resume(&mut self, env: &mut impl Env, after_us: Micros) {
+        self.wait_seq = self.wait_seq.wrapping_add(1);
+        env.set_timer(after_us, Timer::Resume { seq: self.wait_seq });
+    }
+
+    /// Handles a timer.
+    pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
+        match timer {
+            Timer::Watchdog => {
+                self.watchdog_armed = false;
+                let now = env.now_us();
+                let Some(o) = &self.out else { return };
+                if now < o.deadline_us {
+                    self.watchdog_armed = true;
+                    env.set_timer(o.deadline_us - now, Timer::Watchdog);
+                    return;
+                }
+                let o = self.out.take().expect("some");
+                if o.wait == Wait::Call && self.ctx.as_ref().is_some_and(|c| c.call.is_some()) {
+                    // A provider that never answered: a timeout for the router.
+                    self.on_model_result(
+                        env,
+                        AttemptResult::Err {
+                            retryable: true,
+                            retry_after_ms: None,
+                            status: 0,
+                        },
+                    );
+                    return;
+                }
+                // Resend the same request (same key, same write: idempotent
+                // where the receiver deduplicates).
+                let to = match o.wait {
+                    Wait::Lease | Wait::Checkpoint | Wait::Persist => self.orchestrator(env),
+                    _ => o.to,
+                };
+                let msg = o.msg;
+                self.request(env, to, o.wait, |req| renumber(msg, req));
+            }
+            Timer::Heartbeat => {
+                self.heartbeat_armed = false;
+                if let Some(c) = &self.ctx {
+                    let to = self.orchestrator(env);
+                    env.send(
+                        to,
+                        Msg::Heartbeat {
+                            task: c.task,
+                            token: c.token,
+                        },
+                    );
+                    self.arm_heartbeat(env);
+                }
+            }
+            Timer::Resume { seq } if seq == self.wait_seq => self.retry_current(env),
+            _ => {}
+        }
+    }
+
+    fn arm_heartbeat(&mut self, env: &mut impl Env) {
+        if self.shared.policy.heartbeat && !self.heartbeat_armed && self.ctx.is_some() {
+            self.heartbeat_armed = true;
+            env.set_timer(
+                self.shared.policy.lease_ms * US_PER_MS / 3,
+                Timer::Heartbeat,
+            );
+        }
+    }
+
+    /// Handles a message.
+    pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
+        match msg {
+            Msg::LeaseGrant { req, grant } => {
+                if self.take_reply(req).is_some() {
+                    self.begin(env, *grant);
+                }
+            }
+            Msg::WriteAck { req, ok } => match self.take_reply(req) {
+                Some(Wait::Checkpoint) => self.on_checkpointed(env, ok),
+                Some(Wait::Persist) => self.on_persisted(env, ok),
+                _ => {}
+            },
+            Msg::HeartbeatAck { task, ok, lease_ms } => {
+                let now = env.now_us();
+                let Some(c) = self.ctx.as_mut() else { return };
+                if c.task != task {
+                    return;
+                }
+                if ok {
+                    c.lease_until_us = now + lease_ms * US_PER_MS * 9 / 10;
+                } else {
+                    self.abandon(env);
+                }
+            }
+            Msg::LookupResp { req, found } => {
+                if self.take_reply(req).is_some() {
+                    self.on_lookup(env, found);
+                }
+            }
+            Msg::ToolResp { req, outcome } => {
+                if self.take_reply(req).is_some() {
+                    self.on_tool(env, outcome);
+                }
+            }
+            Msg::ModelResp { req, outcome } => {
+                if self.take_reply(req).is_some() {
+                    let last = match outcome.result {
+                        Ok(reply) => {
+                            self.model_decision = Some(reply.decision);
+                            AttemptResult::Ok
+                        }
+                        Err(e) => AttemptResult::Err {
+                            retryable: e.retryable,
+                            retry_after_ms: e.retry_after_ms,
+                            status: e.status,
+                        },
+                    };
+                    self.on_model_result(env, last);
+                }
+            }
+            Msg::VecResp { req, unavailable } => {
+                if self.take_reply(req).is_some() {
+                    if unavailable {
+                        self.wait_then_resume(env, US_PER_S);
+                    } else {
+                        self.on_call_done(env, NO_DECISION);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn renumber(msg: Msg, req: u32) -> Msg {
+    match msg {
+        Msg::LeaseReq { .. } => Msg::LeaseReq { req },
+        Msg::Write { token, write, .. } => Msg::Write { req, token, write },
+        Msg::ToolReq {
+            api,
+            key,
+            params,
+            origin,
+            basis,
+            ..
+        } => Msg::ToolReq {
+            req,
+            api,
+            key,
+            params,
+            origin,
+            basis,
+        },
+        Msg::LookupReq { api, key, .. } => Msg::LookupReq { req, api, key },
+        Msg::ModelReq {
+            request, origin, ..
+        } => Msg::ModelReq {
+            req,
+            request,
+            origin,
+        },
+        Msg::VecUpsert {
+            point,
+            value,
+            origin,
+            ..
+        } => Msg::VecUpsert {
+            req,
+            point,
+            value,
+            origin,
+        },
+        Msg::VecQuery { point, origin, .. } => Msg::VecQuery { req, point, origin },
+        other => other,
+    }
+}
+
+impl Worker {
+    fn ctx(&mut self) -> &mut TaskCtx {
+        self.ctx.as_mut().expect("no task in hand")
+    }
+
+    fn template(&self) -> &Template {
+        &self.shared.templates[self.ctx.as_ref().expect("task").template as usize]
+    }
+
+    fn origin(&self, step: u16) -> Origin {
+        Origin {
+            job: self.ctx.as_ref().expect("task").job,
+            step,
+            host: self.me,
+        }
+    }
+
+    fn begin(&mut self, env: &mut impl Env, g: Grant) {
+        let policy = self.shared.policy;
+        let session_end = policy.checkpointing == Checkpointing::SessionEnd;
+        let mut decisions = [NO_DECISION; MAX_STEPS];
+        if !session_end {
+            for (d, s) in decisions.iter_mut().zip(g.steps.iter()) {
+                *d = s.decision;
+            }
+        }
+        let cursor = if session_end { 0 } else { g.cursor };
+        let unknown = g
+            .steps
+            .get(cursor as usize)
+            .filter(|s| !session_end && s.state == StepState::Intent)
+            .map(|s| (s.key, s.args));
+        let key_task = if policy.orchestrator_mints_task_id {
+            g.task.0
+        } else {
+            env.rng().next_u64()
+        };
+        let now = env.now_us();
+        if g.resumed {
+            env.note(Note::Resumed {
+                job: g.job,
+                step: cursor,
+            });
+        }
+        self.ctx = Some(TaskCtx {
+            task: g.task,
+            key_task,
+            job: g.job,
+            template: g.template,
+            token: g.token,
+            lease_until_us: now + g.lease_ms * US_PER_MS * 9 / 10,
+            cursor,
+            decisions,
+            unknown,
+            key: IdemKey { hi: 0, lo: 0 },
+            args: 0,
+            rederiving: None,
+            call: None,
+            transcript: 0,
+            on_resume: Again::Call,
+            precommitted: false,
+            failing: false,
+        });
+        self.arm_heartbeat(env);
+        self.advance(env);
+    }
+
+    /// Runs the step at the cursor from its start.
+    fn advance(&mut self, env: &mut impl Env) {
+        let policy = self.shared.policy;
+        let (job, ordinal, len) = {
+            let c = self.ctx.as_ref().expect("task");
+            (c.job, c.cursor, self.template().steps.len())
+        };
+        if ordinal as usize >= len {
+            if policy.checkpointing == Checkpointing::SessionEnd {
+                let task = self.ctx().task;
+                self.write(
+                    env,
+                    Wait::Persist,
+                    WorkerWrite::Session {
+                        task,
+                        steps: len as u16,
+                    },
+                );
+            } else {
+                self.request_lease(env);
+            }
+            return;
+        }
+        let spec = self.template().steps[ordinal as usize];
+        if let Some((key, args)) = self.ctx().unknown.take() {
+            // Resuming a step whose outcome is unknown.
+            let c = self.ctx();
+            c.key = key;
+            c.args = args;
+            if spec.kind.is_side_effect() {
+                if policy.reconcile {
+                    self.lookup(env);
+                    return;
+                }
+                env.note(Note::Reissued { job, step: ordinal });
+                if policy.key_source != KeySource::Orchestrator {
+                    self.ctx().key = self.make_key(env, ordinal);
+                }
+            }
+            self.issue_call(env);
+            return;
+        }
+        if let Some(g) = spec.governed_by
+            && self.ctx().decisions[g as usize] == NO_DECISION
+        {
+            if let Some(&d) = self.scratch.get(&(job, g)) {
+                self.ctx().decisions[g as usize] = d;
+            } else {
+                env.note(Note::Rederived { job, step: g });
+                self.ctx().rederiving = Some(g);
+                self.start_model(env);
+                return;
+            }
+        }
+        if env.reach(self.me, job, ordinal, Phase::BeforeCheckpoint) {
+            return;
+        }
+        let key = self.make_key(env, ordinal);
+        let decision = spec
+            .governed_by
+            .map_or(0, |g| self.ctx().decisions[g as usize]);
+        let args = args_for(job.0, ordinal, decision);
+        let c = self.ctx();
+        c.key = key;
+        c.args = args;
+        let task = c.task;
+        if policy.planted_bug_persist_before_call {
+            self.ctx().precommitted = true;
+            let last = ordinal as usize + 1 == len;
+            let write = WorkerWrite::Result {
+                task,
+                ordinal,
+                decision: NO_DECISION,
+                reconciled: false,
+                last,
+            };
+            self.write(env, Wait::Persist, write);
+            return;
+        }
+        if policy.checkpointing == Checkpointing::BeforeCall {
+            self.write(
+                env,
+                Wait::Checkpoint,
+                WorkerWrite::Intent {
+                    task,
+                    ordinal,
+                    key,
+                    args,
+                },
+            );
+            return;
+        }
+        if env.reach(self.me, job, ordinal, Phase::AfterCheckpoint) {
+            return;
+        }
+        self.issue_call(env);
+    }
+
+    fn make_key(&mut self, env: &mut impl Env, ordinal: u16) -> IdemKey {
+        let now = env.now_us();
+        let c = self.ctx.as_ref().expect("task");
+        let lo = u64::from(ordinal);
+        match self.shared.policy.key_source {
+            KeySource::Orchestrator => IdemKey::for_slot(TaskId(c.key_task), ordinal),
+            KeySource::ModelOutput => IdemKey {
+                hi: env.rng().next_u64(),
+                lo,
+            },
+            KeySource::PromptHash => {
+                let prefix = self.template().prefix_hash;
+                let hi =
+                    args_for(prefix as u32, ordinal, c.transcript) ^ (u64::from(c.job.0) << 32);
+                IdemKey { hi, lo }
+            }
+            KeySource::WallClock => IdemKey {
+                hi: now / US_PER_MS,
+                lo,
+            },
+        }
+    }
+
+    fn on_checkpointed(&mut self, env: &mut impl Env, ok: bool) {
+        if !ok {
+            self.abandon(env);
+            return;
+        }
+        let (job, ordinal) = (self.ctx().job, self.ctx().cursor);
+        if env.reach(self.me, job, ordinal, Phase::AfterCheckpoint) {
+            return;
+        }
+        self.issue_call(env);
+    }
+
+    fn api_for(&self, kind: StepKind) -> (Api, HostId) {
+        match kind {
+            StepKind::Charge | StepKind::Refund => (Api::Payment, self.shared.payment),
+            StepKind::Email => (Api::Email, self.shared.email),
+            _ => (Api::Search, self.shared.search),
+        }
+    }
+
+    fn lookup(&mut self, env: &mut impl Env) {
+        let c = self.ctx.as_ref().expect("task");
+        let spec = self.template().steps[c.cursor as usize];
+        let key = c.key;
+        let (api, to) = self.api_for(spec.kind);
+        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq {
+            req,
+            api,
+            key,
+        });
+    }
+
+    /// Sends the current step's call (model, tool or memory).
+    fn issue_call(&mut self, env: &mut impl Env) {
+        let now = env.now_us();
+        let policy = self.shared.policy;
+        let c = self.ctx.as_ref().expect("task");
+        let (ordinal, key, args, job) = (c.cursor, c.key, c.args, c.job);
+        let spec = self.template().steps[ordinal as usize];
+        if spec.kind.is_side_effect() && policy.fencing && now >= c.lease_until_us {
+            // The worker's own lease check: never act on a lease it may have lost.
+            self.abandon(env);
+            return;
+        }
+        self.ctx().transcript += 1;
+        let origin = self.origin(ordinal);
+        match spec.kind {
+            StepKind::Model { .. } => self.start_model(env),
+            StepKind::MemWrite => {
+                let to = env.resolve(Service::Vector);
+                let point = PointId { job, step: ordinal };
+                self.request(env, to, Wait::Call, |req| Msg::VecUpsert {
+                    req,
+                    point,
+                    value: args,
+                    origin,
+                });
+            }
+            StepKind::MemRead => {
+                let to = env.resolve(Service::Vector);
+                let point = PointId { job, step: ordinal };
+                self.request(env, to, Wait::Call, |req| Msg::VecQuery {
+                    req,
+                    point,
+                    origin,
+                });
+            }
+            kind => {
+                let (api, to) = self.api_for(kind);
+                let g = spec.governed_by.unwrap_or(0);
+                let basis = (g, self.ctx().decisions[g as usize]);
+                self.request(env, to, Wait::Call, |req| Msg::ToolReq {
+                    req,
+                    api,
+                    key,
+                    params: args,
+                    origin,
+                    basis,
+                });
+            }
+        }
+    }
+
+    /// Starts a model call for the step at the cursor (or the step being
+    /// re-derived).
+    fn start_model(&mut self, env: &mut impl Env) {
+        let call = self.router.start(env.now_us());
+        self.ctx().call = Some(call);
+        self.route(env, None);
+    }
+
+    fn route(&mut self, env: &mut impl Env, last: Option<AttemptResult>) {
+        let now = env.now_us();
+        let mut call = self.ctx().call.take().expect("routing without a call");
+        let step = call.next(&mut self.router, now, last);
+        for t in self.router.take_transitions() {
+            if matches!(t.to, crate::router::BreakerState::Open { .. }) {
+                env.note(Note::BreakerOpened {
+                    provider: t.provider as u8,
+                });
+            }
+        }
+        self.ctx().call = Some(call);
+        match step {
+            RouteStep::Send { provider, .. } => {
+                let c = self.ctx.as_ref().expect("task");
+                let ordinal = c.rederiving.unwrap_or(c.cursor);
+                let spec = self.template().steps[ordinal as usize];
+                let StepKind::Model {
+                    options,
+                    input_tokens,
+                    output_tokens,
+                } = spec.kind
+                else {
+                    unreachable!("model call for a non-model step")
+                };
+                let request = ModelRequest {
+                    prefix_hash: self.template().prefix_hash,
+                    input_tokens,
+                    prefix_tokens: input_tokens / 2,
+                    output_tokens,
+                    options,
+                };
+                let origin = self.origin(ordinal);
+                let to = self.shared.providers[provider];
+                self.request(env, to, Wait::Call, |req| Msg::ModelReq {
+                    req,
+                    request,
+                    origin,
+                });
+            }
+            RouteStep::Wait { until_us } => {
+                self.ctx().on_resume = Again::Route;
+                self.wait_then_resume(env, until_us.saturating_sub(now).max(1));
+            }
+            RouteStep::Done { .. } => {}
+            RouteStep::GiveUp { .. } => {
+                // Every provider failed or is open: try the whole call again later.
+                self.ctx().call = None;
+                self.ctx().on_resume = Again::Call;
+                self.wait_then_resume(env, 10 * US_PER_S);
+            }
+        }
+    }
+
+    fn on_model_result(&mut self, env: &mut impl Env, last: AttemptResult) {
+        if last != AttemptResult::Ok {
+            self.route(env, Some(last));
+            return;
+        }
+        // Close the router call so it records the success.
+        self.route_success(env);
+        let decision = self
+            .model_decision
+            .take()
+            .expect("decision of a successful call");
+        if let Some(g) = self.ctx().rederiving.take() {
+            let job = self.ctx().job;
+            self.ctx().decisions[g as usize] = decision;
+            self.scratch.insert((job, g), decision);
+            self.advance(env);
+            return;
+        }
+        self.on_call_done(env, decision);
+    }
+
+    fn route_success(&mut self, env: &mut impl Env) {
+        let now = env.now_us();
+        if let Some(mut call) = self.ctx().call.take() {
+            let _ = call.next(&mut self.router, now, Some(AttemptResult::Ok));
+        }
+    }
+
+    fn on_tool(&mut self, env: &mut impl Env, outcome: CallOutcome) {
+        match outcome {
+            CallOutcome::Ok { .. } => self.on_call_done(env, NO_DECISION),
+            CallOutcome::KeyInUse => {
+                self.ctx().on_resume = Again::Call;
+                self.wait_then_resume(env, US_PER_S);
+            }
+            CallOutcome::ParamsMismatch => {
+                let c = self.ctx();
+                let (task, ordinal, job) = (c.task, c.cursor, c.job);
+                c.failing = true;
+                env.note(Note::TaskFailed { job, step: ordinal });
+                self.write(env, Wait::Persist, WorkerWrite::Fail { task, ordinal });
+            }
+        }
+    }
+
+    fn on_lookup(&mut self, env: &mut impl Env, found: Lookup) {
+        let (job, ordinal, task) = (self.ctx().job, self.ctx().cursor, self.ctx().task);
+        match found {
+            Lookup::Found { .. } => {
+                env.note(Note::Reconciled {
+                    job,
+                    step: ordinal,
+                    found: true,
+                });
+                let last = ordinal as usize + 1 == self.template().steps.len();
+                let write = WorkerWrite::Result {
+                    task,
+                    ordinal,
+                    decision: NO_DECISION,
+                    reconciled: true,
+                    last,
+                };
+                self.write(env, Wait::Persist, write);
+            }
+            Lookup::NotFound => {
+                env.note(Note::Reconciled {
+                    job,
+                    step: ordinal,
+                    found: false,
+                });
+                self.issue_call(env);
+            }
+            Lookup::InProgress => {
+                self.ctx().on_resume = Again::Lookup;
+                self.wait_then_resume(env, US_PER_S);
+            }
+        }
+    }
+
+    fn on_call_done(&mut self, env: &mut impl Env, decision: u32) {
+        let policy = self.shared.policy;
+        let (job, ordinal, task) = (self.ctx().job, self.ctx().cursor, self.ctx().task);
+        if env.reach(self.me, job, ordinal, Phase::AfterResult) {
+            return;
+        }
+        let len = self.template().steps.len();
+        let spec = self.template().steps[ordinal as usize];
+        self.ctx().decisions[ordinal as usize] = decision;
+        if spec.artefact {
+            self.scratch.insert((job, ordinal), decision);
+        }
+        let durable = if spec.artefact && !policy.durable_artefacts {
+            NO_DECISION
+        } else {
+            decision
+        };
+        if self.ctx().precommitted {
+            self.ctx().precommitted = false;
+            self.next_step(env);
+            return;
+        }
+        if policy.checkpointing == Checkpointing::SessionEnd {
+            self.ctx().cursor += 1;
+            self.advance(env);
+            return;
+        }
+        let last = ordinal as usize + 1 == len;
+        let write = WorkerWrite::Result {
+            task,
+            ordinal,
+            decision: durable,
+            reconciled: false,
+            last,
+        };
+        self.write(env, Wait::Persist, write);
+    }
+
+    fn on_persisted(&mut self, env: &mut impl Env, ok: bool) {
+        if !ok {
+            self.abandon(env);
+            return;
+        }
+        let session_end = self.shared.policy.checkpointing == Checkpointing::SessionEnd;
+        let c = self.ctx();
+        if c.failing || session_end {
+            self.request_lease(env);
+            return;
+        }
+        if c.precommitted {
+            self.issue_call(env);
+            return;
+        }
+        let (job, ordinal) = (c.job, c.cursor);
+        if env.reach(self.me, job, ordinal, Phase::AfterPersist) {
+            return;
+        }
+        self.next_step(env);
+    }
+
+    fn next_step(&mut self, env: &mut impl Env) {
+        let c = self.ctx();
+        c.cursor += 1;
+        let done = c.cursor as usize >= self.template().steps.len();
+        if done {
+            self.request_lease(env);
+        } else {
+            self.advance(env);
+        }
+    }
+
+    fn abandon(&mut self, env: &mut impl Env) {
+        if let Some(c) = &self.ctx {
+            env.note(Note::Abandoned { job: c.job });
+        }
+        self.request_lease(env);
+    }
+
+    fn retry_current(&mut self, env: &mut impl Env) {
+        let Some(c) = self.ctx.as_ref() else { return };
+        match c.on_resume {
+            Again::Route => self.route(env, None),
+            Again::Lookup => self.lookup(env),
+            Again::Call => {
+                if c.rederiving.is_some() {
+                    self.start_model(env);
+                } else {
+                    self.issue_call(env);
+                }
+            }
+        }
+    }
+}
