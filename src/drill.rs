@@ -102,22 +102,12 @@ pub struct Run {
 pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
     let horizon_us = sc.horizon.us();
     let mut stack = Stack::build(sc, seed);
-    let mut obs: Vec<FaultObs> = sc
-        .faults
-        .iter()
-        .map(|f| FaultObs {
-            kind: f.kind(),
-            ..FaultObs::default()
-        })
-        .collect();
+    let mut obs: Vec<FaultObs> = sc.faults.iter().map(|f| FaultObs { kind: f.kind(), ..FaultObs::default() }).collect();
     if with_faults {
         for (i, f) in sc.faults.iter().enumerate() {
             let i = i as u16;
             match f {
-                FaultSpec::WorkerKill {
-                    at: When::Event { job, step, phase },
-                    ..
-                } => {
+                FaultSpec::WorkerKill { at: When::Event { job, step, phase }, .. } => {
                     stack.truth.triggers.push(Trigger {
                         fault: i,
                         job: JobId(*job),
@@ -127,11 +117,7 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
                         fired: false,
                     });
                 }
-                FaultSpec::WorkerPause {
-                    at: When::Event { job, step, phase },
-                    duration,
-                    ..
-                } => {
+                FaultSpec::WorkerPause { at: When::Event { job, step, phase }, duration, .. } => {
                     stack.truth.triggers.push(Trigger {
                         fault: i,
                         job: JobId(*job),
@@ -141,35 +127,20 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
                         fired: false,
                     });
                 }
-                FaultSpec::ProviderOutage {
-                    at,
-                    provider,
-                    mode,
-                    duration,
-                } => {
-                    let names: Vec<String> =
-                        sc.stack.providers.iter().map(|p| p.name.clone()).collect();
+                FaultSpec::ProviderOutage { at, provider, mode, duration } => {
+                    let names: Vec<String> = sc.stack.providers.iter().map(|p| p.name.clone()).collect();
                     for h in stack.provider_hosts_named(provider, &names) {
-                        stack
-                            .provider_mut(h)
-                            .set_outage(*mode, at.us(), at.us() + duration.us());
+                        stack.provider_mut(h).set_outage(*mode, at.us(), at.us() + duration.us());
                     }
                     stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
                 }
                 FaultSpec::RegionLoss { at, duration, .. } => {
                     stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
                     if let Some(d) = duration {
-                        stack
-                            .rt
-                            .schedule_control(at.us() + d.us(), Timer::FaultEnd(i));
+                        stack.rt.schedule_control(at.us() + d.us(), Timer::FaultEnd(i));
                     }
                 }
-                FaultSpec::WorkerKill {
-                    at: When::At(at), ..
-                }
-                | FaultSpec::WorkerPause {
-                    at: When::At(at), ..
-                } => {
+                FaultSpec::WorkerKill { at: When::At(at), .. } | FaultSpec::WorkerPause { at: When::At(at), .. } => {
                     stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
                 }
             }
@@ -234,21 +205,14 @@ fn onset(stack: &mut Stack, f: &mut FaultObs) {
     let now = stack.rt.now_us();
     f.onset_us = Some(now);
     let store = stack.orch(stack.serving_orch()).store();
-    f.in_flight = store
-        .tasks()
-        .iter()
-        .filter(|t| t.status == TaskStatus::Leased && !t.probe)
-        .map(|t| t.job)
-        .collect();
+    f.in_flight = store.tasks().iter().filter(|t| t.status == TaskStatus::Leased && !t.probe).map(|t| t.job).collect();
     stack.start_probing();
 }
 
 fn kill(stack: &mut Stack, h: HostId, restart_after: Option<crate::scenario::Dur>) {
     stack.crash_host(h);
     if let Some(d) = restart_after {
-        stack
-            .rt
-            .schedule_control(stack.rt.now_us() + d.us(), Timer::Restart(h));
+        stack.rt.schedule_control(stack.rt.now_us() + d.us(), Timer::Restart(h));
     }
 }
 
@@ -263,31 +227,19 @@ fn worker_target(stack: &Stack, t: Option<WorkerTarget>) -> Option<HostId> {
     }
 }
 
-fn control(
-    stack: &mut Stack,
-    sc: &Scenario,
-    obs: &mut [FaultObs],
-    down: &mut Vec<HostId>,
-    t: Timer,
-) {
+fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<HostId>, t: Timer) {
     match t {
         Timer::Restart(h) | Timer::Spawn(h) => stack.restart_host(h),
         Timer::FaultStart(i) => {
             let f = &sc.faults[i as usize];
             match f {
-                FaultSpec::WorkerKill {
-                    worker,
-                    restart_after,
-                    ..
-                } => {
+                FaultSpec::WorkerKill { worker, restart_after, .. } => {
                     if let Some(h) = worker_target(stack, *worker) {
                         onset(stack, &mut obs[i as usize]);
                         kill(stack, h, *restart_after);
                     }
                 }
-                FaultSpec::WorkerPause {
-                    worker, duration, ..
-                } => {
+                FaultSpec::WorkerPause { worker, duration, .. } => {
                     if let Some(h) = worker_target(stack, *worker) {
                         onset(stack, &mut obs[i as usize]);
                         let until = stack.rt.now_us() + duration.us();
@@ -295,15 +247,9 @@ fn control(
                     }
                 }
                 FaultSpec::ProviderOutage { .. } => onset(stack, &mut obs[i as usize]),
-                FaultSpec::RegionLoss {
-                    region, duration, ..
-                } => {
+                FaultSpec::RegionLoss { region, duration, .. } => {
                     onset(stack, &mut obs[i as usize]);
-                    let r = if *region == RegionName::A {
-                        REGION_A
-                    } else {
-                        REGION_B
-                    };
+                    let r = if *region == RegionName::A { REGION_A } else { REGION_B };
                     let hosts: Vec<HostId> = (0..stack.rt.hosts().len() as u32)
                         .map(HostId)
                         .filter(|&h| stack.rt.host(h).region == r && stack.rt.host(h).up)
@@ -315,10 +261,7 @@ fn control(
                             Replication::Sync => o.replica_acked(),
                             _ => o.store().last_lsn(),
                         };
-                        obs[i as usize].lost_log = Some(LostLog {
-                            log: o.store().log().to_vec(),
-                            acked_upto,
-                        });
+                        obs[i as usize].lost_log = Some(LostLog { log: o.store().log().to_vec(), acked_upto });
                     }
                     for &h in &hosts {
                         stack.crash_host(h);
@@ -360,11 +303,7 @@ fn cost(stack: &Stack) -> Cost {
 pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     let horizon_us = sc.horizon.us();
     let run = simulate(sc, seed, true);
-    let baseline = if sc.faults.is_empty() {
-        None
-    } else {
-        Some(simulate(sc, seed, false))
-    };
+    let baseline = if sc.faults.is_empty() { None } else { Some(simulate(sc, seed, false)) };
     let (faults, counts) = measure::measure(&run.stack, &run.faults, horizon_us);
     let cost_now = cost(&run.stack);
     let baseline_cost = baseline.as_ref().map_or(cost_now, |b| cost(&b.stack));
@@ -397,9 +336,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
             "RTO: not recovered by the horizon ({:.0} s); target < {target_rto_s:.0} s",
             us_to_s(horizon_us)
         )),
-        Some(r) if r >= target_rto_s => {
-            violations.push(format!("RTO {r:.1} s ≥ target {target_rto_s:.0} s"))
-        }
+        Some(r) if r >= target_rto_s => violations.push(format!("RTO {r:.1} s ≥ target {target_rto_s:.0} s")),
         _ => {}
     }
     if rpo_s >= target_rpo_s {
@@ -465,34 +402,20 @@ pub fn secs(s: u64) -> Micros {
 /// A timeline line for a note (used by reports).
 pub fn describe(note: &Note) -> String {
     match note {
-        Note::LeaseExpired { job, .. } => format!(
-            "lease of job {} expired; recovery service requeued it",
-            job.0
-        ),
+        Note::LeaseExpired { job, .. } => format!("lease of job {} expired; recovery service requeued it", job.0),
         Note::Resumed { job, step } => format!("job {} resumed at step {step}", job.0),
         Note::Reconciled { job, step, found } => format!(
             "job {} step {step}: status unknown, asked the API by key: {}",
             job.0,
-            if *found {
-                "found, adopted the result"
-            } else {
-                "not found, re-issued with the same key"
-            }
+            if *found { "found, adopted the result" } else { "not found, re-issued with the same key" }
         ),
-        Note::Reissued { job, step } => format!(
-            "job {} step {step}: re-issued WITHOUT asking the API",
-            job.0
-        ),
-        Note::Rederived { job, step } => format!(
-            "job {} step {step}: decision lost, re-derived by a new model call",
-            job.0
-        ),
+        Note::Reissued { job, step } => format!("job {} step {step}: re-issued WITHOUT asking the API", job.0),
+        Note::Rederived { job, step } => {
+            format!("job {} step {step}: decision lost, re-derived by a new model call", job.0)
+        }
         Note::Abandoned { job } => format!("worker dropped job {} (its lease is gone)", job.0),
         Note::Fenced { task } => format!("stale write to task {:x} rejected by fencing", task.0),
-        Note::TaskFailed { job, step } => format!(
-            "job {} failed at step {step} (400 idempotency_error)",
-            job.0
-        ),
+        Note::TaskFailed { job, step } => format!("job {} failed at step {step} (400 idempotency_error)", job.0),
         Note::BreakerOpened { provider } => {
             format!("circuit breaker of provider #{provider} opened")
         }

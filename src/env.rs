@@ -39,13 +39,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in step order.
-    pub const ALL: [Phase; 5] = [
-        Phase::BeforeCheckpoint,
-        Phase::AfterCheckpoint,
-        Phase::InFlight,
-        Phase::AfterResult,
-        Phase::AfterPersist,
-    ];
+    pub const ALL: [Phase; 5] =
+        [Phase::BeforeCheckpoint, Phase::AfterCheckpoint, Phase::InFlight, Phase::AfterResult, Phase::AfterPersist];
 
     /// Name as written in scenario files.
     pub fn name(self) -> &'static str {

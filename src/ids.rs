@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A host in the simulation (or, behind HTTP, a process). Index into the
 /// simulation's host table.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HostId(pub u32);
 
 /// A region: a failure domain that can be lost as a whole.
@@ -46,10 +44,7 @@ pub struct IdemKey {
 impl IdemKey {
     /// The reference key for a tool slot: `(task_id, step_ordinal)`.
     pub fn for_slot(task: TaskId, ordinal: u16) -> Self {
-        IdemKey {
-            hi: task.0,
-            lo: u64::from(ordinal),
-        }
+        IdemKey { hi: task.0, lo: u64::from(ordinal) }
     }
 }
 

@@ -37,19 +37,11 @@ pub struct ApiConfig {
 impl ApiConfig {
     /// A Stripe-like payment API.
     pub fn payment() -> Self {
-        ApiConfig {
-            dedupe: true,
-            processing_us: 300 * US_PER_MS,
-            key_retention_us: 24 * 3_600 * US_PER_S,
-        }
+        ApiConfig { dedupe: true, processing_us: 300 * US_PER_MS, key_retention_us: 24 * 3_600 * US_PER_S }
     }
     /// An email API with idempotency keys.
     pub fn email() -> Self {
-        ApiConfig {
-            dedupe: true,
-            processing_us: 200 * US_PER_MS,
-            key_retention_us: 24 * 3_600 * US_PER_S,
-        }
+        ApiConfig { dedupe: true, processing_us: 200 * US_PER_MS, key_retention_us: 24 * 3_600 * US_PER_S }
     }
 }
 
@@ -181,11 +173,7 @@ impl SideEffectApi {
                 break;
             }
             self.expiry.pop_front();
-            if self
-                .keys
-                .get(&key)
-                .is_some_and(|r| r.expires_at_us <= now_us)
-            {
+            if self.keys.get(&key).is_some_and(|r| r.expires_at_us <= now_us) {
                 self.keys.remove(&key);
             }
         }
@@ -193,13 +181,7 @@ impl SideEffectApi {
 
     /// Handles a call. Returns the outcome and when the response leaves the
     /// API. The effect (if any) is in the ledger from `now_us` on.
-    pub fn call(
-        &mut self,
-        now_us: Micros,
-        key: Option<IdemKey>,
-        params: u64,
-        origin: Origin,
-    ) -> (CallOutcome, Micros) {
+    pub fn call(&mut self, now_us: Micros, key: Option<IdemKey>, params: u64, origin: Origin) -> (CallOutcome, Micros) {
         self.stats.calls += 1;
         self.prune(now_us);
         let done_at = now_us + self.cfg.processing_us;
@@ -216,40 +198,18 @@ impl SideEffectApi {
                     return (CallOutcome::ParamsMismatch, now_us);
                 }
                 self.stats.replays += 1;
-                return (
-                    CallOutcome::Ok {
-                        effect: rec.effect,
-                        replayed: true,
-                    },
-                    now_us.max(rec.done_at_us),
-                );
+                return (CallOutcome::Ok { effect: rec.effect, replayed: true }, now_us.max(rec.done_at_us));
             }
         }
         let effect = u32::try_from(self.ledger.len()).expect("ledger under 2^32 entries");
-        self.ledger.push(LedgerEntry {
-            at_us: now_us,
-            origin,
-            key,
-            params,
-        });
+        self.ledger.push(LedgerEntry { at_us: now_us, origin, key, params });
         if let Some(k) = key {
             let expires = done_at + self.cfg.key_retention_us;
             // Without dedupe the key is metadata: the first effect stays findable.
-            self.keys.entry(k).or_insert(KeyRec {
-                params,
-                effect,
-                done_at_us: done_at,
-                expires_at_us: expires,
-            });
+            self.keys.entry(k).or_insert(KeyRec { params, effect, done_at_us: done_at, expires_at_us: expires });
             self.expiry.push_back((expires, k));
         }
-        (
-            CallOutcome::Ok {
-                effect,
-                replayed: false,
-            },
-            done_at,
-        )
+        (CallOutcome::Ok { effect, replayed: false }, done_at)
     }
 
     /// Looks a key up (reconciliation).
@@ -280,11 +240,7 @@ mod tests {
     use crate::ids::{HostId, JobId};
 
     fn origin(step: u16) -> Origin {
-        Origin {
-            job: JobId(1),
-            step,
-            host: HostId(0),
-        }
+        Origin { job: JobId(1), step, host: HostId(0) }
     }
     const K: IdemKey = IdemKey { hi: 7, lo: 3 };
 
@@ -292,20 +248,8 @@ mod tests {
     fn same_key_same_params_replays_without_a_new_effect() {
         let mut api = SideEffectApi::new(ApiConfig::payment());
         let (a, done) = api.call(0, Some(K), 99, origin(3));
-        assert_eq!(
-            a,
-            CallOutcome::Ok {
-                effect: 0,
-                replayed: false
-            }
-        );
-        assert_eq!(
-            api.call(done, Some(K), 99, origin(3)).0,
-            CallOutcome::Ok {
-                effect: 0,
-                replayed: true
-            }
-        );
+        assert_eq!(a, CallOutcome::Ok { effect: 0, replayed: false });
+        assert_eq!(api.call(done, Some(K), 99, origin(3)).0, CallOutcome::Ok { effect: 0, replayed: true });
         assert_eq!(api.ledger().len(), 1);
     }
 
@@ -313,53 +257,25 @@ mod tests {
     fn same_key_other_params_is_400_and_concurrent_is_409() {
         let mut api = SideEffectApi::new(ApiConfig::payment());
         let (_, done) = api.call(0, Some(K), 99, origin(3));
-        assert_eq!(
-            api.call(done - 1, Some(K), 99, origin(3)).0,
-            CallOutcome::KeyInUse
-        );
+        assert_eq!(api.call(done - 1, Some(K), 99, origin(3)).0, CallOutcome::KeyInUse);
         assert_eq!(api.lookup(done - 1, K), Lookup::InProgress);
-        assert_eq!(
-            api.call(done, Some(K), 100, origin(3)).0,
-            CallOutcome::ParamsMismatch
-        );
+        assert_eq!(api.call(done, Some(K), 100, origin(3)).0, CallOutcome::ParamsMismatch);
         assert_eq!(api.lookup(done, K), Lookup::Found { effect: 0 });
-        assert!(
-            CallOutcome::ParamsMismatch
-                .error_body()
-                .unwrap()
-                .contains("idempotency_error")
-        );
-        assert!(
-            CallOutcome::KeyInUse
-                .error_body()
-                .unwrap()
-                .contains("idempotency_key_in_use")
-        );
+        assert!(CallOutcome::ParamsMismatch.error_body().unwrap().contains("idempotency_error"));
+        assert!(CallOutcome::KeyInUse.error_body().unwrap().contains("idempotency_key_in_use"));
     }
 
     #[test]
     fn pruned_key_runs_as_new() {
-        let cfg = ApiConfig {
-            key_retention_us: 1_000,
-            ..ApiConfig::payment()
-        };
+        let cfg = ApiConfig { key_retention_us: 1_000, ..ApiConfig::payment() };
         let mut api = SideEffectApi::new(cfg);
         let (_, done) = api.call(0, Some(K), 1, origin(0));
-        assert_eq!(
-            api.call(done + 1_000, Some(K), 1, origin(0)).0,
-            CallOutcome::Ok {
-                effect: 1,
-                replayed: false
-            }
-        );
+        assert_eq!(api.call(done + 1_000, Some(K), 1, origin(0)).0, CallOutcome::Ok { effect: 1, replayed: false });
     }
 
     #[test]
     fn without_dedupe_every_call_is_an_effect_but_lookup_still_works() {
-        let cfg = ApiConfig {
-            dedupe: false,
-            ..ApiConfig::email()
-        };
+        let cfg = ApiConfig { dedupe: false, ..ApiConfig::email() };
         let mut api = SideEffectApi::new(cfg);
         let (_, done) = api.call(0, Some(K), 1, origin(0));
         api.call(done, Some(K), 1, origin(0));

@@ -69,11 +69,7 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     if files.is_empty() {
         anyhow::bail!(
             "no scenario files (*.toml) under {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
     Ok(files)
@@ -118,11 +114,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            paths,
-            seed,
-            format,
-        } => {
+        Command::Run { paths, seed, format } => {
             let scenarios = match load_all(&paths) {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -138,11 +130,7 @@ fn main() -> ExitCode {
                 Format::Table => print!("{}", report::table(&results)),
                 Format::Json => println!("{}", report::json(&results)),
             }
-            if results.iter().all(|r| r.verdict == "pass") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            if results.iter().all(|r| r.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Command::Explain { file, seed } => {
             let sc = match scenario::load(&file) {

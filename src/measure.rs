@@ -79,9 +79,7 @@ pub struct RpoSurfaces {
 impl RpoSurfaces {
     /// The largest over surfaces.
     pub fn max_s(&self) -> f64 {
-        self.structured_state_s
-            .max(self.vector_memory_s)
-            .max(self.queue_s)
+        self.structured_state_s.max(self.vector_memory_s).max(self.queue_s)
     }
 }
 
@@ -122,11 +120,7 @@ pub struct Counts {
 }
 
 /// Measures a finished drill.
-pub fn measure(
-    stack: &Stack,
-    faults: &[FaultObs],
-    horizon_us: Micros,
-) -> (Vec<FaultResult>, Counts) {
+pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<FaultResult>, Counts) {
     let serving = stack.serving_orch();
     let store = stack.orch(serving).store();
     let counts = counts(stack, store);
@@ -135,19 +129,8 @@ pub fn measure(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let next_onset = faults
-                .iter()
-                .skip(i + 1)
-                .filter_map(|g| g.onset_us)
-                .min()
-                .unwrap_or(horizon_us);
-            fault_result(
-                stack,
-                store,
-                &first_progress,
-                f,
-                next_onset.max(f.onset_us.unwrap_or(0)),
-            )
+            let next_onset = faults.iter().skip(i + 1).filter_map(|g| g.onset_us).min().unwrap_or(horizon_us);
+            fault_result(stack, store, &first_progress, f, next_onset.max(f.onset_us.unwrap_or(0)))
         })
         .collect();
     (results, counts)
@@ -191,10 +174,8 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         }
     }
     for j in 0..stack.workload_jobs {
-        let done = store
-            .task_for_job(JobId(j))
-            .and_then(|t| store.task(t))
-            .is_some_and(|t| t.status == TaskStatus::Done);
+        let done =
+            store.task_for_job(JobId(j)).and_then(|t| store.task(t)).is_some_and(|t| t.status == TaskStatus::Done);
         if done {
             c.done_tasks += 1;
         } else {
@@ -202,12 +183,7 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         }
     }
     c.replanned_steps = stack.truth.replanned.len() as u64;
-    c.stale_writes = stack
-        .hosts
-        .orch
-        .iter()
-        .map(|&h| stack.orch(h).stale_writes_accepted())
-        .sum();
+    c.stale_writes = stack.hosts.orch.iter().map(|&h| stack.orch(h).stale_writes_accepted()).sum();
     let _ = StepKind::Search;
     c
 }
@@ -232,9 +208,7 @@ fn fault_result(
     // In-flight work progresses again.
     let mut resumed_at = Some(t0);
     for job in &f.in_flight {
-        let next = progress
-            .get(job)
-            .and_then(|v| v.iter().copied().find(|&at| at > t0));
+        let next = progress.get(job).and_then(|v| v.iter().copied().find(|&at| at > t0));
         resumed_at = match (resumed_at, next) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
@@ -270,19 +244,10 @@ fn fault_result(
 
 fn rto_parts(stack: &Stack, t0: Micros, end: Micros, rto_us: Option<Micros>) -> RtoParts {
     let first = |pred: &dyn Fn(&Note) -> bool| {
-        stack
-            .truth
-            .trace
-            .iter()
-            .find(|e| e.at_us >= t0 && e.at_us <= end && pred(&e.note))
-            .map(|e| e.at_us)
+        stack.truth.trace.iter().find(|e| e.at_us >= t0 && e.at_us <= end && pred(&e.note)).map(|e| e.at_us)
     };
-    let detected = first(&|n| {
-        matches!(
-            n,
-            Note::FailoverDetected | Note::LeaseExpired { .. } | Note::BreakerOpened { .. }
-        )
-    });
+    let detected =
+        first(&|n| matches!(n, Note::FailoverDetected | Note::LeaseExpired { .. } | Note::BreakerOpened { .. }));
     let routed = first(&|n| matches!(n, Note::RoutingEffective));
     let scaled = first(&|n| matches!(n, Note::ScaledUp));
     let serving = first(&|n| matches!(n, Note::Serving));
@@ -313,16 +278,13 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
     let age = |at: Micros| us_to_s(t0.saturating_sub(at));
     if let Some(lost) = &f.lost_log {
         // Structured state: records the promoted store does not hold.
-        let kept = stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn);
-        if let Some(first_lost) = lost
-            .log
-            .iter()
-            .find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0)
-        {
+        let failed_over = stack.serving_orch() != stack.hosts.orch[0];
+        let kept = if failed_over { stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn) } else { u64::MAX };
+        if let Some(first_lost) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) {
             r.structured_state_s = age(first_lost.at_us);
         }
         // Vector memory: acknowledged points the serving store lacks.
-        let vec = &stack.vector(stack.hosts.vec[1]).store;
+        let vec = &stack.vector(stack.serving_vector()).store;
         let oldest_lost = stack
             .truth
             .vec_acks
@@ -339,9 +301,7 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
             .accepted_us
             .iter()
             .enumerate()
-            .filter(|(j, at)| {
-                at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none()
-            })
+            .filter(|(j, at)| at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none())
             .filter_map(|(_, at)| *at)
             .min();
         if let Some(at) = oldest_job {

@@ -65,6 +65,7 @@ pub struct Orchestrator {
     pending_sync: VecDeque<(u64, HostId, Msg)>,
     replica_acked: u64,
     stale_accepted: u64,
+    reorder: std::collections::BTreeMap<u64, crate::store::LogRec>,
 }
 
 impl Orchestrator {
@@ -81,6 +82,7 @@ impl Orchestrator {
             pending_sync: VecDeque::new(),
             replica_acked: 0,
             stale_accepted: 0,
+            reorder: std::collections::BTreeMap::new(),
         }
     }
 
@@ -117,6 +119,7 @@ impl Orchestrator {
         self.parked.clear();
         self.expiries.clear();
         self.pending_sync.clear();
+        self.reorder.clear();
     }
 
     /// A returning old primary that was failed away from: it must not serve.
@@ -187,22 +190,14 @@ impl Orchestrator {
             && let Some(r) = self.cfg.replica
         {
             let rec = *self.store.log().last().expect("just committed");
-            env.send(
-                r,
-                Msg::Replicate {
-                    recs: Box::new([rec]),
-                },
-            );
+            env.send(r, Msg::Replicate { recs: Box::new([rec]) });
         }
         lsn
     }
 
     /// Replies once `lsn` is durable per the replication mode.
     fn reply_at(&mut self, env: &mut impl Env, lsn: u64, to: HostId, msg: Msg) {
-        if self.cfg.replication == Replication::Sync
-            && self.cfg.replica.is_some()
-            && lsn > self.replica_acked
-        {
+        if self.cfg.replication == Replication::Sync && self.cfg.replica.is_some() && lsn > self.replica_acked {
             self.pending_sync.push_back((lsn, to, msg));
         } else {
             env.send(to, msg);
@@ -212,12 +207,7 @@ impl Orchestrator {
     /// Handles a message.
     pub fn on_msg(&mut self, env: &mut impl Env, from: HostId, msg: Msg) {
         match msg {
-            Msg::Submit {
-                job,
-                template,
-                steps,
-                probe,
-            } => {
+            Msg::Submit { job, template, steps, probe } => {
                 if !self.serving {
                     return; // not serving: the client retries elsewhere
                 }
@@ -226,16 +216,7 @@ impl Orchestrator {
                     return;
                 }
                 let task = self.store.next_task_id();
-                let lsn = self.commit(
-                    env,
-                    Op::Create {
-                        task,
-                        job,
-                        template,
-                        steps,
-                        probe,
-                    },
-                );
+                let lsn = self.commit(env, Op::Create { task, job, template, steps, probe });
                 self.ready.push_back(task);
                 self.reply_at(env, lsn, from, Msg::SubmitAck { job });
                 self.dispatch(env);
@@ -260,40 +241,29 @@ impl Orchestrator {
                     let expires_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
                     let lsn = self.commit(env, Op::Renew { task, expires_us });
                     self.expiries.push(Reverse((expires_us, task)));
-                    self.reply_at(
-                        env,
-                        lsn,
-                        from,
-                        Msg::HeartbeatAck {
-                            task,
-                            ok,
-                            lease_ms: self.cfg.lease_ms,
-                        },
-                    );
+                    self.reply_at(env, lsn, from, Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms });
                 } else {
-                    env.send(
-                        from,
-                        Msg::HeartbeatAck {
-                            task,
-                            ok,
-                            lease_ms: 0,
-                        },
-                    );
+                    env.send(from, Msg::HeartbeatAck { task, ok, lease_ms: 0 });
                 }
             }
             Msg::Replicate { recs } => {
                 if self.primary {
                     return;
                 }
+                // Records can overtake each other on the link: hold back any
+                // that arrive ahead of a gap and apply in LSN order.
                 for rec in recs.iter() {
-                    self.store.apply_replicated(rec);
+                    if rec.lsn > self.store.last_lsn() + 1 {
+                        self.reorder.insert(rec.lsn, *rec);
+                    } else {
+                        self.store.apply_replicated(rec);
+                    }
                 }
-                env.send(
-                    from,
-                    Msg::ReplicateAck {
-                        lsn: self.store.last_lsn(),
-                    },
-                );
+                while let Some(rec) = self.reorder.remove(&(self.store.last_lsn() + 1)) {
+                    self.store.apply_replicated(&rec);
+                }
+                self.reorder.retain(|&lsn, _| lsn > self.store.last_lsn());
+                env.send(from, Msg::ReplicateAck { lsn: self.store.last_lsn() });
             }
             Msg::ReplicateAck { lsn } => {
                 self.replica_acked = self.replica_acked.max(lsn);
@@ -323,14 +293,7 @@ impl Orchestrator {
         }
     }
 
-    fn on_write(
-        &mut self,
-        env: &mut impl Env,
-        from: HostId,
-        req: u32,
-        token: u64,
-        write: WorkerWrite,
-    ) {
+    fn on_write(&mut self, env: &mut impl Env, from: HostId, req: u32, token: u64, write: WorkerWrite) {
         if !self.serving {
             return;
         }
@@ -339,8 +302,7 @@ impl Orchestrator {
             env.send(from, Msg::WriteAck { req, ok: false });
             return;
         };
-        let current =
-            t.status == TaskStatus::Leased && t.lease.token == token && t.lease.holder == from;
+        let current = t.status == TaskStatus::Leased && t.lease.token == token && t.lease.holder == from;
         if !current {
             if self.cfg.fencing {
                 env.note(Note::Fenced { task });
@@ -350,40 +312,12 @@ impl Orchestrator {
             self.stale_accepted += 1;
         }
         let lsn = match write {
-            WorkerWrite::Intent {
-                task,
-                ordinal,
-                key,
-                args,
-            } => self.commit(
-                env,
-                Op::Intent {
-                    task,
-                    ordinal,
-                    key,
-                    args,
-                },
-            ),
-            WorkerWrite::Result {
-                task,
-                ordinal,
-                decision,
-                reconciled,
-                last,
-            } => {
-                let already = self
-                    .store
-                    .task(task)
-                    .is_some_and(|t| t.status == TaskStatus::Done);
-                let mut lsn = self.commit(
-                    env,
-                    Op::Result {
-                        task,
-                        ordinal,
-                        decision,
-                        reconciled,
-                    },
-                );
+            WorkerWrite::Intent { task, ordinal, key, args } => {
+                self.commit(env, Op::Intent { task, ordinal, key, args })
+            }
+            WorkerWrite::Result { task, ordinal, decision, reconciled, last } => {
+                let already = self.store.task(task).is_some_and(|t| t.status == TaskStatus::Done);
+                let mut lsn = self.commit(env, Op::Result { task, ordinal, decision, reconciled });
                 if last && !already {
                     lsn = self.commit(env, Op::Complete { task });
                     self.notify_done(env, task);
@@ -393,21 +327,9 @@ impl Orchestrator {
             WorkerWrite::Session { task, steps } => {
                 let mut lsn = 0;
                 for ordinal in 0..steps {
-                    lsn = self.commit(
-                        env,
-                        Op::Result {
-                            task,
-                            ordinal,
-                            decision: NO_DECISION,
-                            reconciled: false,
-                        },
-                    );
+                    lsn = self.commit(env, Op::Result { task, ordinal, decision: NO_DECISION, reconciled: false });
                 }
-                if self
-                    .store
-                    .task(task)
-                    .is_some_and(|t| t.status != TaskStatus::Done)
-                {
+                if self.store.task(task).is_some_and(|t| t.status != TaskStatus::Done) {
                     lsn = self.commit(env, Op::Complete { task });
                     self.notify_done(env, task);
                 }
@@ -442,11 +364,7 @@ impl Orchestrator {
             let resumed = t.lease.token > 0;
             let token = t.lease.token + 1;
             let expires_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
-            let lease = Lease {
-                holder: worker,
-                token,
-                expires_us,
-            };
+            let lease = Lease { holder: worker, token, expires_us };
             let lsn = self.commit(env, Op::Lease { task, lease });
             self.expiries.push(Reverse((expires_us, task)));
             let t = self.store.task(task).expect("exists");
@@ -460,15 +378,7 @@ impl Orchestrator {
                 steps: t.steps.clone(),
                 resumed,
             };
-            self.reply_at(
-                env,
-                lsn,
-                worker,
-                Msg::LeaseGrant {
-                    req,
-                    grant: Box::new(grant),
-                },
-            );
+            self.reply_at(env, lsn, worker, Msg::LeaseGrant { req, grant: Box::new(grant) });
         }
     }
 
@@ -480,13 +390,8 @@ impl Orchestrator {
                 env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
             }
             Timer::ReplicationTick if self.primary => {
-                if let (
-                    Replication::Async {
-                        lag_ms,
-                        interval_ms,
-                    },
-                    Some(replica),
-                ) = (self.cfg.replication, self.cfg.replica)
+                if let (Replication::Async { lag_ms, interval_ms }, Some(replica)) =
+                    (self.cfg.replication, self.cfg.replica)
                 {
                     self.ship(env, replica, lag_ms * US_PER_MS);
                     env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
@@ -504,12 +409,7 @@ impl Orchestrator {
         if upto > from {
             // At most a bounded batch per tick keeps one message small.
             let upto = upto.min(from + 65_536);
-            env.send(
-                replica,
-                Msg::Replicate {
-                    recs: log[from..upto].into(),
-                },
-            );
+            env.send(replica, Msg::Replicate { recs: log[from..upto].into() });
         }
     }
 

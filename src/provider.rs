@@ -372,14 +372,7 @@ impl ProviderMock {
             assert!(factor >= 1, "slow factor must be >= 1");
         }
         let at = self.outages.partition_point(|o| o.from_us <= from_us);
-        self.outages.insert(
-            at,
-            Outage {
-                mode,
-                from_us,
-                until_us,
-            },
-        );
+        self.outages.insert(at, Outage { mode, from_us, until_us });
     }
 
     /// Removes every injected outage.
@@ -394,26 +387,13 @@ impl ProviderMock {
 
     /// The outage mode active at `now_us`, if any.
     pub fn active_outage(&self, now_us: Micros) -> Option<ErrorMode> {
-        self.outages
-            .iter()
-            .take_while(|o| o.from_us <= now_us)
-            .filter(|o| now_us < o.until_us)
-            .last()
-            .map(|o| o.mode)
+        self.outages.iter().take_while(|o| o.from_us <= now_us).filter(|o| now_us < o.until_us).last().map(|o| o.mode)
     }
 
     /// Serves one model call sent at `now_us`.
-    pub fn handle(
-        &mut self,
-        now_us: Micros,
-        req: &ModelRequest,
-        rng: &mut impl Rng,
-    ) -> ModelOutcome {
+    pub fn handle(&mut self, now_us: Micros, req: &ModelRequest, rng: &mut impl Rng) -> ModelOutcome {
         assert!(req.options >= 1, "a model call needs at least one option");
-        assert!(
-            req.prefix_tokens <= req.input_tokens,
-            "prefix longer than the input"
-        );
+        assert!(req.prefix_tokens <= req.input_tokens, "prefix longer than the input");
         // Always exactly two draws, whatever happens (see module docs).
         let jitter = rng.random_range(JITTER_MIN_PERMILLE..=JITTER_MAX_PERMILLE);
         let decision = rng.random_range(0..req.options);
@@ -421,9 +401,7 @@ impl ProviderMock {
         let timeout_us = self.cfg.timeout_ms * US_PER_MS;
         let outcome = match self.active_outage(now_us) {
             Some(ErrorMode::Timeout) => self.fail(timeout_us, ErrorMode::Timeout, 0),
-            Some(ErrorMode::Slow { factor }) => {
-                self.generate(now_us, req, jitter, factor, None, decision)
-            }
+            Some(ErrorMode::Slow { factor }) => self.generate(now_us, req, jitter, factor, None, decision),
             Some(ErrorMode::StreamError { after_tokens }) => {
                 self.generate(now_us, req, jitter, 1, Some(after_tokens), decision)
             }
@@ -455,8 +433,7 @@ impl ProviderMock {
         let cached_tokens = if cache_hit { req.prefix_tokens } else { 0 };
         let out = stream_error_after.map_or(req.output_tokens, |n| n.min(req.output_tokens));
         let c = &self.cfg;
-        let nominal_us =
-            c.base_latency_ms * US_PER_MS + c.latency_per_output_token_us * u64::from(out);
+        let nominal_us = c.base_latency_ms * US_PER_MS + c.latency_per_output_token_us * u64::from(out);
         let cold_us = c.cold_extra_latency_ms * US_PER_MS * u64::from(cacheable && !cache_hit);
         let latency_us = (nominal_us * jitter / 1_000 + cold_us).saturating_mul(u64::from(factor));
         let timeout_us = c.timeout_ms * US_PER_MS;
@@ -473,19 +450,9 @@ impl ProviderMock {
         }
         let (input_tokens, output_tokens, degraded) = (req.input_tokens, out, c.degraded);
         let cost_micro_usd = cost;
-        let reply = ModelReply {
-            input_tokens,
-            cached_tokens,
-            output_tokens,
-            cost_micro_usd,
-            decision,
-            cache_hit,
-            degraded,
-        };
-        ModelOutcome {
-            latency_us,
-            result: Ok(reply),
-        }
+        let reply =
+            ModelReply { input_tokens, cached_tokens, output_tokens, cost_micro_usd, decision, cache_hit, degraded };
+        ModelOutcome { latency_us, result: Ok(reply) }
     }
 
     /// Looks `prefix_hash` up and refreshes its expiry; true when warm.
@@ -502,10 +469,7 @@ impl ProviderMock {
                 free = Some(i);
             }
         }
-        let entry = CacheEntry {
-            prefix_hash,
-            expires_us,
-        };
+        let entry = CacheEntry { prefix_hash, expires_us };
         match free {
             Some(i) => self.cache[i] = entry,
             None if self.cache.len() < CACHE_CAPACITY => self.cache.push(entry),
@@ -531,11 +495,7 @@ impl ProviderMock {
     /// The outcome of a failed call: the error the SDK reports for `mode`.
     fn fail(&self, latency_us: Micros, mode: ErrorMode, cost_micro_usd: u64) -> ModelOutcome {
         use ErrorKind as K;
-        let overloaded = if self.cfg.kind == ProviderKind::Anthropic {
-            529
-        } else {
-            503
-        };
+        let overloaded = if self.cfg.kind == ProviderKind::Anthropic { 529 } else { 503 };
         let (status, kind) = match mode {
             ErrorMode::RateLimited { .. } => (429, K::RateLimit),
             ErrorMode::QuotaExhausted => (429, K::InsufficientQuota),
@@ -550,17 +510,8 @@ impl ProviderMock {
             _ => None,
         };
         let retryable = kind != K::InsufficientQuota;
-        let err = ProviderError {
-            status,
-            kind,
-            retry_after_ms,
-            retryable,
-            cost_micro_usd,
-        };
-        ModelOutcome {
-            latency_us,
-            result: Err(err),
-        }
+        let err = ProviderError { status, kind, retry_after_ms, retryable, cost_micro_usd };
+        ModelOutcome { latency_us, result: Err(err) }
     }
 
     /// The provider's error body for `err`, as JSON text (HTTP edge only;
@@ -598,8 +549,7 @@ impl ProviderMock {
             let request_id = format!("req_{:024x}", self.stats.requests);
             serde_json::json!({ "type": "error", "error": error, "request_id": request_id })
         } else {
-            let error =
-                serde_json::json!({ "message": message, "type": ty, "param": null, "code": code });
+            let error = serde_json::json!({ "message": message, "type": ty, "param": null, "code": code });
             serde_json::json!({ "error": error })
         };
         body.to_string()
@@ -616,13 +566,7 @@ mod tests {
     /// A request with prefix `hash` (4000 of 5000 input tokens cacheable).
     fn req(hash: u64, output_tokens: u32) -> ModelRequest {
         let (input_tokens, prefix_tokens, options) = (5_000, 4_000, 4);
-        ModelRequest {
-            prefix_hash: hash,
-            input_tokens,
-            prefix_tokens,
-            output_tokens,
-            options,
-        }
+        ModelRequest { prefix_hash: hash, input_tokens, prefix_tokens, output_tokens, options }
     }
 
     fn rng(seed: u64) -> ChaCha8Rng {
@@ -658,10 +602,7 @@ mod tests {
         assert!(!ok(&mut p, 0, 7, r).cache_hit);
         assert!(ok(&mut p, ttl - 1, 7, r).cache_hit, "warm, refreshed");
         assert!(ok(&mut p, 2 * ttl - 2, 7, r).cache_hit);
-        assert!(
-            !ok(&mut p, 3 * ttl - 2, 7, r).cache_hit,
-            "cold exactly at expiry"
-        );
+        assert!(!ok(&mut p, 3 * ttl - 2, 7, r).cache_hit, "cold exactly at expiry");
         p.clear_cache();
         assert!(!ok(&mut p, 3 * ttl, 7, r).cache_hit);
     }
@@ -669,18 +610,10 @@ mod tests {
     #[test]
     fn latency_has_bounded_jitter() {
         let (mut p, r) = (ProviderMock::new(ProviderConfig::openai()), &mut rng(3));
-        let no_prefix = ModelRequest {
-            prefix_tokens: 0,
-            ..req(7, 500)
-        };
+        let no_prefix = ModelRequest { prefix_tokens: 0, ..req(7, 500) };
         let nominal = 600 * US_PER_MS + 12_000 * 500;
-        let lat: Vec<Micros> = (0..200)
-            .map(|t| p.handle(t, &no_prefix, r).latency_us)
-            .collect();
-        assert!(
-            lat.iter()
-                .all(|l| (nominal * 8 / 10..=nominal * 12 / 10).contains(l))
-        );
+        let lat: Vec<Micros> = (0..200).map(|t| p.handle(t, &no_prefix, r).latency_us).collect();
+        assert!(lat.iter().all(|l| (nominal * 8 / 10..=nominal * 12 / 10).contains(l)));
         assert!(lat.iter().any(|&l| l != lat[0]), "jitter varies");
     }
 
@@ -724,17 +657,10 @@ mod tests {
             assert_eq!(ea.retry_after_ms, rate_limited.then_some(2_000));
             assert_eq!(ea.cost_micro_usd > 0, kind == K::StreamError, "{mode:?}");
             let ba = body(&a, &ea);
-            assert_eq!(
-                (&ba["type"], &ba["error"]["type"]),
-                (&"error".into(), &type_a.into())
-            );
+            assert_eq!((&ba["type"], &ba["error"]["type"]), (&"error".into(), &type_a.into()));
             assert!(ba["error"]["message"].is_string() && ba["request_id"].is_string());
             let bo = &body(&o, &eo)["error"];
-            assert_eq!(
-                (&bo["type"], &bo["code"]),
-                (&type_o.into(), &code_o.into()),
-                "{mode:?}"
-            );
+            assert_eq!((&bo["type"], &bo["code"]), (&type_o.into(), &code_o.into()), "{mode:?}");
             assert!(bo["message"].is_string() && bo["param"].is_null());
         }
     }
@@ -757,16 +683,7 @@ mod tests {
         p.set_outage(ErrorMode::ServerError, 1_000, 2_000);
         let times = [999, 1_000, 1_999, 2_000, 4_999, 5_000, 5_999, 6_000];
         let seen = times.map(|t| p.handle(t, &req(7, 1), r).result.err().map(|e| e.status));
-        let want = [
-            None,
-            Some(500),
-            Some(500),
-            None,
-            None,
-            Some(503),
-            Some(503),
-            None,
-        ];
+        let want = [None, Some(500), Some(500), None, None, Some(503), Some(503), None];
         assert_eq!(seen, want);
         assert_eq!((p.stats().requests, p.stats().errors), (8, 4));
     }
@@ -781,8 +698,7 @@ mod tests {
         assert_eq!(timeout.latency_us, 60_000 * US_PER_MS);
         assert_eq!(timeout.result.unwrap_err().kind, K::Timeout);
         let slow = p.handle(10, &req(8, 500), &mut rng(7));
-        let normal =
-            ProviderMock::new(ProviderConfig::anthropic()).handle(10, &req(8, 500), &mut rng(7));
+        let normal = ProviderMock::new(ProviderConfig::anthropic()).handle(10, &req(8, 500), &mut rng(7));
         assert_eq!(slow.latency_us, 2 * normal.latency_us);
         assert_eq!(slow.result, normal.result);
         let too_slow = p.handle(20, &req(9, 500), &mut rng(7));
@@ -793,15 +709,10 @@ mod tests {
     #[test]
     fn deterministic_given_a_seed() {
         let run = |seed| {
-            let (mut p, r) = (
-                ProviderMock::new(ProviderConfig::anthropic()),
-                &mut rng(seed),
-            );
+            let (mut p, r) = (ProviderMock::new(ProviderConfig::anthropic()), &mut rng(seed));
             p.set_outage(ErrorMode::Overloaded, 50 * US_PER_MS, 80 * US_PER_MS);
             let calls = 0..100u64;
-            calls
-                .map(|i| p.handle(i * US_PER_MS, &req(i % 3, 500), r))
-                .collect::<Vec<_>>()
+            calls.map(|i| p.handle(i * US_PER_MS, &req(i % 3, 500), r)).collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
@@ -813,10 +724,7 @@ mod tests {
         let reply = p.handle(0, &req(7, 4_000), &mut rng(8)).result.unwrap();
         assert!(reply.degraded && reply.cost_micro_usd == 0 && reply.decision < 4);
         let cfg: ProviderConfig = serde_json::from_str(r#"{"name":"x","kind":"openai"}"#).unwrap();
-        let want = ProviderConfig {
-            name: "x".into(),
-            ..ProviderConfig::openai()
-        };
+        let want = ProviderConfig { name: "x".into(), ..ProviderConfig::openai() };
         assert_eq!(cfg.kind, want.kind);
         assert_eq!(cfg.timeout_ms, want.timeout_ms);
         assert!(serde_json::from_str::<ProviderConfig>(r#"{"name":"x","bogus":1}"#).is_err());

@@ -54,27 +54,22 @@ pub struct Record {
 impl Record {
     /// A record pointing at `h`.
     pub fn new(h: HostId, ttl_us: Micros) -> Self {
-        Record {
-            old: h,
-            new: h,
-            changed_at_us: 0,
-            ttl_us,
-        }
+        Record { old: h, new: h, changed_at_us: 0, ttl_us }
     }
     /// What a resolver returns at `now_us`.
     #[inline]
     pub fn resolve(&self, now_us: Micros) -> HostId {
-        if now_us >= self.changed_at_us + self.ttl_us {
-            self.new
-        } else {
-            self.old
-        }
+        if now_us >= self.changed_at_us + self.ttl_us { self.new } else { self.old }
     }
     /// Points the record elsewhere from `now_us`.
     pub fn switch(&mut self, now_us: Micros, to: HostId) {
         self.old = self.resolve(now_us);
         self.new = to;
         self.changed_at_us = now_us;
+    }
+    /// The current target (what resolvers see once the TTL has passed).
+    pub fn target(&self) -> HostId {
+        self.new
     }
     /// When the current target became visible everywhere.
     pub fn effective_at_us(&self) -> Micros {
@@ -145,16 +140,8 @@ pub struct Controller {
 
 impl Controller {
     /// A controller watching `primary`, ready to fail over to the standby.
-    pub fn new(
-        cfg: FailoverConfig,
-        primary: HostId,
-        standby_orch: HostId,
-        standby_vec: HostId,
-    ) -> Self {
-        assert!(
-            cfg.failure_threshold >= 1,
-            "a failure threshold of 0 would fail over at once"
-        );
+    pub fn new(cfg: FailoverConfig, primary: HostId, standby_orch: HostId, standby_vec: HostId) -> Self {
+        assert!(cfg.failure_threshold >= 1, "a failure threshold of 0 would fail over at once");
         Controller {
             cfg,
             primary,
@@ -189,10 +176,7 @@ impl Controller {
             Timer::HealthTick if self.stage == Stage::Watching => {
                 self.seq += 1;
                 env.send(self.primary, Msg::Ping { seq: self.seq });
-                env.set_timer(
-                    self.cfg.health_timeout_ms * US_PER_MS,
-                    Timer::HealthTimeout { seq: self.seq },
-                );
+                env.set_timer(self.cfg.health_timeout_ms * US_PER_MS, Timer::HealthTimeout { seq: self.seq });
                 env.set_timer(self.cfg.health_interval_ms * US_PER_MS, Timer::HealthTick);
             }
             Timer::HealthTimeout { seq } if self.stage == Stage::Watching => {

@@ -19,11 +19,7 @@ pub struct JsonReport<'a> {
 
 /// Renders the JSON report.
 pub fn json(drills: &[DrillResult]) -> String {
-    serde_json::to_string_pretty(&JsonReport {
-        version: env!("CARGO_PKG_VERSION"),
-        drills,
-    })
-    .expect("report serialises")
+    serde_json::to_string_pretty(&JsonReport { version: env!("CARGO_PKG_VERSION"), drills }).expect("report serialises")
 }
 
 #[derive(Tabled)]
@@ -87,17 +83,8 @@ pub fn table(drills: &[DrillResult]) -> String {
 pub fn timeline(d: &DrillResult) -> String {
     let mut out = String::new();
     for e in &d.trace {
-        let host = d
-            .host_names
-            .get(e.host.0 as usize)
-            .map_or("?", String::as_str);
-        let _ = writeln!(
-            out,
-            "{:>10.3}s  {:<22} {}",
-            us_to_s(e.at_us),
-            host,
-            describe(&e.note)
-        );
+        let host = d.host_names.get(e.host.0 as usize).map_or("?", String::as_str);
+        let _ = writeln!(out, "{:>10.3}s  {:<22} {}", us_to_s(e.at_us), host, describe(&e.note));
     }
     out
 }

@@ -79,11 +79,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 3,
-            window_ms: 60_000,
-            open_ms: 60_000,
-        }
+        BreakerConfig { failure_threshold: 3, window_ms: 60_000, open_ms: 60_000 }
     }
 }
 
@@ -140,10 +136,7 @@ impl Breaker {
     /// a failure exactly `window_ms` ago still counts).
     pub fn failures_in_window(&self, now_us: Micros) -> u32 {
         let window_us = self.cfg.window_ms * US_PER_MS;
-        let n = self.failures[..self.len]
-            .iter()
-            .filter(|&&t| now_us.saturating_sub(t) <= window_us)
-            .count();
+        let n = self.failures[..self.len].iter().filter(|&&t| now_us.saturating_sub(t) <= window_us).count();
         n as u32
     }
 
@@ -229,10 +222,7 @@ pub struct ProviderRetry {
 impl ProviderRetry {
     /// The provider's `max_retries` with the SDKs' default backoff.
     pub fn from_config(cfg: &ProviderConfig) -> Self {
-        ProviderRetry {
-            max_retries: cfg.max_retries,
-            backoff_base_ms: DEFAULT_BACKOFF_BASE_MS,
-        }
+        ProviderRetry { max_retries: cfg.max_retries, backoff_base_ms: DEFAULT_BACKOFF_BASE_MS }
     }
 
     /// Delay before retry number `attempt + 1` after attempt `attempt` failed.
@@ -241,9 +231,7 @@ impl ProviderRetry {
             Some(ms) if ms <= MAX_RETRY_AFTER_MS => ms,
             _ => {
                 let factor = 1u64.checked_shl(attempt).unwrap_or(u64::MAX);
-                self.backoff_base_ms
-                    .saturating_mul(factor)
-                    .min(MAX_BACKOFF_MS.max(self.backoff_base_ms))
+                self.backoff_base_ms.saturating_mul(factor).min(MAX_BACKOFF_MS.max(self.backoff_base_ms))
             }
         }
     }
@@ -261,10 +249,7 @@ pub struct RouterPolicy {
 
 impl Default for RouterPolicy {
     fn default() -> Self {
-        RouterPolicy {
-            breakers: true,
-            fallback: true,
-        }
+        RouterPolicy { breakers: true, fallback: true }
     }
 }
 
@@ -272,10 +257,7 @@ impl From<crate::policy::Policy> for RouterPolicy {
     /// The stack's switches: `provider_router` (off = anti-pattern 10) and
     /// `circuit_breakers` (off = anti-pattern 11).
     fn from(p: crate::policy::Policy) -> Self {
-        RouterPolicy {
-            breakers: p.circuit_breakers,
-            fallback: p.provider_router,
-        }
+        RouterPolicy { breakers: p.circuit_breakers, fallback: p.provider_router }
     }
 }
 
@@ -295,20 +277,13 @@ impl RouterSettings {
     /// The reference breaker over `providers`' own retry settings.
     pub fn for_providers(providers: &[ProviderConfig]) -> Self {
         let providers = providers.iter().map(ProviderRetry::from_config).collect();
-        RouterSettings {
-            breaker: BreakerConfig::default(),
-            providers,
-        }
+        RouterSettings { breaker: BreakerConfig::default(), providers }
     }
 }
 
 impl Default for RouterSettings {
     fn default() -> Self {
-        let cfgs = [
-            ProviderConfig::anthropic(),
-            ProviderConfig::openai(),
-            ProviderConfig::local(),
-        ];
+        let cfgs = [ProviderConfig::anthropic(), ProviderConfig::openai(), ProviderConfig::local()];
         Self::for_providers(&cfgs)
     }
 }
@@ -334,11 +309,7 @@ impl AttemptResult {
     pub fn from_result(result: &Result<ModelReply, ProviderError>) -> Self {
         match result {
             Ok(_) => AttemptResult::Ok,
-            Err(e) => AttemptResult::Err {
-                retryable: e.retryable,
-                retry_after_ms: e.retry_after_ms,
-                status: e.status,
-            },
+            Err(e) => AttemptResult::Err { retryable: e.retryable, retry_after_ms: e.retry_after_ms, status: e.status },
         }
     }
 }
@@ -461,32 +432,16 @@ impl Router {
     /// Starts a model call at `now_us`.
     pub fn start(&mut self, now_us: Micros) -> RouterCall {
         self.stats.calls += 1;
-        RouterCall {
-            started_us: now_us,
-            next_provider: 0,
-            phase: Phase::Pick,
-            attempted: false,
-            last_status: None,
-        }
+        RouterCall { started_us: now_us, next_provider: 0, phase: Phase::Pick, attempted: false, last_status: None }
     }
 
     /// Runs `f` on a breaker and logs a transition if its state changed.
-    fn on_breaker<R>(
-        &mut self,
-        provider: usize,
-        now_us: Micros,
-        f: impl FnOnce(&mut Breaker) -> R,
-    ) -> R {
+    fn on_breaker<R>(&mut self, provider: usize, now_us: Micros, f: impl FnOnce(&mut Breaker) -> R) -> R {
         let from = self.breakers[provider].state();
         let r = f(&mut self.breakers[provider]);
         let to = self.breakers[provider].state();
         if from != to {
-            self.transitions.push(BreakerTransition {
-                provider,
-                at_us: now_us,
-                from,
-                to,
-            });
+            self.transitions.push(BreakerTransition { provider, at_us: now_us, from, to });
         }
         r
     }
@@ -533,12 +488,7 @@ impl RouterCall {
     /// Advances the call. `last` is the result of the previous
     /// [`Step::Send`], and must be `None` after a [`Step::Wait`] and on the
     /// first call. Panics on protocol misuse or after the call finished.
-    pub fn next(
-        &mut self,
-        router: &mut Router,
-        now_us: Micros,
-        last: Option<AttemptResult>,
-    ) -> Step {
+    pub fn next(&mut self, router: &mut Router, now_us: Micros, last: Option<AttemptResult>) -> Step {
         match self.phase {
             Phase::Pick => {
                 assert!(last.is_none(), "no attempt is outstanding");
@@ -553,11 +503,7 @@ impl RouterCall {
                     self.phase = Phase::Finished;
                     Step::Done { provider }
                 }
-                AttemptResult::Err {
-                    retryable,
-                    retry_after_ms,
-                    status,
-                } => {
+                AttemptResult::Err { retryable, retry_after_ms, status } => {
                     self.last_status = Some(status);
                     let retry = router.retry[provider];
                     if retryable && attempt < retry.max_retries {
@@ -594,11 +540,7 @@ impl RouterCall {
 
     /// Sends to the first usable provider from `next_provider` on, or gives up.
     fn pick(&mut self, router: &mut Router, now_us: Micros) -> Step {
-        let limit = if router.policy.fallback {
-            router.n_providers()
-        } else {
-            1
-        };
+        let limit = if router.policy.fallback { router.n_providers() } else { 1 };
         while self.next_provider < limit {
             let p = self.next_provider;
             if !router.policy.breakers || router.on_breaker(p, now_us, |b| b.allows(now_us)) {
@@ -609,9 +551,7 @@ impl RouterCall {
         }
         self.phase = Phase::Finished;
         router.stats.give_ups += 1;
-        Step::GiveUp {
-            all_open: !self.attempted,
-        }
+        Step::GiveUp { all_open: !self.attempted }
     }
 }
 
@@ -670,38 +610,19 @@ mod tests {
 
     /// [failing anthropic, healthy openai, local], anthropic 429 with retry-after 2 s.
     fn setup(breakers: bool, fallback: bool) -> (Router, Vec<ProviderMock>) {
-        let cfgs = [
-            ProviderConfig::anthropic(),
-            ProviderConfig::openai(),
-            ProviderConfig::local(),
-        ];
+        let cfgs = [ProviderConfig::anthropic(), ProviderConfig::openai(), ProviderConfig::local()];
         let retries: Vec<ProviderRetry> = cfgs.iter().map(ProviderRetry::from_config).collect();
         let mut mocks: Vec<ProviderMock> = cfgs.into_iter().map(ProviderMock::new).collect();
-        let mode = ErrorMode::RateLimited {
-            retry_after_ms: 2_000,
-        };
+        let mode = ErrorMode::RateLimited { retry_after_ms: 2_000 };
         mocks[0].set_outage(mode, 0, 3_600 * S);
         let policy = RouterPolicy { breakers, fallback };
-        (
-            Router::new(&retries, BreakerConfig::default(), policy),
-            mocks,
-        )
+        (Router::new(&retries, BreakerConfig::default(), policy), mocks)
     }
 
     /// Drives one call to the end; returns the (time, step) log.
-    fn drive(
-        router: &mut Router,
-        mocks: &mut [ProviderMock],
-        now: &mut Micros,
-    ) -> Vec<(Micros, Step)> {
+    fn drive(router: &mut Router, mocks: &mut [ProviderMock], now: &mut Micros) -> Vec<(Micros, Step)> {
         let (input_tokens, prefix_tokens, output_tokens) = (2_000, 1_500, 200);
-        let req = ModelRequest {
-            prefix_hash: 1,
-            input_tokens,
-            prefix_tokens,
-            output_tokens,
-            options: 3,
-        };
+        let req = ModelRequest { prefix_hash: 1, input_tokens, prefix_tokens, output_tokens, options: 3 };
         let rng = &mut ChaCha8Rng::seed_from_u64(11);
         let mut call = router.start(*now);
         let (mut last, mut log) = (None, Vec::new());
@@ -736,9 +657,7 @@ mod tests {
         assert_eq!([s[0], s[2], s[4]], [send(0, 0), send(0, 1), send(0, 2)]);
         assert_eq!(s[5..], [send(1, 0), Step::Done { provider: 1 }]);
         for i in [1, 3] {
-            let (t, Step::Wait { until_us }) = log[i] else {
-                panic!("{:?}", log[i])
-            };
+            let (t, Step::Wait { until_us }) = log[i] else { panic!("{:?}", log[i]) };
             assert_eq!(until_us, t + 2_000 * US_PER_MS, "retry-after honoured");
             assert_eq!(log[i + 1].0, until_us);
         }
@@ -751,31 +670,17 @@ mod tests {
         assert!(now < 60 * S);
         let tr: Vec<BreakerTransition> = router.take_transitions().collect();
         assert_eq!(tr.len(), 1);
-        assert_eq!(
-            (tr[0].provider, tr[0].from, tr[0].to),
-            (0, BreakerState::Closed, open(tr[0].at_us))
-        );
+        assert_eq!((tr[0].provider, tr[0].from, tr[0].to), (0, BreakerState::Closed, open(tr[0].at_us)));
         // The next call goes straight to openai.
         let log = drive(&mut router, &mut mocks, &mut now);
         assert_eq!(steps(&log), [send(1, 0), Step::Done { provider: 1 }]);
         assert_eq!(router.attempts(), &[9, 4, 0]);
         let st = router.stats();
-        assert_eq!(
-            (st.calls, st.successes, st.give_ups, st.skips),
-            (4, 4, 0, 1)
-        );
+        assert_eq!((st.calls, st.successes, st.give_ups, st.skips), (4, 4, 0, 1));
         // After 60 s the half-open trial goes to anthropic, fails, re-opens.
         now = tr[0].at_us + 60 * S;
         let log = drive(&mut router, &mut mocks, &mut now);
-        assert_eq!(
-            steps(&log)[..2],
-            [
-                send(0, 0),
-                Step::Wait {
-                    until_us: log[1].0 + 2 * S
-                }
-            ]
-        );
+        assert_eq!(steps(&log)[..2], [send(0, 0), Step::Wait { until_us: log[1].0 + 2 * S }]);
         let to: Vec<BreakerState> = router.take_transitions().map(|t| t.to).collect();
         assert_eq!(to, [BreakerState::HalfOpen, open(log[5].0)]);
     }
@@ -805,11 +710,7 @@ mod tests {
             assert_eq!(log[5].1, Step::GiveUp { all_open: false });
         }
         let log = drive(&mut router, &mut mocks, &mut now);
-        assert_eq!(
-            steps(&log),
-            [Step::GiveUp { all_open: true }],
-            "breaker open"
-        );
+        assert_eq!(steps(&log), [Step::GiveUp { all_open: true }], "breaker open");
         assert_eq!(router.attempts(), &[9, 0, 0]);
         assert_eq!(router.stats().give_ups, 4);
     }
@@ -824,8 +725,7 @@ mod tests {
         assert!(!RouterPolicy::from(policy).fallback && RouterPolicy::from(policy).breakers);
         policy.circuit_breakers = false;
         assert!(!RouterPolicy::from(policy).breakers);
-        let json =
-            r#"{"breaker":{"open_ms":5000},"providers":[{"max_retries":1,"backoff_base_ms":9}]}"#;
+        let json = r#"{"breaker":{"open_ms":5000},"providers":[{"max_retries":1,"backoff_base_ms":9}]}"#;
         let s: RouterSettings = serde_json::from_str(json).unwrap();
         assert_eq!((s.breaker.open_ms, s.breaker.failure_threshold), (5_000, 3));
         assert_eq!((s.providers.len(), s.providers[0].max_retries), (1, 1));
@@ -833,38 +733,19 @@ mod tests {
 
     #[test]
     fn backoff_doubles_without_retry_after_and_non_retryable_moves_on() {
-        let r = ProviderRetry {
-            max_retries: 5,
-            backoff_base_ms: 500,
-        };
+        let r = ProviderRetry { max_retries: 5, backoff_base_ms: 500 };
         let delays: Vec<u64> = (0..6).map(|a| r.delay_ms(a, None)).collect();
         assert_eq!(delays, [500, 1_000, 2_000, 4_000, 8_000, 8_000]);
-        assert_eq!(
-            r.delay_ms(0, Some(61_000)),
-            500,
-            "absurd retry-after ignored"
-        );
+        assert_eq!(r.delay_ms(0, Some(61_000)), 500, "absurd retry-after ignored");
         let mut router = Router::new(&[r, r], BreakerConfig::default(), RouterPolicy::default());
         let mut call = router.start(0);
-        let err = |retryable, status| AttemptResult::Err {
-            retryable,
-            retry_after_ms: None,
-            status,
-        };
+        let err = |retryable, status| AttemptResult::Err { retryable, retry_after_ms: None, status };
         assert_eq!(call.next(&mut router, 0, None), send(0, 0));
-        assert_eq!(
-            call.next(&mut router, 10, Some(err(false, 429))),
-            send(1, 0)
-        );
-        let due = Step::Wait {
-            until_us: 20 + 500 * US_PER_MS,
-        };
+        assert_eq!(call.next(&mut router, 10, Some(err(false, 429))), send(1, 0));
+        let due = Step::Wait { until_us: 20 + 500 * US_PER_MS };
         assert_eq!(call.next(&mut router, 20, Some(err(true, 529))), due);
         assert_eq!(call.next(&mut router, 30, None), due, "early wake-up");
-        assert_eq!(
-            call.next(&mut router, 20 + 500 * US_PER_MS, None),
-            send(1, 1)
-        );
+        assert_eq!(call.next(&mut router, 20 + 500 * US_PER_MS, None), send(1, 1));
         assert_eq!(call.last_status(), Some(529));
         assert_eq!(router.breaker(0).failures_in_window(30), 1);
     }

@@ -39,30 +39,21 @@ impl Dur {
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}",
-            humantime::format_duration(std::time::Duration::from_millis(self.0))
-        )
+        write!(f, "{}", humantime::format_duration(std::time::Duration::from_millis(self.0)))
     }
 }
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
+        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
     }
 }
 
 /// Parses `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"` into milliseconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!(
-            "invalid duration {s:?} ({e}); write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\""
-        )
-    })?;
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\""))?;
     u64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} is too long"))
 }
 
@@ -152,17 +143,10 @@ impl Default for StackSpec {
             standby_workers: 1,
             policy: Policy::default(),
             anti_patterns: Vec::new(),
-            replication: Replication::Async {
-                lag_ms: 1_000,
-                interval_ms: 1_000,
-            },
+            replication: Replication::Async { lag_ms: 1_000, interval_ms: 1_000 },
             failover: FailoverSpec::default(),
             vector: VectorSpec::default(),
-            providers: vec![
-                ProviderConfig::anthropic(),
-                ProviderConfig::openai(),
-                ProviderConfig::local(),
-            ],
+            providers: vec![ProviderConfig::anthropic(), ProviderConfig::openai(), ProviderConfig::local()],
             breaker: crate::router::BreakerConfig::default(),
             apis: ApisSpec::default(),
             recovery_scan: Dur::secs(5),
@@ -313,11 +297,7 @@ pub struct Workload {
 impl Default for Workload {
     fn default() -> Self {
         Workload {
-            templates: vec![
-                "book_flight".into(),
-                "research_report".into(),
-                "approve_refund".into(),
-            ],
+            templates: vec!["book_flight".into(), "research_report".into(), "approve_refund".into()],
             tasks: 12,
             arrival: Arrival::Uniform,
             interval: Dur::secs(5),
@@ -435,12 +415,7 @@ impl FaultSpec {
     /// Start time when it is time-triggered.
     pub fn at(&self) -> Option<Dur> {
         match self {
-            FaultSpec::WorkerKill {
-                at: When::At(d), ..
-            }
-            | FaultSpec::WorkerPause {
-                at: When::At(d), ..
-            } => Some(*d),
+            FaultSpec::WorkerKill { at: When::At(d), .. } | FaultSpec::WorkerPause { at: When::At(d), .. } => Some(*d),
             FaultSpec::RegionLoss { at, .. } | FaultSpec::ProviderOutage { at, .. } => Some(*at),
             _ => None,
         }
@@ -487,17 +462,10 @@ pub enum ScenarioError {
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let mut sc: Scenario = toml::from_str(text).map_err(|e| {
         let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-        ScenarioError::Parse {
-            path: path.to_owned(),
-            line,
-            col,
-            message: e.message().trim().to_owned(),
-        }
+        ScenarioError::Parse { path: path.to_owned(), line, col, message: e.message().trim().to_owned() }
     })?;
     if sc.name.is_empty() {
-        sc.name = path
-            .file_stem()
-            .map_or_else(|| "drill".into(), |s| s.to_string_lossy().into_owned());
+        sc.name = path.file_stem().map_or_else(|| "drill".into(), |s| s.to_string_lossy().into_owned());
     }
     validate(path, &sc)?;
     Ok(sc)
@@ -505,10 +473,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 
 /// Loads and validates a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.to_owned(), source })?;
     parse(path, &text)
 }
 
@@ -521,35 +486,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// The cross-field rules.
 pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
-    let bad = |field: String, message: String| {
-        Err(ScenarioError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
-        })
-    };
+    let bad = |field: String, message: String| Err(ScenarioError::Invalid { path: path.to_owned(), field, message });
     let names: Vec<&str> = crate::workflow::builtin().iter().map(|t| t.name).collect();
     if sc.horizon.ms() == 0 {
-        return bad(
-            "horizon".into(),
-            "must be longer than 0; write e.g. horizon = \"2h\"".into(),
-        );
+        return bad("horizon".into(), "must be longer than 0; write e.g. horizon = \"2h\"".into());
     }
     if sc.workload.templates.is_empty() {
-        return bad(
-            "workload.templates".into(),
-            "needs at least one template".into(),
-        );
+        return bad("workload.templates".into(), "needs at least one template".into());
     }
     for (i, t) in sc.workload.templates.iter().enumerate() {
         if !names.contains(&t.as_str()) || t == "probe" {
             let known: Vec<&str> = names.iter().copied().filter(|n| *n != "probe").collect();
             return bad(
                 format!("workload.templates[{i}]"),
-                format!(
-                    "unknown template {t:?}; expected one of {}",
-                    known.join(", ")
-                ),
+                format!("unknown template {t:?}; expected one of {}", known.join(", ")),
             );
         }
     }
@@ -557,56 +507,32 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
         return bad("workload.tasks".into(), "must be at least 1".into());
     }
     if sc.workload.arrival != Arrival::AtOnce && sc.workload.interval.ms() == 0 {
-        return bad(
-            "workload.interval".into(),
-            "must be longer than 0 for uniform or poisson arrivals".into(),
-        );
+        return bad("workload.interval".into(), "must be longer than 0 for uniform or poisson arrivals".into());
     }
     if sc.stack.workers == 0 {
         return bad("stack.workers".into(), "must be at least 1".into());
     }
     if sc.stack.standby_workers > sc.stack.workers {
-        return bad(
-            "stack.standby_workers".into(),
-            "cannot exceed stack.workers".into(),
-        );
+        return bad("stack.standby_workers".into(), "cannot exceed stack.workers".into());
     }
     if sc.stack.providers.is_empty() {
-        return bad(
-            "stack.providers".into(),
-            "needs at least one provider".into(),
-        );
+        return bad("stack.providers".into(), "needs at least one provider".into());
     }
     let policy = sc.stack.effective_policy();
     if policy.lease_ms == 0 {
-        return bad(
-            "stack.policy.lease_ms".into(),
-            "must be longer than 0".into(),
-        );
+        return bad("stack.policy.lease_ms".into(), "must be longer than 0".into());
     }
     if sc.stack.failover.failure_threshold == 0 {
-        return bad(
-            "stack.failover.failure_threshold".into(),
-            "must be at least 1".into(),
-        );
+        return bad("stack.failover.failure_threshold".into(), "must be at least 1".into());
     }
     if sc.stack.failover.health_interval.ms() == 0 {
-        return bad(
-            "stack.failover.health_interval".into(),
-            "must be longer than 0".into(),
-        );
+        return bad("stack.failover.health_interval".into(), "must be longer than 0".into());
     }
     if let Replication::Async { interval_ms: 0, .. } = sc.stack.replication {
-        return bad(
-            "stack.replication.interval_ms".into(),
-            "must be longer than 0".into(),
-        );
+        return bad("stack.replication.interval_ms".into(), "must be longer than 0".into());
     }
     if sc.stack.vector.snapshot_interval.ms() == 0 {
-        return bad(
-            "stack.vector.snapshot_interval".into(),
-            "must be longer than 0".into(),
-        );
+        return bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into());
     }
     let mut first_fault: Option<Dur> = None;
     for (i, f) in sc.faults.iter().enumerate() {
@@ -615,24 +541,17 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
             first_fault = Some(first_fault.map_or(at, |x| x.min(at)));
         }
         match f {
-            FaultSpec::WorkerKill { at, worker, .. }
-            | FaultSpec::WorkerPause { at, worker, .. } => {
+            FaultSpec::WorkerKill { at, worker, .. } | FaultSpec::WorkerPause { at, worker, .. } => {
                 if let When::Event { job, step, .. } = at {
                     if *job >= sc.workload.tasks {
                         return bad(
                             field("at.job"),
-                            format!(
-                                "job {job} does not exist: the workload has {} (0-based)",
-                                sc.workload.tasks
-                            ),
+                            format!("job {job} does not exist: the workload has {} (0-based)", sc.workload.tasks),
                         );
                     }
-                    let tpl_name =
-                        &sc.workload.templates[*job as usize % sc.workload.templates.len()];
-                    let len = crate::workflow::builtin()
-                        .iter()
-                        .find(|t| t.name == tpl_name)
-                        .map_or(0, |t| t.steps.len());
+                    let tpl_name = &sc.workload.templates[*job as usize % sc.workload.templates.len()];
+                    let len =
+                        crate::workflow::builtin().iter().find(|t| t.name == tpl_name).map_or(0, |t| t.steps.len());
                     if usize::from(*step) >= len {
                         return bad(
                             field("at.step"),
@@ -642,7 +561,10 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
                         );
                     }
                     if worker.is_some() {
-                        return bad(field("worker"), "an event-triggered fault hits the worker running the job; remove `worker`".into());
+                        return bad(
+                            field("worker"),
+                            "an event-triggered fault hits the worker running the job; remove `worker`".into(),
+                        );
                     }
                 } else {
                     match worker {
@@ -669,14 +591,10 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
             }
             FaultSpec::ProviderOutage { provider, .. } => {
                 if !sc.stack.providers.iter().any(|p| &p.name == provider) {
-                    let known: Vec<&str> =
-                        sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
+                    let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
                     return bad(
                         field("provider"),
-                        format!(
-                            "unknown provider {provider:?}; the stack has {}",
-                            known.join(", ")
-                        ),
+                        format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
                     );
                 }
             }
@@ -687,10 +605,7 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
     {
         return bad(
             "horizon".into(),
-            format!(
-                "the drill ends ({}) before the first fault ({first}); lengthen the horizon",
-                sc.horizon
-            ),
+            format!("the drill ends ({}) before the first fault ({first}); lengthen the horizon", sc.horizon),
         );
     }
     Ok(())
@@ -714,12 +629,8 @@ mod tests {
         let text = "tier = \"internal-ops\"\nhorizon = \"1h\"\n[[faults]]\nkind = \"worker_kill\"\nat = { job = 1, step = 2, phase = \"mid_call\" }\n";
         let err = parse(Path::new("x.toml"), text).unwrap_err().to_string();
         assert!(err.starts_with("x.toml:5:"), "{err}");
-        let err = parse(
-            Path::new("y.toml"),
-            "tier = \"batch\"\nhorizon = \"1h\"\nbogus = 1\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            parse(Path::new("y.toml"), "tier = \"batch\"\nhorizon = \"1h\"\nbogus = 1\n").unwrap_err().to_string();
         assert!(err.starts_with("y.toml:3:1"), "{err}");
         assert!(err.contains("bogus"), "{err}");
     }

@@ -104,6 +104,26 @@ pub struct Truth {
     pub calls: u64,
 }
 
+impl Truth {
+    /// Ground truth of replanning: a write or side effect acted on decision
+    /// `basis.1` of plan step `basis.0`; a different decision than an
+    /// earlier one for the same step means the plan was re-derived.
+    pub fn acted_on(&mut self, job: JobId, basis: (u16, u32)) {
+        let k = (job, basis.0);
+        match self.acted.get(&k) {
+            Some(&d) if d != basis.1 => {
+                if !self.replanned.contains(&k) {
+                    self.replanned.push(k);
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.acted.insert(k, basis.1);
+            }
+        }
+    }
+}
+
 /// Vector store host.
 pub struct VectorNode {
     /// The store (durable).
@@ -251,22 +271,15 @@ impl Env for SimEnv<'_> {
         self.dns.resolve(svc, self.rt.now_us())
     }
     fn note(&mut self, note: Note) {
-        self.truth.trace.push(TraceEvent {
-            at_us: self.rt.now_us(),
-            host: self.me,
-            note,
-        });
+        self.truth.trace.push(TraceEvent { at_us: self.rt.now_us(), host: self.me, note });
     }
     #[inline]
     fn reach(&mut self, host: HostId, job: JobId, step: u16, phase: Phase) -> bool {
         if self.truth.triggers.is_empty() {
             return false;
         }
-        let Some(t) = self
-            .truth
-            .triggers
-            .iter_mut()
-            .find(|t| !t.fired && t.job == job && t.step == step && t.phase == phase)
+        let Some(t) =
+            self.truth.triggers.iter_mut().find(|t| !t.fired && t.job == job && t.step == step && t.phase == phase)
         else {
             return false;
         };
@@ -325,11 +338,7 @@ impl Stack {
         }
         let controller = two.then(|| rt.add_host("failover-controller", EXTERNAL));
 
-        let replication = if two {
-            spec.replication
-        } else {
-            Replication::None
-        };
+        let replication = if two { spec.replication } else { Replication::None };
         let orch_cfg = OrchConfig {
             lease_ms: policy.lease_ms,
             recovery_scan_ms: spec.recovery_scan.ms().max(1),
@@ -341,13 +350,8 @@ impl Stack {
 
         let mut nodes: Vec<Option<Node>> = (0..rt.hosts().len()).map(|_| None).collect();
         nodes[orch_a.0 as usize] = Some(Node::Orchestrator(Orchestrator::new(orch_cfg, true)));
-        nodes[orch_b.0 as usize] = Some(Node::Orchestrator(Orchestrator::new(
-            OrchConfig {
-                replica: None,
-                ..orch_cfg
-            },
-            false,
-        )));
+        nodes[orch_b.0 as usize] =
+            Some(Node::Orchestrator(Orchestrator::new(OrchConfig { replica: None, ..orch_cfg }, false)));
         let vcfg = VectorConfig {
             restore_base_us: spec.vector.restore_base.us(),
             restore_per_point_us: spec.vector.restore_per_point_us,
@@ -381,22 +385,11 @@ impl Stack {
             streamed: false,
         }));
         let api = |dedupe: bool, latency: crate::scenario::Dur, base: ApiConfig| {
-            Node::Api(SideEffectApi::new(ApiConfig {
-                dedupe,
-                processing_us: latency.us(),
-                ..base
-            }))
+            Node::Api(SideEffectApi::new(ApiConfig { dedupe, processing_us: latency.us(), ..base }))
         };
-        nodes[payment.0 as usize] = Some(api(
-            spec.apis.payment_dedupe,
-            spec.apis.payment_latency,
-            ApiConfig::payment(),
-        ));
-        nodes[email.0 as usize] = Some(api(
-            spec.apis.email_dedupe,
-            spec.apis.email_latency,
-            ApiConfig::email(),
-        ));
+        nodes[payment.0 as usize] =
+            Some(api(spec.apis.payment_dedupe, spec.apis.payment_latency, ApiConfig::payment()));
+        nodes[email.0 as usize] = Some(api(spec.apis.email_dedupe, spec.apis.email_latency, ApiConfig::email()));
         nodes[search.0 as usize] = Some(Node::Search(spec.apis.search_latency.us()));
         for (h, p) in providers.iter().zip(&spec.providers) {
             nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
@@ -412,15 +405,9 @@ impl Stack {
                 failure_threshold: f.failure_threshold,
                 promotion_ms: f.promotion.ms(),
                 dns_ttl_ms: f.dns_ttl.ms(),
-                scale_up_ms: if pattern == Pattern::ActiveActive {
-                    0
-                } else {
-                    f.scale_up.ms()
-                },
+                scale_up_ms: if pattern == Pattern::ActiveActive { 0 } else { f.scale_up.ms() },
             };
-            nodes[c.0 as usize] = Some(Node::Controller(Controller::new(
-                cfg, orch_a, orch_b, vec_b,
-            )));
+            nodes[c.0 as usize] = Some(Node::Controller(Controller::new(cfg, orch_a, orch_b, vec_b)));
         }
 
         // Workers.
@@ -444,11 +431,7 @@ impl Stack {
         if let (Some(b), Some(last)) = (local_b, providers_b.last_mut()) {
             *last = b;
         }
-        let home_b = if pattern == Pattern::ActiveActive {
-            None
-        } else {
-            Some(orch_b)
-        };
+        let home_b = if pattern == Pattern::ActiveActive { None } else { Some(orch_b) };
         let shared_b = shared_for(home_b, providers_b);
         let mut hosts = Hosts {
             client,
@@ -485,12 +468,7 @@ impl Stack {
 
         // Workload.
         let n = sc.workload.tasks;
-        let tpl_index = |name: &str| {
-            templates
-                .iter()
-                .position(|t| t.name == name)
-                .expect("validated") as u16
-        };
+        let tpl_index = |name: &str| templates.iter().position(|t| t.name == name).expect("validated") as u16;
         let probe_tpl = tpl_index("probe");
         let mut jobs = Vec::with_capacity(n as usize);
         let mut t = 0u64;
@@ -507,18 +485,10 @@ impl Stack {
                     }
                 }
             }
-            jobs.push(JobSpec {
-                template: tpl_index(name),
-                at_us: t,
-                probe: false,
-            });
+            jobs.push(JobSpec { template: tpl_index(name), at_us: t, probe: false });
         }
         for _ in 0..MAX_PROBES {
-            jobs.push(JobSpec {
-                template: probe_tpl,
-                at_us: u64::MAX,
-                probe: true,
-            });
+            jobs.push(JobSpec { template: probe_tpl, at_us: u64::MAX, probe: true });
         }
         let jobs = Rc::new(jobs);
         nodes[client.0 as usize] = Some(Node::Client(Client {
@@ -536,31 +506,12 @@ impl Stack {
         }));
 
         let ttl = spec.failover.dns_ttl.us();
-        let dns = Dns {
-            orchestrator: Record::new(orch_a, ttl),
-            vector: Record::new(vec_a, ttl),
-        };
-        let nodes: Vec<Node> = nodes
-            .into_iter()
-            .map(|n| n.expect("every host has a component"))
-            .collect();
-        let mut truth = Truth {
-            accepted_us: vec![None; jobs.len()],
-            ..Truth::default()
-        };
+        let dns = Dns { orchestrator: Record::new(orch_a, ttl), vector: Record::new(vec_a, ttl) };
+        let nodes: Vec<Node> = nodes.into_iter().map(|n| n.expect("every host has a component")).collect();
+        let mut truth = Truth { accepted_us: vec![None; jobs.len()], ..Truth::default() };
         truth.trace.reserve(64);
-        let mut stack = Stack {
-            rt,
-            nodes,
-            dns,
-            truth,
-            hosts,
-            jobs,
-            worker_shared: shared_a,
-            workload_jobs: n,
-            templates,
-            pattern,
-        };
+        let mut stack =
+            Stack { rt, nodes, dns, truth, hosts, jobs, worker_shared: shared_a, workload_jobs: n, templates, pattern };
         // Scale-up workers are not running yet.
         for h in stack.hosts.scale_up_b.clone() {
             stack.rt.crash(h);
@@ -580,19 +531,8 @@ impl Stack {
 
     /// Runs one host's start-up.
     pub fn start_host(&mut self, h: HostId) {
-        let Stack {
-            rt,
-            nodes,
-            dns,
-            truth,
-            ..
-        } = self;
-        let mut env = SimEnv {
-            rt,
-            me: h,
-            dns,
-            truth,
-        };
+        let Stack { rt, nodes, dns, truth, .. } = self;
+        let mut env = SimEnv { rt, me: h, dns, truth };
         match &mut nodes[h.0 as usize] {
             Node::Orchestrator(o) => {
                 // A returning primary that was failed away from stays standby.
@@ -622,11 +562,7 @@ impl Stack {
             Node::Vector(v) => v.serving = false,
             _ => {}
         }
-        self.truth.trace.push(TraceEvent {
-            at_us: self.rt.now_us(),
-            host: h,
-            note: Note::Crashed { host: h },
-        });
+        self.truth.trace.push(TraceEvent { at_us: self.rt.now_us(), host: h, note: Note::Crashed { host: h } });
     }
 
     /// Restarts a crashed host and runs its start-up.
@@ -635,63 +571,35 @@ impl Stack {
             return;
         }
         self.rt.restart(h);
-        self.truth.trace.push(TraceEvent {
-            at_us: self.rt.now_us(),
-            host: h,
-            note: Note::Restarted { host: h },
-        });
+        self.truth.trace.push(TraceEvent { at_us: self.rt.now_us(), host: h, note: Note::Restarted { host: h } });
         self.start_host(h);
     }
 
     /// Hands one event to its component. Returns the controller's requests
     /// and the hooks hit, for the drill to act on.
     pub fn dispatch(&mut self, ev: Event<Msg, Timer>) -> Option<Timer> {
-        let Stack {
-            rt,
-            nodes,
-            dns,
-            truth,
-            jobs,
-            ..
-        } = self;
+        let Stack { rt, nodes, dns, truth, jobs, .. } = self;
         match ev {
             Event::Control(t) => return Some(t),
             Event::Deliver { from, to, msg } => {
-                let mut env = SimEnv {
-                    rt,
-                    me: to,
-                    dns,
-                    truth,
-                };
+                let mut env = SimEnv { rt, me: to, dns, truth };
                 match &mut nodes[to.0 as usize] {
                     Node::Worker(w) => w.on_msg(&mut env, from, msg),
                     Node::Orchestrator(o) => o.on_msg(&mut env, from, msg),
                     Node::Api(api) => api_on_msg(api, &mut env, from, msg),
                     Node::Search(lat) => {
                         if let Msg::ToolReq { req, origin, .. } = msg {
-                            let ok = CallOutcome::Ok {
-                                effect: 0,
-                                replayed: false,
-                            };
+                            let ok = CallOutcome::Ok { effect: 0, replayed: false };
                             env.send_after(*lat, from, Msg::ToolResp { req, outcome: ok });
                             env.truth.calls += 1;
                             env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                         }
                     }
                     Node::Provider(p) => {
-                        if let Msg::ModelReq {
-                            req,
-                            request,
-                            origin,
-                        } = msg
-                        {
+                        if let Msg::ModelReq { req, request, origin } = msg {
                             let now = env.now_us();
                             let outcome = p.handle(now, &request, env.rng());
-                            env.send_after(
-                                outcome.latency_us,
-                                from,
-                                Msg::ModelResp { req, outcome },
-                            );
+                            env.send_after(outcome.latency_us, from, Msg::ModelResp { req, outcome });
                             env.truth.calls += 1;
                             if outcome.result.is_ok() {
                                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
@@ -704,12 +612,7 @@ impl Stack {
                 }
             }
             Event::Timer { host, timer } => {
-                let mut env = SimEnv {
-                    rt,
-                    me: host,
-                    dns,
-                    truth,
-                };
+                let mut env = SimEnv { rt, me: host, dns, truth };
                 match &mut nodes[host.0 as usize] {
                     Node::Worker(w) => w.on_timer(&mut env, timer),
                     Node::Orchestrator(o) => o.on_timer(&mut env, timer),
@@ -784,61 +687,29 @@ impl Stack {
 
     /// Every provider mock (for cost).
     pub fn providers(&self) -> impl Iterator<Item = &ProviderMock> {
-        self.nodes.iter().filter_map(|n| {
-            if let Node::Provider(p) = n {
-                Some(p)
-            } else {
-                None
-            }
-        })
+        self.nodes.iter().filter_map(|n| if let Node::Provider(p) = n { Some(p) } else { None })
     }
 
     /// The orchestrator that serves at the end (the primary).
     pub fn serving_orch(&self) -> HostId {
-        let [a, b] = self.hosts.orch;
-        if self.orch(b).is_primary() && !self.orch(a).is_primary() {
-            b
-        } else {
-            a
-        }
+        self.dns.orchestrator.target()
+    }
+
+    /// The vector store that serves at the end.
+    pub fn serving_vector(&self) -> HostId {
+        self.dns.vector.target()
     }
 }
 
 fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
     let now = env.now_us();
     match msg {
-        Msg::ToolReq {
-            req,
-            key,
-            params,
-            origin,
-            basis,
-            ..
-        } => {
-            // Ground truth: did this side effect act on a different decision
-            // than an earlier one for the same plan step?
-            let k = (origin.job, basis.0);
-            match env.truth.acted.get(&k) {
-                Some(&d) if d != basis.1 => {
-                    if !env.truth.replanned.contains(&k) {
-                        env.truth.replanned.push(k);
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    env.truth.acted.insert(k, basis.1);
-                }
-            }
+        Msg::ToolReq { req, key, params, origin, basis, .. } => {
+            env.truth.acted_on(origin.job, basis);
             let (outcome, done_at) = api.call(now, Some(key), params, origin);
             env.send_after(done_at - now, from, Msg::ToolResp { req, outcome });
             env.truth.calls += 1;
-            if matches!(
-                outcome,
-                CallOutcome::Ok {
-                    replayed: false,
-                    ..
-                }
-            ) {
+            if matches!(outcome, CallOutcome::Ok { replayed: false, .. }) {
                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
             }
         }
@@ -860,20 +731,10 @@ impl VectorNode {
     fn on_msg(&mut self, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
         let now = env.now_us();
         match msg {
-            Msg::VecUpsert {
-                req,
-                point,
-                value,
-                origin,
-            } => {
+            Msg::VecUpsert { req, point, value, origin, basis } => {
+                env.truth.acted_on(origin.job, basis);
                 if !self.serving {
-                    env.send(
-                        from,
-                        Msg::VecResp {
-                            req,
-                            unavailable: true,
-                        },
-                    );
+                    env.send(from, Msg::VecResp { req, unavailable: true });
                     return;
                 }
                 self.store.upsert(now, point, value);
@@ -881,23 +742,9 @@ impl VectorNode {
                 if self.stream
                     && let Some(peer) = self.peer
                 {
-                    env.send(
-                        peer,
-                        Msg::VecReplicate {
-                            point,
-                            value,
-                            at_us: now,
-                        },
-                    );
+                    env.send(peer, Msg::VecReplicate { point, value, at_us: now });
                 }
-                env.send_after(
-                    5 * US_PER_MS,
-                    from,
-                    Msg::VecResp {
-                        req,
-                        unavailable: false,
-                    },
-                );
+                env.send_after(5 * US_PER_MS, from, Msg::VecResp { req, unavailable: false });
                 env.truth.calls += 1;
                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
             }
@@ -909,11 +756,7 @@ impl VectorNode {
                     env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                 }
             }
-            Msg::VecReplicate {
-                point,
-                value,
-                at_us,
-            } => {
+            Msg::VecReplicate { point, value, at_us } => {
                 self.streamed = true;
                 self.store.upsert(at_us, point, value);
             }
@@ -951,10 +794,7 @@ impl VectorNode {
                 env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
             }
             Timer::ShipSnapshot { id } => {
-                if let (Some(peer), Some(s)) = (
-                    self.peer,
-                    self.store.snapshots().iter().find(|s| s.id == id),
-                ) {
+                if let (Some(peer), Some(s)) = (self.peer, self.store.snapshots().iter().find(|s| s.id == id)) {
                     env.send(peer, Msg::ShipSnapshot(Box::new(s.clone())));
                 }
             }
@@ -983,12 +823,7 @@ impl Client {
             && !j.probe
         {
             let at = j.at_us.max(env.now_us());
-            env.set_timer(
-                at - env.now_us(),
-                Timer::Arrival {
-                    job: JobId(self.next_arrival as u32),
-                },
-            );
+            env.set_timer(at - env.now_us(), Timer::Arrival { job: JobId(self.next_arrival as u32) });
         }
     }
 
@@ -996,15 +831,7 @@ impl Client {
         let spec = self.jobs[job.0 as usize];
         let to = env.resolve(Service::Orchestrator);
         let steps = steps_of(&self.templates, spec.template);
-        env.send(
-            to,
-            Msg::Submit {
-                job,
-                template: spec.template,
-                steps,
-                probe: spec.probe,
-            },
-        );
+        env.send(to, Msg::Submit { job, template: spec.template, steps, probe: spec.probe });
         self.pending.push_back((env.now_us(), job));
         if !self.retry_armed {
             self.retry_armed = true;
@@ -1109,20 +936,8 @@ impl Client {
 impl Stack {
     /// Tells the client to probe from now on (a fault began).
     pub fn start_probing(&mut self) {
-        let Stack {
-            rt,
-            nodes,
-            dns,
-            truth,
-            hosts,
-            ..
-        } = self;
-        let mut env = SimEnv {
-            rt,
-            me: hosts.client,
-            dns,
-            truth,
-        };
+        let Stack { rt, nodes, dns, truth, hosts, .. } = self;
+        let mut env = SimEnv { rt, me: hosts.client, dns, truth };
         if let Node::Client(c) = &mut nodes[hosts.client.0 as usize] {
             c.start_probing(&mut env);
         }

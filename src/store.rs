@@ -59,12 +59,8 @@ pub struct StepRec {
 }
 
 impl StepRec {
-    const EMPTY: StepRec = StepRec {
-        state: StepState::Empty,
-        key: IdemKey { hi: 0, lo: 0 },
-        args: 0,
-        decision: NO_DECISION,
-    };
+    const EMPTY: StepRec =
+        StepRec { state: StepState::Empty, key: IdemKey { hi: 0, lo: 0 }, args: 0, decision: NO_DECISION };
 }
 
 /// A worker's lease on a task.
@@ -274,13 +270,7 @@ impl Store {
     fn apply(&mut self, rec: &LogRec) {
         debug_assert_eq!(rec.lsn, self.last_lsn() + 1);
         match rec.op {
-            Op::Create {
-                task,
-                job,
-                template,
-                steps,
-                probe,
-            } => {
+            Op::Create { task, job, template, steps, probe } => {
                 let index = (task.0 & INDEX_MASK) as usize;
                 assert_eq!(index, self.tasks.len(), "task ids are dense per store");
                 self.tasks.push(TaskRec {
@@ -289,11 +279,7 @@ impl Store {
                     template,
                     probe,
                     status: TaskStatus::Queued,
-                    lease: Lease {
-                        holder: HostId(u32::MAX),
-                        token: 0,
-                        expires_us: 0,
-                    },
+                    lease: Lease { holder: HostId(u32::MAX), token: 0, expires_us: 0 },
                     cursor: 0,
                     steps: vec![StepRec::EMPTY; steps as usize].into_boxed_slice(),
                     created_us: rec.at_us,
@@ -313,12 +299,7 @@ impl Store {
                 }
             }
             Op::Renew { task, expires_us } => self.task_mut(task).lease.expires_us = expires_us,
-            Op::Intent {
-                task,
-                ordinal,
-                key,
-                args,
-            } => {
+            Op::Intent { task, ordinal, key, args } => {
                 let s = &mut self.task_mut(task).steps[ordinal as usize];
                 if s.state != StepState::Done {
                     s.state = StepState::Intent;
@@ -326,12 +307,7 @@ impl Store {
                 s.key = key;
                 s.args = args;
             }
-            Op::Result {
-                task,
-                ordinal,
-                decision,
-                ..
-            } => {
+            Op::Result { task, ordinal, decision, .. } => {
                 let t = self.task_mut(task);
                 let s = &mut t.steps[ordinal as usize];
                 s.state = StepState::Done;
@@ -369,45 +345,10 @@ mod tests {
     fn a_replica_applying_the_log_holds_the_same_state() {
         let mut p = Store::new();
         let t = p.next_task_id();
-        p.commit(
-            1,
-            Op::Create {
-                task: t,
-                job: JobId(4),
-                template: 0,
-                steps: 3,
-                probe: false,
-            },
-        );
-        p.commit(
-            2,
-            Op::Lease {
-                task: t,
-                lease: Lease {
-                    holder: HostId(9),
-                    token: 1,
-                    expires_us: 30,
-                },
-            },
-        );
-        p.commit(
-            3,
-            Op::Intent {
-                task: t,
-                ordinal: 0,
-                key: IdemKey::for_slot(t, 0),
-                args: 5,
-            },
-        );
-        p.commit(
-            4,
-            Op::Result {
-                task: t,
-                ordinal: 0,
-                decision: 2,
-                reconciled: false,
-            },
-        );
+        p.commit(1, Op::Create { task: t, job: JobId(4), template: 0, steps: 3, probe: false });
+        p.commit(2, Op::Lease { task: t, lease: Lease { holder: HostId(9), token: 1, expires_us: 30 } });
+        p.commit(3, Op::Intent { task: t, ordinal: 0, key: IdemKey::for_slot(t, 0), args: 5 });
+        p.commit(4, Op::Result { task: t, ordinal: 0, decision: 2, reconciled: false });
         let mut r = Store::new();
         for rec in p.log() {
             r.apply_replicated(rec);
@@ -422,16 +363,7 @@ mod tests {
     fn a_new_timeline_never_reuses_ids() {
         let mut p = Store::new();
         let a = p.next_task_id();
-        p.commit(
-            1,
-            Op::Create {
-                task: a,
-                job: JobId(0),
-                template: 0,
-                steps: 1,
-                probe: false,
-            },
-        );
+        p.commit(1, Op::Create { task: a, job: JobId(0), template: 0, steps: 1, probe: false });
         let mut replica = Store::new(); // nothing replicated
         replica.new_timeline();
         let b = replica.next_task_id();

@@ -20,12 +20,7 @@ pub enum Tier {
 
 impl Tier {
     /// Every tier, strictest first.
-    pub const ALL: [Tier; 4] = [
-        Tier::CustomerFacing,
-        Tier::InternalOps,
-        Tier::Batch,
-        Tier::Sandbox,
-    ];
+    pub const ALL: [Tier; 4] = [Tier::CustomerFacing, Tier::InternalOps, Tier::Batch, Tier::Sandbox];
 
     /// RTO target in seconds (the measured value must be below it).
     pub fn rto_s(self) -> f64 {

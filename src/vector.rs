@@ -86,10 +86,7 @@ pub struct VectorConfig {
 impl Default for VectorConfig {
     /// 5 s base plus 1 ms per point.
     fn default() -> Self {
-        VectorConfig {
-            restore_base_us: 5 * US_PER_S,
-            restore_per_point_us: US_PER_MS,
-        }
+        VectorConfig { restore_base_us: 5 * US_PER_S, restore_per_point_us: US_PER_MS }
     }
 }
 
@@ -107,11 +104,7 @@ pub struct RetentionLadder {
 impl Default for RetentionLadder {
     /// 24 hourly, 14 daily, 12 monthly.
     fn default() -> Self {
-        RetentionLadder {
-            hourly: 24,
-            daily: 14,
-            monthly: 12,
-        }
+        RetentionLadder { hourly: 24, daily: 14, monthly: 12 }
     }
 }
 
@@ -119,11 +112,7 @@ impl Default for RetentionLadder {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
     /// A write of `value` to `point`; heals a corrupted point.
-    Upsert {
-        point: PointId,
-        value: u64,
-        at_us: Micros,
-    },
+    Upsert { point: PointId, value: u64, at_us: Micros },
     /// Silent corruption of an existing point (its value is unchanged).
     Corrupt { point: PointId, at_us: Micros },
 }
@@ -169,16 +158,8 @@ impl View {
     #[inline]
     fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Upsert {
-                point,
-                value,
-                at_us,
-            } => {
-                let fresh = PointState {
-                    value,
-                    written_at_us: at_us,
-                    corrupted: false,
-                };
+            Op::Upsert { point, value, at_us } => {
+                let fresh = PointState { value, written_at_us: at_us, corrupted: false };
                 match self.points.entry(point) {
                     Entry::Vacant(e) => {
                         e.insert(fresh);
@@ -267,13 +248,7 @@ pub struct VectorStore {
 impl VectorStore {
     /// An empty store with the given restore timing.
     pub fn new(cfg: VectorConfig) -> Self {
-        VectorStore {
-            cfg,
-            log: OpLog::default(),
-            view: View::default(),
-            snapshots: Vec::new(),
-            next_snapshot_id: 0,
-        }
+        VectorStore { cfg, log: OpLog::default(), view: View::default(), snapshots: Vec::new(), next_snapshot_id: 0 }
     }
 
     /// Writes `value` to `point` at `now_us` (insert or replace). Replacing a
@@ -281,11 +256,7 @@ impl VectorStore {
     /// log/map growth.
     #[inline]
     pub fn upsert(&mut self, now_us: Micros, point: PointId, value: u64) {
-        let op = Op::Upsert {
-            point,
-            value,
-            at_us: now_us,
-        };
+        let op = Op::Upsert { point, value, at_us: now_us };
         self.log.push(op);
         self.view.apply(&op);
     }
@@ -293,10 +264,7 @@ impl VectorStore {
     /// Looks a point up.
     #[inline]
     pub fn query(&self, point: PointId) -> Option<QueryHit> {
-        self.view.points.get(&point).map(|s| QueryHit {
-            value: s.value,
-            corrupted: s.corrupted,
-        })
+        self.view.points.get(&point).map(|s| QueryHit { value: s.value, corrupted: s.corrupted })
     }
 
     /// Number of points stored.
@@ -314,10 +282,7 @@ impl VectorStore {
     /// sorted point ids, and logs a `Corrupt` op for each. Points already
     /// corrupted may be chosen again. Returns the number of points chosen.
     pub fn corrupt(&mut self, now_us: Micros, fraction: f64, rng: &mut impl rand::Rng) -> u64 {
-        assert!(
-            fraction.is_finite(),
-            "corrupt: fraction must be finite, got {fraction}"
-        );
+        assert!(fraction.is_finite(), "corrupt: fraction must be finite, got {fraction}");
         let fraction = fraction.clamp(0.0, 1.0);
         let len = self.len();
         let n = ((fraction * len as f64).round() as usize).min(len);
@@ -330,10 +295,7 @@ impl VectorStore {
             ids.swap(i, j);
         }
         for &point in &ids[..n] {
-            let op = Op::Corrupt {
-                point,
-                at_us: now_us,
-            };
+            let op = Op::Corrupt { point, at_us: now_us };
             self.log.push(op);
             self.view.apply(&op);
         }
@@ -392,9 +354,7 @@ impl VectorStore {
         assert!(snap.upto <= snap.log.len());
         let key = snap.order_key();
         let first = self.snapshots.partition_point(|s| s.order_key() < key);
-        let same_key = self.snapshots[first..]
-            .iter()
-            .take_while(|s| s.order_key() == key);
+        let same_key = self.snapshots[first..].iter().take_while(|s| s.order_key() == key);
         if same_key.into_iter().any(|s| *s == snap) {
             return false;
         }
@@ -415,10 +375,7 @@ impl VectorStore {
 
     /// How long restoring `snap` takes: base plus per-point hydration.
     pub fn restore_duration_us(&self, snap: &Snapshot) -> Micros {
-        self.cfg
-            .restore_per_point_us
-            .saturating_mul(snap.point_count)
-            .saturating_add(self.cfg.restore_base_us)
+        self.cfg.restore_per_point_us.saturating_mul(snap.point_count).saturating_add(self.cfg.restore_base_us)
     }
 
     /// Replaces the contents with `snap`'s (`PUT …/snapshots/recover`) by
@@ -450,10 +407,7 @@ impl VectorStore {
     /// healed, so a snapshot taken after every corrupted point was rewritten
     /// counts as clean. O(snapshots), no replay.
     pub fn newest_clean_snapshot(&self, before_us: Micros) -> Option<&Snapshot> {
-        self.snapshots
-            .iter()
-            .rev()
-            .find(|s| s.taken_at_us < before_us && s.is_clean())
+        self.snapshots.iter().rev().find(|s| s.taken_at_us < before_us && s.is_clean())
     }
 
     /// Applies the retention ladder: for each rung, the newest snapshot of
@@ -465,11 +419,7 @@ impl VectorStore {
         let _ = now_us;
         let n = self.snapshots.len();
         let mut keep = vec![false; n];
-        let rungs = [
-            (US_PER_HOUR, ladder.hourly),
-            (US_PER_DAY, ladder.daily),
-            (US_PER_MONTH, ladder.monthly),
-        ];
+        let rungs = [(US_PER_HOUR, ladder.hourly), (US_PER_DAY, ladder.daily), (US_PER_MONTH, ladder.monthly)];
         for (width, limit) in rungs {
             let mut kept = 0u32;
             let mut last_bucket = None;
@@ -486,10 +436,7 @@ impl VectorStore {
             }
         }
         let any_rung = ladder.hourly > 0 || ladder.daily > 0 || ladder.monthly > 0;
-        assert!(
-            n == 0 || !any_rung || keep[n - 1],
-            "prune must keep the newest"
-        );
+        assert!(n == 0 || !any_rung || keep[n - 1], "prune must keep the newest");
         let mut i = 0;
         self.snapshots.retain(|_| {
             i += 1;
@@ -522,10 +469,7 @@ mod tests {
     type Contents = Vec<(PointId, PointState)>;
 
     fn pid(job: u32, step: u16) -> PointId {
-        PointId {
-            job: JobId(job),
-            step,
-        }
+        PointId { job: JobId(job), step }
     }
 
     fn store() -> VectorStore {
@@ -562,10 +506,7 @@ mod tests {
         s.upsert(20, pid(1, 1), 8);
         s.upsert(30, pid(1, 0), 9);
         assert_eq!(s.len(), 2);
-        let hit = QueryHit {
-            value: 9,
-            corrupted: false,
-        };
+        let hit = QueryHit { value: 9, corrupted: false };
         assert_eq!(s.query(pid(1, 0)), Some(hit));
         assert_eq!(s.query(pid(1, 1)).map(|h| h.value), Some(8));
         assert_eq!(contents(&s)[0].1.written_at_us, 30);
@@ -594,10 +535,7 @@ mod tests {
     #[test]
     fn restore_duration_is_linear_in_points() {
         let base = 5 * US_PER_S;
-        let cfg = VectorConfig {
-            restore_base_us: base,
-            restore_per_point_us: 3,
-        };
+        let cfg = VectorConfig { restore_base_us: base, restore_per_point_us: 3 };
         let mut s = VectorStore::new(cfg);
         let mut durations = Vec::new();
         for round in 0..5u32 {
@@ -714,18 +652,8 @@ mod tests {
         // Today's newest is also an hourly one; month 1's newest is today's.
         assert_eq!(snaps.len(), 24 + 13 + 1);
         assert_eq!(s.prune(end, ladder), 0, "prune is idempotent");
-        s.prune(
-            end,
-            RetentionLadder {
-                hourly: 1,
-                daily: 0,
-                monthly: 0,
-            },
-        );
-        assert_eq!(
-            s.snapshots(),
-            std::slice::from_ref(newest.as_ref().unwrap())
-        );
+        s.prune(end, RetentionLadder { hourly: 1, daily: 0, monthly: 0 });
+        assert_eq!(s.snapshots(), std::slice::from_ref(newest.as_ref().unwrap()));
     }
 
     fn as_vec(m: &BTreeMap<PointId, PointState>) -> Contents {
@@ -748,11 +676,7 @@ mod tests {
                 0..=79 => {
                     let value = rng.random::<u64>();
                     s.upsert(now, p, value);
-                    let st = PointState {
-                        value,
-                        written_at_us: now,
-                        corrupted: false,
-                    };
+                    let st = PointState { value, written_at_us: now, corrupted: false };
                     model.insert(p, st);
                 }
                 80..=87 => {

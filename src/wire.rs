@@ -186,6 +186,8 @@ pub enum Msg {
         value: u64,
         /// Ground-truth attribution (harness metadata).
         origin: Origin,
+        /// The decision the value was derived from (harness metadata).
+        basis: (u16, u32),
     },
     /// Query a point.
     VecQuery {

@@ -162,35 +162,17 @@ impl Worker {
     }
 
     fn orchestrator(&self, env: &impl Env) -> HostId {
-        self.shared
-            .home
-            .unwrap_or_else(|| env.resolve(Service::Orchestrator))
+        self.shared.home.unwrap_or_else(|| env.resolve(Service::Orchestrator))
     }
 
-    fn request(
-        &mut self,
-        env: &mut impl Env,
-        to: HostId,
-        wait: Wait,
-        make: impl FnOnce(u32) -> Msg,
-    ) {
+    fn request(&mut self, env: &mut impl Env, to: HostId, wait: Wait, make: impl FnOnce(u32) -> Msg) {
         self.req_seq = self.req_seq.wrapping_add(1);
         let req = self.req_seq;
         let msg = make(req);
         env.send(to, msg.clone());
-        let timeout = if wait == Wait::Lease {
-            30 * US_PER_S
-        } else {
-            self.shared.request_timeout_us
-        };
+        let timeout = if wait == Wait::Lease { 30 * US_PER_S } else { self.shared.request_timeout_us };
         let deadline_us = env.now_us() + timeout;
-        self.out = Some(Outstanding {
-            req,
-            deadline_us,
-            to,
-            msg,
-            wait,
-        });
+        self.out = Some(Outstanding { req, deadline_us, to, msg, wait });
         if !self.watchdog_armed {
             self.watchdog_armed = true;
             env.set_timer(timeout, Timer::Watchdog);
@@ -236,14 +218,7 @@ impl Worker {
                 let o = self.out.take().expect("some");
                 if o.wait == Wait::Call && self.ctx.as_ref().is_some_and(|c| c.call.is_some()) {
                     // A provider that never answered: a timeout for the router.
-                    self.on_model_result(
-                        env,
-                        AttemptResult::Err {
-                            retryable: true,
-                            retry_after_ms: None,
-                            status: 0,
-                        },
-                    );
+                    self.on_model_result(env, AttemptResult::Err { retryable: true, retry_after_ms: None, status: 0 });
                     return;
                 }
                 // Resend the same request (same key, same write: idempotent
@@ -259,13 +234,7 @@ impl Worker {
                 self.heartbeat_armed = false;
                 if let Some(c) = &self.ctx {
                     let to = self.orchestrator(env);
-                    env.send(
-                        to,
-                        Msg::Heartbeat {
-                            task: c.task,
-                            token: c.token,
-                        },
-                    );
+                    env.send(to, Msg::Heartbeat { task: c.task, token: c.token });
                     self.arm_heartbeat(env);
                 }
             }
@@ -277,10 +246,7 @@ impl Worker {
     fn arm_heartbeat(&mut self, env: &mut impl Env) {
         if self.shared.policy.heartbeat && !self.heartbeat_armed && self.ctx.is_some() {
             self.heartbeat_armed = true;
-            env.set_timer(
-                self.shared.policy.lease_ms * US_PER_MS / 3,
-                Timer::Heartbeat,
-            );
+            env.set_timer(self.shared.policy.lease_ms * US_PER_MS / 3, Timer::Heartbeat);
         }
     }
 
@@ -353,40 +319,10 @@ fn renumber(msg: Msg, req: u32) -> Msg {
     match msg {
         Msg::LeaseReq { .. } => Msg::LeaseReq { req },
         Msg::Write { token, write, .. } => Msg::Write { req, token, write },
-        Msg::ToolReq {
-            api,
-            key,
-            params,
-            origin,
-            basis,
-            ..
-        } => Msg::ToolReq {
-            req,
-            api,
-            key,
-            params,
-            origin,
-            basis,
-        },
+        Msg::ToolReq { api, key, params, origin, basis, .. } => Msg::ToolReq { req, api, key, params, origin, basis },
         Msg::LookupReq { api, key, .. } => Msg::LookupReq { req, api, key },
-        Msg::ModelReq {
-            request, origin, ..
-        } => Msg::ModelReq {
-            req,
-            request,
-            origin,
-        },
-        Msg::VecUpsert {
-            point,
-            value,
-            origin,
-            ..
-        } => Msg::VecUpsert {
-            req,
-            point,
-            value,
-            origin,
-        },
+        Msg::ModelReq { request, origin, .. } => Msg::ModelReq { req, request, origin },
+        Msg::VecUpsert { point, value, origin, basis, .. } => Msg::VecUpsert { req, point, value, origin, basis },
         Msg::VecQuery { point, origin, .. } => Msg::VecQuery { req, point, origin },
         other => other,
     }
@@ -402,11 +338,7 @@ impl Worker {
     }
 
     fn origin(&self, step: u16) -> Origin {
-        Origin {
-            job: self.ctx.as_ref().expect("task").job,
-            step,
-            host: self.me,
-        }
+        Origin { job: self.ctx.as_ref().expect("task").job, step, host: self.me }
     }
 
     fn begin(&mut self, env: &mut impl Env, g: Grant) {
@@ -424,17 +356,10 @@ impl Worker {
             .get(cursor as usize)
             .filter(|s| !session_end && s.state == StepState::Intent)
             .map(|s| (s.key, s.args));
-        let key_task = if policy.orchestrator_mints_task_id {
-            g.task.0
-        } else {
-            env.rng().next_u64()
-        };
+        let key_task = if policy.orchestrator_mints_task_id { g.task.0 } else { env.rng().next_u64() };
         let now = env.now_us();
         if g.resumed {
-            env.note(Note::Resumed {
-                job: g.job,
-                step: cursor,
-            });
+            env.note(Note::Resumed { job: g.job, step: cursor });
         }
         self.ctx = Some(TaskCtx {
             task: g.task,
@@ -469,14 +394,7 @@ impl Worker {
         if ordinal as usize >= len {
             if policy.checkpointing == Checkpointing::SessionEnd {
                 let task = self.ctx().task;
-                self.write(
-                    env,
-                    Wait::Persist,
-                    WorkerWrite::Session {
-                        task,
-                        steps: len as u16,
-                    },
-                );
+                self.write(env, Wait::Persist, WorkerWrite::Session { task, steps: len as u16 });
             } else {
                 self.request_lease(env);
             }
@@ -488,15 +406,16 @@ impl Worker {
             let c = self.ctx();
             c.key = key;
             c.args = args;
+            if policy.key_source != KeySource::Orchestrator || !policy.orchestrator_mints_task_id {
+                // The agent makes its keys: the resumed task makes a new one.
+                self.ctx().key = self.make_key(env, ordinal);
+            }
             if spec.kind.is_side_effect() {
                 if policy.reconcile {
                     self.lookup(env);
                     return;
                 }
                 env.note(Note::Reissued { job, step: ordinal });
-                if policy.key_source != KeySource::Orchestrator {
-                    self.ctx().key = self.make_key(env, ordinal);
-                }
             }
             self.issue_call(env);
             return;
@@ -517,9 +436,7 @@ impl Worker {
             return;
         }
         let key = self.make_key(env, ordinal);
-        let decision = spec
-            .governed_by
-            .map_or(0, |g| self.ctx().decisions[g as usize]);
+        let decision = spec.governed_by.map_or(0, |g| self.ctx().decisions[g as usize]);
         let args = args_for(job.0, ordinal, decision);
         let c = self.ctx();
         c.key = key;
@@ -528,27 +445,12 @@ impl Worker {
         if policy.planted_bug_persist_before_call {
             self.ctx().precommitted = true;
             let last = ordinal as usize + 1 == len;
-            let write = WorkerWrite::Result {
-                task,
-                ordinal,
-                decision: NO_DECISION,
-                reconciled: false,
-                last,
-            };
+            let write = WorkerWrite::Result { task, ordinal, decision: NO_DECISION, reconciled: false, last };
             self.write(env, Wait::Persist, write);
             return;
         }
         if policy.checkpointing == Checkpointing::BeforeCall {
-            self.write(
-                env,
-                Wait::Checkpoint,
-                WorkerWrite::Intent {
-                    task,
-                    ordinal,
-                    key,
-                    args,
-                },
-            );
+            self.write(env, Wait::Checkpoint, WorkerWrite::Intent { task, ordinal, key, args });
             return;
         }
         if env.reach(self.me, job, ordinal, Phase::AfterCheckpoint) {
@@ -563,20 +465,13 @@ impl Worker {
         let lo = u64::from(ordinal);
         match self.shared.policy.key_source {
             KeySource::Orchestrator => IdemKey::for_slot(TaskId(c.key_task), ordinal),
-            KeySource::ModelOutput => IdemKey {
-                hi: env.rng().next_u64(),
-                lo,
-            },
+            KeySource::ModelOutput => IdemKey { hi: env.rng().next_u64(), lo },
             KeySource::PromptHash => {
                 let prefix = self.template().prefix_hash;
-                let hi =
-                    args_for(prefix as u32, ordinal, c.transcript) ^ (u64::from(c.job.0) << 32);
+                let hi = args_for(prefix as u32, ordinal, c.transcript) ^ (u64::from(c.job.0) << 32);
                 IdemKey { hi, lo }
             }
-            KeySource::WallClock => IdemKey {
-                hi: now / US_PER_MS,
-                lo,
-            },
+            KeySource::WallClock => IdemKey { hi: now / US_PER_MS, lo },
         }
     }
 
@@ -605,11 +500,7 @@ impl Worker {
         let spec = self.template().steps[c.cursor as usize];
         let key = c.key;
         let (api, to) = self.api_for(spec.kind);
-        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq {
-            req,
-            api,
-            key,
-        });
+        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key });
     }
 
     /// Sends the current step's call (model, tool or memory).
@@ -631,34 +522,20 @@ impl Worker {
             StepKind::MemWrite => {
                 let to = env.resolve(Service::Vector);
                 let point = PointId { job, step: ordinal };
-                self.request(env, to, Wait::Call, |req| Msg::VecUpsert {
-                    req,
-                    point,
-                    value: args,
-                    origin,
-                });
+                let g = spec.governed_by.unwrap_or(0);
+                let basis = (g, self.ctx().decisions[g as usize]);
+                self.request(env, to, Wait::Call, |req| Msg::VecUpsert { req, point, value: args, origin, basis });
             }
             StepKind::MemRead => {
                 let to = env.resolve(Service::Vector);
                 let point = PointId { job, step: ordinal };
-                self.request(env, to, Wait::Call, |req| Msg::VecQuery {
-                    req,
-                    point,
-                    origin,
-                });
+                self.request(env, to, Wait::Call, |req| Msg::VecQuery { req, point, origin });
             }
             kind => {
                 let (api, to) = self.api_for(kind);
                 let g = spec.governed_by.unwrap_or(0);
                 let basis = (g, self.ctx().decisions[g as usize]);
-                self.request(env, to, Wait::Call, |req| Msg::ToolReq {
-                    req,
-                    api,
-                    key,
-                    params: args,
-                    origin,
-                    basis,
-                });
+                self.request(env, to, Wait::Call, |req| Msg::ToolReq { req, api, key, params: args, origin, basis });
             }
         }
     }
@@ -677,9 +554,7 @@ impl Worker {
         let step = call.next(&mut self.router, now, last);
         for t in self.router.take_transitions() {
             if matches!(t.to, crate::router::BreakerState::Open { .. }) {
-                env.note(Note::BreakerOpened {
-                    provider: t.provider as u8,
-                });
+                env.note(Note::BreakerOpened { provider: t.provider as u8 });
             }
         }
         self.ctx().call = Some(call);
@@ -688,12 +563,7 @@ impl Worker {
                 let c = self.ctx.as_ref().expect("task");
                 let ordinal = c.rederiving.unwrap_or(c.cursor);
                 let spec = self.template().steps[ordinal as usize];
-                let StepKind::Model {
-                    options,
-                    input_tokens,
-                    output_tokens,
-                } = spec.kind
-                else {
+                let StepKind::Model { options, input_tokens, output_tokens } = spec.kind else {
                     unreachable!("model call for a non-model step")
                 };
                 let request = ModelRequest {
@@ -705,11 +575,7 @@ impl Worker {
                 };
                 let origin = self.origin(ordinal);
                 let to = self.shared.providers[provider];
-                self.request(env, to, Wait::Call, |req| Msg::ModelReq {
-                    req,
-                    request,
-                    origin,
-                });
+                self.request(env, to, Wait::Call, |req| Msg::ModelReq { req, request, origin });
             }
             RouteStep::Wait { until_us } => {
                 self.ctx().on_resume = Again::Route;
@@ -732,10 +598,7 @@ impl Worker {
         }
         // Close the router call so it records the success.
         self.route_success(env);
-        let decision = self
-            .model_decision
-            .take()
-            .expect("decision of a successful call");
+        let decision = self.model_decision.take().expect("decision of a successful call");
         if let Some(g) = self.ctx().rederiving.take() {
             let job = self.ctx().job;
             self.ctx().decisions[g as usize] = decision;
@@ -774,27 +637,13 @@ impl Worker {
         let (job, ordinal, task) = (self.ctx().job, self.ctx().cursor, self.ctx().task);
         match found {
             Lookup::Found { .. } => {
-                env.note(Note::Reconciled {
-                    job,
-                    step: ordinal,
-                    found: true,
-                });
+                env.note(Note::Reconciled { job, step: ordinal, found: true });
                 let last = ordinal as usize + 1 == self.template().steps.len();
-                let write = WorkerWrite::Result {
-                    task,
-                    ordinal,
-                    decision: NO_DECISION,
-                    reconciled: true,
-                    last,
-                };
+                let write = WorkerWrite::Result { task, ordinal, decision: NO_DECISION, reconciled: true, last };
                 self.write(env, Wait::Persist, write);
             }
             Lookup::NotFound => {
-                env.note(Note::Reconciled {
-                    job,
-                    step: ordinal,
-                    found: false,
-                });
+                env.note(Note::Reconciled { job, step: ordinal, found: false });
                 self.issue_call(env);
             }
             Lookup::InProgress => {
@@ -816,11 +665,7 @@ impl Worker {
         if spec.artefact {
             self.scratch.insert((job, ordinal), decision);
         }
-        let durable = if spec.artefact && !policy.durable_artefacts {
-            NO_DECISION
-        } else {
-            decision
-        };
+        let durable = if spec.artefact && !policy.durable_artefacts { NO_DECISION } else { decision };
         if self.ctx().precommitted {
             self.ctx().precommitted = false;
             self.next_step(env);
@@ -832,13 +677,7 @@ impl Worker {
             return;
         }
         let last = ordinal as usize + 1 == len;
-        let write = WorkerWrite::Result {
-            task,
-            ordinal,
-            decision: durable,
-            reconciled: false,
-            last,
-        };
+        let write = WorkerWrite::Result { task, ordinal, decision: durable, reconciled: false, last };
         self.write(env, Wait::Persist, write);
     }
 

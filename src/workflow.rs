@@ -86,22 +86,14 @@ pub const MAX_STEPS: usize = 16;
 
 fn model(options: u32) -> StepSpec {
     StepSpec {
-        kind: StepKind::Model {
-            options,
-            input_tokens: 1_800,
-            output_tokens: 250,
-        },
+        kind: StepKind::Model { options, input_tokens: 1_800, output_tokens: 250 },
         governed_by: None,
         artefact: false,
     }
 }
 
 fn tool(kind: StepKind, governed_by: u16) -> StepSpec {
-    StepSpec {
-        kind,
-        governed_by: Some(governed_by),
-        artefact: false,
-    }
+    StepSpec { kind, governed_by: Some(governed_by), artefact: false }
 }
 
 /// Every built-in template, in a stable order.
@@ -128,10 +120,7 @@ pub fn builtin() -> Vec<Template> {
                 model(3),
                 tool(StepKind::Search, 0),
                 tool(StepKind::Search, 0),
-                StepSpec {
-                    artefact: true,
-                    ..model(5)
-                },
+                StepSpec { artefact: true, ..model(5) },
                 tool(StepKind::MemWrite, 3),
                 tool(StepKind::Email, 3),
             ],
@@ -141,11 +130,7 @@ pub fn builtin() -> Vec<Template> {
             purpose: "read the customer's history, decide, refund, email the confirmation",
             prefix_hash: 0xaf_f00d,
             steps: vec![
-                StepSpec {
-                    kind: StepKind::MemRead,
-                    governed_by: None,
-                    artefact: false,
-                },
+                StepSpec { kind: StepKind::MemRead, governed_by: None, artefact: false },
                 model(3),
                 tool(StepKind::Refund, 1),
                 tool(StepKind::Email, 1),
@@ -156,11 +141,7 @@ pub fn builtin() -> Vec<Template> {
             purpose: "synthetic health probe: one model call (harness traffic, not counted as work)",
             prefix_hash: 0x9_0be,
             steps: vec![StepSpec {
-                kind: StepKind::Model {
-                    options: 1,
-                    input_tokens: 200,
-                    output_tokens: 10,
-                },
+                kind: StepKind::Model { options: 1, input_tokens: 200, output_tokens: 10 },
                 governed_by: None,
                 artefact: false,
             }],
@@ -190,11 +171,7 @@ mod tests {
             assert!(t.steps.len() <= MAX_STEPS, "{}", t.name);
             for (i, s) in t.steps.iter().enumerate() {
                 if let Some(g) = s.governed_by {
-                    assert!(
-                        (g as usize) < i,
-                        "{} step {i} governed by a later step",
-                        t.name
-                    );
+                    assert!((g as usize) < i, "{} step {i} governed by a later step", t.name);
                     assert!(matches!(t.steps[g as usize].kind, StepKind::Model { .. }));
                 }
             }

@@ -72,17 +72,8 @@ pub enum Event<M, T> {
 }
 
 enum Payload<M, T> {
-    Deliver {
-        from: HostId,
-        to: HostId,
-        incarnation: u32,
-        msg: M,
-    },
-    Timer {
-        host: HostId,
-        incarnation: u32,
-        timer: T,
-    },
+    Deliver { from: HostId, to: HostId, incarnation: u32, msg: M },
+    Timer { host: HostId, incarnation: u32, timer: T },
     Control(T),
 }
 
@@ -156,13 +147,7 @@ impl<M, T> Runtime<M, T> {
     /// Adds a host (up, incarnation 0) and returns its id.
     pub fn add_host(&mut self, name: impl Into<String>, region: RegionId) -> HostId {
         let id = HostId(u32::try_from(self.hosts.len()).expect("fewer than 2^32 hosts"));
-        self.hosts.push(Host {
-            name: name.into(),
-            region,
-            up: true,
-            incarnation: 0,
-            paused_until_us: 0,
-        });
+        self.hosts.push(Host { name: name.into(), region, up: true, incarnation: 0, paused_until_us: 0 });
         id
     }
 
@@ -214,11 +199,7 @@ impl<M, T> Runtime<M, T> {
     fn push(&mut self, at_us: Micros, payload: Payload<M, T>) {
         debug_assert!(at_us >= self.now_us, "scheduling into the past");
         self.seq += 1;
-        self.queue.push(Entry {
-            at_us,
-            seq: self.seq,
-            payload,
-        });
+        self.queue.push(Entry { at_us, seq: self.seq, payload });
     }
 
     /// Sends `msg` from `from` to `to` over the network: it arrives after the
@@ -239,22 +220,11 @@ impl<M, T> Runtime<M, T> {
     #[inline]
     pub fn send_after(&mut self, from: HostId, delay_us: Micros, to: HostId, msg: M) {
         let depart = self.local_now(from) + delay_us;
-        let (fr, tr) = (
-            self.hosts[from.0 as usize].region,
-            self.hosts[to.0 as usize].region,
-        );
+        let (fr, tr) = (self.hosts[from.0 as usize].region, self.hosts[to.0 as usize].region);
         match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
             Some(latency_us) => {
                 let incarnation = self.hosts[to.0 as usize].incarnation;
-                self.push(
-                    depart + latency_us,
-                    Payload::Deliver {
-                        from,
-                        to,
-                        incarnation,
-                        msg,
-                    },
-                );
+                self.push(depart + latency_us, Payload::Deliver { from, to, incarnation, msg });
             }
             None => self.stats.dropped += 1,
         }
@@ -266,14 +236,7 @@ impl<M, T> Runtime<M, T> {
     pub fn set_timer(&mut self, host: HostId, after_us: Micros, timer: T) {
         let incarnation = self.hosts[host.0 as usize].incarnation;
         let at = self.local_now(host) + after_us;
-        self.push(
-            at,
-            Payload::Timer {
-                host,
-                incarnation,
-                timer,
-            },
-        );
+        self.push(at, Payload::Timer { host, incarnation, timer });
     }
 
     /// Schedules a harness event at an absolute time (clamped to now).
@@ -319,12 +282,7 @@ impl<M, T> Runtime<M, T> {
             let Entry { at_us, payload, .. } = self.queue.pop().expect("peeked");
             self.now_us = at_us;
             match payload {
-                Payload::Deliver {
-                    from,
-                    to,
-                    incarnation,
-                    msg,
-                } => {
+                Payload::Deliver { from, to, incarnation, msg } => {
                     let host = &self.hosts[to.0 as usize];
                     if !host.up || host.incarnation != incarnation {
                         self.stats.dropped += 1;
@@ -332,15 +290,7 @@ impl<M, T> Runtime<M, T> {
                     }
                     if host.paused_until_us > at_us {
                         let wake = host.paused_until_us;
-                        self.push(
-                            wake,
-                            Payload::Deliver {
-                                from,
-                                to,
-                                incarnation,
-                                msg,
-                            },
-                        );
+                        self.push(wake, Payload::Deliver { from, to, incarnation, msg });
                         continue;
                     }
                     self.stats.events += 1;
@@ -348,11 +298,7 @@ impl<M, T> Runtime<M, T> {
                     self.mix(at_us, 1, u64::from(from.0) << 32 | u64::from(to.0));
                     return Some(Event::Deliver { from, to, msg });
                 }
-                Payload::Timer {
-                    host: h,
-                    incarnation,
-                    timer,
-                } => {
+                Payload::Timer { host: h, incarnation, timer } => {
                     let host = &self.hosts[h.0 as usize];
                     if !host.up || host.incarnation != incarnation {
                         self.stats.stale_timers += 1;
@@ -360,14 +306,7 @@ impl<M, T> Runtime<M, T> {
                     }
                     if host.paused_until_us > at_us {
                         let wake = host.paused_until_us;
-                        self.push(
-                            wake,
-                            Payload::Timer {
-                                host: h,
-                                incarnation,
-                                timer,
-                            },
-                        );
+                        self.push(wake, Payload::Timer { host: h, incarnation, timer });
                         continue;
                     }
                     self.stats.events += 1;

@@ -41,16 +41,8 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
-            intra_region: LinkConfig {
-                latency_us: 500,
-                jitter_us: 200,
-                loss: 0.0,
-            },
-            cross_region: LinkConfig {
-                latency_us: 35_000,
-                jitter_us: 5_000,
-                loss: 0.0,
-            },
+            intra_region: LinkConfig { latency_us: 500, jitter_us: 200, loss: 0.0 },
+            cross_region: LinkConfig { latency_us: 35_000, jitter_us: 5_000, loss: 0.0 },
         }
     }
 }
@@ -103,10 +95,7 @@ pub struct Network {
 impl Network {
     /// A healthy network.
     pub fn new(cfg: NetConfig) -> Self {
-        Network {
-            cfg,
-            partitions: Vec::new(),
-        }
+        Network { cfg, partitions: Vec::new() }
     }
 
     /// Adds a partition or link degradation.
