@@ -354,6 +354,14 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
             violations.push(format!("{what}: {n}, target 0"));
         }
     }
+    if let Some(limit) = sc.max_cost_increase_pct
+        && baseline_cost.usd > 0.0
+    {
+        let pct = (cost_now.usd - baseline_cost.usd) / baseline_cost.usd * 100.0;
+        if pct > limit {
+            violations.push(format!("cost +{pct:.0}% over the fault-free run, limit +{limit:.0}%"));
+        }
+    }
     let met_targets = violations.is_empty();
     let passed = match sc.expect {
         Expect::Pass => met_targets,

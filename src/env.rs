@@ -97,6 +97,8 @@ pub enum Timer {
     ClientRetry,
     /// Client: next probe.
     ProbeTick,
+    /// Client: resubmit accepted jobs that have not finished.
+    ClientResubmit,
     /// Harness: apply fault number `i` (start).
     FaultStart(u16),
     /// Harness: fault number `i` ends.

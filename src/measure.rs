@@ -13,7 +13,9 @@
 //! - **Duplicates** = ledger entries beyond one per (job, step).
 //! - **Lost** = side-effect steps the serving store records as done with no
 //!   ledger entry.
-//! - **Stuck** = workload jobs not done in the serving store at the horizon.
+//! - **Stuck** = workload jobs not done in the serving store at the horizon
+//!   (a job whose completion reached the client before its record was lost
+//!   counts as finished; the lost record shows in the RPO).
 //! - **Replanned** = plan steps whose decision differed between side
 //!   effects that acted on it.
 
@@ -176,7 +178,9 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
     for j in 0..stack.workload_jobs {
         let done =
             store.task_for_job(JobId(j)).and_then(|t| store.task(t)).is_some_and(|t| t.status == TaskStatus::Done);
-        if done {
+        // A job whose completion the client was told of did finish; if the
+        // store lost the record afterwards, RPO accounts for it.
+        if done || stack.truth.completed[j as usize] {
             c.done_tasks += 1;
         } else {
             c.stuck_tasks += 1;

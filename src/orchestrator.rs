@@ -341,9 +341,7 @@ impl Orchestrator {
     }
 
     fn notify_done(&mut self, env: &mut impl Env, task: TaskId) {
-        if let Some(t) = self.store.task(task)
-            && t.probe
-        {
+        if let Some(t) = self.store.task(task) {
             env.send(self.cfg.client, Msg::Completed { job: t.job });
         }
     }
@@ -371,6 +369,7 @@ impl Orchestrator {
             let grant = Grant {
                 task,
                 job: t.job,
+                uid: task_uid(t.job),
                 template: t.template,
                 token,
                 lease_ms: self.cfg.lease_ms,
@@ -434,4 +433,14 @@ impl Orchestrator {
         }
         self.dispatch(env);
     }
+}
+
+/// The task uid the orchestrator mints for a submission: a deterministic
+/// function of the client's submission id (SplitMix64), so that the same
+/// job always gets the same idempotency keys, whichever region creates it.
+pub fn task_uid(job: crate::ids::JobId) -> u64 {
+    let mut z = u64::from(job.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -97,6 +97,10 @@ pub struct Scenario {
     /// The faults, in any order.
     #[serde(default)]
     pub faults: Vec<FaultSpec>,
+    /// Fail the drill when the cost (money) rises more than this many
+    /// percent over the same drill without faults.
+    #[serde(default)]
+    pub max_cost_increase_pct: Option<f64>,
 }
 
 fn default_seed() -> u64 {

@@ -86,6 +86,8 @@ pub struct TraceEvent {
 pub struct Truth {
     /// When each job was acknowledged to the client.
     pub accepted_us: Vec<Option<Micros>>,
+    /// Jobs the client was told had finished.
+    pub completed: Vec<bool>,
     /// First decision a side effect acted upon, per (job, governing step).
     pub acted: FxHashMap<(JobId, u16), u32>,
     /// (job, step) pairs whose side effects acted on two different decisions.
@@ -148,7 +150,11 @@ pub struct Client {
     next_arrival: usize,
     pending: std::collections::VecDeque<(Micros, JobId)>,
     acked: Vec<bool>,
+    done: Vec<bool>,
+    /// Accepted workload jobs not yet seen done, oldest first.
+    unfinished: std::collections::VecDeque<(Micros, JobId)>,
     retry_armed: bool,
+    resubmit_armed: bool,
     probe_since: Option<Micros>,
     probe_interval_us: Micros,
     next_probe: u32,
@@ -229,6 +235,10 @@ pub struct Hosts {
     /// Failover controller.
     pub controller: Option<HostId>,
 }
+
+/// How long the client waits for an accepted job to finish before it
+/// submits it again.
+pub const RESUBMIT_AFTER_US: Micros = 10 * 60 * US_PER_S;
 
 /// The maximum number of probe jobs a drill may submit.
 pub const MAX_PROBES: u32 = 100_000;
@@ -496,7 +506,10 @@ impl Stack {
             next_arrival: 0,
             pending: Default::default(),
             acked: vec![false; jobs.len()],
+            done: vec![false; jobs.len()],
+            unfinished: Default::default(),
             retry_armed: false,
+            resubmit_armed: false,
             probe_since: None,
             probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
             next_probe: n,
@@ -508,7 +521,8 @@ impl Stack {
         let ttl = spec.failover.dns_ttl.us();
         let dns = Dns { orchestrator: Record::new(orch_a, ttl), vector: Record::new(vec_a, ttl) };
         let nodes: Vec<Node> = nodes.into_iter().map(|n| n.expect("every host has a component")).collect();
-        let mut truth = Truth { accepted_us: vec![None; jobs.len()], ..Truth::default() };
+        let mut truth =
+            Truth { accepted_us: vec![None; jobs.len()], completed: vec![false; jobs.len()], ..Truth::default() };
         truth.trace.reserve(64);
         let mut stack =
             Stack { rt, nodes, dns, truth, hosts, jobs, worker_shared: shared_a, workload_jobs: n, templates, pattern };
@@ -544,7 +558,11 @@ impl Stack {
             Node::Worker(w) => w.start(&mut env),
             Node::Controller(c) => c.start(&mut env),
             Node::Client(c) => c.start(&mut env),
-            Node::Vector(v) => v.start(&mut env),
+            Node::Vector(v) => {
+                // A returning primary store serves again if traffic still goes to it.
+                v.serving = v.serving || env.resolve(Service::Vector) == h;
+                v.start(&mut env)
+            }
             _ => {}
         }
     }
@@ -907,6 +925,32 @@ impl Client {
                 }
             }
             Timer::ProbeTick => self.probe(env),
+            Timer::ClientResubmit => {
+                // A job accepted long ago and never reported done may have
+                // been lost with a region: submit it again (idempotent on
+                // the job id where the orchestrator still knows it).
+                self.resubmit_armed = false;
+                let mut again = Vec::new();
+                while let Some(&(at, job)) = self.unfinished.front() {
+                    if self.done[job.0 as usize] {
+                        self.unfinished.pop_front();
+                        continue;
+                    }
+                    if at + RESUBMIT_AFTER_US > now {
+                        break;
+                    }
+                    self.unfinished.pop_front();
+                    again.push(job);
+                }
+                for job in again {
+                    self.submit(env, job);
+                    self.unfinished.push_back((now, job));
+                }
+                if !self.unfinished.is_empty() {
+                    self.resubmit_armed = true;
+                    env.set_timer(RESUBMIT_AFTER_US, Timer::ClientResubmit);
+                }
+            }
             _ => {}
         }
     }
@@ -918,9 +962,18 @@ impl Client {
                 if !self.acked[j] {
                     self.acked[j] = true;
                     env.truth.accepted_us[j] = Some(env.now_us());
+                    if !self.jobs[j].probe {
+                        self.unfinished.push_back((env.now_us(), job));
+                        if !self.resubmit_armed {
+                            self.resubmit_armed = true;
+                            env.set_timer(RESUBMIT_AFTER_US, Timer::ClientResubmit);
+                        }
+                    }
                 }
             }
             Msg::Completed { job } => {
+                self.done[job.0 as usize] = true;
+                env.truth.completed[job.0 as usize] = true;
                 if let (Some(since), Some((last, at))) = (self.probe_since, self.last_probe)
                     && job == last
                     && at >= since

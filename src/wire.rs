@@ -30,6 +30,10 @@ pub struct Grant {
     pub task: TaskId,
     /// Job.
     pub job: JobId,
+    /// The task's stable identity for idempotency keys, minted by the
+    /// orchestrator from the client's submission id (so a job resubmitted
+    /// after its region was lost keeps its keys).
+    pub uid: u64,
     /// Template index.
     pub template: u16,
     /// Fencing token.

@@ -356,7 +356,7 @@ impl Worker {
             .get(cursor as usize)
             .filter(|s| !session_end && s.state == StepState::Intent)
             .map(|s| (s.key, s.args));
-        let key_task = if policy.orchestrator_mints_task_id { g.task.0 } else { env.rng().next_u64() };
+        let key_task = if policy.orchestrator_mints_task_id { g.uid } else { env.rng().next_u64() };
         let now = env.now_us();
         if g.resumed {
             env.note(Note::Resumed { job: g.job, step: cursor });
