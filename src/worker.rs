@@ -250,7 +250,10 @@ impl Worker {
         }
     }
 
-    /// Handles a message.
+    /// Handles a message. (Replies are matched by request number first:
+    /// `take_reply` consumes the outstanding request, so it stays out of the
+    /// match guards.)
+    #[allow(clippy::collapsible_match)]
     pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
         match msg {
             Msg::LeaseGrant { req, grant } => {

@@ -1,0 +1,196 @@
+//! Drill-level tests: the reference policy under every fault × phase, the
+//! anti-pattern drills caught, determinism, and hand calculations.
+
+use std::path::{Path, PathBuf};
+
+use agentdrill::drill::{self, DrillResult};
+use agentdrill::env::Phase;
+use agentdrill::scenario::{self, Scenario};
+
+fn parse(text: &str) -> Scenario {
+    scenario::parse(Path::new("test.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn assert_clean(r: &DrillResult, what: &str) {
+    assert_eq!(r.duplicates, 0, "{what}: duplicates {:?}", r.violations);
+    assert_eq!(r.lost_effects, 0, "{what}: lost {:?}", r.violations);
+    assert_eq!(r.stuck_tasks, 0, "{what}: stuck {:?}", r.violations);
+    assert_eq!(r.replanned_steps, 0, "{what}: replanned {:?}", r.violations);
+    assert_eq!(r.stale_writes, 0, "{what}: stale writes {:?}", r.violations);
+    assert!(r.rto_s.is_some(), "{what}: never recovered");
+    assert_eq!(r.verdict, "pass", "{what}: {:?}", r.violations);
+}
+
+/// (job, step) pairs that hit every side-effect kind and a model and a
+/// memory step: job 0 book_flight (2 model, 3 charge, 4 memory, 5 email),
+/// job 2 approve_refund (2 refund, 3 email), job 1 research (3 model).
+const TARGETS: [(u32, u16); 7] = [(0, 2), (0, 3), (0, 4), (0, 5), (2, 2), (2, 3), (1, 3)];
+
+#[test]
+fn reference_policy_survives_every_kill_phase_over_many_seeds() {
+    for (job, step) in TARGETS {
+        for phase in Phase::ALL {
+            for seed in 1..=12u64 {
+                let sc = parse(&format!(
+                    "tier = \"internal-ops\"\nhorizon = \"2h\"\n[workload]\ntasks = 9\n\
+                     [[faults]]\nkind = \"worker_kill\"\nat = {{ job = {job}, step = {step}, phase = \"{}\" }}\n",
+                    phase.name()
+                ));
+                let r = drill::run(&sc, seed);
+                let what = format!("kill job {job} step {step} {} seed {seed}", phase.name());
+                assert!(r.faults[0].onset_s.is_some(), "{what}: the fault never triggered");
+                assert_clean(&r, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_policy_fences_a_zombie_at_every_phase() {
+    for (job, step) in TARGETS {
+        for phase in [Phase::BeforeCheckpoint, Phase::AfterCheckpoint, Phase::AfterResult, Phase::AfterPersist] {
+            for seed in 1..=6u64 {
+                let sc = parse(&format!(
+                    "tier = \"internal-ops\"\nhorizon = \"2h\"\n[workload]\ntasks = 9\n\
+                     [stack]\napis = {{ email_dedupe = false }}\n\
+                     [[faults]]\nkind = \"worker_pause\"\nduration = \"2m\"\n\
+                     at = {{ job = {job}, step = {step}, phase = \"{}\" }}\n",
+                    phase.name()
+                ));
+                let r = drill::run(&sc, seed);
+                assert_clean(&r, &format!("pause job {job} step {step} {} seed {seed}", phase.name()));
+            }
+        }
+    }
+}
+
+fn catalogue(dir: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir)];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("catalogue folder") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn every_anti_pattern_drill_is_caught() {
+    let files = catalogue("scenarios/antipatterns");
+    assert!(files.len() >= 10, "expected the anti-pattern catalogue, found {}", files.len());
+    for f in files {
+        let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sc.expect, scenario::Expect::Fail, "{}: anti-pattern drills expect a failure", f.display());
+        let r = drill::run(&sc, sc.seed);
+        assert!(!r.met_targets, "{}: the anti-pattern was not caught", f.display());
+        assert_eq!(r.verdict, "pass", "{}", f.display());
+    }
+}
+
+#[test]
+fn the_reference_stack_passes_region_and_provider_drills_over_seeds() {
+    for dir in ["scenarios/region", "scenarios/provider", "scenarios/worker"] {
+        for f in catalogue(dir) {
+            let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+            for seed in [sc.seed, 2, 3] {
+                let r = drill::run(&sc, seed);
+                assert_clean(&r, &format!("{} seed {seed}", f.display()));
+            }
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    for f in catalogue("scenarios") {
+        let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        for seed in 1..=4u64 {
+            let a = drill::run(&sc, seed);
+            let b = drill::run(&sc, seed);
+            let (ja, jb) = (
+                agentdrill::report::json(std::slice::from_ref(&a)),
+                agentdrill::report::json(std::slice::from_ref(&b)),
+            );
+            assert_eq!(ja, jb, "{} seed {seed}: JSON differs", f.display());
+            assert_eq!(agentdrill::report::timeline(&a), agentdrill::report::timeline(&b));
+        }
+    }
+}
+
+#[test]
+fn different_seeds_take_different_paths() {
+    let sc = scenario::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/worker/kill-by-time.toml")))
+        .expect("loads");
+    assert_ne!(drill::run(&sc, 1).event_digest, drill::run(&sc, 2).event_digest);
+}
+
+/// Hand calculation from the issue: health checks every 30 s × 3, a 60 s
+/// DNS TTL, a 120 s scale-up and a 60 s hydration: about 330 s plus resume.
+#[test]
+fn warm_standby_rto_matches_the_hand_calculation() {
+    let sc = parse(
+        "tier = \"internal-ops\"\nhorizon = \"2h\"\n\
+         [stack]\npattern = \"warm_standby\"\n\
+         failover = { health_interval = \"30s\", health_timeout = \"4s\", failure_threshold = 3, dns_ttl = \"60s\", scale_up = \"120s\", promotion = \"0s\" }\n\
+         vector = { restore_base = \"60s\", restore_per_point_us = 0 }\n\
+         [workload]\ntasks = 40\ninterval = \"10s\"\n\
+         [[faults]]\nkind = \"region_loss\"\nat = \"6m\"\n",
+    );
+    let r = drill::run(&sc, 5);
+    assert_clean(&r, "warm standby");
+    let p = r.rto_parts;
+    // The first failed check comes 0–30 s after the loss; three failures
+    // and the 4 s timeout: 64–94 s.
+    assert!((60.0..=94.5).contains(&p.detection_s), "detection {p:?}");
+    assert!((p.routing_s - 60.0).abs() < 0.5, "routing = TTL: {p:?}");
+    assert!((p.scale_up_s - 120.0).abs() < 0.5, "scale-up: {p:?}");
+    assert!((p.hydration_s - 60.0).abs() < 0.5, "hydration: {p:?}");
+    let rto = r.rto_s.expect("recovered");
+    let sum = p.detection_s + p.routing_s + p.scale_up_s + p.hydration_s;
+    assert!((rto - sum - p.resume_s).abs() < 0.01, "parts add up: {rto} vs {p:?}");
+    assert!(p.resume_s < 60.0, "resume takes a lease expiry at most: {p:?}");
+    assert!((300.0..=420.0).contains(&rto), "about 330 s plus resume, got {rto}");
+}
+
+/// An asynchronous replica 10 s behind loses at most about 10 s of
+/// acknowledged writes; a synchronous one loses none.
+#[test]
+fn async_replication_loses_about_its_lag_and_sync_loses_nothing() {
+    let make = |replication: &str| {
+        parse(&format!(
+            "tier = \"customer-facing\"\nhorizon = \"1h\"\n\
+             [stack]\npattern = \"active_active\"\nreplication = {replication}\n\
+             vector = {{ streaming_replica = true }}\n\
+             failover = {{ health_interval = \"10s\", dns_ttl = \"30s\" }}\n\
+             [workload]\ntasks = 40\ninterval = \"2s\"\n\
+             [[faults]]\nkind = \"region_loss\"\nat = \"61s\"\n"
+        ))
+    };
+    for seed in 1..=5 {
+        let r = drill::run(&make("{ mode = \"async\", lag_ms = 10000, interval_ms = 1000 }"), seed);
+        let rpo = r.rpo_surfaces.structured_state_s;
+        assert!((8.0..=11.5).contains(&rpo), "seed {seed}: async 10 s behind lost {rpo} s");
+        let r = drill::run(&make("{ mode = \"sync\" }"), seed);
+        assert_eq!(r.rpo_surfaces.structured_state_s, 0.0, "seed {seed}: sync lost data");
+        assert_eq!(r.rpo_surfaces.queue_s, 0.0, "seed {seed}: sync lost accepted jobs");
+        assert_clean(&r, "active-active sync");
+    }
+}
+
+#[test]
+fn a_24_hour_sandbox_drill_runs() {
+    let sc = parse(
+        "tier = \"sandbox\"\nhorizon = \"24h\"\n[workload]\ntasks = 300\narrival = \"poisson\"\ninterval = \"4m\"\n\
+         [[faults]]\nkind = \"region_loss\"\nat = \"12h\"\n",
+    );
+    let r = drill::run(&sc, 1);
+    assert_clean(&r, "24 h");
+    assert!(r.simulated_s >= 86_399.0, "ran the whole day: {}", r.simulated_s);
+}
