@@ -194,3 +194,28 @@ fn a_24_hour_sandbox_drill_runs() {
     assert_clean(&r, "24 h");
     assert!(r.simulated_s >= 86_399.0, "ran the whole day: {}", r.simulated_s);
 }
+
+#[test]
+fn the_router_rides_out_every_provider_error_mode() {
+    let modes = [
+        "\"server_error\"",
+        "\"unavailable\"",
+        "\"overloaded\"",
+        "\"timeout\"",
+        "\"quota_exhausted\"",
+        "{ rate_limited = { retry_after_ms = 20000 } }",
+        "{ slow = { factor = 20 } }",
+        "{ stream_error = { after_tokens = 100 } }",
+    ];
+    for mode in modes {
+        for seed in 1..=3 {
+            let sc = parse(&format!(
+                "tier = \"internal-ops\"\nhorizon = \"2h\"\n[workload]\ntasks = 15\ninterval = \"5s\"\n\
+                 [[faults]]\nkind = \"provider_outage\"\nat = \"20s\"\nprovider = \"anthropic\"\nmode = {mode}\nduration = \"30m\"\n"
+            ));
+            let r = drill::run(&sc, seed);
+            assert_clean(&r, &format!("provider outage {mode} seed {seed}"));
+            assert!(r.cost.model_calls > r.baseline_cost.model_calls, "{mode}: the outage cost no extra calls?");
+        }
+    }
+}
