@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::env::{Note, Timer};
-use crate::ids::{HostId, JobId, Micros, US_PER_S, us_to_s};
+use crate::ids::{HostId, JobId, us_to_s};
 use crate::measure::{self, Counts, FaultObs, FaultResult, LostLog, RpoSurfaces, RtoParts};
 use crate::orchestrator::Replication;
 use crate::region::Request;
@@ -226,7 +226,7 @@ fn worker_target(stack: &Stack, t: Option<WorkerTarget>) -> Option<HostId> {
 
 fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<HostId>, t: Timer) {
     match t {
-        Timer::Restart(h) | Timer::Spawn(h) => stack.restart_host(h),
+        Timer::Restart(h) => stack.restart_host(h),
         Timer::FaultStart(i) => {
             let f = &sc.faults[i as usize];
             match f {
@@ -397,11 +397,6 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         trace: stack.truth.trace.clone(),
         host_names: stack.rt.hosts().iter().map(|h| h.name.clone()).collect(),
     }
-}
-
-/// Seconds → microseconds (tests and tools).
-pub fn secs(s: u64) -> Micros {
-    s * US_PER_S
 }
 
 /// A timeline line for a note (used by reports).

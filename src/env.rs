@@ -105,8 +105,6 @@ pub enum Timer {
     FaultEnd(u16),
     /// Harness: restart a host.
     Restart(HostId),
-    /// Harness: bring up a new worker host (scale-up).
-    Spawn(HostId),
 }
 
 /// Something worth telling the drill's timeline (not on the hot path:

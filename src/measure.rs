@@ -27,7 +27,6 @@ use crate::env::Note;
 use crate::ids::{JobId, Micros, us_to_s};
 use crate::stack::Stack;
 use crate::store::{LogRec, Op, StepState, Store, TaskStatus};
-use crate::workflow::StepKind;
 
 /// What the drill recorded about one fault while it ran.
 #[derive(Clone, Debug, Default)]
@@ -188,7 +187,6 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
     }
     c.replanned_steps = stack.truth.replanned.len() as u64;
     c.stale_writes = stack.hosts.orch.iter().map(|&h| stack.orch(h).stale_writes_accepted()).sum();
-    let _ = StepKind::Search;
     c
 }
 

@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use rand::{Rng, RngExt};
+use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
@@ -1011,10 +1011,5 @@ impl Stack {
             }
         }
         out
-    }
-
-    /// Draws from the drill's RNG (for harness decisions).
-    pub fn rng_u64(&mut self) -> u64 {
-        self.rt.rng().next_u64()
     }
 }
