@@ -18,9 +18,17 @@ use crate::provider::{ErrorMode, ProviderConfig};
 use crate::region::Pattern;
 use crate::tier::Tier;
 
-/// A duration written as text (`"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+/// A duration written as text (`"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`),
+/// held in milliseconds. It serialises back to the same kind of text, so a
+/// scenario written by the tool (a fuzz reproducer) reads like a hand-written one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub u64);
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 impl Dur {
     /// Milliseconds.
@@ -647,6 +655,14 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_round_trip_as_text() {
+        for ms in [0, 250, 90_000, 5_400_000, 86_400_000] {
+            let text = Dur(ms).to_string();
+            assert_eq!(parse_duration(&text).unwrap(), ms, "{text}");
+        }
+    }
 
     #[test]
     fn durations_are_written_as_people_write_them() {

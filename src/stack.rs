@@ -240,6 +240,31 @@ pub struct Hosts {
 /// submits it again.
 pub const RESUBMIT_AFTER_US: Micros = 10 * 60 * US_PER_S;
 
+/// How long the client waits for a submission's acknowledgement before it
+/// sends it again.
+pub const CLIENT_RETRY_US: Micros = 5 * US_PER_S;
+
+/// Pops, from a queue ordered by time, the jobs older than `after_us` that
+/// are not `settled` yet; settled ones are dropped on the way.
+fn due(
+    queue: &mut std::collections::VecDeque<(Micros, JobId)>,
+    now_us: Micros,
+    after_us: Micros,
+    settled: impl Fn(JobId) -> bool,
+) -> Vec<JobId> {
+    let mut out = Vec::new();
+    while let Some(&(at, job)) = queue.front() {
+        if !settled(job) && at + after_us > now_us {
+            break;
+        }
+        queue.pop_front();
+        if !settled(job) {
+            out.push(job);
+        }
+    }
+    out
+}
+
 /// The maximum number of probe jobs a drill may submit.
 pub const MAX_PROBES: u32 = 100_000;
 
@@ -853,7 +878,7 @@ impl Client {
         self.pending.push_back((env.now_us(), job));
         if !self.retry_armed {
             self.retry_armed = true;
-            env.set_timer(5 * US_PER_S, Timer::ClientRetry);
+            env.set_timer(CLIENT_RETRY_US, Timer::ClientRetry);
         }
     }
 
@@ -904,24 +929,13 @@ impl Client {
             }
             Timer::ClientRetry => {
                 self.retry_armed = false;
-                let mut resend = Vec::new();
-                while let Some(&(at, job)) = self.pending.front() {
-                    if self.acked[job.0 as usize] {
-                        self.pending.pop_front();
-                        continue;
-                    }
-                    if at + 5 * US_PER_S > now {
-                        break;
-                    }
-                    self.pending.pop_front();
-                    resend.push(job);
-                }
-                for job in resend {
+                let acked = &self.acked;
+                for job in due(&mut self.pending, now, CLIENT_RETRY_US, |j| acked[j.0 as usize]) {
                     self.submit(env, job);
                 }
                 if !self.pending.is_empty() && !self.retry_armed {
                     self.retry_armed = true;
-                    env.set_timer(5 * US_PER_S, Timer::ClientRetry);
+                    env.set_timer(CLIENT_RETRY_US, Timer::ClientRetry);
                 }
             }
             Timer::ProbeTick => self.probe(env),
@@ -930,19 +944,8 @@ impl Client {
                 // been lost with a region: submit it again (idempotent on
                 // the job id where the orchestrator still knows it).
                 self.resubmit_armed = false;
-                let mut again = Vec::new();
-                while let Some(&(at, job)) = self.unfinished.front() {
-                    if self.done[job.0 as usize] {
-                        self.unfinished.pop_front();
-                        continue;
-                    }
-                    if at + RESUBMIT_AFTER_US > now {
-                        break;
-                    }
-                    self.unfinished.pop_front();
-                    again.push(job);
-                }
-                for job in again {
+                let done = &self.done;
+                for job in due(&mut self.unfinished, now, RESUBMIT_AFTER_US, |j| done[j.0 as usize]) {
                     self.submit(env, job);
                     self.unfinished.push_back((now, job));
                 }

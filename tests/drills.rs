@@ -219,3 +219,16 @@ fn the_router_rides_out_every_provider_error_mode() {
         }
     }
 }
+
+/// A scenario written back as TOML (what `fuzz` does for reproducers) reads
+/// back to the same drill.
+#[test]
+fn scenarios_round_trip_through_toml() {
+    for f in catalogue("scenarios") {
+        let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        let text = toml::to_string(&sc).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let back = scenario::parse(&f, &text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", f.display()));
+        let (a, b) = (drill::run(&sc, 1), drill::run(&back, 1));
+        assert_eq!(a.event_digest, b.event_digest, "{}", f.display());
+    }
+}
