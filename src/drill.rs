@@ -10,8 +10,12 @@ use crate::measure::{self, Counts, FaultObs, FaultResult, LostLog, RpoSurfaces, 
 use crate::orchestrator::Replication;
 use crate::region::Request;
 use crate::scenario::{Expect, FaultSpec, RegionName, Scenario, When, WorkerTarget};
-use crate::stack::{REGION_A, REGION_B, Stack, TraceEvent, Trigger};
+use crate::sim::Partition;
+use crate::stack::{HookAction, REGION_A, REGION_B, Stack, TraceEvent, Trigger};
 use crate::store::TaskStatus;
+
+/// Automated rollback of a bad deploy must finish within this (seed 002).
+pub const ROLLBACK_TARGET_S: f64 = 300.0;
 
 /// Cost of a run.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
@@ -105,45 +109,7 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
     let mut obs: Vec<FaultObs> = sc.faults.iter().map(|f| FaultObs { kind: f.kind(), ..FaultObs::default() }).collect();
     if with_faults {
         for (i, f) in sc.faults.iter().enumerate() {
-            let i = i as u16;
-            match f {
-                FaultSpec::WorkerKill { at: When::Event { job, step, phase }, .. } => {
-                    stack.truth.triggers.push(Trigger {
-                        fault: i,
-                        job: JobId(*job),
-                        step: *step,
-                        phase: *phase,
-                        pause_us: None,
-                        fired: false,
-                    });
-                }
-                FaultSpec::WorkerPause { at: When::Event { job, step, phase }, duration, .. } => {
-                    stack.truth.triggers.push(Trigger {
-                        fault: i,
-                        job: JobId(*job),
-                        step: *step,
-                        phase: *phase,
-                        pause_us: Some(duration.us()),
-                        fired: false,
-                    });
-                }
-                FaultSpec::ProviderOutage { at, provider, mode, duration } => {
-                    let names: Vec<String> = sc.stack.providers.iter().map(|p| p.name.clone()).collect();
-                    for h in stack.provider_hosts_named(provider, &names) {
-                        stack.provider_mut(h).set_outage(*mode, at.us(), at.us() + duration.us());
-                    }
-                    stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
-                }
-                FaultSpec::RegionLoss { at, duration, .. } => {
-                    stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
-                    if let Some(d) = duration {
-                        stack.rt.schedule_control(at.us() + d.us(), Timer::FaultEnd(i));
-                    }
-                }
-                FaultSpec::WorkerKill { at: When::At(at), .. } | FaultSpec::WorkerPause { at: When::At(at), .. } => {
-                    stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
-                }
-            }
+            arm(&mut stack, sc, i as u16, f);
         }
     }
     stack.start();
@@ -162,10 +128,11 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
         if !stack.truth.hits.is_empty() {
             let hits = std::mem::take(&mut stack.truth.hits);
             for hit in hits {
-                let f = &sc.faults[hit.fault as usize];
                 onset(&mut stack, &mut obs[hit.fault as usize]);
-                if let FaultSpec::WorkerKill { restart_after, .. } = f {
-                    kill(&mut stack, hit.host, *restart_after);
+                match &sc.faults[hit.fault as usize] {
+                    FaultSpec::WorkerKill { restart_after, .. } => kill(&mut stack, hit.host, *restart_after),
+                    FaultSpec::DiskLoss { .. } => stack.lose_disk(hit.host),
+                    _ => {}
                 }
             }
         }
@@ -193,6 +160,66 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
         }
     }
     Run { stack, faults: obs }
+}
+
+/// Sets a fault up before the run: hooks for event triggers, windows on the
+/// components that model them, and control events for the rest.
+fn arm(stack: &mut Stack, sc: &Scenario, i: u16, f: &FaultSpec) {
+    let trigger = |action| {
+        let When::Event { job, step, phase } = f.when()? else { return None };
+        Some(Trigger { fault: i, job: JobId(job), step, phase, action, fired: false })
+    };
+    let hook = match f {
+        FaultSpec::WorkerKill { .. } => trigger(HookAction::Kill),
+        FaultSpec::WorkerPause { duration, .. } => trigger(HookAction::Pause(duration.us())),
+        FaultSpec::DiskLoss { .. } => trigger(HookAction::DiskLoss),
+        _ => None,
+    };
+    if let Some(t) = hook {
+        stack.truth.triggers.push(t);
+    }
+    let names: Vec<String> = sc.stack.providers.iter().map(|p| p.name.clone()).collect();
+    let window = |at: crate::scenario::Dur, d: crate::scenario::Dur| (at.us(), at.us() + d.us());
+    match f {
+        FaultSpec::ProviderOutage { at, provider, mode, duration } => {
+            let (from, until) = window(*at, *duration);
+            for h in stack.provider_hosts_named(provider, &names) {
+                stack.provider_mut(h).set_outage(*mode, from, until);
+            }
+        }
+        FaultSpec::PromptCacheLoss { at, duration, provider } => {
+            let (from, until) = window(*at, *duration);
+            let hosts: Vec<HostId> = match provider {
+                Some(p) => stack.provider_hosts_named(p, &names),
+                None => names.iter().flat_map(|n| stack.provider_hosts_named(n, &names)).collect(),
+            };
+            for h in hosts {
+                stack.provider_mut(h).set_cache_outage(from, until);
+            }
+        }
+        FaultSpec::Partition { at, duration, a, b, one_way }
+        | FaultSpec::LinkDegradation { at, duration, a, b, one_way, .. } => {
+            let (from_us, until_us) = window(*at, *duration);
+            let (extra_latency_us, loss) = match f {
+                FaultSpec::LinkDegradation { latency, loss, .. } => (latency.us(), *loss),
+                _ => (0, 1.0),
+            };
+            let (a, b) = (stack.endpoint(a).expect("validated"), stack.endpoint(b).expect("validated"));
+            let p = Partition { a, b, from_us, until_us, one_way: *one_way, extra_latency_us, loss };
+            stack.rt.net_mut().add_partition(p);
+        }
+        FaultSpec::ToolSchemaChange { at, duration, api } => {
+            let (from, until) = window(*at, *duration);
+            stack.break_schema(*api, from, until);
+        }
+        _ => {}
+    }
+    if let Some(at) = f.at() {
+        stack.rt.schedule_control(at.us(), Timer::FaultStart(i));
+    }
+    if let Some(end) = f.end() {
+        stack.rt.schedule_control(end.us(), Timer::FaultEnd(i));
+    }
 }
 
 fn onset(stack: &mut Stack, f: &mut FaultObs) {
@@ -243,7 +270,35 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         stack.rt.pause(h, until);
                     }
                 }
-                FaultSpec::ProviderOutage { .. } => onset(stack, &mut obs[i as usize]),
+                FaultSpec::DiskLoss { worker, .. } => {
+                    if let Some(h) = worker_target(stack, *worker) {
+                        onset(stack, &mut obs[i as usize]);
+                        stack.lose_disk(h);
+                    }
+                }
+                FaultSpec::ProviderOutage { .. }
+                | FaultSpec::PromptCacheLoss { .. }
+                | FaultSpec::Partition { .. }
+                | FaultSpec::LinkDegradation { .. }
+                | FaultSpec::ToolSchemaChange { .. } => onset(stack, &mut obs[i as usize]),
+                FaultSpec::ReplicationLagSpike { lag, .. } => {
+                    onset(stack, &mut obs[i as usize]);
+                    let h = stack.serving_orch();
+                    stack.orch_mut(h).set_extra_lag_us(lag.us());
+                }
+                FaultSpec::ClockSkew { host, offset, .. } => {
+                    onset(stack, &mut obs[i as usize]);
+                    let h = stack.host_named(host).expect("validated");
+                    stack.rt.set_skew(h, offset.0 * 1_000);
+                }
+                FaultSpec::VectorCorruption { fraction, .. } => {
+                    onset(stack, &mut obs[i as usize]);
+                    stack.corrupt_vector(*fraction);
+                }
+                FaultSpec::BadDeploy { error_rate, .. } => {
+                    onset(stack, &mut obs[i as usize]);
+                    stack.deploy((error_rate * 1_000.0).round() as u16);
+                }
                 FaultSpec::RegionLoss { region, duration, .. } => {
                     onset(stack, &mut obs[i as usize]);
                     let r = if *region == RegionName::A { REGION_A } else { REGION_B };
@@ -276,11 +331,23 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 }
             }
         }
-        Timer::FaultEnd(_) => {
-            for h in std::mem::take(down) {
-                stack.restart_host(h);
+        Timer::FaultEnd(i) => match &sc.faults[i as usize] {
+            FaultSpec::RegionLoss { .. } => {
+                for h in std::mem::take(down) {
+                    stack.restart_host(h);
+                }
             }
-        }
+            FaultSpec::ReplicationLagSpike { .. } => {
+                for h in stack.hosts.orch {
+                    stack.orch_mut(h).set_extra_lag_us(0);
+                }
+            }
+            FaultSpec::ClockSkew { host, .. } => {
+                let h = stack.host_named(host).expect("validated");
+                stack.rt.set_skew(h, 0);
+            }
+            _ => {}
+        },
         _ => {}
     }
 }
@@ -345,10 +412,21 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         ("stuck tasks", counts.stuck_tasks),
         ("replanned steps", counts.replanned_steps),
         ("stale writes (fencing)", counts.stale_writes),
+        ("stale actions (two workers ran a step)", counts.stale_actions),
+        ("corrupted writes (unvalidated tool responses)", counts.corrupted_writes),
     ];
     for (what, n) in zero {
         if n > 0 {
             violations.push(format!("{what}: {n}, target 0"));
+        }
+    }
+    for f in faults.iter().filter(|f| f.kind == "bad_deploy" && f.onset_s.is_some()) {
+        match f.rollback_s {
+            None => violations.push(format!("bad deploy never rolled back; target < {ROLLBACK_TARGET_S:.0} s")),
+            Some(s) if s >= ROLLBACK_TARGET_S => {
+                violations.push(format!("rollback took {s:.1} s ≥ target {ROLLBACK_TARGET_S:.0} s"))
+            }
+            _ => {}
         }
     }
     if let Some(limit) = sc.max_cost_increase_pct
@@ -415,6 +493,9 @@ pub fn describe(note: &Note) -> String {
         }
         Note::Abandoned { job } => format!("worker dropped job {} (its lease is gone)", job.0),
         Note::Fenced { task } => format!("stale write to task {:x} rejected by fencing", task.0),
+        Note::SchemaViolation { job, step } => {
+            format!("job {} step {step}: tool response failed schema validation; nothing persisted", job.0)
+        }
         Note::TaskFailed { job, step } => format!("job {} failed at step {step} (400 idempotency_error)", job.0),
         Note::BreakerOpened { provider } => {
             format!("circuit breaker of provider #{provider} opened")
@@ -426,6 +507,18 @@ pub fn describe(note: &Note) -> String {
         Note::ScaledUp => "standby scaled up".into(),
         Note::Hydrated { points } => format!("vector memory hydrated ({points} points)"),
         Note::Serving => "standby region serves".into(),
+        Note::CorruptionDetected { points } => {
+            format!("integrity check found {points} corrupted points: read-only, point-in-time restore")
+        }
+        Note::Restored { points, snapshot_taken_at_us } => format!(
+            "restored {points} points from the snapshot taken at {:.0} s; count verified",
+            us_to_s(*snapshot_taken_at_us)
+        ),
+        Note::Deployed { version } => format!("prompt/config version {version} deployed"),
+        Note::RollbackStarted { version } => {
+            format!("health checks after deploy failed: rolling back version {version}")
+        }
+        Note::RolledBack { version } => format!("rolled back: version {version} is live"),
         Note::Crashed { .. } => "host crashed".into(),
         Note::Restarted { .. } => "host restarted".into(),
     }

@@ -99,6 +99,14 @@ pub enum Timer {
     ProbeTick,
     /// Client: resubmit accepted jobs that have not finished.
     ClientResubmit,
+    /// Vector store: run the integrity check.
+    IntegrityCheck,
+    /// Vector store: point-in-time restore finished.
+    RestoreDone,
+    /// Orchestrator: a deploy's health window closed.
+    DeployCheck,
+    /// Orchestrator: a rollback finished.
+    RollbackDone,
     /// Harness: apply fault number `i` (start).
     FaultStart(u16),
     /// Harness: fault number `i` ends.
@@ -159,6 +167,13 @@ pub enum Note {
         /// Task.
         task: TaskId,
     },
+    /// A tool response failed schema validation; nothing was persisted.
+    SchemaViolation {
+        /// Job.
+        job: JobId,
+        /// Step.
+        step: u16,
+    },
     /// A task failed permanently.
     TaskFailed {
         /// Job.
@@ -188,6 +203,33 @@ pub enum Note {
     },
     /// The new region serves.
     Serving,
+    /// The vector store's integrity check found corrupted points.
+    CorruptionDetected {
+        /// Corrupted points found.
+        points: u64,
+    },
+    /// Point-in-time restore finished and its count was verified.
+    Restored {
+        /// Points restored.
+        points: u64,
+        /// When the restored snapshot was taken (0: none was clean; empty).
+        snapshot_taken_at_us: Micros,
+    },
+    /// A new prompt/config version went out.
+    Deployed {
+        /// Version.
+        version: u32,
+    },
+    /// Health checks after the deploy failed; rolling back.
+    RollbackStarted {
+        /// Version being rolled back.
+        version: u32,
+    },
+    /// The last good version is live again.
+    RolledBack {
+        /// Version now live.
+        version: u32,
+    },
     /// A host crashed (fault).
     Crashed {
         /// Host.
@@ -203,8 +245,12 @@ pub enum Note {
 /// What a component can do. Implemented by the simulation and by real
 /// transports.
 pub trait Env {
-    /// Current time.
+    /// Current time on the host's monotonic clock (never jumps).
     fn now_us(&self) -> Micros;
+    /// Current time on the host's wall clock, which clock skew can move.
+    fn wall_now_us(&self) -> Micros {
+        self.now_us()
+    }
     /// The host this component runs on.
     fn me(&self) -> HostId;
     /// Sends a message.

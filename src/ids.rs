@@ -65,6 +65,10 @@ pub struct Origin {
     pub step: u16,
     /// The host that sent the request.
     pub host: HostId,
+    /// The stack's task the request was made for.
+    pub task: TaskId,
+    /// The fencing token of the lease the sender held (or thought it held).
+    pub token: u64,
 }
 
 /// Simulated (or real) time in microseconds since the drill's start.

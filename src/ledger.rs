@@ -148,6 +148,7 @@ pub struct SideEffectApi {
     expiry: VecDeque<(Micros, IdemKey)>,
     ledger: Vec<LedgerEntry>,
     stats: ApiStats,
+    schema_breaks: Vec<(Micros, Micros)>,
 }
 
 impl SideEffectApi {
@@ -159,6 +160,7 @@ impl SideEffectApi {
             expiry: VecDeque::new(),
             ledger: Vec::new(),
             stats: ApiStats::default(),
+            schema_breaks: Vec::new(),
         }
     }
 
@@ -223,6 +225,19 @@ impl SideEffectApi {
         }
     }
 
+    /// A breaking change for a period: responses (calls and lookups) stop
+    /// matching the documented schema. Effects still happen.
+    pub fn set_schema_break(&mut self, from_us: Micros, until_us: Micros) {
+        assert!(from_us <= until_us, "schema break ends before it starts");
+        self.schema_breaks.push((from_us, until_us));
+    }
+
+    /// Whether responses sent at `now_us` are malformed.
+    #[inline]
+    pub fn malformed(&self, now_us: Micros) -> bool {
+        !self.schema_breaks.is_empty() && self.schema_breaks.iter().any(|&(f, u)| f <= now_us && now_us < u)
+    }
+
     /// The ledger: every effect that really happened, in order.
     pub fn ledger(&self) -> &[LedgerEntry] {
         &self.ledger
@@ -240,7 +255,7 @@ mod tests {
     use crate::ids::{HostId, JobId};
 
     fn origin(step: u16) -> Origin {
-        Origin { job: JobId(1), step, host: HostId(0) }
+        Origin { job: JobId(1), step, host: HostId(0), task: crate::ids::TaskId(1), token: 1 }
     }
     const K: IdemKey = IdemKey { hi: 7, lo: 3 };
 

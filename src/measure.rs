@@ -99,6 +99,9 @@ pub struct FaultResult {
     pub rpo: RpoSurfaces,
     /// Tasks in flight at onset.
     pub in_flight_tasks: usize,
+    /// For a bad deploy: onset → the last good version live again (None:
+    /// never rolled back).
+    pub rollback_s: Option<f64>,
 }
 
 /// Counts from the ledgers and stores.
@@ -118,13 +121,21 @@ pub struct Counts {
     pub done_tasks: u64,
     /// Side effects in the ledgers.
     pub side_effects: u64,
+    /// Side-effect requests sent by a worker after a newer lease on its task
+    /// was granted to another: two workers ran the step.
+    pub stale_actions: u64,
+    /// Step results persisted from tool responses that failed the schema.
+    pub corrupted_writes: u64,
+    /// Vector points acknowledged and then missing or corrupted at the end.
+    pub vector_points_lost: u64,
 }
 
 /// Measures a finished drill.
 pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<FaultResult>, Counts) {
     let serving = stack.serving_orch();
     let store = stack.orch(serving).store();
-    let counts = counts(stack, store);
+    let mut counts = counts(stack, store);
+    counts.stale_actions = stale_actions(stack, store, faults);
     let first_progress = progress_index(store);
     let results = faults
         .iter()
@@ -186,8 +197,41 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         }
     }
     c.replanned_steps = stack.truth.replanned.len() as u64;
+    c.corrupted_writes = store.log().iter().filter(|r| matches!(r.op, Op::Result { corrupt: true, .. })).count() as u64;
+    let vec = &stack.vector(stack.serving_vector()).store;
+    c.vector_points_lost =
+        stack.truth.vec_acks.keys().filter(|p| vec.query(**p).is_none_or(|hit| hit.corrupted)).count() as u64;
     c.stale_writes = stack.hosts.orch.iter().map(|&h| stack.orch(h).stale_writes_accepted()).sum();
     c
+}
+
+/// Side-effect requests made under a lease that had already moved on, by
+/// the lease history in every log that held it (the serving store and any
+/// primary lost with its region).
+fn stale_actions(stack: &Stack, store: &Store, faults: &[FaultObs]) -> u64 {
+    let suspects = &stack.truth.suspect_requests;
+    if suspects.is_empty() {
+        return 0;
+    }
+    let tasks: std::collections::BTreeSet<_> = suspects.iter().map(|(o, _)| o.task).collect();
+    let mut grants: BTreeMap<crate::ids::TaskId, Vec<(u64, Micros)>> = BTreeMap::new();
+    let logs =
+        std::iter::once(store.log()).chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])));
+    for log in logs {
+        for rec in log {
+            if let Op::Lease { task, lease } = rec.op
+                && tasks.contains(&task)
+            {
+                grants.entry(task).or_default().push((lease.token, rec.at_us));
+            }
+        }
+    }
+    suspects
+        .iter()
+        .filter(|(o, at)| {
+            grants.get(&o.task).is_some_and(|g| g.iter().any(|&(token, granted)| token > o.token && granted <= *at))
+        })
+        .count() as u64
 }
 
 fn fault_result(
@@ -205,6 +249,7 @@ fn fault_result(
             rto_parts: RtoParts::default(),
             rpo: RpoSurfaces::default(),
             in_flight_tasks: 0,
+            rollback_s: None,
         };
     };
     // In-flight work progresses again.
@@ -241,6 +286,10 @@ fn fault_result(
         rto_parts: parts,
         rpo,
         in_flight_tasks: f.in_flight.len(),
+        rollback_s: (f.kind == "bad_deploy")
+            .then(|| stack.truth.trace.iter().find(|e| e.at_us >= t0 && matches!(e.note, Note::RolledBack { .. })))
+            .flatten()
+            .map(|e| us_to_s(e.at_us - t0)),
     }
 }
 
@@ -285,18 +334,6 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
         if let Some(first_lost) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) {
             r.structured_state_s = age(first_lost.at_us);
         }
-        // Vector memory: acknowledged points the serving store lacks.
-        let vec = &stack.vector(stack.serving_vector()).store;
-        let oldest_lost = stack
-            .truth
-            .vec_acks
-            .iter()
-            .filter(|(p, at)| **at <= t0 && vec.query(**p).is_none())
-            .map(|(_, at)| *at)
-            .min();
-        if let Some(at) = oldest_lost {
-            r.vector_memory_s = age(at);
-        }
         // Queue: jobs the client was told were accepted, unknown afterwards.
         let oldest_job = stack
             .truth
@@ -308,6 +345,21 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
             .min();
         if let Some(at) = oldest_job {
             r.queue_s = age(at);
+        }
+    }
+    if f.kind == "region_loss" || f.kind == "vector_corruption" {
+        // Vector memory: acknowledged points the serving store lacks (or
+        // holds corrupted) at the end.
+        let vec = &stack.vector(stack.serving_vector()).store;
+        let oldest_lost = stack
+            .truth
+            .vec_acks
+            .iter()
+            .filter(|(p, at)| **at <= t0 && vec.query(**p).is_none_or(|hit| hit.corrupted))
+            .map(|(_, at)| *at)
+            .min();
+        if let Some(at) = oldest_lost {
+            r.vector_memory_s = age(at);
         }
     }
     r

@@ -47,8 +47,35 @@ pub struct OrchConfig {
     pub replication: Replication,
     /// Where the replica lives.
     pub replica: Option<HostId>,
-    /// The client to notify of finished probes.
+    /// The client to notify of finished jobs.
     pub client: HostId,
+    /// Time leases on the wall clock (anti-pattern) instead of monotonic.
+    pub wall_clock_leases: bool,
+    /// Watch the error rate after a deploy and roll a bad version back.
+    pub auto_rollback: bool,
+}
+
+/// A prompt/config version as workers receive it with their lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Prompt {
+    /// Version number.
+    pub version: u32,
+    /// Its defects, per mille of model outputs that fail validation
+    /// (ground truth of the fault; the stack only sees the failures).
+    pub defect_permille: u16,
+}
+
+/// How long the health checks after a deploy watch before deciding.
+pub const DEPLOY_WINDOW_US: Micros = 60 * crate::ids::US_PER_S;
+/// Error rate (per mille of model outputs) above which a deploy is bad.
+pub const DEPLOY_MAX_ERROR_PERMILLE: u64 = 200;
+/// How long a rollback takes once decided.
+pub const ROLLBACK_US: Micros = 30 * crate::ids::US_PER_S;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct DeployWatch {
+    outputs: u64,
+    invalid: u64,
 }
 
 /// The orchestrator component.
@@ -66,6 +93,10 @@ pub struct Orchestrator {
     replica_acked: u64,
     stale_accepted: u64,
     reorder: std::collections::BTreeMap<u64, crate::store::LogRec>,
+    extra_lag_us: Micros,
+    prompt: Prompt,
+    last_good: Prompt,
+    watch: Option<DeployWatch>,
 }
 
 impl Orchestrator {
@@ -83,6 +114,10 @@ impl Orchestrator {
             replica_acked: 0,
             stale_accepted: 0,
             reorder: std::collections::BTreeMap::new(),
+            extra_lag_us: 0,
+            prompt: Prompt::default(),
+            last_good: Prompt::default(),
+            watch: None,
         }
     }
 
@@ -110,6 +145,36 @@ impl Orchestrator {
     /// Highest LSN the replica has confirmed.
     pub fn replica_acked(&self) -> u64 {
         self.replica_acked
+    }
+
+    /// The clock leases are timed on.
+    fn lease_clock(&self, env: &impl Env) -> Micros {
+        if self.cfg.wall_clock_leases { env.wall_now_us() } else { env.now_us() }
+    }
+
+    /// A replication-lag spike: records ship this much later than usual.
+    pub fn set_extra_lag_us(&mut self, us: Micros) {
+        self.extra_lag_us = us;
+    }
+
+    /// The live prompt/config version.
+    pub fn prompt(&self) -> Prompt {
+        self.prompt
+    }
+
+    /// Deploys a new prompt/config version (the bad-deploy fault: its
+    /// defects are the fault's ground truth). With automated rollback, health
+    /// checks watch the model-output error rate for a window.
+    pub fn deploy(&mut self, env: &mut impl Env, defect_permille: u16) {
+        if self.watch.is_none() {
+            self.last_good = self.prompt;
+        }
+        self.prompt = Prompt { version: self.prompt.version + 1, defect_permille };
+        env.note(Note::Deployed { version: self.prompt.version });
+        if self.cfg.auto_rollback {
+            self.watch = Some(DeployWatch::default());
+            env.set_timer(DEPLOY_WINDOW_US, Timer::DeployCheck);
+        }
     }
 
     /// Drops volatile state (a crash). The store survives (it is committed).
@@ -238,7 +303,7 @@ impl Orchestrator {
                 };
                 let ok = self.serving && t.status == TaskStatus::Leased && t.lease.token == token;
                 if ok {
-                    let expires_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
+                    let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
                     let lsn = self.commit(env, Op::Renew { task, expires_us });
                     self.expiries.push(Reverse((expires_us, task)));
                     self.reply_at(env, lsn, from, Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms });
@@ -309,9 +374,15 @@ impl Orchestrator {
             WorkerWrite::Intent { task, ordinal, key, args } => {
                 self.commit(env, Op::Intent { task, ordinal, key, args })
             }
-            WorkerWrite::Result { task, ordinal, decision, reconciled, last } => {
+            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, invalid_outputs } => {
+                if let Some(w) = self.watch.as_mut()
+                    && decision != NO_DECISION
+                {
+                    w.outputs += 1 + u64::from(invalid_outputs);
+                    w.invalid += u64::from(invalid_outputs);
+                }
                 let already = self.store.task(task).is_some_and(|t| t.status == TaskStatus::Done);
-                let mut lsn = self.commit(env, Op::Result { task, ordinal, decision, reconciled });
+                let mut lsn = self.commit(env, Op::Result { task, ordinal, decision, reconciled, corrupt });
                 if last && !already {
                     lsn = self.commit(env, Op::Complete { task });
                     self.notify_done(env, task);
@@ -321,7 +392,10 @@ impl Orchestrator {
             WorkerWrite::Session { task, steps } => {
                 let mut lsn = 0;
                 for ordinal in 0..steps {
-                    lsn = self.commit(env, Op::Result { task, ordinal, decision: NO_DECISION, reconciled: false });
+                    lsn = self.commit(
+                        env,
+                        Op::Result { task, ordinal, decision: NO_DECISION, reconciled: false, corrupt: false },
+                    );
                 }
                 if self.store.task(task).is_some_and(|t| t.status != TaskStatus::Done) {
                     lsn = self.commit(env, Op::Complete { task });
@@ -355,7 +429,7 @@ impl Orchestrator {
             let (worker, req) = self.parked.pop_front().expect("non-empty");
             let resumed = t.lease.token > 0;
             let token = t.lease.token + 1;
-            let expires_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
+            let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
             let lease = Lease { holder: worker, token, expires_us };
             let lsn = self.commit(env, Op::Lease { task, lease });
             self.expiries.push(Reverse((expires_us, task)));
@@ -364,6 +438,7 @@ impl Orchestrator {
                 task,
                 job: t.job,
                 uid: task_uid(t.job),
+                prompt: self.prompt,
                 template: t.template,
                 token,
                 lease_ms: self.cfg.lease_ms,
@@ -382,11 +457,27 @@ impl Orchestrator {
                 self.recovery_scan(env);
                 env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
             }
+            Timer::DeployCheck => {
+                let Some(w) = self.watch else { return };
+                if w.outputs == 0 {
+                    env.set_timer(DEPLOY_WINDOW_US, Timer::DeployCheck); // no traffic yet
+                } else if w.invalid * 1_000 > w.outputs * DEPLOY_MAX_ERROR_PERMILLE {
+                    env.note(Note::RollbackStarted { version: self.prompt.version });
+                    env.set_timer(ROLLBACK_US, Timer::RollbackDone);
+                } else {
+                    self.watch = None; // healthy
+                }
+            }
+            Timer::RollbackDone => {
+                self.watch = None;
+                self.prompt = Prompt { version: self.prompt.version + 1, ..self.last_good };
+                env.note(Note::RolledBack { version: self.prompt.version });
+            }
             Timer::ReplicationTick if self.primary => {
                 if let (Replication::Async { lag_ms, interval_ms }, Some(replica)) =
                     (self.cfg.replication, self.cfg.replica)
                 {
-                    self.ship(env, replica, lag_ms * US_PER_MS);
+                    self.ship(env, replica, lag_ms * US_PER_MS + self.extra_lag_us);
                     env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
                 }
             }
@@ -408,7 +499,7 @@ impl Orchestrator {
 
     /// The recovery service: requeue every task whose lease expired.
     fn recovery_scan(&mut self, env: &mut impl Env) {
-        let now = env.now_us();
+        let now = self.lease_clock(env);
         while let Some(&Reverse((expires, task))) = self.expiries.peek() {
             if expires > now {
                 break;

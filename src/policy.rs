@@ -62,6 +62,18 @@ pub struct Policy {
     pub provider_router: bool,
     /// Circuit breakers in the router (off = anti-pattern 11).
     pub circuit_breakers: bool,
+    /// Leases are timed on the wall clock instead of a monotonic clock
+    /// (anti-pattern: a clock jump moves lease expiry).
+    pub wall_clock_leases: bool,
+    /// Tool responses are validated against the schema before anything is
+    /// persisted (off: a breaking API change writes corrupted state).
+    pub validate_tool_responses: bool,
+    /// After a deploy, health checks watch the error rate and roll a bad
+    /// version back automatically.
+    pub auto_rollback: bool,
+    /// The orchestrator creates at most one task per job (idempotent
+    /// create); off, it trusts the queue to deliver each job once.
+    pub idempotent_create: bool,
     /// Test-only planted bug: persist the step's result *before* the tool
     /// call (used to show that the checks catch a one-line regression).
     pub planted_bug_persist_before_call: bool,
@@ -80,6 +92,10 @@ impl Default for Policy {
             durable_artefacts: true,
             provider_router: true,
             circuit_breakers: true,
+            wall_clock_leases: false,
+            validate_tool_responses: true,
+            auto_rollback: true,
+            idempotent_create: true,
             planted_bug_persist_before_call: false,
         }
     }
@@ -117,8 +133,17 @@ pub enum AntiPattern {
     SingleProvider,
     /// 11. No circuit breaker.
     NoCircuitBreaker,
+    /// 12. Queue dedupe window shorter than the redelivery delay, with a
+    /// consumer that trusts the queue (no idempotent create).
+    QueueDedupeWindowTooShort,
     /// 13. Resume artefacts only on local disk.
     ArtefactsOnLocalDisk,
+    /// Leases timed on the wall clock (clock skew moves them).
+    WallClockLeases,
+    /// Tool responses persisted without schema validation.
+    NoResponseValidation,
+    /// No automated rollback of a bad deploy.
+    NoAutoRollback,
 }
 
 impl AntiPattern {
@@ -144,6 +169,10 @@ impl AntiPattern {
             AntiPattern::SingleProvider => p.provider_router = false,
             AntiPattern::NoCircuitBreaker => p.circuit_breakers = false,
             AntiPattern::ArtefactsOnLocalDisk => p.durable_artefacts = false,
+            AntiPattern::QueueDedupeWindowTooShort => p.idempotent_create = false,
+            AntiPattern::WallClockLeases => p.wall_clock_leases = true,
+            AntiPattern::NoResponseValidation => p.validate_tool_responses = false,
+            AntiPattern::NoAutoRollback => p.auto_rollback = false,
             AntiPattern::ReplicationLagBeyondRpo | AntiPattern::SnapshotsSameRegion => {}
         }
     }

@@ -193,6 +193,11 @@ pub struct ModelRequest {
     pub output_tokens: u32,
     /// Number of alternatives the model chooses among (≥ 1).
     pub options: u32,
+    /// Defects of the deployed prompt version, per mille: that share of
+    /// outputs fail the agent's output validation (a bad deploy). 0 = a good
+    /// prompt; the provider then draws nothing extra.
+    #[serde(default)]
+    pub defect_permille: u16,
 }
 
 /// An injected failure shape, active during an outage window.
@@ -278,6 +283,8 @@ pub struct ModelReply {
     pub cache_hit: bool,
     /// Whether a degraded (fallback) model answered.
     pub degraded: bool,
+    /// The output fails the agent's validation (a defective prompt version).
+    pub invalid_output: bool,
 }
 
 /// What the caller sees, and when.
@@ -329,6 +336,7 @@ pub struct ProviderMock {
     cfg: ProviderConfig,
     outages: Vec<Outage>,
     cache: Vec<CacheEntry>,
+    cache_outages: Vec<(Micros, Micros)>,
     stats: ProviderStats,
 }
 
@@ -345,6 +353,7 @@ impl ProviderMock {
             cfg,
             outages: Vec::new(),
             cache: Vec::with_capacity(CACHE_CAPACITY),
+            cache_outages: Vec::new(),
             stats: ProviderStats::default(),
         }
     }
@@ -380,6 +389,13 @@ impl ProviderMock {
         self.outages.clear();
     }
 
+    /// Prompt-cache loss for a period: every request in `[from_us, until_us)`
+    /// is cold, and nothing is cached until the period ends.
+    pub fn set_cache_outage(&mut self, from_us: Micros, until_us: Micros) {
+        assert!(from_us <= until_us, "cache outage ends before it starts");
+        self.cache_outages.push((from_us, until_us));
+    }
+
     /// Loses the whole prompt cache (the next call per prefix is cold).
     pub fn clear_cache(&mut self) {
         self.cache.clear();
@@ -397,15 +413,18 @@ impl ProviderMock {
         // Always exactly two draws, whatever happens (see module docs).
         let jitter = rng.random_range(JITTER_MIN_PERMILLE..=JITTER_MAX_PERMILLE);
         let decision = rng.random_range(0..req.options);
+        let invalid_output = req.defect_permille > 0 && rng.random_range(0..1_000u16) < req.defect_permille;
         self.stats.requests += 1;
         let timeout_us = self.cfg.timeout_ms * US_PER_MS;
         let outcome = match self.active_outage(now_us) {
             Some(ErrorMode::Timeout) => self.fail(timeout_us, ErrorMode::Timeout, 0),
-            Some(ErrorMode::Slow { factor }) => self.generate(now_us, req, jitter, factor, None, decision),
-            Some(ErrorMode::StreamError { after_tokens }) => {
-                self.generate(now_us, req, jitter, 1, Some(after_tokens), decision)
+            Some(ErrorMode::Slow { factor }) => {
+                self.generate(now_us, req, jitter, factor, None, (decision, invalid_output))
             }
-            None => self.generate(now_us, req, jitter, 1, None, decision),
+            Some(ErrorMode::StreamError { after_tokens }) => {
+                self.generate(now_us, req, jitter, 1, Some(after_tokens), (decision, invalid_output))
+            }
+            None => self.generate(now_us, req, jitter, 1, None, (decision, invalid_output)),
             Some(mode) => {
                 let base_us = self.cfg.base_latency_ms * US_PER_MS * jitter / 1_000;
                 self.fail(base_us * ERROR_LATENCY_PERMILLE / 1_000, mode, 0)
@@ -426,10 +445,14 @@ impl ProviderMock {
         jitter: u64,
         factor: u32,
         stream_error_after: Option<u32>,
-        decision: u32,
+        (decision, invalid_output): (u32, bool),
     ) -> ModelOutcome {
         let cacheable = req.prefix_tokens > 0;
-        let cache_hit = cacheable && self.touch_cache(now_us, req.prefix_hash);
+        let cache_down = self.cache_outages.iter().any(|&(from, until)| from <= now_us && now_us < until);
+        if cache_down {
+            self.cache.clear();
+        }
+        let cache_hit = cacheable && !cache_down && self.touch_cache(now_us, req.prefix_hash);
         let cached_tokens = if cache_hit { req.prefix_tokens } else { 0 };
         let out = stream_error_after.map_or(req.output_tokens, |n| n.min(req.output_tokens));
         let c = &self.cfg;
@@ -450,8 +473,16 @@ impl ProviderMock {
         }
         let (input_tokens, output_tokens, degraded) = (req.input_tokens, out, c.degraded);
         let cost_micro_usd = cost;
-        let reply =
-            ModelReply { input_tokens, cached_tokens, output_tokens, cost_micro_usd, decision, cache_hit, degraded };
+        let reply = ModelReply {
+            input_tokens,
+            cached_tokens,
+            output_tokens,
+            cost_micro_usd,
+            decision,
+            cache_hit,
+            degraded,
+            invalid_output,
+        };
         ModelOutcome { latency_us, result: Ok(reply) }
     }
 
@@ -566,7 +597,7 @@ mod tests {
     /// A request with prefix `hash` (4000 of 5000 input tokens cacheable).
     fn req(hash: u64, output_tokens: u32) -> ModelRequest {
         let (input_tokens, prefix_tokens, options) = (5_000, 4_000, 4);
-        ModelRequest { prefix_hash: hash, input_tokens, prefix_tokens, output_tokens, options }
+        ModelRequest { prefix_hash: hash, input_tokens, prefix_tokens, output_tokens, options, defect_permille: 0 }
     }
 
     fn rng(seed: u64) -> ChaCha8Rng {

@@ -235,6 +235,9 @@ pub struct VectorSpec {
     pub restore_base: Dur,
     /// Restore: per point, in microseconds.
     pub restore_per_point_us: u64,
+    /// How often the store's integrity check runs (finds silent corruption);
+    /// `"0s"` turns it off.
+    pub integrity_check_interval: Dur,
 }
 
 impl Default for VectorSpec {
@@ -246,6 +249,7 @@ impl Default for VectorSpec {
             streaming_replica: false,
             restore_base: Dur::secs(60),
             restore_per_point_us: 0,
+            integrity_check_interval: Dur::secs(300),
         }
     }
 }
@@ -433,6 +437,149 @@ pub enum FaultSpec {
         /// How long.
         duration: Dur,
     },
+    /// Cut the network between two endpoints for a period. An endpoint is a
+    /// host name (`"worker-a-0"`, `"orchestrator-a"`, `"payment-api"`) or a
+    /// region (`"region:a"`, `"region:b"`, `"region:external"`).
+    Partition {
+        /// When.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+        /// Only `a → b` is cut.
+        #[serde(default)]
+        one_way: bool,
+    },
+    /// Extra latency and/or loss on a link for a period.
+    LinkDegradation {
+        /// When.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+        /// One side.
+        a: String,
+        /// The other side.
+        b: String,
+        /// Only `a → b` is degraded.
+        #[serde(default)]
+        one_way: bool,
+        /// Added one-way latency.
+        #[serde(default)]
+        latency: Dur,
+        /// Probability a message is lost (0..1).
+        #[serde(default)]
+        loss: f64,
+    },
+    /// A worker's local disk (scratchpad) is lost; the process keeps running.
+    DiskLoss {
+        /// When.
+        at: When,
+        /// Which worker (time triggers only).
+        #[serde(default)]
+        worker: Option<WorkerTarget>,
+    },
+    /// Asynchronous replication falls further behind for a period.
+    ReplicationLagSpike {
+        /// When.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+        /// Extra replication delay during the spike.
+        lag: Dur,
+    },
+    /// Every request to a provider (or all) is cold for a period.
+    PromptCacheLoss {
+        /// When.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+        /// Provider name (all providers when absent).
+        #[serde(default)]
+        provider: Option<String>,
+    },
+    /// A host's wall clock jumps by `offset` (e.g. `"-90s"`, `"+2m"`).
+    ClockSkew {
+        /// When.
+        at: Dur,
+        /// Host name (a worker or an orchestrator).
+        host: String,
+        /// Signed offset.
+        offset: Skew,
+        /// How long (for good when absent).
+        #[serde(default)]
+        duration: Option<Dur>,
+    },
+    /// A fraction of the serving vector store's points is silently corrupted;
+    /// the store's integrity check finds it later.
+    VectorCorruption {
+        /// When.
+        at: Dur,
+        /// Fraction of points corrupted (0..1).
+        fraction: f64,
+    },
+    /// A tool API's responses stop matching the schema for a period.
+    ToolSchemaChange {
+        /// When.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+        /// Which API.
+        api: ToolApi,
+    },
+    /// A new prompt/config version that makes model output fail validation
+    /// with probability `error_rate`.
+    BadDeploy {
+        /// When.
+        at: Dur,
+        /// Fraction of model outputs that fail validation under the bad version.
+        error_rate: f64,
+    },
+}
+
+/// A tool API by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolApi {
+    /// The payment API.
+    Payment,
+    /// The email API.
+    Email,
+    /// The search API.
+    Search,
+}
+
+/// A signed duration (`"-90s"`, `"+2m"`, `"30s"`), in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Skew(pub i64);
+
+impl fmt::Display for Skew {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "+" };
+        write!(f, "{sign}{}", Dur(self.0.unsigned_abs()))
+    }
+}
+
+impl Serialize for Skew {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Skew {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        let (neg, rest) = match t.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, t.strip_prefix('+').unwrap_or(t)),
+        };
+        let ms = parse_duration(rest).map_err(serde::de::Error::custom)?;
+        let ms = i64::try_from(ms).map_err(|_| serde::de::Error::custom("offset too large"))?;
+        Ok(Skew(if neg { -ms } else { ms }))
+    }
 }
 
 fn default_restart() -> Option<Dur> {
@@ -450,15 +597,63 @@ impl FaultSpec {
             FaultSpec::WorkerPause { .. } => "worker_pause",
             FaultSpec::RegionLoss { .. } => "region_loss",
             FaultSpec::ProviderOutage { .. } => "provider_outage",
+            FaultSpec::Partition { .. } => "partition",
+            FaultSpec::LinkDegradation { .. } => "link_degradation",
+            FaultSpec::DiskLoss { .. } => "disk_loss",
+            FaultSpec::ReplicationLagSpike { .. } => "replication_lag_spike",
+            FaultSpec::PromptCacheLoss { .. } => "prompt_cache_loss",
+            FaultSpec::ClockSkew { .. } => "clock_skew",
+            FaultSpec::VectorCorruption { .. } => "vector_corruption",
+            FaultSpec::ToolSchemaChange { .. } => "tool_schema_change",
+            FaultSpec::BadDeploy { .. } => "bad_deploy",
         }
+    }
+
+    /// The trigger of a worker fault (time or event).
+    pub fn when(&self) -> Option<When> {
+        match self {
+            FaultSpec::WorkerKill { at, .. } | FaultSpec::WorkerPause { at, .. } | FaultSpec::DiskLoss { at, .. } => {
+                Some(*at)
+            }
+            _ => None,
+        }
+    }
+
+    /// When a time-bounded fault ends (None: instantaneous, event-triggered
+    /// or permanent).
+    pub fn end(&self) -> Option<Dur> {
+        let at = self.at()?;
+        let d = match self {
+            FaultSpec::WorkerPause { duration, .. }
+            | FaultSpec::ProviderOutage { duration, .. }
+            | FaultSpec::Partition { duration, .. }
+            | FaultSpec::LinkDegradation { duration, .. }
+            | FaultSpec::ReplicationLagSpike { duration, .. }
+            | FaultSpec::PromptCacheLoss { duration, .. }
+            | FaultSpec::ToolSchemaChange { duration, .. } => *duration,
+            FaultSpec::RegionLoss { duration, .. } | FaultSpec::ClockSkew { duration, .. } => (*duration)?,
+            _ => return None,
+        };
+        Some(Dur(at.0 + d.0))
     }
 
     /// Start time when it is time-triggered.
     pub fn at(&self) -> Option<Dur> {
         match self {
-            FaultSpec::WorkerKill { at: When::At(d), .. } | FaultSpec::WorkerPause { at: When::At(d), .. } => Some(*d),
-            FaultSpec::RegionLoss { at, .. } | FaultSpec::ProviderOutage { at, .. } => Some(*at),
-            _ => None,
+            FaultSpec::WorkerKill { at: When::At(d), .. }
+            | FaultSpec::WorkerPause { at: When::At(d), .. }
+            | FaultSpec::DiskLoss { at: When::At(d), .. } => Some(*d),
+            FaultSpec::RegionLoss { at, .. }
+            | FaultSpec::ProviderOutage { at, .. }
+            | FaultSpec::Partition { at, .. }
+            | FaultSpec::LinkDegradation { at, .. }
+            | FaultSpec::ReplicationLagSpike { at, .. }
+            | FaultSpec::PromptCacheLoss { at, .. }
+            | FaultSpec::ClockSkew { at, .. }
+            | FaultSpec::VectorCorruption { at, .. }
+            | FaultSpec::ToolSchemaChange { at, .. }
+            | FaultSpec::BadDeploy { at, .. } => Some(*at),
+            FaultSpec::WorkerKill { .. } | FaultSpec::WorkerPause { .. } | FaultSpec::DiskLoss { .. } => None,
         }
     }
 }
@@ -576,13 +771,16 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
         return bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into());
     }
     let mut first_fault: Option<Dur> = None;
+    let mut stack_for_names: Option<crate::stack::Stack> = None;
     for (i, f) in sc.faults.iter().enumerate() {
         let field = |name: &str| format!("faults[{i}].{name}");
         if let Some(at) = f.at() {
             first_fault = Some(first_fault.map_or(at, |x| x.min(at)));
         }
         match f {
-            FaultSpec::WorkerKill { at, worker, .. } | FaultSpec::WorkerPause { at, worker, .. } => {
+            FaultSpec::WorkerKill { at, worker, .. }
+            | FaultSpec::WorkerPause { at, worker, .. }
+            | FaultSpec::DiskLoss { at, worker } => {
                 if let When::Event { job, step, .. } = at {
                     if *job >= sc.workload.tasks {
                         return bad(
@@ -630,7 +828,59 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
                     return bad(field("region"), "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern".into());
                 }
             }
-            FaultSpec::ProviderOutage { provider, .. } => {
+            FaultSpec::Partition { a, b, duration, .. } | FaultSpec::LinkDegradation { a, b, duration, .. } => {
+                let stack = stack_for_names.get_or_insert_with(|| crate::stack::Stack::build(sc, sc.seed));
+                for (name, which) in [(a, "a"), (b, "b")] {
+                    if stack.endpoint(name).is_none() {
+                        return bad(
+                            field(which),
+                            format!(
+                                "unknown endpoint {name:?}; write a host ({}) or a region (region:a, region:b, region:external)",
+                                stack.rt.hosts().iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
+                }
+                if duration.ms() == 0 {
+                    return bad(field("duration"), "must be longer than 0".into());
+                }
+                if let FaultSpec::LinkDegradation { loss, latency, .. } = f {
+                    if !(0.0..=1.0).contains(loss) {
+                        return bad(field("loss"), format!("{loss} is not a probability; write a value from 0 to 1"));
+                    }
+                    if *loss == 0.0 && latency.ms() == 0 {
+                        return bad(field("latency"), "a link degradation needs `latency` or `loss`".into());
+                    }
+                }
+            }
+            FaultSpec::ClockSkew { host, .. } => {
+                let stack = stack_for_names.get_or_insert_with(|| crate::stack::Stack::build(sc, sc.seed));
+                let ok =
+                    stack.rt.hosts().iter().any(|h| {
+                        &h.name == host && (h.name.starts_with("worker-") || h.name.starts_with("orchestrator-"))
+                    });
+                if !ok {
+                    return bad(
+                        field("host"),
+                        format!(
+                            "{host:?} is not a worker or orchestrator of this stack (e.g. \"worker-a-0\", \"orchestrator-a\")"
+                        ),
+                    );
+                }
+            }
+            FaultSpec::VectorCorruption { fraction, .. } | FaultSpec::BadDeploy { error_rate: fraction, .. } => {
+                if !(*fraction > 0.0 && *fraction <= 1.0) {
+                    return bad(
+                        field(if f.kind() == "bad_deploy" { "error_rate" } else { "fraction" }),
+                        format!("{fraction} must be above 0 and at most 1"),
+                    );
+                }
+            }
+            FaultSpec::ReplicationLagSpike { .. }
+            | FaultSpec::ToolSchemaChange { .. }
+            | FaultSpec::PromptCacheLoss { provider: None, .. } => {}
+            FaultSpec::PromptCacheLoss { provider: Some(provider), .. }
+            | FaultSpec::ProviderOutage { provider, .. } => {
                 if !sc.stack.providers.iter().any(|p| &p.name == provider) {
                     let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
                     return bad(

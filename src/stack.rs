@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
 use crate::env::{Env, Note, Phase, Service, Timer};
-use crate::ids::{HostId, JobId, Micros, RegionId, US_PER_MS, US_PER_S};
+use crate::ids::{HostId, JobId, Micros, Origin, RegionId, US_PER_MS, US_PER_S};
 use crate::ledger::{ApiConfig, CallOutcome, SideEffectApi};
 use crate::orchestrator::{OrchConfig, Orchestrator, Replication};
 use crate::provider::ProviderMock;
@@ -55,10 +55,21 @@ pub struct Trigger {
     pub step: u16,
     /// Phase.
     pub phase: Phase,
-    /// Pause for this long instead of killing.
-    pub pause_us: Option<Micros>,
+    /// What happens to the worker there.
+    pub action: HookAction,
     /// Fired already.
     pub fired: bool,
+}
+
+/// What a fault hook does to the worker that reaches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookAction {
+    /// Kill it at that exact point.
+    Kill,
+    /// Freeze it for this long from that point.
+    Pause(Micros),
+    /// Its local disk is lost (applied once the handler returns).
+    DiskLoss,
 }
 
 /// A crash or pause the fault hooks asked for during a handler.
@@ -104,9 +115,33 @@ pub struct Truth {
     pub promoted_at: Option<(u64, Micros)>,
     /// Model calls and tool calls completed (for benchmarks).
     pub calls: u64,
+    /// First side-effect request seen per task, and whether the task has
+    /// seen requests under two different lease tokens.
+    pub first_side_request: FxHashMap<crate::ids::TaskId, (Origin, Micros, bool)>,
+    /// Side-effect requests of tasks that saw two lease tokens: checked
+    /// after the run against the lease history (two workers ran a step?).
+    pub suspect_requests: Vec<(Origin, Micros)>,
 }
 
 impl Truth {
+    /// Records a side-effect request for the lease check after the run.
+    pub fn side_request(&mut self, origin: Origin, at_us: Micros) {
+        match self.first_side_request.get_mut(&origin.task) {
+            None => {
+                self.first_side_request.insert(origin.task, (origin, at_us, false));
+            }
+            Some((first, first_at, suspect)) => {
+                if !*suspect && first.token != origin.token {
+                    *suspect = true;
+                    self.suspect_requests.push((*first, *first_at));
+                }
+                if *suspect {
+                    self.suspect_requests.push((origin, at_us));
+                }
+            }
+        }
+    }
+
     /// Ground truth of replanning: a write or side effect acted on decision
     /// `basis.1` of plan step `basis.0`; a different decision than an
     /// earlier one for the same step means the plan was re-derived.
@@ -142,6 +177,18 @@ pub struct VectorNode {
     hydrate_from: Option<crate::vector::Snapshot>,
     restore_base_us: Micros,
     streamed: bool,
+    integrity_check_us: Micros,
+    /// Point-in-time restore in progress after corruption was found: the
+    /// store is read-only (and briefly unavailable).
+    restoring: Option<crate::vector::Snapshot>,
+}
+
+/// The read-only search tool.
+pub struct SearchApi {
+    /// Response time.
+    pub latency_us: Micros,
+    /// Periods whose responses break the schema.
+    pub breaks: Vec<(Micros, Micros)>,
 }
 
 /// The client: submits the workload and health probes, retries until acked.
@@ -174,7 +221,7 @@ pub enum Node {
     /// Payment or email API.
     Api(SideEffectApi),
     /// Read-only search tool.
-    Search(Micros),
+    Search(SearchApi),
     /// An LLM provider.
     Provider(ProviderMock),
     /// Vector store.
@@ -282,6 +329,10 @@ impl Env for SimEnv<'_> {
         self.rt.now_us().max(self.rt.host(self.me).paused_until_us)
     }
     #[inline]
+    fn wall_now_us(&self) -> Micros {
+        self.now_us().saturating_add_signed(self.rt.host(self.me).skew_us)
+    }
+    #[inline]
     fn me(&self) -> HostId {
         self.me
     }
@@ -319,20 +370,18 @@ impl Env for SimEnv<'_> {
             return false;
         };
         t.fired = true;
-        let (fault, pause) = (t.fault, t.pause_us);
-        match pause {
-            Some(d) => {
+        let (fault, action) = (t.fault, t.action);
+        self.truth.hits.push(HookHit { fault, host });
+        match action {
+            HookAction::Pause(d) => {
                 // Freeze the host from this exact point: the rest of the
                 // handler acts at its wake-up time.
                 let until = self.rt.now_us() + d;
                 self.rt.pause(host, until);
-                self.truth.hits.push(HookHit { fault, host });
                 false
             }
-            None => {
-                self.truth.hits.push(HookHit { fault, host });
-                host == self.me
-            }
+            HookAction::DiskLoss => false,
+            HookAction::Kill => host == self.me,
         }
     }
 }
@@ -381,6 +430,8 @@ impl Stack {
             replication,
             replica: (two && replication != Replication::None).then_some(orch_b),
             client,
+            wall_clock_leases: policy.wall_clock_leases,
+            auto_rollback: policy.auto_rollback,
         };
 
         let mut nodes: Vec<Option<Node>> = (0..rt.hosts().len()).map(|_| None).collect();
@@ -405,6 +456,8 @@ impl Stack {
             hydrate_from: None,
             restore_base_us: spec.vector.restore_base.us(),
             streamed: false,
+            integrity_check_us: spec.vector.integrity_check_interval.us(),
+            restoring: None,
         }));
         nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
             store: VectorStore::new(vcfg),
@@ -418,6 +471,8 @@ impl Stack {
             hydrate_from: None,
             restore_base_us: spec.vector.restore_base.us(),
             streamed: false,
+            integrity_check_us: spec.vector.integrity_check_interval.us(),
+            restoring: None,
         }));
         let api = |dedupe: bool, latency: crate::scenario::Dur, base: ApiConfig| {
             Node::Api(SideEffectApi::new(ApiConfig { dedupe, processing_us: latency.us(), ..base }))
@@ -425,7 +480,8 @@ impl Stack {
         nodes[payment.0 as usize] =
             Some(api(spec.apis.payment_dedupe, spec.apis.payment_latency, ApiConfig::payment()));
         nodes[email.0 as usize] = Some(api(spec.apis.email_dedupe, spec.apis.email_latency, ApiConfig::email()));
-        nodes[search.0 as usize] = Some(Node::Search(spec.apis.search_latency.us()));
+        nodes[search.0 as usize] =
+            Some(Node::Search(SearchApi { latency_us: spec.apis.search_latency.us(), breaks: Vec::new() }));
         for (h, p) in providers.iter().zip(&spec.providers) {
             nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
         }
@@ -630,10 +686,12 @@ impl Stack {
                     Node::Worker(w) => w.on_msg(&mut env, from, msg),
                     Node::Orchestrator(o) => o.on_msg(&mut env, from, msg),
                     Node::Api(api) => api_on_msg(api, &mut env, from, msg),
-                    Node::Search(lat) => {
+                    Node::Search(search) => {
                         if let Msg::ToolReq { req, origin, .. } = msg {
                             let ok = CallOutcome::Ok { effect: 0, replayed: false };
-                            env.send_after(*lat, from, Msg::ToolResp { req, outcome: ok });
+                            let now = env.now_us();
+                            let malformed = search.breaks.iter().any(|&(f, u)| f <= now && now < u);
+                            env.send_after(search.latency_us, from, Msg::ToolResp { req, outcome: ok, malformed });
                             env.truth.calls += 1;
                             env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                         }
@@ -749,8 +807,10 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
     match msg {
         Msg::ToolReq { req, key, params, origin, basis, .. } => {
             env.truth.acted_on(origin.job, basis);
+            env.truth.side_request(origin, now);
             let (outcome, done_at) = api.call(now, Some(key), params, origin);
-            env.send_after(done_at - now, from, Msg::ToolResp { req, outcome });
+            let malformed = api.malformed(now);
+            env.send_after(done_at - now, from, Msg::ToolResp { req, outcome, malformed });
             env.truth.calls += 1;
             if matches!(outcome, CallOutcome::Ok { replayed: false, .. }) {
                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
@@ -758,7 +818,8 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
         }
         Msg::LookupReq { req, key, .. } => {
             let found = api.lookup(now, key);
-            env.send_after(50 * US_PER_MS, from, Msg::LookupResp { req, found });
+            let malformed = api.malformed(now);
+            env.send_after(50 * US_PER_MS, from, Msg::LookupResp { req, found, malformed });
         }
         _ => {}
     }
@@ -768,7 +829,18 @@ impl VectorNode {
     fn start(&mut self, env: &mut impl Env) {
         if self.serving {
             env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
+            self.arm_integrity_check(env);
         }
+    }
+
+    fn arm_integrity_check(&self, env: &mut impl Env) {
+        if self.integrity_check_us > 0 {
+            env.set_timer(self.integrity_check_us, Timer::IntegrityCheck);
+        }
+    }
+
+    fn available(&self) -> bool {
+        self.serving && self.restoring.is_none()
     }
 
     fn on_msg(&mut self, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
@@ -776,7 +848,7 @@ impl VectorNode {
         match msg {
             Msg::VecUpsert { req, point, value, origin, basis } => {
                 env.truth.acted_on(origin.job, basis);
-                if !self.serving {
+                if !self.available() {
                     env.send(from, Msg::VecResp { req, unavailable: true });
                     return;
                 }
@@ -792,7 +864,7 @@ impl VectorNode {
                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
             }
             Msg::VecQuery { req, origin, .. } => {
-                let unavailable = !self.serving;
+                let unavailable = !self.available();
                 env.send_after(5 * US_PER_MS, from, Msg::VecResp { req, unavailable });
                 if !unavailable {
                     env.truth.calls += 1;
@@ -828,6 +900,36 @@ impl VectorNode {
     fn on_timer(&mut self, env: &mut SimEnv<'_>, timer: Timer) {
         let now = env.now_us();
         match timer {
+            Timer::IntegrityCheck if self.serving => {
+                self.arm_integrity_check(env);
+                let corrupted = self.store.corrupted_count();
+                if corrupted == 0 || self.restoring.is_some() {
+                    return;
+                }
+                // Read-only, then point-in-time restore from the newest clean
+                // snapshot the retention ladder still holds.
+                env.note(Note::CorruptionDetected { points: corrupted });
+                let snap = self.store.newest_clean_snapshot(now).cloned();
+                let dur = snap.as_ref().map_or(self.restore_base_us, |s| self.store.restore_duration_us(s));
+                self.restoring = snap;
+                if self.restoring.is_none() {
+                    self.store.clear();
+                }
+                env.set_timer(dur, Timer::RestoreDone);
+            }
+            Timer::RestoreDone => {
+                let (points, taken_at_us) = match self.restoring.take() {
+                    Some(s) => {
+                        let n = self.store.restore(now, &s);
+                        // Verify the restored count against the snapshot's.
+                        assert_eq!(n, s.point_count, "restore verification");
+                        assert_eq!(self.store.len() as u64, s.point_count, "restore verification");
+                        (n, s.taken_at_us)
+                    }
+                    None => (0, 0),
+                };
+                env.note(Note::Restored { points, snapshot_taken_at_us: taken_at_us });
+            }
             Timer::SnapshotTick if self.serving => {
                 let snap = self.store.snapshot(now);
                 if !self.snapshots_local_only {
@@ -990,6 +1092,69 @@ impl Client {
 }
 
 impl Stack {
+    /// Resolves a fault endpoint: a host name or `region:a|b|external`.
+    pub fn endpoint(&self, name: &str) -> Option<crate::sim::Endpoint> {
+        if let Some(r) = name.strip_prefix("region:") {
+            return match r {
+                "a" => Some(crate::sim::Endpoint::Region(REGION_A)),
+                "b" => Some(crate::sim::Endpoint::Region(REGION_B)),
+                "external" => Some(crate::sim::Endpoint::Region(EXTERNAL)),
+                _ => None,
+            };
+        }
+        let i = self.rt.hosts().iter().position(|h| h.name == name)?;
+        Some(crate::sim::Endpoint::Host(HostId(i as u32)))
+    }
+
+    /// A host by name.
+    pub fn host_named(&self, name: &str) -> Option<HostId> {
+        self.rt.hosts().iter().position(|h| h.name == name).map(|i| HostId(i as u32))
+    }
+
+    /// A worker's local disk is lost.
+    pub fn lose_disk(&mut self, h: HostId) {
+        if let Node::Worker(w) = &mut self.nodes[h.0 as usize] {
+            w.lose_disk();
+        }
+    }
+
+    /// A tool API's responses break their schema for a period.
+    pub fn break_schema(&mut self, api: crate::scenario::ToolApi, from_us: Micros, until_us: Micros) {
+        use crate::scenario::ToolApi;
+        let h = match api {
+            ToolApi::Payment => self.hosts.payment,
+            ToolApi::Email => self.hosts.email,
+            ToolApi::Search => self.hosts.search,
+        };
+        match &mut self.nodes[h.0 as usize] {
+            Node::Api(a) => a.set_schema_break(from_us, until_us),
+            Node::Search(s) => s.breaks.push((from_us, until_us)),
+            _ => unreachable!("tool API hosts are APIs"),
+        }
+    }
+
+    /// Deploys a prompt/config version with these defects (per mille of
+    /// model outputs failing validation) through the serving orchestrator.
+    pub fn deploy(&mut self, defect_permille: u16) {
+        let h = self.serving_orch();
+        let Stack { rt, nodes, dns, truth, .. } = self;
+        let mut env = SimEnv { rt, me: h, dns, truth };
+        if let Node::Orchestrator(o) = &mut nodes[h.0 as usize] {
+            o.deploy(&mut env, defect_permille);
+        }
+    }
+
+    /// Silently corrupts a fraction of the serving vector store's points.
+    pub fn corrupt_vector(&mut self, fraction: f64) -> u64 {
+        let h = self.serving_vector();
+        let now = self.rt.now_us();
+        let Stack { rt, nodes, .. } = self;
+        match &mut nodes[h.0 as usize] {
+            Node::Vector(v) => v.store.corrupt(now, fraction, rt.rng()),
+            _ => 0,
+        }
+    }
+
     /// Tells the client to probe from now on (a fault began).
     pub fn start_probing(&mut self) {
         let Stack { rt, nodes, dns, truth, hosts, .. } = self;

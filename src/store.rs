@@ -149,6 +149,8 @@ pub enum Op {
         decision: u32,
         /// Whether the step's outcome was adopted by reconciliation.
         reconciled: bool,
+        /// The result was built from a malformed tool response.
+        corrupt: bool,
     },
     /// The task finished.
     Complete {
@@ -348,7 +350,7 @@ mod tests {
         p.commit(1, Op::Create { task: t, job: JobId(4), template: 0, steps: 3, probe: false });
         p.commit(2, Op::Lease { task: t, lease: Lease { holder: HostId(9), token: 1, expires_us: 30 } });
         p.commit(3, Op::Intent { task: t, ordinal: 0, key: IdemKey::for_slot(t, 0), args: 5 });
-        p.commit(4, Op::Result { task: t, ordinal: 0, decision: 2, reconciled: false });
+        p.commit(4, Op::Result { task: t, ordinal: 0, decision: 2, reconciled: false, corrupt: false });
         let mut r = Store::new();
         for rec in p.log() {
             r.apply_replicated(rec);

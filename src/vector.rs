@@ -93,6 +93,9 @@ impl Default for VectorConfig {
 /// How many snapshots the retention ladder keeps per rung.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionLadder {
+    /// Every snapshot taken within this long of the newest one is kept (so a
+    /// corruption found minutes later can restore from just before it).
+    pub recent_us: Micros,
     /// Newest snapshot of each of the newest `hourly` distinct hours.
     pub hourly: u32,
     /// Newest snapshot of each of the newest `daily` distinct days.
@@ -102,9 +105,9 @@ pub struct RetentionLadder {
 }
 
 impl Default for RetentionLadder {
-    /// 24 hourly, 14 daily, 12 monthly.
+    /// Everything from the last hour, then 24 hourly, 14 daily, 12 monthly.
     fn default() -> Self {
-        RetentionLadder { hourly: 24, daily: 14, monthly: 12 }
+        RetentionLadder { recent_us: US_PER_HOUR, hourly: 24, daily: 14, monthly: 12 }
     }
 }
 
@@ -419,6 +422,11 @@ impl VectorStore {
         let _ = now_us;
         let n = self.snapshots.len();
         let mut keep = vec![false; n];
+        if let Some(newest) = self.snapshots.last().map(|s| s.taken_at_us) {
+            for (k, s) in keep.iter_mut().zip(&self.snapshots) {
+                *k = s.taken_at_us + ladder.recent_us >= newest;
+            }
+        }
         let rungs = [(US_PER_HOUR, ladder.hourly), (US_PER_DAY, ladder.daily), (US_PER_MONTH, ladder.monthly)];
         for (width, limit) in rungs {
             let mut kept = 0u32;
@@ -628,7 +636,7 @@ mod tests {
 
     #[test]
     fn retention_ladder_over_sixty_days() {
-        let (mut s, ladder) = (filled(10), RetentionLadder::default());
+        let (mut s, ladder) = (filled(10), RetentionLadder { recent_us: 0, ..RetentionLadder::default() });
         let (step, end) = (5 * 60 * US_PER_S, 60 * US_PER_DAY);
         let mut newest = None;
         for t in (0..end).step_by(step as usize) {
@@ -652,8 +660,23 @@ mod tests {
         // Today's newest is also an hourly one; month 1's newest is today's.
         assert_eq!(snaps.len(), 24 + 13 + 1);
         assert_eq!(s.prune(end, ladder), 0, "prune is idempotent");
-        s.prune(end, RetentionLadder { hourly: 1, daily: 0, monthly: 0 });
+        s.prune(end, RetentionLadder { recent_us: 0, hourly: 1, daily: 0, monthly: 0 });
         assert_eq!(s.snapshots(), std::slice::from_ref(newest.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn the_recent_rung_keeps_every_snapshot_of_the_last_hour() {
+        let mut s = filled(10);
+        let step = 5 * 60 * US_PER_S;
+        for t in (0..6 * US_PER_HOUR).step_by(step as usize) {
+            s.snapshot(t);
+        }
+        s.prune(6 * US_PER_HOUR, RetentionLadder::default());
+        let newest = s.snapshots().last().unwrap().taken_at_us;
+        let recent = s.snapshots().iter().filter(|x| x.taken_at_us + US_PER_HOUR >= newest).count();
+        assert_eq!(recent, 13, "12 five-minute snapshots of the last hour plus its start");
+        // Hours 4 and 5 end inside the recent window; hours 0–3 keep their newest.
+        assert_eq!(s.snapshots().len(), 13 + 4, "and one per earlier hour");
     }
 
     fn as_vec(m: &BTreeMap<PointId, PointState>) -> Contents {

@@ -12,7 +12,8 @@ use crate::provider::{ModelOutcome, ModelRequest};
 use crate::store::{LogRec, StepRec};
 use crate::vector::{PointId, Snapshot};
 
-/// Which fake API a tool request is for.
+/// Which fake API a tool request is for (the discriminant indexes per-API
+/// tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     /// Payments (charge, refund).
@@ -36,6 +37,8 @@ pub struct Grant {
     pub uid: u64,
     /// Template index.
     pub template: u16,
+    /// The prompt/config version to run with.
+    pub prompt: crate::orchestrator::Prompt,
     /// Fencing token.
     pub token: u64,
     /// Lease expiry on the orchestrator's clock, as a duration from now.
@@ -143,6 +146,8 @@ pub enum Msg {
         req: u32,
         /// Outcome.
         outcome: CallOutcome,
+        /// The body does not match the documented schema (a breaking change).
+        malformed: bool,
     },
     /// Reconciliation: look a key up.
     LookupReq {
@@ -159,6 +164,8 @@ pub enum Msg {
         req: u32,
         /// Result.
         found: Lookup,
+        /// The body does not match the documented schema.
+        malformed: bool,
     },
 
     // --- worker ⇄ providers
@@ -280,6 +287,12 @@ pub enum WorkerWrite {
         reconciled: bool,
         /// This was the last step: complete the task too.
         last: bool,
+        /// The result came from a response that did not match the schema
+        /// (written only when validation is off).
+        corrupt: bool,
+        /// Model outputs that failed validation before this one succeeded
+        /// (telemetry for the health checks after a deploy).
+        invalid_outputs: u16,
     },
     /// Session-end checkpoint (anti-pattern 2): every result at once.
     Session {

@@ -25,7 +25,7 @@ use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId, US_PER_MS, US_P
 use crate::ledger::{CallOutcome, Lookup};
 use crate::policy::{Checkpointing, KeySource, Policy};
 use crate::provider::ModelRequest;
-use crate::router::{AttemptResult, Router, RouterCall, Step as RouteStep};
+use crate::router::{AttemptResult, Breaker, Router, RouterCall, Step as RouteStep};
 use crate::store::{NO_DECISION, StepState};
 use crate::vector::PointId;
 use crate::wire::{Api, Grant, Msg, WorkerWrite};
@@ -97,6 +97,17 @@ struct TaskCtx {
     precommitted: bool,
     /// A `Fail` write is in flight.
     failing: bool,
+    /// Steps whose decision is known to be durable (bit per ordinal).
+    durable: u16,
+    /// The current step's response did not match the schema and validation
+    /// is off: its result is garbage.
+    corrupt: bool,
+    /// The result being persisted carries a decision.
+    persisted_decision: bool,
+    /// The prompt/config version this task runs with.
+    prompt: crate::orchestrator::Prompt,
+    /// Model outputs of the current step that failed validation.
+    invalid_outputs: u16,
 }
 
 /// What to do when a wait ends.
@@ -120,12 +131,17 @@ pub struct Worker {
     scratch: BTreeMap<(JobId, u16), u32>,
     router: Router,
     model_decision: Option<u32>,
+    model_invalid: bool,
+    /// One breaker per tool API (payment, email, search): a tool whose
+    /// responses keep failing validation is left alone for a while.
+    tool_breakers: [Breaker; 3],
 }
 
 impl Worker {
     /// A fresh worker process (empty memory, empty disk).
     pub fn new(shared: Rc<WorkerShared>, me: HostId) -> Self {
         let router = Router::from_settings(&shared.router, shared.policy);
+        let shared_breaker = shared.router.breaker;
         Worker {
             shared,
             me,
@@ -138,6 +154,8 @@ impl Worker {
             scratch: BTreeMap::new(),
             router,
             model_decision: None,
+            model_invalid: false,
+            tool_breakers: std::array::from_fn(|_| Breaker::new(shared_breaker)),
         }
     }
 
@@ -151,9 +169,24 @@ impl Worker {
         &self.router
     }
 
-    /// Loses the scratchpad (disk loss without a crash).
+    /// Loses the scratchpad (disk loss without a crash). Decisions that
+    /// lived only there are gone from the agent's working state too: the
+    /// agent reads its artefacts back from disk.
     pub fn lose_disk(&mut self) {
         self.scratch.clear();
+        if let Some(c) = self.ctx.as_mut() {
+            let tpl = &self.shared.templates[c.template as usize];
+            for (i, spec) in tpl.steps.iter().enumerate() {
+                if spec.artefact && c.durable & (1 << i) == 0 {
+                    c.decisions[i] = NO_DECISION;
+                }
+            }
+        }
+    }
+
+    /// The clock leases are timed on: monotonic (reference) or wall.
+    fn lease_clock(&self, env: &impl Env) -> Micros {
+        if self.shared.policy.wall_clock_leases { env.wall_now_us() } else { env.now_us() }
     }
 
     /// Start-up: ask for work.
@@ -267,7 +300,7 @@ impl Worker {
                 _ => {}
             },
             Msg::HeartbeatAck { task, ok, lease_ms } => {
-                let now = env.now_us();
+                let now = self.lease_clock(env);
                 let Some(c) = self.ctx.as_mut() else { return };
                 if c.task != task {
                     return;
@@ -278,14 +311,32 @@ impl Worker {
                     self.abandon(env);
                 }
             }
-            Msg::LookupResp { req, found } => {
+            Msg::LookupResp { req, found, malformed } => {
                 if self.take_reply(req).is_some() {
-                    self.on_lookup(env, found);
+                    if malformed {
+                        self.on_malformed(env, Again::Lookup);
+                    } else {
+                        self.tool_ok(env);
+                        self.on_lookup(env, found);
+                    }
                 }
             }
-            Msg::ToolResp { req, outcome } => {
+            Msg::ToolResp { req, outcome, malformed } => {
                 if self.take_reply(req).is_some() {
-                    self.on_tool(env, outcome);
+                    if malformed && self.shared.policy.validate_tool_responses {
+                        // The outcome is unknown: reconcile a side effect by
+                        // key later; re-run a read-only call.
+                        let c = self.ctx.as_ref().expect("task");
+                        let side_effect = self.template().steps[c.cursor as usize].kind.is_side_effect();
+                        self.on_malformed(env, if side_effect { Again::Lookup } else { Again::Call });
+                    } else {
+                        if malformed {
+                            self.ctx().corrupt = true;
+                        } else {
+                            self.tool_ok(env);
+                        }
+                        self.on_tool(env, outcome);
+                    }
                 }
             }
             Msg::ModelResp { req, outcome } => {
@@ -293,6 +344,7 @@ impl Worker {
                     let last = match outcome.result {
                         Ok(reply) => {
                             self.model_decision = Some(reply.decision);
+                            self.model_invalid = reply.invalid_output;
                             AttemptResult::Ok
                         }
                         Err(e) => AttemptResult::Err {
@@ -341,7 +393,8 @@ impl Worker {
     }
 
     fn origin(&self, step: u16) -> Origin {
-        Origin { job: self.ctx.as_ref().expect("task").job, step, host: self.me }
+        let c = self.ctx.as_ref().expect("task");
+        Origin { job: c.job, step, host: self.me, task: c.task, token: c.token }
     }
 
     fn begin(&mut self, env: &mut impl Env, g: Grant) {
@@ -360,7 +413,9 @@ impl Worker {
             .filter(|s| !session_end && s.state == StepState::Intent)
             .map(|s| (s.key, s.args));
         let key_task = if policy.orchestrator_mints_task_id { g.uid } else { env.rng().next_u64() };
-        let now = env.now_us();
+        let now = self.lease_clock(env);
+        let durable =
+            decisions.iter().enumerate().filter(|(_, d)| **d != NO_DECISION).fold(0u16, |m, (i, _)| m | 1 << i);
         if g.resumed {
             env.note(Note::Resumed { job: g.job, step: cursor });
         }
@@ -382,6 +437,11 @@ impl Worker {
             on_resume: Again::Call,
             precommitted: false,
             failing: false,
+            durable,
+            corrupt: false,
+            persisted_decision: false,
+            prompt: g.prompt,
+            invalid_outputs: 0,
         });
         self.arm_heartbeat(env);
         self.advance(env);
@@ -448,7 +508,15 @@ impl Worker {
         if policy.planted_bug_persist_before_call {
             self.ctx().precommitted = true;
             let last = ordinal as usize + 1 == len;
-            let write = WorkerWrite::Result { task, ordinal, decision: NO_DECISION, reconciled: false, last };
+            let write = WorkerWrite::Result {
+                task,
+                ordinal,
+                decision: NO_DECISION,
+                reconciled: false,
+                last,
+                corrupt: false,
+                invalid_outputs: 0,
+            };
             self.write(env, Wait::Persist, write);
             return;
         }
@@ -463,7 +531,7 @@ impl Worker {
     }
 
     fn make_key(&mut self, env: &mut impl Env, ordinal: u16) -> IdemKey {
-        let now = env.now_us();
+        let now = env.wall_now_us();
         let c = self.ctx.as_ref().expect("task");
         let lo = u64::from(ordinal);
         match self.shared.policy.key_source {
@@ -503,12 +571,48 @@ impl Worker {
         let spec = self.template().steps[c.cursor as usize];
         let key = c.key;
         let (api, to) = self.api_for(spec.kind);
+        if self.tool_degraded(env, api, Again::Lookup) {
+            return;
+        }
         self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key });
+    }
+
+    fn current_api(&self) -> Api {
+        let c = self.ctx.as_ref().expect("task");
+        self.api_for(self.template().steps[c.cursor as usize].kind).0
+    }
+
+    /// Degraded path: while a tool's breaker is open, the step waits instead
+    /// of calling it. Returns `true` when the step was parked.
+    fn tool_degraded(&mut self, env: &mut impl Env, api: Api, again: Again) -> bool {
+        let now = env.now_us();
+        if self.tool_breakers[api as usize].allows(now) {
+            return false;
+        }
+        self.ctx().on_resume = again;
+        self.wait_then_resume(env, 10 * US_PER_S);
+        true
+    }
+
+    fn tool_ok(&mut self, env: &impl Env) {
+        let api = self.current_api();
+        self.tool_breakers[api as usize].on_success(env.now_us());
+    }
+
+    /// A tool response failed schema validation: nothing is persisted, the
+    /// breaker counts it, and the step tries again later.
+    fn on_malformed(&mut self, env: &mut impl Env, again: Again) {
+        let api = self.current_api();
+        let (job, step) = (self.ctx().job, self.ctx().cursor);
+        env.note(Note::SchemaViolation { job, step });
+        self.tool_breakers[api as usize].on_failure(env.now_us());
+        self.ctx().on_resume = again;
+        self.wait_then_resume(env, 5 * US_PER_S);
     }
 
     /// Sends the current step's call (model, tool or memory).
     fn issue_call(&mut self, env: &mut impl Env) {
-        let now = env.now_us();
+        let now = self.lease_clock(env);
         let policy = self.shared.policy;
         let c = self.ctx.as_ref().expect("task");
         let (ordinal, key, args, job) = (c.cursor, c.key, c.args, c.job);
@@ -536,6 +640,9 @@ impl Worker {
             }
             kind => {
                 let (api, to) = self.api_for(kind);
+                if self.tool_degraded(env, api, Again::Call) {
+                    return;
+                }
                 let g = spec.governed_by.unwrap_or(0);
                 let basis = (g, self.ctx().decisions[g as usize]);
                 self.request(env, to, Wait::Call, |req| Msg::ToolReq { req, api, key, params: args, origin, basis });
@@ -575,6 +682,7 @@ impl Worker {
                     prefix_tokens: input_tokens / 2,
                     output_tokens,
                     options,
+                    defect_permille: self.ctx.as_ref().expect("task").prompt.defect_permille,
                 };
                 let origin = self.origin(ordinal);
                 let to = self.shared.providers[provider];
@@ -602,6 +710,15 @@ impl Worker {
         // Close the router call so it records the success.
         self.route_success(env);
         let decision = self.model_decision.take().expect("decision of a successful call");
+        if std::mem::take(&mut self.model_invalid) {
+            // The output failed validation (a defective prompt version):
+            // nothing is acted on; ask again.
+            let c = self.ctx();
+            c.invalid_outputs = c.invalid_outputs.saturating_add(1);
+            c.on_resume = Again::Call;
+            self.wait_then_resume(env, US_PER_S);
+            return;
+        }
         if let Some(g) = self.ctx().rederiving.take() {
             let job = self.ctx().job;
             self.ctx().decisions[g as usize] = decision;
@@ -642,7 +759,15 @@ impl Worker {
             Lookup::Found { .. } => {
                 env.note(Note::Reconciled { job, step: ordinal, found: true });
                 let last = ordinal as usize + 1 == self.template().steps.len();
-                let write = WorkerWrite::Result { task, ordinal, decision: NO_DECISION, reconciled: true, last };
+                let write = WorkerWrite::Result {
+                    task,
+                    ordinal,
+                    decision: NO_DECISION,
+                    reconciled: true,
+                    last,
+                    corrupt: false,
+                    invalid_outputs: 0,
+                };
                 self.write(env, Wait::Persist, write);
             }
             Lookup::NotFound => {
@@ -680,7 +805,11 @@ impl Worker {
             return;
         }
         let last = ordinal as usize + 1 == len;
-        let write = WorkerWrite::Result { task, ordinal, decision: durable, reconciled: false, last };
+        let corrupt = std::mem::take(&mut self.ctx().corrupt);
+        self.ctx().persisted_decision = durable != NO_DECISION;
+        let invalid_outputs = std::mem::take(&mut self.ctx().invalid_outputs);
+        let write =
+            WorkerWrite::Result { task, ordinal, decision: durable, reconciled: false, last, corrupt, invalid_outputs };
         self.write(env, Wait::Persist, write);
     }
 
@@ -700,6 +829,9 @@ impl Worker {
             return;
         }
         let (job, ordinal) = (c.job, c.cursor);
+        if c.persisted_decision {
+            c.durable |= 1 << ordinal;
+        }
         if env.reach(self.me, job, ordinal, Phase::AfterPersist) {
             return;
         }

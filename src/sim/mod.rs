@@ -44,6 +44,9 @@ pub struct Host {
     /// A paused host (GC pause, frozen VM) handles nothing before this time;
     /// its events are deferred, not lost.
     pub paused_until_us: Micros,
+    /// Offset of the host's wall clock from true time (clock skew). The
+    /// monotonic clock the runtime schedules with is never skewed.
+    pub skew_us: i64,
 }
 
 /// What the runtime hands back from [`Runtime::step`].
@@ -147,7 +150,7 @@ impl<M, T> Runtime<M, T> {
     /// Adds a host (up, incarnation 0) and returns its id.
     pub fn add_host(&mut self, name: impl Into<String>, region: RegionId) -> HostId {
         let id = HostId(u32::try_from(self.hosts.len()).expect("fewer than 2^32 hosts"));
-        self.hosts.push(Host { name: name.into(), region, up: true, incarnation: 0, paused_until_us: 0 });
+        self.hosts.push(Host { name: name.into(), region, up: true, incarnation: 0, paused_until_us: 0, skew_us: 0 });
         id
     }
 
@@ -262,6 +265,11 @@ impl<M, T> Runtime<M, T> {
         assert!(!host.up, "restart of a host that is up: {}", host.name);
         host.up = true;
         host.incarnation += 1;
+    }
+
+    /// Sets a host's wall-clock offset.
+    pub fn set_skew(&mut self, h: HostId, skew_us: i64) {
+        self.hosts[h.0 as usize].skew_us = skew_us;
     }
 
     /// Freezes a host until `until_us`: it neither handles messages nor
