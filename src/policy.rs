@@ -134,7 +134,7 @@ pub enum AntiPattern {
     /// 11. No circuit breaker.
     NoCircuitBreaker,
     /// 12. Queue dedupe window shorter than the redelivery delay, with a
-    /// consumer that trusts the queue (no idempotent create).
+    ///     consumer that trusts the queue (no idempotent create).
     QueueDedupeWindowTooShort,
     /// 13. Resume artefacts only on local disk.
     ArtefactsOnLocalDisk,
