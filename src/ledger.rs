@@ -110,6 +110,9 @@ pub enum Lookup {
     Found {
         /// Index of the ledger entry.
         effect: u32,
+        /// The parameters it was made with (the API returns the object: the
+        /// charge's amount, the email's body), so a resumer can adopt them.
+        params: u64,
     },
     /// A request with this key is being processed right now.
     InProgress,
@@ -221,7 +224,7 @@ impl SideEffectApi {
         match self.keys.get(&key) {
             None => Lookup::NotFound,
             Some(r) if r.done_at_us > now_us => Lookup::InProgress,
-            Some(r) => Lookup::Found { effect: r.effect },
+            Some(r) => Lookup::Found { effect: r.effect, params: r.params },
         }
     }
 
@@ -275,7 +278,7 @@ mod tests {
         assert_eq!(api.call(done - 1, Some(K), 99, origin(3)).0, CallOutcome::KeyInUse);
         assert_eq!(api.lookup(done - 1, K), Lookup::InProgress);
         assert_eq!(api.call(done, Some(K), 100, origin(3)).0, CallOutcome::ParamsMismatch);
-        assert_eq!(api.lookup(done, K), Lookup::Found { effect: 0 });
+        assert_eq!(api.lookup(done, K), Lookup::Found { effect: 0, params: 99 });
         assert!(CallOutcome::ParamsMismatch.error_body().unwrap().contains("idempotency_error"));
         assert!(CallOutcome::KeyInUse.error_body().unwrap().contains("idempotency_key_in_use"));
     }
@@ -295,7 +298,7 @@ mod tests {
         let (_, done) = api.call(0, Some(K), 1, origin(0));
         api.call(done, Some(K), 1, origin(0));
         assert_eq!(api.ledger().len(), 2);
-        assert_eq!(api.lookup(done, K), Lookup::Found { effect: 0 });
+        assert_eq!(api.lookup(done, K), Lookup::Found { effect: 0, params: 1 });
         assert_eq!(api.lookup(done, IdemKey { hi: 0, lo: 0 }), Lookup::NotFound);
     }
 }

@@ -196,13 +196,33 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
             c.stuck_tasks += 1;
         }
     }
-    c.replanned_steps = stack.truth.replanned.len() as u64;
+    c.replanned_steps = replanned(stack);
     c.corrupted_writes = store.log().iter().filter(|r| matches!(r.op, Op::Result { corrupt: true, .. })).count() as u64;
     let vec = &stack.vector(stack.serving_vector()).store;
     c.vector_points_lost =
         stack.truth.vec_acks.keys().filter(|p| vec.query(**p).is_none_or(|hit| hit.corrupted)).count() as u64;
     c.stale_writes = stack.hosts.orch.iter().map(|&h| stack.orch(h).stale_writes_accepted()).sum();
     c
+}
+
+/// Plan steps decided differently after a resume, from what survived: the
+/// decisions side effects happened on (ledgers), plus the decision behind
+/// each vector point still holding the value last written to it. Internal
+/// writes that a later write replaced do not count: only what the world and
+/// the memory still show.
+fn replanned(stack: &Stack) -> u64 {
+    let mut steps: std::collections::BTreeSet<(JobId, u16)> = stack.truth.replanned.iter().copied().collect();
+    let vec = &stack.vector(stack.serving_vector()).store;
+    for (point, &((g, d), value)) in &stack.truth.vec_basis {
+        let survived = vec.query(*point).is_some_and(|hit| hit.value == value);
+        if survived
+            && let Some(&acted) = stack.truth.acted.get(&(point.job, g))
+            && acted != d
+        {
+            steps.insert((point.job, g));
+        }
+    }
+    steps.len() as u64
 }
 
 /// Side-effect requests made under a lease that had already moved on, by

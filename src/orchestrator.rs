@@ -240,7 +240,7 @@ impl Orchestrator {
             return;
         }
         self.primary = true;
-        self.store.new_timeline();
+        self.store.new_timeline(env.now_us());
         self.cfg.replica = None;
         self.start(env);
         // Promoted, but traffic is opened by the controller once the region
@@ -272,7 +272,7 @@ impl Orchestrator {
     /// Handles a message.
     pub fn on_msg(&mut self, env: &mut impl Env, from: HostId, msg: Msg) {
         match msg {
-            Msg::Submit { job, template, steps, probe } => {
+            Msg::Submit { job, template, steps, probe, replay } => {
                 if !self.serving {
                     return; // not serving: the client retries elsewhere
                 }
@@ -281,7 +281,7 @@ impl Orchestrator {
                     return;
                 }
                 let task = self.store.next_task_id();
-                let lsn = self.commit(env, Op::Create { task, job, template, steps, probe });
+                let lsn = self.commit(env, Op::Create { task, job, template, steps, probe, replay });
                 self.ready.push_back(task);
                 self.reply_at(env, lsn, from, Msg::SubmitAck { job });
                 self.dispatch(env);
@@ -374,7 +374,10 @@ impl Orchestrator {
             WorkerWrite::Intent { task, ordinal, key, args } => {
                 self.commit(env, Op::Intent { task, ordinal, key, args })
             }
-            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, invalid_outputs } => {
+            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, invalid_outputs, adopt } => {
+                if let Some((g, d)) = adopt {
+                    self.commit(env, Op::Result { task, ordinal: g, decision: d, reconciled: true, corrupt: false });
+                }
                 if let Some(w) = self.watch.as_mut()
                     && decision != NO_DECISION
                 {
@@ -445,6 +448,7 @@ impl Orchestrator {
                 cursor: t.cursor,
                 steps: t.steps.clone(),
                 resumed,
+                replay: self.store.may_be_stale(t),
             };
             self.reply_at(env, lsn, worker, Msg::LeaseGrant { req, grant: Box::new(grant) });
         }

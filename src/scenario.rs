@@ -308,6 +308,9 @@ pub struct Workload {
     pub interval: Dur,
     /// Health-probe interval after each fault.
     pub probe_interval: Dur,
+    /// The client (or the upstream queue) submits again a job it was told
+    /// was accepted but has not seen finish after this long.
+    pub resubmit_after: Dur,
 }
 
 impl Default for Workload {
@@ -318,6 +321,7 @@ impl Default for Workload {
             arrival: Arrival::Uniform,
             interval: Dur::secs(5),
             probe_interval: Dur::secs(2),
+            resubmit_after: Dur::secs(300),
         }
     }
 }

@@ -99,12 +99,16 @@ pub struct Truth {
     pub accepted_us: Vec<Option<Micros>>,
     /// Jobs the client was told had finished.
     pub completed: Vec<bool>,
-    /// First decision a side effect acted upon, per (job, governing step).
+    /// First decision a side effect (a ledger entry) acted upon, per (job,
+    /// governing step).
     pub acted: FxHashMap<(JobId, u16), u32>,
     /// (job, step) pairs whose side effects acted on two different decisions.
     pub replanned: Vec<(JobId, u16)>,
     /// First acknowledgement time of each vector point by the primary.
     pub vec_acks: FxHashMap<PointId, Micros>,
+    /// The decision behind the last write of each vector point, and the
+    /// value written (to tell whether that write survived).
+    pub vec_basis: FxHashMap<PointId, ((u16, u32), u64)>,
     /// The timeline.
     pub trace: Vec<TraceEvent>,
     /// Fault hooks.
@@ -142,9 +146,9 @@ impl Truth {
         }
     }
 
-    /// Ground truth of replanning: a write or side effect acted on decision
+    /// Ground truth of replanning: a side effect happened on decision
     /// `basis.1` of plan step `basis.0`; a different decision than an
-    /// earlier one for the same step means the plan was re-derived.
+    /// earlier effect's for the same step means the plan was re-derived.
     pub fn acted_on(&mut self, job: JobId, basis: (u16, u32)) {
         let k = (job, basis.0);
         match self.acted.get(&k) {
@@ -202,6 +206,7 @@ pub struct Client {
     unfinished: std::collections::VecDeque<(Micros, JobId)>,
     retry_armed: bool,
     resubmit_armed: bool,
+    resubmit_after_us: Micros,
     probe_since: Option<Micros>,
     probe_interval_us: Micros,
     next_probe: u32,
@@ -284,10 +289,6 @@ pub struct Hosts {
     /// Failover controller.
     pub controller: Option<HostId>,
 }
-
-/// How long the client waits for an accepted job to finish before it
-/// submits it again.
-pub const RESUBMIT_AFTER_US: Micros = 10 * 60 * US_PER_S;
 
 /// How long the client waits for a submission's acknowledgement before it
 /// sends it again.
@@ -593,6 +594,7 @@ impl Stack {
             unfinished: Default::default(),
             retry_armed: false,
             resubmit_armed: false,
+            resubmit_after_us: sc.workload.resubmit_after.us().max(US_PER_S),
             probe_since: None,
             probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
             next_probe: n,
@@ -808,9 +810,11 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
     let now = env.now_us();
     match msg {
         Msg::ToolReq { req, key, params, origin, basis, .. } => {
-            env.truth.acted_on(origin.job, basis);
             env.truth.side_request(origin, now);
             let (outcome, done_at) = api.call(now, Some(key), params, origin);
+            if matches!(outcome, CallOutcome::Ok { replayed: false, .. }) {
+                env.truth.acted_on(origin.job, basis);
+            }
             let malformed = api.malformed(now);
             env.send_after(done_at - now, from, Msg::ToolResp { req, outcome, malformed });
             env.truth.calls += 1;
@@ -849,13 +853,13 @@ impl VectorNode {
         let now = env.now_us();
         match msg {
             Msg::VecUpsert { req, point, value, origin, basis } => {
-                env.truth.acted_on(origin.job, basis);
                 if !self.available() {
                     env.send(from, Msg::VecResp { req, unavailable: true });
                     return;
                 }
                 self.store.upsert(now, point, value);
                 env.truth.vec_acks.entry(point).or_insert(now);
+                env.truth.vec_basis.insert(point, (basis, value));
                 if self.stream
                     && let Some(peer) = self.peer
                 {
@@ -978,7 +982,8 @@ impl Client {
         let spec = self.jobs[job.0 as usize];
         let to = env.resolve(Service::Orchestrator);
         let steps = steps_of(&self.templates, spec.template);
-        env.send(to, Msg::Submit { job, template: spec.template, steps, probe: spec.probe });
+        let replay = self.acked[job.0 as usize];
+        env.send(to, Msg::Submit { job, template: spec.template, steps, probe: spec.probe, replay });
         self.pending.push_back((env.now_us(), job));
         if !self.retry_armed {
             self.retry_armed = true;
@@ -1049,13 +1054,13 @@ impl Client {
                 // the job id where the orchestrator still knows it).
                 self.resubmit_armed = false;
                 let done = &self.done;
-                for job in due(&mut self.unfinished, now, RESUBMIT_AFTER_US, |j| done[j.0 as usize]) {
+                for job in due(&mut self.unfinished, now, self.resubmit_after_us, |j| done[j.0 as usize]) {
                     self.submit(env, job);
                     self.unfinished.push_back((now, job));
                 }
                 if !self.unfinished.is_empty() {
                     self.resubmit_armed = true;
-                    env.set_timer(RESUBMIT_AFTER_US, Timer::ClientResubmit);
+                    env.set_timer(self.resubmit_after_us, Timer::ClientResubmit);
                 }
             }
             _ => {}
@@ -1073,7 +1078,7 @@ impl Client {
                         self.unfinished.push_back((env.now_us(), job));
                         if !self.resubmit_armed {
                             self.resubmit_armed = true;
-                            env.set_timer(RESUBMIT_AFTER_US, Timer::ClientResubmit);
+                            env.set_timer(self.resubmit_after_us, Timer::ClientResubmit);
                         }
                     }
                 }

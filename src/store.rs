@@ -85,6 +85,9 @@ pub struct TaskRec {
     pub template: u16,
     /// Harness probe (not workload).
     pub probe: bool,
+    /// Created from a resubmission of a job the client had seen accepted
+    /// (its earlier record was lost).
+    pub replay: bool,
     /// Status.
     pub status: TaskStatus,
     /// Current or last lease.
@@ -113,6 +116,8 @@ pub enum Op {
         steps: u16,
         /// Harness probe.
         probe: bool,
+        /// A resubmission of a job whose record was lost.
+        replay: bool,
     },
     /// A worker takes a lease.
     Lease {
@@ -202,6 +207,7 @@ pub struct LogRec {
 #[derive(Clone, Debug, Default)]
 pub struct Store {
     timeline: u64,
+    promoted_at_us: Option<Micros>,
     tasks: Vec<TaskRec>,
     by_job: Vec<Option<TaskId>>,
     log: Vec<LogRec>,
@@ -215,8 +221,16 @@ impl Store {
 
     /// Starts a new timeline (on promotion): ids minted from now on cannot
     /// collide with ids a lost primary minted past what was replicated.
-    pub fn new_timeline(&mut self) {
+    pub fn new_timeline(&mut self, now_us: Micros) {
         self.timeline += 1;
+        self.promoted_at_us = Some(now_us);
+    }
+
+    /// Whether a task's durable record may be missing progress: it was
+    /// resubmitted after being lost, or it predates a promotion of this
+    /// store (asynchronous replication may have lost its latest writes).
+    pub fn may_be_stale(&self, t: &TaskRec) -> bool {
+        t.replay || self.promoted_at_us.is_some_and(|p| t.created_us <= p)
     }
 
     /// The id the next created task gets.
@@ -272,7 +286,7 @@ impl Store {
     fn apply(&mut self, rec: &LogRec) {
         debug_assert_eq!(rec.lsn, self.last_lsn() + 1);
         match rec.op {
-            Op::Create { task, job, template, steps, probe } => {
+            Op::Create { task, job, template, steps, probe, replay } => {
                 let index = (task.0 & INDEX_MASK) as usize;
                 assert_eq!(index, self.tasks.len(), "task ids are dense per store");
                 self.tasks.push(TaskRec {
@@ -280,6 +294,7 @@ impl Store {
                     job,
                     template,
                     probe,
+                    replay,
                     status: TaskStatus::Queued,
                     lease: Lease { holder: HostId(u32::MAX), token: 0, expires_us: 0 },
                     cursor: 0,
@@ -347,7 +362,7 @@ mod tests {
     fn a_replica_applying_the_log_holds_the_same_state() {
         let mut p = Store::new();
         let t = p.next_task_id();
-        p.commit(1, Op::Create { task: t, job: JobId(4), template: 0, steps: 3, probe: false });
+        p.commit(1, Op::Create { task: t, job: JobId(4), template: 0, steps: 3, probe: false, replay: false });
         p.commit(2, Op::Lease { task: t, lease: Lease { holder: HostId(9), token: 1, expires_us: 30 } });
         p.commit(3, Op::Intent { task: t, ordinal: 0, key: IdemKey::for_slot(t, 0), args: 5 });
         p.commit(4, Op::Result { task: t, ordinal: 0, decision: 2, reconciled: false, corrupt: false });
@@ -365,9 +380,9 @@ mod tests {
     fn a_new_timeline_never_reuses_ids() {
         let mut p = Store::new();
         let a = p.next_task_id();
-        p.commit(1, Op::Create { task: a, job: JobId(0), template: 0, steps: 1, probe: false });
+        p.commit(1, Op::Create { task: a, job: JobId(0), template: 0, steps: 1, probe: false, replay: false });
         let mut replica = Store::new(); // nothing replicated
-        replica.new_timeline();
+        replica.new_timeline(0);
         let b = replica.next_task_id();
         assert_ne!(a, b);
         assert!(replica.task(a).is_none());

@@ -49,6 +49,9 @@ pub struct Grant {
     pub steps: Box<[StepRec]>,
     /// The task was leased before (this is a resume).
     pub resumed: bool,
+    /// The task's record may be missing progress (resubmitted, or older than
+    /// a failover): reconcile every side effect by key before issuing it.
+    pub replay: bool,
 }
 
 /// Every message.
@@ -65,6 +68,8 @@ pub enum Msg {
         steps: u16,
         /// Harness probe.
         probe: bool,
+        /// A resubmission of a job accepted long ago and never reported done.
+        replay: bool,
     },
     /// The job is accepted (durably, with the task id).
     SubmitAck {
@@ -293,6 +298,9 @@ pub enum WorkerWrite {
         /// Model outputs that failed validation before this one succeeded
         /// (telemetry for the health checks after a deploy).
         invalid_outputs: u16,
+        /// A decision adopted from an API's record of the effect: persist it
+        /// as step `.0`'s decision too.
+        adopt: Option<(u16, u32)>,
     },
     /// Session-end checkpoint (anti-pattern 2): every result at once.
     Session {

@@ -108,6 +108,24 @@ struct TaskCtx {
     prompt: crate::orchestrator::Prompt,
     /// Model outputs of the current step that failed validation.
     invalid_outputs: u16,
+    /// The record may be missing progress: reconcile before deciding or
+    /// acting again (bit per step already reconciled).
+    replay: bool,
+    replay_checked: u16,
+    /// What the outstanding lookup is for.
+    lookup_for: LookupFor,
+    /// A decision adopted from an API's record, to persist with the result.
+    adopt: Option<(u16, u32)>,
+}
+
+/// Why a lookup by key was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LookupFor {
+    /// The current side-effect step's status is unknown.
+    Step,
+    /// Before re-deciding model step `g`: did the side effect of step `s`
+    /// it governs already happen, and with which decision?
+    Decision { g: u16, s: u16 },
 }
 
 /// What to do when a wait ends.
@@ -116,6 +134,7 @@ enum Again {
     Route,
     Call,
     Lookup,
+    Advance,
 }
 
 /// The worker component.
@@ -442,6 +461,10 @@ impl Worker {
             persisted_decision: false,
             prompt: g.prompt,
             invalid_outputs: 0,
+            replay: g.replay,
+            replay_checked: 0,
+            lookup_for: LookupFor::Step,
+            adopt: None,
         });
         self.arm_heartbeat(env);
         self.advance(env);
@@ -464,6 +487,9 @@ impl Worker {
             return;
         }
         let spec = self.template().steps[ordinal as usize];
+        if self.replay_reconcile(env, ordinal) {
+            return;
+        }
         if let Some((key, args)) = self.ctx().unknown.take() {
             // Resuming a step whose outcome is unknown.
             let c = self.ctx();
@@ -516,6 +542,7 @@ impl Worker {
                 last,
                 corrupt: false,
                 invalid_outputs: 0,
+                adopt: None,
             };
             self.write(env, Wait::Persist, write);
             return;
@@ -528,6 +555,55 @@ impl Worker {
             return;
         }
         self.issue_call(env);
+    }
+
+    /// On a task whose record may be missing progress, asks the APIs what
+    /// already happened before deciding or acting: before a model step, the
+    /// first side effect it governs (adopting the decision it was made with);
+    /// before a side effect, the effect itself. Returns `true` when a lookup
+    /// went out.
+    fn replay_reconcile(&mut self, env: &mut impl Env, ordinal: u16) -> bool {
+        let policy = self.shared.policy;
+        let c = self.ctx.as_ref().expect("task");
+        let stable_keys = policy.key_source == KeySource::Orchestrator && policy.orchestrator_mints_task_id;
+        if !c.replay || !policy.reconcile || !stable_keys || c.replay_checked & (1 << ordinal) != 0 {
+            return false;
+        }
+        let tpl = self.template();
+        let spec = tpl.steps[ordinal as usize];
+        let (purpose, s) = match spec.kind {
+            StepKind::Model { .. } => {
+                let governed = tpl.steps.iter().position(|x| x.governed_by == Some(ordinal) && x.kind.is_side_effect());
+                match governed {
+                    Some(s) => (LookupFor::Decision { g: ordinal, s: s as u16 }, s as u16),
+                    None => return false,
+                }
+            }
+            k if k.is_side_effect() => (LookupFor::Step, ordinal),
+            _ => return false,
+        };
+        let key = IdemKey::for_slot(TaskId(c.key_task), s);
+        let (api, to) = self.api_for(tpl.steps[s as usize].kind);
+        if purpose == LookupFor::Step {
+            let decision = spec.governed_by.map_or(0, |g| c.decisions[g as usize]);
+            let args = args_for(c.job.0, ordinal, decision);
+            let c = self.ctx();
+            c.key = key;
+            c.args = args;
+        }
+        let c = self.ctx();
+        c.replay_checked |= 1 << ordinal;
+        c.lookup_for = purpose;
+        c.unknown = None; // this reconciliation covers the checkpointed intent too
+        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key });
+        true
+    }
+
+    /// The decision of model step `g` that produced `params` for step `s`.
+    fn decision_behind(&self, g: u16, s: u16, params: u64) -> Option<u32> {
+        let c = self.ctx.as_ref().expect("task");
+        let StepKind::Model { options, .. } = self.template().steps[g as usize].kind else { return None };
+        (0..options).find(|&d| args_for(c.job.0, s, d) == params)
     }
 
     fn make_key(&mut self, env: &mut impl Env, ordinal: u16) -> IdemKey {
@@ -755,10 +831,48 @@ impl Worker {
 
     fn on_lookup(&mut self, env: &mut impl Env, found: Lookup) {
         let (job, ordinal, task) = (self.ctx().job, self.ctx().cursor, self.ctx().task);
+        if let LookupFor::Decision { g, s } = self.ctx().lookup_for {
+            match found {
+                Lookup::Found { params, .. } => {
+                    if let Some(d) = self.decision_behind(g, s, params) {
+                        // The side effect this decision governs already
+                        // happened: adopt the decision it was made with.
+                        env.note(Note::Reconciled { job, step: s, found: true });
+                        self.ctx().lookup_for = LookupFor::Step;
+                        self.on_call_done(env, d);
+                        return;
+                    }
+                    self.ctx().lookup_for = LookupFor::Step;
+                    self.advance(env);
+                }
+                Lookup::NotFound => {
+                    self.ctx().lookup_for = LookupFor::Step;
+                    self.advance(env);
+                }
+                Lookup::InProgress => {
+                    self.ctx().replay_checked &= !(1 << g);
+                    self.ctx().lookup_for = LookupFor::Step;
+                    self.ctx().on_resume = Again::Advance;
+                    self.wait_then_resume(env, US_PER_S);
+                }
+            }
+            return;
+        }
         match found {
-            Lookup::Found { .. } => {
+            Lookup::Found { params, .. } => {
                 env.note(Note::Reconciled { job, step: ordinal, found: true });
+                let spec = self.template().steps[ordinal as usize];
+                if params != self.ctx().args
+                    && let Some(g) = spec.governed_by
+                    && let Some(d) = self.decision_behind(g, ordinal, params)
+                {
+                    // The effect was made with another decision than the one
+                    // in hand: adopt it, durably, so later steps agree.
+                    self.ctx().decisions[g as usize] = d;
+                    self.ctx().adopt = Some((g, d));
+                }
                 let last = ordinal as usize + 1 == self.template().steps.len();
+                let adopt = self.ctx().adopt.take();
                 let write = WorkerWrite::Result {
                     task,
                     ordinal,
@@ -767,6 +881,7 @@ impl Worker {
                     last,
                     corrupt: false,
                     invalid_outputs: 0,
+                    adopt,
                 };
                 self.write(env, Wait::Persist, write);
             }
@@ -808,8 +923,16 @@ impl Worker {
         let corrupt = std::mem::take(&mut self.ctx().corrupt);
         self.ctx().persisted_decision = durable != NO_DECISION;
         let invalid_outputs = std::mem::take(&mut self.ctx().invalid_outputs);
-        let write =
-            WorkerWrite::Result { task, ordinal, decision: durable, reconciled: false, last, corrupt, invalid_outputs };
+        let write = WorkerWrite::Result {
+            task,
+            ordinal,
+            decision: durable,
+            reconciled: false,
+            last,
+            corrupt,
+            invalid_outputs,
+            adopt: None,
+        };
         self.write(env, Wait::Persist, write);
     }
 
@@ -861,6 +984,7 @@ impl Worker {
         match c.on_resume {
             Again::Route => self.route(env, None),
             Again::Lookup => self.lookup(env),
+            Again::Advance => self.advance(env),
             Again::Call => {
                 if c.rederiving.is_some() {
                     self.start_model(env);
