@@ -96,7 +96,15 @@ fn every_anti_pattern_drill_is_caught() {
 
 #[test]
 fn the_reference_stack_passes_region_and_provider_drills_over_seeds() {
-    for dir in ["scenarios/region", "scenarios/provider", "scenarios/worker"] {
+    for dir in [
+        "scenarios/region",
+        "scenarios/provider",
+        "scenarios/worker",
+        "scenarios/network",
+        "scenarios/data",
+        "scenarios/deploy",
+        "scenarios/tools",
+    ] {
         for f in catalogue(dir) {
             let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
             for seed in [sc.seed, 2, 3] {
