@@ -233,6 +233,42 @@ fn onset(stack: &mut Stack, f: &mut FaultObs) {
     stack.start_probing();
 }
 
+/// How long a replicated queue takes to elect its replica as the new
+/// active node (a JetStream leader election).
+pub const QUEUE_FAILOVER_US: crate::ids::Micros = 2 * crate::ids::US_PER_S;
+
+/// How long the platform takes to replace a lost unreplicated queue node
+/// (with an empty volume).
+pub const QUEUE_REPLACE_US: crate::ids::Micros = 60 * crate::ids::US_PER_S;
+
+/// The queue's active node is lost. Replicated, the replica takes over after
+/// an election; unreplicated, the queue is down until the node returns, and
+/// a permanent loss takes its messages (recorded for the queue RPO).
+/// Returns the crashed node.
+fn lose_queue_node(stack: &mut Stack, f: &mut FaultObs, permanent: bool) -> Option<HostId> {
+    let [qa, qb] = stack.hosts.queue?;
+    let active = stack.dns.queue.target();
+    let (replicated, held) = match stack.queue(active) {
+        Some(q) => (q.replicated(), q.messages().map(|m| (m.job, m.published_us)).collect::<Vec<_>>()),
+        None => return None,
+    };
+    stack.crash_host(active);
+    if replicated {
+        let other = if active == qa { qb } else { qa };
+        stack.rt.schedule_control(stack.rt.now_us() + QUEUE_FAILOVER_US, Timer::QueueFailover(other));
+    } else if permanent {
+        // Unreplicated and gone for good: what it held is lost. (A node that
+        // comes back keeps its disk; its messages wait for it.)
+        f.lost_messages.extend(held);
+        if let Some(q) = stack.queue_mut(active) {
+            q.wipe();
+        }
+        // The platform replaces the node, empty.
+        stack.rt.schedule_control(stack.rt.now_us() + QUEUE_REPLACE_US, Timer::Restart(active));
+    }
+    Some(active)
+}
+
 fn kill(stack: &mut Stack, h: HostId, restart_after: Option<crate::scenario::Dur>) {
     stack.crash_host(h);
     if let Some(d) = restart_after {
@@ -295,6 +331,14 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     onset(stack, &mut obs[i as usize]);
                     stack.corrupt_vector(*fraction);
                 }
+                FaultSpec::QueueLoss { duration, .. } => {
+                    onset(stack, &mut obs[i as usize]);
+                    if let Some(h) = lose_queue_node(stack, &mut obs[i as usize], duration.is_none())
+                        && duration.is_some()
+                    {
+                        down.push(h);
+                    }
+                }
                 FaultSpec::BadDeploy { error_rate, .. } => {
                     onset(stack, &mut obs[i as usize]);
                     stack.deploy((error_rate * 1_000.0).round() as u16);
@@ -315,6 +359,10 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         };
                         obs[i as usize].lost_log = Some(LostLog { log: o.store().log().to_vec(), acked_upto });
                     }
+                    let active_queue = stack.dns.queue.target();
+                    if stack.hosts.queue.is_some() && stack.rt.host(active_queue).region == r {
+                        lose_queue_node(stack, &mut obs[i as usize], duration.is_none());
+                    }
                     for &h in &hosts {
                         stack.crash_host(h);
                     }
@@ -331,8 +379,9 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 }
             }
         }
+        Timer::QueueFailover(h) => stack.activate_queue(h),
         Timer::FaultEnd(i) => match &sc.faults[i as usize] {
-            FaultSpec::RegionLoss { .. } => {
+            FaultSpec::RegionLoss { .. } | FaultSpec::QueueLoss { .. } => {
                 for h in std::mem::take(down) {
                     stack.restart_host(h);
                 }
@@ -519,6 +568,7 @@ pub fn describe(note: &Note) -> String {
             format!("health checks after deploy failed: rolling back version {version}")
         }
         Note::RolledBack { version } => format!("rolled back: version {version} is live"),
+        Note::Redelivered { job } => format!("queue redelivered job {} (no acknowledgement within AckWait)", job.0),
         Note::Crashed { .. } => "host crashed".into(),
         Note::Restarted { .. } => "host restarted".into(),
     }

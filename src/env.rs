@@ -19,6 +19,8 @@ pub enum Service {
     Orchestrator,
     /// The serving vector store (global DNS name).
     Vector,
+    /// The active node of the in-flight task queue.
+    Queue,
 }
 
 /// The phase of a step at which a worker can be killed (DOMAIN.md, Faults).
@@ -99,6 +101,11 @@ pub enum Timer {
     ProbeTick,
     /// Client: resubmit accepted jobs that have not finished.
     ClientResubmit,
+    /// Queue: a delivery's AckWait ran out.
+    Redeliver {
+        /// Queue sequence.
+        seq: u64,
+    },
     /// Vector store: run the integrity check.
     IntegrityCheck,
     /// Vector store: point-in-time restore finished.
@@ -111,6 +118,8 @@ pub enum Timer {
     FaultStart(u16),
     /// Harness: fault number `i` ends.
     FaultEnd(u16),
+    /// Harness: the queue's replica takes over.
+    QueueFailover(HostId),
     /// Harness: restart a host.
     Restart(HostId),
 }
@@ -229,6 +238,11 @@ pub enum Note {
     RolledBack {
         /// Version now live.
         version: u32,
+    },
+    /// The queue delivered a job again (its acknowledgement did not come).
+    Redelivered {
+        /// Job.
+        job: JobId,
     },
     /// A host crashed (fault).
     Crashed {

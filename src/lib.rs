@@ -16,6 +16,7 @@ pub mod measure;
 pub mod orchestrator;
 pub mod policy;
 pub mod provider;
+pub mod queue;
 pub mod region;
 pub mod report;
 pub mod router;

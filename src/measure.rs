@@ -40,6 +40,9 @@ pub struct FaultObs {
     /// For a permanent region loss of the primary: the lost primary's log
     /// and how much of it was acknowledged.
     pub lost_log: Option<LostLog>,
+    /// Messages an unreplicated queue held when its node was lost: the job
+    /// and when its publish was acknowledged.
+    pub lost_messages: Vec<(JobId, Micros)>,
 }
 
 /// The log of a primary lost with its region.
@@ -366,6 +369,9 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
         if let Some(at) = oldest_job {
             r.queue_s = age(at);
         }
+    }
+    if let Some(oldest) = f.lost_messages.iter().map(|&(_, at)| at).filter(|&at| at <= t0).min() {
+        r.queue_s = r.queue_s.max(age(oldest));
     }
     if f.kind == "region_loss" || f.kind == "vector_corruption" {
         // Vector memory: acknowledged points the serving store lacks (or

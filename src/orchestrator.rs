@@ -12,7 +12,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::env::{Env, Note, Timer};
-use crate::ids::{HostId, Micros, TaskId, US_PER_MS};
+use crate::ids::{HostId, JobId, Micros, TaskId, US_PER_MS};
 use crate::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
 use crate::wire::{Grant, Msg, WorkerWrite};
 
@@ -53,6 +53,8 @@ pub struct OrchConfig {
     pub wall_clock_leases: bool,
     /// Watch the error rate after a deploy and roll a bad version back.
     pub auto_rollback: bool,
+    /// Create at most one task per job (off: trust the queue's dedupe).
+    pub idempotent_create: bool,
 }
 
 /// A prompt/config version as workers receive it with their lease.
@@ -273,18 +275,14 @@ impl Orchestrator {
     pub fn on_msg(&mut self, env: &mut impl Env, from: HostId, msg: Msg) {
         match msg {
             Msg::Submit { job, template, steps, probe, replay } => {
-                if !self.serving {
-                    return; // not serving: the client retries elsewhere
+                if let Some(lsn) = self.create(env, job, template, steps, probe, replay) {
+                    self.reply_at(env, lsn, from, Msg::SubmitAck { job });
                 }
-                if self.store.task_for_job(job).is_some() {
-                    env.send(from, Msg::SubmitAck { job });
-                    return;
+            }
+            Msg::Deliver { seq, job, template, steps, probe, replay } => {
+                if let Some(lsn) = self.create(env, job, template, steps, probe, replay) {
+                    self.reply_at(env, lsn, from, Msg::QueueAck { seq });
                 }
-                let task = self.store.next_task_id();
-                let lsn = self.commit(env, Op::Create { task, job, template, steps, probe, replay });
-                self.ready.push_back(task);
-                self.reply_at(env, lsn, from, Msg::SubmitAck { job });
-                self.dispatch(env);
             }
             Msg::LeaseReq { req } => {
                 if let Some(slot) = self.parked.iter_mut().find(|(h, _)| *h == from) {
@@ -350,6 +348,30 @@ impl Orchestrator {
             }
             _ => {}
         }
+    }
+
+    /// Creates the task for a job (once per job under idempotent create).
+    /// Returns the LSN to acknowledge at, or `None` when not serving.
+    fn create(
+        &mut self,
+        env: &mut impl Env,
+        job: JobId,
+        template: u16,
+        steps: u16,
+        probe: bool,
+        replay: bool,
+    ) -> Option<u64> {
+        if !self.serving {
+            return None; // not serving: the sender retries
+        }
+        if self.cfg.idempotent_create && self.store.task_for_job(job).is_some() {
+            return Some(self.store.last_lsn());
+        }
+        let task = self.store.next_task_id();
+        let lsn = self.commit(env, Op::Create { task, job, template, steps, probe, replay });
+        self.ready.push_back(task);
+        self.dispatch(env);
+        Some(lsn)
     }
 
     fn on_write(&mut self, env: &mut impl Env, from: HostId, req: u32, token: u64, write: WorkerWrite) {

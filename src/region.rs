@@ -84,6 +84,8 @@ pub struct Dns {
     pub orchestrator: Record,
     /// The vector store's name.
     pub vector: Record,
+    /// The queue's active node (clients follow a queue failover at once).
+    pub queue: Record,
 }
 
 impl Dns {
@@ -93,6 +95,7 @@ impl Dns {
         match svc {
             Service::Orchestrator => self.orchestrator.resolve(now_us),
             Service::Vector => self.vector.resolve(now_us),
+            Service::Queue => self.queue.resolve(now_us),
         }
     }
 }

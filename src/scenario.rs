@@ -141,6 +141,9 @@ pub struct StackSpec {
     pub breaker: crate::router::BreakerConfig,
     /// Tool APIs.
     pub apis: ApisSpec,
+    /// The in-flight task queue between the client and the orchestrator
+    /// (absent: the client submits to the orchestrator directly).
+    pub queue: Option<crate::queue::QueueConfig>,
     /// Recovery-service scan interval.
     pub recovery_scan: Dur,
     /// Worker request timeout.
@@ -161,6 +164,7 @@ impl Default for StackSpec {
             providers: vec![ProviderConfig::anthropic(), ProviderConfig::openai(), ProviderConfig::local()],
             breaker: crate::router::BreakerConfig::default(),
             apis: ApisSpec::default(),
+            queue: None,
             recovery_scan: Dur::secs(5),
             request_timeout: Dur::secs(10),
         }
@@ -311,6 +315,9 @@ pub struct Workload {
     /// The client (or the upstream queue) submits again a job it was told
     /// was accepted but has not seen finish after this long.
     pub resubmit_after: Dur,
+    /// The client sends a submission again when no acknowledgement came
+    /// within this (a publisher's retry delay).
+    pub submit_retry: Dur,
 }
 
 impl Default for Workload {
@@ -322,6 +329,7 @@ impl Default for Workload {
             interval: Dur::secs(5),
             probe_interval: Dur::secs(2),
             resubmit_after: Dur::secs(300),
+            submit_retry: Dur::secs(5),
         }
     }
 }
@@ -533,6 +541,15 @@ pub enum FaultSpec {
         /// Which API.
         api: ToolApi,
     },
+    /// The in-flight task queue's active node is lost (with its storage when
+    /// the queue is not replicated).
+    QueueLoss {
+        /// When.
+        at: Dur,
+        /// How long until the node is back (never when absent).
+        #[serde(default)]
+        duration: Option<Dur>,
+    },
     /// A new prompt/config version that makes model output fail validation
     /// with probability `error_rate`.
     BadDeploy {
@@ -610,6 +627,7 @@ impl FaultSpec {
             FaultSpec::VectorCorruption { .. } => "vector_corruption",
             FaultSpec::ToolSchemaChange { .. } => "tool_schema_change",
             FaultSpec::BadDeploy { .. } => "bad_deploy",
+            FaultSpec::QueueLoss { .. } => "queue_loss",
         }
     }
 
@@ -635,7 +653,9 @@ impl FaultSpec {
             | FaultSpec::ReplicationLagSpike { duration, .. }
             | FaultSpec::PromptCacheLoss { duration, .. }
             | FaultSpec::ToolSchemaChange { duration, .. } => *duration,
-            FaultSpec::RegionLoss { duration, .. } | FaultSpec::ClockSkew { duration, .. } => (*duration)?,
+            FaultSpec::RegionLoss { duration, .. }
+            | FaultSpec::ClockSkew { duration, .. }
+            | FaultSpec::QueueLoss { duration, .. } => (*duration)?,
             _ => return None,
         };
         Some(Dur(at.0 + d.0))
@@ -656,7 +676,8 @@ impl FaultSpec {
             | FaultSpec::ClockSkew { at, .. }
             | FaultSpec::VectorCorruption { at, .. }
             | FaultSpec::ToolSchemaChange { at, .. }
-            | FaultSpec::BadDeploy { at, .. } => Some(*at),
+            | FaultSpec::BadDeploy { at, .. }
+            | FaultSpec::QueueLoss { at, .. } => Some(*at),
             FaultSpec::WorkerKill { .. } | FaultSpec::WorkerPause { .. } | FaultSpec::DiskLoss { .. } => None,
         }
     }
@@ -880,7 +901,14 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
                     );
                 }
             }
-            FaultSpec::ReplicationLagSpike { .. }
+            FaultSpec::QueueLoss { .. } if sc.stack.queue.is_none() => {
+                return bad(
+                    field("kind"),
+                    "the stack has no queue; add a [stack.queue] table or remove this fault".into(),
+                );
+            }
+            FaultSpec::QueueLoss { .. }
+            | FaultSpec::ReplicationLagSpike { .. }
             | FaultSpec::ToolSchemaChange { .. }
             | FaultSpec::PromptCacheLoss { provider: None, .. } => {}
             FaultSpec::PromptCacheLoss { provider: Some(provider), .. }

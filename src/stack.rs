@@ -18,6 +18,7 @@ use crate::ids::{HostId, JobId, Micros, Origin, RegionId, US_PER_MS, US_PER_S};
 use crate::ledger::{ApiConfig, CallOutcome, SideEffectApi};
 use crate::orchestrator::{OrchConfig, Orchestrator, Replication};
 use crate::provider::ProviderMock;
+use crate::queue::Queue;
 use crate::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
 use crate::scenario::{Arrival, Scenario, SnapshotLocation};
 use crate::sim::{Event, NetConfig, Runtime};
@@ -207,6 +208,8 @@ pub struct Client {
     retry_armed: bool,
     resubmit_armed: bool,
     resubmit_after_us: Micros,
+    retry_after_us: Micros,
+    via_queue: bool,
     probe_since: Option<Micros>,
     probe_interval_us: Micros,
     next_probe: u32,
@@ -235,6 +238,8 @@ pub enum Node {
     Vector(VectorNode),
     /// Failover controller.
     Controller(Controller),
+    /// In-flight task queue node.
+    Queue(Queue),
 }
 
 /// The built stack.
@@ -288,11 +293,9 @@ pub struct Hosts {
     pub local_b: Option<HostId>,
     /// Failover controller.
     pub controller: Option<HostId>,
+    /// Queue nodes (active, replica), when the stack has a queue.
+    pub queue: Option<[HostId; 2]>,
 }
-
-/// How long the client waits for a submission's acknowledgement before it
-/// sends it again.
-pub const CLIENT_RETRY_US: Micros = 5 * US_PER_S;
 
 /// Pops, from a queue ordered by time, the jobs older than `after_us` that
 /// are not `settled` yet; settled ones are dropped on the way.
@@ -424,6 +427,11 @@ impl Stack {
             }
         }
         let controller = two.then(|| rt.add_host("failover-controller", EXTERNAL));
+        let queue_hosts = spec.queue.map(|_| {
+            let a = rt.add_host("queue-a", REGION_A);
+            let b = rt.add_host("queue-b", if two { REGION_B } else { REGION_A });
+            [a, b]
+        });
 
         let replication = if two { spec.replication } else { Replication::None };
         let orch_cfg = OrchConfig {
@@ -435,6 +443,7 @@ impl Stack {
             client,
             wall_clock_leases: policy.wall_clock_leases,
             auto_rollback: policy.auto_rollback,
+            idempotent_create: policy.idempotent_create,
         };
 
         let mut nodes: Vec<Option<Node>> = (0..rt.hosts().len()).map(|_| None).collect();
@@ -491,6 +500,11 @@ impl Stack {
         if let (Some(h), Some(p)) = (local_b, spec.providers.last()) {
             nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
         }
+        if let (Some([qa, qb]), Some(qcfg)) = (queue_hosts, spec.queue) {
+            let replica = qcfg.replicated.then_some(qb);
+            nodes[qa.0 as usize] = Some(Node::Queue(Queue::new(qcfg, replica, true)));
+            nodes[qb.0 as usize] = Some(Node::Queue(Queue::new(qcfg, None, false)));
+        }
         if let Some(c) = controller {
             let f = spec.failover;
             let cfg = FailoverConfig {
@@ -537,6 +551,7 @@ impl Stack {
             providers,
             local_b,
             controller,
+            queue: queue_hosts,
             ..Hosts::default()
         };
         for i in 0..spec.workers {
@@ -595,6 +610,8 @@ impl Stack {
             retry_armed: false,
             resubmit_armed: false,
             resubmit_after_us: sc.workload.resubmit_after.us().max(US_PER_S),
+            retry_after_us: sc.workload.submit_retry.us().max(US_PER_MS),
+            via_queue: spec.queue.is_some(),
             probe_since: None,
             probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
             next_probe: n,
@@ -604,7 +621,8 @@ impl Stack {
         }));
 
         let ttl = spec.failover.dns_ttl.us();
-        let dns = Dns { orchestrator: Record::new(orch_a, ttl), vector: Record::new(vec_a, ttl) };
+        let queue_record = Record::new(queue_hosts.map_or(orch_a, |[qa, _]| qa), 0);
+        let dns = Dns { orchestrator: Record::new(orch_a, ttl), vector: Record::new(vec_a, ttl), queue: queue_record };
         let nodes: Vec<Node> = nodes.into_iter().map(|n| n.expect("every host has a component")).collect();
         let mut truth =
             Truth { accepted_us: vec![None; jobs.len()], completed: vec![false; jobs.len()], ..Truth::default() };
@@ -642,6 +660,11 @@ impl Stack {
             }
             Node::Worker(w) => w.start(&mut env),
             Node::Controller(c) => c.start(&mut env),
+            Node::Queue(q) => {
+                // A returning node that was failed away from is no longer active.
+                q.active = q.active && env.resolve(Service::Queue) == h;
+                q.start(&mut env)
+            }
             Node::Client(c) => c.start(&mut env),
             Node::Vector(v) => {
                 // A returning primary store serves again if traffic still goes to it.
@@ -713,6 +736,7 @@ impl Stack {
                     }
                     Node::Vector(v) => v.on_msg(&mut env, from, msg),
                     Node::Controller(c) => c.on_msg(&mut env, from, msg),
+                    Node::Queue(q) => q.on_msg(&mut env, from, msg),
                     Node::Client(c) => c.on_msg(&mut env, from, msg),
                 }
             }
@@ -723,6 +747,7 @@ impl Stack {
                     Node::Orchestrator(o) => o.on_timer(&mut env, timer),
                     Node::Vector(v) => v.on_timer(&mut env, timer),
                     Node::Controller(c) => c.on_timer(&mut env, timer),
+                    Node::Queue(q) => q.on_timer(&mut env, timer),
                     Node::Client(c) => c.on_timer(&mut env, timer, jobs),
                     _ => {}
                 }
@@ -983,11 +1008,17 @@ impl Client {
         let to = env.resolve(Service::Orchestrator);
         let steps = steps_of(&self.templates, spec.template);
         let replay = self.acked[job.0 as usize];
-        env.send(to, Msg::Submit { job, template: spec.template, steps, probe: spec.probe, replay });
+        let (template, probe) = (spec.template, spec.probe);
+        if self.via_queue {
+            let to = env.resolve(Service::Queue);
+            env.send(to, Msg::Publish { job, template, steps, probe, replay });
+        } else {
+            env.send(to, Msg::Submit { job, template, steps, probe, replay });
+        }
         self.pending.push_back((env.now_us(), job));
         if !self.retry_armed {
             self.retry_armed = true;
-            env.set_timer(CLIENT_RETRY_US, Timer::ClientRetry);
+            env.set_timer(self.retry_after_us, Timer::ClientRetry);
         }
     }
 
@@ -1039,12 +1070,12 @@ impl Client {
             Timer::ClientRetry => {
                 self.retry_armed = false;
                 let acked = &self.acked;
-                for job in due(&mut self.pending, now, CLIENT_RETRY_US, |j| acked[j.0 as usize]) {
+                for job in due(&mut self.pending, now, self.retry_after_us, |j| acked[j.0 as usize]) {
                     self.submit(env, job);
                 }
                 if !self.pending.is_empty() && !self.retry_armed {
                     self.retry_armed = true;
-                    env.set_timer(CLIENT_RETRY_US, Timer::ClientRetry);
+                    env.set_timer(self.retry_after_us, Timer::ClientRetry);
                 }
             }
             Timer::ProbeTick => self.probe(env),
@@ -1116,6 +1147,33 @@ impl Stack {
     /// A host by name.
     pub fn host_named(&self, name: &str) -> Option<HostId> {
         self.rt.hosts().iter().position(|h| h.name == name).map(|i| HostId(i as u32))
+    }
+
+    /// The queue node on `h`.
+    pub fn queue(&self, h: HostId) -> Option<&Queue> {
+        match &self.nodes[h.0 as usize] {
+            Node::Queue(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// The queue node on `h`, mutably.
+    pub fn queue_mut(&mut self, h: HostId) -> Option<&mut Queue> {
+        match &mut self.nodes[h.0 as usize] {
+            Node::Queue(q) => Some(q),
+            _ => None,
+        }
+    }
+
+    /// The queue's replica on `h` becomes the active node; clients follow.
+    pub fn activate_queue(&mut self, h: HostId) {
+        let now = self.rt.now_us();
+        self.dns.queue.switch(now, h);
+        let Stack { rt, nodes, dns, truth, .. } = self;
+        let mut env = SimEnv { rt, me: h, dns, truth };
+        if let Node::Queue(q) = &mut nodes[h.0 as usize] {
+            q.activate(&mut env);
+        }
     }
 
     /// A worker's local disk is lost.

@@ -6,7 +6,7 @@
 //! knows which. Large payloads are boxed so the common messages stay small
 //! on the simulator's hot path.
 
-use crate::ids::{IdemKey, JobId, Micros, Origin, TaskId};
+use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId};
 use crate::ledger::{CallOutcome, Lookup};
 use crate::provider::{ModelOutcome, ModelRequest};
 use crate::store::{LogRec, StepRec};
@@ -77,6 +77,63 @@ pub enum Msg {
         job: JobId,
     },
 
+    /// Publish a job to the queue (message id = job id).
+    Publish {
+        /// Job.
+        job: JobId,
+        /// Template.
+        template: u16,
+        /// Steps.
+        steps: u16,
+        /// Harness probe.
+        probe: bool,
+        /// A resubmission.
+        replay: bool,
+    },
+    /// The queue delivers a job to the consumer (the orchestrator).
+    Deliver {
+        /// Queue sequence.
+        seq: u64,
+        /// Job.
+        job: JobId,
+        /// Template.
+        template: u16,
+        /// Steps.
+        steps: u16,
+        /// Harness probe.
+        probe: bool,
+        /// A resubmission.
+        replay: bool,
+    },
+    /// The consumer acknowledges a delivery (the task is durable).
+    QueueAck {
+        /// Queue sequence.
+        seq: u64,
+    },
+    /// The active queue node mirrors a publish to its replica.
+    Mirror {
+        /// Queue sequence.
+        seq: u64,
+        /// Job.
+        job: JobId,
+        /// Template.
+        template: u16,
+        /// Steps.
+        steps: u16,
+        /// Harness probe.
+        probe: bool,
+        /// A resubmission.
+        replay: bool,
+        /// Who to answer once mirrored.
+        publisher: HostId,
+    },
+    /// The replica holds the mirrored publish.
+    MirrorAck {
+        /// Job.
+        job: JobId,
+        /// Who to answer.
+        publisher: HostId,
+    },
     /// A probe job finished (the orchestrator tells the client).
     Completed {
         /// Job.

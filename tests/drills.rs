@@ -104,6 +104,7 @@ fn the_reference_stack_passes_region_and_provider_drills_over_seeds() {
         "scenarios/data",
         "scenarios/deploy",
         "scenarios/tools",
+        "scenarios/queue",
     ] {
         for f in catalogue(dir) {
             let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));

@@ -149,3 +149,25 @@ fn corruption_with_no_integrity_check_is_caught() {
     let r = drill::run(&sc, 1);
     caught(&r, "no integrity check", "RPO");
 }
+
+#[test]
+fn a_replicated_queue_loses_nothing_and_an_unreplicated_one_reports_its_loss() {
+    for seed in 1..=4 {
+        let r = drill::run(&load("queue/replicated-queue-loss.toml"), seed);
+        clean(&r, "replicated queue");
+        assert_eq!(r.rpo_surfaces.queue_s, 0.0);
+        let r = drill::run(&load("queue/unreplicated-queue-loss.toml"), seed);
+        clean(&r, "unreplicated queue");
+        // Jobs piled up from 30 s (the partition) to 120 s (the loss).
+        let q = r.rpo_surfaces.queue_s;
+        assert!((80.0..=90.5).contains(&q), "seed {seed}: queue RPO {q}");
+    }
+}
+
+#[test]
+fn a_dedupe_window_shorter_than_redelivery_duplicates_and_is_caught() {
+    for seed in 1..=4 {
+        clean(&drill::run(&load("queue/dedupe-window-covers-redelivery.toml"), seed), "dedupe covers");
+    }
+    caught(&drill::run(&load("antipatterns/queue-dedupe-window.toml"), 33), "queue dedupe", "duplicate side effects");
+}

@@ -1,0 +1,220 @@
+//! The in-flight task queue, with NATS JetStream's semantics: publishes are
+//! deduplicated on their message id (the job id) within a window; a message
+//! is delivered to the consumer (the orchestrator) and redelivered after
+//! `ack_wait` until acknowledged, at most `max_deliver` times; WorkQueue
+//! retention (an acknowledged message is gone).
+//!
+//! Replicated, every publish and acknowledgement is mirrored to a replica in
+//! the other region before the publisher is answered, so losing the queue
+//! node loses nothing; unreplicated, the messages on the node are lost with
+//! it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::env::{Env, Note, Service, Timer};
+use crate::ids::{HostId, JobId, Micros, US_PER_MS};
+use crate::wire::Msg;
+
+/// Queue settings (`[stack.queue]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Publishes with a message id seen within this window are dropped as
+    /// duplicates (JetStream's default is 2 minutes), in ms.
+    pub dedupe_window_ms: u64,
+    /// A delivered message not acknowledged within this is delivered again
+    /// (JetStream's AckWait, default 30 s), in ms.
+    pub ack_wait_ms: u64,
+    /// At most this many deliveries, then the message is dropped
+    /// (JetStream's MaxDeliver; absent = unlimited, its default).
+    pub max_deliver: Option<u32>,
+    /// Mirror every message to a replica in the other region.
+    pub replicated: bool,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { dedupe_window_ms: 120_000, ack_wait_ms: 30_000, max_deliver: None, replicated: true }
+    }
+}
+
+/// A job waiting in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Job (the message id).
+    pub job: JobId,
+    /// Template.
+    pub template: u16,
+    /// Steps.
+    pub steps: u16,
+    /// Harness probe.
+    pub probe: bool,
+    /// A resubmission.
+    pub replay: bool,
+    /// When the publish was acknowledged.
+    pub published_us: Micros,
+    /// Deliveries so far.
+    pub deliveries: u32,
+}
+
+/// The queue component (one node; its replica is another instance).
+pub struct Queue {
+    cfg: QueueConfig,
+    /// Durable: messages not yet acknowledged, by sequence.
+    messages: BTreeMap<u64, Message>,
+    next_seq: u64,
+    /// Durable: message ids seen within the dedupe window.
+    seen: FxHashMap<JobId, Micros>,
+    seen_order: VecDeque<(Micros, JobId)>,
+    /// Mirror target (the replica), on the active node.
+    replica: Option<HostId>,
+    /// This node serves (the active one).
+    pub active: bool,
+    /// Publishes answered as duplicates.
+    pub duplicates_dropped: u64,
+    /// Messages dropped after `max_deliver` deliveries.
+    pub dead_lettered: u64,
+}
+
+impl Queue {
+    /// A queue node.
+    pub fn new(cfg: QueueConfig, replica: Option<HostId>, active: bool) -> Self {
+        Queue {
+            cfg,
+            messages: BTreeMap::new(),
+            next_seq: 1,
+            seen: FxHashMap::default(),
+            seen_order: VecDeque::new(),
+            replica,
+            active,
+            duplicates_dropped: 0,
+            dead_lettered: 0,
+        }
+    }
+
+    /// Messages held (published, not yet acknowledged by the consumer).
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.messages.values()
+    }
+
+    /// Whether publishes are mirrored to a replica.
+    pub fn replicated(&self) -> bool {
+        self.cfg.replicated
+    }
+
+    /// The node's storage is lost (an unreplicated queue lost with its node).
+    pub fn wipe(&mut self) {
+        self.messages.clear();
+        self.seen.clear();
+        self.seen_order.clear();
+    }
+
+    /// Becomes the active node (failover to the replica): redelivers every
+    /// message it holds.
+    pub fn activate(&mut self, env: &mut impl Env) {
+        self.active = true;
+        self.replica = None;
+        let seqs: Vec<u64> = self.messages.keys().copied().collect();
+        for seq in seqs {
+            self.deliver(env, seq);
+        }
+    }
+
+    /// Start-up: redeliver what is held.
+    pub fn start(&mut self, env: &mut impl Env) {
+        if self.active {
+            let seqs: Vec<u64> = self.messages.keys().copied().collect();
+            for seq in seqs {
+                self.deliver(env, seq);
+            }
+        }
+    }
+
+    fn prune_seen(&mut self, now_us: Micros) {
+        let window = self.cfg.dedupe_window_ms * US_PER_MS;
+        while let Some(&(at, job)) = self.seen_order.front() {
+            if at + window > now_us {
+                break;
+            }
+            self.seen_order.pop_front();
+            if self.seen.get(&job) == Some(&at) {
+                self.seen.remove(&job);
+            }
+        }
+    }
+
+    fn deliver(&mut self, env: &mut impl Env, seq: u64) {
+        let Some(m) = self.messages.get_mut(&seq) else { return };
+        if self.cfg.max_deliver.is_some_and(|max| m.deliveries >= max) {
+            self.messages.remove(&seq);
+            self.dead_lettered += 1;
+            return;
+        }
+        m.deliveries += 1;
+        let m = *m;
+        let to = env.resolve(Service::Orchestrator);
+        env.send(
+            to,
+            Msg::Deliver { seq, job: m.job, template: m.template, steps: m.steps, probe: m.probe, replay: m.replay },
+        );
+        env.set_timer(self.cfg.ack_wait_ms * US_PER_MS, Timer::Redeliver { seq });
+    }
+
+    /// Handles a message.
+    pub fn on_msg(&mut self, env: &mut impl Env, from: HostId, msg: Msg) {
+        let now = env.now_us();
+        match msg {
+            Msg::Publish { job, template, steps, probe, replay } if self.active => {
+                self.prune_seen(now);
+                if self.seen.contains_key(&job) {
+                    self.duplicates_dropped += 1;
+                    env.send(from, Msg::SubmitAck { job });
+                    return;
+                }
+                self.seen.insert(job, now);
+                self.seen_order.push_back((now, job));
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let m = Message { job, template, steps, probe, replay, published_us: now, deliveries: 0 };
+                self.messages.insert(seq, m);
+                match self.replica {
+                    // Answer the publisher once the replica holds it.
+                    Some(r) => env.send(r, Msg::Mirror { seq, job, template, steps, probe, replay, publisher: from }),
+                    None => env.send(from, Msg::SubmitAck { job }),
+                }
+                self.deliver(env, seq);
+            }
+            Msg::Mirror { seq, job, template, steps, probe, replay, publisher } => {
+                self.seen.insert(job, now);
+                self.seen_order.push_back((now, job));
+                self.next_seq = self.next_seq.max(seq + 1);
+                let m = Message { job, template, steps, probe, replay, published_us: now, deliveries: 0 };
+                self.messages.insert(seq, m);
+                env.send(from, Msg::MirrorAck { job, publisher });
+            }
+            Msg::MirrorAck { job, publisher } => env.send(publisher, Msg::SubmitAck { job }),
+            Msg::QueueAck { seq } => {
+                self.messages.remove(&seq);
+                if let Some(r) = self.replica {
+                    env.send(r, Msg::QueueAck { seq });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles a timer.
+    pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
+        if let Timer::Redeliver { seq } = timer
+            && self.active
+            && self.messages.contains_key(&seq)
+        {
+            let job = self.messages[&seq].job;
+            env.note(Note::Redelivered { job });
+            self.deliver(env, seq);
+        }
+    }
+}
