@@ -78,6 +78,9 @@ pub struct DrillResult {
     pub cost: Cost,
     /// Cost of the same drill without faults.
     pub baseline_cost: Cost,
+    /// What the standby region costs to keep running, USD per month (the
+    /// price of the pattern, whatever the drill).
+    pub standby_usd_per_month: f64,
     /// Simulated seconds covered (the horizon; idle time is skipped, not run).
     pub simulated_s: f64,
     /// Events the runtime handled.
@@ -354,7 +357,8 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     if stack.rt.host(primary).region == r {
                         let o = stack.orch(primary);
                         let acked_upto = match sc.stack.replication {
-                            Replication::Sync => o.replica_acked(),
+                            // Under semi-sync fallback, writes released unconfirmed were acknowledged.
+                            Replication::Sync { degrade_after_ms: None } => o.replica_acked(),
                             _ => o.store().last_lsn(),
                         };
                         obs[i as usize].lost_log = Some(LostLog { log: o.store().log().to_vec(), acked_upto });
@@ -517,6 +521,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         counts,
         cost: cost_now,
         baseline_cost,
+        standby_usd_per_month: crate::matrix::standby_usd_per_month(sc),
         simulated_s: us_to_s(horizon_us),
         events: stats.events,
         calls: stack.truth.calls,
@@ -568,6 +573,7 @@ pub fn describe(note: &Note) -> String {
             format!("health checks after deploy failed: rolling back version {version}")
         }
         Note::RolledBack { version } => format!("rolled back: version {version} is live"),
+        Note::SyncDegraded => "synchronous replica silent: writes acknowledged without it (semi-sync fallback)".into(),
         Note::Redelivered { job } => format!("queue redelivered job {} (no acknowledgement within AckWait)", job.0),
         Note::Crashed { .. } => "host crashed".into(),
         Note::Restarted { .. } => "host restarted".into(),

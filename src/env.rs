@@ -110,6 +110,8 @@ pub enum Timer {
     IntegrityCheck,
     /// Vector store: point-in-time restore finished.
     RestoreDone,
+    /// Orchestrator: release writes the synchronous replica has not confirmed.
+    SyncDegrade,
     /// Orchestrator: a deploy's health window closed.
     DeployCheck,
     /// Orchestrator: a rollback finished.
@@ -224,6 +226,9 @@ pub enum Note {
         /// When the restored snapshot was taken (0: none was clean; empty).
         snapshot_taken_at_us: Micros,
     },
+    /// Synchronous replication fell back to asynchronous (the replica did
+    /// not confirm in time).
+    SyncDegraded,
     /// A new prompt/config version went out.
     Deployed {
         /// Version.

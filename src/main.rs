@@ -42,6 +42,28 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Run every disruption type (worker, provider, network, region, data
+    /// corruption) against a stack over several seeds and print which tiers
+    /// it measurably meets, per disruption type, with the worst RTO and RPO.
+    ///
+    /// STACK is a scenario file; its faults are ignored. With --patterns the
+    /// same is done for the active-active, warm-standby and cold-standby
+    /// patterns built from the stack, side by side, with their standby cost.
+    ///
+    /// Example: agentdrill matrix fixtures/stacks/warm-standby.toml --patterns
+    Matrix {
+        /// The stack description (a scenario file).
+        stack: PathBuf,
+        /// Seeds per drill (1..=N).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Compare the three failover patterns built from this stack.
+        #[arg(long)]
+        patterns: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Print a drill's timeline: faults, detection, failover, recovery.
     ///
     /// Example: agentdrill explain scenarios/worker/kill-in-flight.toml
@@ -106,6 +128,19 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<scenario::Scenario>, ExitCode> {
     if bad { Err(ExitCode::from(2)) } else { Ok(out) }
 }
 
+/// A progress bar on stderr when it is a terminal (hidden otherwise).
+fn progress(len: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} drills {elapsed}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -131,6 +166,39 @@ fn main() -> ExitCode {
                 Format::Json => println!("{}", report::json(&results)),
             }
             if results.iter().all(|r| r.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Command::Matrix { stack, seeds, patterns, format } => {
+            let sc = match scenario::load(&stack) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if seeds == 0 {
+                eprintln!("error: --seeds must be at least 1");
+                return ExitCode::from(2);
+            }
+            let per = agentdrill::matrix::drills_per_matrix(&sc, seeds) * if patterns { 3 } else { 1 };
+            let bar = progress(per);
+            let tick = || bar.inc(1);
+            let out = if patterns {
+                let ms = agentdrill::matrix::patterns(&sc, seeds, tick);
+                bar.finish_and_clear();
+                match format {
+                    Format::Table => agentdrill::matrix::render_patterns(&ms),
+                    Format::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
+                }
+            } else {
+                let m = agentdrill::matrix::matrix(&sc, seeds, tick);
+                bar.finish_and_clear();
+                match format {
+                    Format::Table => agentdrill::matrix::render(&m),
+                    Format::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
+                }
+            };
+            print!("{out}");
+            ExitCode::SUCCESS
         }
         Command::Explain { file, seed } => {
             let sc = match scenario::load(&file) {

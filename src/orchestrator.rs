@@ -22,8 +22,16 @@ use crate::wire::{Grant, Msg, WorkerWrite};
 pub enum Replication {
     /// No replica.
     None,
-    /// A write is acknowledged only once the replica has it.
-    Sync,
+    /// A write is acknowledged only once the replica has it. With
+    /// `degrade_after_ms`, a write the replica has not confirmed within that
+    /// long is acknowledged anyway (semi-synchronous fallback, as MySQL's
+    /// semi-sync timeout): writes keep flowing through a partition, at the
+    /// price of an RPO above zero while degraded.
+    Sync {
+        /// Fall back to asynchronous after this long without the replica.
+        #[serde(default)]
+        degrade_after_ms: Option<u64>,
+    },
     /// Writes are shipped in batches every `interval_ms`, each record once
     /// it is `lag_ms` old.
     Async {
@@ -91,7 +99,7 @@ pub struct Orchestrator {
     ready: VecDeque<TaskId>,
     parked: VecDeque<(HostId, u32)>,
     expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
-    pending_sync: VecDeque<(u64, HostId, Msg)>,
+    pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
     replica_acked: u64,
     stale_accepted: u64,
     reorder: std::collections::BTreeMap<u64, crate::store::LogRec>,
@@ -253,7 +261,7 @@ impl Orchestrator {
 
     fn commit(&mut self, env: &mut impl Env, op: Op) -> u64 {
         let lsn = self.store.commit(env.now_us(), op);
-        if self.cfg.replication == Replication::Sync
+        if matches!(self.cfg.replication, Replication::Sync { .. })
             && let Some(r) = self.cfg.replica
         {
             let rec = *self.store.log().last().expect("just committed");
@@ -264,8 +272,16 @@ impl Orchestrator {
 
     /// Replies once `lsn` is durable per the replication mode.
     fn reply_at(&mut self, env: &mut impl Env, lsn: u64, to: HostId, msg: Msg) {
-        if self.cfg.replication == Replication::Sync && self.cfg.replica.is_some() && lsn > self.replica_acked {
-            self.pending_sync.push_back((lsn, to, msg));
+        if let Replication::Sync { degrade_after_ms } = self.cfg.replication
+            && self.cfg.replica.is_some()
+            && lsn > self.replica_acked
+        {
+            if let Some(ms) = degrade_after_ms
+                && self.pending_sync.is_empty()
+            {
+                env.set_timer(ms * US_PER_MS, Timer::SyncDegrade);
+            }
+            self.pending_sync.push_back((lsn, env.now_us(), to, msg));
         } else {
             env.send(to, msg);
         }
@@ -330,11 +346,11 @@ impl Orchestrator {
             }
             Msg::ReplicateAck { lsn } => {
                 self.replica_acked = self.replica_acked.max(lsn);
-                while let Some((l, _, _)) = self.pending_sync.front() {
+                while let Some((l, _, _, _)) = self.pending_sync.front() {
                     if *l > self.replica_acked {
                         break;
                     }
-                    let (_, to, m) = self.pending_sync.pop_front().expect("front");
+                    let (_, _, to, m) = self.pending_sync.pop_front().expect("front");
                     env.send(to, m);
                 }
             }
@@ -482,6 +498,28 @@ impl Orchestrator {
             Timer::RecoveryScan if self.serving => {
                 self.recovery_scan(env);
                 env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
+            }
+            Timer::SyncDegrade => {
+                // Semi-synchronous fallback: release writes the replica has
+                // not confirmed within the limit.
+                let Replication::Sync { degrade_after_ms: Some(ms) } = self.cfg.replication else { return };
+                let limit = ms * US_PER_MS;
+                let now = env.now_us();
+                let mut released = false;
+                while let Some(&(_, at, _, _)) = self.pending_sync.front() {
+                    if at + limit > now {
+                        break;
+                    }
+                    let (_, _, to, m) = self.pending_sync.pop_front().expect("front");
+                    env.send(to, m);
+                    released = true;
+                }
+                if released {
+                    env.note(Note::SyncDegraded);
+                }
+                if let Some(&(_, at, _, _)) = self.pending_sync.front() {
+                    env.set_timer(at + limit - now, Timer::SyncDegrade);
+                }
             }
             Timer::DeployCheck => {
                 let Some(w) = self.watch else { return };
