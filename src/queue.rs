@@ -218,3 +218,106 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{Note, Phase};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// A recording environment: the queue's sends and timers, no network.
+    struct Rec {
+        now: Micros,
+        rng: ChaCha8Rng,
+        sent: Vec<(HostId, Msg)>,
+        timers: Vec<(Micros, Timer)>,
+    }
+
+    impl Env for Rec {
+        fn now_us(&self) -> Micros {
+            self.now
+        }
+        fn me(&self) -> HostId {
+            HostId(0)
+        }
+        fn send(&mut self, to: HostId, msg: Msg) {
+            self.sent.push((to, msg));
+        }
+        fn send_after(&mut self, _d: Micros, to: HostId, msg: Msg) {
+            self.sent.push((to, msg));
+        }
+        fn set_timer(&mut self, after_us: Micros, timer: Timer) {
+            self.timers.push((self.now + after_us, timer));
+        }
+        fn rng(&mut self) -> &mut ChaCha8Rng {
+            &mut self.rng
+        }
+        fn resolve(&self, _svc: Service) -> HostId {
+            HostId(9)
+        }
+        fn note(&mut self, _note: Note) {}
+        fn reach(&mut self, _h: HostId, _j: JobId, _s: u16, _p: Phase) -> bool {
+            false
+        }
+    }
+
+    fn env() -> Rec {
+        Rec { now: 0, rng: ChaCha8Rng::seed_from_u64(1), sent: Vec::new(), timers: Vec::new() }
+    }
+
+    fn publish(job: u32) -> Msg {
+        Msg::Publish { job: JobId(job), template: 0, steps: 3, probe: false, replay: false }
+    }
+
+    fn deliveries(e: &Rec) -> usize {
+        e.sent.iter().filter(|(_, m)| matches!(m, Msg::Deliver { .. })).count()
+    }
+
+    #[test]
+    fn duplicates_inside_the_window_are_dropped_and_outside_it_are_not() {
+        let cfg = QueueConfig { dedupe_window_ms: 1_000, replicated: false, ..QueueConfig::default() };
+        let mut q = Queue::new(cfg, None, true);
+        let mut e = env();
+        q.on_msg(&mut e, HostId(1), publish(7));
+        e.now = 999_000;
+        q.on_msg(&mut e, HostId(1), publish(7));
+        assert_eq!((q.duplicates_dropped, deliveries(&e)), (1, 1));
+        e.now = 1_000_000;
+        q.on_msg(&mut e, HostId(1), publish(7));
+        assert_eq!(deliveries(&e), 2, "after the window the same id is a new message");
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_redelivered_up_to_max_deliver() {
+        let cfg = QueueConfig { max_deliver: Some(2), replicated: false, ..QueueConfig::default() };
+        let mut q = Queue::new(cfg, None, true);
+        let mut e = env();
+        q.on_msg(&mut e, HostId(1), publish(3));
+        let Timer::Redeliver { seq } = e.timers[0].1 else { panic!("AckWait timer") };
+        q.on_timer(&mut e, Timer::Redeliver { seq });
+        q.on_timer(&mut e, Timer::Redeliver { seq });
+        assert_eq!(deliveries(&e), 2);
+        assert_eq!((q.dead_lettered, q.messages().count()), (1, 0));
+    }
+
+    #[test]
+    fn an_acknowledged_message_is_gone_and_a_replica_answers_the_publisher() {
+        let mut q = Queue::new(QueueConfig::default(), Some(HostId(5)), true);
+        let mut e = env();
+        q.on_msg(&mut e, HostId(1), publish(4));
+        assert!(
+            !e.sent.iter().any(|(_, m)| matches!(m, Msg::SubmitAck { .. })),
+            "a replicated publish is answered only once mirrored"
+        );
+        let mirror = e.sent.iter().find(|(to, _)| *to == HostId(5)).map(|(_, m)| m.clone()).expect("mirrored");
+        let mut replica = Queue::new(QueueConfig::default(), None, false);
+        let mut r = env();
+        replica.on_msg(&mut r, HostId(0), mirror);
+        assert_eq!(replica.messages().count(), 1);
+        q.on_msg(&mut e, HostId(9), Msg::QueueAck { seq: 1 });
+        assert_eq!(q.messages().count(), 0);
+        replica.on_msg(&mut r, HostId(0), Msg::QueueAck { seq: 1 });
+        assert_eq!(replica.messages().count(), 0, "acks are mirrored too");
+    }
+}
