@@ -12,6 +12,7 @@ use crate::region::Request;
 use crate::scenario::{Expect, FaultSpec, RegionName, Scenario, When, WorkerTarget};
 use crate::stack::{REGION_A, REGION_B, Stack, TraceEvent, Trigger};
 use crate::store::TaskStatus;
+use crate::tier::Invariant;
 
 /// Cost of a run.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
@@ -34,7 +35,7 @@ pub struct DrillResult {
     /// Seed.
     pub seed: u64,
     /// Tier name.
-    pub tier: &'static str,
+    pub tier: String,
     /// Expected outcome.
     pub expect: Expect,
     /// "pass" or "fail" (for an `expect = "fail"` drill, "pass" means the
@@ -64,6 +65,8 @@ pub struct DrillResult {
     pub target_rto_s: f64,
     /// Target RPO, seconds.
     pub target_rpo_s: f64,
+    /// The zero-tolerance counts the tier checks.
+    pub invariants: Vec<Invariant>,
     /// Every violated target, with the measured value.
     pub violations: Vec<String>,
     /// Per-fault measurements.
@@ -305,8 +308,8 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     let cost_now = cost(&run.stack);
     let baseline_cost = baseline.as_ref().map_or(cost_now, |b| cost(&b.stack));
 
-    let tier = sc.tier;
-    let (target_rto_s, target_rpo_s) = (tier.rto_s(), tier.rpo_s());
+    let targets = sc.tier.targets();
+    let (target_rto_s, target_rpo_s) = (targets.rto_s, targets.rpo_s);
     let mut rto_s = Some(0.0);
     let mut rto_parts = RtoParts::default();
     let mut rpo = RpoSurfaces::default();
@@ -339,16 +342,16 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     if rpo_s >= target_rpo_s {
         violations.push(format!("RPO {rpo_s:.1} s ≥ target {target_rpo_s:.0} s"));
     }
-    let zero = [
-        ("duplicate side effects", counts.duplicates),
-        ("lost side effects", counts.lost_effects),
-        ("stuck tasks", counts.stuck_tasks),
-        ("replanned steps", counts.replanned_steps),
-        ("stale writes (fencing)", counts.stale_writes),
-    ];
-    for (what, n) in zero {
+    for &inv in &targets.invariants {
+        let n = match inv {
+            Invariant::NoDuplicates => counts.duplicates,
+            Invariant::NoLostEffects => counts.lost_effects,
+            Invariant::NoStuckTasks => counts.stuck_tasks,
+            Invariant::NoReplannedSteps => counts.replanned_steps,
+            Invariant::NoStaleWrites => counts.stale_writes,
+        };
         if n > 0 {
-            violations.push(format!("{what}: {n}, target 0"));
+            violations.push(format!("{}: {n}, target 0", inv.counts()));
         }
     }
     if let Some(limit) = sc.max_cost_increase_pct
@@ -370,7 +373,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         scenario: sc.name.clone(),
         purpose: sc.purpose.clone(),
         seed,
-        tier: tier.name(),
+        tier: sc.tier.name().to_owned(),
         expect: sc.expect,
         verdict: if passed { "pass" } else { "fail" },
         met_targets,
@@ -385,6 +388,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         stale_writes: counts.stale_writes,
         target_rto_s,
         target_rpo_s,
+        invariants: targets.invariants,
         violations,
         faults,
         counts,

@@ -12,6 +12,7 @@ pub mod drill;
 pub mod env;
 pub mod ids;
 pub mod ledger;
+pub mod loader;
 pub mod measure;
 pub mod orchestrator;
 pub mod policy;

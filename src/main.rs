@@ -78,6 +78,9 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let p = entry?.path();
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['_', '.'])) {
+            continue; // shared pieces for `include`, hidden files
+        }
         if p.is_dir() {
             walk(&p, out)?;
         } else if p.extension().is_some_and(|e| e == "toml") {
@@ -98,7 +101,9 @@ fn load_all(paths: &[PathBuf]) -> Result<Vec<scenario::Scenario>, ExitCode> {
         match scenario::load(&f) {
             Ok(s) => out.push(s),
             Err(e) => {
-                eprintln!("error: {e}");
+                for e in e.all() {
+                    eprintln!("error: {e}");
+                }
                 bad = true;
             }
         }

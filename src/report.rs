@@ -25,7 +25,7 @@ pub fn json(drills: &[DrillResult]) -> String {
 #[derive(Tabled)]
 struct Row {
     scenario: String,
-    tier: &'static str,
+    tier: String,
     #[tabled(rename = "RTO s (target)")]
     rto: String,
     #[tabled(rename = "RPO s (target)")]
@@ -46,7 +46,7 @@ pub fn table(drills: &[DrillResult]) -> String {
         .iter()
         .map(|d| Row {
             scenario: d.scenario.clone(),
-            tier: d.tier,
+            tier: d.tier.clone(),
             rto: format!("{} (<{:.0})", fmt_opt(d.rto_s), d.target_rto_s),
             rpo: format!("{:.1} (<{:.0})", d.rpo_s, d.target_rpo_s),
             duplicates: d.duplicates,
