@@ -21,6 +21,7 @@ pub mod region;
 pub mod report;
 pub mod router;
 pub mod scenario;
+pub mod schema;
 pub mod sim;
 pub mod stack;
 pub mod store;

@@ -52,6 +52,11 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Print the JSON Schema of scenario files (generated from the types).
+    ///
+    /// Point an editor at it to check scenarios as you type.
+    #[command(after_help = "Example:\n  agentdrill schema > scenario.schema.json")]
+    Schema,
 }
 
 fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -149,6 +154,10 @@ fn main() -> ExitCode {
             println!("{} (tier {}, seed {})", r.scenario, r.tier, r.seed);
             print!("{}", report::timeline(&r));
             print!("{}", report::table(std::slice::from_ref(&r)));
+            ExitCode::SUCCESS
+        }
+        Command::Schema => {
+            println!("{}", agentdrill::schema::render());
             ExitCode::SUCCESS
         }
     }

@@ -91,7 +91,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 pub const MAX_DURATION_MS: u64 = 100 * 365 * 86_400_000;
 
 /// Whether the drill is expected to pass or to be caught failing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Expect {
     /// The stack must meet its tier.
@@ -102,7 +102,7 @@ pub enum Expect {
 }
 
 /// A drill.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Name (defaults to the file stem).
@@ -141,7 +141,7 @@ fn default_seed() -> u64 {
 }
 
 /// The stack description.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StackSpec {
     /// Failover pattern.
@@ -204,7 +204,7 @@ impl StackSpec {
 }
 
 /// Failover timings as written.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverSpec {
     /// Health-check interval.
@@ -235,7 +235,7 @@ impl Default for FailoverSpec {
 }
 
 /// Where vector snapshots go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotLocation {
     /// Shipped to the other region (reference).
@@ -245,7 +245,7 @@ pub enum SnapshotLocation {
 }
 
 /// Vector memory settings.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct VectorSpec {
     /// Snapshot cadence.
@@ -276,7 +276,7 @@ impl Default for VectorSpec {
 }
 
 /// Tool API settings.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApisSpec {
     /// The payment API deduplicates on the idempotency key.
@@ -304,7 +304,7 @@ impl Default for ApisSpec {
 }
 
 /// How jobs arrive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arrival {
     /// All at time zero.
@@ -316,7 +316,7 @@ pub enum Arrival {
 }
 
 /// The workload.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Workload {
     /// Templates, used round-robin.
@@ -344,7 +344,7 @@ impl Default for Workload {
 }
 
 /// A region by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RegionName {
     /// The primary region.
@@ -371,12 +371,28 @@ pub enum When {
     At(Dur),
 }
 
-#[derive(Deserialize)]
+/// When a job reaches a step's phase.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EventAt {
+    /// Job number (0-based, in arrival order).
     job: u32,
+    /// Step ordinal (0-based) in the job's template.
     step: u16,
+    /// Phase of the step.
     phase: Phase,
+}
+
+impl schemars::JsonSchema for When {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "When".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "When a fault starts: at a time (\"90s\"), or when a job reaches a step's phase ({ job = 3, step = 2, phase = \"in_flight\" }).",
+            "oneOf": [g.subschema_for::<Dur>(), g.subschema_for::<EventAt>()]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for When {
@@ -400,7 +416,7 @@ impl<'de> Deserialize<'de> for When {
 }
 
 /// Which worker a fault hits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WorkerTarget {
     /// Worker number `n` of region A.
@@ -410,7 +426,7 @@ pub enum WorkerTarget {
 }
 
 /// One fault.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultSpec {
     /// Kill a worker (its memory and local disk are gone); it restarts fresh.
