@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use agentdrill::{drill, report, scenario};
+mod cli;
 
 /// Chaos and disaster-recovery drills for AI-agent stacks: RTO, RPO and
 /// duplicate side effects measured from ground truth.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = "Examples:\n  agentdrill run scenarios/                      run the catalogue, print the table\n  agentdrill run scenarios/ --out reports/       also write report.json, junit.xml, report.md\n  agentdrill explain scenarios/worker/kill-in-flight.toml\n  agentdrill validate scenarios/\n\nLogs: RUST_LOG=info agentdrill run scenarios/. Colour: off when NO_COLOR is set.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,6 +21,10 @@ struct Cli {
 enum Format {
     Table,
     Json,
+    /// JUnit XML: one test case per drill.
+    Junit,
+    /// Markdown: a summary table and one section per drill.
+    Markdown,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +35,9 @@ enum Command {
     /// caught), 1 a drill failed, 2 unusable input.
     ///
     /// Example: agentdrill run scenarios/ --seed 7 --format json
+    #[command(
+        after_help = "Examples:\n  agentdrill run scenarios/\n  agentdrill run scenarios/worker/ scenarios/region/warm-standby-loss.toml --seed 7\n  agentdrill run scenarios/ --format junit > junit.xml\n  agentdrill run scenarios/ --out            writes reports/<UTC time>/{report.json,junit.xml,report.md}"
+    )]
     Run {
         /// Scenario files or folders.
         #[arg(required = true)]
@@ -41,10 +48,16 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Also write report.json, junit.xml and report.md into DIR/<UTC time>/.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "reports")]
+        out: Option<PathBuf>,
     },
     /// Print a drill's timeline: faults, detection, failover, recovery.
     ///
     /// Example: agentdrill explain scenarios/worker/kill-in-flight.toml
+    #[command(
+        after_help = "Examples:\n  agentdrill explain scenarios/worker/kill-in-flight.toml\n  agentdrill explain scenarios/region/warm-standby-loss.toml --seed 3"
+    )]
     Explain {
         /// Scenario file.
         file: PathBuf,
@@ -57,6 +70,23 @@ enum Command {
     /// Point an editor at it to check scenarios as you type.
     #[command(after_help = "Example:\n  agentdrill schema > scenario.schema.json")]
     Schema,
+    /// List drills with their tier, expected outcome, faults and purpose.
+    #[command(after_help = "Examples:\n  agentdrill list scenarios/\n  agentdrill list scenarios/antipatterns/")]
+    List {
+        /// Scenario files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Check scenarios without running them.
+    ///
+    /// Stops at the first bad file and lists every error in it, each with
+    /// file:line:col, the field and what was expected. Exit code 2 then.
+    #[command(after_help = "Examples:\n  agentdrill validate scenarios/\n  agentdrill validate my-drill.toml")]
+    Validate {
+        /// Scenario files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -95,27 +125,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn load_all(paths: &[PathBuf]) -> Result<Vec<scenario::Scenario>, ExitCode> {
-    let files = collect(paths).map_err(|e| {
-        eprintln!("error: {e:#}");
-        ExitCode::from(2)
-    })?;
-    let mut out = Vec::new();
-    let mut bad = false;
-    for f in files {
-        match scenario::load(&f) {
-            Ok(s) => out.push(s),
-            Err(e) => {
-                for e in e.all() {
-                    eprintln!("error: {e}");
-                }
-                bad = true;
-            }
-        }
-    }
-    if bad { Err(ExitCode::from(2)) } else { Ok(out) }
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -124,41 +133,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { paths, seed, format } => {
-            let scenarios = match load_all(&paths) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            let results: Vec<_> = scenarios
-                .iter()
-                .map(|s| {
-                    tracing::info!(scenario = %s.name, "running");
-                    drill::run(s, seed.unwrap_or(s.seed))
-                })
-                .collect();
-            match format {
-                Format::Table => print!("{}", report::table(&results)),
-                Format::Json => println!("{}", report::json(&results)),
-            }
-            if results.iter().all(|r| r.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }
-        Command::Explain { file, seed } => {
-            let sc = match scenario::load(&file) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let r = drill::run(&sc, seed.unwrap_or(sc.seed));
-            println!("{} (tier {}, seed {})", r.scenario, r.tier, r.seed);
-            print!("{}", report::timeline(&r));
-            print!("{}", report::table(std::slice::from_ref(&r)));
-            ExitCode::SUCCESS
-        }
+        Command::Run { paths, seed, format, out } => cli::run(&paths, seed, format, out),
+        Command::Explain { file, seed } => cli::explain(&file, seed),
         Command::Schema => {
             println!("{}", agentdrill::schema::render());
             ExitCode::SUCCESS
         }
+        Command::List { paths } => cli::list(&paths),
+        Command::Validate { paths } => cli::validate(&paths),
     }
 }
