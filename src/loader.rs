@@ -137,9 +137,8 @@ impl Sources {
                     let (line, col) = line_col(text, at.saturating_sub(f.start));
                     let mut message =
                         if d.field.is_empty() { d.message } else { format!("{}: {}", d.field, d.message) };
-                    if f.included_by.is_some() {
-                        message =
-                            format!("{message} (in {}, included by {})", short(&f.path), self.files[0].path.display());
+                    if let Some(by) = f.included_by {
+                        message = format!("{message} (included by {})", self.files[by].path.display());
                     }
                     ScenarioError::Parse { path: f.path.clone(), line, col, message }
                 }
@@ -235,8 +234,8 @@ fn gather(
         let target = path.parent().unwrap_or(Path::new("")).join(&rel);
         let canon = std::fs::canonicalize(&target).unwrap_or_else(|_| target.clone());
         if let Some(pos) = chain.iter().position(|c| *c == canon) {
-            let mut names: Vec<String> = chain[pos..].iter().map(|p| short(p)).collect();
-            names.push(short(&canon));
+            let mut names: Vec<String> = chain[pos..].iter().map(|p| short_name(p)).collect();
+            names.push(short_name(&canon));
             errs.push(Diag {
                 at: Some(start + at),
                 field: "include".into(),
@@ -277,7 +276,7 @@ fn gather(
     me
 }
 
-fn short(p: &Path) -> String {
+fn short_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
@@ -514,6 +513,14 @@ fn remove_at(root: &mut Val<'_>, path: &[Seg]) -> Option<Vec<Seg>> {
     }
 }
 
+/// What [`recovering`] got: the value, once every offending key was taken
+/// out (or stood in for), and the paths it took out or stood in for.
+struct Recovered<T> {
+    value: Option<T>,
+    clean: bool,
+    touched: Vec<String>,
+}
+
 /// Deserialises `T`, taking out each offending key and going on, so that
 /// every error is found. `fill` supplies a stand-in for a missing required
 /// top-level field (so that the rest can still be checked).
@@ -522,13 +529,22 @@ fn recovering<T: DeserializeOwned>(
     prefix: &[Seg],
     fill: &dyn Fn(&str) -> Option<&'static str>,
     errs: &mut Vec<Diag>,
-) -> Option<T> {
+) -> Recovered<T> {
     let mut removed: Vec<Vec<Seg>> = Vec::new();
     let before = errs.len();
+    let full = |p: &[Seg]| {
+        let mut f = prefix.to_vec();
+        f.extend(p.iter().cloned());
+        render(&f)
+    };
+    let mut value = None;
     for _ in 0..64 {
         let de = toml::de::ValueDeserializer::from(v.clone());
         let e = match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(t) => return (errs.len() == before).then_some(t),
+            Ok(t) => {
+                value = Some(t);
+                break;
+            }
             Err(e) => e,
         };
         let rel = segs(e.path());
@@ -540,37 +556,45 @@ fn recovering<T: DeserializeOwned>(
             .as_ref()
             .is_some_and(|m| removed.iter().any(|r| r.starts_with(&path) && r.last() == Some(&Seg::Key(m.clone()))));
         if !consequence {
-            let mut full = prefix.to_vec();
-            full.extend(path.iter().cloned());
-            errs.push(Diag { at, field: render(&full), message: explain(&raw, missing.as_deref()) });
+            let (field, at) = match &missing {
+                // Name the missing field; place it at its table, or nowhere
+                // for the top level (the file's first line says nothing).
+                Some(m) => {
+                    let mut p = path.clone();
+                    p.push(Seg::Key(m.clone()));
+                    (full(&p), if path.is_empty() && prefix.is_empty() { None } else { at })
+                }
+                None => (full(&path), at),
+            };
+            errs.push(Diag { at, field, message: explain(&raw, missing.as_deref()) });
         }
         if let Some(m) = &missing
             && path.is_empty()
         {
             // A required top-level field: stand in for it and go on.
-            let stand_in = fill(m)?;
-            let DeValue::Table(t) = v.get_mut() else { return None };
+            let Some(stand_in) = fill(m) else { break };
+            let DeValue::Table(t) = v.get_mut() else { break };
             t.insert(Spanned::new(0..0, Cow::Owned(m.clone())), Spanned::new(0..0, DeValue::String(stand_in.into())));
+            removed.push(vec![Seg::Key(m.clone())]);
             continue;
         }
         match remove_at(&mut v, &path) {
             Some(p) => removed.push(p),
-            None => return None,
+            None => break,
         }
     }
-    None
+    Recovered { value, clean: errs.len() == before, touched: removed.iter().map(|p| full(p)).collect() }
 }
 
 /// Turns serde's message into one a person can act on.
 fn explain(raw: &str, missing: Option<&str>) -> String {
     let mut msg = tidy(raw);
     if let Some(field) = missing {
-        let fix = match field {
-            "horizon" => "add e.g. horizon = \"2h\" (how long the drill runs)".to_owned(),
-            "tier" => "add e.g. tier = \"internal-ops\" (customer-facing, internal-ops, batch, sandbox) or a custom tier { name, rto, rpo }".to_owned(),
-            f => format!("add {f} = …"),
+        msg = match field {
+            "horizon" => "missing; add e.g. horizon = \"2h\" (how long the drill runs)".to_owned(),
+            "tier" => "missing; add e.g. tier = \"internal-ops\" (customer-facing, internal-ops, batch, sandbox) or a custom tier { name = \"…\", rto = \"5m\", rpo = \"1m\" }".to_owned(),
+            f => format!("missing; add {f} = …"),
         };
-        msg = format!("{msg}; {fix}");
     } else if (raw.starts_with("unknown variant") || raw.starts_with("unknown field"))
         && let Some(bad) = token(raw)
         && let Some((_, list)) = raw.split_once("expected ")
@@ -585,7 +609,7 @@ fn explain(raw: &str, missing: Option<&str>) -> String {
 
 /// Backticks to quotes, Rust's number types in words, and one line.
 fn tidy(msg: &str) -> String {
-    let mut m = msg.trim().replace('`', "\"").replace('\n', " ");
+    let mut m = msg.trim().replace("`\"`", "'\"'").replace('`', "\"").replace('\n', " ");
     for (rust, words) in [
         ("expected u64", "expected a whole number of 0 or more"),
         ("expected u32", "expected a whole number of 0 or more"),
@@ -649,22 +673,32 @@ fn build(src: &Sources, path: &Path) -> Result<Scenario, Vec<Diag>> {
     {
         for (i, item) in items.iter().enumerate() {
             let prefix = [Seg::Key("faults".into()), Seg::Index(i)];
-            faults.push(recovering::<FaultSpec>(item.clone(), &prefix, &|_| None, &mut errs));
+            let r = recovering::<FaultSpec>(item.clone(), &prefix, &|_| None, &mut errs);
+            faults.push(if r.clean { r.value } else { None });
         }
     }
-    // The rest. On an error there the cross-field rules are not run: the
-    // stand-ins and defaults would give misleading follow-on errors.
-    let Some(mut sc) = recovering::<Scenario>(root.clone(), &[], &stand_in, &mut errs) else {
+    // The rest.
+    let rest = recovering::<Scenario>(root.clone(), &[], &stand_in, &mut errs);
+    let Some(mut sc) = rest.value else {
         return Err(errs);
     };
     if sc.name.is_empty() {
         sc.name = path.file_stem().map_or_else(|| "drill".into(), |s| s.to_string_lossy().into_owned());
     }
-    // The cross-field rules, over the faults that parsed.
+    // The cross-field rules, over the faults that parsed. A rule that reads
+    // a field taken out or stood in for above would only mislead: skipped.
     let kept: Vec<usize> = (0..faults.len()).filter(|&i| faults[i].is_some()).collect();
     sc.faults = faults.into_iter().flatten().collect();
+    let overlaps = |a: &str, b: &str| {
+        let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+        long.starts_with(short) && matches!(long.as_bytes().get(short.len()), None | Some(b'.' | b'['))
+    };
     for p in crate::scenario::problems(&sc) {
         let field = renumber(&p.field, &kept);
+        let reads = std::iter::once(p.field.as_str()).chain(p.depends_on.iter().map(String::as_str));
+        if reads.clone().any(|r| rest.touched.iter().any(|t| overlaps(r, t))) {
+            continue;
+        }
         errs.push(Diag { at: place(&whole, &field), field, message: p.message });
     }
     if errs.is_empty() { Ok(sc) } else { Err(errs) }
@@ -744,7 +778,7 @@ mod tests {
     #[test]
     fn missing_fields_say_what_to_add() {
         let e = err("tier = \"batch\"\n");
-        assert!(e.contains("missing field \"horizon\"; add e.g. horizon = \"2h\""), "{e}");
+        assert_eq!(e, "x.toml: horizon: missing; add e.g. horizon = \"2h\" (how long the drill runs)");
     }
 
     #[test]
@@ -772,11 +806,11 @@ mod tests {
         assert_eq!(l.scenario.workload.tasks, 7);
         assert_eq!(l.files.len(), 2);
         // An error in the included file names that file.
-        std::fs::write(dir.join("stacks/bad.toml"), "[stack]\nworkers = 0\n").unwrap();
+        std::fs::write(dir.join("stacks/bad.toml"), "[stack]\nworkers = 0\nstandby_workers = 0\n").unwrap();
         let e = parse(&dir.join("d.toml"), "include = \"stacks/bad.toml\"\ntier = \"batch\"\nhorizon = \"1h\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bad.toml:2:11: stack.workers: must be at least 1 (in "), "{e}");
+        assert!(e.contains("bad.toml:2:11: stack.workers: must be at least 1 (included by "), "{e}");
         // A cycle.
         std::fs::write(dir.join("stacks/a.toml"), "include = \"b.toml\"\n").unwrap();
         std::fs::write(dir.join("stacks/b.toml"), "include = \"a.toml\"\n").unwrap();

@@ -53,8 +53,17 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration in quotes, such as \"90s\", \"5m\" or \"1h 30m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -78,8 +87,14 @@ pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$";
 
 /// Parses `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"` into milliseconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\""))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        let why = match e {
+            humantime::DurationError::UnknownUnit { unit, .. } => format!(" (unknown unit {unit:?})"),
+            humantime::DurationError::NumberOverflow => " (too long)".into(),
+            _ => String::new(),
+        };
+        format!("invalid duration {s:?}{why}; write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\"")
+    })?;
     match u64::try_from(d.as_millis()) {
         Ok(ms) if ms <= MAX_DURATION_MS => Ok(ms),
         _ => Err(format!("duration {s:?} is too long; the longest is 100 years")),
@@ -571,6 +586,10 @@ pub struct Problem {
     pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,
+    /// The other fields the rule read (e.g. `stack.workers` for a worker
+    /// index), so that a loader can drop the rule when one of them was
+    /// itself malformed.
+    pub depends_on: Vec<String>,
 }
 
 /// Checks the cross-field rules; the first broken one is the error (see
@@ -591,71 +610,80 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
 /// sections. Never panics, whatever the values.
 pub fn problems(sc: &Scenario) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut bad = |field: String, message: String| out.push(Problem { field, message });
+    let mut bad = |field: String, message: String, deps: &[&str]| {
+        out.push(Problem { field, message, depends_on: deps.iter().map(|d| (*d).to_owned()).collect() });
+    };
     let templates = crate::workflow::builtin();
     let names: Vec<&str> = templates.iter().map(|t| t.name).filter(|n| *n != "probe").collect();
     for (field, message) in sc.tier.problems() {
-        bad(field, message);
+        bad(field, message, &[]);
     }
     if sc.horizon.ms() == 0 {
-        bad("horizon".into(), "must be longer than 0; write e.g. horizon = \"2h\"".into());
+        bad("horizon".into(), "must be longer than 0; write e.g. horizon = \"2h\"".into(), &[]);
     }
     if let Some(pct) = sc.max_cost_increase_pct
         && !(pct >= 0.0 && pct.is_finite())
     {
-        bad("max_cost_increase_pct".into(), format!("must be a percentage of 0 or more, got {pct}"));
+        bad("max_cost_increase_pct".into(), format!("must be a percentage of 0 or more, got {pct}"), &[]);
     }
     if sc.stack.workers == 0 {
-        bad("stack.workers".into(), "must be at least 1".into());
+        bad("stack.workers".into(), "must be at least 1".into(), &[]);
     }
     if sc.stack.standby_workers > sc.stack.workers {
         bad(
             "stack.standby_workers".into(),
-            format!("{} standby workers cannot exceed stack.workers ({})", sc.stack.standby_workers, sc.stack.workers),
+            format!("{} cannot exceed stack.workers ({})", sc.stack.standby_workers, sc.stack.workers),
+            &["stack.workers"],
         );
     }
     if sc.stack.providers.is_empty() {
-        bad("stack.providers".into(), "needs at least one provider".into());
+        bad("stack.providers".into(), "needs at least one provider".into(), &[]);
     }
     for (i, p) in sc.stack.providers.iter().enumerate() {
         if sc.stack.providers[..i].iter().any(|q| q.name == p.name) {
             bad(
                 format!("stack.providers[{i}].name"),
                 format!("provider {:?} is listed twice; names must be unique", p.name),
+                &[],
             );
         }
     }
     if sc.stack.effective_policy().lease_ms == 0 {
-        bad("stack.policy.lease_ms".into(), "must be longer than 0".into());
+        bad("stack.policy.lease_ms".into(), "must be longer than 0".into(), &["stack.anti_patterns", "stack.policy"]);
     }
     if sc.stack.failover.failure_threshold == 0 {
-        bad("stack.failover.failure_threshold".into(), "must be at least 1".into());
+        bad("stack.failover.failure_threshold".into(), "must be at least 1".into(), &[]);
     }
     if sc.stack.failover.health_interval.ms() == 0 {
-        bad("stack.failover.health_interval".into(), "must be longer than 0".into());
+        bad("stack.failover.health_interval".into(), "must be longer than 0".into(), &[]);
     }
     if let Replication::Async { interval_ms: 0, .. } = sc.stack.replication {
-        bad("stack.replication.interval_ms".into(), "must be longer than 0".into());
+        bad("stack.replication.interval_ms".into(), "must be longer than 0".into(), &[]);
     }
     if sc.stack.vector.snapshot_interval.ms() == 0 {
-        bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into());
+        bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into(), &[]);
     }
     if sc.workload.templates.is_empty() {
-        bad("workload.templates".into(), format!("needs at least one template: {}", names.join(", ")));
+        bad("workload.templates".into(), format!("needs at least one template: {}", names.join(", ")), &[]);
     }
     for (i, t) in sc.workload.templates.iter().enumerate() {
         if !names.contains(&t.as_str()) {
             bad(
                 format!("workload.templates[{i}]"),
                 format!("unknown template {t:?}; expected one of {}", names.join(", ")),
+                &[],
             );
         }
     }
     if sc.workload.tasks == 0 {
-        bad("workload.tasks".into(), "must be at least 1".into());
+        bad("workload.tasks".into(), "must be at least 1".into(), &[]);
     }
     if sc.workload.arrival != Arrival::AtOnce && sc.workload.interval.ms() == 0 {
-        bad("workload.interval".into(), "must be longer than 0 for uniform or poisson arrivals".into());
+        bad(
+            "workload.interval".into(),
+            "must be longer than 0 for uniform or poisson arrivals".into(),
+            &["workload.arrival"],
+        );
     }
     for (i, f) in sc.faults.iter().enumerate() {
         let field = |name: &str| format!("faults[{i}].{name}");
@@ -668,6 +696,7 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
                     "the fault starts at {at}, when the drill is over (horizon {}); start it earlier or lengthen the horizon",
                     sc.horizon
                 ),
+                &["horizon"],
             );
         }
         match f {
@@ -680,6 +709,7 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
                                 "job {job} does not exist: the workload has {} jobs, numbered from 0",
                                 sc.workload.tasks
                             ),
+                            &["workload.tasks"],
                         );
                     } else if !sc.workload.templates.is_empty() {
                         let tpl_name = &sc.workload.templates[*job as usize % sc.workload.templates.len()];
@@ -691,47 +721,49 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
                                     format!(
                                         "job {job} runs {tpl_name}, which has {len} steps numbered from 0; pick a step below {len}"
                                     ),
+                                    &["workload.templates", "workload.tasks"],
                                 );
                             }
                         }
                     }
                     if worker.is_some() {
-                        bad(
-                            field("worker"),
-                            "an event-triggered fault hits the worker running the job; remove `worker`".into(),
-                        );
+                        let m = "an event-triggered fault hits the worker running the job; remove `worker`";
+                        bad(field("worker"), m.into(), &[]);
                     }
                 } else {
+                    let deps = &["stack.workers", "workload.tasks"];
                     match worker {
-                        Some(WorkerTarget::Index(n)) if *n >= sc.stack.workers => bad(
-                            field("worker"),
-                            format!("worker {n} does not exist: region a has {} workers, numbered from 0", sc.stack.workers),
-                        ),
-                        Some(WorkerTarget::HoldingJob(j)) if *j >= sc.workload.tasks => bad(
-                            field("worker"),
-                            format!("job {j} does not exist: the workload has {} jobs, numbered from 0", sc.workload.tasks),
-                        ),
-                        None => bad(
-                            field("worker"),
-                            "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`"
-                                .into(),
-                        ),
+                        Some(WorkerTarget::Index(n)) if *n >= sc.stack.workers => {
+                            let m = format!(
+                                "worker {n} does not exist: region a has {} workers, numbered from 0",
+                                sc.stack.workers
+                            );
+                            bad(field("worker"), m, deps);
+                        }
+                        Some(WorkerTarget::HoldingJob(j)) if *j >= sc.workload.tasks => {
+                            let m = format!(
+                                "job {j} does not exist: the workload has {} jobs, numbered from 0",
+                                sc.workload.tasks
+                            );
+                            bad(field("worker"), m, deps);
+                        }
+                        None => {
+                            let m = "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`";
+                            bad(field("worker"), m.into(), deps);
+                        }
                         _ => {}
                     }
                 }
                 if let FaultSpec::WorkerPause { duration, .. } = f
                     && duration.ms() == 0
                 {
-                    bad(field("duration"), "must be longer than 0".into());
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
                 }
             }
             FaultSpec::RegionLoss { region, .. } => {
                 if *region == RegionName::B && sc.stack.pattern == Pattern::SingleRegion {
-                    bad(
-                        field("region"),
-                        "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern"
-                            .into(),
-                    );
+                    let m = "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern";
+                    bad(field("region"), m.into(), &["stack.pattern"]);
                 }
             }
             FaultSpec::ProviderOutage { provider, duration, .. } => {
@@ -740,10 +772,11 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
                     bad(
                         field("provider"),
                         format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
+                        &["stack.providers"],
                     );
                 }
                 if duration.ms() == 0 {
-                    bad(field("duration"), "must be longer than 0".into());
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
                 }
             }
         }
