@@ -19,7 +19,9 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
+    /// A table: one row per drill, then why each failed drill failed.
     Table,
+    /// JSON: every measurement, the file, its content hash and the version.
     Json,
     /// JUnit XML: one test case per drill.
     Junit,
@@ -48,11 +50,16 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// Also write report.json, junit.xml and report.md into DIR/<UTC time>/.
+        /// Also write report.json, junit.xml and report.md into DIR/<UTC time>/
+        /// (DIR defaults to reports/). Files are written atomically.
         #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "reports")]
         out: Option<PathBuf>,
     },
-    /// Print a drill's timeline: faults, detection, failover, recovery.
+    /// Tell a drill in words: faults, detection, failover, recovery, numbers.
+    ///
+    /// What a game-day facilitator reads aloud: the tier's claim, the stack,
+    /// each fault, what the stack did and when (detection, failover, lease
+    /// expiry, reconciliation, resume), and how each measurement was reached.
     ///
     /// Example: agentdrill explain scenarios/worker/kill-in-flight.toml
     #[command(
