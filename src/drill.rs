@@ -13,6 +13,7 @@ use crate::scenario::{Expect, FaultSpec, RegionName, Scenario, When, WorkerTarge
 use crate::sim::Partition;
 use crate::stack::{HookAction, REGION_A, REGION_B, Stack, TraceEvent, Trigger};
 use crate::store::TaskStatus;
+use crate::tier::Invariant;
 
 /// Automated rollback of a bad deploy must finish within this (seed 002).
 pub const ROLLBACK_TARGET_S: f64 = 300.0;
@@ -38,7 +39,7 @@ pub struct DrillResult {
     /// Seed.
     pub seed: u64,
     /// Tier name.
-    pub tier: &'static str,
+    pub tier: String,
     /// Expected outcome.
     pub expect: Expect,
     /// "pass" or "fail" (for an `expect = "fail"` drill, "pass" means the
@@ -68,6 +69,8 @@ pub struct DrillResult {
     pub target_rto_s: f64,
     /// Target RPO, seconds.
     pub target_rpo_s: f64,
+    /// The zero-tolerance counts the tier checks.
+    pub invariants: Vec<Invariant>,
     /// Every violated target, with the measured value.
     pub violations: Vec<String>,
     /// Per-fault measurements.
@@ -425,8 +428,8 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     let cost_now = cost(&run.stack);
     let baseline_cost = baseline.as_ref().map_or(cost_now, |b| cost(&b.stack));
 
-    let tier = sc.tier;
-    let (target_rto_s, target_rpo_s) = (tier.rto_s(), tier.rpo_s());
+    let targets = sc.tier.targets();
+    let (target_rto_s, target_rpo_s) = (targets.rto_s, targets.rpo_s);
     let mut rto_s = Some(0.0);
     let mut rto_parts = RtoParts::default();
     let mut rpo = RpoSurfaces::default();
@@ -459,18 +462,10 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     if rpo_s >= target_rpo_s {
         violations.push(format!("RPO {rpo_s:.1} s ≥ target {target_rpo_s:.0} s"));
     }
-    let zero = [
-        ("duplicate side effects", counts.duplicates),
-        ("lost side effects", counts.lost_effects),
-        ("stuck tasks", counts.stuck_tasks),
-        ("replanned steps", counts.replanned_steps),
-        ("stale writes (fencing)", counts.stale_writes),
-        ("stale actions (two workers ran a step)", counts.stale_actions),
-        ("corrupted writes (unvalidated tool responses)", counts.corrupted_writes),
-    ];
-    for (what, n) in zero {
+    for &inv in &targets.invariants {
+        let n = counts.of(inv);
         if n > 0 {
-            violations.push(format!("{what}: {n}, target 0"));
+            violations.push(format!("{}: {n}, target 0", inv.counts()));
         }
     }
     for f in faults.iter().filter(|f| f.kind == "bad_deploy" && f.onset_s.is_some()) {
@@ -501,7 +496,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         scenario: sc.name.clone(),
         purpose: sc.purpose.clone(),
         seed,
-        tier: tier.name(),
+        tier: sc.tier.name().to_owned(),
         expect: sc.expect,
         verdict: if passed { "pass" } else { "fail" },
         met_targets,
@@ -516,6 +511,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         stale_writes: counts.stale_writes,
         target_rto_s,
         target_rpo_s,
+        invariants: targets.invariants,
         violations,
         faults,
         counts,

@@ -24,7 +24,7 @@ pub enum Service {
 }
 
 /// The phase of a step at which a worker can be killed (DOMAIN.md, Faults).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// About to write the checkpoint.

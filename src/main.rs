@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use agentdrill::{drill, report, scenario};
+mod cli;
 
 /// Chaos and disaster-recovery drills for AI-agent stacks: RTO, RPO and
 /// duplicate side effects measured from ground truth.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = "Examples:\n  agentdrill run scenarios/                      run the catalogue, print the table\n  agentdrill run scenarios/ --out reports/       also write report.json, junit.xml, report.md\n  agentdrill explain scenarios/worker/kill-in-flight.toml\n  agentdrill validate scenarios/\n\nLogs: RUST_LOG=info agentdrill run scenarios/. Colour: off when NO_COLOR is set.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +19,22 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
+    /// A table: one row per drill, then why each failed drill failed.
     Table,
+    /// JSON: every measurement, the file, its content hash and the version.
+    Json,
+    /// JUnit XML: one test case per drill.
+    Junit,
+    /// Markdown: a summary table and one section per drill.
+    Markdown,
+}
+
+/// What `matrix` prints.
+#[derive(Clone, Copy, ValueEnum)]
+enum MatrixFormat {
+    /// A table per stack (side by side with --patterns).
+    Table,
+    /// JSON: every row with its worst RTO and RPO and the tiers met.
     Json,
 }
 
@@ -31,6 +46,9 @@ enum Command {
     /// caught), 1 a drill failed, 2 unusable input.
     ///
     /// Example: agentdrill run scenarios/ --seed 7 --format json
+    #[command(
+        after_help = "Examples:\n  agentdrill run scenarios/\n  agentdrill run scenarios/worker/ scenarios/region/warm-standby-loss.toml --seed 7\n  agentdrill run scenarios/ --format junit > junit.xml\n  agentdrill run scenarios/ --out            writes reports/<UTC time>/{report.json,junit.xml,report.md}"
+    )]
     Run {
         /// Scenario files or folders.
         #[arg(required = true)]
@@ -41,6 +59,10 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Also write report.json, junit.xml and report.md into DIR/<UTC time>/
+        /// (DIR defaults to reports/). Files are written atomically.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "reports")]
+        out: Option<PathBuf>,
     },
     /// Run every disruption type (worker, provider, network, region, data
     /// corruption) against a stack over several seeds and print which tiers
@@ -62,17 +84,46 @@ enum Command {
         patterns: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
-        format: Format,
+        format: MatrixFormat,
     },
-    /// Print a drill's timeline: faults, detection, failover, recovery.
+    /// Tell a drill in words: faults, detection, failover, recovery, numbers.
+    ///
+    /// What a game-day facilitator reads aloud: the tier's claim, the stack,
+    /// each fault, what the stack did and when (detection, failover, lease
+    /// expiry, reconciliation, resume), and how each measurement was reached.
     ///
     /// Example: agentdrill explain scenarios/worker/kill-in-flight.toml
+    #[command(
+        after_help = "Examples:\n  agentdrill explain scenarios/worker/kill-in-flight.toml\n  agentdrill explain scenarios/region/warm-standby-loss.toml --seed 3"
+    )]
     Explain {
         /// Scenario file.
         file: PathBuf,
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Print the JSON Schema of scenario files (generated from the types).
+    ///
+    /// Point an editor at it to check scenarios as you type.
+    #[command(after_help = "Example:\n  agentdrill schema > scenario.schema.json")]
+    Schema,
+    /// List drills with their tier, expected outcome, faults and purpose.
+    #[command(after_help = "Examples:\n  agentdrill list scenarios/\n  agentdrill list scenarios/antipatterns/")]
+    List {
+        /// Scenario files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Check scenarios without running them.
+    ///
+    /// Stops at the first bad file and lists every error in it, each with
+    /// file:line:col, the field and what was expected. Exit code 2 then.
+    #[command(after_help = "Examples:\n  agentdrill validate scenarios/\n  agentdrill validate my-drill.toml")]
+    Validate {
+        /// Scenario files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
 }
 
@@ -100,6 +151,9 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let p = entry?.path();
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['_', '.'])) {
+            continue; // shared pieces for `include`, hidden files
+        }
         if p.is_dir() {
             walk(&p, out)?;
         } else if p.extension().is_some_and(|e| e == "toml") {
@@ -107,25 +161,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn load_all(paths: &[PathBuf]) -> Result<Vec<scenario::Scenario>, ExitCode> {
-    let files = collect(paths).map_err(|e| {
-        eprintln!("error: {e:#}");
-        ExitCode::from(2)
-    })?;
-    let mut out = Vec::new();
-    let mut bad = false;
-    for f in files {
-        match scenario::load(&f) {
-            Ok(s) => out.push(s),
-            Err(e) => {
-                eprintln!("error: {e}");
-                bad = true;
-            }
-        }
-    }
-    if bad { Err(ExitCode::from(2)) } else { Ok(out) }
 }
 
 /// A progress bar on stderr when it is a terminal (hidden otherwise).
@@ -145,30 +180,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
-        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { paths, seed, format } => {
-            let scenarios = match load_all(&paths) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            let results: Vec<_> = scenarios
-                .iter()
-                .map(|s| {
-                    tracing::info!(scenario = %s.name, "running");
-                    drill::run(s, seed.unwrap_or(s.seed))
-                })
-                .collect();
-            match format {
-                Format::Table => print!("{}", report::table(&results)),
-                Format::Json => println!("{}", report::json(&results)),
-            }
-            if results.iter().all(|r| r.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }
         Command::Matrix { stack, seeds, patterns, format } => {
-            let sc = match scenario::load(&stack) {
+            let sc = match agentdrill::scenario::load(&stack) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -186,33 +206,27 @@ fn main() -> ExitCode {
                 let ms = agentdrill::matrix::patterns(&sc, seeds, tick);
                 bar.finish_and_clear();
                 match format {
-                    Format::Table => agentdrill::matrix::render_patterns(&ms),
-                    Format::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
+                    MatrixFormat::Table => agentdrill::matrix::render_patterns(&ms),
+                    MatrixFormat::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
                 }
             } else {
                 let m = agentdrill::matrix::matrix(&sc, seeds, tick);
                 bar.finish_and_clear();
                 match format {
-                    Format::Table => agentdrill::matrix::render(&m),
-                    Format::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
+                    MatrixFormat::Table => agentdrill::matrix::render(&m),
+                    MatrixFormat::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
                 }
             };
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Command::Explain { file, seed } => {
-            let sc = match scenario::load(&file) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let r = drill::run(&sc, seed.unwrap_or(sc.seed));
-            println!("{} (tier {}, seed {})", r.scenario, r.tier, r.seed);
-            print!("{}", report::timeline(&r));
-            print!("{}", report::table(std::slice::from_ref(&r)));
+        Command::Run { paths, seed, format, out } => cli::run(&paths, seed, format, out),
+        Command::Explain { file, seed } => cli::explain(&file, seed),
+        Command::Schema => {
+            println!("{}", agentdrill::schema::render());
             ExitCode::SUCCESS
         }
+        Command::List { paths } => cli::list(&paths),
+        Command::Validate { paths } => cli::validate(&paths),
     }
 }

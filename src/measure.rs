@@ -133,6 +133,22 @@ pub struct Counts {
     pub vector_points_lost: u64,
 }
 
+impl Counts {
+    /// The count an invariant requires to be zero.
+    pub fn of(&self, inv: crate::tier::Invariant) -> u64 {
+        use crate::tier::Invariant;
+        match inv {
+            Invariant::NoDuplicates => self.duplicates,
+            Invariant::NoLostEffects => self.lost_effects,
+            Invariant::NoStuckTasks => self.stuck_tasks,
+            Invariant::NoReplannedSteps => self.replanned_steps,
+            Invariant::NoStaleWrites => self.stale_writes,
+            Invariant::NoStaleActions => self.stale_actions,
+            Invariant::NoCorruptedWrites => self.corrupted_writes,
+        }
+    }
+}
+
 /// Measures a finished drill.
 pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<FaultResult>, Counts) {
     let serving = stack.serving_orch();

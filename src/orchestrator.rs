@@ -17,7 +17,7 @@ use crate::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
 use crate::wire::{Grant, Msg, WorkerWrite};
 
 /// How structured state reaches the other region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Replication {
     /// No replica.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Who makes the idempotency key of a tool call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeySource {
     /// The orchestrator, from `(task_id, step_ordinal)` (reference).
@@ -21,7 +21,7 @@ pub enum KeySource {
 }
 
 /// When the worker writes durable state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Checkpointing {
     /// A checkpoint before every tool call and the result after (reference).
@@ -34,7 +34,7 @@ pub enum Checkpointing {
 }
 
 /// The switches. Every field defaults to the reference behaviour.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Who makes idempotency keys.
@@ -104,7 +104,7 @@ impl Default for Policy {
 /// The anti-patterns of DOMAIN.md that are policy switches of the stack.
 /// (8, 9 and 12 are properties of the stack's replication, snapshot and
 /// queue configuration; they are listed here so tools can name them.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AntiPattern {
     /// 1. Key sampled from model output.

@@ -50,7 +50,7 @@ pub const CACHE_CAPACITY: usize = 256;
 const ERROR_LATENCY_PERMILLE: u64 = 250;
 
 /// Which API a provider speaks; decides status codes and error body shapes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// Anthropic Messages API.
@@ -87,7 +87,7 @@ mod defaults {
 }
 
 /// Static description of one provider endpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Display name, e.g. `"anthropic"`.
@@ -201,7 +201,7 @@ pub struct ModelRequest {
 }
 
 /// An injected failure shape, active during an outage window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorMode {
     /// 429 `rate_limit_error` / `rate_limit_exceeded` with `retry-after`; transient.

@@ -19,7 +19,7 @@ use crate::ids::{HostId, JobId, Micros, US_PER_MS};
 use crate::wire::Msg;
 
 /// Queue settings (`[stack.queue]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Publishes with a message id seen within this window are dropped as

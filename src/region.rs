@@ -11,7 +11,7 @@ use crate::ids::{HostId, Micros, US_PER_MS};
 use crate::wire::Msg;
 
 /// The failover patterns of seed 003.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Pattern {
     /// One region, nothing to fail over to.

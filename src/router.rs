@@ -66,7 +66,7 @@ pub const MAX_BACKOFF_MS: u64 = 8_000;
 pub const DEFAULT_BACKOFF_BASE_MS: u64 = 500;
 
 /// Circuit-breaker parameters (defaults: 3 failures in 60 s, open for 60 s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failures within `window_ms` that open the breaker (≥ 1).

@@ -16,7 +16,7 @@ use crate::orchestrator::Replication;
 use crate::policy::{AntiPattern, Policy};
 use crate::provider::{ErrorMode, ProviderConfig};
 use crate::region::Pattern;
-use crate::tier::Tier;
+use crate::tier::TierSpec;
 
 /// A duration written as text (`"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`),
 /// held in milliseconds. It serialises back to the same kind of text, so a
@@ -53,20 +53,60 @@ impl fmt::Display for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration in quotes, such as \"90s\", \"5m\" or \"1h 30m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Dur, E> {
+                parse_duration(v).map(Dur).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
-/// Parses `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"` into milliseconds.
-pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\""))?;
-    u64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} is too long"))
+impl schemars::JsonSchema for Dur {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration as people write it: \"90s\", \"5m\", \"1h 30m\", \"250ms\", \"24h\".",
+            "pattern": DURATION_PATTERN,
+            "examples": ["90s", "5m", "1h 30m", "250ms"]
+        })
+    }
 }
 
+/// The shape of a duration, for the JSON Schema (numbers with units:
+/// ms, s, m, h, d and their long forms).
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$";
+
+/// Parses `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"` into milliseconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        let why = match e {
+            humantime::DurationError::UnknownUnit { unit, .. } => format!(" (unknown unit {unit:?})"),
+            humantime::DurationError::NumberOverflow => " (too long)".into(),
+            _ => String::new(),
+        };
+        format!("invalid duration {s:?}{why}; write it like \"90s\", \"5m\", \"1h 30m\" or \"250ms\"")
+    })?;
+    match u64::try_from(d.as_millis()) {
+        Ok(ms) if ms <= MAX_DURATION_MS => Ok(ms),
+        _ => Err(format!("duration {s:?} is too long; the longest is 100 years")),
+    }
+}
+
+/// The longest duration a scenario may write (100 years), so that sums of
+/// times in microseconds never overflow.
+pub const MAX_DURATION_MS: u64 = 100 * 365 * 86_400_000;
+
 /// Whether the drill is expected to pass or to be caught failing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Expect {
     /// The stack must meet its tier.
@@ -77,7 +117,7 @@ pub enum Expect {
 }
 
 /// A drill.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Name (defaults to the file stem).
@@ -86,8 +126,8 @@ pub struct Scenario {
     /// One line: what it rehearses.
     #[serde(default)]
     pub purpose: String,
-    /// Recovery tier the stack claims.
-    pub tier: Tier,
+    /// Recovery tier the stack claims: a named tier or a custom one.
+    pub tier: TierSpec,
     /// Seed of the one RNG.
     #[serde(default = "default_seed")]
     pub seed: u64,
@@ -116,7 +156,7 @@ fn default_seed() -> u64 {
 }
 
 /// The stack description.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StackSpec {
     /// Failover pattern.
@@ -183,7 +223,7 @@ impl StackSpec {
 }
 
 /// Failover timings as written.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverSpec {
     /// Health-check interval.
@@ -214,7 +254,7 @@ impl Default for FailoverSpec {
 }
 
 /// Where vector snapshots go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotLocation {
     /// Shipped to the other region (reference).
@@ -224,7 +264,7 @@ pub enum SnapshotLocation {
 }
 
 /// Vector memory settings.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct VectorSpec {
     /// Snapshot cadence.
@@ -259,7 +299,7 @@ impl Default for VectorSpec {
 }
 
 /// Tool API settings.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApisSpec {
     /// The payment API deduplicates on the idempotency key.
@@ -287,7 +327,7 @@ impl Default for ApisSpec {
 }
 
 /// How jobs arrive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arrival {
     /// All at time zero.
@@ -299,7 +339,7 @@ pub enum Arrival {
 }
 
 /// The workload.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Workload {
     /// Templates, used round-robin.
@@ -335,7 +375,7 @@ impl Default for Workload {
 }
 
 /// A region by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RegionName {
     /// The primary region.
@@ -362,12 +402,28 @@ pub enum When {
     At(Dur),
 }
 
-#[derive(Deserialize)]
+/// When a job reaches a step's phase.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EventAt {
+    /// Job number (0-based, in arrival order).
     job: u32,
+    /// Step ordinal (0-based) in the job's template.
     step: u16,
+    /// Phase of the step.
     phase: Phase,
+}
+
+impl schemars::JsonSchema for When {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "When".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "When a fault starts: at a time (\"90s\"), or when a job reaches a step's phase ({ job = 3, step = 2, phase = \"in_flight\" }).",
+            "oneOf": [g.subschema_for::<Dur>(), g.subschema_for::<EventAt>()]
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for When {
@@ -391,7 +447,7 @@ impl<'de> Deserialize<'de> for When {
 }
 
 /// Which worker a fault hits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WorkerTarget {
     /// Worker number `n` of region A.
@@ -401,7 +457,7 @@ pub enum WorkerTarget {
 }
 
 /// One fault.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum FaultSpec {
     /// Kill a worker (its memory and local disk are gone); it restarts fresh.
@@ -561,7 +617,7 @@ pub enum FaultSpec {
 }
 
 /// A tool API by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolApi {
     /// The payment API.
@@ -580,6 +636,20 @@ impl fmt::Display for Skew {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "+" };
         write!(f, "{sign}{}", Dur(self.0.unsigned_abs()))
+    }
+}
+
+impl schemars::JsonSchema for Skew {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SignedDuration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A signed duration: \"-90s\", \"+2m\", \"30s\".",
+            "pattern": r"^\s*[+-]?\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$",
+            "examples": ["-2m", "+5m"]
+        })
     }
 }
 
@@ -706,7 +776,7 @@ pub enum ScenarioError {
         /// What is wrong and how to fix it.
         message: String,
     },
-    /// A cross-field rule is broken.
+    /// A cross-field rule is broken (for a field not written in the file).
     #[error("{path}: {field}: {message}")]
     Invalid {
         /// File.
@@ -716,91 +786,153 @@ pub enum ScenarioError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// Several of the above, in file order, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ScenarioError>),
 }
 
-/// Parses a scenario from text; `path` is used in errors and for the
-/// default name.
-pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    let mut sc: Scenario = toml::from_str(text).map_err(|e| {
-        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-        ScenarioError::Parse { path: path.to_owned(), line, col, message: e.message().trim().to_owned() }
-    })?;
-    if sc.name.is_empty() {
-        sc.name = path.file_stem().map_or_else(|| "drill".into(), |s| s.to_string_lossy().into_owned());
+impl ScenarioError {
+    /// Every error, one by one.
+    pub fn all(&self) -> Vec<&ScenarioError> {
+        match self {
+            ScenarioError::Several(v) => v.iter().collect(),
+            e => vec![e],
+        }
     }
-    validate(path, &sc)?;
-    Ok(sc)
 }
 
-/// Loads and validates a scenario file.
+/// Parses a scenario from text; `path` is used in errors, for the default
+/// name and to resolve includes. Every error of the text is reported (see
+/// [`crate::loader`]).
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    crate::loader::parse(path, text).map(|l| l.scenario)
+}
+
+/// Loads and validates a scenario file, following its includes.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.to_owned(), source })?;
-    parse(path, &text)
+    crate::loader::load(path).map(|l| l.scenario)
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
+/// A broken cross-field rule: the field and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `faults[2].at.job`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// The other fields the rule read (e.g. `stack.workers` for a worker
+    /// index), so that a loader can drop the rule when one of them was
+    /// itself malformed.
+    pub depends_on: Vec<String>,
 }
 
-/// The cross-field rules.
+/// Checks the cross-field rules; the first broken one is the error (see
+/// [`problems`] for all of them).
 pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
-    let bad = |field: String, message: String| Err(ScenarioError::Invalid { path: path.to_owned(), field, message });
-    let names: Vec<&str> = crate::workflow::builtin().iter().map(|t| t.name).collect();
+    let mut errs: Vec<ScenarioError> = problems(sc)
+        .into_iter()
+        .map(|p| ScenarioError::Invalid { path: path.to_owned(), field: p.field, message: p.message })
+        .collect();
+    match errs.len() {
+        0 => Ok(()),
+        1 => Err(errs.remove(0)),
+        _ => Err(ScenarioError::Several(errs)),
+    }
+}
+
+/// Every broken cross-field rule of a scenario, in the order of the file's
+/// sections. Never panics, whatever the values.
+pub fn problems(sc: &Scenario) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut bad = |field: String, message: String, deps: &[&str]| {
+        out.push(Problem { field, message, depends_on: deps.iter().map(|d| (*d).to_owned()).collect() });
+    };
+    let templates = crate::workflow::builtin();
+    let names: Vec<&str> = templates.iter().map(|t| t.name).filter(|n| *n != "probe").collect();
+    for (field, message) in sc.tier.problems() {
+        bad(field, message, &[]);
+    }
     if sc.horizon.ms() == 0 {
-        return bad("horizon".into(), "must be longer than 0; write e.g. horizon = \"2h\"".into());
+        bad("horizon".into(), "must be longer than 0; write e.g. horizon = \"2h\"".into(), &[]);
+    }
+    if let Some(pct) = sc.max_cost_increase_pct
+        && !(pct >= 0.0 && pct.is_finite())
+    {
+        bad("max_cost_increase_pct".into(), format!("must be a percentage of 0 or more, got {pct}"), &[]);
+    }
+    if sc.stack.workers == 0 {
+        bad("stack.workers".into(), "must be at least 1".into(), &[]);
+    }
+    if sc.stack.standby_workers > sc.stack.workers {
+        bad(
+            "stack.standby_workers".into(),
+            format!("{} cannot exceed stack.workers ({})", sc.stack.standby_workers, sc.stack.workers),
+            &["stack.workers"],
+        );
+    }
+    if sc.stack.providers.is_empty() {
+        bad("stack.providers".into(), "needs at least one provider".into(), &[]);
+    }
+    for (i, p) in sc.stack.providers.iter().enumerate() {
+        if sc.stack.providers[..i].iter().any(|q| q.name == p.name) {
+            bad(
+                format!("stack.providers[{i}].name"),
+                format!("provider {:?} is listed twice; names must be unique", p.name),
+                &[],
+            );
+        }
+    }
+    if sc.stack.effective_policy().lease_ms == 0 {
+        bad("stack.policy.lease_ms".into(), "must be longer than 0".into(), &["stack.anti_patterns", "stack.policy"]);
+    }
+    if sc.stack.failover.failure_threshold == 0 {
+        bad("stack.failover.failure_threshold".into(), "must be at least 1".into(), &[]);
+    }
+    if sc.stack.failover.health_interval.ms() == 0 {
+        bad("stack.failover.health_interval".into(), "must be longer than 0".into(), &[]);
+    }
+    if let Replication::Async { interval_ms: 0, .. } = sc.stack.replication {
+        bad("stack.replication.interval_ms".into(), "must be longer than 0".into(), &[]);
+    }
+    if sc.stack.vector.snapshot_interval.ms() == 0 {
+        bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into(), &[]);
     }
     if sc.workload.templates.is_empty() {
-        return bad("workload.templates".into(), "needs at least one template".into());
+        bad("workload.templates".into(), format!("needs at least one template: {}", names.join(", ")), &[]);
     }
     for (i, t) in sc.workload.templates.iter().enumerate() {
-        if !names.contains(&t.as_str()) || t == "probe" {
-            let known: Vec<&str> = names.iter().copied().filter(|n| *n != "probe").collect();
-            return bad(
+        if !names.contains(&t.as_str()) {
+            bad(
                 format!("workload.templates[{i}]"),
-                format!("unknown template {t:?}; expected one of {}", known.join(", ")),
+                format!("unknown template {t:?}; expected one of {}", names.join(", ")),
+                &[],
             );
         }
     }
     if sc.workload.tasks == 0 {
-        return bad("workload.tasks".into(), "must be at least 1".into());
+        bad("workload.tasks".into(), "must be at least 1".into(), &[]);
     }
     if sc.workload.arrival != Arrival::AtOnce && sc.workload.interval.ms() == 0 {
-        return bad("workload.interval".into(), "must be longer than 0 for uniform or poisson arrivals".into());
+        bad(
+            "workload.interval".into(),
+            "must be longer than 0 for uniform or poisson arrivals".into(),
+            &["workload.arrival"],
+        );
     }
-    if sc.stack.workers == 0 {
-        return bad("stack.workers".into(), "must be at least 1".into());
-    }
-    if sc.stack.standby_workers > sc.stack.workers {
-        return bad("stack.standby_workers".into(), "cannot exceed stack.workers".into());
-    }
-    if sc.stack.providers.is_empty() {
-        return bad("stack.providers".into(), "needs at least one provider".into());
-    }
-    let policy = sc.stack.effective_policy();
-    if policy.lease_ms == 0 {
-        return bad("stack.policy.lease_ms".into(), "must be longer than 0".into());
-    }
-    if sc.stack.failover.failure_threshold == 0 {
-        return bad("stack.failover.failure_threshold".into(), "must be at least 1".into());
-    }
-    if sc.stack.failover.health_interval.ms() == 0 {
-        return bad("stack.failover.health_interval".into(), "must be longer than 0".into());
-    }
-    if let Replication::Async { interval_ms: 0, .. } = sc.stack.replication {
-        return bad("stack.replication.interval_ms".into(), "must be longer than 0".into());
-    }
-    if sc.stack.vector.snapshot_interval.ms() == 0 {
-        return bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into());
-    }
-    let mut first_fault: Option<Dur> = None;
-    let mut stack_for_names: Option<crate::stack::Stack> = None;
+    let hosts = crate::stack::host_names(&sc.stack);
     for (i, f) in sc.faults.iter().enumerate() {
         let field = |name: &str| format!("faults[{i}].{name}");
-        if let Some(at) = f.at() {
-            first_fault = Some(first_fault.map_or(at, |x| x.min(at)));
+        if let Some(at) = f.at()
+            && at >= sc.horizon
+        {
+            bad(
+                field("at"),
+                format!(
+                    "the fault starts at {at}, when the drill is over (horizon {}); start it earlier or lengthen the horizon",
+                    sc.horizon
+                ),
+                &["horizon"],
+            );
         }
         match f {
             FaultSpec::WorkerKill { at, worker, .. }
@@ -808,130 +940,162 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
             | FaultSpec::DiskLoss { at, worker } => {
                 if let When::Event { job, step, .. } = at {
                     if *job >= sc.workload.tasks {
-                        return bad(
+                        bad(
                             field("at.job"),
-                            format!("job {job} does not exist: the workload has {} (0-based)", sc.workload.tasks),
-                        );
-                    }
-                    let tpl_name = &sc.workload.templates[*job as usize % sc.workload.templates.len()];
-                    let len =
-                        crate::workflow::builtin().iter().find(|t| t.name == tpl_name).map_or(0, |t| t.steps.len());
-                    if usize::from(*step) >= len {
-                        return bad(
-                            field("at.step"),
                             format!(
-                                "job {job} runs {tpl_name} which has {len} steps (0-based); pick a step below {len}"
+                                "job {job} does not exist: the workload has {} jobs, numbered from 0",
+                                sc.workload.tasks
                             ),
+                            &["workload.tasks"],
                         );
+                    } else if !sc.workload.templates.is_empty() {
+                        let tpl_name = &sc.workload.templates[*job as usize % sc.workload.templates.len()];
+                        if let Some(tpl) = templates.iter().find(|t| t.name == tpl_name) {
+                            let len = tpl.steps.len();
+                            if usize::from(*step) >= len {
+                                bad(
+                                    field("at.step"),
+                                    format!(
+                                        "job {job} runs {tpl_name}, which has {len} steps numbered from 0; pick a step below {len}"
+                                    ),
+                                    &["workload.templates", "workload.tasks"],
+                                );
+                            }
+                        }
                     }
                     if worker.is_some() {
-                        return bad(
-                            field("worker"),
-                            "an event-triggered fault hits the worker running the job; remove `worker`".into(),
-                        );
+                        let m = "an event-triggered fault hits the worker running the job; remove `worker`";
+                        bad(field("worker"), m.into(), &[]);
                     }
                 } else {
+                    let deps = &["stack.workers", "workload.tasks"];
                     match worker {
                         Some(WorkerTarget::Index(n)) if *n >= sc.stack.workers => {
-                            return bad(field("worker"), format!("worker {n} does not exist: region a has {} workers (0-based)", sc.stack.workers));
+                            let m = format!(
+                                "worker {n} does not exist: region a has {} workers, numbered from 0",
+                                sc.stack.workers
+                            );
+                            bad(field("worker"), m, deps);
                         }
                         Some(WorkerTarget::HoldingJob(j)) if *j >= sc.workload.tasks => {
-                            return bad(field("worker"), format!("job {j} does not exist: the workload has {}", sc.workload.tasks));
+                            let m = format!(
+                                "job {j} does not exist: the workload has {} jobs, numbered from 0",
+                                sc.workload.tasks
+                            );
+                            bad(field("worker"), m, deps);
                         }
-                        None => return bad(field("worker"), "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`".into()),
+                        None => {
+                            let m = "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`";
+                            bad(field("worker"), m.into(), deps);
+                        }
                         _ => {}
                     }
                 }
                 if let FaultSpec::WorkerPause { duration, .. } = f
                     && duration.ms() == 0
                 {
-                    return bad(field("duration"), "must be longer than 0".into());
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
                 }
             }
             FaultSpec::RegionLoss { region, .. } => {
                 if *region == RegionName::B && sc.stack.pattern == Pattern::SingleRegion {
-                    return bad(field("region"), "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern".into());
+                    let m = "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern";
+                    bad(field("region"), m.into(), &["stack.pattern"]);
                 }
             }
             FaultSpec::Partition { a, b, duration, .. } | FaultSpec::LinkDegradation { a, b, duration, .. } => {
-                let stack = stack_for_names.get_or_insert_with(|| crate::stack::Stack::build(sc, sc.seed));
                 for (name, which) in [(a, "a"), (b, "b")] {
-                    if stack.endpoint(name).is_none() {
-                        return bad(
+                    let region = matches!(name.as_str(), "region:a" | "region:b" | "region:external");
+                    if !region && !hosts.iter().any(|h| h == name) {
+                        bad(
                             field(which),
                             format!(
                                 "unknown endpoint {name:?}; write a host ({}) or a region (region:a, region:b, region:external)",
-                                stack.rt.hosts().iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ")
+                                hosts.join(", ")
                             ),
+                            &["stack"],
                         );
                     }
                 }
                 if duration.ms() == 0 {
-                    return bad(field("duration"), "must be longer than 0".into());
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
                 }
                 if let FaultSpec::LinkDegradation { loss, latency, .. } = f {
                     if !(0.0..=1.0).contains(loss) {
-                        return bad(field("loss"), format!("{loss} is not a probability; write a value from 0 to 1"));
+                        bad(field("loss"), format!("{loss} is not a probability; write a value from 0 to 1"), &[]);
                     }
                     if *loss == 0.0 && latency.ms() == 0 {
-                        return bad(field("latency"), "a link degradation needs `latency` or `loss`".into());
+                        bad(field("latency"), "a link degradation needs `latency` or `loss`".into(), &[]);
                     }
                 }
             }
             FaultSpec::ClockSkew { host, .. } => {
-                let stack = stack_for_names.get_or_insert_with(|| crate::stack::Stack::build(sc, sc.seed));
                 let ok =
-                    stack.rt.hosts().iter().any(|h| {
-                        &h.name == host && (h.name.starts_with("worker-") || h.name.starts_with("orchestrator-"))
-                    });
+                    hosts.iter().any(|h| h == host && (h.starts_with("worker-") || h.starts_with("orchestrator-")));
                 if !ok {
-                    return bad(
+                    bad(
                         field("host"),
                         format!(
                             "{host:?} is not a worker or orchestrator of this stack (e.g. \"worker-a-0\", \"orchestrator-a\")"
                         ),
+                        &["stack"],
                     );
                 }
             }
             FaultSpec::VectorCorruption { fraction, .. } | FaultSpec::BadDeploy { error_rate: fraction, .. } => {
                 if !(*fraction > 0.0 && *fraction <= 1.0) {
-                    return bad(
+                    bad(
                         field(if f.kind() == "bad_deploy" { "error_rate" } else { "fraction" }),
                         format!("{fraction} must be above 0 and at most 1"),
+                        &[],
                     );
                 }
             }
-            FaultSpec::QueueLoss { .. } if sc.stack.queue.is_none() => {
-                return bad(
-                    field("kind"),
-                    "the stack has no queue; add a [stack.queue] table or remove this fault".into(),
-                );
+            FaultSpec::QueueLoss { .. } => {
+                if sc.stack.queue.is_none() {
+                    bad(
+                        field("kind"),
+                        "the stack has no queue; add a [stack.queue] table or remove this fault".into(),
+                        &["stack.queue"],
+                    );
+                }
             }
-            FaultSpec::QueueLoss { .. }
-            | FaultSpec::ReplicationLagSpike { .. }
-            | FaultSpec::ToolSchemaChange { .. }
-            | FaultSpec::PromptCacheLoss { provider: None, .. } => {}
-            FaultSpec::PromptCacheLoss { provider: Some(provider), .. }
-            | FaultSpec::ProviderOutage { provider, .. } => {
-                if !sc.stack.providers.iter().any(|p| &p.name == provider) {
+            FaultSpec::ReplicationLagSpike { duration, .. } | FaultSpec::ToolSchemaChange { duration, .. } => {
+                if duration.ms() == 0 {
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
+                }
+            }
+            FaultSpec::PromptCacheLoss { provider, duration, .. } => {
+                if let Some(provider) = provider
+                    && !sc.stack.providers.iter().any(|p| &p.name == provider)
+                {
                     let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
-                    return bad(
+                    bad(
                         field("provider"),
                         format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
+                        &["stack.providers"],
                     );
+                }
+                if duration.ms() == 0 {
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
+                }
+            }
+            FaultSpec::ProviderOutage { provider, duration, .. } => {
+                if !sc.stack.providers.iter().any(|p| &p.name == provider) {
+                    let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
+                    bad(
+                        field("provider"),
+                        format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
+                        &["stack.providers"],
+                    );
+                }
+                if duration.ms() == 0 {
+                    bad(field("duration"), "must be longer than 0".into(), &[]);
                 }
             }
         }
     }
-    if let Some(first) = first_fault
-        && first >= sc.horizon
-    {
-        return bad(
-            "horizon".into(),
-            format!("the drill ends ({}) before the first fault ({first}); lengthen the horizon", sc.horizon),
-        );
-    }
-    Ok(())
+    out
 }
 
 #[cfg(test)]
@@ -959,7 +1123,7 @@ mod tests {
     fn unknown_fields_and_bad_phases_point_at_the_place() {
         let text = "tier = \"internal-ops\"\nhorizon = \"1h\"\n[[faults]]\nkind = \"worker_kill\"\nat = { job = 1, step = 2, phase = \"mid_call\" }\n";
         let err = parse(Path::new("x.toml"), text).unwrap_err().to_string();
-        assert!(err.starts_with("x.toml:3:"), "{err}");
+        assert!(err.starts_with("x.toml:5:35: faults[0].at.phase:"), "{err}");
         assert!(err.contains("mid_call") && err.contains("in_flight"), "{err}");
         let err =
             parse(Path::new("y.toml"), "tier = \"batch\"\nhorizon = \"1h\"\nbogus = 1\n").unwrap_err().to_string();
@@ -971,6 +1135,6 @@ mod tests {
     fn cross_field_rules_are_checked() {
         let text = "tier = \"batch\"\nhorizon = \"10m\"\n[[faults]]\nkind = \"region_loss\"\nat = \"20m\"\n";
         let err = parse(Path::new("z.toml"), text).unwrap_err().to_string();
-        assert!(err.contains("before the first fault"), "{err}");
+        assert!(err.starts_with("z.toml:5:6: faults[0].at: the fault starts at 20m"), "{err}");
     }
 }

@@ -392,6 +392,35 @@ impl Env for SimEnv<'_> {
     }
 }
 
+/// The names of the hosts `Stack::build` creates for a stack, in host-id
+/// order (validation checks fault endpoints against them without building).
+pub fn host_names(spec: &crate::scenario::StackSpec) -> Vec<String> {
+    let two = spec.pattern != Pattern::SingleRegion;
+    let mut names: Vec<String> = ["client", "orchestrator-a", "orchestrator-b", "vector-a", "vector-b"]
+        .into_iter()
+        .chain(["payment-api", "email-api", "search-api"])
+        .map(String::from)
+        .collect();
+    for (i, p) in spec.providers.iter().enumerate() {
+        names.push(format!("provider-{}", p.name));
+        let local = p.kind == crate::provider::ProviderKind::Local;
+        if local && i + 1 == spec.providers.len() && two {
+            names.push(format!("provider-{}-b", p.name));
+        }
+    }
+    if two {
+        names.push("failover-controller".into());
+    }
+    if spec.queue.is_some() {
+        names.extend(["queue-a".to_string(), "queue-b".to_string()]);
+    }
+    names.extend((0..spec.workers).map(|i| format!("worker-a-{i}")));
+    if two {
+        names.extend((0..spec.workers).map(|i| format!("worker-b-{i}")));
+    }
+    names
+}
+
 /// The templates' step counts by index (used by the client).
 fn steps_of(templates: &[Template], t: u16) -> u16 {
     templates[t as usize].steps.len() as u16

@@ -68,7 +68,7 @@ fn malformed_scenarios_exit_2_with_the_place_and_the_fix() {
     let out = agentdrill(&["run", "fixtures/bad/unknown-phase.toml"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fixtures/bad/unknown-phase.toml:5:"), "{err}");
+    assert!(err.contains("fixtures/bad/unknown-phase.toml:7:35: faults[0].at.phase:"), "{err}");
     assert!(err.contains("mid_call") && err.contains("before_checkpoint"), "{err}");
     let out = agentdrill(&["run", "fixtures/bad/unknown-provider.toml"]);
     assert_eq!(out.status.code(), Some(2));

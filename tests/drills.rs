@@ -70,6 +70,9 @@ fn catalogue(dir: &str) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("catalogue folder") {
             let p = e.expect("entry").path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')) {
+                continue; // shared pieces for `include`
+            }
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "toml") {

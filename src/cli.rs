@@ -1,0 +1,285 @@
+//! The commands a user meets: `run`, `list`, `validate`, `explain`. They
+//! load scenarios, call the library and print; the exit code is 0 when every
+//! drill passed, 1 when one failed, 2 when the input (or the report folder)
+//! cannot be used. The wall clock is read here and only here: for the
+//! report folder's name and the JUnit times.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
+
+use agentdrill::loader::{self, Loaded};
+use agentdrill::report::{self, Entry};
+use agentdrill::{drill, scenario};
+use tabled::{Table, Tabled, settings::Style};
+
+use crate::Format;
+
+/// Reads every scenario under `paths`; prints every error of every bad
+/// file (or, with `stop_at_first_bad`, of the first bad file) and gives 2.
+fn load(
+    paths: &[PathBuf],
+    stop_at_first_bad: bool,
+    ok: &mut dyn FnMut(&Path, &Loaded),
+) -> Result<Vec<(PathBuf, Loaded)>, ExitCode> {
+    let files = crate::collect(paths).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })?;
+    let mut out = Vec::new();
+    let mut bad = false;
+    for f in files {
+        tracing::debug!(file = %f.display(), "loading");
+        match loader::load(&f) {
+            Ok(l) => {
+                ok(&f, &l);
+                out.push((f, l));
+            }
+            Err(e) => {
+                for e in e.all() {
+                    eprintln!("error: {e}");
+                }
+                bad = true;
+                if stop_at_first_bad {
+                    break;
+                }
+            }
+        }
+    }
+    if bad { Err(ExitCode::from(2)) } else { Ok(out) }
+}
+
+/// Writes to stdout; a closed pipe (`agentdrill run … | head`) is not an error.
+fn emit(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
+}
+
+/// Whether to colour stdout: a terminal, and `NO_COLOR` unset or empty
+/// (<https://no-color.org>).
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Colours the verdict words of a rendered table.
+fn paint(s: &str) -> String {
+    const GREEN: &str = "\x1b[32m";
+    const RED: &str = "\x1b[31m";
+    const OFF: &str = "\x1b[0m";
+    s.replace("FAIL (not caught)", "\u{1}")
+        .replace("PASS (caught)", "\u{2}")
+        .replace("PASS", &format!("{GREEN}PASS{OFF}"))
+        .replace("FAIL", &format!("{RED}FAIL{OFF}"))
+        .replace('\u{1}', &format!("{RED}FAIL (not caught){OFF}"))
+        .replace('\u{2}', &format!("{GREEN}PASS (caught){OFF}"))
+}
+
+fn print_table(entries: &[Entry]) {
+    let results: Vec<drill::DrillResult> = entries.iter().map(|e| e.result.clone()).collect();
+    let t = report::table(&results);
+    emit(&if colour() { paint(&t) } else { t });
+}
+
+/// `agentdrill run`.
+pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<PathBuf>) -> ExitCode {
+    let loaded = match load(paths, false, &mut |_, _| {}) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let bar = (loaded.len() > 1 && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(loaded.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} drills  {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let mut entries = Vec::with_capacity(loaded.len());
+    for (file, l) in loaded {
+        let sc = &l.scenario;
+        if let Some(b) = &bar {
+            b.set_message(sc.name.clone());
+        }
+        let seed = seed.unwrap_or(sc.seed);
+        tracing::info!(scenario = %sc.name, seed, file = %file.display(), "running");
+        let t0 = Instant::now();
+        let result = drill::run(sc, seed);
+        let wall = t0.elapsed();
+        tracing::info!(scenario = %sc.name, verdict = result.verdict, wall_ms = wall.as_secs_f64() * 1e3, "done");
+        entries.push(Entry { result, file: Some(file), hash: Some(l.hash), wall: Some(wall) });
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    tracing::info!(drills = entries.len(), wall_ms = started.elapsed().as_secs_f64() * 1e3, "catalogue done");
+    match format {
+        Format::Table => print_table(&entries),
+        Format::Json => emit(&(report::json_entries(&entries) + "\n")),
+        Format::Junit => emit(&report::junit::junit(&entries)),
+        Format::Markdown => emit(&report::markdown::markdown(&entries)),
+    }
+    if let Some(dir) = out {
+        match write_reports(&dir, &entries) {
+            Ok(at) => eprintln!("reports written to {}/ (report.json, junit.xml, report.md)", at.display()),
+            Err(e) => {
+                eprintln!("error: {}: cannot write the reports: {e}", dir.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+/// Writes the three reports into a new `dir/<UTC timestamp>/`.
+fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let stamp = utc_stamp(SystemTime::now());
+    let mut at = dir.join(&stamp);
+    let mut n = 1;
+    loop {
+        match std::fs::create_dir(&at) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
+                n += 1;
+                at = dir.join(format!("{stamp}-{n}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    write_atomic(&at, "report.json", &report::json_entries(entries))?;
+    write_atomic(&at, "junit.xml", &report::junit::junit(entries))?;
+    write_atomic(&at, "report.md", &report::markdown::markdown(entries))?;
+    tracing::info!(dir = %at.display(), "reports written");
+    Ok(at)
+}
+
+/// Writes a temporary file in the same folder, flushes it to disk, then
+/// renames it over `name`: a reader sees the whole report or none.
+fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `20250131T235959Z` for a time (UTC).
+pub fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
+}
+
+#[derive(Tabled)]
+struct ListRow {
+    drill: String,
+    tier: String,
+    expect: &'static str,
+    faults: String,
+    purpose: String,
+}
+
+/// `agentdrill list`.
+pub fn list(paths: &[PathBuf]) -> ExitCode {
+    let loaded = match load(paths, false, &mut |_, _| {}) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let rows: Vec<ListRow> = loaded
+        .iter()
+        .map(|(_, l)| {
+            let sc = &l.scenario;
+            let mut kinds: Vec<&str> = sc.faults.iter().map(scenario::FaultSpec::kind).collect();
+            kinds.dedup();
+            ListRow {
+                drill: sc.name.clone(),
+                tier: sc.tier.name().to_owned(),
+                expect: if sc.expect == scenario::Expect::Fail { "fail" } else { "pass" },
+                faults: if kinds.is_empty() { "none".into() } else { kinds.join(", ") },
+                purpose: sc.purpose.clone(),
+            }
+        })
+        .collect();
+    emit(&format!("{}\n{} drills\n", Table::new(rows).with(Style::rounded()), loaded.len()));
+    ExitCode::SUCCESS
+}
+
+/// `agentdrill validate`.
+pub fn validate(paths: &[PathBuf]) -> ExitCode {
+    let mut ok = |f: &Path, l: &Loaded| {
+        let sc = &l.scenario;
+        let n = sc.faults.len();
+        emit(&format!(
+            "ok  {}  ({}, tier {}, {n} fault{}{})\n",
+            f.display(),
+            sc.name,
+            sc.tier.name(),
+            if n == 1 { "" } else { "s" },
+            if l.files.len() > 1 { format!(", {} included", l.files.len() - 1) } else { String::new() }
+        ));
+    };
+    match load(paths, true, &mut ok) {
+        Ok(l) => {
+            emit(&format!("{} scenario{} valid\n", l.len(), if l.len() == 1 { "" } else { "s" }));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// `agentdrill explain`.
+pub fn explain(file: &Path, seed: Option<u64>) -> ExitCode {
+    let l = match loader::load(file) {
+        Ok(l) => l,
+        Err(e) => {
+            for e in e.all() {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let sc = &l.scenario;
+    let t0 = Instant::now();
+    let result = drill::run(sc, seed.unwrap_or(sc.seed));
+    let entry = Entry { result, file: Some(file.to_owned()), hash: Some(l.hash.clone()), wall: Some(t0.elapsed()) };
+    let text = report::explain::narrative(&entry, sc);
+    emit(&if colour() { paint(&text) } else { text });
+    emit("\n");
+    print_table(std::slice::from_ref(&entry));
+    if entry.result.verdict == "pass" { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_calendar_time() {
+        let at = |s: u64| utc_stamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(0), "19700101T000000Z");
+        assert_eq!(at(951_782_400), "20000229T000000Z");
+        assert_eq!(at(1_735_689_599), "20241231T235959Z");
+    }
+}
