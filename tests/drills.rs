@@ -244,3 +244,15 @@ fn scenarios_round_trip_through_toml() {
         assert_eq!(a.event_digest, b.event_digest, "{}", f.display());
     }
 }
+
+/// Validation checks fault endpoints against `host_names` without building
+/// the stack: it must name exactly the hosts the build creates.
+#[test]
+fn host_names_match_the_built_stack() {
+    for f in catalogue("scenarios") {
+        let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+        let built: Vec<String> =
+            agentdrill::stack::Stack::build(&sc, 1).rt.hosts().iter().map(|h| h.name.clone()).collect();
+        assert_eq!(agentdrill::stack::host_names(&sc.stack), built, "{}", f.display());
+    }
+}
