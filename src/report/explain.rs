@@ -212,6 +212,15 @@ fn stack_lines(sc: &Scenario) -> Vec<String> {
     if !apis.is_empty() {
         v.push(format!("The {} API does not deduplicate on the idempotency key.", apis.join(" and ")));
     }
+    if let Some(q) = s.queue {
+        v.push(format!(
+            "Jobs go through a queue ({}): duplicates within {} are dropped, redelivery after {}{}.",
+            if q.replicated { "mirrored to region B" } else { "not replicated" },
+            crate::scenario::Dur(q.dedupe_window_ms),
+            crate::scenario::Dur(q.ack_wait_ms),
+            q.max_deliver.map_or_else(String::new, |m| format!(", at most {m} deliveries"))
+        ));
+    }
     let w = &sc.workload;
     v.push(format!(
         "Workload: {} jobs ({}), {}.",
@@ -296,7 +305,6 @@ fn worker_words(w: Option<WorkerTarget>) -> String {
 
 /// A fault in words.
 pub fn fault_words(sc: &Scenario, f: &FaultSpec) -> String {
-    #[allow(unreachable_patterns)] // new fault kinds fall back to their TOML
     match f {
         FaultSpec::WorkerKill { at, worker, restart_after } => format!(
             "worker_kill {}. {} is killed: its memory and local disk are gone; {}.",
@@ -320,10 +328,47 @@ pub fn fault_words(sc: &Scenario, f: &FaultSpec) -> String {
         FaultSpec::ProviderOutage { at, provider, mode, duration } => {
             format!("provider_outage: {provider} {} from {at} for {duration}.", mode_words(mode))
         }
-        other => format!(
-            "{}: {}",
-            other.kind(),
-            toml::to_string(other).unwrap_or_default().lines().collect::<Vec<_>>().join(", ")
+        FaultSpec::Partition { at, duration, a, b, one_way } => format!(
+            "partition: from {at} for {duration}, {} between {a} and {b}.",
+            if *one_way { format!("nothing gets from {a} to {b} (one way)") } else { "no message gets through".into() }
+        ),
+        FaultSpec::LinkDegradation { at, duration, a, b, one_way, latency, loss } => format!(
+            "link_degradation: from {at} for {duration}, messages between {a} and {b}{} take {latency} longer and {:.0} % are lost.",
+            if *one_way { " (one way)" } else { "" },
+            loss * 100.0
+        ),
+        FaultSpec::DiskLoss { at, worker } => format!(
+            "disk_loss {}. {}'s local disk (its scratchpad) is gone; the process keeps running.",
+            when_words(sc, at),
+            capital(&worker_words(*worker))
+        ),
+        FaultSpec::ReplicationLagSpike { at, duration, lag } => {
+            format!(
+                "replication_lag_spike: from {at} for {duration}, asynchronous replication runs {lag} further behind."
+            )
+        }
+        FaultSpec::PromptCacheLoss { at, duration, provider } => format!(
+            "prompt_cache_loss: from {at} for {duration}, every request to {} is cold (full input price, more latency).",
+            provider.as_deref().unwrap_or("every provider")
+        ),
+        FaultSpec::ClockSkew { at, host, offset, duration } => format!(
+            "clock_skew: at {at} the wall clock of {host} jumps {offset}{}.",
+            duration.map_or_else(String::new, |d| format!(" for {d}"))
+        ),
+        FaultSpec::VectorCorruption { at, fraction } => format!(
+            "vector_corruption: at {at}, {:.0} % of vector memory is silently corrupted; the store's integrity check has to find it.",
+            fraction * 100.0
+        ),
+        FaultSpec::ToolSchemaChange { at, duration, api } => format!(
+            "tool_schema_change: from {at} for {duration}, the {api:?} API's responses stop matching their schema (the calls still happen)."
+        ),
+        FaultSpec::BadDeploy { at, error_rate } => format!(
+            "bad_deploy: at {at} a new prompt version goes out; {:.0} % of model outputs fail validation under it.",
+            error_rate * 100.0
+        ),
+        FaultSpec::QueueLoss { at, duration } => format!(
+            "queue_loss: at {at} the queue's active node is lost{}.",
+            duration.map_or_else(|| " for good".into(), |d| format!(" for {d}"))
         ),
     }
 }
