@@ -11,6 +11,7 @@
 pub mod drill;
 pub mod env;
 pub mod ids;
+pub mod invariants;
 pub mod ledger;
 pub mod measure;
 pub mod orchestrator;
