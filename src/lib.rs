@@ -10,6 +10,7 @@
 
 pub mod drill;
 pub mod env;
+pub mod fuzz;
 pub mod ids;
 pub mod invariants;
 pub mod ledger;

@@ -52,6 +52,14 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Generate drills, check every recovery invariant, shrink a violation to
+    /// the smallest drill and write it as a scenario file.
+    ///
+    /// Exit code: 0 no violation found, 1 a violation (its reproducer is
+    /// written), 2 unusable input.
+    ///
+    /// Example: agentdrill fuzz --cases 500 --policy no-fencing --seed 7
+    Fuzz(agentdrill::fuzz::FuzzArgs),
 }
 
 fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -146,5 +154,6 @@ fn main() -> ExitCode {
             print!("{}", report::table(std::slice::from_ref(&r)));
             ExitCode::SUCCESS
         }
+        Command::Fuzz(args) => agentdrill::fuzz::cli(args),
     }
 }
