@@ -485,6 +485,8 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
             violations.push(format!("cost +{pct:.0}% over the fault-free run, limit +{limit:.0}%"));
         }
     }
+    // The recovery invariants (`invariants`), so a `fuzz` reproducer fails here too.
+    violations.extend(crate::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
     let met_targets = violations.is_empty();
     let passed = match sc.expect {
         Expect::Pass => met_targets,

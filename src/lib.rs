@@ -10,7 +10,9 @@
 
 pub mod drill;
 pub mod env;
+pub mod fuzz;
 pub mod ids;
+pub mod invariants;
 pub mod ledger;
 pub mod loader;
 pub mod matrix;

@@ -125,6 +125,14 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Generate drills, check every recovery invariant, shrink a violation to
+    /// the smallest drill and write it as a scenario file.
+    ///
+    /// Exit code: 0 no violation found, 1 a violation (its reproducer is
+    /// written), 2 unusable input.
+    ///
+    /// Example: agentdrill fuzz --cases 500 --policy no-fencing --seed 7
+    Fuzz(agentdrill::fuzz::FuzzArgs),
 }
 
 fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -228,5 +236,6 @@ fn main() -> ExitCode {
         }
         Command::List { paths } => cli::list(&paths),
         Command::Validate { paths } => cli::validate(&paths),
+        Command::Fuzz(args) => agentdrill::fuzz::cli(args),
     }
 }

@@ -123,6 +123,9 @@ struct TaskCtx {
 enum LookupFor {
     /// The current side-effect step's status is unknown.
     Step,
+    /// A task that may be missing progress: did the current side effect
+    /// already happen? (No intent is known: if not, checkpoint, then call.)
+    ReplayStep,
     /// Before re-deciding model step `g`: did the side effect of step `s`
     /// it governs already happen, and with which decision?
     Decision { g: u16, s: u16 },
@@ -579,12 +582,12 @@ impl Worker {
                     None => return false,
                 }
             }
-            k if k.is_side_effect() => (LookupFor::Step, ordinal),
+            k if k.is_side_effect() => (LookupFor::ReplayStep, ordinal),
             _ => return false,
         };
         let key = IdemKey::for_slot(TaskId(c.key_task), s);
         let (api, to) = self.api_for(tpl.steps[s as usize].kind);
-        if purpose == LookupFor::Step {
+        if purpose == LookupFor::ReplayStep {
             let decision = spec.governed_by.map_or(0, |g| c.decisions[g as usize]);
             let args = args_for(c.job.0, ordinal, decision);
             let c = self.ctx();
@@ -858,7 +861,19 @@ impl Worker {
             }
             return;
         }
+        let replay_check = self.ctx().lookup_for == LookupFor::ReplayStep;
+        self.ctx().lookup_for = LookupFor::Step;
         match found {
+            Lookup::NotFound if replay_check => {
+                // It did not happen: run the step the normal way, checkpoint first.
+                env.note(Note::Reconciled { job, step: ordinal, found: false });
+                self.advance(env);
+            }
+            Lookup::InProgress if replay_check => {
+                self.ctx().replay_checked &= !(1 << ordinal);
+                self.ctx().on_resume = Again::Advance;
+                self.wait_then_resume(env, US_PER_S);
+            }
             Lookup::Found { params, .. } => {
                 env.note(Note::Reconciled { job, step: ordinal, found: true });
                 let spec = self.template().steps[ordinal as usize];

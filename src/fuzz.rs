@@ -1,0 +1,1153 @@
+//! Property-based crash testing: generated drills, the invariants checked on
+//! each, shrinking to the smallest failing drill, and the reproducer file.
+//!
+//! # Strategies
+//!
+//! The proptest strategies are public so that a stack's own test suite can
+//! use them ([`scenario`] for whole drills, or the parts: [`workload`],
+//! [`stack`], [`fault`], [`fault_schedule`]):
+//!
+//! ```
+//! use agentdrill::fuzz::{self, PolicyChoice};
+//! use agentdrill::{drill, invariants};
+//! use proptest::prelude::*;
+//! use proptest::test_runner::{Config, RngSeed, TestRunner};
+//!
+//! // In a test suite this is `proptest! { #[test] fn keeps_invariants(sc in
+//! // fuzz::scenario(PolicyChoice::Reference)) { … } }`; here the runner is
+//! // driven by hand so the example runs as a doc test.
+//! let config = Config { cases: 4, rng_seed: RngSeed::Fixed(7), ..Config::default() };
+//! TestRunner::new(config)
+//!     .run(&fuzz::scenario(PolicyChoice::Reference), |sc| {
+//!         let run = drill::simulate(&sc, sc.seed, true);
+//!         let broken = invariants::check(&sc, &run);
+//!         prop_assert!(broken.is_empty(), "{}", broken[0]);
+//!         Ok(())
+//!     })
+//!     .expect("the reference stack keeps every invariant");
+//! ```
+//!
+//! They shrink in the order a reader wants: the drill is the tuple
+//! `(faults, workload, stack, seed)` and proptest shrinks a tuple's parts in
+//! order, so **fewer faults** first (`vec(fault, 0..=N)` drops elements
+//! before simplifying them), then **earlier and simpler faults** (times are
+//! integers counting up from 0; every choice lists the simplest
+//! alternative first: a kill before a pause before a provider outage before
+//! a region loss, a time before an event, a permanent loss before a
+//! temporary one), then **smaller workloads** (fewer tasks, fewer
+//! templates), then a plainer stack. The simulation seed never shrinks.
+//!
+//! A fault is generated with raw numbers (job, step, worker) and resolved
+//! against the workload and stack when the drill is assembled (`job %
+//! tasks`, `step % steps`), so the parts stay independent and shrink
+//! independently. Adding a `FaultSpec` variant means one arm in [`fault`]
+//! (its strategy, simplest parameters first), and one each in `resolve`,
+//! `invariants::Budget::own_us` (its RTO budget from the stack) and
+//! `invariants::Budget::fault_end_us` — the compiler points at the last
+//! three.
+//!
+//! # Policies
+//!
+//! [`PolicyChoice`] is the reference policy or one anti-pattern. Each sets
+//! the stack up so that its anti-pattern can do harm (see
+//! [`PolicyChoice::prepare`]); the reference policy runs on the same kinds of
+//! stack. The tier a generated drill claims is the tightest one the
+//! reference stack's derived budgets fit ([`claim_tier`]).
+//!
+//! # The runner
+//!
+//! Case `i` of a run is generated from its own RNG, seeded from
+//! `(--seed, i)`: the same seed and case count find the same violations, and
+//! `--shard I/N` runs the cases with `i % N == I - 1`, so N jobs cover
+//! disjoint cases. On a violation the case is shrunk while it still breaks
+//! the *same* invariant, and the smallest drill is written as a scenario
+//! file (`expect = "fail"`, a leading comment naming the invariant) that
+//! `agentdrill run` re-runs. A panic in the simulation is caught and is a
+//! `no_panic` violation like any other.
+//!
+//! # Known engine issues
+//!
+//! Bugs of the engine that fuzzing found under the reference policy and that
+//! are not fixed yet are listed in [`KNOWN_ISSUES`], each with a predicate
+//! over a drill's configuration and schedule and a reproducer in
+//! `fixtures/regressions/`. Generated drills whose reference version matches
+//! one are skipped (a `prop_filter`, so every case index still yields a
+//! checked drill) unless `--include-known-issues` is given. Fixing a bug
+//! means deleting its entry, which lets fuzzing cover that ground again.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use serde::Serialize;
+
+use crate::env::Phase;
+use crate::ids::{Micros, US_PER_S};
+use crate::invariants::{self, Budget, Invariant, Violation};
+use crate::orchestrator::Replication;
+use crate::policy::AntiPattern;
+use crate::provider::ErrorMode;
+use crate::region::Pattern;
+use crate::scenario::{
+    Arrival, Dur, Expect, FailoverSpec, FaultSpec, RegionName, Scenario, SnapshotLocation, StackSpec, VectorSpec, When,
+    WorkerTarget, Workload,
+};
+use crate::tier::Tier;
+
+/// The most faults a generated drill has.
+pub const MAX_FAULTS: usize = 4;
+/// Faults start within this long after the drill starts.
+pub const FAULT_WINDOW_MS: u64 = 15 * 60 * 1_000;
+const TEMPLATES: [&str; 3] = ["book_flight", "research_report", "approve_refund"];
+const PROVIDERS: [&str; 3] = ["anthropic", "openai", "local"];
+
+/// The policy a fuzz run tests: the reference, or one anti-pattern (the
+/// number is DOMAIN.md's): `reference` (every safeguard on),
+/// `key-from-model-output`, `key-from-prompt-hash`, `key-from-wall-clock`
+/// (1), `checkpoint-at-session-end` (2), `checkpoint-after-step` (3),
+/// `resume-without-reconcile` (4), `short-lease` (5), `no-fencing` (6),
+/// `worker-minted-task-id` (7), `replication-lag-beyond-rpo` (8),
+/// `snapshots-same-region` (9), `single-provider` (10), `no-circuit-breaker`
+/// (11), `artefacts-on-local-disk` (13); and the hidden, test-only
+/// `planted-bug-persist-before-call`. (The variants carry no doc comments
+/// on purpose: without per-value help, `fuzz --help` prints the compact
+/// `[possible values: …]` list.)
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyChoice {
+    Reference,
+    KeyFromModelOutput,
+    KeyFromPromptHash,
+    KeyFromWallClock,
+    CheckpointAtSessionEnd,
+    CheckpointAfterStep,
+    ResumeWithoutReconcile,
+    ShortLease,
+    NoFencing,
+    WorkerMintedTaskId,
+    ReplicationLagBeyondRpo,
+    SnapshotsSameRegion,
+    SingleProvider,
+    NoCircuitBreaker,
+    ArtefactsOnLocalDisk,
+    #[value(hide = true)]
+    PlantedBugPersistBeforeCall,
+}
+
+impl PolicyChoice {
+    /// Every anti-pattern the engine expresses (each has a `--policy` name).
+    pub const ANTI_PATTERNS: [PolicyChoice; 14] = [
+        PolicyChoice::KeyFromModelOutput,
+        PolicyChoice::KeyFromPromptHash,
+        PolicyChoice::KeyFromWallClock,
+        PolicyChoice::CheckpointAtSessionEnd,
+        PolicyChoice::CheckpointAfterStep,
+        PolicyChoice::ResumeWithoutReconcile,
+        PolicyChoice::ShortLease,
+        PolicyChoice::NoFencing,
+        PolicyChoice::WorkerMintedTaskId,
+        PolicyChoice::ReplicationLagBeyondRpo,
+        PolicyChoice::SnapshotsSameRegion,
+        PolicyChoice::SingleProvider,
+        PolicyChoice::NoCircuitBreaker,
+        PolicyChoice::ArtefactsOnLocalDisk,
+    ];
+
+    /// The name as written on the command line.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+
+    /// The anti-pattern switched on, if any.
+    pub fn anti_pattern(self) -> Option<AntiPattern> {
+        Some(match self {
+            PolicyChoice::Reference | PolicyChoice::PlantedBugPersistBeforeCall => return None,
+            PolicyChoice::KeyFromModelOutput => AntiPattern::KeyFromModelOutput,
+            PolicyChoice::KeyFromPromptHash => AntiPattern::KeyFromPromptHash,
+            PolicyChoice::KeyFromWallClock => AntiPattern::KeyFromWallClock,
+            PolicyChoice::CheckpointAtSessionEnd => AntiPattern::CheckpointAtSessionEnd,
+            PolicyChoice::CheckpointAfterStep => AntiPattern::CheckpointAfterStep,
+            PolicyChoice::ResumeWithoutReconcile => AntiPattern::ResumeWithoutReconcile,
+            PolicyChoice::ShortLease => AntiPattern::ShortLease,
+            PolicyChoice::NoFencing => AntiPattern::NoFencing,
+            PolicyChoice::WorkerMintedTaskId => AntiPattern::WorkerMintedTaskId,
+            PolicyChoice::ReplicationLagBeyondRpo => AntiPattern::ReplicationLagBeyondRpo,
+            PolicyChoice::SnapshotsSameRegion => AntiPattern::SnapshotsSameRegion,
+            PolicyChoice::SingleProvider => AntiPattern::SingleProvider,
+            PolicyChoice::NoCircuitBreaker => AntiPattern::NoCircuitBreaker,
+            PolicyChoice::ArtefactsOnLocalDisk => AntiPattern::ArtefactsOnLocalDisk,
+        })
+    }
+
+    /// Sets a generated stack (and workload) up so that this policy's
+    /// anti-pattern can do harm. The reference policy runs on the same
+    /// prepared stacks (that is how it is tested on every anti-pattern's
+    /// stacks); [`PolicyChoice::switch_on`] then turns the anti-pattern on.
+    /// Per anti-pattern:
+    ///
+    /// - keys from model output, prompt hash or wall clock, and a worker-minted
+    ///   task id: nothing to prepare — the payment API deduplicates, but on
+    ///   a resume the key is new, so a kill in flight charges twice;
+    /// - checkpoint after the step, resume without reconcile, no fencing: the
+    ///   email API does not deduplicate (`email_dedupe = false`), so a
+    ///   re-issued or zombie email is a second email;
+    /// - short lease (5 s, no renewal): as above, and the email API takes 6–9
+    ///   s (longer than the lease, shorter than the worker's 10 s request
+    ///   timeout), so the lease runs out during calls;
+    /// - checkpoint at session end and artefacts on local disk: nothing — the
+    ///   resumer decides again, and the payment/email API refuses the new
+    ///   parameters under the old key (the task fails) or acts on them;
+    /// - replication lag beyond RPO: the reference version replicates
+    ///   synchronously (so the tier it claims is tight); the switch then
+    ///   makes replication asynchronous, lagging twice the tier's RPO;
+    /// - snapshots in the same region: no streaming replica (the switch then
+    ///   keeps the snapshots in region A);
+    /// - single provider: nothing (a provider outage is the agent's outage);
+    /// - no circuit breaker: a breaker that opens after 1–2 failures and a
+    ///   backlog of 20–40 jobs at once on 1–2 workers, so that calls keep
+    ///   coming during an outage.
+    pub fn prepare(self, stack: &mut StackSpec, workload: &mut Workload) {
+        if matches!(
+            self,
+            PolicyChoice::CheckpointAfterStep
+                | PolicyChoice::ResumeWithoutReconcile
+                | PolicyChoice::NoFencing
+                | PolicyChoice::ShortLease
+        ) {
+            stack.apis.email_dedupe = false;
+        }
+        match self {
+            PolicyChoice::ShortLease => {
+                // 6–9 s, from the generated latency.
+                stack.apis.email_latency = Dur(6_000 + stack.apis.email_latency.ms() % 3_001);
+            }
+            // The claim (the tightest tier the reference version fits) must
+            // be tight for a lag "beyond the tier's RPO" to mean anything:
+            // the reference version replicates synchronously, so its RTO
+            // budget has no wait for resubmitted jobs.
+            PolicyChoice::ReplicationLagBeyondRpo => stack.replication = Replication::Sync { degrade_after_ms: None },
+            PolicyChoice::SnapshotsSameRegion => stack.vector.streaming_replica = false,
+            PolicyChoice::NoCircuitBreaker => {
+                stack.breaker.failure_threshold = 1 + stack.breaker.failure_threshold % 2;
+                stack.workers = 1 + stack.workers % 2;
+                stack.standby_workers = stack.standby_workers.min(stack.workers);
+                workload.tasks = 20 + workload.tasks % 21;
+                workload.arrival = Arrival::AtOnce;
+            }
+            _ => {}
+        }
+    }
+
+    /// Turns this policy's switch on in a prepared stack that claims `tier`:
+    /// the anti-pattern's policy switch, or — for the two that are stack
+    /// configuration — asynchronous replication lagging twice the tier's RPO
+    /// (anti-pattern 8), snapshots kept in region A with no streaming replica
+    /// (anti-pattern 9). The planted bug sets its test-only switch.
+    pub fn switch_on(self, stack: &mut StackSpec, tier: Tier) {
+        match self {
+            PolicyChoice::ReplicationLagBeyondRpo => {
+                stack.replication = Replication::Async { lag_ms: 2 * tier.rpo_s() as u64 * 1_000, interval_ms: 1_000 };
+            }
+            PolicyChoice::SnapshotsSameRegion => {
+                stack.vector.snapshot_location = SnapshotLocation::SameRegion;
+                stack.vector.streaming_replica = false;
+            }
+            PolicyChoice::PlantedBugPersistBeforeCall => stack.policy.planted_bug_persist_before_call = true,
+            _ => {}
+        }
+        stack.anti_patterns.extend(self.anti_pattern());
+    }
+}
+
+// ---------------------------------------------------------------- strategies
+
+fn dur_ms(lo: u64, hi: u64) -> impl Strategy<Value = Dur> + Clone {
+    (lo..=hi).prop_map(Dur)
+}
+
+fn dur_s(lo: u64, hi: u64) -> impl Strategy<Value = Dur> + Clone {
+    (lo..=hi).prop_map(Dur::secs)
+}
+
+/// A fault start time, in steps of 100 ms from 0.
+fn start_time() -> impl Strategy<Value = Dur> + Clone {
+    (0..=FAULT_WINDOW_MS / 100).prop_map(|x| Dur(x * 100))
+}
+
+/// When a worker fault starts: a time, or an event (raw job and step,
+/// resolved against the workload later).
+pub fn when() -> impl Strategy<Value = When> + Clone {
+    prop_oneof![
+        start_time().prop_map(When::At),
+        (0..64u32, 0..16u16, prop::sample::select(Phase::ALL.to_vec())).prop_map(|(job, step, phase)| When::Event {
+            job,
+            step,
+            phase
+        }),
+    ]
+}
+
+fn worker_target() -> impl Strategy<Value = Option<WorkerTarget>> + Clone {
+    prop_oneof![(0..16u32).prop_map(WorkerTarget::Index), (0..64u32).prop_map(WorkerTarget::HoldingJob)].prop_map(Some)
+}
+
+/// A provider error mode, simplest first.
+pub fn error_mode() -> impl Strategy<Value = ErrorMode> + Clone {
+    prop_oneof![
+        Just(ErrorMode::Unavailable),
+        Just(ErrorMode::ServerError),
+        Just(ErrorMode::Overloaded),
+        Just(ErrorMode::QuotaExhausted),
+        Just(ErrorMode::Timeout),
+        (1..=60u64).prop_map(|s| ErrorMode::RateLimited { retry_after_ms: s * 1_000 }),
+        (2..=30u32).prop_map(|factor| ErrorMode::Slow { factor }),
+        (1..=250u32).prop_map(|after_tokens| ErrorMode::StreamError { after_tokens }),
+    ]
+}
+
+/// One fault from the whole catalogue, with its parameters: a worker kill,
+/// a worker pause, a provider outage or a region loss (simplest first).
+/// Raw numbers (job, step, worker index) are resolved when the drill is
+/// assembled.
+pub fn fault() -> impl Strategy<Value = FaultSpec> + Clone {
+    prop_oneof![
+        (when(), worker_target(), dur_s(1, 120)).prop_map(|(at, worker, restart)| FaultSpec::WorkerKill {
+            at,
+            worker,
+            restart_after: Some(restart)
+        }),
+        (when(), worker_target(), dur_s(1, 300)).prop_map(|(at, worker, duration)| FaultSpec::WorkerPause {
+            at,
+            worker,
+            duration
+        }),
+        (start_time(), prop::sample::select(PROVIDERS.to_vec()), error_mode(), dur_s(1, 40 * 60)).prop_map(
+            |(at, provider, mode, duration)| FaultSpec::ProviderOutage {
+                at,
+                provider: provider.to_owned(),
+                mode,
+                duration
+            }
+        ),
+        (start_time(), prop_oneof![Just(RegionName::A), Just(RegionName::B)], prop::option::of(dur_s(1, 30 * 60)))
+            .prop_map(|(at, region, duration)| {
+                // Losing the standby region for good is not generated: under
+                // synchronous replication it stalls the primary for good.
+                let duration = if region == RegionName::B { duration.or(Some(Dur::secs(600))) } else { duration };
+                FaultSpec::RegionLoss { at, region, duration }
+            }),
+    ]
+}
+
+/// A fault schedule: up to `max` faults (shrinks to fewer first).
+pub fn fault_schedule(max: usize) -> impl Strategy<Value = Vec<FaultSpec>> + Clone {
+    prop::collection::vec(fault(), 0..=max)
+}
+
+/// A workload: 1–24 jobs over a non-empty subset of the templates, at once,
+/// uniform or Poisson, 1–30 s apart.
+pub fn workload() -> impl Strategy<Value = Workload> + Clone {
+    (
+        1..=24u32,
+        prop::sample::subsequence(TEMPLATES.to_vec(), 1..=3),
+        prop_oneof![Just(Arrival::AtOnce), Just(Arrival::Uniform), Just(Arrival::Poisson)],
+        dur_s(1, 30),
+    )
+        .prop_map(|(tasks, templates, arrival, interval)| Workload {
+            templates: templates.into_iter().map(str::to_owned).collect(),
+            tasks,
+            arrival,
+            interval,
+            ..Workload::default()
+        })
+}
+
+/// A two-region stack under the reference policy: pattern, workers,
+/// replication, failover timings, vector snapshots, API behaviour, lease and
+/// recovery scan, breaker. (Set an anti-pattern up with
+/// [`PolicyChoice::prepare`].)
+pub fn stack() -> impl Strategy<Value = StackSpec> + Clone {
+    let pattern = prop_oneof![Just(Pattern::WarmStandby), Just(Pattern::ActiveActive), Just(Pattern::ColdStandby)];
+    let replication = prop_oneof![
+        (0..=50u64, 5..=20u64)
+            .prop_map(|(lag, interval)| Replication::Async { lag_ms: lag * 100, interval_ms: interval * 100 }),
+        Just(Replication::Sync { degrade_after_ms: None }),
+    ];
+    let failover = (dur_s(5, 60), dur_s(1, 5), 1..=4u32, dur_s(0, 10), dur_s(0, 120), dur_s(0, 300)).prop_map(
+        |(health_interval, health_timeout, failure_threshold, promotion, dns_ttl, scale_up)| FailoverSpec {
+            health_interval,
+            health_timeout,
+            failure_threshold,
+            promotion,
+            dns_ttl,
+            scale_up,
+        },
+    );
+    let vector = (dur_s(30, 240), dur_s(1, 50), any::<bool>(), dur_s(0, 120)).prop_map(
+        |(snapshot_interval, ship_delay, streaming_replica, restore_base)| VectorSpec {
+            snapshot_interval,
+            ship_delay,
+            streaming_replica,
+            restore_base,
+            ..VectorSpec::default()
+        },
+    );
+    let apis = (any::<bool>(), dur_ms(50, 8_000), dur_ms(100, 3_000));
+    let knobs = (1..=5u32, 10..=60u64, dur_ms(1_100, 10_000), 1..=3u32);
+    (pattern, replication, failover, vector, apis, knobs).prop_map(
+        |(pattern, replication, failover, vector, (email_dedupe, email_latency, payment_latency), knobs)| {
+            let (workers, lease_s, recovery_scan, breaker_threshold) = knobs;
+            let mut s =
+                StackSpec { pattern, workers, replication, failover, vector, recovery_scan, ..StackSpec::default() };
+            s.standby_workers = s.standby_workers.min(workers);
+            s.apis.email_dedupe = !email_dedupe;
+            s.apis.email_latency = email_latency;
+            s.apis.payment_latency = payment_latency;
+            s.policy.lease_ms = lease_s * 1_000;
+            s.breaker.failure_threshold = breaker_threshold;
+            s
+        },
+    )
+}
+
+/// Whole drills for `policy`: `(faults, workload, stack, seed)` assembled by
+/// [`assemble`], avoiding the [`KNOWN_ISSUES`]. See the module docs for the
+/// shrinking order.
+pub fn scenario(policy: PolicyChoice) -> impl Strategy<Value = Scenario> + Clone {
+    scenario_with(policy, true, false)
+}
+
+/// [`scenario`] with the choices spelled out: `switch_on = false` runs the
+/// reference policy on the stacks `policy` sets up (see
+/// [`PolicyChoice::prepare`]); `include_known_issues` keeps drills whose
+/// reference version can hit a [`KNOWN_ISSUES`] entry.
+pub fn scenario_with(
+    policy: PolicyChoice,
+    switch_on: bool,
+    include_known_issues: bool,
+) -> impl Strategy<Value = Scenario> + Clone {
+    (fault_schedule(MAX_FAULTS), workload(), stack(), any::<u64>().no_shrink())
+        .prop_map(move |(faults, workload, stack, seed)| {
+            let reference = assemble_with(policy, faults, workload, stack, seed, false);
+            let drill = if switch_on { switched_on(policy, &reference) } else { reference.clone() };
+            (reference, drill)
+        })
+        .prop_filter("hits a known engine issue", move |(reference, _)| {
+            include_known_issues || known_issue(reference).is_none()
+        })
+        .prop_map(|(_, drill)| drill)
+}
+
+/// An engine issue the fuzzer found under the reference policy and that is
+/// not fixed yet. Generated drills that can hit one are skipped (unless
+/// `--include-known-issues`), so that fuzzing finds what is new; each has a
+/// reproducer in `fixtures/regressions/` that the regression test keeps
+/// failing until the engine is fixed. Delete the entry with the fix.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownIssue {
+    /// Short name.
+    pub name: &'static str,
+    /// The reproducer, relative to the repository.
+    pub reproducer: &'static str,
+    /// What goes wrong.
+    pub summary: &'static str,
+    /// Whether a drill's configuration and schedule can hit it.
+    pub matches: fn(&Scenario) -> bool,
+}
+
+fn region_losses(sc: &Scenario) -> impl Iterator<Item = (RegionName, Micros, Option<Micros>)> + '_ {
+    sc.faults.iter().filter_map(|f| match f {
+        FaultSpec::RegionLoss { at, region, duration } => Some((*region, at.us(), duration.map(|d| d.us()))),
+        _ => None,
+    })
+}
+
+/// The known engine issues (see [`KnownIssue`]).
+pub const KNOWN_ISSUES: &[KnownIssue] = &[
+    KnownIssue {
+        name: "sync-replica-never-catches-up",
+        reproducer: "fixtures/regressions/reference-sync-standby-lost-for-a-while.toml",
+        summary: "under synchronous replication a standby that was down never catches up (the primary ships each record once; the replica holds back everything after the gap), so every write waits for an acknowledgement that never comes and the primary stalls for good",
+        matches: |sc| {
+            matches!(sc.stack.replication, Replication::Sync { .. })
+                && region_losses(sc).any(|(r, _, _)| r == RegionName::B)
+        },
+    },
+    KnownIssue {
+        name: "failover-while-standby-down",
+        reproducer: "fixtures/regressions/reference-failover-while-standby-down.toml",
+        summary: "the failover controller sends Promote and Hydrate once; when the standby region is down at that moment they are lost and never retried, so no region serves again even after the standby returns",
+        matches: |sc| {
+            let b = Budget::new(sc);
+            let a: Vec<_> = region_losses(sc).filter(|l| l.0 == RegionName::A).collect();
+            region_losses(sc).filter(|l| l.0 == RegionName::B).any(|(_, sb, db)| {
+                let eb = sb + db.unwrap_or(Micros::MAX / 4);
+                a.iter().any(|&(_, sa, da)| {
+                    let ea = da.map_or(Micros::MAX / 4, |d| sa + d).min(sa + b.failover_us());
+                    sb <= ea && sa <= eb
+                })
+            })
+        },
+    },
+    KnownIssue {
+        name: "async-failover-redecides",
+        reproducer: "fixtures/regressions/reference-async-failover-redecides.toml",
+        summary: "with asynchronous replication a failover can lose a model step's result after its side effect went out; the resumer decides again and re-issues the effect under the same key with new parameters: the API answers 400 and the task fails (or, without deduplication, acts twice)",
+        matches: |sc| {
+            matches!(sc.stack.replication, Replication::Async { .. })
+                && region_losses(sc).any(|(r, _, _)| r == RegionName::A)
+        },
+    },
+    KnownIssue {
+        name: "timeout-resend-without-reconcile",
+        reproducer: "fixtures/regressions/reference-pause-in-flight-resends-email.toml",
+        summary: "when a tool call times out (the worker was paused with the call outstanding, or the API is slower than the request timeout) the worker re-sends it without asking the API by key first; a non-deduplicating email API sends twice",
+        matches: |sc| {
+            let slow = sc.stack.apis.email_latency >= sc.stack.request_timeout;
+            !sc.stack.apis.email_dedupe
+                && (slow
+                    || sc.faults.iter().any(|f| {
+                        matches!(
+                            f,
+                            FaultSpec::WorkerPause { at: When::At(_), .. }
+                                | FaultSpec::WorkerPause { at: When::Event { phase: Phase::InFlight, .. }, .. }
+                        )
+                    }))
+        },
+    },
+    KnownIssue {
+        name: "snapshot-pruned-before-shipping",
+        reproducer: "fixtures/regressions/reference-snapshot-pruned-before-shipping.toml",
+        summary: "a vector snapshot is pruned by the retention ladder (one per hour) when the next one is taken; when the upload (ship delay) takes longer than the snapshot interval, its ShipSnapshot timer finds nothing and no snapshot ever reaches the other region",
+        matches: |sc| {
+            let v = &sc.stack.vector;
+            !v.streaming_replica && v.ship_delay >= v.snapshot_interval
+        },
+    },
+    KnownIssue {
+        name: "lease-grant-races-lease-retry",
+        reproducer: "fixtures/regressions/reference-lease-grant-races-retry.toml",
+        summary: "a lease grant that crosses the worker's lease-request retry (every 30 s) carries the old request number and is ignored, while the orchestrator counts the worker as the holder: the task idles a whole lease; when the recovery scan interval divides 30 s this repeats at every expiry",
+        matches: |sc| 30_000 % sc.stack.recovery_scan.ms().max(1) == 0,
+    },
+    KnownIssue {
+        name: "local-fallback-slower-than-request-timeout",
+        reproducer: "fixtures/regressions/reference-hosted-providers-down-local-too-slow.toml",
+        summary: "the worker cuts every call at its request timeout (10 s), but the self-hosted fallback needs about 14 s for a 250-token model step: when every hosted provider is down at once, no model step completes until one returns",
+        matches: |sc| {
+            let hosted: Vec<&str> = sc.stack.providers.iter().rev().skip(1).map(|p| p.name.as_str()).collect();
+            let windows: Vec<(&str, Micros, Micros)> = sc
+                .faults
+                .iter()
+                .filter_map(|f| match f {
+                    FaultSpec::ProviderOutage { provider, at, duration, .. } => {
+                        Some((provider.as_str(), at.us(), at.us() + duration.us()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            !hosted.is_empty()
+                && windows.iter().any(|&(_, t, _)| {
+                    hosted.iter().all(|h| windows.iter().any(|&(n, a, b)| n == *h && a <= t && t < b))
+                })
+        },
+    },
+    KnownIssue {
+        name: "temporary-loss-end-revives-lost-region",
+        reproducer: "fixtures/regressions/reference-temporary-loss-end-revives-lost-region.toml",
+        summary: "when a region is lost for good while an earlier temporary loss of it is under way, the temporary loss's end still restarts the region's hosts: the region comes back with wiped storage, keeps serving and everything acknowledged is gone",
+        matches: |sc| {
+            let losses: Vec<_> = region_losses(sc).collect();
+            losses.iter().any(|&(r, s, d)| {
+                d.is_none()
+                    && losses.iter().any(|&(r2, s2, d2)| r2 == r && d2.is_some_and(|d2| s2 <= s && s <= s2 + d2))
+            })
+        },
+    },
+    KnownIssue {
+        name: "killed-zombie-still-sends",
+        reproducer: "fixtures/regressions/reference-killed-zombie-still-sends.toml",
+        summary: "a paused worker's messages are queued for its wake-up time; when it is killed before then they are still delivered, a dead process's call reaches the API, and its reply can reach the restarted process on the same host, which takes it for its own (request numbers restart at 1) and panics: 'no task in hand'",
+        matches: |sc| {
+            // Only an event-triggered pause freezes a worker inside a
+            // handler, whose remaining sends then leave at wake-up time.
+            sc.faults.iter().any(|f| matches!(f, FaultSpec::WorkerPause { at: When::Event { .. }, .. }))
+                && sc.faults.iter().any(|f| matches!(f, FaultSpec::WorkerKill { .. } | FaultSpec::RegionLoss { .. }))
+        },
+    },
+    KnownIssue {
+        name: "call-resent-to-dead-host",
+        reproducer: "fixtures/regressions/reference-call-resent-to-dead-vector-store.toml",
+        summary: "a timed-out call is re-sent to the same host, not to the service's current address: an active-active worker in region B keeps re-sending its memory write to region A's lost vector store while its heartbeats keep the lease alive, so the task never finishes and is never recovered",
+        matches: |sc| {
+            sc.stack.pattern == Pattern::ActiveActive && region_losses(sc).any(|(r, _, _)| r == RegionName::A)
+        },
+    },
+];
+
+/// The first known engine issue a drill can hit.
+pub fn known_issue(sc: &Scenario) -> Option<&'static KnownIssue> {
+    KNOWN_ISSUES.iter().find(|k| (k.matches)(sc))
+}
+
+/// Resolves raw fault numbers against the workload and stack.
+fn resolve(f: &mut FaultSpec, workload: &Workload, stack: &StackSpec) {
+    let templates = crate::workflow::builtin();
+    let tasks = workload.tasks.max(1);
+    let fix_when = |at: &mut When, worker: &mut Option<WorkerTarget>| match at {
+        When::Event { job, step, .. } => {
+            *job %= tasks;
+            let name = &workload.templates[*job as usize % workload.templates.len()];
+            let len = templates.iter().find(|t| t.name == name).map_or(1, |t| t.steps.len()) as u16;
+            *step %= len;
+            *worker = None;
+        }
+        When::At(_) => {
+            *worker = Some(match worker.unwrap_or(WorkerTarget::Index(0)) {
+                WorkerTarget::Index(n) => WorkerTarget::Index(n % stack.workers.max(1)),
+                WorkerTarget::HoldingJob(j) => WorkerTarget::HoldingJob(j % tasks),
+            });
+        }
+    };
+    match f {
+        FaultSpec::WorkerKill { at, worker, .. } | FaultSpec::WorkerPause { at, worker, .. } => fix_when(at, worker),
+        FaultSpec::ProviderOutage { provider, .. } => {
+            if !stack.providers.iter().any(|p| &p.name == provider) {
+                *provider = stack.providers[0].name.clone();
+            }
+        }
+        FaultSpec::DiskLoss { at, worker } => fix_when(at, worker),
+        FaultSpec::PromptCacheLoss { provider: Some(provider), .. } => {
+            if !stack.providers.iter().any(|p| &p.name == provider) {
+                *provider = stack.providers[0].name.clone();
+            }
+        }
+        FaultSpec::RegionLoss { .. }
+        | FaultSpec::Partition { .. }
+        | FaultSpec::LinkDegradation { .. }
+        | FaultSpec::ReplicationLagSpike { .. }
+        | FaultSpec::PromptCacheLoss { provider: None, .. }
+        | FaultSpec::ClockSkew { .. }
+        | FaultSpec::VectorCorruption { .. }
+        | FaultSpec::ToolSchemaChange { .. }
+        | FaultSpec::BadDeploy { .. }
+        | FaultSpec::QueueLoss { .. } => {}
+    }
+}
+
+/// The tightest tier whose targets the reference stack's derived budgets
+/// fit for this schedule: RPO bounds (when a region can be lost) below the
+/// tier's RPO, and the worst RTO bound (every fault in one cluster, event
+/// faults anywhere in the workload's run) below its RTO.
+pub fn claim_tier(sc: &Scenario) -> Tier {
+    let b = Budget::new(sc);
+    // Region losses are time-triggered: their onsets are known here.
+    let at: Vec<Option<Micros>> = sc.faults.iter().map(|f| f.at().map(|d| d.us())).collect();
+    let rpo = (0..sc.faults.len())
+        .filter(|&i| matches!(sc.faults[i], FaultSpec::RegionLoss { .. }))
+        .map(|i| {
+            let (s, v) = b.rpo_bounds_us(sc, &at, i);
+            s.unwrap_or(Micros::MAX).max(v.unwrap_or(Micros::MAX))
+        })
+        .max()
+        .unwrap_or(0);
+    // An event-triggered fault may strike any time the workload runs.
+    let latest_event = invariants::last_arrival_us(sc) + b.queue_us + b.step_us * 16;
+    let onsets: Vec<Micros> = sc.faults.iter().map(|f| f.at().map_or(latest_event, |d| d.us())).collect();
+    let spread = onsets.iter().max().copied().unwrap_or(0) - onsets.iter().min().copied().unwrap_or(0);
+    let own: Micros = (0..sc.faults.len()).map(|i| b.own_us(sc, i)).sum();
+    let rto = if sc.faults.is_empty() { 0 } else { spread + own + b.work_us() };
+    Tier::ALL.into_iter().find(|t| rpo < t.rpo_s() as u64 * US_PER_S && rto < t.rto_us()).unwrap_or(Tier::Sandbox)
+}
+
+/// Puts a generated drill together: resolves the faults, sets the policy's
+/// stack up, claims a tier and picks a horizon long enough for every
+/// invariant to be checked (the liveness deadline with room to spare).
+pub fn assemble(
+    policy: PolicyChoice,
+    faults: Vec<FaultSpec>,
+    workload: Workload,
+    stack: StackSpec,
+    seed: u64,
+) -> Scenario {
+    let reference = assemble_with(policy, faults, workload, stack, seed, false);
+    switched_on(policy, &reference)
+}
+
+/// The drill with `policy`'s switch turned on (its stack already set up).
+fn switched_on(policy: PolicyChoice, reference: &Scenario) -> Scenario {
+    let mut sc = reference.clone();
+    policy.switch_on(&mut sc.stack, sc.tier.base().unwrap_or(Tier::Sandbox));
+    sc.horizon = horizon_for(&sc);
+    sc.name = format!("fuzz-{}", policy.name());
+    sc.purpose = format!("generated by agentdrill fuzz --policy {}", policy.name());
+    sc
+}
+
+/// [`assemble`] with the switch on or off (off: the reference policy on the
+/// stack `policy` sets up).
+fn assemble_with(
+    policy: PolicyChoice,
+    mut faults: Vec<FaultSpec>,
+    mut workload: Workload,
+    mut stack: StackSpec,
+    seed: u64,
+    switch_on: bool,
+) -> Scenario {
+    // Prepare the stack without the switch first: the claim is the reference's.
+    policy.prepare(&mut stack, &mut workload);
+    for f in &mut faults {
+        resolve(f, &workload, &stack);
+    }
+    let mut sc = Scenario {
+        name: String::new(),
+        purpose: String::new(),
+        tier: Tier::Sandbox.into(),
+        seed,
+        horizon: Dur::secs(3_600),
+        expect: Expect::Pass,
+        stack,
+        workload,
+        faults,
+        max_cost_increase_pct: None,
+    };
+    sc.tier = claim_tier(&sc).into();
+    if switch_on {
+        return switched_on(policy, &sc);
+    }
+    sc.horizon = horizon_for(&sc);
+    sc.name = format!("fuzz-reference-on-{}-stacks", policy.name());
+    sc.purpose = format!("the reference policy on the stacks agentdrill fuzz --policy {} generates", policy.name());
+    sc
+}
+
+/// A horizon that leaves room for the liveness check: the settle deadline
+/// with event-triggered faults assumed late, plus a margin, in whole minutes.
+fn horizon_for(sc: &Scenario) -> Dur {
+    let b = Budget::new(sc);
+    let latest_event = invariants::last_arrival_us(sc) + b.queue_us + b.step_us * 16;
+    let onsets: Vec<Option<Micros>> = sc.faults.iter().map(|f| Some(f.at().map_or(latest_event, |d| d.us()))).collect();
+    let deadline = b.settle_deadline_us(sc, &onsets) + 60 * US_PER_S;
+    let minutes = deadline.div_ceil(60 * US_PER_S).max(10);
+    Dur(minutes * 60 * 1_000)
+}
+
+// -------------------------------------------------------------------- runner
+
+/// Runs one drill (with its faults) and checks every invariant. A panic in
+/// the simulation is caught and reported as a `no_panic` violation.
+pub fn check_case(sc: &Scenario) -> Vec<Violation> {
+    IN_CHECK.with(|c| c.set(true));
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let run = crate::drill::simulate(sc, sc.seed, true);
+        invariants::check(sc, &run)
+    }));
+    IN_CHECK.with(|c| c.set(false));
+    match checked {
+        Ok(v) => v,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic".to_owned());
+            let place = LAST_PANIC.with(|p| p.borrow_mut().take()).map_or_else(String::new, |l| format!(" at {l}"));
+            vec![Violation {
+                invariant: Invariant::NoPanic,
+                job: None,
+                step: None,
+                detail: format!("the simulation panicked{place}: {msg}"),
+            }]
+        }
+    }
+}
+
+thread_local! {
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    static IN_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs a panic hook that, for panics inside [`check_case`], prints
+/// nothing and remembers where the panic happened (for the violation's
+/// message); other panics go to the previous hook. `agentdrill fuzz` calls
+/// it: shrinking a panic re-runs it many times.
+pub fn quiet_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_CHECK.with(std::cell::Cell::get) {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+            LAST_PANIC.with(|p| *p.borrow_mut() = at);
+        } else {
+            previous(info);
+        }
+    }));
+}
+
+/// Settings of a fuzz run.
+#[derive(Clone, Debug)]
+pub struct FuzzOptions {
+    /// Case indices `0..cases` (before sharding).
+    pub cases: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The policy under test.
+    pub policy: PolicyChoice,
+    /// Stop starting new cases after this long.
+    pub time_budget: Option<Duration>,
+    /// `(I, N)`: run the cases with `i % N == I - 1`.
+    pub shard: (u64, u64),
+    /// Where reproducers go (None: do not write one).
+    pub out: Option<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Most shrink steps (each one a simulation).
+    pub max_shrink_steps: u32,
+    /// Also generate drills that hit a [`KNOWN_ISSUES`] entry.
+    pub include_known_issues: bool,
+}
+
+impl Default for FuzzOptions {
+    fn default() -> Self {
+        FuzzOptions {
+            cases: 1_000,
+            seed: 0,
+            policy: PolicyChoice::Reference,
+            time_budget: None,
+            shard: (1, 1),
+            out: None,
+            progress: false,
+            max_shrink_steps: 2_000,
+            include_known_issues: false,
+        }
+    }
+}
+
+/// A violation found, with the drill before and after shrinking.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    /// Case index.
+    pub case: u64,
+    /// The first violation of the shrunk drill.
+    pub violation: Violation,
+    /// The drill as generated.
+    pub original: Scenario,
+    /// The smallest drill that still breaks the same invariant.
+    pub shrunk: Scenario,
+    /// Shrink steps tried.
+    pub shrink_steps: u32,
+    /// The reproducer file, when written.
+    pub path: Option<PathBuf>,
+}
+
+/// What a fuzz run did.
+#[derive(Clone, Debug)]
+pub struct FuzzReport {
+    /// Cases run.
+    pub cases_run: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The violation found, if any (the run stops at the first).
+    pub finding: Option<Finding>,
+}
+
+impl FuzzReport {
+    /// Cases per second.
+    pub fn cases_per_s(&self) -> f64 {
+        self.cases_run as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The 32-byte RNG seed of case `i` of a run with seed `seed` (SplitMix64).
+fn case_seed(seed: u64, i: u64) -> [u8; 32] {
+    let mut z = seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x6a09_e667_f3bc_c908;
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(8) {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = z;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(x ^ (x >> 31)).to_le_bytes());
+    }
+    out
+}
+
+/// Generates case `i` of a run: the value tree (for shrinking).
+pub fn case_tree(
+    policy: PolicyChoice,
+    seed: u64,
+    i: u64,
+    include_known_issues: bool,
+) -> impl ValueTree<Value = Scenario> {
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    scenario_with(policy, true, include_known_issues).new_tree(&mut runner).expect("the filter rejects a fraction")
+}
+
+/// Generates case `i` of a run.
+pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
+    case_tree(policy, seed, i, false).current()
+}
+
+/// Case `i` of a run as the reference policy sees it: the same stack
+/// `policy` sets up, with its switch off (see [`PolicyChoice::prepare`]).
+pub fn reference_case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
+    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
+    scenario_with(policy, false, false).new_tree(&mut runner).expect("the filter rejects a fraction").current()
+}
+
+/// Shrinks a failing case while it keeps breaking `invariant`. Returns the
+/// smallest drill, its violation and the steps tried.
+pub fn shrink(
+    tree: &mut impl ValueTree<Value = Scenario>,
+    first: Violation,
+    max_steps: u32,
+    deadline: Option<Instant>,
+) -> (Scenario, Violation, u32) {
+    let invariant = first.invariant;
+    let mut best = (tree.current(), first);
+    let mut steps = 0;
+    if !tree.simplify() {
+        return (best.0, best.1, steps);
+    }
+    loop {
+        if steps >= max_steps || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        steps += 1;
+        let sc = tree.current();
+        let found = check_case(&sc).into_iter().find(|v| v.invariant == invariant);
+        match found {
+            Some(v) => {
+                best = (sc, v);
+                if !tree.simplify() {
+                    break;
+                }
+            }
+            None => {
+                if !tree.complicate() {
+                    break;
+                }
+            }
+        }
+    }
+    // Proptest shrinks the generated structure; a fault that only matters
+    // through it (the claimed tier, the horizon) can survive. Try dropping
+    // each remaining fault from the drill itself.
+    let (mut sc, mut violation) = best;
+    let mut i = sc.faults.len();
+    while i > 0 && steps < max_steps {
+        i -= 1;
+        let mut smaller = sc.clone();
+        smaller.faults.remove(i);
+        steps += 1;
+        if let Some(v) = check_case(&smaller).into_iter().find(|v| v.invariant == invariant) {
+            sc = smaller;
+            violation = v;
+        }
+    }
+    (sc, violation, steps)
+}
+
+/// Runs a fuzz campaign: cases in order until one breaks an invariant, the
+/// cases run out, or the time budget is spent. A violation is shrunk and,
+/// with `out` set, written as a reproducer.
+pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
+    let start = Instant::now();
+    let deadline = opts.time_budget.map(|d| start + d);
+    let (shard, shards) = opts.shard;
+    let mine: u64 = (0..opts.cases).filter(|i| i % shards == shard - 1).count() as u64;
+    let bar = if opts.progress {
+        let bar = indicatif::ProgressBar::new(mine);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} cases · {per_sec} · {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message("0 violations");
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut cases_run = 0;
+    let mut finding = None;
+    for i in (0..opts.cases).filter(|i| i % shards == shard - 1) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let mut tree = case_tree(opts.policy, opts.seed, i, opts.include_known_issues);
+        let original = tree.current();
+        let broken = check_case(&original);
+        cases_run += 1;
+        bar.inc(1);
+        if let Some(first) = broken.into_iter().next() {
+            bar.set_message(format!("1 violation ({}), shrinking", first.invariant));
+            let (shrunk, violation, shrink_steps) = shrink(&mut tree, first, opts.max_shrink_steps, None);
+            let mut f = Finding { case: i, violation, original, shrunk, shrink_steps, path: None };
+            if let Some(dir) = &opts.out {
+                f.path = Some(write_reproducer(dir, opts, &f)?);
+            }
+            finding = Some(f);
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(FuzzReport { cases_run, elapsed: start.elapsed(), finding })
+}
+
+/// The reproducer's text: a comment naming the invariant, then the drill.
+pub fn reproducer_text(opts: &FuzzOptions, f: &Finding, path: &Path) -> String {
+    let mut sc = f.shrunk.clone();
+    sc.expect = Expect::Fail;
+    sc.purpose = format!("fuzz reproducer: {}", f.violation);
+    let inv = f.violation.invariant;
+    let body = toml::to_string(&sc).expect("a scenario serialises");
+    let known = known_issue(&f.shrunk)
+        .map_or_else(String::new, |k| format!("# Known engine issue `{}`: {}.\n", k.name, k.summary));
+    format!(
+        "# agentdrill fuzz reproducer: violates `{}`\n# ({})\n# {}\n{known}# Found by: agentdrill fuzz --policy {} --seed {} --cases {}{} (case {}); shrunk from {} to {} fault(s) in {} steps.\n# Re-run: agentdrill run {}\n{body}",
+        inv.name(),
+        inv.describe(),
+        f.violation,
+        opts.policy.name(),
+        opts.seed,
+        f.case + 1,
+        if opts.include_known_issues { " --include-known-issues" } else { "" },
+        f.case,
+        f.original.faults.len(),
+        f.shrunk.faults.len(),
+        f.shrink_steps,
+        path.display(),
+    )
+}
+
+/// Writes the reproducer into `dir` and returns its path.
+pub fn write_reproducer(dir: &Path, opts: &FuzzOptions, f: &Finding) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let name = format!(
+        "{}-{}-seed{}-case{}.toml",
+        opts.policy.name(),
+        f.violation.invariant.name().replace('_', "-"),
+        opts.seed,
+        f.case
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, reproducer_text(opts, f, &path))?;
+    Ok(path)
+}
+
+/// Reads the invariant a reproducer file names (its first comment line).
+pub fn reproducer_invariant(text: &str) -> Option<Invariant> {
+    let line = text.lines().next()?;
+    let name = line.split('`').nth(1)?;
+    Invariant::from_name(name)
+}
+
+// ----------------------------------------------------------------------- CLI
+
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("invalid shard {s:?}; write it as I/N, e.g. 2/4"))?;
+    let i: u64 = i.trim().parse().map_err(|_| format!("invalid shard index {i:?}; write it as I/N, e.g. 2/4"))?;
+    let n: u64 = n.trim().parse().map_err(|_| format!("invalid shard count {n:?}; write it as I/N, e.g. 2/4"))?;
+    if n == 0 || i == 0 || i > n {
+        return Err(format!("shard {i}/{n}: need 1 ≤ I ≤ N"));
+    }
+    Ok((i, n))
+}
+
+fn parse_budget(s: &str) -> Result<Duration, String> {
+    crate::scenario::parse_duration(s).map(Duration::from_millis)
+}
+
+/// `agentdrill fuzz` arguments.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FuzzArgs {
+    /// Number of generated drills (case indices 0..N, before sharding).
+    #[arg(long, default_value_t = 1_000)]
+    pub cases: u64,
+    /// Seed of the run: the same seed and case count find the same violations.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The policy under test: the reference, or one anti-pattern.
+    #[arg(long, value_enum, default_value = "reference")]
+    pub policy: PolicyChoice,
+    /// Stop starting new cases after this long (e.g. 10m).
+    #[arg(long, value_parser = parse_budget)]
+    pub time_budget: Option<Duration>,
+    /// Run the cases with index i % N == I - 1 (I/N, 1-based), so N jobs
+    /// cover disjoint cases.
+    #[arg(long, value_parser = parse_shard, default_value = "1/1")]
+    pub shard: (u64, u64),
+    /// Where the reproducer is written.
+    #[arg(long, default_value = "reports/fuzz")]
+    pub out: PathBuf,
+    /// Also generate drills that hit a known, not yet fixed engine issue
+    /// (skipped by default; listed in `fuzz::KNOWN_ISSUES`).
+    #[arg(long)]
+    pub include_known_issues: bool,
+}
+
+/// Runs `agentdrill fuzz`: exit 0 no violation, 1 a violation (its
+/// reproducer written), 2 unusable input.
+pub fn cli(args: FuzzArgs) -> ExitCode {
+    quiet_panics();
+    if let Err(e) = std::fs::create_dir_all(&args.out) {
+        eprintln!("error: {}: cannot create the output folder: {e}", args.out.display());
+        return ExitCode::from(2);
+    }
+    let opts = FuzzOptions {
+        cases: args.cases,
+        seed: args.seed,
+        policy: args.policy,
+        time_budget: args.time_budget,
+        shard: args.shard,
+        out: Some(args.out.clone()),
+        progress: std::io::stderr().is_terminal(),
+        include_known_issues: args.include_known_issues,
+        ..FuzzOptions::default()
+    };
+    let report = match fuzz(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: cannot write the reproducer: {e}", args.out.display());
+            return ExitCode::from(2);
+        }
+    };
+    let (shard, shards) = opts.shard;
+    println!(
+        "fuzz --policy {} --seed {}: {} case(s) run (shard {shard}/{shards}) in {:.1} s, {:.1} cases/s",
+        opts.policy.name(),
+        opts.seed,
+        report.cases_run,
+        report.elapsed.as_secs_f64(),
+        report.cases_per_s()
+    );
+    match &report.finding {
+        None => {
+            println!("no violation found");
+            ExitCode::SUCCESS
+        }
+        Some(f) => {
+            println!("VIOLATION in case {}: {}", f.case, f.violation);
+            println!(
+                "shrunk from {} to {} fault(s), {} to {} task(s), in {} steps",
+                f.original.faults.len(),
+                f.shrunk.faults.len(),
+                f.original.workload.tasks,
+                f.shrunk.workload.tasks,
+                f.shrink_steps
+            );
+            if let Some(p) = &f.path {
+                println!("reproducer: {}", p.display());
+                println!("re-run:     agentdrill run {}", p.display());
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,1263 @@
+//! Recovery invariants, checked on a finished simulation from ground truth.
+//!
+//! `fuzz` checks every generated drill against these; `drill::run` adds
+//! their violations to a drill's verdict, so a reproducer written by `fuzz`
+//! fails `agentdrill run` for the same reason. Each check reads the fake
+//! APIs' ledgers, the serving store (and the log of a primary lost with its
+//! region), `stack::Truth` and the measurements — never what a component
+//! believes. A [`Violation`] names its [`Invariant`] and, where there is
+//! one, the `(job, step)` where it broke.
+//!
+//! # The invariants, precisely
+//!
+//! - **`no_panic`**: the simulation reaches the horizon without panicking
+//!   (`fuzz::check_case` catches the panic and reports it with its message).
+//! - **`exactly_once`**: per `(job, step)` of a side-effect step, at most one
+//!   ledger entry (no duplicate), and at least one when the serving store
+//!   records the step as done (none lost).
+//! - **`no_redo`** (recovery continues, never redoes): (a) no ledger entry for
+//!   `(job, step)` is later than the first `Result` of that step committed in
+//!   the serving store — a side effect after its result was persisted is a
+//!   redo, or the result was written before the effect happened; (b) no plan
+//!   step is decided twice: every side effect and memory write that acts on
+//!   a model step's decision acts on the same decision (`Truth::replanned`).
+//! - **`fencing`**: (a) no orchestrator accepted a write from a worker whose
+//!   lease had moved on (`Orchestrator::stale_writes_accepted`); (b) every
+//!   side effect comes from the worker holding the job's latest lease
+//!   granted at or before the effect (leases from the serving log and the
+//!   lost primary's log).
+//! - **`log_truth`** (the event log tells the truth): (a) every ledger entry
+//!   of `(job, step)` has a checkpoint (`Intent`) of that step carrying the
+//!   key the API saw, in the serving log or the lost primary's log (a
+//!   policy that writes no intent — checkpoint after the step, or at session
+//!   end — needs a `Result` of the step instead); (b) every `Result` of a
+//!   side-effect step in the serving log is backed by a ledger entry of that
+//!   step no later than the result's commit.
+//! - **`liveness`**: every workload job is done by the horizon, checked only
+//!   when the horizon is at least the [`Budget::settle_deadline_us`] (the end
+//!   of the last fault plus the time the stack needs to finish everything).
+//! - **`rpo_bound`**: for each region loss, measured structured-state and
+//!   queue RPO ≤ the replication lag + one interval + the cross-region link
+//!   (0 under synchronous replication); vector-memory RPO ≤ the snapshot
+//!   interval + ship delay (0 with a streaming replica). No bound (no check)
+//!   without replication or with same-region snapshots.
+//! - **`rto_bound`**: each fault's measured RTO ≤ its own budget from the
+//!   stack's configuration ([`Budget::rto_bound_us`]): detection, promotion
+//!   and DNS TTL, scale-up, hydration, lease expiry and recovery scan, the
+//!   provider retry budget, plus the work to run (one step, the queue
+//!   ahead, the next probe). Overlapping faults share their budgets.
+//! - **`tier`**: measured RTO and RPO meet the targets of the tier the
+//!   scenario claims (what `drill::run` has always checked).
+//! - **`retry_budget`**: with circuit breakers, a provider in outage gets at
+//!   most the failures the breakers let through: per worker process,
+//!   `threshold + (threshold − 1) × ⌈D / window⌉ + ⌈D / open⌉ + 1` failed SDK
+//!   calls of `max_retries + 1` attempts each, for an outage of length `D`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::drill::Run;
+use crate::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS, US_PER_S, us_to_s};
+use crate::measure::{FaultResult, measure};
+use crate::orchestrator::Replication;
+use crate::policy::{Checkpointing, Policy};
+use crate::provider::ErrorMode;
+use crate::region::Pattern;
+use crate::router::{DEFAULT_BACKOFF_BASE_MS, MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
+use crate::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation};
+use crate::stack::{Node, Stack};
+use crate::store::{LogRec, Op, StepState, TaskStatus};
+use crate::workflow::{StepKind, Template};
+
+/// One invariant. The order is the order of precedence when a drill breaks
+/// several: the first is the one a reproducer is named after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Invariant {
+    /// The simulation runs to the horizon without a panic (checked by
+    /// `fuzz::check_case`, which catches it: a panic is an engine bug).
+    NoPanic,
+    /// 0 duplicates and 0 lost side effects per (job, step).
+    ExactlyOnce,
+    /// No side effect after its result was persisted; no step decided twice.
+    NoRedo,
+    /// No write or side effect from a worker whose lease moved on.
+    Fencing,
+    /// Every side effect has its tool-call event, and vice versa.
+    LogTruth,
+    /// Every job finishes once the faults are over (when the horizon allows).
+    Liveness,
+    /// RPO within what the replication and snapshot settings allow.
+    RpoBound,
+    /// RTO within the budget derived from the stack.
+    RtoBound,
+    /// RTO and RPO within the claimed tier's targets.
+    Tier,
+    /// Provider failures within what the circuit breakers let through.
+    RetryBudget,
+}
+
+impl Invariant {
+    /// Every invariant, in precedence order.
+    pub const ALL: [Invariant; 10] = [
+        Invariant::NoPanic,
+        Invariant::ExactlyOnce,
+        Invariant::NoRedo,
+        Invariant::Fencing,
+        Invariant::LogTruth,
+        Invariant::Liveness,
+        Invariant::RpoBound,
+        Invariant::RtoBound,
+        Invariant::Tier,
+        Invariant::RetryBudget,
+    ];
+
+    /// The name used in reports and reproducers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::NoPanic => "no_panic",
+            Invariant::ExactlyOnce => "exactly_once",
+            Invariant::NoRedo => "no_redo",
+            Invariant::Fencing => "fencing",
+            Invariant::LogTruth => "log_truth",
+            Invariant::Liveness => "liveness",
+            Invariant::RpoBound => "rpo_bound",
+            Invariant::RtoBound => "rto_bound",
+            Invariant::Tier => "tier",
+            Invariant::RetryBudget => "retry_budget",
+        }
+    }
+
+    /// One line: what it demands.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Invariant::NoPanic => "the simulation runs to the horizon without a panic (a panic is an engine bug)",
+            Invariant::ExactlyOnce => "exactly-once side effects: 0 duplicates and 0 lost per (job, step)",
+            Invariant::NoRedo => {
+                "recovery continues, never redoes: no side effect after its persisted result, no step decided twice"
+            }
+            Invariant::Fencing => "fencing: no write or side effect from a worker whose lease moved on",
+            Invariant::LogTruth => {
+                "the event log tells the truth: every side effect has its tool-call event, and vice versa"
+            }
+            Invariant::Liveness => "liveness: every task finishes by the horizon once the faults have ended",
+            Invariant::RpoBound => "RPO bound: RPO within the replication lag plus one interval (0 when synchronous)",
+            Invariant::RtoBound => {
+                "RTO bound: RTO within the detection, routing, scale-up, hydration and lease budgets"
+            }
+            Invariant::Tier => "tier: RTO and RPO within the claimed tier's targets",
+            Invariant::RetryBudget => "retry budget: provider failures within what the circuit breakers let through",
+        }
+    }
+
+    /// Looks an invariant up by name.
+    pub fn from_name(name: &str) -> Option<Invariant> {
+        Invariant::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A broken invariant: which, where, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The invariant.
+    pub invariant: Invariant,
+    /// The job where it broke (None: not tied to one job).
+    pub job: Option<u32>,
+    /// The step where it broke.
+    pub step: Option<u16>,
+    /// What was measured against what was allowed.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.invariant)?;
+        match (self.job, self.step) {
+            (Some(j), Some(s)) => write!(f, " at job {j} step {s}")?,
+            (Some(j), None) => write!(f, " at job {j}")?,
+            _ => {}
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+fn v(invariant: Invariant, job: Option<u32>, step: Option<u16>, detail: String) -> Violation {
+    Violation { invariant, job, step, detail }
+}
+
+/// Runs the measurements and checks every invariant. Violations come in
+/// precedence order (see [`Invariant`]), then by job and step.
+pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
+    let (faults, _) = measure(&run.stack, &run.faults, sc.horizon.us());
+    check_measured(sc, run, &faults)
+}
+
+/// [`check`] with the measurements already made.
+pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec<Violation> {
+    let g = Ground::new(sc, run);
+    let budget = Budget::new(sc);
+    let mut out = Vec::new();
+    exactly_once(&g, &mut out);
+    no_redo(&g, &mut out);
+    fencing(&g, &mut out);
+    log_truth(&g, &mut out);
+    liveness(&g, &budget, &mut out);
+    rpo_bound(&g, &budget, measured, &mut out);
+    rto_bound(&g, &budget, measured, &mut out);
+    tier(&g, measured, &mut out);
+    retry_budget(&g, &mut out);
+    out.sort_by_key(|x| (x.invariant, x.job, x.step));
+    out
+}
+
+/// Ground truth gathered once for all checks.
+struct Ground<'a> {
+    sc: &'a Scenario,
+    run: &'a Run,
+    stack: &'a Stack,
+    policy: Policy,
+    /// Every ledger entry of the payment and email APIs.
+    ledger: Vec<crate::ledger::LedgerEntry>,
+    /// The serving store's log.
+    serving_log: &'a [LogRec],
+    /// Logs of primaries lost with their region.
+    lost_logs: Vec<&'a [LogRec]>,
+    /// Task → job over every log.
+    job_of: BTreeMap<TaskId, JobId>,
+    /// Fault onsets (None: never triggered).
+    onsets: Vec<Option<Micros>>,
+}
+
+impl<'a> Ground<'a> {
+    fn new(sc: &'a Scenario, run: &'a Run) -> Self {
+        let stack = &run.stack;
+        let mut ledger: Vec<_> = [stack.hosts.payment, stack.hosts.email]
+            .iter()
+            .flat_map(|&h| stack.api(h).ledger().iter().copied())
+            .collect();
+        ledger.sort_by_key(|e| (e.at_us, e.origin.job, e.origin.step));
+        let serving_log = stack.orch(stack.serving_orch()).store().log();
+        let lost_logs: Vec<&[LogRec]> =
+            run.faults.iter().filter_map(|f| f.lost_log.as_ref()).map(|l| l.log.as_slice()).collect();
+        let mut job_of = BTreeMap::new();
+        for log in lost_logs.iter().copied().chain([serving_log]) {
+            for r in log {
+                if let Op::Create { task, job, .. } = r.op {
+                    job_of.insert(task, job);
+                }
+            }
+        }
+        let onsets = run.faults.iter().map(|f| f.onset_us).collect();
+        Ground { sc, run, stack, policy: sc.stack.effective_policy(), ledger, serving_log, lost_logs, job_of, onsets }
+    }
+
+    fn template(&self, job: JobId) -> Option<&Template> {
+        let spec = self.stack.jobs.get(job.0 as usize)?;
+        self.stack.templates.get(spec.template as usize)
+    }
+
+    fn is_side_effect(&self, job: JobId, step: u16) -> bool {
+        self.template(job).and_then(|t| t.steps.get(step as usize)).is_some_and(|s| s.kind.is_side_effect())
+    }
+
+    /// Every log: the serving one first, then lost primaries'.
+    fn all_logs(&self) -> impl Iterator<Item = &'a [LogRec]> + '_ {
+        std::iter::once(self.serving_log).chain(self.lost_logs.iter().copied())
+    }
+
+    fn horizon_us(&self) -> Micros {
+        self.sc.horizon.us()
+    }
+}
+
+fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
+    let mut per_step: BTreeMap<(JobId, u16), Vec<&crate::ledger::LedgerEntry>> = BTreeMap::new();
+    for e in &g.ledger {
+        per_step.entry((e.origin.job, e.origin.step)).or_default().push(e);
+    }
+    for ((job, step), entries) in &per_step {
+        if entries.len() > 1 {
+            let times: Vec<String> = entries.iter().map(|e| format!("{:.3} s", us_to_s(e.at_us))).collect();
+            let kind = g.template(*job).map_or("side effect", |t| t.steps[*step as usize].kind.name());
+            out.push(v(
+                Invariant::ExactlyOnce,
+                Some(job.0),
+                Some(*step),
+                format!("{} {kind} side effects (at {}); exactly 1 allowed", entries.len(), times.join(", ")),
+            ));
+        }
+    }
+    let store = g.stack.orch(g.stack.serving_orch()).store();
+    for t in store.tasks().iter().filter(|t| !t.probe) {
+        for (i, s) in t.steps.iter().enumerate() {
+            let step = i as u16;
+            if s.state == StepState::Done && g.is_side_effect(t.job, step) && !per_step.contains_key(&(t.job, step)) {
+                out.push(v(
+                    Invariant::ExactlyOnce,
+                    Some(t.job.0),
+                    Some(step),
+                    "the store records the step as done but no API has the side effect (lost)".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// First `Result` commit time per (job, step) in a log.
+fn first_results(g: &Ground<'_>, log: &[LogRec]) -> BTreeMap<(JobId, u16), Micros> {
+    let mut m = BTreeMap::new();
+    for r in log {
+        if let Op::Result { task, ordinal, .. } = r.op
+            && let Some(&job) = g.job_of.get(&task)
+        {
+            m.entry((job, ordinal)).or_insert(r.at_us);
+        }
+    }
+    m
+}
+
+fn no_redo(g: &Ground<'_>, out: &mut Vec<Violation>) {
+    let results = first_results(g, g.serving_log);
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &g.ledger {
+        let k = (e.origin.job, e.origin.step);
+        if let Some(&at) = results.get(&k)
+            && e.at_us > at
+            && seen.insert(k)
+        {
+            out.push(v(
+                Invariant::NoRedo,
+                Some(k.0.0),
+                Some(k.1),
+                format!(
+                    "side effect at {:.3} s after the step's result was persisted at {:.3} s",
+                    us_to_s(e.at_us),
+                    us_to_s(at)
+                ),
+            ));
+        }
+    }
+    for &(job, step) in &g.stack.truth.replanned {
+        out.push(v(
+            Invariant::NoRedo,
+            Some(job.0),
+            Some(step),
+            "the step was decided twice: side effects acted on two different decisions (replanned)".into(),
+        ));
+    }
+}
+
+fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
+    let stale: u64 = g.stack.hosts.orch.iter().map(|&h| g.stack.orch(h).stale_writes_accepted()).sum();
+    if stale > 0 {
+        out.push(v(
+            Invariant::Fencing,
+            None,
+            None,
+            format!("{stale} write(s) accepted from a worker whose lease had moved on"),
+        ));
+    }
+    // Leases per job, from every log, in commit order.
+    let mut leases: BTreeMap<JobId, Vec<(Micros, HostId, u64)>> = BTreeMap::new();
+    for log in g.all_logs() {
+        for r in log {
+            if let Op::Lease { task, lease } = r.op
+                && let Some(&job) = g.job_of.get(&task)
+            {
+                leases.entry(job).or_default().push((r.at_us, lease.holder, lease.token));
+            }
+        }
+    }
+    for l in leases.values_mut() {
+        l.sort_unstable();
+        l.dedup();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &g.ledger {
+        let Some(l) = leases.get(&e.origin.job) else { continue };
+        let holder = l.iter().rev().find(|(at, _, _)| *at <= e.at_us).map(|(_, h, _)| *h);
+        if let Some(h) = holder
+            && h != e.origin.host
+            && seen.insert((e.origin.job, e.origin.step))
+        {
+            let names = g.stack.rt.hosts();
+            out.push(v(
+                Invariant::Fencing,
+                Some(e.origin.job.0),
+                Some(e.origin.step),
+                format!(
+                    "side effect at {:.3} s from {} while {} held the lease",
+                    us_to_s(e.at_us),
+                    names[e.origin.host.0 as usize].name,
+                    names[h.0 as usize].name
+                ),
+            ));
+        }
+    }
+}
+
+fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
+    let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
+    let mut intents: BTreeMap<(JobId, u16), Vec<IdemKey>> = BTreeMap::new();
+    let mut any_result: std::collections::BTreeSet<(JobId, u16)> = Default::default();
+    for log in g.all_logs() {
+        for r in log {
+            match r.op {
+                Op::Intent { task, ordinal, key, .. } => {
+                    if let Some(&job) = g.job_of.get(&task) {
+                        intents.entry((job, ordinal)).or_default().push(key);
+                    }
+                }
+                Op::Result { task, ordinal, .. } => {
+                    if let Some(&job) = g.job_of.get(&task) {
+                        any_result.insert((job, ordinal));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in &g.ledger {
+        let k = (e.origin.job, e.origin.step);
+        let recorded = if writes_intent {
+            e.key.is_some_and(|key| intents.get(&k).is_some_and(|ks| ks.contains(&key)))
+        } else {
+            any_result.contains(&k)
+        };
+        if !recorded && seen.insert(k) {
+            let what = if writes_intent {
+                format!(
+                    "side effect at {:.3} s with key {} has no checkpoint (intent) with that key in the event log",
+                    us_to_s(e.at_us),
+                    e.key.map_or_else(|| "none".to_string(), |k| k.to_string())
+                )
+            } else {
+                format!("side effect at {:.3} s has no result in the event log", us_to_s(e.at_us))
+            };
+            out.push(v(Invariant::LogTruth, Some(k.0.0), Some(k.1), what));
+        }
+    }
+    // Results of side-effect steps are backed by a ledger entry.
+    let mut first_effect: BTreeMap<(JobId, u16), Micros> = BTreeMap::new();
+    for e in &g.ledger {
+        first_effect.entry((e.origin.job, e.origin.step)).or_insert(e.at_us);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in g.serving_log {
+        if let Op::Result { task, ordinal, .. } = r.op
+            && let Some(&job) = g.job_of.get(&task)
+            && g.is_side_effect(job, ordinal)
+            && first_effect.get(&(job, ordinal)).is_none_or(|&at| at > r.at_us)
+            && seen.insert((job, ordinal))
+        {
+            out.push(v(
+                Invariant::LogTruth,
+                Some(job.0),
+                Some(ordinal),
+                format!(
+                    "the event log records the step's result at {:.3} s but no side effect had happened by then",
+                    us_to_s(r.at_us)
+                ),
+            ));
+        }
+    }
+}
+
+fn liveness(g: &Ground<'_>, budget: &Budget, out: &mut Vec<Violation>) {
+    let deadline = budget.settle_deadline_us(g.sc, &g.onsets);
+    if g.horizon_us() < deadline {
+        return;
+    }
+    let store = g.stack.orch(g.stack.serving_orch()).store();
+    for j in 0..g.stack.workload_jobs {
+        let job = JobId(j);
+        let task = store.task_for_job(job).and_then(|t| store.task(t));
+        let done = task.is_some_and(|t| t.status == TaskStatus::Done) || g.stack.truth.completed[j as usize];
+        if done {
+            continue;
+        }
+        let (step, state) = match task {
+            Some(t) => (
+                Some(t.cursor),
+                match t.status {
+                    TaskStatus::Failed => "failed",
+                    TaskStatus::Leased => "still leased",
+                    _ => "queued",
+                },
+            ),
+            None => (None, "unknown to the serving store"),
+        };
+        out.push(v(
+            Invariant::Liveness,
+            Some(j),
+            step,
+            format!(
+                "not done at the horizon ({:.0} s; everything should be done by {:.0} s): {state}",
+                us_to_s(g.horizon_us()),
+                us_to_s(deadline)
+            ),
+        ));
+    }
+}
+
+/// The first acknowledged record a lost primary had that the serving store
+/// lacks: (job, step) for naming.
+fn lost_record_at(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
+    let Some(lost) = g.run.faults[i].lost_log.as_ref() else { return (None, None) };
+    let kept = if g.stack.serving_orch() != g.stack.hosts.orch[0] {
+        g.stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn)
+    } else {
+        u64::MAX
+    };
+    let t0 = g.onsets[i].unwrap_or(0);
+    let Some(r) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) else {
+        return (None, None);
+    };
+    let job = g.job_of.get(&r.op.task()).map(|j| j.0);
+    let step = match r.op {
+        Op::Intent { ordinal, .. } | Op::Result { ordinal, .. } | Op::Fail { ordinal, .. } => Some(ordinal),
+        _ => None,
+    };
+    (job, step)
+}
+
+/// The oldest acknowledged vector point the serving store lacks.
+fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
+    let vec = &g.stack.vector(g.stack.serving_vector()).store;
+    let mut best: Option<(Micros, crate::vector::PointId)> = None;
+    for (p, at) in &g.stack.truth.vec_acks {
+        if *at <= t0 && vec.query(*p).is_none() && best.is_none_or(|(b, bp)| (*at, *p) < (b, bp)) {
+            best = Some((*at, *p));
+        }
+    }
+    best.map_or((None, None), |(_, p)| (Some(p.job.0), Some(p.step)))
+}
+
+/// How long before `t0` the other region (the replica's) had been
+/// unreachable, when a loss of it overlaps the window that replication
+/// would otherwise have covered: writes made while the replica was down
+/// cannot have reached it.
+fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Micros {
+    let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
+    let mut extra = 0;
+    for (j, f) in sc.faults.iter().enumerate() {
+        if let (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) = (f, onsets[j])
+            && r != region
+            && s <= t0
+            && duration.is_none_or(|d| s + d.us() + window_us >= t0)
+        {
+            extra = extra.max(t0 - s);
+        }
+    }
+    extra
+}
+
+/// For a loss of a region that an earlier, still ongoing loss already took
+/// down: how long it had been down. RPO is measured from each fault's own
+/// onset, so a second loss of a lost region re-measures the first loss's
+/// data, aged by the time between them.
+fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros {
+    let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
+    let mut extra = 0;
+    for (j, f) in sc.faults.iter().enumerate() {
+        if let (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) = (f, onsets[j])
+            && j != i
+            && r == region
+            && (s, j) < (t0, i)
+            && duration.is_none_or(|d| s + d.us() > t0)
+        {
+            extra = extra.max(t0 - s);
+        }
+    }
+    extra
+}
+
+fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
+    for (i, f) in measured.iter().enumerate() {
+        if g.run.faults[i].lost_log.is_none() {
+            continue;
+        }
+        let (structured, vector) = budget.rpo_bounds_us(g.sc, &g.onsets, i);
+        if let Some(bound) = structured {
+            let b = us_to_s(bound);
+            for (surface, rpo) in [("structured state", f.rpo.structured_state_s), ("queue", f.rpo.queue_s)] {
+                if rpo > b + 1e-9 {
+                    let (job, step) = lost_record_at(g, i);
+                    out.push(v(
+                        Invariant::RpoBound,
+                        job,
+                        step,
+                        format!("fault {i} ({}): {surface} RPO {rpo:.3} s > {b:.3} s allowed by replication", f.kind),
+                    ));
+                }
+            }
+        }
+        if let Some(bound) = vector {
+            let b = us_to_s(bound);
+            if f.rpo.vector_memory_s > b + 1e-9 {
+                let (job, step) = lost_point_at(g, g.onsets[i].unwrap_or(0));
+                out.push(v(
+                    Invariant::RpoBound,
+                    job,
+                    step,
+                    format!(
+                        "fault {i} ({}): vector memory RPO {:.3} s > {b:.3} s allowed by snapshots",
+                        f.kind, f.rpo.vector_memory_s
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// For naming an RTO violation: the in-flight job that progressed last (or
+/// never), with its cursor step.
+fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
+    let Some(t0) = g.onsets[i] else { return (None, None) };
+    let store = g.stack.orch(g.stack.serving_orch()).store();
+    let mut worst: Option<(Micros, JobId)> = None;
+    for &job in &g.run.faults[i].in_flight {
+        let next = g
+            .serving_log
+            .iter()
+            .filter(|r| r.at_us > t0 && matches!(r.op, Op::Result { .. } | Op::Complete { .. }))
+            .find(|r| g.job_of.get(&r.op.task()) == Some(&job))
+            .map_or(Micros::MAX, |r| r.at_us);
+        if worst.is_none_or(|(w, _)| next > w) {
+            worst = Some((next, job));
+        }
+    }
+    match worst {
+        Some((_, job)) => {
+            let step = store.task_for_job(job).and_then(|t| store.task(t)).map(|t| t.cursor);
+            (Some(job.0), step)
+        }
+        None => (None, None),
+    }
+}
+
+/// RTO as `measure` defines it, but over every log (the serving store's
+/// and those of primaries lost with their region) instead of the serving
+/// store alone: recovery that happened and was then lost with a region
+/// (RPO accounts for that loss) still counts as recovery.
+fn union_rto_us(g: &Ground<'_>, i: usize) -> Option<Micros> {
+    let t0 = g.onsets[i]?;
+    let mut resumed = t0;
+    for &job in &g.run.faults[i].in_flight {
+        let next = g
+            .all_logs()
+            .flat_map(|log| log.iter())
+            .filter(|r| r.at_us > t0 && matches!(r.op, Op::Result { .. } | Op::Complete { .. }))
+            .filter(|r| g.job_of.get(&r.op.task()) == Some(&job))
+            .map(|r| r.at_us)
+            .min()?;
+        resumed = resumed.max(next);
+    }
+    let mut new_work: Option<Micros> = None;
+    for log in g.all_logs() {
+        let created: BTreeMap<TaskId, Micros> = log
+            .iter()
+            .filter_map(|r| match r.op {
+                Op::Create { task, .. } if r.at_us >= t0 => Some((task, r.at_us)),
+                _ => None,
+            })
+            .collect();
+        for r in log {
+            if let Op::Complete { task } = r.op
+                && created.contains_key(&task)
+            {
+                new_work = Some(new_work.map_or(r.at_us, |w| w.min(r.at_us)));
+            }
+        }
+    }
+    Some(resumed.max(new_work?) - t0)
+}
+
+fn rto_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
+    for (i, f) in measured.iter().enumerate() {
+        let Some(t0) = g.onsets[i] else { continue };
+        let Some(bound) = budget.rto_bound_us(g.sc, &g.onsets, i) else { continue };
+        if union_rto_us(g, i).is_some_and(|r| r <= bound) {
+            continue; // recovered in time; the records were lost later
+        }
+        let b = us_to_s(bound);
+        match f.rto_s {
+            Some(rto) if rto > b + 1e-9 => {
+                let (job, step) = slowest_in_flight(g, i);
+                out.push(v(
+                    Invariant::RtoBound,
+                    job,
+                    step,
+                    format!("fault {i} ({}) at {:.1} s: RTO {rto:.1} s > budget {b:.1} s", f.kind, us_to_s(t0)),
+                ));
+            }
+            None if g.horizon_us() >= t0 + bound => {
+                let (job, step) = slowest_in_flight(g, i);
+                out.push(v(
+                    Invariant::RtoBound,
+                    job,
+                    step,
+                    format!(
+                        "fault {i} ({}) at {:.1} s: not recovered by the horizon; budget {b:.1} s",
+                        f.kind,
+                        us_to_s(t0)
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn tier(g: &Ground<'_>, measured: &[FaultResult], out: &mut Vec<Violation>) {
+    let tier = g.sc.tier.targets();
+    let tier_name = g.sc.tier.name().to_owned();
+    let rto_us = (tier.rto_s * 1e6) as u64;
+    for (i, f) in measured.iter().enumerate() {
+        let Some(t0) = g.onsets[i] else { continue };
+        let recovered_in_time = union_rto_us(g, i).is_some_and(|r| r < rto_us);
+        match f.rto_s {
+            _ if recovered_in_time => {}
+            Some(rto) if rto >= tier.rto_s => out.push(v(
+                Invariant::Tier,
+                slowest_in_flight(g, i).0,
+                None,
+                format!("fault {i} ({}): RTO {rto:.1} s ≥ {} target {:.0} s", f.kind, tier_name, tier.rto_s),
+            )),
+            None if g.horizon_us() >= t0 + rto_us => out.push(v(
+                Invariant::Tier,
+                slowest_in_flight(g, i).0,
+                None,
+                format!("fault {i} ({}): not recovered; {} target {:.0} s", f.kind, tier_name, tier.rto_s),
+            )),
+            _ => {}
+        }
+        let surfaces = [
+            ("structured state", f.rpo.structured_state_s),
+            ("queue", f.rpo.queue_s),
+            ("vector memory", f.rpo.vector_memory_s),
+        ];
+        for (surface, rpo) in surfaces {
+            if rpo >= tier.rpo_s {
+                let (job, step) = if surface == "vector memory" { lost_point_at(g, t0) } else { lost_record_at(g, i) };
+                out.push(v(
+                    Invariant::Tier,
+                    job,
+                    step,
+                    format!(
+                        "fault {i} ({}): {surface} RPO {rpo:.1} s ≥ {} target {:.0} s",
+                        f.kind, tier_name, tier.rpo_s
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn retry_budget(g: &Ground<'_>, out: &mut Vec<Violation>) {
+    let sc = g.sc;
+    let names: Vec<String> = sc.stack.providers.iter().map(|p| p.name.clone()).collect();
+    let processes = worker_processes(g);
+    let br = sc.stack.breaker;
+    for (pi, p) in sc.stack.providers.iter().enumerate() {
+        let outage_us: Micros = sc
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                FaultSpec::ProviderOutage { provider, duration, .. } if *provider == p.name => Some(duration.us()),
+                _ => None,
+            })
+            .sum();
+        if outage_us == 0 {
+            continue;
+        }
+        let d_ms = outage_us / US_PER_MS;
+        let t = u64::from(br.failure_threshold);
+        let calls = t + (t - 1) * d_ms.div_ceil(br.window_ms.max(1)) + d_ms.div_ceil(br.open_ms.max(1)) + 1;
+        let allowed = processes * calls * (u64::from(p.max_retries) + 1);
+        let errors: u64 = g
+            .stack
+            .provider_hosts_named(&p.name, &names)
+            .into_iter()
+            .map(|h| match &g.stack.nodes[h.0 as usize] {
+                Node::Provider(m) => m.stats().errors,
+                _ => 0,
+            })
+            .sum();
+        if errors > allowed {
+            out.push(v(
+                Invariant::RetryBudget,
+                None,
+                None,
+                format!(
+                    "provider {} ({pi}) failed {errors} requests during {:.0} s of outage; the breakers allow {allowed} ({processes} worker processes × {calls} SDK calls × {} attempts)",
+                    p.name,
+                    us_to_s(outage_us),
+                    p.max_retries + 1
+                ),
+            ));
+        }
+    }
+}
+
+/// Worker processes that ever ran: every worker started with the stack,
+/// plus one per (re)start (scale-up included).
+fn worker_processes(g: &Ground<'_>) -> u64 {
+    let hosts = &g.stack.hosts;
+    let workers: Vec<HostId> = hosts.workers_a.iter().chain(&hosts.workers_b).copied().collect();
+    let initial = (workers.len() - hosts.scale_up_b.len()) as u64;
+    let restarts = g
+        .stack
+        .truth
+        .trace
+        .iter()
+        .filter(|e| matches!(e.note, crate::env::Note::Restarted { host } if workers.contains(&host)))
+        .count() as u64;
+    initial + restarts
+}
+
+/// Time budgets derived from a scenario's stack (not constants). All in
+/// microseconds. See the module docs for how the invariants use them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Health checks: interval × failure threshold + timeout.
+    pub detection_us: Micros,
+    /// Promotion + DNS TTL.
+    pub routing_us: Micros,
+    /// Scale-up (0 for active-active).
+    pub scale_up_us: Micros,
+    /// Vector hydration (0 with a streaming replica).
+    pub hydration_us: Micros,
+    /// Lease expiry + one recovery scan + one request timeout.
+    pub lease_us: Micros,
+    /// One step of work (the slowest call, plus a second of round trips).
+    pub step_us: Micros,
+    /// Waiting for a free worker: ⌈tasks / workers⌉ whole tasks.
+    pub queue_us: Micros,
+    /// ⌈tasks / workers⌉: rounds of whole tasks a worker may run.
+    pub rounds: u64,
+    /// The most model steps a task has.
+    pub model_steps: u64,
+    /// Until the client's next probe after recovery is submitted.
+    pub probe_us: Micros,
+    /// Structured-state and queue RPO bound (None: unbounded, no replica).
+    pub structured_rpo_us: Option<Micros>,
+    /// Vector-memory RPO bound (None: snapshots never leave the region).
+    pub vector_rpo_us: Option<Micros>,
+}
+
+/// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
+const CROSS_REGION_US: Micros = 40_000;
+/// The client submits a new probe at most this often while probing.
+const PROBE_CADENCE_US: Micros = 30 * US_PER_S;
+
+impl Budget {
+    /// The budgets of a scenario's stack and workload.
+    pub fn new(sc: &Scenario) -> Budget {
+        let s = &sc.stack;
+        let policy = s.effective_policy();
+        let f = s.failover;
+        let req_timeout = s.request_timeout.us();
+        let detection_us = f.health_interval.us() * u64::from(f.failure_threshold) + f.health_timeout.us();
+        let routing_us = f.promotion.us() + f.dns_ttl.us();
+        let scale_up_us = if s.pattern == Pattern::ActiveActive { 0 } else { f.scale_up.us() };
+        let templates = crate::workflow::builtin();
+        let used: Vec<&Template> =
+            sc.workload.templates.iter().filter_map(|n| templates.iter().find(|t| t.name == n)).collect();
+        let mem_writes = used
+            .iter()
+            .map(|t| t.steps.iter().filter(|s| s.kind == StepKind::MemWrite).count() as u64)
+            .max()
+            .unwrap_or(0);
+        let points = u64::from(sc.workload.tasks) * mem_writes;
+        let hydration_us = if s.vector.streaming_replica {
+            0
+        } else {
+            s.vector.restore_base.us() + s.vector.restore_per_point_us * points
+        };
+        let lease_us = policy.lease_ms * US_PER_MS + s.recovery_scan.us() + req_timeout;
+        // The slowest call a step makes: a model call answered by the
+        // slowest provider (as far as the worker waits for it), or a tool.
+        let model_us = s
+            .providers
+            .iter()
+            .map(|p| {
+                let nominal = p.base_latency_ms * US_PER_MS + p.latency_per_output_token_us * 250;
+                nominal * 12 / 10 + p.cold_extra_latency_ms * US_PER_MS
+            })
+            .max()
+            .unwrap_or(0)
+            .min(req_timeout);
+        let a = s.apis;
+        let tool_us = a.email_latency.us().max(a.payment_latency.us()).max(a.search_latency.us());
+        let step_us = model_us.max(tool_us) + US_PER_S;
+        let steps = used.iter().map(|t| t.steps.len() as u64).max().unwrap_or(0);
+        let task_us = steps * step_us;
+        let rounds = u64::from(sc.workload.tasks).div_ceil(u64::from(s.workers.max(1)));
+        let queue_us = rounds * task_us;
+        let model_steps = used
+            .iter()
+            .map(|t| t.steps.iter().filter(|s| matches!(s.kind, StepKind::Model { .. })).count() as u64)
+            .max()
+            .unwrap_or(0);
+        let probe_us = PROBE_CADENCE_US + sc.workload.probe_interval.us() + sc.workload.submit_retry.us();
+        let two = s.pattern != Pattern::SingleRegion;
+        let structured_rpo_us = match s.replication {
+            Replication::Sync { .. } if two => Some(0),
+            Replication::Async { lag_ms, interval_ms } if two => {
+                Some((lag_ms + interval_ms) * US_PER_MS + CROSS_REGION_US)
+            }
+            _ => None,
+        };
+        let vector_rpo_us = if !two || s.vector.snapshot_location == SnapshotLocation::SameRegion {
+            None
+        } else if s.vector.streaming_replica {
+            Some(CROSS_REGION_US)
+        } else {
+            Some(s.vector.snapshot_interval.us() + s.vector.ship_delay.us() + CROSS_REGION_US)
+        };
+        Budget {
+            detection_us,
+            routing_us,
+            scale_up_us,
+            hydration_us,
+            lease_us,
+            step_us,
+            queue_us,
+            rounds,
+            model_steps,
+            probe_us,
+            structured_rpo_us,
+            vector_rpo_us,
+        }
+    }
+
+    /// The RPO bounds of region loss `i` (structured state and queue; vector
+    /// memory), given the onsets: the configured bounds, extended when the
+    /// replica's region was down before it (writes made meanwhile cannot
+    /// have reached it), when the same region had already been lost (RPO is
+    /// measured from each loss's own onset), and, for vector memory, when
+    /// the region came back from a temporary loss too recently for its
+    /// restarted snapshot schedule to have shipped a snapshot (the newest
+    /// one the other region holds then predates that loss).
+    pub fn rpo_bounds_us(
+        &self,
+        sc: &Scenario,
+        onsets: &[Option<Micros>],
+        i: usize,
+    ) -> (Option<Micros>, Option<Micros>) {
+        let extend = |b: Micros| b + replica_down_us(sc, onsets, i, b) + already_down_us(sc, onsets, i);
+        // A replication-lag spike under way at the loss adds its lag.
+        let spike = onsets[i].map_or(0, |t0| {
+            sc.faults
+                .iter()
+                .filter_map(|f| match f {
+                    FaultSpec::ReplicationLagSpike { at, duration, lag }
+                        if at.us() <= t0 && t0 < at.us() + duration.us() =>
+                    {
+                        Some(lag.us())
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        });
+        let structured = self.structured_rpo_us.map(|b| extend(b + spike));
+        let mut vector = self.vector_rpo_us.map(extend);
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
+            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
+            for (j, f) in sc.faults.iter().enumerate() {
+                if let (FaultSpec::RegionLoss { region: r, duration: Some(d), .. }, Some(s)) = (f, onsets[j])
+                    && j != i
+                    && r == region
+                    && s + d.us() <= t0
+                    && t0 < s + d.us() + cycle
+                {
+                    *v = (*v).max(t0 - s + cycle);
+                }
+            }
+        }
+        (structured, vector)
+    }
+
+    /// Failover of the serving region, from the loss until the standby serves
+    /// and leases held in the lost region have expired.
+    pub fn failover_us(&self) -> Micros {
+        self.detection_us + self.routing_us + self.scale_up_us + self.hydration_us + self.lease_us
+    }
+
+    /// The work after recovery: one step, the queue ahead, the next probe.
+    pub fn work_us(&self) -> Micros {
+        self.step_us + self.queue_us + self.probe_us
+    }
+
+    /// The worst time for a model call to get past one provider in `mode`:
+    /// its SDK attempts (each cut at the worker's request timeout) and the
+    /// waits between them.
+    pub fn provider_us(sc: &Scenario, provider: &str, mode: ErrorMode) -> Micros {
+        let s = &sc.stack;
+        let req_timeout = s.request_timeout.us();
+        let Some(p) = s.providers.iter().find(|p| p.name == provider) else { return 0 };
+        let attempt = match mode {
+            ErrorMode::Timeout | ErrorMode::Slow { .. } => req_timeout,
+            ErrorMode::StreamError { after_tokens } => {
+                let nominal = p.base_latency_ms * US_PER_MS + p.latency_per_output_token_us * u64::from(after_tokens);
+                (nominal * 12 / 10 + p.cold_extra_latency_ms * US_PER_MS).min(req_timeout)
+            }
+            _ => p.base_latency_ms * US_PER_MS,
+        };
+        let attempts = if mode == ErrorMode::QuotaExhausted { 1 } else { u64::from(p.max_retries) + 1 };
+        let waits: Micros = (0..attempts.saturating_sub(1))
+            .map(|a| match mode {
+                ErrorMode::RateLimited { retry_after_ms } if retry_after_ms <= MAX_RETRY_AFTER_MS => retry_after_ms,
+                _ => (DEFAULT_BACKOFF_BASE_MS << a.min(16)).min(MAX_BACKOFF_MS),
+            })
+            .sum::<u64>()
+            * US_PER_MS;
+        attempts * attempt + waits
+    }
+
+    /// When fault `i` ends, given the onsets the run observed (None: it
+    /// never triggered). A permanent region loss "ends" at its onset: from
+    /// then on the stack must fail over.
+    pub fn fault_end_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Option<Micros> {
+        let t0 = onsets.get(i).copied().flatten()?;
+        Some(match &sc.faults[i] {
+            FaultSpec::WorkerKill { restart_after, .. } => t0 + restart_after.map_or(0, |d| d.us()),
+            FaultSpec::WorkerPause { duration, .. } => t0 + duration.us(),
+            FaultSpec::RegionLoss { duration, .. } => t0 + duration.map_or(0, |d| d.us()),
+            FaultSpec::ProviderOutage { duration, at, .. }
+            | FaultSpec::Partition { duration, at, .. }
+            | FaultSpec::LinkDegradation { duration, at, .. }
+            | FaultSpec::ReplicationLagSpike { duration, at, .. }
+            | FaultSpec::PromptCacheLoss { duration, at, .. }
+            | FaultSpec::ToolSchemaChange { duration, at, .. } => at.us() + duration.us(),
+            FaultSpec::ClockSkew { duration, .. } | FaultSpec::QueueLoss { duration, .. } => {
+                t0 + duration.map_or(0, |d| d.us())
+            }
+            FaultSpec::DiskLoss { .. } | FaultSpec::VectorCorruption { .. } | FaultSpec::BadDeploy { .. } => t0,
+        })
+    }
+
+    /// Fault `i`'s own recovery budget, before the work term.
+    pub fn own_us(&self, sc: &Scenario, i: usize) -> Micros {
+        let s = &sc.stack;
+        match &sc.faults[i] {
+            // A cut or degraded link holds work up for as long as it lasts;
+            // a worker cut off from the store loses its lease.
+            FaultSpec::Partition { duration, .. } | FaultSpec::LinkDegradation { duration, .. } => {
+                duration.us() + self.lease_us + self.step_us
+            }
+            // Nothing stops: the stack only has to notice (a lease at most).
+            FaultSpec::DiskLoss { .. } | FaultSpec::ClockSkew { .. } => self.lease_us,
+            FaultSpec::ReplicationLagSpike { .. } => self.step_us,
+            // Cold requests are slower for the whole period.
+            FaultSpec::PromptCacheLoss { duration, .. } => duration.us(),
+            // Found at the next integrity check, then a restore.
+            FaultSpec::VectorCorruption { .. } => {
+                s.vector.integrity_check_interval.us() + s.vector.restore_base.us() + self.lease_us + self.step_us
+            }
+            // The breaker stays open a while after the API is fixed.
+            FaultSpec::ToolSchemaChange { duration, .. } => {
+                duration.us() + s.breaker.open_ms * US_PER_MS + self.lease_us + self.step_us
+            }
+            // Health window (re-armed once while there is no traffic) and
+            // the rollback.
+            FaultSpec::BadDeploy { .. } => {
+                2 * crate::orchestrator::DEPLOY_WINDOW_US + crate::orchestrator::ROLLBACK_US + self.lease_us
+            }
+            FaultSpec::QueueLoss { duration, .. } => {
+                let replicated = s.queue.is_some_and(|q| q.replicated);
+                let back = if replicated {
+                    crate::drill::QUEUE_FAILOVER_US
+                } else {
+                    duration.map_or(crate::drill::QUEUE_REPLACE_US, |d| d.us())
+                };
+                let ack_wait = s.queue.map_or(0, |q| q.ack_wait_ms * US_PER_MS);
+                back + ack_wait + 2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us()
+            }
+            FaultSpec::WorkerKill { restart_after, .. } => self.lease_us + restart_after.map_or(0, |d| d.us()),
+            // The paused worker may be the only one: nothing moves until it
+            // wakes, finds its lease gone and the task is requeued.
+            FaultSpec::WorkerPause { duration, .. } => duration.us() + self.lease_us,
+            FaultSpec::RegionLoss { region, duration, .. } => {
+                // Either region may be the serving one by then (after an
+                // earlier failover, B is): budget a failover, or the outage
+                // itself when the region comes back before it.
+                let d = duration.map(|d| d.us());
+                let mut b = self.failover_us();
+                if matches!(sc.stack.replication, Replication::Async { .. }) {
+                    // A job whose creation was not replicated comes back
+                    // when the client resubmits it (checked every
+                    // RESUBMIT_AFTER, for jobs older than that).
+                    b += 2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us();
+                }
+                if let Some(d) = d {
+                    b = b.max(d + self.lease_us);
+                }
+                if matches!(sc.stack.replication, Replication::Sync { .. }) && sc.stack.pattern != Pattern::SingleRegion
+                {
+                    // Writes wait for the replica while it is down; a
+                    // standby lost for good stalls them for good.
+                    match (region, d) {
+                        (RegionName::B, None) => return Micros::MAX / 4,
+                        (_, d) => b += d.unwrap_or(0),
+                    }
+                }
+                b
+            }
+            FaultSpec::ProviderOutage { provider, mode, at, duration } => {
+                let p = Budget::provider_us(sc, provider, *mode);
+                // Every model step of the work ahead may pay the failing
+                // provider's retries before it falls back (breakers open
+                // only when failures come fast enough).
+                let mut b = p * (1 + self.model_steps * self.rounds);
+                // While every usable provider is out, nothing answers.
+                if let Some(all_down_until) = all_providers_down_until(sc, at.us(), at.us() + duration.us()) {
+                    b += all_down_until - at.us();
+                }
+                // The client probes every 30 s during recovery; when a probe
+                // takes longer than the workers can absorb, probes queue up
+                // ahead of the work.
+                let workers = u64::from(sc.stack.workers.max(1));
+                if p + self.step_us > PROBE_CADENCE_US * workers {
+                    let probes = duration.us() / PROBE_CADENCE_US + 1;
+                    b += probes * (p + self.step_us) / workers;
+                }
+                b
+            }
+        }
+    }
+
+    /// Fault `i`'s RTO bound: its own budget plus the work term, extended
+    /// over every fault whose recovery overlaps it (the bound runs to the
+    /// end of the cluster of overlapping recoveries). None when it never
+    /// triggered.
+    pub fn rto_bound_us(&self, sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Option<Micros> {
+        let t0 = onsets.get(i).copied().flatten()?;
+        let mut spans: Vec<(Micros, Micros)> = (0..sc.faults.len())
+            .filter_map(|j| {
+                let s = onsets[j]?;
+                Some((s, s + self.own_us(sc, j) + self.work_us()))
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut end = t0 + self.own_us(sc, i) + self.work_us();
+        let mut start = t0;
+        // A provider outage under way slows every model step of the
+        // recovery for as long as it lasts.
+        let slowdown: Micros = sc
+            .faults
+            .iter()
+            .enumerate()
+            .filter_map(|(j, f)| match f {
+                FaultSpec::ProviderOutage { provider, mode, at, duration }
+                    if j != i && at.us() < end && at.us() + duration.us() > t0 =>
+                {
+                    Some(Budget::provider_us(sc, provider, *mode) * (1 + self.model_steps * self.rounds))
+                }
+                _ => None,
+            })
+            .sum();
+        end += slowdown;
+        // Grow the cluster until it no longer changes.
+        loop {
+            let mut changed = false;
+            for &(s, e) in &spans {
+                if s <= end && e >= start && (e > end || s < start) {
+                    end = end.max(e);
+                    start = start.min(s);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Some(end - t0)
+    }
+
+    /// By when every job must be done: the last fault's end (or the last
+    /// arrival) plus failover, lease expiry, the client's resubmission of
+    /// jobs lost with a region, and running the whole workload.
+    pub fn settle_deadline_us(&self, sc: &Scenario, onsets: &[Option<Micros>]) -> Micros {
+        let last_arrival = last_arrival_us(sc);
+        let last_end = (0..sc.faults.len()).filter_map(|i| Budget::fault_end_us(sc, onsets, i)).max().unwrap_or(0);
+        let region_loss = sc
+            .faults
+            .iter()
+            .enumerate()
+            .any(|(i, f)| matches!(f, FaultSpec::RegionLoss { .. }) && onsets.get(i).copied().flatten().is_some());
+        let mut settle = self.lease_us + self.work_us();
+        if region_loss {
+            settle += self.failover_us() + 2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us();
+        }
+        let outages: Micros = sc
+            .faults
+            .iter()
+            .map(|f| match f {
+                FaultSpec::ProviderOutage { provider, mode, .. } => Budget::provider_us(sc, provider, *mode),
+                _ => 0,
+            })
+            .sum();
+        last_end.max(last_arrival) + settle + outages
+    }
+}
+
+/// The last arrival of the workload, an upper estimate for Poisson arrivals
+/// (three times the mean span).
+pub fn last_arrival_us(sc: &Scenario) -> Micros {
+    use crate::scenario::Arrival;
+    let n = u64::from(sc.workload.tasks.saturating_sub(1));
+    match sc.workload.arrival {
+        Arrival::AtOnce => 0,
+        Arrival::Uniform => n * sc.workload.interval.us(),
+        Arrival::Poisson => 3 * n * sc.workload.interval.us() + 10 * sc.workload.interval.us(),
+    }
+}
+
+/// If, within `[from, until)`, there is a time when every provider the
+/// router may use is in an outage, the end of the last such period.
+fn all_providers_down_until(sc: &Scenario, from: Micros, until: Micros) -> Option<Micros> {
+    let policy = sc.stack.effective_policy();
+    let usable: Vec<&str> = if policy.provider_router {
+        sc.stack.providers.iter().map(|p| p.name.as_str()).collect()
+    } else {
+        sc.stack.providers.iter().take(1).map(|p| p.name.as_str()).collect()
+    };
+    let windows: Vec<(&str, Micros, Micros)> = sc
+        .faults
+        .iter()
+        .filter_map(|f| match f {
+            FaultSpec::ProviderOutage { provider, at, duration, .. } => {
+                Some((provider.as_str(), at.us(), at.us() + duration.us()))
+            }
+            _ => None,
+        })
+        .collect();
+    let down_at = |t: Micros| usable.iter().all(|p| windows.iter().any(|(n, a, b)| n == p && *a <= t && t < *b));
+    // Candidate instants: window starts within [from, until).
+    let mut last = None;
+    for &(_, a, _) in &windows {
+        let t = a.max(from);
+        if t < until && down_at(t) {
+            // Down from t until the earliest end among the usable providers' covering windows.
+            let end = usable
+                .iter()
+                .map(|p| windows.iter().filter(|(n, a, b)| n == p && *a <= t && t < *b).map(|w| w.2).max().unwrap_or(t))
+                .min()
+                .unwrap_or(t);
+            last = Some(last.map_or(end, |l: Micros| l.max(end)));
+        }
+    }
+    last
+}

@@ -1,0 +1,89 @@
+//! `agentdrill fuzz` as a user meets it: help, exit codes, the reproducer.
+
+use std::process::{Command, Output};
+
+fn agentdrill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agentdrill"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the binary runs")
+}
+
+fn out_dir(name: &str) -> String {
+    let d = std::env::temp_dir().join(format!("agentdrill-fuzz-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.to_string_lossy().into_owned()
+}
+
+#[test]
+fn help_lists_every_policy() {
+    let out = agentdrill(&["fuzz", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[possible values: reference, key-from-model-output,"), "{help}");
+    for name in ["no-fencing", "short-lease", "replication-lag-beyond-rpo", "artefacts-on-local-disk"] {
+        assert!(help.contains(name), "{name} missing from\n{help}");
+    }
+    assert!(!help.contains("planted-bug"), "the test-only policy is hidden");
+    for flag in ["--cases", "--seed", "--policy", "--time-budget", "--shard", "--out"] {
+        assert!(help.contains(flag), "{flag} missing from\n{help}");
+    }
+}
+
+#[test]
+fn no_violation_exits_0() {
+    let dir = out_dir("clean");
+    let out = agentdrill(&["fuzz", "--cases", "40", "--seed", "5", "--out", &dir]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("40 case(s) run") && stdout.contains("no violation found"), "{stdout}");
+}
+
+#[test]
+fn a_violation_exits_1_with_a_reproducer_that_run_catches() {
+    let dir = out_dir("found");
+    let out = agentdrill(&["fuzz", "--cases", "500", "--seed", "1", "--policy", "no-fencing", "--out", &dir]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("VIOLATION in case") && stdout.contains("fencing"), "{stdout}");
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("reproducer: "))
+        .unwrap_or_else(|| panic!("no reproducer line in {stdout}"))
+        .trim()
+        .to_owned();
+    assert!(stdout.contains(&format!("re-run:     agentdrill run {path}")), "{stdout}");
+    let text = std::fs::read_to_string(&path).expect("written");
+    assert!(text.starts_with("# agentdrill fuzz reproducer: violates `fencing`"), "{text}");
+    assert!(text.contains("expect = \"fail\""), "{text}");
+    let rerun = agentdrill(&["run", &path]);
+    let rs = String::from_utf8_lossy(&rerun.stdout);
+    assert_eq!(rerun.status.code(), Some(0), "{rs}");
+    assert!(rs.contains("PASS (caught)"), "{rs}");
+}
+
+#[test]
+fn unusable_input_exits_2() {
+    for args in [
+        &["fuzz", "--shard", "3/2"][..],
+        &["fuzz", "--shard", "0/2"],
+        &["fuzz", "--shard", "two"],
+        &["fuzz", "--policy", "yolo"],
+        &["fuzz", "--time-budget", "soon"],
+        &["fuzz", "--cases", "-1"],
+        &["fuzz", "--out", "Cargo.toml/inside-a-file"],
+    ] {
+        let out = agentdrill(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_time_budget_stops_early() {
+    let dir = out_dir("budget");
+    let out = agentdrill(&["fuzz", "--cases", "100000000", "--time-budget", "1s", "--out", &dir]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("no violation found"), "{stdout}");
+}

@@ -1,0 +1,606 @@
+//! A state-machine test of the orchestrator (proptest-state-machine).
+//!
+//! A reference model of the task / step / lease state machine is driven by
+//! generated sequences of operations — submit, lease, checkpoint, call,
+//! result, reconcile, heartbeat, worker crash, time passing (lease expiry
+//! and the recovery scan), orchestrator crash and restart — and the real
+//! [`Orchestrator`] is driven through the same sequence via its
+//! `on_msg`/`on_timer` entry points and a tiny test [`Env`]. After every
+//! operation the messages the orchestrator sent (grants, acknowledgements,
+//! completions) must be exactly the ones the model predicts, and its durable
+//! store must hold the model's tasks, steps and leases. Fencing is on or off
+//! per case: with it off, the stale writes the model predicts are accepted
+//! and counted.
+
+use std::collections::VecDeque;
+
+use proptest::prelude::*;
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use agentdrill::env::{Env, Note, Phase, Service, Timer};
+use agentdrill::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS};
+use agentdrill::orchestrator::{OrchConfig, Orchestrator, Replication};
+use agentdrill::store::{NO_DECISION, StepState, TaskStatus};
+use agentdrill::wire::{Msg, WorkerWrite};
+
+const ORCH: HostId = HostId(0);
+const CLIENT: HostId = HostId(1);
+const WORKERS: usize = 3;
+const STEPS: u16 = 3;
+const MAX_JOBS: u32 = 5;
+const LEASE_MS: u64 = 10_000;
+const SCAN_MS: u64 = 1_000;
+
+fn worker_host(w: usize) -> HostId {
+    HostId(10 + w as u32)
+}
+
+// ------------------------------------------------------------------ model
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum St {
+    Queued,
+    Leased,
+    Done,
+}
+
+#[derive(Clone, Debug)]
+struct MTask {
+    job: u32,
+    status: St,
+    holder: Option<usize>,
+    token: u64,
+    expires_us: Micros,
+    cursor: u16,
+    steps: Vec<StepState>,
+}
+
+/// Where a worker is in its current step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WPhase {
+    /// About to checkpoint the step at its cursor.
+    Ready,
+    /// The checkpoint (intent) is durable.
+    Checkpointed,
+    /// The call went out (side effect).
+    Called,
+}
+
+#[derive(Clone, Debug)]
+struct Hold {
+    task: usize,
+    token: u64,
+    cursor: u16,
+    phase: WPhase,
+    /// The step at the cursor had an intent but no result in the grant.
+    unknown: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MWorker {
+    next_req: u32,
+    waiting: Option<u32>,
+    holding: Option<Hold>,
+}
+
+/// A message the orchestrator must send, in the model's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Out {
+    SubmitAck { job: u32 },
+    Completed { job: u32 },
+    Grant { to: usize, req: u32, task: usize, token: u64, cursor: u16, resumed: bool, steps: Vec<StepState> },
+    WriteAck { to: usize, ok: bool },
+    HeartbeatAck { to: usize, ok: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    fencing: bool,
+    now_us: Micros,
+    next_scan_us: Micros,
+    tasks: Vec<MTask>,
+    ready: VecDeque<usize>,
+    parked: VecDeque<(usize, u32)>,
+    workers: Vec<MWorker>,
+    stale_accepted: u64,
+    /// Side effects per (task, step) (the worker's calls).
+    calls: Vec<[u32; STEPS as usize]>,
+    /// What the last operation made the orchestrator send.
+    expected: Vec<Out>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Submit,
+    LeaseReq { w: usize },
+    Checkpoint { w: usize },
+    Call { w: usize },
+    Result { w: usize },
+    Reconcile { w: usize },
+    Heartbeat { w: usize },
+    CrashWorker { w: usize },
+    Advance { ms: u64 },
+    CrashOrchestrator,
+}
+
+impl Model {
+    fn dispatch(&mut self) {
+        while !self.parked.is_empty() {
+            let Some(t) = self.ready.pop_front() else { return };
+            if self.tasks[t].status != St::Queued {
+                continue;
+            }
+            let (w, req) = self.parked.pop_front().expect("non-empty");
+            let now = self.now_us;
+            let task = &mut self.tasks[t];
+            let resumed = task.token > 0;
+            task.token += 1;
+            task.holder = Some(w);
+            task.status = St::Leased;
+            task.expires_us = now + LEASE_MS * US_PER_MS;
+            let grant = Out::Grant {
+                to: w,
+                req,
+                task: t,
+                token: task.token,
+                cursor: task.cursor,
+                resumed,
+                steps: task.steps.clone(),
+            };
+            // Delivered only if the worker still waits for that request.
+            let worker = &mut self.workers[w];
+            if worker.waiting == Some(req) {
+                worker.waiting = None;
+                let unknown = task.steps.get(task.cursor as usize) == Some(&StepState::Intent);
+                worker.holding =
+                    Some(Hold { task: t, token: task.token, cursor: task.cursor, phase: WPhase::Ready, unknown });
+            }
+            self.expected.push(grant);
+        }
+    }
+
+    fn scan(&mut self) {
+        let now = self.now_us;
+        let mut expired: Vec<(Micros, usize)> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.status == St::Leased && t.expires_us <= now)
+            .map(|(i, t)| (t.expires_us, i))
+            .collect();
+        expired.sort_unstable();
+        for (_, i) in expired {
+            self.tasks[i].status = St::Queued;
+            self.ready.push_back(i);
+        }
+        self.dispatch();
+    }
+
+    /// Whether a write with `token` from worker `w` to task `t` is from the
+    /// current holder.
+    fn current(&self, w: usize, t: usize, token: u64) -> bool {
+        let task = &self.tasks[t];
+        task.status == St::Leased && task.token == token && task.holder == Some(w)
+    }
+
+    /// A worker write: fenced or applied. Returns whether it was accepted.
+    fn write(&mut self, w: usize, t: usize, token: u64, apply: impl FnOnce(&mut Model)) -> bool {
+        let ok = self.current(w, t, token);
+        if !ok && self.fencing {
+            self.expected.push(Out::WriteAck { to: w, ok: false });
+            self.workers[w].holding = None; // the worker abandons the task
+            return false;
+        }
+        if !ok {
+            self.stale_accepted += 1;
+        }
+        apply(self);
+        self.expected.push(Out::WriteAck { to: w, ok: true });
+        true
+    }
+
+    fn result(&mut self, t: usize, ordinal: u16) {
+        let already = self.tasks[t].status == St::Done;
+        let task = &mut self.tasks[t];
+        task.steps[ordinal as usize] = StepState::Done;
+        task.cursor = task.cursor.max(ordinal + 1);
+        if ordinal + 1 == STEPS && !already {
+            task.status = St::Done;
+            task.cursor = STEPS;
+            let job = task.job;
+            self.expected.push(Out::Completed { job });
+        }
+    }
+
+    /// After a successful result the worker moves on (or asks for work).
+    fn advance_worker(&mut self, w: usize) {
+        if let Some(h) = self.workers[w].holding.as_mut() {
+            h.cursor += 1;
+            h.phase = WPhase::Ready;
+            h.unknown = false;
+            if h.cursor >= STEPS {
+                self.workers[w].holding = None;
+            }
+        }
+    }
+}
+
+struct OrchModel;
+
+impl ReferenceStateMachine for OrchModel {
+    type State = Model;
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        any::<bool>()
+            .prop_map(|fencing| Model {
+                fencing,
+                now_us: 0,
+                next_scan_us: SCAN_MS * US_PER_MS,
+                tasks: Vec::new(),
+                ready: VecDeque::new(),
+                parked: VecDeque::new(),
+                workers: vec![MWorker::default(); WORKERS],
+                stale_accepted: 0,
+                calls: Vec::new(),
+                expected: Vec::new(),
+            })
+            .boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Op> {
+        let w = 0..WORKERS;
+        let mut ops: Vec<BoxedStrategy<Op>> = vec![
+            w.clone().prop_map(|w| Op::LeaseReq { w }).boxed(),
+            w.clone().prop_map(|w| Op::Checkpoint { w }).boxed(),
+            w.clone().prop_map(|w| Op::Call { w }).boxed(),
+            w.clone().prop_map(|w| Op::Result { w }).boxed(),
+            w.clone().prop_map(|w| Op::Reconcile { w }).boxed(),
+            w.clone().prop_map(|w| Op::Heartbeat { w }).boxed(),
+            w.prop_map(|w| Op::CrashWorker { w }).boxed(),
+            prop_oneof![1..=3_000u64, 1..=25_000u64].prop_map(|ms| Op::Advance { ms }).boxed(),
+            Just(Op::CrashOrchestrator).boxed(),
+        ];
+        if state.tasks.len() < MAX_JOBS as usize {
+            ops.push(Just(Op::Submit).boxed());
+        }
+        proptest::strategy::Union::new(ops).boxed()
+    }
+
+    fn preconditions(state: &Model, op: &Op) -> bool {
+        let hold = |w: usize| state.workers[w].holding.as_ref();
+        match *op {
+            Op::Submit => state.tasks.len() < MAX_JOBS as usize,
+            Op::LeaseReq { w } => hold(w).is_none(),
+            Op::Checkpoint { w } => hold(w).is_some_and(|h| h.phase == WPhase::Ready && !h.unknown),
+            Op::Call { w } => hold(w).is_some_and(|h| h.phase == WPhase::Checkpointed),
+            Op::Result { w } => hold(w).is_some_and(|h| h.phase == WPhase::Called),
+            Op::Reconcile { w } => hold(w).is_some_and(|h| h.phase == WPhase::Ready && h.unknown),
+            Op::Heartbeat { w } => hold(w).is_some(),
+            Op::CrashWorker { .. } | Op::Advance { .. } | Op::CrashOrchestrator => true,
+        }
+    }
+
+    fn apply(mut s: Model, op: &Op) -> Model {
+        s.expected.clear();
+        match *op {
+            Op::Submit => {
+                let job = s.tasks.len() as u32;
+                s.tasks.push(MTask {
+                    job,
+                    status: St::Queued,
+                    holder: None,
+                    token: 0,
+                    expires_us: 0,
+                    cursor: 0,
+                    steps: vec![StepState::Empty; STEPS as usize],
+                });
+                s.calls.push([0; STEPS as usize]);
+                s.ready.push_back(job as usize);
+                s.expected.push(Out::SubmitAck { job });
+                s.dispatch();
+            }
+            Op::LeaseReq { w } => {
+                let req = s.workers[w].next_req;
+                s.workers[w].next_req += 1;
+                s.workers[w].waiting = Some(req);
+                match s.parked.iter_mut().find(|(x, _)| *x == w) {
+                    Some(slot) => slot.1 = req,
+                    None => s.parked.push_back((w, req)),
+                }
+                s.dispatch();
+            }
+            Op::Checkpoint { w } => {
+                let h = s.workers[w].holding.clone().expect("precondition");
+                let ok = s.write(w, h.task, h.token, |m| {
+                    let st = &mut m.tasks[h.task].steps[h.cursor as usize];
+                    if *st != StepState::Done {
+                        *st = StepState::Intent;
+                    }
+                });
+                if ok {
+                    s.workers[w].holding.as_mut().expect("held").phase = WPhase::Checkpointed;
+                }
+            }
+            Op::Call { w } => {
+                let h = s.workers[w].holding.as_mut().expect("precondition");
+                h.phase = WPhase::Called;
+                let (t, c) = (h.task, h.cursor);
+                s.calls[t][c as usize] += 1;
+            }
+            Op::Result { w } | Op::Reconcile { w } => {
+                let h = s.workers[w].holding.clone().expect("precondition");
+                if s.write(w, h.task, h.token, |m| m.result(h.task, h.cursor)) {
+                    s.advance_worker(w);
+                }
+            }
+            Op::Heartbeat { w } => {
+                let h = s.workers[w].holding.clone().expect("precondition");
+                let task = &mut s.tasks[h.task];
+                let ok = task.status == St::Leased && task.token == h.token;
+                if ok {
+                    task.expires_us = s.now_us + LEASE_MS * US_PER_MS;
+                } else {
+                    s.workers[w].holding = None;
+                }
+                s.expected.push(Out::HeartbeatAck { to: w, ok });
+            }
+            Op::CrashWorker { w } => s.workers[w] = MWorker { next_req: s.workers[w].next_req, ..MWorker::default() },
+            Op::Advance { ms } => {
+                let until = s.now_us + ms * US_PER_MS;
+                while s.next_scan_us <= until {
+                    s.now_us = s.next_scan_us;
+                    s.scan();
+                    s.next_scan_us += SCAN_MS * US_PER_MS;
+                }
+                s.now_us = until;
+            }
+            Op::CrashOrchestrator => {
+                s.parked.clear();
+                s.ready = (0..s.tasks.len()).filter(|&i| s.tasks[i].status == St::Queued).collect();
+                s.next_scan_us = s.now_us + SCAN_MS * US_PER_MS;
+            }
+        }
+        s
+    }
+}
+
+// ------------------------------------------------------- system under test
+
+struct TestEnv {
+    now_us: Micros,
+    outbox: Vec<(HostId, Msg)>,
+    timers: Vec<(Micros, Timer)>,
+    rng: ChaCha8Rng,
+}
+
+impl Env for TestEnv {
+    fn now_us(&self) -> Micros {
+        self.now_us
+    }
+    fn me(&self) -> HostId {
+        ORCH
+    }
+    fn send(&mut self, to: HostId, msg: Msg) {
+        self.outbox.push((to, msg));
+    }
+    fn send_after(&mut self, _delay_us: Micros, to: HostId, msg: Msg) {
+        self.outbox.push((to, msg));
+    }
+    fn set_timer(&mut self, after_us: Micros, timer: Timer) {
+        self.timers.push((self.now_us + after_us, timer));
+    }
+    fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+    fn resolve(&self, _svc: Service) -> HostId {
+        ORCH
+    }
+    fn note(&mut self, _note: Note) {}
+    fn reach(&mut self, _host: HostId, _job: JobId, _step: u16, _phase: Phase) -> bool {
+        false
+    }
+}
+
+struct Sut {
+    orch: Orchestrator,
+    env: TestEnv,
+}
+
+impl Sut {
+    fn deliver(&mut self, from: HostId, msg: Msg) {
+        self.orch.on_msg(&mut self.env, from, msg);
+    }
+
+    /// The orchestrator's messages since the last call, in the model's words.
+    fn sent(&mut self) -> Vec<Out> {
+        let worker_of = |h: HostId| (h.0 - 10) as usize;
+        std::mem::take(&mut self.env.outbox)
+            .into_iter()
+            .map(|(to, msg)| match msg {
+                Msg::SubmitAck { job } => Out::SubmitAck { job: job.0 },
+                Msg::Completed { job } => Out::Completed { job: job.0 },
+                Msg::LeaseGrant { req, grant } => Out::Grant {
+                    to: worker_of(to),
+                    req,
+                    task: grant.task.0 as usize,
+                    token: grant.token,
+                    cursor: grant.cursor,
+                    resumed: grant.resumed,
+                    steps: grant.steps.iter().map(|s| s.state).collect(),
+                },
+                Msg::WriteAck { ok, .. } => Out::WriteAck { to: worker_of(to), ok },
+                Msg::HeartbeatAck { ok, .. } => Out::HeartbeatAck { to: worker_of(to), ok },
+                other => panic!("unexpected message to {to:?}: {other:?}"),
+            })
+            .collect()
+    }
+}
+
+struct OrchTest;
+
+impl StateMachineTest for OrchTest {
+    type SystemUnderTest = Sut;
+    type Reference = OrchModel;
+
+    fn init_test(model: &Model) -> Sut {
+        let cfg = OrchConfig {
+            lease_ms: LEASE_MS,
+            recovery_scan_ms: SCAN_MS,
+            fencing: model.fencing,
+            replication: Replication::None,
+            replica: None,
+            client: CLIENT,
+            wall_clock_leases: false,
+            auto_rollback: true,
+            idempotent_create: true,
+        };
+        let mut sut = Sut {
+            orch: Orchestrator::new(cfg, true),
+            env: TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) },
+        };
+        sut.orch.start(&mut sut.env);
+        track_holds(model);
+        sut
+    }
+
+    fn apply(mut sut: Sut, model: &Model, op: Op) -> Sut {
+        // The worker's view before the op (the model's state is after it).
+        let key = |t: usize, c: u16| IdemKey::for_slot(TaskId(t as u64), c);
+        match op {
+            Op::Submit => {
+                let job = JobId(model.tasks.len() as u32 - 1);
+                sut.deliver(CLIENT, Msg::Submit { job, template: 0, steps: STEPS, probe: false, replay: false });
+            }
+            Op::LeaseReq { w } => {
+                let req = model.workers[w].next_req - 1;
+                sut.deliver(worker_host(w), Msg::LeaseReq { req });
+            }
+            Op::Checkpoint { w } | Op::Result { w } | Op::Reconcile { w } | Op::Heartbeat { w } => {
+                let h = hold_before(w).expect("the op's precondition: the worker holds a task");
+                let task = TaskId(h.task as u64);
+                let msg = match op {
+                    Op::Checkpoint { .. } => Msg::Write {
+                        req: 0,
+                        token: h.token,
+                        write: WorkerWrite::Intent { task, ordinal: h.cursor, key: key(h.task, h.cursor), args: 7 },
+                    },
+                    Op::Heartbeat { .. } => Msg::Heartbeat { task, token: h.token },
+                    _ => Msg::Write {
+                        req: 0,
+                        token: h.token,
+                        write: WorkerWrite::Result {
+                            task,
+                            ordinal: h.cursor,
+                            decision: NO_DECISION,
+                            reconciled: matches!(op, Op::Reconcile { .. }),
+                            last: h.cursor + 1 == STEPS,
+                            corrupt: false,
+                            invalid_outputs: 0,
+                            adopt: None,
+                        },
+                    },
+                };
+                sut.deliver(worker_host(w), msg);
+            }
+            Op::Call { .. } | Op::CrashWorker { .. } => {}
+            Op::Advance { ms } => {
+                let until = sut.env.now_us + ms * US_PER_MS;
+                loop {
+                    sut.env.timers.sort_by_key(|(at, _)| *at);
+                    let Some(&(at, timer)) = sut.env.timers.first() else { break };
+                    if at > until {
+                        break;
+                    }
+                    sut.env.timers.remove(0);
+                    sut.env.now_us = at;
+                    sut.orch.on_timer(&mut sut.env, timer);
+                }
+                sut.env.now_us = until;
+            }
+            Op::CrashOrchestrator => {
+                sut.orch.crash();
+                sut.env.timers.clear(); // its timers die with the process
+                sut.orch.start(&mut sut.env);
+            }
+        }
+        let sent = sut.sent();
+        assert_eq!(sent, model.expected, "after {op:?}");
+        track_holds(model);
+        sut
+    }
+
+    fn check_invariants(sut: &Sut, model: &Model) {
+        let store = sut.orch.store();
+        assert_eq!(store.tasks().len(), model.tasks.len());
+        for (i, (t, m)) in store.tasks().iter().zip(&model.tasks).enumerate() {
+            let status = match m.status {
+                St::Queued => TaskStatus::Queued,
+                St::Leased => TaskStatus::Leased,
+                St::Done => TaskStatus::Done,
+            };
+            assert_eq!(t.status, status, "task {i}");
+            assert_eq!(t.job, JobId(m.job), "task {i}");
+            assert_eq!(t.lease.token, m.token, "task {i}: fencing token");
+            if let Some(w) = m.holder {
+                assert_eq!(t.lease.holder, worker_host(w), "task {i}: holder");
+            }
+            if m.status == St::Leased {
+                assert_eq!(t.lease.expires_us, m.expires_us, "task {i}: expiry");
+            }
+            assert_eq!(t.cursor, m.cursor, "task {i}: cursor");
+            let steps: Vec<StepState> = t.steps.iter().map(|s| s.state).collect();
+            assert_eq!(steps, m.steps, "task {i}: steps");
+        }
+        assert_eq!(sut.orch.stale_writes_accepted(), model.stale_accepted, "stale writes");
+        if model.fencing {
+            assert_eq!(sut.orch.stale_writes_accepted(), 0);
+        }
+        // The log is dense and fencing tokens only grow, per task.
+        let mut last_token = vec![0u64; model.tasks.len()];
+        for (n, rec) in store.log().iter().enumerate() {
+            assert_eq!(rec.lsn, n as u64 + 1);
+            if let agentdrill::store::Op::Lease { task, lease } = rec.op {
+                let i = task.0 as usize;
+                assert_eq!(lease.token, last_token[i] + 1, "task {i}: tokens grow by one per lease");
+                last_token[i] = lease.token;
+            }
+        }
+        // At most one worker believes it holds a task's current lease.
+        for (i, m) in model.tasks.iter().enumerate() {
+            let believers = model
+                .workers
+                .iter()
+                .filter(|w| w.holding.as_ref().is_some_and(|h| h.task == i && h.token == m.token))
+                .count();
+            assert!(believers <= 1, "task {i}: {believers} workers hold the current lease");
+        }
+    }
+}
+
+// What each worker holds, as of the model state after the previous op. The
+// SUT needs it to build the worker's messages for the next op (the model's
+// `apply` has already moved on by the time the SUT sees the op).
+thread_local! {
+    static HOLDS: std::cell::RefCell<Vec<Option<Hold>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn track_holds(model: &Model) {
+    HOLDS.with(|h| *h.borrow_mut() = model.workers.iter().map(|w| w.holding.clone()).collect());
+}
+
+fn hold_before(w: usize) -> Option<Hold> {
+    HOLDS.with(|h| h.borrow().get(w).cloned().flatten())
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(debug_assertions) { 64 } else { 512 },
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn the_orchestrator_follows_the_task_step_lease_model(sequential 1..60 => OrchTest);
+}
