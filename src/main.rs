@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use agentdrill::{drill, report, scenario};
 
+/// Counts heap bytes so `bench` can report peak memory (two relaxed atomic
+/// operations per allocation; see `agentdrill::bench::CountingAlloc`).
+#[global_allocator]
+static ALLOC: agentdrill::bench::CountingAlloc = agentdrill::bench::CountingAlloc;
+
 /// Chaos and disaster-recovery drills for AI-agent stacks: RTO, RPO and
 /// duplicate side effects measured from ground truth.
 #[derive(Parser)]
@@ -51,6 +56,22 @@ enum Command {
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Measure the simulator's speed: calls per second, time acceleration,
+    /// catalogue time, generated drills per second, scaling to 1M tasks,
+    /// the ratio to the bare runtime and to turmoil (see BENCHMARKS.md).
+    ///
+    /// Example: agentdrill bench --quick --format json
+    Bench {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Smaller sizes and fewer repetitions (no 100k or 1M runs).
+        #[arg(long)]
+        quick: bool,
+        /// The catalogue to time.
+        #[arg(long, default_value = "scenarios")]
+        catalogue: PathBuf,
     },
 }
 
@@ -144,6 +165,17 @@ fn main() -> ExitCode {
             println!("{} (tier {}, seed {})", r.scenario, r.tier, r.seed);
             print!("{}", report::timeline(&r));
             print!("{}", report::table(std::slice::from_ref(&r)));
+            ExitCode::SUCCESS
+        }
+        Command::Bench { format, quick, catalogue } => {
+            let bar = indicatif::ProgressBar::new_spinner();
+            let opts = agentdrill::bench::Options { quick, catalogue };
+            let r = agentdrill::bench::run(&opts, |what| bar.set_message(what.to_owned()));
+            bar.finish_and_clear();
+            match format {
+                Format::Table => print!("{}", agentdrill::bench::table(&r)),
+                Format::Json => println!("{}", agentdrill::bench::json(&r)),
+            }
             ExitCode::SUCCESS
         }
     }
