@@ -21,9 +21,6 @@
 
 pub mod net;
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -80,31 +77,137 @@ enum Payload<M, T> {
 /// A queue entry: the ordering key and where its payload is parked.
 ///
 /// Payloads (a message is ~60 bytes) live in a slab and only this 24-byte
-/// key moves through the heap, so a pop's sift-down copies 24 bytes per
-/// level instead of the whole event.
+/// key moves through the heap.
+#[derive(Clone, Copy)]
 struct Entry {
     at_us: Micros,
     seq: u64,
     slot: u32,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.at_us == other.at_us && self.seq == other.seq
+impl Entry {
+    /// Earlier time first, then the first scheduled.
+    #[inline(always)]
+    fn before(&self, other: &Entry) -> bool {
+        (self.at_us, self.seq) < (other.at_us, other.seq)
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+
+/// A binary min-heap of [`Entry`] ordered by `(at_us, seq)` that fuses
+/// "pop the earliest" with the next push.
+///
+/// Almost every event's handler schedules another event. So [`Queue::take`]
+/// leaves the entry it hands out at the root, marked dead, and the next
+/// [`Queue::push`] overwrites the root and sifts it down once, instead of a
+/// full pop (sift down, then up) followed by a push (sift up). `(at_us, seq)`
+/// is unique, so the order in which entries come out is exactly that of any
+/// other priority queue over the same keys.
+struct Queue {
+    heap: Vec<Entry>,
+    /// `heap[0]` was handed out by `take` and awaits replacement.
+    dead_root: bool,
 }
-impl Ord for Entry {
+
+impl Queue {
+    fn with_capacity(n: usize) -> Self {
+        Queue { heap: Vec::with_capacity(n), dead_root: false }
+    }
+
     #[inline]
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: invert so the earliest (then the first
-        // scheduled) pops first.
-        (other.at_us, other.seq).cmp(&(self.at_us, self.seq))
+    fn len(&self) -> usize {
+        self.heap.len() - usize::from(self.dead_root)
+    }
+
+    #[inline]
+    fn push(&mut self, e: Entry) {
+        if self.dead_root {
+            self.dead_root = false;
+            self.heap[0] = e;
+            self.sift_down(0);
+        } else {
+            self.heap.push(e);
+            self.sift_up(self.heap.len() - 1);
+        }
+    }
+
+    /// The earliest live entry.
+    #[inline]
+    fn peek(&mut self) -> Option<&Entry> {
+        if self.dead_root {
+            self.remove_root();
+        }
+        self.heap.first()
+    }
+
+    /// Hands out the earliest entry (call after `peek` returned one).
+    #[inline]
+    fn take(&mut self) -> Entry {
+        debug_assert!(!self.dead_root && !self.heap.is_empty());
+        self.dead_root = true;
+        self.heap[0]
+    }
+
+    /// Removes the dead root: the last entry sinks from the root to the
+    /// bottom along the smaller children, then rises to its place (fewer
+    /// comparisons than a plain sift-down, as the last entry is usually late).
+    fn remove_root(&mut self) {
+        self.dead_root = false;
+        let last = self.heap.pop().expect("a dead root is an entry");
+        let n = self.heap.len();
+        if n == 0 {
+            return;
+        }
+        let mut i = 0;
+        let mut child = 1;
+        while child + 1 < n {
+            if self.heap[child + 1].before(&self.heap[child]) {
+                child += 1;
+            }
+            self.heap[i] = self.heap[child];
+            i = child;
+            child = 2 * i + 1;
+        }
+        if child < n {
+            self.heap[i] = self.heap[child];
+            i = child;
+        }
+        self.heap[i] = last;
+        self.sift_up(i);
+    }
+
+    #[inline]
+    fn sift_up(&mut self, mut i: usize) {
+        let e = self.heap[i];
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if !e.before(&self.heap[parent]) {
+                break;
+            }
+            self.heap[i] = self.heap[parent];
+            i = parent;
+        }
+        self.heap[i] = e;
+    }
+
+    #[inline]
+    fn sift_down(&mut self, mut i: usize) {
+        let e = self.heap[i];
+        let n = self.heap.len();
+        loop {
+            let mut child = 2 * i + 1;
+            if child >= n {
+                break;
+            }
+            if child + 1 < n && self.heap[child + 1].before(&self.heap[child]) {
+                child += 1;
+            }
+            if !self.heap[child].before(&e) {
+                break;
+            }
+            self.heap[i] = self.heap[child];
+            i = child;
+        }
+        self.heap[i] = e;
     }
 }
 
@@ -125,7 +228,7 @@ pub struct RuntimeStats {
 pub struct Runtime<M, T> {
     now_us: Micros,
     seq: u64,
-    queue: BinaryHeap<Entry>,
+    queue: Queue,
     /// Payloads of queued events, indexed by `Entry::slot`.
     slab: Vec<Option<Payload<M, T>>>,
     /// Free slots of `slab`.
@@ -145,7 +248,7 @@ impl<M, T> Runtime<M, T> {
         Runtime {
             now_us: 0,
             seq: 0,
-            queue: BinaryHeap::with_capacity(1024),
+            queue: Queue::with_capacity(1024),
             slab: Vec::with_capacity(1024),
             free: Vec::with_capacity(1024),
             hosts: Vec::new(),
@@ -301,7 +404,7 @@ impl<M, T> Runtime<M, T> {
             if head_at > horizon_us {
                 return None;
             }
-            let Entry { at_us, slot, .. } = self.queue.pop().expect("peeked");
+            let Entry { at_us, slot, .. } = self.queue.take();
             let payload = self.slab[slot as usize].take().expect("a queued event has its payload");
             self.free.push(slot);
             self.now_us = at_us;
@@ -419,6 +522,32 @@ mod tests {
         r.set_timer(a, 100, 1);
         assert!(r.step(50).is_none());
         assert!(r.step(100).is_some());
+    }
+
+    #[test]
+    fn the_queue_hands_out_entries_in_time_then_schedule_order() {
+        use rand::RngExt;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut q = Queue::with_capacity(4);
+        let mut model = std::collections::BTreeSet::new();
+        let mut seq = 0u64;
+        let mut now = 0u64;
+        for _ in 0..20_000 {
+            if rng.random_range(0..3u32) > 0 || model.is_empty() {
+                // Pushes at or after now, with many ties.
+                seq += 1;
+                let at = now + rng.random_range(0..8u64);
+                q.push(Entry { at_us: at, seq, slot: seq as u32 });
+                model.insert((at, seq));
+            } else {
+                let head = *q.peek().expect("non-empty");
+                let want = model.pop_first().expect("non-empty");
+                assert_eq!((head.at_us, head.seq), want);
+                assert_eq!(q.take().seq, want.1);
+                now = want.0;
+            }
+            assert_eq!(q.len(), model.len());
+        }
     }
 
     #[test]
