@@ -86,10 +86,12 @@ struct Entry {
 }
 
 impl Entry {
-    /// Earlier time first, then the first scheduled.
+    /// Earlier time first, then the first scheduled (one 128-bit compare,
+    /// without branches).
     #[inline(always)]
     fn before(&self, other: &Entry) -> bool {
-        (self.at_us, self.seq) < (other.at_us, other.seq)
+        let key = |e: &Entry| u128::from(e.at_us) << 64 | u128::from(e.seq);
+        key(self) < key(other)
     }
 }
 
@@ -122,11 +124,10 @@ impl Queue {
     fn push(&mut self, e: Entry) {
         if self.dead_root {
             self.dead_root = false;
-            self.heap[0] = e;
-            self.sift_down(0);
+            self.sift_down(0, e);
         } else {
             self.heap.push(e);
-            self.sift_up(self.heap.len() - 1);
+            self.sift_up(self.heap.len() - 1, e);
         }
     }
 
@@ -134,7 +135,11 @@ impl Queue {
     #[inline]
     fn peek(&mut self) -> Option<&Entry> {
         if self.dead_root {
-            self.remove_root();
+            self.dead_root = false;
+            let last = self.heap.pop().expect("a dead root is an entry");
+            if !self.heap.is_empty() {
+                self.sift_down(0, last);
+            }
         }
         self.heap.first()
     }
@@ -147,64 +152,38 @@ impl Queue {
         self.heap[0]
     }
 
-    /// Removes the dead root: the last entry sinks from the root to the
-    /// bottom along the smaller children, then rises to its place (fewer
-    /// comparisons than a plain sift-down, as the last entry is usually late).
-    fn remove_root(&mut self) {
-        self.dead_root = false;
-        let last = self.heap.pop().expect("a dead root is an entry");
-        let n = self.heap.len();
-        if n == 0 {
-            return;
-        }
-        let mut i = 0;
-        let mut child = 1;
-        while child + 1 < n {
-            if self.heap[child + 1].before(&self.heap[child]) {
-                child += 1;
-            }
-            self.heap[i] = self.heap[child];
-            i = child;
-            child = 2 * i + 1;
-        }
-        if child < n {
-            self.heap[i] = self.heap[child];
-            i = child;
-        }
-        self.heap[i] = last;
-        self.sift_up(i);
-    }
-
+    /// Moves `e` up from the hole at `i` to its place.
     #[inline]
-    fn sift_up(&mut self, mut i: usize) {
-        let e = self.heap[i];
+    fn sift_up(&mut self, mut i: usize, e: Entry) {
         while i > 0 {
             let parent = (i - 1) / 2;
-            if !e.before(&self.heap[parent]) {
+            let p = self.heap[parent];
+            if !e.before(&p) {
                 break;
             }
-            self.heap[i] = self.heap[parent];
+            self.heap[i] = p;
             i = parent;
         }
         self.heap[i] = e;
     }
 
+    /// Moves `e` down from the hole at `i` to its place.
     #[inline]
-    fn sift_down(&mut self, mut i: usize) {
-        let e = self.heap[i];
+    fn sift_down(&mut self, mut i: usize, e: Entry) {
         let n = self.heap.len();
         loop {
-            let mut child = 2 * i + 1;
-            if child >= n {
+            let first = 2 * i + 1;
+            if first >= n {
                 break;
             }
-            if child + 1 < n && self.heap[child + 1].before(&self.heap[child]) {
-                child += 1;
-            }
-            if !self.heap[child].before(&e) {
+            // The earlier child, chosen without a branch.
+            let second = (first + 1).min(n - 1);
+            let child = first + usize::from(self.heap[second].before(&self.heap[first]));
+            let c = self.heap[child];
+            if !c.before(&e) {
                 break;
             }
-            self.heap[i] = self.heap[child];
+            self.heap[i] = c;
             i = child;
         }
         self.heap[i] = e;
