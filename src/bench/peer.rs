@@ -66,6 +66,17 @@ impl PeerParams {
         p
     }
 
+    /// The same shape with 1 ms of processing instead of 300 ms and worker 0
+    /// down for 10 ms instead of 30 s: turmoil then has almost no idle tick
+    /// to step through, so the ratio shows the cost per message rather than
+    /// the skipping of idle time.
+    pub fn busy(tasks: u32) -> Self {
+        let mut p = PeerParams { processing_us: US_PER_MS, restart_after_us: 10 * US_PER_MS, ..PeerParams::new(tasks) };
+        let per_call = p.processing_us + 2 * p.latency_us;
+        p.crash_at_us = (u64::from(p.tasks_of(0) * p.calls) * per_call / 3 / US_PER_MS + 1) * US_PER_MS;
+        p
+    }
+
     /// Tasks of worker `w`, in order.
     fn tasks_of(&self, w: u32) -> u32 {
         (self.tasks + self.workers - 1 - w) / self.workers
@@ -357,5 +368,9 @@ mod tests {
         assert_eq!(a.requests, t.requests, "{a:?} vs {t:?}");
         // Turmoil quantises time to its 1 ms tick.
         assert!(a.finished_us.abs_diff(t.finished_us) < 50 * US_PER_MS, "{a:?} vs {t:?}");
+        let p = PeerParams::busy(40);
+        let (a, t) = (run_agentdrill(&p), run_turmoil(&p));
+        assert_eq!((a.effects, a.requests, a.duplicates), (t.effects, t.requests, t.duplicates), "{a:?} vs {t:?}");
+        assert!(a.requests > a.effects, "the crash made worker 0 re-send: {a:?}");
     }
 }
