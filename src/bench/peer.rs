@@ -15,9 +15,6 @@
 //! fixed one-way latency and no loss on both sides, and both sides end with
 //! `tasks × calls` effects in the API's ledger and no duplicate.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, RegionId, US_PER_MS, US_PER_S};
 use crate::ledger::{ApiConfig, CallOutcome, SideEffectApi};
 use crate::sim::net::LinkConfig;
@@ -233,8 +230,9 @@ pub fn run_agentdrill(p: &PeerParams) -> PeerOutcome {
 /// host each tick.
 #[cfg(feature = "peer")]
 pub fn run_turmoil(p: &PeerParams) -> PeerOutcome {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
     use std::net::{IpAddr, Ipv4Addr};
+    use std::rc::Rc;
     use std::time::Duration;
 
     const PORT: u16 = 9_000;
