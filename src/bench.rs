@@ -317,6 +317,8 @@ pub fn floor(work: FloorWork, seed: u64) -> crate::sim::RuntimeStats {
 pub enum Target {
     /// The value must be at least this.
     AtLeast(f64),
+    /// The value must be at most this.
+    AtMost(f64),
     /// The value must be below this.
     Below(f64),
 }
@@ -325,6 +327,7 @@ impl Target {
     fn met(self, v: f64) -> bool {
         match self {
             Target::AtLeast(t) => v >= t,
+            Target::AtMost(t) => v <= t,
             Target::Below(t) => v < t,
         }
     }
@@ -334,6 +337,7 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::AtLeast(t) => write!(f, ">= {t}"),
+            Target::AtMost(t) => write!(f, "<= {t}"),
             Target::Below(t) => write!(f, "< {t}"),
         }
     }
@@ -355,7 +359,8 @@ pub struct Figure {
     pub value: Option<f64>,
     /// Unit of `value`.
     pub unit: &'static str,
-    /// The target, as `">= 250000"` or `"< 60"`; `null` when there is none.
+    /// The target, as `">= 250000"`, `"<= 5"` or `"< 60"`; `null` when
+    /// there is none.
     pub target: Option<Target>,
     /// Whether the value meets the target (`null` without a value or target).
     pub met: Option<bool>,
@@ -657,7 +662,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
         "stack_over_floor",
         Some(stack_wall / floor_wall),
         "x",
-        Some(Target::Below(5.0 + f64::EPSILON)),
+        Some(Target::AtMost(5.0)),
         format!(
             "drill::simulate of {tasks} tasks ({} deliveries + {timers} timers and controls: {stack_wall:.4} s) ÷ the same counts through the bare runtime with trivial handlers ({} events: {floor_wall:.4} s); medians of {reps}",
             stats.delivered, fstats.events
@@ -736,10 +741,11 @@ fn peer_figure(p: &peer::PeerParams, a: &peer::PeerOutcome, a_wall: f64, quick: 
         "x",
         Some(Target::AtLeast(10.0)),
         format!(
-            "turmoil wall ({t_wall:.4} s, median of {reps}) ÷ agentdrill wall ({a_wall:.5} s) for the same workload: {} tasks × {} request/response calls to a Stripe-style payment API from {} workers, 1 ms links, 300 ms processing, worker 0 down from 10 s to 40 s; {} requests and {} effects on both sides ({} vs {} requests), {:.1} s simulated",
+            "turmoil wall ({t_wall:.4} s, median of {reps}) ÷ agentdrill wall ({a_wall:.5} s) for the same workload: {} tasks × {} request/response calls to a Stripe-style payment API from {} workers, 1 ms links, 300 ms processing, worker 0 down from {:.3} s for 30 s; {} requests and {} effects on both sides ({} vs {} requests), {:.1} s simulated",
             p.tasks,
             p.calls,
             p.workers,
+            p.crash_at_us as f64 / 1e6,
             a.requests,
             a.effects,
             a.requests,
@@ -824,7 +830,9 @@ pub fn table(r: &Report) -> String {
 }
 
 fn fmt_value(v: f64) -> String {
-    if v.abs() >= 1_000.0 {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.6}")
+    } else if v.abs() >= 1_000.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
