@@ -431,8 +431,13 @@ pub fn median_wall<R>(reps: usize, mut f: impl FnMut() -> R) -> (R, f64) {
         walls.push(w);
         last = Some(r);
     }
-    walls.sort_by(f64::total_cmp);
-    (last.expect("ran at least once"), walls[walls.len() / 2])
+    (last.expect("ran at least once"), median(&mut walls))
+}
+
+/// The median of a non-empty list (the upper one of an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn machine() -> Machine {
@@ -652,19 +657,31 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
     progress("floor");
     let tasks = if quick { 2_000 } else { 20_000 };
     let sc = throughput_scenario(tasks);
-    let reps = if quick { 1 } else { 5 };
-    let (stats, stack_wall) = median_wall(reps, || drill::simulate(&sc, sc.seed, false).stack.rt.stats());
+    let reps = if quick { 3 } else { 7 };
+    let stats = drill::simulate(&sc, sc.seed, false).stack.rt.stats();
     let timers = stats.events - stats.delivered;
     let work = FloorWork { deliveries: stats.delivered, timers, actors: sc.stack.workers };
-    let (fstats, floor_wall) = median_wall(reps, || floor(work, sc.seed));
+    // Stack and floor alternate, and the ratio is taken pair by pair, so a
+    // change of load on the machine hits both sides of each ratio.
+    let (mut ratios, mut stack_walls, mut floor_walls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fstats = stats;
+    for _ in 0..reps {
+        let (_, s) = timed(|| drill::simulate(&sc, sc.seed, false));
+        let (f, w) = timed(|| floor(work, sc.seed));
+        fstats = f;
+        ratios.push(s / w);
+        stack_walls.push(s);
+        floor_walls.push(w);
+    }
+    let (ratio, stack_wall, floor_wall) = (median(&mut ratios), median(&mut stack_walls), median(&mut floor_walls));
     debug_assert_eq!(fstats.delivered, work.deliveries);
     figures.push(fig(
         "stack_over_floor",
-        Some(stack_wall / floor_wall),
+        Some(ratio),
         "x",
         Some(Target::AtMost(5.0)),
         format!(
-            "drill::simulate of {tasks} tasks ({} deliveries + {timers} timers and controls: {stack_wall:.4} s) ÷ the same counts through the bare runtime with trivial handlers ({} events: {floor_wall:.4} s); medians of {reps}",
+            "drill::simulate of {tasks} tasks ({} deliveries + {timers} timers and controls: median {stack_wall:.4} s) ÷ the same counts through the bare runtime with trivial handlers ({} events: median {floor_wall:.4} s); median of {reps} ratios of back-to-back pairs",
             stats.delivered, fstats.events
         ),
     ));
@@ -686,17 +703,21 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
     // Peer.
     progress("turmoil peer");
     let p = peer::PeerParams::new(if quick { 40 } else { 200 });
-    let (a, a_wall) = median_wall(if quick { 1 } else { 5 }, || peer::run_agentdrill(&p));
-    figures.push(peer_figure(&p, &a, a_wall, quick));
-    let busy = peer::PeerParams::busy(if quick { 40 } else { 400 });
-    let (b, b_wall) = median_wall(if quick { 1 } else { 5 }, || peer::run_agentdrill(&busy));
-    figures.push(peer_busy_figure(&busy, &b, b_wall, quick));
+    let (_, a_wall) = median_wall(if quick { 3 } else { 21 }, || peer::run_agentdrill(&p));
+    figures.push(peer_figure(&p, quick));
+    figures.push(peer_busy_figure(&peer::PeerParams::busy(if quick { 40 } else { 400 }), quick));
     figures.push(fig(
         "peer_agentdrill_wall_s",
         Some(a_wall),
         "s",
         None,
-        format!("{} tasks × {} calls, {} workers, one crash, on agentdrill's runtime", p.tasks, p.calls, p.workers),
+        format!(
+            "{} tasks × {} calls, {} workers, one crash, on agentdrill's runtime; median of {}",
+            p.tasks,
+            p.calls,
+            p.workers,
+            if quick { 3 } else { 21 }
+        ),
     ));
 
     figures.sort_by_key(|f| ORDER.iter().position(|n| *n == f.name).unwrap_or(ORDER.len()));
@@ -730,59 +751,74 @@ const ORDER: &[&str] = &[
     "peer_turmoil_wall_s",
 ];
 
+/// Times turmoil and agentdrill back to back `reps` times (agentdrill as the
+/// median of 9 runs each time: one run is a fraction of a millisecond) and
+/// returns the median of the pairs' ratios, the median wall of each side,
+/// and both outcomes, checked equal.
 #[cfg(feature = "peer")]
-fn peer_figure(p: &peer::PeerParams, a: &peer::PeerOutcome, a_wall: f64, quick: bool) -> Figure {
+fn peer_pairs(p: &peer::PeerParams, reps: usize) -> (f64, f64, f64, peer::PeerOutcome) {
+    let (mut ratios, mut a_walls, mut t_walls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = None;
+    for _ in 0..reps.max(1) {
+        let (t, t_wall) = timed(|| peer::run_turmoil(p));
+        let (a, a_wall) = median_wall(9, || peer::run_agentdrill(p));
+        assert_eq!((a.effects, a.requests, a.duplicates), (t.effects, t.requests, t.duplicates), "equal work");
+        ratios.push(t_wall / a_wall);
+        a_walls.push(a_wall);
+        t_walls.push(t_wall);
+        out = Some(a);
+    }
+    (median(&mut ratios), median(&mut t_walls), median(&mut a_walls), out.expect("ran at least once"))
+}
+
+#[cfg(feature = "peer")]
+fn peer_figure(p: &peer::PeerParams, quick: bool) -> Figure {
     let reps = if quick { 1 } else { 3 };
-    let (t, t_wall) = median_wall(reps, || peer::run_turmoil(p));
-    assert_eq!((a.effects, a.duplicates), (t.effects, t.duplicates), "both sides did the same work");
+    let (ratio, t_wall, a_wall, a) = peer_pairs(p, reps);
     fig(
         "speedup_vs_turmoil",
-        Some(t_wall / a_wall),
+        Some(ratio),
         "x",
         Some(Target::AtLeast(10.0)),
         format!(
-            "turmoil wall ({t_wall:.4} s, median of {reps}) ÷ agentdrill wall ({a_wall:.5} s) for the same workload: {} tasks × {} request/response calls to a Stripe-style payment API from {} workers, 1 ms links, 300 ms processing, worker 0 down from {:.3} s for 30 s; {} requests and {} effects on both sides ({} vs {} requests), {:.1} s simulated",
+            "turmoil wall ÷ agentdrill wall for the same workload, median of {reps} back-to-back pairs (turmoil {t_wall:.4} s, agentdrill {a_wall:.6} s): {} tasks × {} request/response calls to a Stripe-style payment API from {} workers, 1 ms links, 300 ms processing, worker 0 down from {:.3} s for 30 s; {} requests and {} effects on both sides, {:.1} s simulated",
             p.tasks,
             p.calls,
             p.workers,
             p.crash_at_us as f64 / 1e6,
             a.requests,
             a.effects,
-            a.requests,
-            t.requests,
             a.finished_us as f64 / 1e6
         ),
     )
 }
 
 #[cfg(feature = "peer")]
-fn peer_busy_figure(p: &peer::PeerParams, a: &peer::PeerOutcome, a_wall: f64, quick: bool) -> Figure {
+fn peer_busy_figure(p: &peer::PeerParams, quick: bool) -> Figure {
     let reps = if quick { 1 } else { 3 };
-    let (t, t_wall) = median_wall(reps, || peer::run_turmoil(p));
-    assert_eq!((a.effects, a.duplicates), (t.effects, t.duplicates), "both sides did the same work");
+    let (ratio, t_wall, a_wall, a) = peer_pairs(p, reps);
     fig(
         "speedup_vs_turmoil_busy",
-        Some(t_wall / a_wall),
+        Some(ratio),
         "x",
         None,
         format!(
-            "context for speedup_vs_turmoil: the same workload with 1 ms processing and a 10 ms outage, so turmoil's 1 ms ticks are rarely idle and the ratio is the cost per message: {} tasks × {} calls, {} vs {} requests, {:.3} s simulated; turmoil {t_wall:.4} s (median of {reps}) ÷ agentdrill {a_wall:.5} s",
+            "context for speedup_vs_turmoil: the same workload with 1 ms processing and a 10 ms outage, so turmoil's 1 ms ticks are rarely idle and the ratio is the cost per message: {} tasks × {} calls, {} requests on both sides, {:.3} s simulated; median of {reps} pairs (turmoil {t_wall:.4} s, agentdrill {a_wall:.6} s)",
             p.tasks,
             p.calls,
             a.requests,
-            t.requests,
             a.finished_us as f64 / 1e6
         ),
     )
 }
 
 #[cfg(not(feature = "peer"))]
-fn peer_busy_figure(_: &peer::PeerParams, _: &peer::PeerOutcome, _: f64, _: bool) -> Figure {
+fn peer_busy_figure(_: &peer::PeerParams, _: bool) -> Figure {
     fig("speedup_vs_turmoil_busy", None, "x", None, "built without the `peer` feature (turmoil)".into())
 }
 
 #[cfg(not(feature = "peer"))]
-fn peer_figure(_: &peer::PeerParams, _: &peer::PeerOutcome, _: f64, _: bool) -> Figure {
+fn peer_figure(_: &peer::PeerParams, _: bool) -> Figure {
     fig(
         "speedup_vs_turmoil",
         None,
