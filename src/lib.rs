@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod drill;
 pub mod env;
 pub mod fuzz;

@@ -736,6 +736,30 @@ fn place(root: &Val<'_>, field: &str) -> Option<usize> {
     None
 }
 
+/// Every scenario file (`*.toml`) under `dir`, sorted, skipping names that
+/// start with `_` (shared pieces for `include`) or `.` (hidden): what
+/// `agentdrill run DIR` runs.
+pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let p = entry?.path();
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['_', '.'])) {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,17 @@
 //! The `agentdrill` command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli;
+
+/// Counts heap bytes so `bench` can report peak memory (two relaxed atomic
+/// operations per allocation; see `agentdrill::bench::CountingAlloc`).
+#[global_allocator]
+static ALLOC: agentdrill::bench::CountingAlloc = agentdrill::bench::CountingAlloc;
 
 /// Chaos and disaster-recovery drills for AI-agent stacks: RTO, RPO and
 /// duplicate side effects measured from ground truth.
@@ -29,12 +34,12 @@ enum Format {
     Markdown,
 }
 
-/// What `matrix` prints.
+/// What `matrix` and `bench` print.
 #[derive(Clone, Copy, ValueEnum)]
-enum MatrixFormat {
-    /// A table per stack (side by side with --patterns).
+enum TableOrJson {
+    /// A table for people.
     Table,
-    /// JSON: every row with its worst RTO and RPO and the tiers met.
+    /// JSON for tools.
     Json,
 }
 
@@ -84,7 +89,7 @@ enum Command {
         patterns: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
-        format: MatrixFormat,
+        format: TableOrJson,
     },
     /// Tell a drill in words: faults, detection, failover, recovery, numbers.
     ///
@@ -133,13 +138,32 @@ enum Command {
     ///
     /// Example: agentdrill fuzz --cases 500 --policy no-fencing --seed 7
     Fuzz(agentdrill::fuzz::FuzzArgs),
+    /// Measure the simulator's speed: calls per second, time acceleration,
+    /// catalogue time, generated drills per second, scaling to 1M tasks,
+    /// the ratio to the bare runtime and to turmoil (see BENCHMARKS.md).
+    ///
+    /// Example: agentdrill bench --quick --format json
+    Bench {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+        /// Smaller sizes and fewer repetitions (no 100k or 1M runs).
+        #[arg(long)]
+        quick: bool,
+        /// The catalogue to time.
+        #[arg(long, default_value = "scenarios")]
+        catalogue: PathBuf,
+    },
 }
 
 fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, &mut files).with_context(|| format!("{}: cannot read folder", p.display()))?;
+            files.extend(
+                agentdrill::loader::scenario_files(p)
+                    .with_context(|| format!("{}: cannot read folder", p.display()))?,
+            );
         } else if p.exists() {
             files.push(p.clone());
         } else {
@@ -154,21 +178,6 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         );
     }
     Ok(files)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['_', '.'])) {
-            continue; // shared pieces for `include`, hidden files
-        }
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if p.extension().is_some_and(|e| e == "toml") {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 /// A progress bar on stderr when it is a terminal (hidden otherwise).
@@ -214,15 +223,15 @@ fn main() -> ExitCode {
                 let ms = agentdrill::matrix::patterns(&sc, seeds, tick);
                 bar.finish_and_clear();
                 match format {
-                    MatrixFormat::Table => agentdrill::matrix::render_patterns(&ms),
-                    MatrixFormat::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
+                    TableOrJson::Table => agentdrill::matrix::render_patterns(&ms),
+                    TableOrJson::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
                 }
             } else {
                 let m = agentdrill::matrix::matrix(&sc, seeds, tick);
                 bar.finish_and_clear();
                 match format {
-                    MatrixFormat::Table => agentdrill::matrix::render(&m),
-                    MatrixFormat::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
+                    TableOrJson::Table => agentdrill::matrix::render(&m),
+                    TableOrJson::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
                 }
             };
             print!("{out}");
@@ -237,5 +246,16 @@ fn main() -> ExitCode {
         Command::List { paths } => cli::list(&paths),
         Command::Validate { paths } => cli::validate(&paths),
         Command::Fuzz(args) => agentdrill::fuzz::cli(args),
+        Command::Bench { format, quick, catalogue } => {
+            let bar = indicatif::ProgressBar::new_spinner();
+            let opts = agentdrill::bench::Options { quick, catalogue };
+            let r = agentdrill::bench::run(&opts, |what| bar.set_message(what.to_owned()));
+            bar.finish_and_clear();
+            match format {
+                TableOrJson::Table => print!("{}", agentdrill::bench::table(&r)),
+                TableOrJson::Json => println!("{}", agentdrill::bench::json(&r)),
+            }
+            ExitCode::SUCCESS
+        }
     }
 }

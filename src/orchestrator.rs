@@ -97,7 +97,11 @@ pub struct Orchestrator {
     // volatile
     serving: bool,
     ready: VecDeque<TaskId>,
-    parked: VecDeque<(HostId, u32)>,
+    /// Workers waiting for work, in arrival order.
+    parked: VecDeque<HostId>,
+    /// The request number of each parked worker's lease request, by host
+    /// (`None`: not parked), so a repeated request is found in O(1).
+    parked_req: Vec<Option<u32>>,
     expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
     pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
     replica_acked: u64,
@@ -119,6 +123,7 @@ impl Orchestrator {
             serving: false,
             ready: VecDeque::new(),
             parked: VecDeque::new(),
+            parked_req: Vec::new(),
             expiries: BinaryHeap::new(),
             pending_sync: VecDeque::new(),
             replica_acked: 0,
@@ -192,6 +197,7 @@ impl Orchestrator {
         self.serving = false;
         self.ready.clear();
         self.parked.clear();
+        self.parked_req.clear();
         self.expiries.clear();
         self.pending_sync.clear();
         self.reorder.clear();
@@ -301,10 +307,13 @@ impl Orchestrator {
                 }
             }
             Msg::LeaseReq { req } => {
-                if let Some(slot) = self.parked.iter_mut().find(|(h, _)| *h == from) {
-                    slot.1 = req;
-                } else {
-                    self.parked.push_back((from, req));
+                let i = from.0 as usize;
+                if i >= self.parked_req.len() {
+                    self.parked_req.resize(i + 1, None);
+                }
+                // A worker already waiting keeps its place with the new number.
+                if self.parked_req[i].replace(req).is_none() {
+                    self.parked.push_back(from);
                 }
                 if self.serving {
                     self.dispatch(env);
@@ -467,7 +476,8 @@ impl Orchestrator {
             if t.status != TaskStatus::Queued {
                 continue;
             }
-            let (worker, req) = self.parked.pop_front().expect("non-empty");
+            let worker = self.parked.pop_front().expect("non-empty");
+            let req = self.parked_req[worker.0 as usize].take().expect("a parked worker has a request");
             let resumed = t.lease.token > 0;
             let token = t.lease.token + 1;
             let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
@@ -484,7 +494,8 @@ impl Orchestrator {
                 token,
                 lease_ms: self.cfg.lease_ms,
                 cursor: t.cursor,
-                steps: t.steps.clone(),
+                // A task never leased before has nothing recorded yet.
+                steps: if resumed { t.steps.clone() } else { Box::default() },
                 resumed,
                 replay: self.store.may_be_stale(t),
             };

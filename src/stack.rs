@@ -96,9 +96,11 @@ pub struct TraceEvent {
 /// Ground-truth instruments that live outside the stack's components.
 #[derive(Default)]
 pub struct Truth {
-    /// When each job was acknowledged to the client.
+    /// When each job was acknowledged to the client (indexed by job; probe
+    /// jobs are added as they are acknowledged).
     pub accepted_us: Vec<Option<Micros>>,
-    /// Jobs the client was told had finished.
+    /// Jobs the client was told had finished (indexed by job; covers every
+    /// workload job, probes are added as they finish).
     pub completed: Vec<bool>,
     /// First decision a side effect (a ledger entry) acted upon, per (job,
     /// governing step).
@@ -166,6 +168,15 @@ impl Truth {
     }
 }
 
+/// `v[i]`, growing `v` with default values to reach it.
+#[inline]
+fn at_grow<T: Default + Clone>(v: &mut Vec<T>, i: usize) -> &mut T {
+    if i >= v.len() {
+        v.resize(i + 1, T::default());
+    }
+    &mut v[i]
+}
+
 /// Vector store host.
 pub struct VectorNode {
     /// The store (durable).
@@ -216,6 +227,7 @@ pub struct Client {
     last_probe: Option<(JobId, Micros)>,
     first_probe_job: u32,
     templates: Rc<Vec<Template>>,
+    probe_template: u16,
 }
 
 /// A host's component. Workers are most hosts and the largest variant, so
@@ -254,7 +266,8 @@ pub struct Stack {
     pub truth: Truth,
     /// Named hosts.
     pub hosts: Hosts,
-    /// The workload.
+    /// The workload's jobs. Probe jobs are numbered after them (see
+    /// [`MAX_PROBES`]) and are not listed.
     pub jobs: Rc<Vec<JobSpec>>,
     /// Worker settings.
     pub worker_shared: Rc<WorkerShared>,
@@ -625,9 +638,6 @@ impl Stack {
             }
             jobs.push(JobSpec { template: tpl_index(name), at_us: t, probe: false });
         }
-        for _ in 0..MAX_PROBES {
-            jobs.push(JobSpec { template: probe_tpl, at_us: u64::MAX, probe: true });
-        }
         let jobs = Rc::new(jobs);
         nodes[client.0 as usize] = Some(Node::Client(Client {
             jobs: jobs.clone(),
@@ -635,6 +645,7 @@ impl Stack {
             pending: Default::default(),
             acked: vec![false; jobs.len()],
             done: vec![false; jobs.len()],
+            probe_template: probe_tpl,
             unfinished: Default::default(),
             retry_armed: false,
             resubmit_armed: false,
@@ -1032,11 +1043,20 @@ impl Client {
         }
     }
 
+    /// A job's spec: a workload job, or a probe (numbered after them).
+    fn spec(&self, job: JobId) -> JobSpec {
+        self.jobs.get(job.0 as usize).copied().unwrap_or(JobSpec {
+            template: self.probe_template,
+            at_us: u64::MAX,
+            probe: true,
+        })
+    }
+
     fn submit(&mut self, env: &mut impl Env, job: JobId) {
-        let spec = self.jobs[job.0 as usize];
+        let spec = self.spec(job);
         let to = env.resolve(Service::Orchestrator);
         let steps = steps_of(&self.templates, spec.template);
-        let replay = self.acked[job.0 as usize];
+        let replay = self.acked.get(job.0 as usize).copied().unwrap_or(false);
         let (template, probe) = (spec.template, spec.probe);
         if self.via_queue {
             let to = env.resolve(Service::Queue);
@@ -1099,7 +1119,8 @@ impl Client {
             Timer::ClientRetry => {
                 self.retry_armed = false;
                 let acked = &self.acked;
-                for job in due(&mut self.pending, now, self.retry_after_us, |j| acked[j.0 as usize]) {
+                let is_acked = |j: JobId| acked.get(j.0 as usize).copied().unwrap_or(false);
+                for job in due(&mut self.pending, now, self.retry_after_us, is_acked) {
                     self.submit(env, job);
                 }
                 if !self.pending.is_empty() && !self.retry_armed {
@@ -1114,7 +1135,8 @@ impl Client {
                 // the job id where the orchestrator still knows it).
                 self.resubmit_armed = false;
                 let done = &self.done;
-                for job in due(&mut self.unfinished, now, self.resubmit_after_us, |j| done[j.0 as usize]) {
+                let is_done = |j: JobId| done.get(j.0 as usize).copied().unwrap_or(false);
+                for job in due(&mut self.unfinished, now, self.resubmit_after_us, is_done) {
                     self.submit(env, job);
                     self.unfinished.push_back((now, job));
                 }
@@ -1131,10 +1153,10 @@ impl Client {
         match msg {
             Msg::SubmitAck { job } => {
                 let j = job.0 as usize;
-                if !self.acked[j] {
+                if !*at_grow(&mut self.acked, j) {
                     self.acked[j] = true;
-                    env.truth.accepted_us[j] = Some(env.now_us());
-                    if !self.jobs[j].probe {
+                    *at_grow(&mut env.truth.accepted_us, j) = Some(env.now_us());
+                    if !self.spec(job).probe {
                         self.unfinished.push_back((env.now_us(), job));
                         if !self.resubmit_armed {
                             self.resubmit_armed = true;
@@ -1144,8 +1166,8 @@ impl Client {
                 }
             }
             Msg::Completed { job } => {
-                self.done[job.0 as usize] = true;
-                env.truth.completed[job.0 as usize] = true;
+                *at_grow(&mut self.done, job.0 as usize) = true;
+                *at_grow(&mut env.truth.completed, job.0 as usize) = true;
                 if let (Some(since), Some((last, at))) = (self.probe_since, self.last_probe)
                     && job == last
                     && at >= since

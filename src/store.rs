@@ -344,6 +344,12 @@ impl Store {
                 }
             }
         }
+        if self.log.len() == self.log.capacity() {
+            // Grow by an eighth rather than doubling: the log is the largest
+            // structure of a long run (two stores hold one each), and
+            // doubling leaves up to half of it allocated and unused.
+            self.log.reserve_exact((self.log.len() / 8).max(1_024));
+        }
         self.log.push(*rec);
     }
 

@@ -45,7 +45,8 @@ pub struct Grant {
     pub lease_ms: u64,
     /// Next step.
     pub cursor: u16,
-    /// Durable step records (checkpoints, decisions).
+    /// Durable step records (checkpoints, decisions); empty for a task
+    /// never leased before, which has nothing recorded yet.
     pub steps: Box<[StepRec]>,
     /// The task was leased before (this is a resume).
     pub resumed: bool,

@@ -65,23 +65,7 @@ fn reference_policy_fences_a_zombie_at_every_phase() {
 }
 
 fn catalogue(dir: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir)];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("catalogue folder") {
-            let p = e.expect("entry").path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')) {
-                continue; // shared pieces for `include`
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "toml") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    agentdrill::loader::scenario_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("catalogue folder")
 }
 
 #[test]

@@ -21,9 +21,6 @@
 
 pub mod net;
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -80,28 +77,119 @@ enum Payload<M, T> {
     Control(T),
 }
 
-struct Entry<M, T> {
+/// A queue entry: the ordering key and where its payload is parked.
+///
+/// Payloads (a message is ~60 bytes) live in a slab and only this 24-byte
+/// key moves through the heap.
+#[derive(Clone, Copy)]
+struct Entry {
     at_us: Micros,
     seq: u64,
-    payload: Payload<M, T>,
+    slot: u32,
 }
 
-impl<M, T> PartialEq for Entry<M, T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.at_us == other.at_us && self.seq == other.seq
+impl Entry {
+    /// Earlier time first, then the first scheduled (one 128-bit compare,
+    /// without branches).
+    #[inline(always)]
+    fn before(&self, other: &Entry) -> bool {
+        let key = |e: &Entry| u128::from(e.at_us) << 64 | u128::from(e.seq);
+        key(self) < key(other)
     }
 }
-impl<M, T> Eq for Entry<M, T> {}
-impl<M, T> PartialOrd for Entry<M, T> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+
+/// A binary min-heap of [`Entry`] ordered by `(at_us, seq)` that fuses
+/// "pop the earliest" with the next push.
+///
+/// Almost every event's handler schedules another event. So [`Queue::take`]
+/// leaves the entry it hands out at the root, marked dead, and the next
+/// [`Queue::push`] overwrites the root and sifts it down once, instead of a
+/// full pop (sift down, then up) followed by a push (sift up). `(at_us, seq)`
+/// is unique, so the order in which entries come out is exactly that of any
+/// other priority queue over the same keys.
+struct Queue {
+    heap: Vec<Entry>,
+    /// `heap[0]` was handed out by `take` and awaits replacement.
+    dead_root: bool,
 }
-impl<M, T> Ord for Entry<M, T> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: invert so the earliest (then the first
-        // scheduled) pops first.
-        (other.at_us, other.seq).cmp(&(self.at_us, self.seq))
+
+impl Queue {
+    fn with_capacity(n: usize) -> Self {
+        Queue { heap: Vec::with_capacity(n), dead_root: false }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.heap.len() - usize::from(self.dead_root)
+    }
+
+    #[inline]
+    fn push(&mut self, e: Entry) {
+        if self.dead_root {
+            self.dead_root = false;
+            self.sift_down(0, e);
+        } else {
+            self.heap.push(e);
+            self.sift_up(self.heap.len() - 1, e);
+        }
+    }
+
+    /// The earliest live entry.
+    #[inline]
+    fn peek(&mut self) -> Option<&Entry> {
+        if self.dead_root {
+            self.dead_root = false;
+            let last = self.heap.pop().expect("a dead root is an entry");
+            if !self.heap.is_empty() {
+                self.sift_down(0, last);
+            }
+        }
+        self.heap.first()
+    }
+
+    /// Hands out the earliest entry (call after `peek` returned one).
+    #[inline]
+    fn take(&mut self) -> Entry {
+        debug_assert!(!self.dead_root && !self.heap.is_empty());
+        self.dead_root = true;
+        self.heap[0]
+    }
+
+    /// Moves `e` up from the hole at `i` to its place.
+    #[inline]
+    fn sift_up(&mut self, mut i: usize, e: Entry) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            let p = self.heap[parent];
+            if !e.before(&p) {
+                break;
+            }
+            self.heap[i] = p;
+            i = parent;
+        }
+        self.heap[i] = e;
+    }
+
+    /// Moves `e` down from the hole at `i` to its place.
+    #[inline]
+    fn sift_down(&mut self, mut i: usize, e: Entry) {
+        let n = self.heap.len();
+        loop {
+            let first = 2 * i + 1;
+            if first >= n {
+                break;
+            }
+            // The earlier child, chosen without a branch.
+            let second = (first + 1).min(n - 1);
+            let child = first + usize::from(self.heap[second].before(&self.heap[first]));
+            let c = self.heap[child];
+            if !c.before(&e) {
+                break;
+            }
+            self.heap[i] = c;
+            i = child;
+        }
+        self.heap[i] = e;
     }
 }
 
@@ -122,7 +210,11 @@ pub struct RuntimeStats {
 pub struct Runtime<M, T> {
     now_us: Micros,
     seq: u64,
-    queue: BinaryHeap<Entry<M, T>>,
+    queue: Queue,
+    /// Payloads of queued events, indexed by `Entry::slot`.
+    slab: Vec<Option<Payload<M, T>>>,
+    /// Free slots of `slab`.
+    free: Vec<u32>,
     hosts: Vec<Host>,
     net: Network,
     rng: ChaCha8Rng,
@@ -138,7 +230,9 @@ impl<M, T> Runtime<M, T> {
         Runtime {
             now_us: 0,
             seq: 0,
-            queue: BinaryHeap::with_capacity(1024),
+            queue: Queue::with_capacity(1024),
+            slab: Vec::with_capacity(1024),
+            free: Vec::with_capacity(1024),
             hosts: Vec::new(),
             net: Network::new(net),
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -202,7 +296,17 @@ impl<M, T> Runtime<M, T> {
     fn push(&mut self, at_us: Micros, payload: Payload<M, T>) {
         debug_assert!(at_us >= self.now_us, "scheduling into the past");
         self.seq += 1;
-        self.queue.push(Entry { at_us, seq: self.seq, payload });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = Some(payload);
+                slot
+            }
+            None => {
+                self.slab.push(Some(payload));
+                u32::try_from(self.slab.len() - 1).expect("fewer than 2^32 pending events")
+            }
+        };
+        self.queue.push(Entry { at_us, seq: self.seq, slot });
     }
 
     /// Sends `msg` from `from` to `to` over the network: it arrives after the
@@ -287,7 +391,9 @@ impl<M, T> Runtime<M, T> {
             if head_at > horizon_us {
                 return None;
             }
-            let Entry { at_us, payload, .. } = self.queue.pop().expect("peeked");
+            let Entry { at_us, slot, .. } = self.queue.take();
+            let payload = self.slab[slot as usize].take().expect("a queued event has its payload");
+            self.free.push(slot);
             self.now_us = at_us;
             match payload {
                 Payload::Deliver { from, to, incarnation, msg } => {
@@ -403,6 +509,32 @@ mod tests {
         r.set_timer(a, 100, 1);
         assert!(r.step(50).is_none());
         assert!(r.step(100).is_some());
+    }
+
+    #[test]
+    fn the_queue_hands_out_entries_in_time_then_schedule_order() {
+        use rand::RngExt;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut q = Queue::with_capacity(4);
+        let mut model = std::collections::BTreeSet::new();
+        let mut seq = 0u64;
+        let mut now = 0u64;
+        for _ in 0..20_000 {
+            if rng.random_range(0..3u32) > 0 || model.is_empty() {
+                // Pushes at or after now, with many ties.
+                seq += 1;
+                let at = now + rng.random_range(0..8u64);
+                q.push(Entry { at_us: at, seq, slot: seq as u32 });
+                model.insert((at, seq));
+            } else {
+                let head = *q.peek().expect("non-empty");
+                let want = model.pop_first().expect("non-empty");
+                assert_eq!((head.at_us, head.seq), want);
+                assert_eq!(q.take().seq, want.1);
+                now = want.0;
+            }
+            assert_eq!(q.len(), model.len());
+        }
     }
 
     #[test]

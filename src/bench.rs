@@ -1,0 +1,897 @@
+//! Speed measurements of the simulator: what `agentdrill bench` prints and
+//! what the criterion benches in `benches/` time.
+//!
+//! Every workload is built here, in code, so the command, the benches and
+//! `BENCHMARKS.md` measure the same thing:
+//! - [`throughput_scenario`]: the reference stack, no faults, `n` tasks of
+//!   5 steps (`book_flight` and `approve_refund` alternate: 6 + 4 steps),
+//!   256 workers, one arrival every 40 ms (below the stack's capacity, so
+//!   the queue stays short and the cost per task stays flat);
+//! - [`sandbox_24h`] and [`warm_standby_2h`]: the catalogue's 24-hour
+//!   sandbox drill and 2-hour warm-standby region loss;
+//! - [`generated_drill`]: a stand-in for issue 4's fuzzer: a random drill
+//!   of about 100 calls built from a seed;
+//! - [`floor`]: the bare runtime with trivial handlers;
+//! - [`peer`]: the same small workload on agentdrill's runtime and on
+//!   turmoil.
+//!
+//! Peak memory comes from [`CountingAlloc`], a global allocator that wraps
+//! the system allocator and counts the bytes currently allocated and their
+//! peak. The `agentdrill` binary installs it; a program that does not
+//! reports no peak.
+
+pub mod peer;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::drill;
+use crate::env::{Phase, Timer};
+use crate::ids::{HostId, Micros, RegionId, US_PER_MS};
+use crate::provider::ErrorMode;
+use crate::scenario::{self, Dur, FaultSpec, RegionName, Scenario, When, WorkerTarget};
+use crate::sim::{Event, NetConfig, Runtime};
+use crate::wire::Msg;
+
+// ---------------------------------------------------------------- memory
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// A global allocator that forwards to [`System`] and counts the bytes
+/// allocated now and their peak. Install it in a binary with
+/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
+/// It costs two relaxed atomic operations per allocation.
+pub struct CountingAlloc;
+
+#[inline]
+fn grew(bytes: usize) {
+    let now = CURRENT.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    if now > PEAK.load(Ordering::Relaxed) {
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+#[inline]
+fn shrank(bytes: usize) {
+    CURRENT.fetch_sub(bytes, Ordering::Relaxed);
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged; the counters do not affect the memory handed out.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) };
+        shrank(layout.size());
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            shrank(layout.size());
+            grew(new_size);
+        }
+        p
+    }
+}
+
+/// Bytes allocated now through [`CountingAlloc`] (0 when it is not installed).
+pub fn heap_bytes() -> usize {
+    CURRENT.load(Ordering::Relaxed)
+}
+
+/// Runs `f` and returns its result with the peak of heap bytes allocated
+/// during it above what was allocated when it started (`None` when
+/// [`CountingAlloc`] is not the global allocator).
+pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let r = f();
+    let peak = PEAK.load(Ordering::Relaxed);
+    let installed = base > 0;
+    (r, installed.then(|| (peak - base) as u64))
+}
+
+// ---------------------------------------------------------------- workloads
+
+fn parse(name: &str, text: &str) -> Scenario {
+    scenario::parse(Path::new(name), text).unwrap_or_else(|e| panic!("built-in bench scenario: {e}"))
+}
+
+/// Gap between arrivals of [`throughput_scenario`].
+pub const THROUGHPUT_INTERVAL_MS: u64 = 40;
+
+/// The reference stack without faults: `tasks` tasks of 5 steps on average
+/// (`book_flight`, 6 steps, and `approve_refund`, 4 steps, alternate), 256
+/// workers, one arrival every 40 ms, and a horizon 30 minutes past the last
+/// arrival.
+pub fn throughput_scenario(tasks: u32) -> Scenario {
+    let horizon_s = u64::from(tasks) * THROUGHPUT_INTERVAL_MS / 1_000 + 1_800;
+    parse(
+        "bench-throughput",
+        &format!(
+            "tier = \"batch\"\nhorizon = \"{horizon_s}s\"\n[stack]\nworkers = 256\n\
+             [workload]\ntasks = {tasks}\ntemplates = [\"book_flight\", \"approve_refund\"]\n\
+             arrival = \"uniform\"\ninterval = \"{THROUGHPUT_INTERVAL_MS}ms\"\n"
+        ),
+    )
+}
+
+/// The 24-hour sandbox drill of the catalogue
+/// (`scenarios/region/sandbox-daily.toml`): cold standby, daily backups and
+/// snapshots, 300 tasks, region A lost at 12 h.
+pub fn sandbox_24h() -> Scenario {
+    parse(
+        "bench-sandbox-24h",
+        "tier = \"sandbox\"\nhorizon = \"24h\"\n\
+         [stack]\npattern = \"cold_standby\"\n\
+         replication = { mode = \"async\", lag_ms = 0, interval_ms = 86400000 }\n\
+         vector = { snapshot_interval = \"24h\" }\nfailover = { scale_up = \"30m\" }\n\
+         [workload]\ntasks = 300\narrival = \"poisson\"\ninterval = \"4m\"\n\
+         [[faults]]\nkind = \"region_loss\"\nat = \"12h\"\n",
+    )
+}
+
+/// The 2-hour warm-standby drill of the catalogue
+/// (`scenarios/region/warm-standby-loss.toml`): region A lost for good at
+/// 6 min, asynchronous replication 1 s behind.
+pub fn warm_standby_2h() -> Scenario {
+    let mut sc = parse(
+        "bench-warm-standby-2h",
+        "tier = \"internal-ops\"\nhorizon = \"2h\"\n\
+         [stack]\npattern = \"warm_standby\"\nworkers = 4\nstandby_workers = 1\n\
+         replication = { mode = \"async\", lag_ms = 1000, interval_ms = 1000 }\n\
+         [workload]\ntasks = 40\ninterval = \"10s\"\n\
+         [[faults]]\nkind = \"region_loss\"\nat = \"6m\"\nregion = \"a\"\n",
+    );
+    sc.seed = 5;
+    sc
+}
+
+/// Tasks in a [`generated_drill`]: 19 tasks of the three default templates
+/// (6, 6 and 4 steps) make about 100 calls.
+pub const GENERATED_TASKS: u32 = 19;
+
+/// A random drill of about 100 calls, built from `seed`: the reference
+/// stack (warm standby), [`GENERATED_TASKS`] tasks arriving every 5 s, a
+/// 1-hour horizon and one fault drawn among a worker kill at a random
+/// (job, step, phase), a zombie pause there, a kill at a random time, a
+/// permanent loss of region A and a provider outage of a random mode.
+///
+/// This is a stand-in for the fuzzer of issue 4, which will replace it: it
+/// measures how fast drills of that size run, not how good the generator is.
+pub fn generated_drill(base: &Scenario, seed: u64) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut sc = base.clone();
+    sc.seed = seed;
+    let templates = crate::workflow::builtin();
+    let job = rng.random_range(0..GENERATED_TASKS);
+    let tpl = &sc.workload.templates[job as usize % sc.workload.templates.len()];
+    let steps = templates.iter().find(|t| t.name == tpl).map_or(1, |t| t.steps.len()) as u16;
+    let step = rng.random_range(0..steps);
+    let phase = Phase::ALL[rng.random_range(0..Phase::ALL.len())];
+    let at_s = |rng: &mut ChaCha8Rng, lo: u64, hi: u64| Dur::secs(rng.random_range(lo..hi));
+    let fault = match rng.random_range(0..5u32) {
+        0 => FaultSpec::WorkerKill {
+            at: When::Event { job, step, phase },
+            worker: None,
+            restart_after: Some(Dur::secs(30)),
+        },
+        1 => FaultSpec::WorkerPause {
+            at: When::Event { job, step, phase },
+            worker: None,
+            duration: at_s(&mut rng, 30, 180),
+        },
+        2 => FaultSpec::WorkerKill {
+            at: When::At(at_s(&mut rng, 10, 120)),
+            worker: Some(WorkerTarget::Index(rng.random_range(0..sc.stack.workers))),
+            restart_after: Some(Dur::secs(30)),
+        },
+        3 => FaultSpec::RegionLoss { at: at_s(&mut rng, 30, 600), region: RegionName::A, duration: None },
+        _ => {
+            let modes = [
+                ErrorMode::ServerError,
+                ErrorMode::Overloaded,
+                ErrorMode::Timeout,
+                ErrorMode::RateLimited { retry_after_ms: 20_000 },
+                ErrorMode::StreamError { after_tokens: 100 },
+            ];
+            FaultSpec::ProviderOutage {
+                at: at_s(&mut rng, 10, 120),
+                provider: "anthropic".into(),
+                mode: modes[rng.random_range(0..modes.len())],
+                duration: at_s(&mut rng, 60, 1_200),
+            }
+        }
+    };
+    sc.faults = vec![fault];
+    debug_assert!(scenario::validate(Path::new("generated"), &sc).is_ok());
+    sc
+}
+
+/// The base every [`generated_drill`] starts from.
+pub fn generated_base() -> Scenario {
+    parse(
+        "bench-generated",
+        &format!(
+            "tier = \"internal-ops\"\nhorizon = \"1h\"\n[workload]\ntasks = {GENERATED_TASKS}\ninterval = \"5s\"\n"
+        ),
+    )
+}
+
+// ---------------------------------------------------------------- floor
+
+/// What the floor has to reproduce: a run's message deliveries and timer
+/// events, with about as many concurrent actors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloorWork {
+    /// Messages to deliver.
+    pub deliveries: u64,
+    /// Timer events to fire.
+    pub timers: u64,
+    /// Concurrent ping-pong pairs (the stack's workers).
+    pub actors: u32,
+}
+
+/// The floor: `work.deliveries` messages and `work.timers` timers pushed
+/// through the bare [`Runtime`] with the stack's own message and timer
+/// types and network (so the same entry size and the same RNG draw per
+/// send), by `work.actors` clients ping-ponging with one server and
+/// sleeping on a timer in the run's ratio of timers to deliveries. The
+/// handlers do nothing else. Returns the runtime's counters.
+pub fn floor(work: FloorWork, seed: u64) -> crate::sim::RuntimeStats {
+    let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::default());
+    let server = rt.add_host("server", RegionId(0));
+    let first = rt.add_host("client-0", RegionId(0));
+    for i in 1..work.actors.max(1) {
+        rt.add_host(format!("client-{i}"), RegionId(0));
+    }
+    let mut sent = 0u64;
+    let mut timers = 0u64;
+    for i in 0..work.actors.max(1) {
+        if sent < work.deliveries {
+            sent += 1;
+            rt.send(HostId(first.0 + i), server, Msg::Ping { seq: i });
+        }
+    }
+    // Pongs and pings alternate; after each pong a client sleeps on a timer
+    // while timers are behind the run's ratio, else pings again.
+    while let Some(ev) = rt.step(Micros::MAX) {
+        let client = match ev {
+            Event::Deliver { from, to, msg: Msg::Ping { seq } } if to == server => {
+                if sent < work.deliveries {
+                    sent += 1;
+                    rt.send(server, from, Msg::Pong { seq });
+                }
+                continue;
+            }
+            Event::Deliver { to, .. } => {
+                if u128::from(timers) * u128::from(work.deliveries) < u128::from(sent) * u128::from(work.timers) {
+                    timers += 1;
+                    rt.set_timer(to, 10 * US_PER_MS, Timer::Watchdog);
+                    continue;
+                }
+                to
+            }
+            Event::Timer { host, .. } => host,
+            Event::Control(_) => continue,
+        };
+        if sent < work.deliveries {
+            sent += 1;
+            rt.send(client, server, Msg::Ping { seq: 0 });
+        } else if timers < work.timers {
+            timers += 1;
+            rt.set_timer(client, 10 * US_PER_MS, Timer::Watchdog);
+        }
+    }
+    rt.stats()
+}
+
+// ---------------------------------------------------------------- report
+
+/// A target a figure is compared with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// The value must be at least this.
+    AtLeast(f64),
+    /// The value must be at most this.
+    AtMost(f64),
+    /// The value must be below this.
+    Below(f64),
+}
+
+impl Target {
+    fn met(self, v: f64) -> bool {
+        match self {
+            Target::AtLeast(t) => v >= t,
+            Target::AtMost(t) => v <= t,
+            Target::Below(t) => v < t,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AtLeast(t) => write!(f, ">= {t}"),
+            Target::AtMost(t) => write!(f, "<= {t}"),
+            Target::Below(t) => write!(f, "< {t}"),
+        }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    /// Stable name (the JSON key people script against).
+    pub name: &'static str,
+    /// The value; `null` when it was not measured (skipped by `--quick`, or
+    /// not available in this build).
+    pub value: Option<f64>,
+    /// Unit of `value`.
+    pub unit: &'static str,
+    /// The target, as `">= 250000"`, `"<= 5"` or `"< 60"`; `null` when
+    /// there is none.
+    pub target: Option<Target>,
+    /// Whether the value meets the target (`null` without a value or target).
+    pub met: Option<bool>,
+    /// How it was measured.
+    pub note: String,
+}
+
+/// The machine the figures come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// CPUs available to the process.
+    pub cpus: usize,
+    /// CPU model (from `/proc/cpuinfo`, when readable).
+    pub cpu_model: String,
+    /// Whether the peak-memory figures are available (the counting
+    /// allocator is installed).
+    pub counting_allocator: bool,
+}
+
+/// Everything `agentdrill bench` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// agentdrill version.
+    pub version: &'static str,
+    /// Smaller sizes (`--quick`).
+    pub quick: bool,
+    /// The machine.
+    pub machine: Machine,
+    /// The figures.
+    pub figures: Vec<Figure>,
+}
+
+impl Report {
+    /// A figure by name.
+    pub fn figure(&self, name: &str) -> Option<&Figure> {
+        self.figures.iter().find(|f| f.name == name)
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Smaller sizes, fewer repetitions, no 100k and 1M scaling runs.
+    pub quick: bool,
+    /// The catalogue to time (`scenarios/` by default).
+    pub catalogue: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { quick: false, catalogue: PathBuf::from("scenarios") }
+    }
+}
+
+/// Wall seconds of `f`, and its result.
+pub fn timed<R>(f: impl FnOnce() -> R) -> (R, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+/// The median of `reps` timings of `f` (at least one run), and the last result.
+pub fn median_wall<R>(reps: usize, mut f: impl FnMut() -> R) -> (R, f64) {
+    let mut walls = Vec::with_capacity(reps.max(1));
+    let mut last = None;
+    for _ in 0..reps.max(1) {
+        let (r, w) = timed(&mut f);
+        walls.push(w);
+        last = Some(r);
+    }
+    (last.expect("ran at least once"), median(&mut walls))
+}
+
+/// The median of a non-empty list (the upper one of an even count).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        counting_allocator: heap_bytes() > 0,
+    }
+}
+
+fn fig(name: &'static str, value: Option<f64>, unit: &'static str, target: Option<Target>, note: String) -> Figure {
+    let met = match (value, target) {
+        (Some(v), Some(t)) => Some(t.met(v)),
+        _ => None,
+    };
+    Figure { name, value, unit, target, met, note }
+}
+
+/// The process's resident-set high-water mark (`VmHWM` in
+/// `/proc/self/status`), where the system reports it.
+fn vm_hwm_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The catalogue's scenario files (what `agentdrill run DIR` runs).
+pub fn catalogue_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    crate::loader::scenario_files(dir)
+}
+
+/// Loads and runs every drill of a catalogue (what `agentdrill run DIR`
+/// does, without printing). Returns the number of drills.
+pub fn run_catalogue(files: &[PathBuf]) -> Result<usize, scenario::ScenarioError> {
+    for f in files {
+        let sc = scenario::load(f)?;
+        std::hint::black_box(drill::run(&sc, sc.seed));
+    }
+    Ok(files.len())
+}
+
+/// Scaling sizes: label, tasks, repetitions.
+const SCALING: [(&str, u32, usize); 4] =
+    [("1k", 1_000, 5), ("10k", 10_000, 3), ("100k", 100_000, 3), ("1m", 1_000_000, 1)];
+
+/// Runs every measurement. `progress` is told what is being measured.
+pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
+    let quick = opts.quick;
+    let mut figures = Vec::new();
+
+    // Scaling (and tool calls per second from the largest size run).
+    let mut calls_per_s = None;
+    let mut calls_note = String::new();
+    let mut curve = Vec::new();
+    for (label, tasks, reps) in SCALING {
+        let skip = quick && tasks > 10_000;
+        let names: (&'static str, &'static str) = match label {
+            "1k" => ("scaling_1k_wall_s", "scaling_1k_peak_bytes"),
+            "10k" => ("scaling_10k_wall_s", "scaling_10k_peak_bytes"),
+            "100k" => ("scaling_100k_wall_s", "scaling_100k_peak_bytes"),
+            _ => ("scaling_1m_wall_s", "scaling_1m_peak_bytes"),
+        };
+        let (wall_target, peak_target) = if tasks == 1_000_000 {
+            (Some(Target::Below(60.0)), Some(Target::Below(4.0 * 1024.0 * 1024.0 * 1024.0)))
+        } else {
+            (None, None)
+        };
+        if skip {
+            figures.push(fig(names.0, None, "s", wall_target, "skipped by --quick".into()));
+            figures.push(fig(names.1, None, "bytes", peak_target, "skipped by --quick".into()));
+            continue;
+        }
+        progress(&format!("scaling: {tasks} tasks × 5 steps"));
+        let sc = throughput_scenario(tasks);
+        let ((r, peak), wall) = median_wall(if quick { 1 } else { reps }, || peak_during(|| drill::run(&sc, sc.seed)));
+        assert_eq!(r.stuck_tasks, 0, "the scaling workload finishes");
+        let note = format!(
+            "drill::run of {tasks} tasks (reference stack, no faults, 256 workers, an arrival every {THROUGHPUT_INTERVAL_MS} ms): {} events, {} calls; median of {} run(s); peak = heap bytes above the start (counting allocator)",
+            r.events,
+            r.calls,
+            if quick { 1 } else { reps }
+        );
+        let note = match (tasks, vm_hwm_bytes()) {
+            (1_000_000, Some(hwm)) => {
+                format!("{note}; cross-check: the process's resident high-water mark (VmHWM) is {hwm} bytes")
+            }
+            _ => note,
+        };
+        curve.push((tasks, wall, r.calls));
+        // Calls per second come from the 100k run (10k with --quick): large,
+        // but not yet bound by memory as the 1M run is.
+        if tasks == if quick { 10_000 } else { 100_000 } {
+            calls_per_s = Some(r.calls as f64 / wall);
+            calls_note = format!(
+                "model + tool + memory calls completed ÷ wall seconds, reference stack, no faults, {tasks} tasks × 5 steps ({} calls in {wall:.3} s, one core)",
+                r.calls
+            );
+        }
+        figures.push(fig(names.0, Some(wall), "s", wall_target, note.clone()));
+        figures.push(fig(
+            names.1,
+            peak.map(|p| p as f64),
+            "bytes",
+            peak_target,
+            if peak.is_some() { note } else { "the counting allocator is not installed in this program".into() },
+        ));
+    }
+    figures.insert(0, fig("tool_calls_per_s", calls_per_s, "calls/s", Some(Target::AtLeast(250_000.0)), calls_note));
+    if let [.., (t0, w0, _), (t1, w1, _)] = curve[..] {
+        let per_task = |t: u32, w: f64| w / f64::from(t) * 1e6;
+        figures.push(fig(
+            "scaling_cost_per_task_us",
+            Some(per_task(t1, w1)),
+            "µs/task",
+            None,
+            format!(
+                "wall per task at the largest size ({t1} tasks); {:.2} µs/task at {t0} tasks (flat = linear)",
+                per_task(t0, w0)
+            ),
+        ));
+    }
+
+    // Acceleration.
+    let reps = if quick { 1 } else { 5 };
+    for (name, wall_name, sc, target_ms) in [
+        ("acceleration_24h", "drill_24h_wall_ms", sandbox_24h(), Some(Target::Below(50.0))),
+        ("acceleration_warm_standby_2h", "drill_warm_standby_2h_wall_ms", warm_standby_2h(), None),
+    ] {
+        progress(&format!("acceleration: {}", sc.name));
+        let (r, wall) = median_wall(reps, || drill::run(&sc, sc.seed));
+        let note = format!(
+            "simulated {} s ÷ wall of drill::run (the drill with its fault and the fault-free baseline run: {} + baseline events); median of {reps}",
+            r.simulated_s, r.events
+        );
+        figures.push(fig(name, Some(r.simulated_s / wall), "x", None, note.clone()));
+        figures.push(fig(wall_name, Some(wall * 1e3), "ms", target_ms, note));
+    }
+
+    // Catalogue.
+    progress("catalogue");
+    let cat = catalogue_files(&opts.catalogue);
+    let figure = match cat {
+        Ok(files) if !files.is_empty() => {
+            let (n, wall) = median_wall(if quick { 1 } else { 3 }, || run_catalogue(&files));
+            match n {
+                Ok(n) => fig(
+                    "catalogue_wall_s",
+                    Some(wall),
+                    "s",
+                    Some(Target::Below(2.0)),
+                    format!(
+                        "load and run (with baselines) every drill under {}: {n} drills; median of {}",
+                        opts.catalogue.display(),
+                        if quick { 1 } else { 3 }
+                    ),
+                ),
+                Err(e) => {
+                    fig("catalogue_wall_s", None, "s", Some(Target::Below(2.0)), format!("unusable catalogue: {e}"))
+                }
+            }
+        }
+        _ => fig(
+            "catalogue_wall_s",
+            None,
+            "s",
+            Some(Target::Below(2.0)),
+            format!("no scenario files under {}", opts.catalogue.display()),
+        ),
+    };
+    figures.push(figure);
+
+    // Generated drills (fuzz stand-in).
+    progress("generated drills");
+    let base = generated_base();
+    let (cases, min_s) = if quick { (20u64, 0.0) } else { (500, 1.0) };
+    let t = Instant::now();
+    let (mut n, mut calls) = (0u64, 0u64);
+    while n < cases || t.elapsed().as_secs_f64() < min_s {
+        let sc = generated_drill(&base, n + 1);
+        let r = drill::run(&sc, sc.seed);
+        calls += r.calls;
+        n += 1;
+    }
+    let wall = t.elapsed().as_secs_f64();
+    figures.push(fig(
+        "fuzz_cases_per_s",
+        Some(n as f64 / wall),
+        "cases/s",
+        Some(Target::AtLeast(1_000.0)),
+        format!(
+            "STAND-IN until issue 4's fuzzer exists: random one-fault drills built in-process from seeds 1..={n} ({GENERATED_TASKS} tasks, 1 h horizon, {:.0} calls per drill on average), each run with its fault-free baseline and verdict",
+            calls as f64 / n as f64
+        ),
+    ));
+
+    // Floor.
+    progress("floor");
+    let tasks = if quick { 2_000 } else { 20_000 };
+    let sc = throughput_scenario(tasks);
+    let reps = if quick { 3 } else { 7 };
+    let stats = drill::simulate(&sc, sc.seed, false).stack.rt.stats();
+    let timers = stats.events - stats.delivered;
+    let work = FloorWork { deliveries: stats.delivered, timers, actors: sc.stack.workers };
+    // Stack and floor alternate, and the ratio is taken pair by pair, so a
+    // change of load on the machine hits both sides of each ratio.
+    let (mut ratios, mut stack_walls, mut floor_walls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fstats = stats;
+    for _ in 0..reps {
+        let (_, s) = timed(|| drill::simulate(&sc, sc.seed, false));
+        let (f, w) = timed(|| floor(work, sc.seed));
+        fstats = f;
+        ratios.push(s / w);
+        stack_walls.push(s);
+        floor_walls.push(w);
+    }
+    let (ratio, stack_wall, floor_wall) = (median(&mut ratios), median(&mut stack_walls), median(&mut floor_walls));
+    debug_assert_eq!(fstats.delivered, work.deliveries);
+    figures.push(fig(
+        "stack_over_floor",
+        Some(ratio),
+        "x",
+        Some(Target::AtMost(5.0)),
+        format!(
+            "drill::simulate of {tasks} tasks ({} deliveries + {timers} timers and controls: median {stack_wall:.4} s) ÷ the same counts through the bare runtime with trivial handlers ({} events: median {floor_wall:.4} s); median of {reps} ratios of back-to-back pairs",
+            stats.delivered, fstats.events
+        ),
+    ));
+    figures.push(fig(
+        "engine_events_per_s",
+        Some(fstats.events as f64 / floor_wall),
+        "events/s",
+        None,
+        "the floor's events ÷ its wall seconds".into(),
+    ));
+    figures.push(fig(
+        "stack_events_per_s",
+        Some(stats.events as f64 / stack_wall),
+        "events/s",
+        None,
+        "the reference stack's events ÷ its wall seconds".into(),
+    ));
+
+    // Peer.
+    progress("turmoil peer");
+    let p = peer::PeerParams::new(if quick { 40 } else { 200 });
+    let (_, a_wall) = median_wall(if quick { 3 } else { 21 }, || peer::run_agentdrill(&p));
+    figures.push(peer_figure(&p, quick));
+    figures.push(peer_busy_figure(&peer::PeerParams::busy(if quick { 40 } else { 400 }), quick));
+    figures.push(fig(
+        "peer_agentdrill_wall_s",
+        Some(a_wall),
+        "s",
+        None,
+        format!(
+            "{} tasks × {} calls, {} workers, one crash, on agentdrill's runtime; median of {}",
+            p.tasks,
+            p.calls,
+            p.workers,
+            if quick { 3 } else { 21 }
+        ),
+    ));
+
+    figures.sort_by_key(|f| ORDER.iter().position(|n| *n == f.name).unwrap_or(ORDER.len()));
+    Report { version: env!("CARGO_PKG_VERSION"), quick, machine: machine(), figures }
+}
+
+/// The order figures are printed in.
+const ORDER: &[&str] = &[
+    "tool_calls_per_s",
+    "acceleration_24h",
+    "drill_24h_wall_ms",
+    "acceleration_warm_standby_2h",
+    "drill_warm_standby_2h_wall_ms",
+    "catalogue_wall_s",
+    "fuzz_cases_per_s",
+    "scaling_1k_wall_s",
+    "scaling_10k_wall_s",
+    "scaling_100k_wall_s",
+    "scaling_1m_wall_s",
+    "scaling_1k_peak_bytes",
+    "scaling_10k_peak_bytes",
+    "scaling_100k_peak_bytes",
+    "scaling_1m_peak_bytes",
+    "scaling_cost_per_task_us",
+    "stack_over_floor",
+    "stack_events_per_s",
+    "engine_events_per_s",
+    "speedup_vs_turmoil",
+    "speedup_vs_turmoil_busy",
+    "peer_agentdrill_wall_s",
+    "peer_turmoil_wall_s",
+];
+
+/// Times turmoil and agentdrill back to back `reps` times (agentdrill as the
+/// median of 9 runs each time: one run is a fraction of a millisecond) and
+/// returns the median of the pairs' ratios, the median wall of each side,
+/// and both outcomes, checked equal.
+#[cfg(feature = "peer")]
+fn peer_pairs(p: &peer::PeerParams, reps: usize) -> (f64, f64, f64, peer::PeerOutcome) {
+    let (mut ratios, mut a_walls, mut t_walls) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = None;
+    for _ in 0..reps.max(1) {
+        let (t, t_wall) = timed(|| peer::run_turmoil(p));
+        let (a, a_wall) = median_wall(9, || peer::run_agentdrill(p));
+        assert_eq!((a.effects, a.requests, a.duplicates), (t.effects, t.requests, t.duplicates), "equal work");
+        ratios.push(t_wall / a_wall);
+        a_walls.push(a_wall);
+        t_walls.push(t_wall);
+        out = Some(a);
+    }
+    (median(&mut ratios), median(&mut t_walls), median(&mut a_walls), out.expect("ran at least once"))
+}
+
+#[cfg(feature = "peer")]
+fn peer_figure(p: &peer::PeerParams, quick: bool) -> Figure {
+    let reps = if quick { 1 } else { 3 };
+    let (ratio, t_wall, a_wall, a) = peer_pairs(p, reps);
+    fig(
+        "speedup_vs_turmoil",
+        Some(ratio),
+        "x",
+        Some(Target::AtLeast(10.0)),
+        format!(
+            "turmoil wall ÷ agentdrill wall for the same workload, median of {reps} back-to-back pairs (turmoil {t_wall:.4} s, agentdrill {a_wall:.6} s): {} tasks × {} request/response calls to a Stripe-style payment API from {} workers, 1 ms links, 300 ms processing, worker 0 down from {:.3} s for 30 s; {} requests and {} effects on both sides, {:.1} s simulated",
+            p.tasks,
+            p.calls,
+            p.workers,
+            p.crash_at_us as f64 / 1e6,
+            a.requests,
+            a.effects,
+            a.finished_us as f64 / 1e6
+        ),
+    )
+}
+
+#[cfg(feature = "peer")]
+fn peer_busy_figure(p: &peer::PeerParams, quick: bool) -> Figure {
+    let reps = if quick { 1 } else { 3 };
+    let (ratio, t_wall, a_wall, a) = peer_pairs(p, reps);
+    fig(
+        "speedup_vs_turmoil_busy",
+        Some(ratio),
+        "x",
+        None,
+        format!(
+            "context for speedup_vs_turmoil: the same workload with 1 ms processing and a 10 ms outage, so turmoil's 1 ms ticks are rarely idle and the ratio is the cost per message: {} tasks × {} calls, {} requests on both sides, {:.3} s simulated; median of {reps} pairs (turmoil {t_wall:.4} s, agentdrill {a_wall:.6} s)",
+            p.tasks,
+            p.calls,
+            a.requests,
+            a.finished_us as f64 / 1e6
+        ),
+    )
+}
+
+#[cfg(not(feature = "peer"))]
+fn peer_busy_figure(_: &peer::PeerParams, _: bool) -> Figure {
+    fig("speedup_vs_turmoil_busy", None, "x", None, "built without the `peer` feature (turmoil)".into())
+}
+
+#[cfg(not(feature = "peer"))]
+fn peer_figure(_: &peer::PeerParams, _: bool) -> Figure {
+    fig(
+        "speedup_vs_turmoil",
+        None,
+        "x",
+        Some(Target::AtLeast(10.0)),
+        "built without the `peer` feature (turmoil); `cargo bench --bench vs_turmoil` measures it".into(),
+    )
+}
+
+/// The table `agentdrill bench` prints.
+pub fn table(r: &Report) -> String {
+    #[derive(tabled::Tabled)]
+    struct Row {
+        figure: &'static str,
+        value: String,
+        unit: &'static str,
+        target: String,
+        met: &'static str,
+    }
+    let rows: Vec<Row> = r
+        .figures
+        .iter()
+        .map(|f| Row {
+            figure: f.name,
+            value: f.value.map_or_else(|| "-".into(), fmt_value),
+            unit: f.unit,
+            target: f.target.map_or_else(String::new, |t| t.to_string()),
+            met: match f.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "",
+            },
+        })
+        .collect();
+    let mut out = format!(
+        "agentdrill {} bench{} on {} ({} CPUs)\n",
+        r.version,
+        if r.quick { " --quick" } else { "" },
+        r.machine.cpu_model,
+        r.machine.cpus
+    );
+    out.push_str(&tabled::Table::new(rows).with(tabled::settings::Style::sharp()).to_string());
+    out.push('\n');
+    out
+}
+
+fn fmt_value(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.6}")
+    } else if v.abs() >= 1_000.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The JSON `agentdrill bench --format json` prints:
+/// `{"figures":[{"name","value","unit","target","met","note"}], ...}`.
+pub fn json(r: &Report) -> String {
+    serde_json::to_string_pretty(r).expect("the report serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_drills_are_valid_and_about_a_hundred_calls() {
+        let base = generated_base();
+        let mut calls = 0;
+        for seed in 1..=20 {
+            let sc = generated_drill(&base, seed);
+            scenario::validate(Path::new("g"), &sc).expect("valid");
+            calls += drill::run(&sc, seed).calls;
+        }
+        let avg = calls / 20;
+        assert!((80..=140).contains(&avg), "about 100 calls per drill, got {avg}");
+    }
+
+    #[test]
+    fn the_floor_reproduces_the_counts() {
+        let work = FloorWork { deliveries: 10_000, timers: 3_000, actors: 16 };
+        let s = floor(work, 1);
+        assert_eq!(s.delivered, 10_000);
+        assert_eq!(s.events - s.delivered, 3_000);
+    }
+}
