@@ -554,6 +554,7 @@ pub fn describe(note: &Note) -> String {
         }
         Note::FailoverDetected => "health checks failed: failover begins".into(),
         Note::Promoted => "standby store promoted".into(),
+        Note::Demoted => "the old primary stood down (another region was promoted)".into(),
         Note::DnsSwitched => "DNS switched to the standby".into(),
         Note::RoutingEffective => "DNS TTL passed: traffic goes to the standby".into(),
         Note::ScaledUp => "standby scaled up".into(),

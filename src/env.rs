@@ -90,6 +90,8 @@ pub enum Timer {
     },
     /// Controller: next failover stage.
     FailoverStage,
+    /// Controller: send the current failover step again (not acknowledged).
+    FailoverResend,
     /// Client: a job arrives.
     Arrival {
         /// Job.
@@ -201,6 +203,9 @@ pub enum Note {
     FailoverDetected,
     /// The standby was promoted.
     Promoted,
+    /// A primary stopped serving on the controller's word (another region
+    /// was promoted).
+    Demoted,
     /// The DNS record changed; clients see it after the TTL.
     DnsSwitched,
     /// The DNS change is visible everywhere.

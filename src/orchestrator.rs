@@ -364,12 +364,25 @@ impl Orchestrator {
                 }
             }
             Msg::Ping { seq } if self.serving => env.send(from, Msg::Pong { seq }),
-            Msg::Promote => self.promote(env),
-            Msg::Open if self.primary && !self.serving => {
-                self.serving = true;
-                self.arm(env);
-                env.note(Note::Serving);
-                self.dispatch(env);
+            Msg::Promote => {
+                self.promote(env);
+                env.send(from, Msg::PromoteAck);
+            }
+            Msg::Demote if self.primary => {
+                self.demote();
+                self.crash(); // drop volatile queues; the store stays
+                env.note(Note::Demoted);
+            }
+            Msg::Open => {
+                if self.primary && !self.serving {
+                    self.serving = true;
+                    self.arm(env);
+                    env.note(Note::Serving);
+                    self.dispatch(env);
+                }
+                if self.serving {
+                    env.send(from, Msg::Opened);
+                }
             }
             _ => {}
         }

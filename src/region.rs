@@ -114,6 +114,8 @@ pub enum Stage {
     ScalingUp,
     /// Hydrating vector memory.
     Hydrating,
+    /// Opening the standby to traffic.
+    Opening,
     /// Failed over; the new region serves.
     Done,
 }
@@ -139,7 +141,19 @@ pub struct Controller {
     failures: u32,
     stage: Stage,
     requests: Vec<Request>,
+    /// The standby acknowledged the current stage's message.
+    acked: bool,
+    /// The promotion time has passed (waiting for the acknowledgement).
+    waited: bool,
 }
+
+/// Pings per health check: the check passes if any is answered, so one lost
+/// packet on a lossy link does not count as a failure (a checker in several
+/// locations, as Route 53 does).
+pub const PINGS_PER_CHECK: u32 = 3;
+/// How often a failover step is sent again until the standby acknowledges
+/// it (it may be down, or the message lost).
+pub const RESEND_US: Micros = 5 * crate::ids::US_PER_S;
 
 impl Controller {
     /// A controller watching `primary`, ready to fail over to the standby.
@@ -155,6 +169,8 @@ impl Controller {
             failures: 0,
             stage: Stage::Watching,
             requests: Vec::new(),
+            acked: false,
+            waited: false,
         }
     }
 
@@ -173,12 +189,44 @@ impl Controller {
         env.set_timer(self.cfg.health_interval_ms * US_PER_MS, Timer::HealthTick);
     }
 
+    /// Sends the current stage's message to the standby (again).
+    fn send_stage(&self, env: &mut impl Env) {
+        match self.stage {
+            Stage::Promoting => {
+                env.send(self.standby_orch, Msg::Promote);
+                // Fence the old primary: if it is alive after all (a lossy
+                // link, not a lost region), it must stop serving.
+                env.send(self.primary, Msg::Demote);
+            }
+            Stage::Hydrating => env.send(self.standby_vec, Msg::Hydrate),
+            Stage::Opening => env.send(self.standby_orch, Msg::Open),
+            _ => {}
+        }
+    }
+
+    /// Enters a stage that needs the standby's acknowledgement.
+    fn enter(&mut self, env: &mut impl Env, stage: Stage) {
+        self.stage = stage;
+        self.acked = false;
+        self.send_stage(env);
+        env.set_timer(RESEND_US, Timer::FailoverResend);
+    }
+
+    fn advance_after_promotion(&mut self, env: &mut impl Env) {
+        self.stage = Stage::Routing;
+        env.note(Note::DnsSwitched);
+        self.requests.push(Request::SwitchDns);
+        env.set_timer(self.cfg.dns_ttl_ms * US_PER_MS, Timer::FailoverStage);
+    }
+
     /// Handles a timer.
     pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
         match timer {
             Timer::HealthTick if self.stage == Stage::Watching => {
                 self.seq += 1;
-                env.send(self.primary, Msg::Ping { seq: self.seq });
+                for _ in 0..PINGS_PER_CHECK {
+                    env.send(self.primary, Msg::Ping { seq: self.seq });
+                }
                 env.set_timer(self.cfg.health_timeout_ms * US_PER_MS, Timer::HealthTimeout { seq: self.seq });
                 env.set_timer(self.cfg.health_interval_ms * US_PER_MS, Timer::HealthTick);
             }
@@ -190,18 +238,21 @@ impl Controller {
                 self.failures += 1;
                 if self.failures >= self.cfg.failure_threshold {
                     env.note(Note::FailoverDetected);
-                    self.stage = Stage::Promoting;
-                    env.send(self.standby_orch, Msg::Promote);
+                    self.waited = false;
+                    self.enter(env, Stage::Promoting);
                     env.set_timer(self.cfg.promotion_ms * US_PER_MS, Timer::FailoverStage);
                 }
             }
-            Timer::FailoverStage => match self.stage {
-                Stage::Promoting => {
-                    self.stage = Stage::Routing;
-                    env.note(Note::DnsSwitched);
-                    self.requests.push(Request::SwitchDns);
-                    env.set_timer(self.cfg.dns_ttl_ms * US_PER_MS, Timer::FailoverStage);
+            Timer::FailoverResend if !self.acked => {
+                if matches!(self.stage, Stage::Promoting | Stage::Hydrating | Stage::Opening) {
+                    self.send_stage(env);
+                    env.set_timer(RESEND_US, Timer::FailoverResend);
                 }
+            }
+            Timer::FailoverStage => match self.stage {
+                // Promotion takes its time and needs the standby's answer.
+                Stage::Promoting if self.acked => self.advance_after_promotion(env),
+                Stage::Promoting => self.waited = true,
                 Stage::Routing => {
                     env.note(Note::RoutingEffective);
                     self.stage = Stage::ScalingUp;
@@ -210,8 +261,7 @@ impl Controller {
                 Stage::ScalingUp => {
                     env.note(Note::ScaledUp);
                     self.requests.push(Request::ScaleUp);
-                    self.stage = Stage::Hydrating;
-                    env.send(self.standby_vec, Msg::Hydrate);
+                    self.enter(env, Stage::Hydrating);
                 }
                 _ => {}
             },
@@ -223,9 +273,19 @@ impl Controller {
     pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
         match msg {
             Msg::Pong { seq } => self.answered = self.answered.max(seq),
+            Msg::PromoteAck if self.stage == Stage::Promoting && !self.acked => {
+                self.acked = true;
+                if self.waited {
+                    self.advance_after_promotion(env);
+                }
+            }
             Msg::Hydrated if self.stage == Stage::Hydrating => {
+                self.acked = true;
+                self.enter(env, Stage::Opening);
+            }
+            Msg::Opened if self.stage == Stage::Opening => {
+                self.acked = true;
                 self.stage = Stage::Done;
-                env.send(self.standby_orch, Msg::Open);
             }
             _ => {}
         }

@@ -194,6 +194,7 @@ pub struct VectorNode {
     restore_base_us: Micros,
     streamed: bool,
     integrity_check_us: Micros,
+    hydrating: bool,
     /// Point-in-time restore in progress after corruption was found: the
     /// store is read-only (and briefly unavailable).
     restoring: Option<crate::vector::Snapshot>,
@@ -511,6 +512,7 @@ impl Stack {
             restore_base_us: spec.vector.restore_base.us(),
             streamed: false,
             integrity_check_us: spec.vector.integrity_check_interval.us(),
+            hydrating: false,
             restoring: None,
         }));
         nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
@@ -526,6 +528,7 @@ impl Stack {
             restore_base_us: spec.vector.restore_base.us(),
             streamed: false,
             integrity_check_us: spec.vector.integrity_check_interval.us(),
+            hydrating: false,
             restoring: None,
         }));
         let api = |dedupe: bool, latency: crate::scenario::Dur, base: ApiConfig| {
@@ -950,9 +953,12 @@ impl VectorNode {
                 self.store.receive_snapshot(*snap);
                 self.store.prune(now, RetentionLadder::default());
             }
+            Msg::Hydrate if self.serving => env.send(from, Msg::Hydrated),
+            Msg::Hydrate if self.hydrating => {} // under way; it answers when done
             Msg::Hydrate => {
                 // Restore the newest snapshot held (a streaming replica is
                 // already hydrated).
+                self.hydrating = true;
                 let (dur, snap) = if self.streamed {
                     (0, None)
                 } else {
@@ -1015,6 +1021,7 @@ impl VectorNode {
                 }
             }
             Timer::HydrationDone => {
+                self.hydrating = false;
                 let points = match self.hydrate_from.take() {
                     Some(s) => self.store.restore(now, &s),
                     None => self.store.len() as u64,

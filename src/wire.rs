@@ -316,6 +316,13 @@ pub enum Msg {
     },
     /// Become the primary (promotion).
     Promote,
+    /// The standby is the primary now.
+    PromoteAck,
+    /// Stop serving: another region was promoted (fencing a primary the
+    /// controller believed lost).
+    Demote,
+    /// The standby serves traffic now.
+    Opened,
     /// Restore vector memory from the newest snapshot held, then report.
     Hydrate,
     /// Hydration finished.
