@@ -374,6 +374,9 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         stack.crash_host(h);
                     }
                     if duration.is_none() {
+                        // Gone for good: an earlier temporary loss of this
+                        // region must not bring its hosts back.
+                        down.retain(|h| stack.rt.host(*h).region != r);
                         // Storage in a lost region is gone.
                         let [oa, ob] = stack.hosts.orch;
                         let [va, vb] = stack.hosts.vec;

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{IdemKey, Micros, Origin, US_PER_MS, US_PER_S};
+use crate::ids::{HostId, IdemKey, Micros, Origin, US_PER_MS, US_PER_S};
 
 /// Behaviour of one fake API.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,6 +226,13 @@ impl SideEffectApi {
             Some(r) if r.done_at_us > now_us => Lookup::InProgress,
             Some(r) => Lookup::Found { effect: r.effect, params: r.params },
         }
+    }
+
+    /// Who is making the effect behind `key` while it is being processed
+    /// (ground truth for concurrent runs of one step).
+    pub fn in_progress_by(&self, now_us: Micros, key: IdemKey) -> Option<HostId> {
+        let r = self.keys.get(&key)?;
+        (r.done_at_us > now_us).then(|| self.ledger[r.effect as usize].origin.host)
     }
 
     /// A breaking change for a period: responses (calls and lookups) stop

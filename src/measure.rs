@@ -129,6 +129,9 @@ pub struct Counts {
     pub stale_actions: u64,
     /// Step results persisted from tool responses that failed the schema.
     pub corrupted_writes: u64,
+    /// A worker worked a step while another's call for it was still being
+    /// processed (a lease shorter than the call).
+    pub concurrent_runs: u64,
     /// Vector points acknowledged and then missing or corrupted at the end.
     pub vector_points_lost: u64,
 }
@@ -145,6 +148,7 @@ impl Counts {
             Invariant::NoStaleWrites => self.stale_writes,
             Invariant::NoStaleActions => self.stale_actions,
             Invariant::NoCorruptedWrites => self.corrupted_writes,
+            Invariant::NoConcurrentRuns => self.concurrent_runs,
         }
     }
 }
@@ -155,6 +159,7 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
     let store = stack.orch(serving).store();
     let mut counts = counts(stack, store);
     counts.stale_actions = stale_actions(stack, store, faults);
+    counts.concurrent_runs = stack.truth.concurrent_runs;
     let first_progress = progress_index(store);
     let results = faults
         .iter()

@@ -75,6 +75,10 @@ pub struct Prompt {
     pub defect_permille: u16,
 }
 
+/// Synchronous replication re-ships writes its replica has not confirmed
+/// after this long (a replica that was down or partitioned catches up).
+pub const SYNC_RESHIP_US: Micros = crate::ids::US_PER_S;
+
 /// How long the health checks after a deploy watch before deciding.
 pub const DEPLOY_WINDOW_US: Micros = 60 * crate::ids::US_PER_S;
 /// Error rate (per mille of model outputs) above which a deploy is bad.
@@ -243,10 +247,14 @@ impl Orchestrator {
 
     fn arm(&self, env: &mut impl Env) {
         env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
-        if let Replication::Async { interval_ms, .. } = self.cfg.replication
-            && self.cfg.replica.is_some()
-        {
-            env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
+        match (self.cfg.replication, self.cfg.replica) {
+            (Replication::Async { interval_ms, .. }, Some(_)) => {
+                env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
+            }
+            // Synchronous replication ships each write as it commits; the
+            // tick re-ships what a replica that was away has not confirmed.
+            (Replication::Sync { .. }, Some(_)) => env.set_timer(SYNC_RESHIP_US, Timer::ReplicationTick),
+            _ => {}
         }
     }
 
@@ -561,14 +569,18 @@ impl Orchestrator {
                 self.prompt = Prompt { version: self.prompt.version + 1, ..self.last_good };
                 env.note(Note::RolledBack { version: self.prompt.version });
             }
-            Timer::ReplicationTick if self.primary => {
-                if let (Replication::Async { lag_ms, interval_ms }, Some(replica)) =
-                    (self.cfg.replication, self.cfg.replica)
-                {
+            Timer::ReplicationTick if self.primary => match (self.cfg.replication, self.cfg.replica) {
+                (Replication::Async { lag_ms, interval_ms }, Some(replica)) => {
                     self.ship(env, replica, lag_ms * US_PER_MS + self.extra_lag_us);
                     env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
                 }
-            }
+                (Replication::Sync { .. }, Some(replica)) => {
+                    // Only what has waited a full tick: the rest is in flight.
+                    self.ship(env, replica, SYNC_RESHIP_US);
+                    env.set_timer(SYNC_RESHIP_US, Timer::ReplicationTick);
+                }
+                _ => {}
+            },
             _ => {}
         }
     }

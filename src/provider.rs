@@ -88,7 +88,8 @@ mod defaults {
 
 /// Static description of one provider endpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, from = "ProviderSpec")]
+#[schemars(with = "ProviderSpec")]
 pub struct ProviderConfig {
     /// Display name, e.g. `"anthropic"`.
     pub name: String,
@@ -125,6 +126,62 @@ pub struct ProviderConfig {
     /// A lower-quality fallback (the self-hosted model).
     #[serde(default = "defaults::degraded")]
     pub degraded: bool,
+}
+
+/// A provider as written in a scenario file: only `name` is required;
+/// every field left out takes the default of the provider's kind.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// Display name, e.g. `"anthropic"`.
+    pub name: String,
+    /// API flavour (default `anthropic`); it sets the other defaults.
+    #[serde(default = "defaults::kind")]
+    pub kind: ProviderKind,
+    /// Time to first token and fixed overhead, in ms.
+    pub base_latency_ms: Option<u64>,
+    /// Generation time per output token, in µs.
+    pub latency_per_output_token_us: Option<u64>,
+    /// Extra latency when the prompt prefix is not cached, in ms.
+    pub cold_extra_latency_ms: Option<u64>,
+    /// USD per million input tokens.
+    pub price_input_per_mtok_usd: Option<f64>,
+    /// USD per million output tokens.
+    pub price_output_per_mtok_usd: Option<f64>,
+    /// Cached input tokens cost this fraction of the input price (0..=1).
+    pub cache_read_discount: Option<f64>,
+    /// Prompt-cache lifetime after the last use, in ms.
+    pub cache_ttl_ms: Option<u64>,
+    /// Client-side timeout the SDK applies, in ms.
+    pub timeout_ms: Option<u64>,
+    /// Retries the SDK makes on a retryable error.
+    pub max_retries: Option<u32>,
+    /// A lower-quality fallback.
+    pub degraded: Option<bool>,
+}
+
+impl From<ProviderSpec> for ProviderConfig {
+    fn from(s: ProviderSpec) -> Self {
+        let base = match s.kind {
+            ProviderKind::Anthropic => ProviderConfig::anthropic(),
+            ProviderKind::OpenAi => ProviderConfig::openai(),
+            ProviderKind::Local => ProviderConfig::local(),
+        };
+        ProviderConfig {
+            name: s.name,
+            kind: s.kind,
+            base_latency_ms: s.base_latency_ms.unwrap_or(base.base_latency_ms),
+            latency_per_output_token_us: s.latency_per_output_token_us.unwrap_or(base.latency_per_output_token_us),
+            cold_extra_latency_ms: s.cold_extra_latency_ms.unwrap_or(base.cold_extra_latency_ms),
+            price_input_per_mtok_usd: s.price_input_per_mtok_usd.unwrap_or(base.price_input_per_mtok_usd),
+            price_output_per_mtok_usd: s.price_output_per_mtok_usd.unwrap_or(base.price_output_per_mtok_usd),
+            cache_read_discount: s.cache_read_discount.unwrap_or(base.cache_read_discount),
+            cache_ttl_ms: s.cache_ttl_ms.unwrap_or(base.cache_ttl_ms),
+            timeout_ms: s.timeout_ms.unwrap_or(base.timeout_ms),
+            max_retries: s.max_retries.unwrap_or(base.max_retries),
+            degraded: s.degraded.unwrap_or(base.degraded),
+        }
+    }
 }
 
 impl ProviderConfig {

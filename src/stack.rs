@@ -122,6 +122,9 @@ pub struct Truth {
     pub promoted_at: Option<(u64, Micros)>,
     /// Model calls and tool calls completed (for benchmarks).
     pub calls: u64,
+    /// Requests for an effect (a call or a lookup by its key) from one
+    /// worker while another's request for it was being processed.
+    pub concurrent_runs: u64,
     /// First side-effect request seen per task, and whether the task has
     /// seen requests under two different lease tokens.
     pub first_side_request: FxHashMap<crate::ids::TaskId, (Origin, Micros, bool)>,
@@ -195,6 +198,8 @@ pub struct VectorNode {
     streamed: bool,
     integrity_check_us: Micros,
     hydrating: bool,
+    /// Snapshots uploading to the other region.
+    shipping: std::collections::VecDeque<crate::vector::Snapshot>,
     /// Point-in-time restore in progress after corruption was found: the
     /// store is read-only (and briefly unavailable).
     restoring: Option<crate::vector::Snapshot>,
@@ -513,6 +518,7 @@ impl Stack {
             streamed: false,
             integrity_check_us: spec.vector.integrity_check_interval.us(),
             hydrating: false,
+            shipping: Default::default(),
             restoring: None,
         }));
         nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
@@ -529,6 +535,7 @@ impl Stack {
             streamed: false,
             integrity_check_us: spec.vector.integrity_check_interval.us(),
             hydrating: false,
+            shipping: Default::default(),
             restoring: None,
         }));
         let api = |dedupe: bool, latency: crate::scenario::Dur, base: ApiConfig| {
@@ -577,6 +584,7 @@ impl Stack {
                 providers,
                 router: router.clone(),
                 request_timeout_us: spec.request_timeout.us(),
+                model_timeout_us: spec.providers.iter().map(|p| p.timeout_ms * US_PER_MS).collect(),
             })
         };
         let shared_a = shared_for(None, providers.clone());
@@ -728,7 +736,11 @@ impl Stack {
         match &mut self.nodes[h.0 as usize] {
             Node::Worker(w) => *w = Worker::new(w.shared(), h),
             Node::Orchestrator(o) => o.crash(),
-            Node::Vector(v) => v.serving = false,
+            Node::Vector(v) => {
+                v.serving = false;
+                v.hydrating = false;
+                v.shipping.clear(); // uploads in progress die with the host
+            }
             _ => {}
         }
         self.truth.trace.push(TraceEvent { at_us: self.rt.now_us(), host: h, note: Note::Crashed { host: h } });
@@ -879,6 +891,9 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
     match msg {
         Msg::ToolReq { req, key, params, origin, basis, .. } => {
             env.truth.side_request(origin, now);
+            if api.in_progress_by(now, key).is_some_and(|h| h != from) {
+                env.truth.concurrent_runs += 1;
+            }
             let (outcome, done_at) = api.call(now, Some(key), params, origin);
             if matches!(outcome, CallOutcome::Ok { replayed: false, .. }) {
                 env.truth.acted_on(origin.job, basis);
@@ -891,6 +906,11 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
             }
         }
         Msg::LookupReq { req, key, .. } => {
+            if api.in_progress_by(now, key).is_some_and(|h| h != from) {
+                // Another worker is making this very effect right now: two
+                // workers are running the same step.
+                env.truth.concurrent_runs += 1;
+            }
             let found = api.lookup(now, key);
             let malformed = api.malformed(now);
             env.send_after(50 * US_PER_MS, from, Msg::LookupResp { req, found, malformed });
@@ -1010,14 +1030,20 @@ impl VectorNode {
             Timer::SnapshotTick if self.serving => {
                 let snap = self.store.snapshot(now);
                 if !self.snapshots_local_only {
+                    // Held for shipping apart from the retention ladder, which
+                    // may prune it locally before the upload finishes.
                     env.set_timer(self.ship_delay_us, Timer::ShipSnapshot { id: snap.id });
+                    self.shipping.push_back(snap);
                 }
                 self.store.prune(now, RetentionLadder::default());
                 env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
             }
             Timer::ShipSnapshot { id } => {
-                if let (Some(peer), Some(s)) = (self.peer, self.store.snapshots().iter().find(|s| s.id == id)) {
-                    env.send(peer, Msg::ShipSnapshot(Box::new(s.clone())));
+                if let Some(i) = self.shipping.iter().position(|s| s.id == id) {
+                    let snap = self.shipping.remove(i).expect("found");
+                    if let Some(peer) = self.peer {
+                        env.send(peer, Msg::ShipSnapshot(Box::new(snap)));
+                    }
                 }
             }
             Timer::HydrationDone => {

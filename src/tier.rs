@@ -80,11 +80,13 @@ pub enum Invariant {
     NoStaleActions,
     /// No step result persisted from a tool response that failed the schema.
     NoCorruptedWrites,
+    /// No step worked by two workers at once.
+    NoConcurrentRuns,
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 7] = [
+    pub const ALL: [Invariant; 8] = [
         Invariant::NoDuplicates,
         Invariant::NoLostEffects,
         Invariant::NoStuckTasks,
@@ -92,6 +94,7 @@ impl Invariant {
         Invariant::NoStaleWrites,
         Invariant::NoStaleActions,
         Invariant::NoCorruptedWrites,
+        Invariant::NoConcurrentRuns,
     ];
 
     /// Name as written in scenario files.
@@ -104,6 +107,7 @@ impl Invariant {
             Invariant::NoStaleWrites => "no_stale_writes",
             Invariant::NoStaleActions => "no_stale_actions",
             Invariant::NoCorruptedWrites => "no_corrupted_writes",
+            Invariant::NoConcurrentRuns => "no_concurrent_runs",
         }
     }
 
@@ -117,6 +121,7 @@ impl Invariant {
             Invariant::NoStaleWrites => "stale writes (fencing)",
             Invariant::NoStaleActions => "stale actions (two workers ran a step)",
             Invariant::NoCorruptedWrites => "corrupted writes (unvalidated tool responses)",
+            Invariant::NoConcurrentRuns => "concurrent runs (two workers on one step at once)",
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct WorkerShared {
     pub router: crate::router::RouterSettings,
     /// Request timeout towards the orchestrator and tools.
     pub request_timeout_us: Micros,
+    /// Each provider's SDK timeout, by provider index.
+    pub model_timeout_us: Vec<Micros>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +156,8 @@ pub struct Worker {
     router: Router,
     model_decision: Option<u32>,
     model_invalid: bool,
+    /// Timeout of the next request, when not the default.
+    next_timeout_us: Option<Micros>,
     /// One breaker per tool API (payment, email, search): a tool whose
     /// responses keep failing validation is left alone for a while.
     tool_breakers: [Breaker; 3],
@@ -177,6 +181,7 @@ impl Worker {
             router,
             model_decision: None,
             model_invalid: false,
+            next_timeout_us: None,
             tool_breakers: std::array::from_fn(|_| Breaker::new(shared_breaker)),
         }
     }
@@ -225,7 +230,11 @@ impl Worker {
         let req = self.req_seq;
         let msg = make(req);
         env.send(to, msg.clone());
-        let timeout = if wait == Wait::Lease { 30 * US_PER_S } else { self.shared.request_timeout_us };
+        let timeout = match self.next_timeout_us.take() {
+            Some(t) => t,
+            None if wait == Wait::Lease => 30 * US_PER_S,
+            None => self.shared.request_timeout_us,
+        };
         let deadline_us = env.now_us() + timeout;
         self.out = Some(Outstanding { req, deadline_us, to, msg, wait });
         if !self.watchdog_armed {
@@ -246,9 +255,12 @@ impl Worker {
         self.request(env, to, wait, |req| Msg::Write { req, token, write });
     }
 
-    fn take_reply(&mut self, req: u32) -> Option<Wait> {
+    /// The outstanding request this reply answers: same number and a reply
+    /// of the kind it waits for (a reply to an earlier process on this host,
+    /// whose numbers started over, is ignored).
+    fn take_reply(&mut self, req: u32, kind: impl Fn(Wait) -> bool) -> Option<Wait> {
         match &self.out {
-            Some(o) if o.req == req => Some(self.out.take().expect("some").wait),
+            Some(o) if o.req == req && kind(o.wait) => Some(self.out.take().expect("some").wait),
             _ => None,
         }
     }
@@ -276,10 +288,23 @@ impl Worker {
                     self.on_model_result(env, AttemptResult::Err { retryable: true, retry_after_ms: None, status: 0 });
                     return;
                 }
+                if o.wait == Wait::Call
+                    && self.shared.policy.reconcile
+                    && let Some(c) = self.ctx.as_ref()
+                    && self.template().steps[c.cursor as usize].kind.is_side_effect()
+                {
+                    // The call's outcome is unknown (the API may have acted):
+                    // ask by key before sending anything again.
+                    self.ctx().lookup_for = LookupFor::Step;
+                    self.lookup(env);
+                    return;
+                }
                 // Resend the same request (same key, same write: idempotent
-                // where the receiver deduplicates).
-                let to = match o.wait {
-                    Wait::Lease | Wait::Checkpoint | Wait::Persist => self.orchestrator(env),
+                // where the receiver deduplicates), to wherever the service
+                // is now.
+                let to = match (&o.msg, o.wait) {
+                    (_, Wait::Lease | Wait::Checkpoint | Wait::Persist) => self.orchestrator(env),
+                    (Msg::VecUpsert { .. } | Msg::VecQuery { .. }, _) => env.resolve(Service::Vector),
                     _ => o.to,
                 };
                 let msg = o.msg;
@@ -311,16 +336,24 @@ impl Worker {
     #[allow(clippy::collapsible_match)]
     pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
         match msg {
-            Msg::LeaseGrant { req, grant } => {
-                if self.take_reply(req).is_some() {
+            Msg::LeaseGrant { grant, .. } => {
+                // Any grant is taken while idle, even one answering an
+                // earlier long-poll: the orchestrator counts this worker as
+                // the holder either way. A busy worker lets it expire.
+                if self.ctx.is_none() {
+                    if self.out.as_ref().is_some_and(|o| o.wait == Wait::Lease) {
+                        self.out = None;
+                    }
                     self.begin(env, *grant);
                 }
             }
-            Msg::WriteAck { req, ok } => match self.take_reply(req) {
-                Some(Wait::Checkpoint) => self.on_checkpointed(env, ok),
-                Some(Wait::Persist) => self.on_persisted(env, ok),
-                _ => {}
-            },
+            Msg::WriteAck { req, ok } => {
+                match self.take_reply(req, |w| matches!(w, Wait::Checkpoint | Wait::Persist)) {
+                    Some(Wait::Checkpoint) => self.on_checkpointed(env, ok),
+                    Some(Wait::Persist) => self.on_persisted(env, ok),
+                    _ => {}
+                }
+            }
             Msg::HeartbeatAck { task, ok, lease_ms } => {
                 let now = self.lease_clock(env);
                 let Some(c) = self.ctx.as_mut() else { return };
@@ -334,7 +367,7 @@ impl Worker {
                 }
             }
             Msg::LookupResp { req, found, malformed } => {
-                if self.take_reply(req).is_some() {
+                if self.take_reply(req, |w| w == Wait::Lookup).is_some() {
                     if malformed {
                         self.on_malformed(env, Again::Lookup);
                     } else {
@@ -344,7 +377,7 @@ impl Worker {
                 }
             }
             Msg::ToolResp { req, outcome, malformed } => {
-                if self.take_reply(req).is_some() {
+                if self.take_reply(req, |w| w == Wait::Call).is_some() {
                     if malformed && self.shared.policy.validate_tool_responses {
                         // The outcome is unknown: reconcile a side effect by
                         // key later; re-run a read-only call.
@@ -362,7 +395,7 @@ impl Worker {
                 }
             }
             Msg::ModelResp { req, outcome } => {
-                if self.take_reply(req).is_some() {
+                if self.take_reply(req, |w| w == Wait::Call).is_some() {
                     let last = match outcome.result {
                         Ok(reply) => {
                             self.model_decision = Some(reply.decision);
@@ -379,7 +412,7 @@ impl Worker {
                 }
             }
             Msg::VecResp { req, unavailable } => {
-                if self.take_reply(req).is_some() {
+                if self.take_reply(req, |w| w == Wait::Call).is_some() {
                     if unavailable {
                         self.wait_then_resume(env, US_PER_S);
                     } else {
@@ -765,6 +798,9 @@ impl Worker {
                 };
                 let origin = self.origin(ordinal);
                 let to = self.shared.providers[provider];
+                // The SDK's own timeout for this provider (the provider
+                // answers a timeout itself; this is the network's backstop).
+                self.next_timeout_us = Some(self.shared.model_timeout_us[provider] + US_PER_S);
                 self.request(env, to, Wait::Call, |req| Msg::ModelReq { req, request, origin });
             }
             RouteStep::Wait { until_us } => {

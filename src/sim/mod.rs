@@ -44,6 +44,8 @@ pub struct Host {
     /// Offset of the host's wall clock from true time (clock skew). The
     /// monotonic clock the runtime schedules with is never skewed.
     pub skew_us: i64,
+    /// When it last crashed.
+    pub crashed_at_us: Micros,
 }
 
 /// What the runtime hands back from [`Runtime::step`].
@@ -72,8 +74,22 @@ pub enum Event<M, T> {
 }
 
 enum Payload<M, T> {
-    Deliver { from: HostId, to: HostId, incarnation: u32, msg: M },
-    Timer { host: HostId, incarnation: u32, timer: T },
+    /// `sent_by` and `depart_us`: the sender's incarnation and when the
+    /// message leaves it (later than the send for a paused sender or a
+    /// processing delay); a sender that crashes before then never sends it.
+    Deliver {
+        from: HostId,
+        to: HostId,
+        incarnation: u32,
+        sent_by: u32,
+        depart_us: Micros,
+        msg: M,
+    },
+    Timer {
+        host: HostId,
+        incarnation: u32,
+        timer: T,
+    },
     Control(T),
 }
 
@@ -244,7 +260,15 @@ impl<M, T> Runtime<M, T> {
     /// Adds a host (up, incarnation 0) and returns its id.
     pub fn add_host(&mut self, name: impl Into<String>, region: RegionId) -> HostId {
         let id = HostId(u32::try_from(self.hosts.len()).expect("fewer than 2^32 hosts"));
-        self.hosts.push(Host { name: name.into(), region, up: true, incarnation: 0, paused_until_us: 0, skew_us: 0 });
+        self.hosts.push(Host {
+            name: name.into(),
+            region,
+            up: true,
+            incarnation: 0,
+            paused_until_us: 0,
+            skew_us: 0,
+            crashed_at_us: 0,
+        });
         id
     }
 
@@ -331,7 +355,9 @@ impl<M, T> Runtime<M, T> {
         match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
             Some(latency_us) => {
                 let incarnation = self.hosts[to.0 as usize].incarnation;
-                self.push(depart + latency_us, Payload::Deliver { from, to, incarnation, msg });
+                let sent_by = self.hosts[from.0 as usize].incarnation;
+                let depart_us = depart;
+                self.push(depart + latency_us, Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg });
             }
             None => self.stats.dropped += 1,
         }
@@ -360,6 +386,7 @@ impl<M, T> Runtime<M, T> {
         host.up = false;
         host.incarnation += 1;
         host.paused_until_us = 0;
+        host.crashed_at_us = self.now_us;
     }
 
     /// Brings a crashed host back up as a new incarnation. The caller re-runs
@@ -396,7 +423,12 @@ impl<M, T> Runtime<M, T> {
             self.free.push(slot);
             self.now_us = at_us;
             match payload {
-                Payload::Deliver { from, to, incarnation, msg } => {
+                Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg } => {
+                    let sender = &self.hosts[from.0 as usize];
+                    if sender.incarnation != sent_by && sender.crashed_at_us < depart_us {
+                        self.stats.dropped += 1; // the sender died before it left
+                        continue;
+                    }
                     let host = &self.hosts[to.0 as usize];
                     if !host.up || host.incarnation != incarnation {
                         self.stats.dropped += 1;
@@ -404,7 +436,7 @@ impl<M, T> Runtime<M, T> {
                     }
                     if host.paused_until_us > at_us {
                         let wake = host.paused_until_us;
-                        self.push(wake, Payload::Deliver { from, to, incarnation, msg });
+                        self.push(wake, Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg });
                         continue;
                     }
                     self.stats.events += 1;
