@@ -93,8 +93,8 @@ use crate::policy::AntiPattern;
 use crate::provider::ErrorMode;
 use crate::region::Pattern;
 use crate::scenario::{
-    Arrival, Dur, Expect, FailoverSpec, FaultSpec, RegionName, Scenario, SnapshotLocation, StackSpec, VectorSpec, When,
-    WorkerTarget, Workload,
+    Arrival, Dur, Expect, FailoverSpec, FaultSpec, RegionName, Scenario, Skew, SnapshotLocation, StackSpec, ToolApi,
+    VectorSpec, When, WorkerTarget, Workload,
 };
 use crate::tier::Tier;
 
@@ -310,38 +310,129 @@ pub fn error_mode() -> impl Strategy<Value = ErrorMode> + Clone {
     ]
 }
 
-/// One fault from the whole catalogue, with its parameters: a worker kill,
-/// a worker pause, a provider outage or a region loss (simplest first).
-/// Raw numbers (job, step, worker index) are resolved when the drill is
-/// assembled.
-pub fn fault() -> impl Strategy<Value = FaultSpec> + Clone {
+/// A network endpoint for partitions and link degradations: a host every
+/// generated (two-region) stack has, a worker by raw index (resolved
+/// against the stack), or a region.
+fn endpoint() -> impl Strategy<Value = String> + Clone {
     prop_oneof![
-        (when(), worker_target(), dur_s(1, 120)).prop_map(|(at, worker, restart)| FaultSpec::WorkerKill {
+        (0..16u32).prop_map(|n| format!("worker-a-{n}")),
+        prop::sample::select(vec![
+            "orchestrator-a",
+            "vector-a",
+            "payment-api",
+            "email-api",
+            "client",
+            "failover-controller",
+            "queue-a",
+            "region:a",
+            "region:b",
+            "region:external",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// A signed clock offset, ±1 s to ±10 min.
+fn skew() -> impl Strategy<Value = Skew> + Clone {
+    (1..=600i64, any::<bool>()).prop_map(|(s, back)| Skew(if back { -s * 1_000 } else { s * 1_000 }))
+}
+
+/// One fault from the whole catalogue, with its parameters, simplest kinds
+/// first: a worker kill, a worker pause, a disk loss, a prompt-cache loss, a
+/// provider outage, a tool schema change, a bad deploy, a replication-lag
+/// spike, a vector corruption, a clock skew, a link degradation, a
+/// partition, a queue loss, a region loss. The four kinds of the first
+/// campaign weigh 3, the others 1. Raw numbers (job, step, worker index)
+/// are resolved when the drill is assembled.
+pub fn fault() -> impl Strategy<Value = FaultSpec> + Clone {
+    let kill = (when(), worker_target(), dur_s(1, 120))
+        .prop_map(|(at, worker, restart)| FaultSpec::WorkerKill { at, worker, restart_after: Some(restart) })
+        .boxed();
+    let pause = (when(), worker_target(), dur_s(1, 300))
+        .prop_map(|(at, worker, duration)| FaultSpec::WorkerPause { at, worker, duration })
+        .boxed();
+    let disk = (when(), worker_target()).prop_map(|(at, worker)| FaultSpec::DiskLoss { at, worker }).boxed();
+    let cache = (start_time(), dur_s(1, 30 * 60), prop::option::of(prop::sample::select(PROVIDERS.to_vec())))
+        .prop_map(|(at, duration, provider)| FaultSpec::PromptCacheLoss {
             at,
-            worker,
-            restart_after: Some(restart)
-        }),
-        (when(), worker_target(), dur_s(1, 300)).prop_map(|(at, worker, duration)| FaultSpec::WorkerPause {
+            duration,
+            provider: provider.map(str::to_owned),
+        })
+        .boxed();
+    let outage = (start_time(), prop::sample::select(PROVIDERS.to_vec()), error_mode(), dur_s(1, 40 * 60))
+        .prop_map(|(at, provider, mode, duration)| FaultSpec::ProviderOutage {
             at,
-            worker,
-            duration
-        }),
-        (start_time(), prop::sample::select(PROVIDERS.to_vec()), error_mode(), dur_s(1, 40 * 60)).prop_map(
-            |(at, provider, mode, duration)| FaultSpec::ProviderOutage {
-                at,
-                provider: provider.to_owned(),
-                mode,
-                duration
-            }
-        ),
+            provider: provider.to_owned(),
+            mode,
+            duration,
+        })
+        .boxed();
+    let schema = (
+        start_time(),
+        dur_s(1, 30 * 60),
+        prop::sample::select(vec![ToolApi::Payment, ToolApi::Email, ToolApi::Search]),
+    )
+        .prop_map(|(at, duration, api)| FaultSpec::ToolSchemaChange { at, duration, api })
+        .boxed();
+    let deploy = (start_time(), 1..=10u32)
+        .prop_map(|(at, r)| FaultSpec::BadDeploy { at, error_rate: f64::from(r) / 10.0 })
+        .boxed();
+    let spike = (start_time(), dur_s(1, 600), dur_s(1, 120))
+        .prop_map(|(at, duration, lag)| FaultSpec::ReplicationLagSpike { at, duration, lag })
+        .boxed();
+    let corruption = (start_time(), 1..=50u32)
+        .prop_map(|(at, pct)| FaultSpec::VectorCorruption { at, fraction: f64::from(pct) / 100.0 })
+        .boxed();
+    let host = prop_oneof![
+        (0..16u32).prop_map(|n| format!("worker-a-{n}")),
+        prop::sample::select(vec!["orchestrator-a", "orchestrator-b"]).prop_map(str::to_owned),
+    ];
+    let clock = (start_time(), host, skew(), prop::option::of(dur_s(1, 30 * 60)))
+        .prop_map(|(at, host, offset, duration)| FaultSpec::ClockSkew { at, host, offset, duration })
+        .boxed();
+    let link = (start_time(), dur_s(1, 600), endpoint(), endpoint(), any::<bool>(), dur_ms(0, 5_000), 0..=50u32)
+        .prop_map(|(at, duration, a, b, one_way, latency, loss)| FaultSpec::LinkDegradation {
+            at,
+            duration,
+            a,
+            b,
+            one_way,
+            // A degradation needs latency or loss.
+            latency: if loss == 0 && latency.ms() == 0 { Dur(100) } else { latency },
+            loss: f64::from(loss) / 100.0,
+        })
+        .boxed();
+    let partition = (start_time(), dur_s(1, 600), endpoint(), endpoint(), any::<bool>())
+        .prop_map(|(at, duration, a, b, one_way)| FaultSpec::Partition { at, duration, a, b, one_way })
+        .boxed();
+    let queue = (start_time(), prop::option::of(dur_s(1, 30 * 60)))
+        .prop_map(|(at, duration)| FaultSpec::QueueLoss { at, duration })
+        .boxed();
+    let region =
         (start_time(), prop_oneof![Just(RegionName::A), Just(RegionName::B)], prop::option::of(dur_s(1, 30 * 60)))
             .prop_map(|(at, region, duration)| {
                 // Losing the standby region for good is not generated: under
                 // synchronous replication it stalls the primary for good.
                 let duration = if region == RegionName::B { duration.or(Some(Dur::secs(600))) } else { duration };
                 FaultSpec::RegionLoss { at, region, duration }
-            }),
-    ]
+            })
+            .boxed();
+    prop::strategy::Union::new_weighted(vec![
+        (3, kill),
+        (3, pause),
+        (1, disk),
+        (1, cache),
+        (3, outage),
+        (1, schema),
+        (1, deploy),
+        (1, spike),
+        (1, corruption),
+        (1, clock),
+        (1, link),
+        (1, partition),
+        (1, queue),
+        (3, region),
+    ])
 }
 
 /// A fault schedule: up to `max` faults (shrinks to fewer first).
@@ -463,16 +554,36 @@ pub struct KnownIssue {
 /// The known engine issues (see [`KnownIssue`]). The ten found by the first
 /// fuzzing campaign are fixed (their reproducers in
 /// `fixtures/regressions/reference-*.toml` now expect a pass).
-pub const KNOWN_ISSUES: &[KnownIssue] = &[KnownIssue {
-    name: "both-regions-lost",
-    reproducer: "fixtures/regressions/reference-both-regions-lost-vector-memory.toml",
-    summary: "when both regions are lost in one drill, the reference policy breaks its recovery bounds: after region A is lost for good, a later loss of region B brings B's vector memory back from a snapshot older than the last one A shipped before dying (630 s of points lost where the time since A's loss plus a snapshot cycle, 406 s, is allowed); with A lost only briefly, B's later loss loses 310 s of structured state under near-synchronous replication; both lost at once overruns the RTO budget slightly (1505 s vs 1496 s). Not yet told apart into engine bugs and budget mistakes",
-    matches: |sc| {
-        let lost =
-            |r: RegionName| sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { region, .. } if *region == r));
-        lost(RegionName::A) && lost(RegionName::B)
+pub const KNOWN_ISSUES: &[KnownIssue] = &[
+    KnownIssue {
+        name: "both-regions-lost",
+        reproducer: "fixtures/regressions/reference-both-regions-lost-vector-memory.toml",
+        summary: "when both regions are lost in one drill, the reference policy breaks its recovery bounds: after region A is lost for good, a later loss of region B brings B's vector memory back from a snapshot older than the last one A shipped before dying (630 s of points lost where the time since A's loss plus a snapshot cycle, 406 s, is allowed); with A lost only briefly, B's later loss loses 310 s of structured state under near-synchronous replication; both lost at once overruns the RTO budget slightly (1505 s vs 1496 s). Not yet told apart into engine bugs and budget mistakes",
+        matches: |sc| {
+            let lost = |r: RegionName| {
+                sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { region, .. } if *region == r))
+            };
+            lost(RegionName::A) && lost(RegionName::B)
+        },
     },
-}];
+    KnownIssue {
+        name: "bad-deploy-all-invalid-never-rolled-back",
+        reproducer: "fixtures/regressions/reference-bad-deploy-all-invalid-never-rolled-back.toml",
+        summary: "a worker reports a step's invalid model outputs only with its valid Result; when a bad deploy makes every output invalid (error_rate 1) no Result is ever written, the orchestrator's deploy watch sees no outputs ('no traffic yet') at every check and never rolls back: the drill never recovers",
+        matches: |sc| {
+            sc.faults.iter().any(|f| matches!(f, FaultSpec::BadDeploy { error_rate, .. } if *error_rate >= 1.0))
+        },
+    },
+    KnownIssue {
+        name: "routing-without-a-call",
+        reproducer: "fixtures/regressions/reference-routing-without-a-call.toml",
+        summary: "with a provider outage and a vector corruption in one drill the worker panics at src/worker.rs ('routing without a call'): a model call's routing step runs when the task's call context was already taken, seen with a rate-limited outage and the vector store's corruption restore",
+        matches: |sc| {
+            sc.faults.iter().any(|f| matches!(f, FaultSpec::VectorCorruption { .. }))
+                && sc.faults.iter().any(|f| matches!(f, FaultSpec::ProviderOutage { .. }))
+        },
+    },
+];
 
 /// The first known engine issue a drill can hit.
 pub fn known_issue(sc: &Scenario) -> Option<&'static KnownIssue> {
@@ -511,16 +622,34 @@ fn resolve(f: &mut FaultSpec, workload: &Workload, stack: &StackSpec) {
                 *provider = stack.providers[0].name.clone();
             }
         }
+        FaultSpec::Partition { a, b, .. } | FaultSpec::LinkDegradation { a, b, .. } => {
+            let hosts = crate::stack::host_names(stack);
+            for e in [&mut *a, &mut *b] {
+                *e = resolve_host(e, stack);
+                if !e.starts_with("region:") && !hosts.contains(e) {
+                    *e = "region:external".to_owned();
+                }
+            }
+            if a == b {
+                *b = if a.as_str() == "region:b" { "region:a" } else { "region:b" }.to_owned();
+            }
+        }
+        FaultSpec::ClockSkew { host, .. } => *host = resolve_host(host, stack),
         FaultSpec::RegionLoss { .. }
-        | FaultSpec::Partition { .. }
-        | FaultSpec::LinkDegradation { .. }
         | FaultSpec::ReplicationLagSpike { .. }
         | FaultSpec::PromptCacheLoss { provider: None, .. }
-        | FaultSpec::ClockSkew { .. }
         | FaultSpec::VectorCorruption { .. }
         | FaultSpec::ToolSchemaChange { .. }
         | FaultSpec::BadDeploy { .. }
         | FaultSpec::QueueLoss { .. } => {}
+    }
+}
+
+/// A raw `worker-a-N` resolved against the stack's worker count.
+fn resolve_host(name: &str, stack: &StackSpec) -> String {
+    match name.strip_prefix("worker-a-").and_then(|n| n.parse::<u32>().ok()) {
+        Some(n) => format!("worker-a-{}", n % stack.workers.max(1)),
+        None => name.to_owned(),
     }
 }
 
@@ -585,6 +714,10 @@ fn assemble_with(
 ) -> Scenario {
     // Prepare the stack without the switch first: the claim is the reference's.
     policy.prepare(&mut stack, &mut workload);
+    // A queue loss needs a queue.
+    if stack.queue.is_none() && faults.iter().any(|f| matches!(f, FaultSpec::QueueLoss { .. })) {
+        stack.queue = Some(crate::queue::QueueConfig::default());
+    }
     for f in &mut faults {
         resolve(f, &workload, &stack);
     }
