@@ -583,6 +583,16 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
                 && sc.faults.iter().any(|f| matches!(f, FaultSpec::ProviderOutage { .. }))
         },
     },
+    KnownIssue {
+        name: "queue-lost-after-its-replica",
+        reproducer: "fixtures/regressions/reference-queue-lost-after-its-replica.toml",
+        summary: "a replicated queue whose active node is lost for good fails over to its replica; when that node is lost too (a second queue loss, or its region lost) nothing replaces it, as an unreplicated queue's node is replaced: jobs are never delivered again and the drill never recovers",
+        matches: |sc| {
+            let queue_losses = sc.faults.iter().filter(|f| matches!(f, FaultSpec::QueueLoss { .. })).count();
+            queue_losses > 0
+                && (queue_losses > 1 || sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { .. })))
+        },
+    },
 ];
 
 /// The first known engine issue a drill can hit.

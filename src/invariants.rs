@@ -986,6 +986,21 @@ impl Budget {
                 }
             }
         }
+        // A vector corruption anywhere in the drill loses the points written
+        // since the newest clean snapshot when it is found (within an
+        // integrity-check interval) and restored; a region loss's vector RPO
+        // counts them too (the corrupted points are not the good ones), and
+        // a corruption before the loss ages them by the time between.
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
+            let vs = &sc.stack.vector;
+            let found =
+                vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+            for (j, f) in sc.faults.iter().enumerate() {
+                if let (FaultSpec::VectorCorruption { .. }, Some(c)) = (f, onsets[j]) {
+                    *v = (*v).max(t0.saturating_sub(c) + found);
+                }
+            }
+        }
         (structured, vector)
     }
 
