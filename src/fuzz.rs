@@ -584,6 +584,18 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         },
     },
     KnownIssue {
+        name: "region-back-before-failover-completes",
+        reproducer: "fixtures/regressions/reference-region-back-before-failover-completes.toml",
+        summary: "under asynchronous replication, a temporary loss of region A that ends before the failover to B has completed (20-60 s against a ~70 s failover) leaves the stack serving nothing: no job created after the loss ever completes (a loss of 65 s or more recovers in ~70-90 s; under synchronous replication the same drill recovers)",
+        matches: |sc| {
+            let failover = Budget::new(sc).failover_us();
+            matches!(sc.stack.replication, Replication::Async { .. })
+                && sc.faults.iter().any(|f| {
+                    matches!(f, FaultSpec::RegionLoss { region: RegionName::A, duration: Some(d), .. } if d.us() <= failover)
+                })
+        },
+    },
+    KnownIssue {
         name: "queue-lost-after-its-replica",
         reproducer: "fixtures/regressions/reference-queue-lost-after-its-replica.toml",
         summary: "a replicated queue whose active node is lost for good fails over to its replica; when that node is lost too (a second queue loss, or its region lost) nothing replaces it, as an unreplicated queue's node is replaced: jobs are never delivered again and the drill never recovers",

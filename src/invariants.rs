@@ -1020,8 +1020,10 @@ impl Budget {
     /// waits between them.
     pub fn provider_us(sc: &Scenario, provider: &str, mode: ErrorMode) -> Micros {
         let s = &sc.stack;
-        let req_timeout = s.request_timeout.us();
         let Some(p) = s.providers.iter().find(|p| p.name == provider) else { return 0 };
+        // Model calls are cut at the provider's SDK timeout, not the
+        // worker's request timeout (that one is for tool calls).
+        let req_timeout = p.timeout_ms * US_PER_MS;
         let attempt = match mode {
             ErrorMode::Timeout | ErrorMode::Slow { .. } => req_timeout,
             ErrorMode::StreamError { after_tokens } => {
