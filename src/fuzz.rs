@@ -596,6 +596,19 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         },
     },
     KnownIssue {
+        name: "schema-change-across-failover",
+        reproducer: "fixtures/regressions/reference-schema-change-across-failover.toml",
+        summary: "a region loss while a tool API's schema change is under way, and the change lasting a few minutes past it: every job ends stuck (queued, never run again) although the region failed over and the API's answers are valid again (seen with payment; a change that ends soon after the loss recovers)",
+        matches: |sc| {
+            sc.faults.iter().any(|f| match f {
+                FaultSpec::ToolSchemaChange { at, duration, .. } => sc.faults.iter().any(|g| {
+                    matches!(g, FaultSpec::RegionLoss { at: t, .. } if at.us() <= t.us() && t.us() < at.us() + duration.us())
+                }),
+                _ => false,
+            })
+        },
+    },
+    KnownIssue {
         name: "queue-lost-after-its-replica",
         reproducer: "fixtures/regressions/reference-queue-lost-after-its-replica.toml",
         summary: "a replicated queue whose active node is lost for good fails over to its replica; when that node is lost too (a second queue loss, or its region lost) nothing replaces it, as an unreplicated queue's node is replaced: jobs are never delivered again and the drill never recovers",
@@ -691,6 +704,15 @@ pub fn claim_tier(sc: &Scenario) -> Tier {
         })
         .max()
         .unwrap_or(0);
+    // A vector corruption loses the points since the newest clean snapshot
+    // when the integrity check finds it.
+    let vs = &sc.stack.vector;
+    let corruption = vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us();
+    let rpo = if sc.faults.iter().any(|f| matches!(f, FaultSpec::VectorCorruption { .. })) {
+        rpo.max(corruption)
+    } else {
+        rpo
+    };
     // An event-triggered fault may strike any time the workload runs.
     let latest_event = invariants::last_arrival_us(sc) + b.queue_us + b.step_us * 16;
     let onsets: Vec<Micros> = sc.faults.iter().map(|f| f.at().map_or(latest_event, |d| d.us())).collect();
