@@ -245,8 +245,14 @@ impl<'a> Ground<'a> {
             .collect();
         ledger.sort_by_key(|e| (e.at_us, e.origin.job, e.origin.step));
         let serving_log = stack.orch(stack.serving_orch()).store().log();
-        let lost_logs: Vec<&[LogRec]> =
+        let mut lost_logs: Vec<&[LogRec]> =
             run.faults.iter().filter_map(|f| f.lost_log.as_ref()).map(|l| l.log.as_slice()).collect();
+        // A primary demoted by a failover it did not die in (a partition
+        // from the failover controller) keeps the records it had not
+        // replicated: under asynchronous replication they are lost like a
+        // lost region's, and are as much a part of what happened.
+        let serving = stack.serving_orch();
+        lost_logs.extend(stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()));
         let mut job_of = BTreeMap::new();
         for log in lost_logs.iter().copied().chain([serving_log]) {
             for r in log {
