@@ -612,6 +612,15 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         },
     },
     KnownIssue {
+        name: "vector-restore-after-failover-goes-back-too-far",
+        reproducer: "fixtures/regressions/reference-vector-restore-after-failover-goes-back-too-far.toml",
+        summary: "a vector corruption in a drill with a region loss: the corruption restore in the promoted region comes back from a snapshot far older than the newest clean one (482 s of points lost, back to about 20 s into the drill, where the snapshot cycle plus an integrity-check interval, 331 s, is allowed); the same symptom as both-regions-lost's vector memory",
+        matches: |sc| {
+            sc.faults.iter().any(|f| matches!(f, FaultSpec::VectorCorruption { .. }))
+                && sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { .. }))
+        },
+    },
+    KnownIssue {
         name: "queue-lost-after-its-replica",
         reproducer: "fixtures/regressions/reference-queue-lost-after-its-replica.toml",
         summary: "a replicated queue whose active node is lost for good fails over to its replica; when that node is lost too (a second queue loss, or its region lost) nothing replaces it, as an unreplicated queue's node is replaced: jobs are never delivered again and the drill never recovers",
