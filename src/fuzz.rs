@@ -598,13 +598,13 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
     KnownIssue {
         name: "schema-change-across-failover",
         reproducer: "fixtures/regressions/reference-schema-change-across-failover.toml",
-        summary: "a region loss while a tool API's schema change is under way, and the change lasting a few minutes past it: every job ends stuck (queued, never run again) although the region failed over and the API's answers are valid again (seen with payment; a change that ends soon after the loss recovers)",
+        summary: "a region loss (or a partition: seen orchestrator-a cut from the external region) while a tool API's schema change is under way, and the change lasting a few minutes past it: every job ends stuck (queued, never run again) although the region failed over and the API's answers are valid again (seen with payment; a change that ends soon after the loss recovers)",
         matches: |sc| {
             // The change is under way at some point of a failover.
             let failover = Budget::new(sc).failover_us();
             sc.faults.iter().any(|f| match f {
                 FaultSpec::ToolSchemaChange { at, duration, .. } => sc.faults.iter().any(|g| {
-                    matches!(g, FaultSpec::RegionLoss { at: t, .. }
+                    matches!(g, FaultSpec::RegionLoss { at: t, .. } | FaultSpec::Partition { at: t, .. }
                         if at.us() <= t.us() + failover && t.us() < at.us() + duration.us())
                 }),
                 _ => false,
