@@ -135,13 +135,17 @@ pub enum PolicyChoice {
     SingleProvider,
     NoCircuitBreaker,
     ArtefactsOnLocalDisk,
+    QueueDedupeWindow,
+    WallClockLeases,
+    NoResponseValidation,
+    NoAutoRollback,
     #[value(hide = true)]
     PlantedBugPersistBeforeCall,
 }
 
 impl PolicyChoice {
     /// Every anti-pattern the engine expresses (each has a `--policy` name).
-    pub const ANTI_PATTERNS: [PolicyChoice; 14] = [
+    pub const ANTI_PATTERNS: [PolicyChoice; 18] = [
         PolicyChoice::KeyFromModelOutput,
         PolicyChoice::KeyFromPromptHash,
         PolicyChoice::KeyFromWallClock,
@@ -156,6 +160,10 @@ impl PolicyChoice {
         PolicyChoice::SingleProvider,
         PolicyChoice::NoCircuitBreaker,
         PolicyChoice::ArtefactsOnLocalDisk,
+        PolicyChoice::QueueDedupeWindow,
+        PolicyChoice::WallClockLeases,
+        PolicyChoice::NoResponseValidation,
+        PolicyChoice::NoAutoRollback,
     ];
 
     /// The name as written on the command line.
@@ -181,6 +189,10 @@ impl PolicyChoice {
             PolicyChoice::SingleProvider => AntiPattern::SingleProvider,
             PolicyChoice::NoCircuitBreaker => AntiPattern::NoCircuitBreaker,
             PolicyChoice::ArtefactsOnLocalDisk => AntiPattern::ArtefactsOnLocalDisk,
+            PolicyChoice::QueueDedupeWindow => AntiPattern::QueueDedupeWindowTooShort,
+            PolicyChoice::WallClockLeases => AntiPattern::WallClockLeases,
+            PolicyChoice::NoResponseValidation => AntiPattern::NoResponseValidation,
+            PolicyChoice::NoAutoRollback => AntiPattern::NoAutoRollback,
         })
     }
 
@@ -210,7 +222,18 @@ impl PolicyChoice {
     /// - single provider: nothing (a provider outage is the agent's outage);
     /// - no circuit breaker: a breaker that opens after 1–2 failures and a
     ///   backlog of 20–40 jobs at once on 1–2 workers, so that calls keep
-    ///   coming during an outage.
+    ///   coming during an outage;
+    /// - queue dedupe window (12): a queue whose dedupe window (30 s) is
+    ///   shorter than the client's resubmission delay (60–120 s), an email
+    ///   API without deduplication, a backlog; its fault (see
+    ///   [`PolicyChoice::faults`]) cuts the queue's answers to the client;
+    /// - wall-clock leases: two workers, a 10 s lease, an email API without
+    ///   deduplication, a backlog; its faults set worker 0's clock back and
+    ///   freeze the worker running a job after a checkpoint, past its lease;
+    /// - no response validation: every template and a steady stream of
+    ///   jobs; its fault is a tool schema change;
+    /// - no auto rollback: a steady stream of 20–40 jobs; its fault is a bad
+    ///   deploy (error rate 0.3–0.9).
     pub fn prepare(self, stack: &mut StackSpec, workload: &mut Workload) {
         if matches!(
             self,
@@ -221,7 +244,31 @@ impl PolicyChoice {
         ) {
             stack.apis.email_dedupe = false;
         }
+        let stream = |workload: &mut Workload, least: u32| {
+            workload.tasks = least + workload.tasks % (least + 1);
+            workload.arrival = Arrival::Uniform;
+            workload.interval = Dur::secs(5);
+        };
         match self {
+            PolicyChoice::QueueDedupeWindow => {
+                stack.queue = Some(crate::queue::QueueConfig { dedupe_window_ms: 30_000, ..Default::default() });
+                stack.apis.email_dedupe = false;
+                workload.submit_retry = Dur::secs(60 + u64::from(workload.tasks % 61));
+                stream(workload, 10);
+            }
+            PolicyChoice::WallClockLeases => {
+                stack.workers = 2;
+                stack.standby_workers = stack.standby_workers.min(2);
+                stack.policy.lease_ms = 10_000;
+                stack.apis.email_dedupe = false;
+                workload.tasks = 8 + workload.tasks % 9;
+                workload.arrival = Arrival::AtOnce;
+            }
+            PolicyChoice::NoResponseValidation => {
+                workload.templates = TEMPLATES.iter().map(|t| (*t).to_owned()).collect();
+                stream(workload, 10);
+            }
+            PolicyChoice::NoAutoRollback => stream(workload, 20),
             PolicyChoice::ShortLease => {
                 // 6–9 s, from the generated latency.
                 stack.apis.email_latency = Dur(6_000 + stack.apis.email_latency.ms() % 3_001);
@@ -261,6 +308,64 @@ impl PolicyChoice {
             _ => {}
         }
         stack.anti_patterns.extend(self.anti_pattern());
+    }
+}
+
+impl PolicyChoice {
+    /// The faults this policy's anti-pattern needs to bite, put first in
+    /// every generated schedule (the rest of the schedule is generated as
+    /// for any policy; the shrinker may still drop them when the drill
+    /// fails without): none for most; a disk loss after a step's result is
+    /// persisted for artefacts on local disk; a one-way partition from the queue
+    /// to the client for the queue dedupe window; a clock set back on
+    /// worker 0 and a pause of it past its lease for wall-clock leases; a
+    /// tool schema change for no response validation; a bad deploy for no
+    /// auto rollback.
+    pub fn faults(self) -> BoxedStrategy<Vec<FaultSpec>> {
+        match self {
+            PolicyChoice::QueueDedupeWindow => (dur_s(1, 30), dur_s(60, 240))
+                .prop_map(|(at, duration)| {
+                    vec![FaultSpec::Partition { at, duration, a: "queue-a".into(), b: "client".into(), one_way: true }]
+                })
+                .boxed(),
+            PolicyChoice::WallClockLeases => (dur_s(0, 5), 60..=300i64, 0..16u32, 0..16u16, dur_s(15, 60))
+                .prop_map(|(skew_at, back_s, job, step, pause)| {
+                    vec![
+                        FaultSpec::ClockSkew {
+                            at: skew_at,
+                            host: "worker-a-0".into(),
+                            offset: Skew(-back_s * 1_000),
+                            duration: None,
+                        },
+                        // Whoever runs the job: worker 0 half the time.
+                        FaultSpec::WorkerPause {
+                            at: When::Event { job, step, phase: Phase::AfterCheckpoint },
+                            worker: None,
+                            duration: pause,
+                        },
+                    ]
+                })
+                .boxed(),
+            PolicyChoice::NoResponseValidation => (
+                dur_s(0, 120),
+                dur_s(60, 600),
+                prop::sample::select(vec![ToolApi::Payment, ToolApi::Email, ToolApi::Search]),
+            )
+                .prop_map(|(at, duration, api)| vec![FaultSpec::ToolSchemaChange { at, duration, api }])
+                .boxed(),
+            PolicyChoice::ArtefactsOnLocalDisk => (0..16u32, 0..16u16)
+                .prop_map(|(job, step)| {
+                    vec![FaultSpec::DiskLoss {
+                        at: When::Event { job, step, phase: Phase::AfterPersist },
+                        worker: None,
+                    }]
+                })
+                .boxed(),
+            PolicyChoice::NoAutoRollback => (dur_s(0, 120), 3..=9u32)
+                .prop_map(|(at, r)| vec![FaultSpec::BadDeploy { at, error_rate: f64::from(r) / 10.0 }])
+                .boxed(),
+            _ => Just(Vec::new()).boxed(),
+        }
     }
 }
 
@@ -522,7 +627,13 @@ pub fn scenario_with(
     switch_on: bool,
     include_known_issues: bool,
 ) -> impl Strategy<Value = Scenario> + Clone {
-    (fault_schedule(MAX_FAULTS), workload(), stack(), any::<u64>().no_shrink())
+    let needed = policy.faults();
+    let schedule = (needed, fault_schedule(MAX_FAULTS)).prop_map(|(mut needed, rest)| {
+        let room = MAX_FAULTS.saturating_sub(needed.len());
+        needed.extend(rest.into_iter().take(room));
+        needed
+    });
+    (schedule, workload(), stack(), any::<u64>().no_shrink())
         .prop_map(move |(faults, workload, stack, seed)| {
             let reference = assemble_with(policy, faults, workload, stack, seed, false);
             let drill = if switch_on { switched_on(policy, &reference) } else { reference.clone() };
