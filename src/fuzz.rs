@@ -1085,7 +1085,7 @@ pub fn reference_case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
     scenario_with(policy, false, false).new_tree(&mut runner).expect("the filter rejects a fraction").current()
 }
 
-/// Shrinks a failing case while it keeps breaking `invariant`. Returns the
+/// Shrinks a failing case while `invariant` stays the first one it breaks. Returns the
 /// smallest drill, its violation and the steps tried.
 pub fn shrink(
     tree: &mut impl ValueTree<Value = Scenario>,
@@ -1105,7 +1105,9 @@ pub fn shrink(
         }
         steps += 1;
         let sc = tree.current();
-        let found = check_case(&sc).into_iter().find(|v| v.invariant == invariant);
+        // The invariant must stay the first one broken, so that the
+        // reproducer re-runs to the very violation reported.
+        let found = check_case(&sc).into_iter().next().filter(|v| v.invariant == invariant);
         match found {
             Some(v) => {
                 best = (sc, v);
@@ -1130,7 +1132,7 @@ pub fn shrink(
         let mut smaller = sc.clone();
         smaller.faults.remove(i);
         steps += 1;
-        if let Some(v) = check_case(&smaller).into_iter().find(|v| v.invariant == invariant) {
+        if let Some(v) = check_case(&smaller).into_iter().next().filter(|v| v.invariant == invariant) {
             sc = smaller;
             violation = v;
         }

@@ -246,6 +246,8 @@ struct Ground<'a> {
     serving_log: &'a [LogRec],
     /// Logs of primaries lost with their region.
     lost_logs: Vec<&'a [LogRec]>,
+    /// Logs of the orchestrators not serving at the end (for log truth).
+    demoted_logs: Vec<&'a [LogRec]>,
     /// Task → job over every log.
     job_of: BTreeMap<TaskId, JobId>,
     /// Fault onsets (None: never triggered).
@@ -261,16 +263,19 @@ impl<'a> Ground<'a> {
             .collect();
         ledger.sort_by_key(|e| (e.at_us, e.origin.job, e.origin.step));
         let serving_log = stack.orch(stack.serving_orch()).store().log();
-        let mut lost_logs: Vec<&[LogRec]> =
+        let lost_logs: Vec<&[LogRec]> =
             run.faults.iter().filter_map(|f| f.lost_log.as_ref()).map(|l| l.log.as_slice()).collect();
         // A primary demoted by a failover it did not die in (a partition
         // from the failover controller) keeps the records it had not
         // replicated: under asynchronous replication they are lost like a
-        // lost region's, and are as much a part of what happened.
+        // lost region's, and are as much a part of what happened (for the
+        // log's truth only: work it finished after its demotion is not
+        // recovery).
         let serving = stack.serving_orch();
-        lost_logs.extend(stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()));
+        let demoted_logs =
+            stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()).collect();
         let mut job_of = BTreeMap::new();
-        for log in lost_logs.iter().copied().chain([serving_log]) {
+        for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
             for r in log {
                 if let Op::Create { task, job, .. } = r.op {
                     job_of.insert(task, job);
@@ -278,7 +283,18 @@ impl<'a> Ground<'a> {
             }
         }
         let onsets = run.faults.iter().map(|f| f.onset_us).collect();
-        Ground { sc, run, stack, policy: sc.stack.effective_policy(), ledger, serving_log, lost_logs, job_of, onsets }
+        Ground {
+            sc,
+            run,
+            stack,
+            policy: sc.stack.effective_policy(),
+            ledger,
+            serving_log,
+            lost_logs,
+            demoted_logs,
+            job_of,
+            onsets,
+        }
     }
 
     fn template(&self, job: JobId) -> Option<&Template> {
@@ -430,7 +446,7 @@ fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
     let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
     let mut intents: BTreeMap<(JobId, u16), Vec<IdemKey>> = BTreeMap::new();
     let mut any_result: std::collections::BTreeSet<(JobId, u16)> = Default::default();
-    for log in g.all_logs() {
+    for log in g.all_logs().chain(g.demoted_logs.iter().copied()) {
         for r in log {
             match r.op {
                 Op::Intent { task, ordinal, key, .. } => {
@@ -1093,8 +1109,10 @@ impl Budget {
         match &sc.faults[i] {
             // A cut or degraded link holds work up for as long as it lasts;
             // a worker cut off from the store loses its lease.
+            // A cut (or a lossy link) can also look like a region loss to
+            // the failover controller: the failover then bounds it too.
             FaultSpec::Partition { duration, .. } | FaultSpec::LinkDegradation { duration, .. } => {
-                duration.us() + self.lease_us + self.step_us
+                (duration.us() + self.lease_us).max(self.failover_us()) + self.step_us
             }
             // Nothing stops: the stack only has to notice (a lease at most).
             FaultSpec::DiskLoss { .. } | FaultSpec::ClockSkew { .. } => self.lease_us,
