@@ -732,6 +732,26 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         },
     },
     KnownIssue {
+        name: "false-failover-onto-lost-standby",
+        reproducer: "fixtures/regressions/reference-false-failover-onto-lost-standby.toml",
+        summary: "a partition cutting orchestrator-a from the failover controller while region B is down: the controller fails over to the lost standby and the healthy primary is demoted; nothing serves until the horizon (the old failover-while-standby-down, now reached through a partition instead of a loss of A)",
+        matches: |sc| {
+            sc.faults.iter().any(|f| matches!(f, FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. }))
+                && sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { region: RegionName::B, .. }))
+        },
+    },
+    KnownIssue {
+        name: "paused-worker-request-leaves-at-wake",
+        reproducer: "fixtures/regressions/reference-paused-worker-request-leaves-at-wake.toml",
+        summary: "a worker paused past its lease in the middle of a side-effect call: the request it had sent leaves when it wakes, reaches the API while the lease's new holder is making the same call, and counts as a concurrent run (two workers on one step at once) although the API's key deduplication keeps it to one effect; either the engine should drop a paused worker's queued sends once its lease is gone, or `concurrent_runs` should not count a zombie's already-sent request",
+        matches: |sc| {
+            // Seen with a time-triggered pause (which can strike mid-call).
+            sc.faults.iter().any(|f| {
+                matches!(f, FaultSpec::WorkerPause { at: When::At(_), duration, .. } if duration.ms() > sc.stack.policy.lease_ms)
+            })
+        },
+    },
+    KnownIssue {
         name: "queue-lost-after-its-replica",
         reproducer: "fixtures/regressions/reference-queue-lost-after-its-replica.toml",
         summary: "a replicated queue whose active node is lost for good fails over to its replica; when that node is lost too (a second queue loss, or its region lost) nothing replaces it, as an unreplicated queue's node is replaced: jobs are never delivered again and the drill never recovers",
