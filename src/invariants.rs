@@ -196,8 +196,24 @@ fn v(invariant: Invariant, job: Option<u32>, step: Option<u16>, detail: String) 
 /// Runs the measurements and checks every invariant. Violations come in
 /// precedence order (see [`Invariant`]), then by job and step.
 pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
-    let (faults, _) = measure(&run.stack, &run.faults, sc.horizon.us());
-    check_measured(sc, run, &faults)
+    let (faults, counts) = measure(&run.stack, &run.faults, sc.horizon.us());
+    let mut out = check_measured(sc, run, &faults);
+    // The claimed tier's counted invariants that the checks above do not
+    // cover (`agentdrill run` checks every count itself): steps decided
+    // again after their result was persisted, two workers acting
+    // on one step, results persisted from unvalidated tool responses.
+    use crate::tier::Invariant as Counted;
+    let targets = sc.tier.targets();
+    for inv in
+        [Counted::NoReplannedSteps, Counted::NoStaleActions, Counted::NoCorruptedWrites, Counted::NoConcurrentRuns]
+    {
+        let n = counts.of(inv);
+        if n > 0 && targets.invariants.contains(&inv) {
+            out.push(v(Invariant::Tier, None, None, format!("{}: {n} {}, target 0", inv.name(), inv.counts())));
+        }
+    }
+    out.sort_by_key(|x| (x.invariant, x.job, x.step));
+    out
 }
 
 /// [`check`] with the measurements already made.
@@ -230,6 +246,8 @@ struct Ground<'a> {
     serving_log: &'a [LogRec],
     /// Logs of primaries lost with their region.
     lost_logs: Vec<&'a [LogRec]>,
+    /// Logs of the orchestrators not serving at the end (for log truth).
+    demoted_logs: Vec<&'a [LogRec]>,
     /// Task → job over every log.
     job_of: BTreeMap<TaskId, JobId>,
     /// Fault onsets (None: never triggered).
@@ -247,8 +265,17 @@ impl<'a> Ground<'a> {
         let serving_log = stack.orch(stack.serving_orch()).store().log();
         let lost_logs: Vec<&[LogRec]> =
             run.faults.iter().filter_map(|f| f.lost_log.as_ref()).map(|l| l.log.as_slice()).collect();
+        // A primary demoted by a failover it did not die in (a partition
+        // from the failover controller) keeps the records it had not
+        // replicated: under asynchronous replication they are lost like a
+        // lost region's, and are as much a part of what happened (for the
+        // log's truth only: work it finished after its demotion is not
+        // recovery).
+        let serving = stack.serving_orch();
+        let demoted_logs =
+            stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()).collect();
         let mut job_of = BTreeMap::new();
-        for log in lost_logs.iter().copied().chain([serving_log]) {
+        for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
             for r in log {
                 if let Op::Create { task, job, .. } = r.op {
                     job_of.insert(task, job);
@@ -256,7 +283,18 @@ impl<'a> Ground<'a> {
             }
         }
         let onsets = run.faults.iter().map(|f| f.onset_us).collect();
-        Ground { sc, run, stack, policy: sc.stack.effective_policy(), ledger, serving_log, lost_logs, job_of, onsets }
+        Ground {
+            sc,
+            run,
+            stack,
+            policy: sc.stack.effective_policy(),
+            ledger,
+            serving_log,
+            lost_logs,
+            demoted_logs,
+            job_of,
+            onsets,
+        }
     }
 
     fn template(&self, job: JobId) -> Option<&Template> {
@@ -408,7 +446,7 @@ fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
     let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
     let mut intents: BTreeMap<(JobId, u16), Vec<IdemKey>> = BTreeMap::new();
     let mut any_result: std::collections::BTreeSet<(JobId, u16)> = Default::default();
-    for log in g.all_logs() {
+    for log in g.all_logs().chain(g.demoted_logs.iter().copied()) {
         for r in log {
             match r.op {
                 Op::Intent { task, ordinal, key, .. } => {
@@ -986,6 +1024,21 @@ impl Budget {
                 }
             }
         }
+        // A vector corruption anywhere in the drill loses the points written
+        // since the newest clean snapshot when it is found (within an
+        // integrity-check interval) and restored; a region loss's vector RPO
+        // counts them too (the corrupted points are not the good ones), and
+        // a corruption before the loss ages them by the time between.
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
+            let vs = &sc.stack.vector;
+            let found =
+                vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+            for (j, f) in sc.faults.iter().enumerate() {
+                if let (FaultSpec::VectorCorruption { .. }, Some(c)) = (f, onsets[j]) {
+                    *v = (*v).max(t0.saturating_sub(c) + found);
+                }
+            }
+        }
         (structured, vector)
     }
 
@@ -1005,8 +1058,10 @@ impl Budget {
     /// waits between them.
     pub fn provider_us(sc: &Scenario, provider: &str, mode: ErrorMode) -> Micros {
         let s = &sc.stack;
-        let req_timeout = s.request_timeout.us();
         let Some(p) = s.providers.iter().find(|p| p.name == provider) else { return 0 };
+        // Model calls are cut at the provider's SDK timeout, not the
+        // worker's request timeout (that one is for tool calls).
+        let req_timeout = p.timeout_ms * US_PER_MS;
         let attempt = match mode {
             ErrorMode::Timeout | ErrorMode::Slow { .. } => req_timeout,
             ErrorMode::StreamError { after_tokens } => {
@@ -1054,8 +1109,10 @@ impl Budget {
         match &sc.faults[i] {
             // A cut or degraded link holds work up for as long as it lasts;
             // a worker cut off from the store loses its lease.
+            // A cut (or a lossy link) can also look like a region loss to
+            // the failover controller: the failover then bounds it too.
             FaultSpec::Partition { duration, .. } | FaultSpec::LinkDegradation { duration, .. } => {
-                duration.us() + self.lease_us + self.step_us
+                (duration.us() + self.lease_us).max(self.failover_us()) + self.step_us
             }
             // Nothing stops: the stack only has to notice (a lease at most).
             FaultSpec::DiskLoss { .. } | FaultSpec::ClockSkew { .. } => self.lease_us,
