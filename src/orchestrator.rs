@@ -307,11 +307,13 @@ impl Orchestrator {
             Msg::Submit { job, template, steps, probe, replay } => {
                 if let Some(lsn) = self.create(env, job, template, steps, probe, replay) {
                     self.reply_at(env, lsn, from, Msg::SubmitAck { job });
+                    self.dispatch(env);
                 }
             }
             Msg::Deliver { seq, job, template, steps, probe, replay } => {
                 if let Some(lsn) = self.create(env, job, template, steps, probe, replay) {
                     self.reply_at(env, lsn, from, Msg::QueueAck { seq });
+                    self.dispatch(env);
                 }
             }
             Msg::LeaseReq { req } => {
@@ -396,8 +398,9 @@ impl Orchestrator {
         }
     }
 
-    /// Creates the task for a job (once per job under idempotent create).
-    /// Returns the LSN to acknowledge at, or `None` when not serving.
+    /// Creates the task for a job (once per job under idempotent create) and
+    /// queues it; the caller acknowledges, then dispatches. Returns the LSN
+    /// to acknowledge at, or `None` when not serving.
     fn create(
         &mut self,
         env: &mut impl Env,
@@ -416,7 +419,6 @@ impl Orchestrator {
         let task = self.store.next_task_id();
         let lsn = self.commit(env, Op::Create { task, job, template, steps, probe, replay });
         self.ready.push_back(task);
-        self.dispatch(env);
         Some(lsn)
     }
 

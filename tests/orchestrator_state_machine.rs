@@ -429,7 +429,13 @@ impl Sut {
                     token: grant.token,
                     cursor: grant.cursor,
                     resumed: grant.resumed,
-                    steps: grant.steps.iter().map(|s| s.state).collect(),
+                    // A first lease carries no step records (nothing is
+                    // recorded yet): the same as every step empty.
+                    steps: if grant.steps.is_empty() && !grant.resumed {
+                        vec![StepState::Empty; STEPS as usize]
+                    } else {
+                        grant.steps.iter().map(|s| s.state).collect()
+                    },
                 },
                 Msg::WriteAck { ok, .. } => Out::WriteAck { to: worker_of(to), ok },
                 Msg::HeartbeatAck { ok, .. } => Out::HeartbeatAck { to: worker_of(to), ok },
