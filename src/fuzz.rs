@@ -678,9 +678,9 @@ pub const KNOWN_ISSUES: &[KnownIssue] = &[
         },
     },
     KnownIssue {
-        name: "bad-deploy-all-invalid-never-rolled-back",
-        reproducer: "fixtures/regressions/reference-bad-deploy-all-invalid-never-rolled-back.toml",
-        summary: "a worker reports a step's invalid model outputs only with its valid Result; when a bad deploy makes every output invalid (error_rate 1) no Result is ever written, the orchestrator's deploy watch sees no outputs ('no traffic yet') at every check and never rolls back: the drill never recovers",
+        name: "bad-deploy-lone-worker-killed",
+        reproducer: "fixtures/regressions/reference-bad-deploy-lone-worker-killed.toml",
+        summary: "a bad deploy that rejects every model output, with the only worker killed right after: the deploy watch never rolls back and a job stays queued to the horizon (the all-invalid case without the kill is fixed: rejected outputs are reported as telemetry and heartbeat answers carry the live version); not yet diagnosed",
         matches: |sc| {
             sc.faults.iter().any(|f| matches!(f, FaultSpec::BadDeploy { error_rate, .. } if *error_rate >= 1.0))
         },

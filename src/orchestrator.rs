@@ -339,9 +339,10 @@ impl Orchestrator {
                     let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
                     let lsn = self.commit(env, Op::Renew { task, expires_us });
                     self.expiries.push(Reverse((expires_us, task)));
-                    self.reply_at(env, lsn, from, Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms });
+                    let prompt = self.prompt;
+                    self.reply_at(env, lsn, from, Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms, prompt });
                 } else {
-                    env.send(from, Msg::HeartbeatAck { task, ok, lease_ms: 0 });
+                    env.send(from, Msg::HeartbeatAck { task, ok, lease_ms: 0, prompt: self.prompt });
                 }
             }
             Msg::Replicate { recs } => {
@@ -374,6 +375,16 @@ impl Orchestrator {
                 }
             }
             Msg::Ping { seq } if self.serving => env.send(from, Msg::Pong { seq }),
+            Msg::OutputRejected { version } => {
+                // Telemetry for the health checks after a deploy: a model
+                // output under `version` failed validation.
+                if let Some(w) = self.watch.as_mut()
+                    && version == self.prompt.version
+                {
+                    w.outputs += 1;
+                    w.invalid += 1;
+                }
+            }
             Msg::Promote => {
                 self.promote(env);
                 env.send(from, Msg::PromoteAck);
@@ -444,15 +455,14 @@ impl Orchestrator {
             WorkerWrite::Intent { task, ordinal, key, args } => {
                 self.commit(env, Op::Intent { task, ordinal, key, args })
             }
-            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, invalid_outputs, adopt } => {
+            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, adopt } => {
                 if let Some((g, d)) = adopt {
                     self.commit(env, Op::Result { task, ordinal: g, decision: d, reconciled: true, corrupt: false });
                 }
                 if let Some(w) = self.watch.as_mut()
                     && decision != NO_DECISION
                 {
-                    w.outputs += 1 + u64::from(invalid_outputs);
-                    w.invalid += u64::from(invalid_outputs);
+                    w.outputs += 1;
                 }
                 let already = self.store.task(task).is_some_and(|t| t.status == TaskStatus::Done);
                 let mut lsn = self.commit(env, Op::Result { task, ordinal, decision, reconciled, corrupt });

@@ -135,6 +135,12 @@ pub enum Msg {
         /// Who to answer.
         publisher: HostId,
     },
+    /// Telemetry: a model output failed the agent's validation under this
+    /// prompt version (the health checks after a deploy count these).
+    OutputRejected {
+        /// Prompt/config version the worker ran with.
+        version: u32,
+    },
     /// A probe job finished (the orchestrator tells the client).
     Completed {
         /// Job.
@@ -185,6 +191,8 @@ pub enum Msg {
         ok: bool,
         /// New lease duration from now.
         lease_ms: u64,
+        /// The live prompt/config version (a rollback reaches running tasks).
+        prompt: crate::orchestrator::Prompt,
     },
 
     // --- worker ⇄ tool APIs
@@ -360,9 +368,6 @@ pub enum WorkerWrite {
         /// The result came from a response that did not match the schema
         /// (written only when validation is off).
         corrupt: bool,
-        /// Model outputs that failed validation before this one succeeded
-        /// (telemetry for the health checks after a deploy).
-        invalid_outputs: u16,
         /// A decision adopted from an API's record of the effect: persist it
         /// as step `.0`'s decision too.
         adopt: Option<(u16, u32)>,

@@ -108,8 +108,6 @@ struct TaskCtx {
     persisted_decision: bool,
     /// The prompt/config version this task runs with.
     prompt: crate::orchestrator::Prompt,
-    /// Model outputs of the current step that failed validation.
-    invalid_outputs: u16,
     /// The record may be missing progress: reconcile before deciding or
     /// acting again (bit per step already reconciled).
     replay: bool,
@@ -354,13 +352,14 @@ impl Worker {
                     _ => {}
                 }
             }
-            Msg::HeartbeatAck { task, ok, lease_ms } => {
+            Msg::HeartbeatAck { task, ok, lease_ms, prompt } => {
                 let now = self.lease_clock(env);
                 let Some(c) = self.ctx.as_mut() else { return };
                 if c.task != task {
                     return;
                 }
                 if ok {
+                    c.prompt = prompt;
                     c.lease_until_us = now + lease_ms * US_PER_MS * 9 / 10;
                 } else {
                     self.abandon(env);
@@ -496,7 +495,6 @@ impl Worker {
             corrupt: false,
             persisted_decision: false,
             prompt: g.prompt,
-            invalid_outputs: 0,
             replay: g.replay,
             replay_checked: 0,
             lookup_for: LookupFor::Step,
@@ -577,7 +575,6 @@ impl Worker {
                 reconciled: false,
                 last,
                 corrupt: false,
-                invalid_outputs: 0,
                 adopt: None,
             };
             self.write(env, Wait::Persist, write);
@@ -828,9 +825,10 @@ impl Worker {
         if std::mem::take(&mut self.model_invalid) {
             // The output failed validation (a defective prompt version):
             // nothing is acted on; ask again.
-            let c = self.ctx();
-            c.invalid_outputs = c.invalid_outputs.saturating_add(1);
-            c.on_resume = Again::Call;
+            let version = self.ctx().prompt.version;
+            let to = self.orchestrator(env);
+            env.send(to, Msg::OutputRejected { version });
+            self.ctx().on_resume = Again::Call;
             self.wait_then_resume(env, US_PER_S);
             return;
         }
@@ -931,7 +929,6 @@ impl Worker {
                     reconciled: true,
                     last,
                     corrupt: false,
-                    invalid_outputs: 0,
                     adopt,
                 };
                 self.write(env, Wait::Persist, write);
@@ -973,17 +970,8 @@ impl Worker {
         let last = ordinal as usize + 1 == len;
         let corrupt = std::mem::take(&mut self.ctx().corrupt);
         self.ctx().persisted_decision = durable != NO_DECISION;
-        let invalid_outputs = std::mem::take(&mut self.ctx().invalid_outputs);
-        let write = WorkerWrite::Result {
-            task,
-            ordinal,
-            decision: durable,
-            reconciled: false,
-            last,
-            corrupt,
-            invalid_outputs,
-            adopt: None,
-        };
+        let write =
+            WorkerWrite::Result { task, ordinal, decision: durable, reconciled: false, last, corrupt, adopt: None };
         self.write(env, Wait::Persist, write);
     }
 

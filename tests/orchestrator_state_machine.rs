@@ -504,7 +504,6 @@ impl StateMachineTest for OrchTest {
                             reconciled: matches!(op, Op::Reconcile { .. }),
                             last: h.cursor + 1 == STEPS,
                             corrupt: false,
-                            invalid_outputs: 0,
                             adopt: None,
                         },
                     },
