@@ -7,7 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group};
 use agentdrill::bench::{self, FloorWork, floor};
 use agentdrill::drill;
 
-fn work() -> (agentdrill::scenario::Scenario, FloorWork) {
+fn work() -> (agentdrill::drill::scenario::Scenario, FloorWork) {
     let sc = bench::throughput_scenario(20_000);
     let stats = drill::simulate(&sc, sc.seed, false).stack.rt.stats();
     let work =

@@ -31,13 +31,13 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::components::env::{Phase, Timer};
+use crate::components::ids::{HostId, Micros, RegionId, US_PER_MS};
+use crate::components::provider::ErrorMode;
+use crate::components::wire::Msg;
 use crate::drill;
-use crate::env::{Phase, Timer};
-use crate::ids::{HostId, Micros, RegionId, US_PER_MS};
-use crate::provider::ErrorMode;
-use crate::scenario::{self, Dur, FaultSpec, RegionName, Scenario, When, WorkerTarget};
+use crate::drill::scenario::{self, Dur, FaultSpec, RegionName, Scenario, When, WorkerTarget};
 use crate::sim::{Event, NetConfig, Runtime};
-use crate::wire::Msg;
 
 // ---------------------------------------------------------------- memory
 
@@ -187,7 +187,7 @@ pub fn generated_drill(base: &Scenario, seed: u64) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut sc = base.clone();
     sc.seed = seed;
-    let templates = crate::workflow::builtin();
+    let templates = crate::components::workflow::builtin();
     let job = rng.random_range(0..GENERATED_TASKS);
     let tpl = &sc.workload.templates[job as usize % sc.workload.templates.len()];
     let steps = templates.iter().find(|t| t.name == tpl).map_or(1, |t| t.steps.len()) as u16;
@@ -473,7 +473,7 @@ fn vm_hwm_bytes() -> Option<u64> {
 
 /// The catalogue's scenario files (what `agentdrill run DIR` runs).
 pub fn catalogue_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    crate::loader::scenario_files(dir)
+    crate::drill::loader::scenario_files(dir)
 }
 
 /// Loads and runs every drill of a catalogue (what `agentdrill run DIR`

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
-use agentdrill::loader::{self, Loaded};
+use agentdrill::drill::loader::{self, Loaded};
+use agentdrill::drill::{self, scenario};
 use agentdrill::report::{self, Entry};
-use agentdrill::{drill, scenario};
 use tabled::{Table, Tabled, settings::Style};
 
 use crate::Format;

@@ -9,7 +9,7 @@
 //!
 //! ```
 //! use agentdrill::fuzz::{self, PolicyChoice};
-//! use agentdrill::{drill, invariants};
+//! use agentdrill::drill::{self, invariants};
 //! use proptest::prelude::*;
 //! use proptest::test_runner::{Config, RngSeed, TestRunner};
 //!
@@ -85,18 +85,18 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde::Serialize;
 
-use crate::env::Phase;
-use crate::ids::{Micros, US_PER_S};
-use crate::invariants::{self, Budget, Invariant, Violation};
-use crate::orchestrator::Replication;
-use crate::policy::AntiPattern;
-use crate::provider::ErrorMode;
-use crate::region::Pattern;
-use crate::scenario::{
+use crate::components::env::Phase;
+use crate::components::ids::{Micros, US_PER_S};
+use crate::components::orchestrator::Replication;
+use crate::components::policy::AntiPattern;
+use crate::components::provider::ErrorMode;
+use crate::components::region::Pattern;
+use crate::drill::invariants::{self, Budget, Invariant, Violation};
+use crate::drill::scenario::{
     Arrival, Dur, Expect, FailoverSpec, FaultSpec, RegionName, Scenario, Skew, SnapshotLocation, StackSpec, ToolApi,
     VectorSpec, When, WorkerTarget, Workload,
 };
-use crate::tier::Tier;
+use crate::drill::tier::Tier;
 
 /// The most faults a generated drill has.
 pub const MAX_FAULTS: usize = 4;
@@ -251,7 +251,8 @@ impl PolicyChoice {
         };
         match self {
             PolicyChoice::QueueDedupeWindow => {
-                stack.queue = Some(crate::queue::QueueConfig { dedupe_window_ms: 30_000, ..Default::default() });
+                stack.queue =
+                    Some(crate::components::queue::QueueConfig { dedupe_window_ms: 30_000, ..Default::default() });
                 stack.apis.email_dedupe = false;
                 workload.submit_retry = Dur::secs(60 + u64::from(workload.tasks % 61));
                 stream(workload, 10);
@@ -770,7 +771,7 @@ pub fn known_issue(sc: &Scenario) -> Option<&'static KnownIssue> {
 
 /// Resolves raw fault numbers against the workload and stack.
 fn resolve(f: &mut FaultSpec, workload: &Workload, stack: &StackSpec) {
-    let templates = crate::workflow::builtin();
+    let templates = crate::components::workflow::builtin();
     let tasks = workload.tasks.max(1);
     let fix_when = |at: &mut When, worker: &mut Option<WorkerTarget>| match at {
         When::Event { job, step, .. } => {
@@ -801,7 +802,7 @@ fn resolve(f: &mut FaultSpec, workload: &Workload, stack: &StackSpec) {
             }
         }
         FaultSpec::Partition { a, b, .. } | FaultSpec::LinkDegradation { a, b, .. } => {
-            let hosts = crate::stack::host_names(stack);
+            let hosts = crate::sim::stack::host_names(stack);
             for e in [&mut *a, &mut *b] {
                 *e = resolve_host(e, stack);
                 if !e.starts_with("region:") && !hosts.contains(e) {
@@ -903,7 +904,7 @@ fn assemble_with(
     policy.prepare(&mut stack, &mut workload);
     // A queue loss needs a queue.
     if stack.queue.is_none() && faults.iter().any(|f| matches!(f, FaultSpec::QueueLoss { .. })) {
-        stack.queue = Some(crate::queue::QueueConfig::default());
+        stack.queue = Some(crate::components::queue::QueueConfig::default());
     }
     for f in &mut faults {
         resolve(f, &workload, &stack);
@@ -1268,7 +1269,7 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn parse_budget(s: &str) -> Result<Duration, String> {
-    crate::scenario::parse_duration(s).map(Duration::from_millis)
+    crate::drill::scenario::parse_duration(s).map(Duration::from_millis)
 }
 
 /// `agentdrill fuzz` arguments.

@@ -5,33 +5,21 @@
 //! injected faults on a deterministic simulator; RTO, RPO and duplicate side
 //! effects are measured from ground truth and compared with the recovery
 //! tier the stack claims. See `ARCHITECTURE.md` for the map.
+//!
+//! The folders show the architecture:
+//! - [`components`]: the sans-IO components (orchestrator, worker, ledgers,
+//!   providers, router, vector store, …) shared by every runtime;
+//! - [`sim`]: the deterministic simulator runtime and the simulated stack;
+//! - [`drill`]: scenarios, loading, measurement, invariants and the verdict;
+//! - [`fuzz`]: generated drills, shrinking and reproducers;
+//! - [`report`]: tables, JSON, JUnit, Markdown and `explain`;
+//! - [`bench`]: `agentdrill bench`.
 
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod components;
 pub mod drill;
-pub mod env;
 pub mod fuzz;
-pub mod ids;
-pub mod invariants;
-pub mod ledger;
-pub mod loader;
-pub mod matrix;
-pub mod measure;
-pub mod orchestrator;
-pub mod policy;
-pub mod provider;
-pub mod queue;
-pub mod region;
 pub mod report;
-pub mod router;
-pub mod scenario;
-pub mod schema;
 pub mod sim;
-pub mod stack;
-pub mod store;
-pub mod tier;
-pub mod vector;
-pub mod wire;
-pub mod worker;
-pub mod workflow;

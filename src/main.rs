@@ -161,7 +161,7 @@ fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     for p in paths {
         if p.is_dir() {
             files.extend(
-                agentdrill::loader::scenario_files(p)
+                agentdrill::drill::loader::scenario_files(p)
                     .with_context(|| format!("{}: cannot read folder", p.display()))?,
             );
         } else if p.exists() {
@@ -205,7 +205,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Matrix { stack, seeds, patterns, format } => {
-            let sc = match agentdrill::scenario::load(&stack) {
+            let sc = match agentdrill::drill::scenario::load(&stack) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -216,21 +216,21 @@ fn main() -> ExitCode {
                 eprintln!("error: --seeds must be at least 1");
                 return ExitCode::from(2);
             }
-            let per = agentdrill::matrix::drills_per_matrix(&sc, seeds) * if patterns { 3 } else { 1 };
+            let per = agentdrill::drill::matrix::drills_per_matrix(&sc, seeds) * if patterns { 3 } else { 1 };
             let bar = progress(per);
             let tick = || bar.inc(1);
             let out = if patterns {
-                let ms = agentdrill::matrix::patterns(&sc, seeds, tick);
+                let ms = agentdrill::drill::matrix::patterns(&sc, seeds, tick);
                 bar.finish_and_clear();
                 match format {
-                    TableOrJson::Table => agentdrill::matrix::render_patterns(&ms),
+                    TableOrJson::Table => agentdrill::drill::matrix::render_patterns(&ms),
                     TableOrJson::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
                 }
             } else {
-                let m = agentdrill::matrix::matrix(&sc, seeds, tick);
+                let m = agentdrill::drill::matrix::matrix(&sc, seeds, tick);
                 bar.finish_and_clear();
                 match format {
-                    TableOrJson::Table => agentdrill::matrix::render(&m),
+                    TableOrJson::Table => agentdrill::drill::matrix::render(&m),
                     TableOrJson::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
                 }
             };
@@ -240,7 +240,7 @@ fn main() -> ExitCode {
         Command::Run { paths, seed, format, out } => cli::run(&paths, seed, format, out),
         Command::Explain { file, seed } => cli::explain(&file, seed),
         Command::Schema => {
-            println!("{}", agentdrill::schema::render());
+            println!("{}", agentdrill::drill::schema::render());
             ExitCode::SUCCESS
         }
         Command::List { paths } => cli::list(&paths),

@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tabled::{Table, Tabled, settings::Style};
 
+use crate::components::ids::us_to_s;
+use crate::drill::scenario::Expect;
 use crate::drill::{DrillResult, describe};
-use crate::ids::us_to_s;
-use crate::scenario::Expect;
 
 /// agentdrill's version, as reports carry it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,7 +29,7 @@ pub struct Entry {
     pub result: DrillResult,
     /// The scenario file, as given on the command line.
     pub file: Option<PathBuf>,
-    /// The scenario's content hash (see [`crate::loader::Loaded::hash`]).
+    /// The scenario's content hash (see [`crate::drill::loader::Loaded::hash`]).
     pub hash: Option<String>,
     /// Wall time the drill took (JUnit `time`; nothing else uses it).
     pub wall: Option<Duration>,
@@ -237,8 +237,8 @@ pub fn timeline_rows(d: &DrillResult) -> Vec<(f64, String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::Note;
-    use crate::ids::JobId;
+    use crate::components::env::Note;
+    use crate::components::ids::JobId;
 
     #[test]
     fn note_kinds_are_snake_case() {

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use agentdrill::components::env::Phase;
+use agentdrill::drill::scenario::{self, Scenario};
 use agentdrill::drill::{self, DrillResult};
-use agentdrill::env::Phase;
-use agentdrill::scenario::{self, Scenario};
 
 fn parse(text: &str) -> Scenario {
     scenario::parse(Path::new("test.toml"), text).unwrap_or_else(|e| panic!("{e}"))
@@ -65,7 +65,8 @@ fn reference_policy_fences_a_zombie_at_every_phase() {
 }
 
 fn catalogue(dir: &str) -> Vec<PathBuf> {
-    agentdrill::loader::scenario_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir)).expect("catalogue folder")
+    agentdrill::drill::loader::scenario_files(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .expect("catalogue folder")
 }
 
 #[test]
@@ -236,7 +237,7 @@ fn host_names_match_the_built_stack() {
     for f in catalogue("scenarios") {
         let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
         let built: Vec<String> =
-            agentdrill::stack::Stack::build(&sc, 1).rt.hosts().iter().map(|h| h.name.clone()).collect();
-        assert_eq!(agentdrill::stack::host_names(&sc.stack), built, "{}", f.display());
+            agentdrill::sim::stack::Stack::build(&sc, 1).rt.hosts().iter().map(|h| h.name.clone()).collect();
+        assert_eq!(agentdrill::sim::stack::host_names(&sc.stack), built, "{}", f.display());
     }
 }

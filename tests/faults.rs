@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use agentdrill::drill::scenario::{self, Scenario};
 use agentdrill::drill::{self, DrillResult};
-use agentdrill::scenario::{self, Scenario};
 
 fn load(rel: &str) -> Scenario {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(rel);
@@ -54,7 +54,10 @@ fn a_worker_cut_off_from_the_store_loses_its_task_and_is_fenced() {
 fn a_partition_without_failover_loses_nothing() {
     let r = drill::run(&load("network/partition-regions.toml"), 15);
     assert_eq!(r.rpo_s, 0.0);
-    assert!(!r.trace.iter().any(|e| matches!(e.note, agentdrill::env::Note::FailoverDetected)), "no failover");
+    assert!(
+        !r.trace.iter().any(|e| matches!(e.note, agentdrill::components::env::Note::FailoverDetected)),
+        "no failover"
+    );
 }
 
 #[test]
@@ -100,7 +103,7 @@ fn a_breaking_tool_change_writes_no_corrupted_state() {
     for seed in 1..=4 {
         let r = drill::run(&load("tools/payment-schema-change.toml"), seed);
         clean(&r, "schema change");
-        assert!(r.trace.iter().any(|e| matches!(e.note, agentdrill::env::Note::SchemaViolation { .. })));
+        assert!(r.trace.iter().any(|e| matches!(e.note, agentdrill::components::env::Note::SchemaViolation { .. })));
     }
     caught(&drill::run(&load("antipatterns/no-response-validation.toml"), 20), "no validation", "corrupted writes");
 }
@@ -127,7 +130,7 @@ fn vector_corruption_restores_the_newest_clean_snapshot() {
         let rpo = r.rpo_surfaces.vector_memory_s;
         assert!(rpo > 0.0 && rpo <= 300.0, "seed {seed}: vector RPO {rpo}");
         let restored = r.trace.iter().find_map(|e| match e.note {
-            agentdrill::env::Note::Restored { snapshot_taken_at_us, .. } => Some(snapshot_taken_at_us),
+            agentdrill::components::env::Note::Restored { snapshot_taken_at_us, .. } => Some(snapshot_taken_at_us),
             _ => None,
         });
         let taken = restored.expect("restored") as f64 / 1e6;

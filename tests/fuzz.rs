@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use agentdrill::drill::scenario::{self, Expect};
+use agentdrill::drill::{self, invariants};
 use agentdrill::fuzz::{self, FuzzOptions, PolicyChoice};
-use agentdrill::scenario::{self, Expect};
-use agentdrill::{drill, invariants};
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("agentdrill-fuzz-{}-{name}", std::process::id()));

@@ -19,11 +19,11 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use agentdrill::env::{Env, Note, Phase, Service, Timer};
-use agentdrill::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS};
-use agentdrill::orchestrator::{OrchConfig, Orchestrator, Replication};
-use agentdrill::store::{NO_DECISION, StepState, TaskStatus};
-use agentdrill::wire::{Msg, WorkerWrite};
+use agentdrill::components::env::{Env, Note, Phase, Service, Timer};
+use agentdrill::components::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS};
+use agentdrill::components::orchestrator::{OrchConfig, Orchestrator, Replication};
+use agentdrill::components::store::{NO_DECISION, StepState, TaskStatus};
+use agentdrill::components::wire::{Msg, WorkerWrite};
 
 const ORCH: HostId = HostId(0);
 const CLIENT: HostId = HostId(1);
@@ -567,7 +567,7 @@ impl StateMachineTest for OrchTest {
         let mut last_token = vec![0u64; model.tasks.len()];
         for (n, rec) in store.log().iter().enumerate() {
             assert_eq!(rec.lsn, n as u64 + 1);
-            if let agentdrill::store::Op::Lease { task, lease } = rec.op {
+            if let agentdrill::components::store::Op::Lease { task, lease } = rec.op {
                 let i = task.0 as usize;
                 assert_eq!(lease.token, last_token[i] + 1, "task {i}: tokens grow by one per lease");
                 last_token[i] = lease.token;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agentdrill::loader;
+use agentdrill::drill::loader;
 use proptest::prelude::*;
 
 fn catalogue() -> Vec<(PathBuf, String)> {

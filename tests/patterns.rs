@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use agentdrill::components::region::Pattern;
 use agentdrill::drill;
-use agentdrill::matrix::{self, apply_pattern};
-use agentdrill::region::Pattern;
-use agentdrill::scenario::{self, Scenario};
+use agentdrill::drill::matrix::{self, apply_pattern};
+use agentdrill::drill::scenario::{self, Scenario};
 
 fn reference() -> Scenario {
     scenario::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/stacks/reference.toml")).expect("loads")

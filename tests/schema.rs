@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agentdrill::schema;
+use agentdrill::drill::schema;
 
 fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("folder") {

@@ -15,11 +15,11 @@
 //! fixed one-way latency and no loss on both sides, and both sides end with
 //! `tasks × calls` effects in the API's ledger and no duplicate.
 
-use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, RegionId, TaskId, US_PER_MS, US_PER_S};
-use crate::ledger::{ApiConfig, CallOutcome, SideEffectApi};
+use crate::components::ids::{HostId, IdemKey, JobId, Micros, Origin, RegionId, TaskId, US_PER_MS, US_PER_S};
+use crate::components::ledger::{ApiConfig, CallOutcome, SideEffectApi};
+use crate::components::workflow::args_for;
 use crate::sim::net::LinkConfig;
 use crate::sim::{Event, NetConfig, Runtime};
-use crate::workflow::args_for;
 
 /// The shape of the peer workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,14 +5,14 @@
 use std::fmt::Write as _;
 
 use super::{Entry, cost_increase_pct, failure_reason, timeline_rows};
-use crate::env::{Note, Phase};
-use crate::ids::us_to_s;
-use crate::orchestrator::Replication;
-use crate::policy::Policy;
-use crate::provider::ErrorMode;
-use crate::region::Pattern;
-use crate::scenario::{Expect, FaultSpec, RegionName, Scenario, SnapshotLocation, When, WorkerTarget};
-use crate::tier::Invariant;
+use crate::components::env::{Note, Phase};
+use crate::components::ids::us_to_s;
+use crate::components::orchestrator::Replication;
+use crate::components::policy::Policy;
+use crate::components::provider::ErrorMode;
+use crate::components::region::Pattern;
+use crate::drill::scenario::{Expect, FaultSpec, RegionName, Scenario, SnapshotLocation, When, WorkerTarget};
+use crate::drill::tier::Invariant;
 
 /// The narrative of one drill.
 pub fn narrative(e: &Entry, sc: &Scenario) -> String {
@@ -143,12 +143,12 @@ fn stack_lines(sc: &Scenario) -> Vec<String> {
         }
         Replication::Sync { degrade_after_ms: Some(ms) } => format!(
             "Structured state replicates synchronously, falling back to asynchronous after {} without region B's answer.",
-            crate::scenario::Dur(ms)
+            crate::drill::scenario::Dur(ms)
         ),
         Replication::Async { lag_ms, interval_ms } => format!(
             "Structured state replicates asynchronously, {} behind, shipped every {}.",
-            crate::scenario::Dur(lag_ms),
-            crate::scenario::Dur(interval_ms)
+            crate::drill::scenario::Dur(lag_ms),
+            crate::drill::scenario::Dur(interval_ms)
         ),
     });
     let vec = &s.vector;
@@ -181,8 +181,8 @@ fn stack_lines(sc: &Scenario) -> Vec<String> {
                 format!(
                     ", each behind a circuit breaker ({} failures in {}, open {})",
                     s.breaker.failure_threshold,
-                    crate::scenario::Dur(s.breaker.window_ms),
-                    crate::scenario::Dur(s.breaker.open_ms)
+                    crate::drill::scenario::Dur(s.breaker.window_ms),
+                    crate::drill::scenario::Dur(s.breaker.open_ms)
                 )
             } else {
                 ", with no circuit breakers".into()
@@ -193,7 +193,7 @@ fn stack_lines(sc: &Scenario) -> Vec<String> {
     });
     v.push(format!(
         "Leases of {}{}{}; a recovery scan every {}.",
-        crate::scenario::Dur(p.lease_ms),
+        crate::drill::scenario::Dur(p.lease_ms),
         if p.heartbeat { ", renewed while the worker works" } else { ", never renewed" },
         if p.fencing { ", with fencing tokens" } else { ", with NO fencing" },
         s.recovery_scan
@@ -216,8 +216,8 @@ fn stack_lines(sc: &Scenario) -> Vec<String> {
         v.push(format!(
             "Jobs go through a queue ({}): duplicates within {} are dropped, redelivery after {}{}.",
             if q.replicated { "mirrored to region B" } else { "not replicated" },
-            crate::scenario::Dur(q.dedupe_window_ms),
-            crate::scenario::Dur(q.ack_wait_ms),
+            crate::drill::scenario::Dur(q.dedupe_window_ms),
+            crate::drill::scenario::Dur(q.ack_wait_ms),
             q.max_deliver.map_or_else(String::new, |m| format!(", at most {m} deliveries"))
         ));
     }
@@ -227,9 +227,10 @@ fn stack_lines(sc: &Scenario) -> Vec<String> {
         w.tasks,
         w.templates.join(", "),
         match w.arrival {
-            crate::scenario::Arrival::AtOnce => "all at once".to_owned(),
-            crate::scenario::Arrival::Uniform => format!("one every {}", w.interval),
-            crate::scenario::Arrival::Poisson => format!("arriving at random, one every {} on average", w.interval),
+            crate::drill::scenario::Arrival::AtOnce => "all at once".to_owned(),
+            crate::drill::scenario::Arrival::Uniform => format!("one every {}", w.interval),
+            crate::drill::scenario::Arrival::Poisson =>
+                format!("arriving at random, one every {} on average", w.interval),
         }
     ));
     v
@@ -270,7 +271,7 @@ fn phase_words(p: Phase) -> &'static str {
 }
 
 fn step_name(sc: &Scenario, job: u32, step: u16) -> String {
-    let templates = crate::workflow::builtin();
+    let templates = crate::components::workflow::builtin();
     let Some(name) = sc.workload.templates.get(job as usize % sc.workload.templates.len().max(1)) else {
         return format!("step {step}");
     };
@@ -377,7 +378,7 @@ fn mode_words(m: &ErrorMode) -> String {
     #[allow(unreachable_patterns)] // new modes fall back to their JSON
     match m {
         ErrorMode::RateLimited { retry_after_ms } => {
-            format!("answers 429 rate_limit_error with retry-after {}", crate::scenario::Dur(*retry_after_ms))
+            format!("answers 429 rate_limit_error with retry-after {}", crate::drill::scenario::Dur(*retry_after_ms))
         }
         ErrorMode::QuotaExhausted => "answers 429 insufficient_quota (not retryable)".into(),
         ErrorMode::ServerError => "answers 500 api_error".into(),

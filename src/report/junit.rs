@@ -5,7 +5,7 @@
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use super::{Entry, failure_reason, timeline};
-use crate::scenario::Expect;
+use crate::drill::scenario::Expect;
 
 /// Renders the JUnit XML report.
 pub fn junit(entries: &[Entry]) -> String {

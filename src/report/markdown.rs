@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{Entry, VERSION, cost_increase_pct, failure_reason, timeline_rows};
 use crate::drill::DrillResult;
-use crate::scenario::Expect;
+use crate::drill::scenario::Expect;
 
 /// Timeline rows shown per drill before the middle is elided.
 const TIMELINE_HEAD: usize = 120;
@@ -171,7 +171,7 @@ fn measurements(out: &mut String, d: &DrillResult) {
     ] {
         let _ = writeln!(out, "| &nbsp;&nbsp;{what} | {v:.1} s | | |");
     }
-    for inv in crate::tier::Invariant::ALL {
+    for inv in crate::drill::tier::Invariant::ALL {
         let n = d.counts.of(inv);
         let checked = d.invariants.contains(&inv);
         let _ = writeln!(

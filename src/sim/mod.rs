@@ -20,11 +20,12 @@
 //! lost, without any bookkeeping in the components.
 
 pub mod net;
+pub mod stack;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::ids::{HostId, Micros, RegionId};
+use crate::components::ids::{HostId, Micros, RegionId};
 pub use net::{Endpoint, LinkClass, NetConfig, Network, Partition};
 
 /// A host's runtime status.
@@ -480,7 +481,7 @@ impl<M, T> Runtime<M, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::US_PER_S;
+    use crate::components::ids::US_PER_S;
 
     fn rt() -> Runtime<u32, u32> {
         Runtime::new(7, NetConfig::default())

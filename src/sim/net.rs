@@ -5,7 +5,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{HostId, Micros, RegionId};
+use crate::components::ids::{HostId, Micros, RegionId};
 
 /// Which kind of link a message crosses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,18 +58,18 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS, US_PER_S, us_to_s};
+use crate::components::orchestrator::Replication;
+use crate::components::policy::{Checkpointing, Policy};
+use crate::components::provider::ErrorMode;
+use crate::components::region::Pattern;
+use crate::components::router::{DEFAULT_BACKOFF_BASE_MS, MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
+use crate::components::store::{LogRec, Op, StepState, TaskStatus};
+use crate::components::workflow::{StepKind, Template};
 use crate::drill::Run;
-use crate::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS, US_PER_S, us_to_s};
-use crate::measure::{FaultResult, measure};
-use crate::orchestrator::Replication;
-use crate::policy::{Checkpointing, Policy};
-use crate::provider::ErrorMode;
-use crate::region::Pattern;
-use crate::router::{DEFAULT_BACKOFF_BASE_MS, MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
-use crate::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation};
-use crate::stack::{Node, Stack};
-use crate::store::{LogRec, Op, StepState, TaskStatus};
-use crate::workflow::{StepKind, Template};
+use crate::drill::measure::{FaultResult, measure};
+use crate::drill::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation};
+use crate::sim::stack::{Node, Stack};
 
 /// One invariant. The order is the order of precedence when a drill breaks
 /// several: the first is the one a reproducer is named after.
@@ -202,7 +202,7 @@ pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
     // cover (`agentdrill run` checks every count itself): steps decided
     // again after their result was persisted, two workers acting
     // on one step, results persisted from unvalidated tool responses.
-    use crate::tier::Invariant as Counted;
+    use crate::drill::tier::Invariant as Counted;
     let targets = sc.tier.targets();
     for inv in
         [Counted::NoReplannedSteps, Counted::NoStaleActions, Counted::NoCorruptedWrites, Counted::NoConcurrentRuns]
@@ -241,7 +241,7 @@ struct Ground<'a> {
     stack: &'a Stack,
     policy: Policy,
     /// Every ledger entry of the payment and email APIs.
-    ledger: Vec<crate::ledger::LedgerEntry>,
+    ledger: Vec<crate::components::ledger::LedgerEntry>,
     /// The serving store's log.
     serving_log: &'a [LogRec],
     /// Logs of primaries lost with their region.
@@ -317,7 +317,7 @@ impl<'a> Ground<'a> {
 }
 
 fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
-    let mut per_step: BTreeMap<(JobId, u16), Vec<&crate::ledger::LedgerEntry>> = BTreeMap::new();
+    let mut per_step: BTreeMap<(JobId, u16), Vec<&crate::components::ledger::LedgerEntry>> = BTreeMap::new();
     for e in &g.ledger {
         per_step.entry((e.origin.job, e.origin.step)).or_default().push(e);
     }
@@ -571,7 +571,7 @@ fn lost_record_at(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
 /// The oldest acknowledged vector point the serving store lacks.
 fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
     let vec = &g.stack.vector(g.stack.serving_vector()).store;
-    let mut best: Option<(Micros, crate::vector::PointId)> = None;
+    let mut best: Option<(Micros, crate::components::vector::PointId)> = None;
     for (p, at) in &g.stack.truth.vec_acks {
         if *at <= t0 && vec.query(*p).is_none() && best.is_none_or(|(b, bp)| (*at, *p) < (b, bp)) {
             best = Some((*at, *p));
@@ -858,7 +858,7 @@ fn worker_processes(g: &Ground<'_>) -> u64 {
         .truth
         .trace
         .iter()
-        .filter(|e| matches!(e.note, crate::env::Note::Restarted { host } if workers.contains(&host)))
+        .filter(|e| matches!(e.note, crate::components::env::Note::Restarted { host } if workers.contains(&host)))
         .count() as u64;
     initial + restarts
 }
@@ -908,7 +908,7 @@ impl Budget {
         let detection_us = f.health_interval.us() * u64::from(f.failure_threshold) + f.health_timeout.us();
         let routing_us = f.promotion.us() + f.dns_ttl.us();
         let scale_up_us = if s.pattern == Pattern::ActiveActive { 0 } else { f.scale_up.us() };
-        let templates = crate::workflow::builtin();
+        let templates = crate::components::workflow::builtin();
         let used: Vec<&Template> =
             sc.workload.templates.iter().filter_map(|n| templates.iter().find(|t| t.name == n)).collect();
         let mem_writes = used
@@ -1130,7 +1130,9 @@ impl Budget {
             // Health window (re-armed once while there is no traffic) and
             // the rollback.
             FaultSpec::BadDeploy { .. } => {
-                2 * crate::orchestrator::DEPLOY_WINDOW_US + crate::orchestrator::ROLLBACK_US + self.lease_us
+                2 * crate::components::orchestrator::DEPLOY_WINDOW_US
+                    + crate::components::orchestrator::ROLLBACK_US
+                    + self.lease_us
             }
             FaultSpec::QueueLoss { duration, .. } => {
                 let replicated = s.queue.is_some_and(|q| q.replicated);
@@ -1273,7 +1275,7 @@ impl Budget {
 /// The last arrival of the workload, an upper estimate for Poisson arrivals
 /// (three times the mean span).
 pub fn last_arrival_us(sc: &Scenario) -> Micros {
-    use crate::scenario::Arrival;
+    use crate::drill::scenario::Arrival;
     let n = u64::from(sc.workload.tasks.saturating_sub(1));
     match sc.workload.arrival {
         Arrival::AtOnce => 0,

@@ -36,7 +36,7 @@
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Micros, US_PER_MS};
+use crate::components::ids::{Micros, US_PER_MS};
 
 /// Lowest latency jitter, in per-mille of the nominal latency.
 pub const JITTER_MIN_PERMILLE: u64 = 800;

@@ -15,7 +15,7 @@
 //!    the first. Errors inside buffered parts (a fault's fields are read
 //!    through serde's internally tagged enum, which drops positions) are
 //!    placed by finding the value or key the message names.
-//! 4. The cross-field rules ([`crate::scenario::problems`]) run on the result
+//! 4. The cross-field rules ([`crate::drill::scenario::problems`]) run on the result
 //!    and their fields are placed through the same tree.
 //!
 //! Nothing here panics on any input, and a scenario with any error is never
@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::scenario::{FaultSpec, Scenario, ScenarioError};
+use crate::drill::scenario::{FaultSpec, Scenario, ScenarioError};
 
 /// A scenario read from disk (or text) with what it was made of.
 #[derive(Clone, Debug)]
@@ -693,7 +693,7 @@ fn build(src: &Sources, path: &Path) -> Result<Scenario, Vec<Diag>> {
         let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
         long.starts_with(short) && matches!(long.as_bytes().get(short.len()), None | Some(b'.' | b'['))
     };
-    for p in crate::scenario::problems(&sc) {
+    for p in crate::drill::scenario::problems(&sc) {
         let field = renumber(&p.field, &kept);
         let reads = std::iter::once(p.field.as_str()).chain(p.depends_on.iter().map(String::as_str));
         if reads.clone().any(|r| rest.touched.iter().any(|t| overlaps(r, t))) {
@@ -826,7 +826,7 @@ mod tests {
         assert_eq!(s.workers, 6);
         assert_eq!(s.failover.dns_ttl.ms(), 20_000);
         assert_eq!(s.failover.scale_up.ms(), 300_000);
-        assert_eq!(s.replication, crate::orchestrator::Replication::Sync { degrade_after_ms: None });
+        assert_eq!(s.replication, crate::components::orchestrator::Replication::Sync { degrade_after_ms: None });
         assert_eq!(l.scenario.workload.tasks, 7);
         assert_eq!(l.files.len(), 2);
         // An error in the included file names that file.

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::scenario::Scenario;
+use crate::drill::scenario::Scenario;
 
 /// The schema as a JSON value (draft 2020-12).
 pub fn scenario_schema() -> Value {

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{HostId, IdemKey, Micros, Origin, US_PER_MS, US_PER_S};
+use crate::components::ids::{HostId, IdemKey, Micros, Origin, US_PER_MS, US_PER_S};
 
 /// Behaviour of one fake API.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -262,10 +262,10 @@ impl SideEffectApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{HostId, JobId};
+    use crate::components::ids::{HostId, JobId};
 
     fn origin(step: u16) -> Origin {
-        Origin { job: JobId(1), step, host: HostId(0), task: crate::ids::TaskId(1), token: 1 }
+        Origin { job: JobId(1), step, host: HostId(0), task: crate::components::ids::TaskId(1), token: 1 }
     }
     const K: IdemKey = IdemKey { hi: 7, lo: 3 };
 

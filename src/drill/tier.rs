@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::US_PER_S;
-use crate::scenario::Dur;
+use crate::components::ids::US_PER_S;
+use crate::drill::scenario::Dur;
 
 /// A named tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -55,8 +55,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Micros, US_PER_MS};
-use crate::provider::{ModelReply, ProviderConfig, ProviderError};
+use crate::components::ids::{Micros, US_PER_MS};
+use crate::components::provider::{ModelReply, ProviderConfig, ProviderError};
 
 /// Longest `retry-after` the SDKs honour; a longer one falls back to backoff.
 pub const MAX_RETRY_AFTER_MS: u64 = 60_000;
@@ -253,10 +253,10 @@ impl Default for RouterPolicy {
     }
 }
 
-impl From<crate::policy::Policy> for RouterPolicy {
+impl From<crate::components::policy::Policy> for RouterPolicy {
     /// The stack's switches: `provider_router` (off = anti-pattern 10) and
     /// `circuit_breakers` (off = anti-pattern 11).
-    fn from(p: crate::policy::Policy) -> Self {
+    fn from(p: crate::components::policy::Policy) -> Self {
         RouterPolicy { breakers: p.circuit_breakers, fallback: p.provider_router }
     }
 }
@@ -394,7 +394,7 @@ impl Router {
     }
 
     /// A router from a stack's settings; `policy` is a [`RouterPolicy`] or
-    /// the stack's [`crate::policy::Policy`].
+    /// the stack's [`crate::components::policy::Policy`].
     pub fn from_settings(settings: &RouterSettings, policy: impl Into<RouterPolicy>) -> Self {
         Router::new(&settings.providers, settings.breaker, policy.into())
     }
@@ -558,8 +558,8 @@ impl RouterCall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::US_PER_S;
-    use crate::provider::{ErrorMode, ModelRequest, ProviderMock};
+    use crate::components::ids::US_PER_S;
+    use crate::components::provider::{ErrorMode, ModelRequest, ProviderMock};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn settings_and_stack_policy_map_onto_the_router() {
-        let mut policy = crate::policy::Policy::default();
+        let mut policy = crate::components::policy::Policy::default();
         let router = Router::from_settings(&RouterSettings::default(), policy);
         assert_eq!(router.n_providers(), 3);
         assert_eq!(router.policy(), RouterPolicy::default());

@@ -6,11 +6,11 @@
 //! knows which. Large payloads are boxed so the common messages stay small
 //! on the simulator's hot path.
 
-use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId};
-use crate::ledger::{CallOutcome, Lookup};
-use crate::provider::{ModelOutcome, ModelRequest};
-use crate::store::{LogRec, StepRec};
-use crate::vector::{PointId, Snapshot};
+use crate::components::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId};
+use crate::components::ledger::{CallOutcome, Lookup};
+use crate::components::provider::{ModelOutcome, ModelRequest};
+use crate::components::store::{LogRec, StepRec};
+use crate::components::vector::{PointId, Snapshot};
 
 /// Which fake API a tool request is for (the discriminant indexes per-API
 /// tables).
@@ -38,7 +38,7 @@ pub struct Grant {
     /// Template index.
     pub template: u16,
     /// The prompt/config version to run with.
-    pub prompt: crate::orchestrator::Prompt,
+    pub prompt: crate::components::orchestrator::Prompt,
     /// Fencing token.
     pub token: u64,
     /// Lease expiry on the orchestrator's clock, as a duration from now.
@@ -192,7 +192,7 @@ pub enum Msg {
         /// New lease duration from now.
         lease_ms: u64,
         /// The live prompt/config version (a rollback reaches running tasks).
-        prompt: crate::orchestrator::Prompt,
+        prompt: crate::components::orchestrator::Prompt,
     },
 
     // --- worker ⇄ tool APIs

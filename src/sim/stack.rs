@@ -13,19 +13,19 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
-use crate::env::{Env, Note, Phase, Service, Timer};
-use crate::ids::{HostId, JobId, Micros, Origin, RegionId, US_PER_MS, US_PER_S};
-use crate::ledger::{ApiConfig, CallOutcome, SideEffectApi};
-use crate::orchestrator::{OrchConfig, Orchestrator, Replication};
-use crate::provider::ProviderMock;
-use crate::queue::Queue;
-use crate::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
-use crate::scenario::{Arrival, Scenario, SnapshotLocation};
+use crate::components::env::{Env, Note, Phase, Service, Timer};
+use crate::components::ids::{HostId, JobId, Micros, Origin, RegionId, US_PER_MS, US_PER_S};
+use crate::components::ledger::{ApiConfig, CallOutcome, SideEffectApi};
+use crate::components::orchestrator::{OrchConfig, Orchestrator, Replication};
+use crate::components::provider::ProviderMock;
+use crate::components::queue::Queue;
+use crate::components::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
+use crate::components::vector::{PointId, RetentionLadder, VectorConfig, VectorStore};
+use crate::components::wire::Msg;
+use crate::components::worker::{Worker, WorkerShared};
+use crate::components::workflow::{self, Template};
+use crate::drill::scenario::{Arrival, Scenario, SnapshotLocation};
 use crate::sim::{Event, NetConfig, Runtime};
-use crate::vector::{PointId, RetentionLadder, VectorConfig, VectorStore};
-use crate::wire::Msg;
-use crate::worker::{Worker, WorkerShared};
-use crate::workflow::{self, Template};
 
 /// Region A.
 pub const REGION_A: RegionId = RegionId(0);
@@ -127,7 +127,7 @@ pub struct Truth {
     pub concurrent_runs: u64,
     /// First side-effect request seen per task, and whether the task has
     /// seen requests under two different lease tokens.
-    pub first_side_request: FxHashMap<crate::ids::TaskId, (Origin, Micros, bool)>,
+    pub first_side_request: FxHashMap<crate::components::ids::TaskId, (Origin, Micros, bool)>,
     /// Side-effect requests of tasks that saw two lease tokens: checked
     /// after the run against the lease history (two workers ran a step?).
     pub suspect_requests: Vec<(Origin, Micros)>,
@@ -193,16 +193,16 @@ pub struct VectorNode {
     ship_delay_us: Micros,
     snapshots_local_only: bool,
     controller: HostId,
-    hydrate_from: Option<crate::vector::Snapshot>,
+    hydrate_from: Option<crate::components::vector::Snapshot>,
     restore_base_us: Micros,
     streamed: bool,
     integrity_check_us: Micros,
     hydrating: bool,
     /// Snapshots uploading to the other region.
-    shipping: std::collections::VecDeque<crate::vector::Snapshot>,
+    shipping: std::collections::VecDeque<crate::components::vector::Snapshot>,
     /// Point-in-time restore in progress after corruption was found: the
     /// store is read-only (and briefly unavailable).
-    restoring: Option<crate::vector::Snapshot>,
+    restoring: Option<crate::components::vector::Snapshot>,
 }
 
 /// The read-only search tool.
@@ -413,7 +413,7 @@ impl Env for SimEnv<'_> {
 
 /// The names of the hosts `Stack::build` creates for a stack, in host-id
 /// order (validation checks fault endpoints against them without building).
-pub fn host_names(spec: &crate::scenario::StackSpec) -> Vec<String> {
+pub fn host_names(spec: &crate::drill::scenario::StackSpec) -> Vec<String> {
     let two = spec.pattern != Pattern::SingleRegion;
     let mut names: Vec<String> = ["client", "orchestrator-a", "orchestrator-b", "vector-a", "vector-b"]
         .into_iter()
@@ -422,7 +422,7 @@ pub fn host_names(spec: &crate::scenario::StackSpec) -> Vec<String> {
         .collect();
     for (i, p) in spec.providers.iter().enumerate() {
         names.push(format!("provider-{}", p.name));
-        let local = p.kind == crate::provider::ProviderKind::Local;
+        let local = p.kind == crate::components::provider::ProviderKind::Local;
         if local && i + 1 == spec.providers.len() && two {
             names.push(format!("provider-{}-b", p.name));
         }
@@ -467,7 +467,7 @@ impl Stack {
         let mut local_b = None;
         for (i, p) in spec.providers.iter().enumerate() {
             let is_last = i + 1 == spec.providers.len();
-            let local = p.kind == crate::provider::ProviderKind::Local;
+            let local = p.kind == crate::components::provider::ProviderKind::Local;
             let region = if local { REGION_A } else { EXTERNAL };
             providers.push(rt.add_host(format!("provider-{}", p.name), region));
             if local && is_last && two {
@@ -538,7 +538,7 @@ impl Stack {
             shipping: Default::default(),
             restoring: None,
         }));
-        let api = |dedupe: bool, latency: crate::scenario::Dur, base: ApiConfig| {
+        let api = |dedupe: bool, latency: crate::drill::scenario::Dur, base: ApiConfig| {
             Node::Api(SideEffectApi::new(ApiConfig { dedupe, processing_us: latency.us(), ..base }))
         };
         nodes[payment.0 as usize] =
@@ -571,7 +571,7 @@ impl Stack {
         }
 
         // Workers.
-        let mut router = crate::router::RouterSettings::for_providers(&spec.providers);
+        let mut router = crate::components::router::RouterSettings::for_providers(&spec.providers);
         router.breaker = spec.breaker;
         let shared_for = |home: Option<HostId>, providers: Vec<HostId>| {
             Rc::new(WorkerShared {
@@ -1268,8 +1268,8 @@ impl Stack {
     }
 
     /// A tool API's responses break their schema for a period.
-    pub fn break_schema(&mut self, api: crate::scenario::ToolApi, from_us: Micros, until_us: Micros) {
-        use crate::scenario::ToolApi;
+    pub fn break_schema(&mut self, api: crate::drill::scenario::ToolApi, from_us: Micros, until_us: Micros) {
+        use crate::drill::scenario::ToolApi;
         let h = match api {
             ToolApi::Payment => self.hosts.payment,
             ToolApi::Email => self.hosts.email,

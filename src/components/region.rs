@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::{Env, Note, Service, Timer};
-use crate::ids::{HostId, Micros, US_PER_MS};
-use crate::wire::Msg;
+use crate::components::env::{Env, Note, Service, Timer};
+use crate::components::ids::{HostId, Micros, US_PER_MS};
+use crate::components::wire::Msg;
 
 /// The failover patterns of seed 003.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -153,7 +153,7 @@ pub struct Controller {
 pub const PINGS_PER_CHECK: u32 = 3;
 /// How often a failover step is sent again until the standby acknowledges
 /// it (it may be down, or the message lost).
-pub const RESEND_US: Micros = 5 * crate::ids::US_PER_S;
+pub const RESEND_US: Micros = 5 * crate::components::ids::US_PER_S;
 
 impl Controller {
     /// A controller watching `primary`, ready to fail over to the standby.

@@ -2,15 +2,15 @@
 //!
 //! Components (orchestrator, worker, fake APIs, controller) are written
 //! against [`Env`] and never see the simulator. The simulation implements
-//! it with virtual time and simulated links (`crate::stack`); a real-process
+//! it with virtual time and simulated links (`crate::sim::stack`); a real-process
 //! transport implements it with a clock, sockets and timers. Everything a
 //! component knows about time, addresses and randomness comes through here.
 
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::ids::{HostId, JobId, Micros, TaskId};
-use crate::wire::Msg;
+use crate::components::ids::{HostId, JobId, Micros, TaskId};
+use crate::components::wire::Msg;
 
 /// A name a component resolves to a host (DNS in a real deployment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, VecDeque};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::env::{Env, Note, Service, Timer};
-use crate::ids::{HostId, JobId, Micros, US_PER_MS};
-use crate::wire::Msg;
+use crate::components::env::{Env, Note, Service, Timer};
+use crate::components::ids::{HostId, JobId, Micros, US_PER_MS};
+use crate::components::wire::Msg;
 
 /// Queue settings (`[stack.queue]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -222,7 +222,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env::{Note, Phase};
+    use crate::components::env::{Note, Phase};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

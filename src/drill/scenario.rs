@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::env::Phase;
-use crate::ids::{Micros, US_PER_MS};
-use crate::orchestrator::Replication;
-use crate::policy::{AntiPattern, Policy};
-use crate::provider::{ErrorMode, ProviderConfig};
-use crate::region::Pattern;
-use crate::tier::TierSpec;
+use crate::components::env::Phase;
+use crate::components::ids::{Micros, US_PER_MS};
+use crate::components::orchestrator::Replication;
+use crate::components::policy::{AntiPattern, Policy};
+use crate::components::provider::{ErrorMode, ProviderConfig};
+use crate::components::region::Pattern;
+use crate::drill::tier::TierSpec;
 
 /// A duration written as text (`"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`),
 /// held in milliseconds. It serialises back to the same kind of text, so a
@@ -178,12 +178,12 @@ pub struct StackSpec {
     /// LLM providers in priority order (the last should be the local fallback).
     pub providers: Vec<ProviderConfig>,
     /// Breaker settings.
-    pub breaker: crate::router::BreakerConfig,
+    pub breaker: crate::components::router::BreakerConfig,
     /// Tool APIs.
     pub apis: ApisSpec,
     /// The in-flight task queue between the client and the orchestrator
     /// (absent: the client submits to the orchestrator directly).
-    pub queue: Option<crate::queue::QueueConfig>,
+    pub queue: Option<crate::components::queue::QueueConfig>,
     /// Recovery-service scan interval.
     pub recovery_scan: Dur,
     /// Worker request timeout.
@@ -202,7 +202,7 @@ impl Default for StackSpec {
             failover: FailoverSpec::default(),
             vector: VectorSpec::default(),
             providers: vec![ProviderConfig::anthropic(), ProviderConfig::openai(), ProviderConfig::local()],
-            breaker: crate::router::BreakerConfig::default(),
+            breaker: crate::components::router::BreakerConfig::default(),
             apis: ApisSpec::default(),
             queue: None,
             recovery_scan: Dur::secs(5),
@@ -803,14 +803,14 @@ impl ScenarioError {
 
 /// Parses a scenario from text; `path` is used in errors, for the default
 /// name and to resolve includes. Every error of the text is reported (see
-/// [`crate::loader`]).
+/// [`crate::drill::loader`]).
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
-    crate::loader::parse(path, text).map(|l| l.scenario)
+    crate::drill::loader::parse(path, text).map(|l| l.scenario)
 }
 
 /// Loads and validates a scenario file, following its includes.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    crate::loader::load(path).map(|l| l.scenario)
+    crate::drill::loader::load(path).map(|l| l.scenario)
 }
 
 /// A broken cross-field rule: the field and what is wrong.
@@ -847,7 +847,7 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
     let mut bad = |field: String, message: String, deps: &[&str]| {
         out.push(Problem { field, message, depends_on: deps.iter().map(|d| (*d).to_owned()).collect() });
     };
-    let templates = crate::workflow::builtin();
+    let templates = crate::components::workflow::builtin();
     let names: Vec<&str> = templates.iter().map(|t| t.name).filter(|n| *n != "probe").collect();
     for (field, message) in sc.tier.problems() {
         bad(field, message, &[]);
@@ -919,7 +919,7 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
             &["workload.arrival"],
         );
     }
-    let hosts = crate::stack::host_names(&sc.stack);
+    let hosts = crate::sim::stack::host_names(&sc.stack);
     for (i, f) in sc.faults.iter().enumerate() {
         let field = |name: &str| format!("faults[{i}].{name}");
         if let Some(at) = f.at()

@@ -20,16 +20,16 @@ use std::rc::Rc;
 
 use rand::Rng;
 
-use crate::env::{Env, Note, Phase, Service, Timer};
-use crate::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId, US_PER_MS, US_PER_S};
-use crate::ledger::{CallOutcome, Lookup};
-use crate::policy::{Checkpointing, KeySource, Policy};
-use crate::provider::ModelRequest;
-use crate::router::{AttemptResult, Breaker, Router, RouterCall, Step as RouteStep};
-use crate::store::{NO_DECISION, StepState};
-use crate::vector::PointId;
-use crate::wire::{Api, Grant, Msg, WorkerWrite};
-use crate::workflow::{MAX_STEPS, StepKind, Template, args_for};
+use crate::components::env::{Env, Note, Phase, Service, Timer};
+use crate::components::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId, US_PER_MS, US_PER_S};
+use crate::components::ledger::{CallOutcome, Lookup};
+use crate::components::policy::{Checkpointing, KeySource, Policy};
+use crate::components::provider::ModelRequest;
+use crate::components::router::{AttemptResult, Breaker, Router, RouterCall, Step as RouteStep};
+use crate::components::store::{NO_DECISION, StepState};
+use crate::components::vector::PointId;
+use crate::components::wire::{Api, Grant, Msg, WorkerWrite};
+use crate::components::workflow::{MAX_STEPS, StepKind, Template, args_for};
 
 /// Everything workers of one stack share (read-only).
 pub struct WorkerShared {
@@ -49,7 +49,7 @@ pub struct WorkerShared {
     /// Provider hosts in priority order (the last is this region's local model).
     pub providers: Vec<HostId>,
     /// Router settings.
-    pub router: crate::router::RouterSettings,
+    pub router: crate::components::router::RouterSettings,
     /// Request timeout towards the orchestrator and tools.
     pub request_timeout_us: Micros,
     /// Each provider's SDK timeout, by provider index.
@@ -107,7 +107,7 @@ struct TaskCtx {
     /// The result being persisted carries a decision.
     persisted_decision: bool,
     /// The prompt/config version this task runs with.
-    prompt: crate::orchestrator::Prompt,
+    prompt: crate::components::orchestrator::Prompt,
     /// The record may be missing progress: reconcile before deciding or
     /// acting again (bit per step already reconciled).
     replay: bool,
@@ -772,7 +772,7 @@ impl Worker {
         let mut call = self.ctx().call.take().expect("routing without a call");
         let step = call.next(&mut self.router, now, last);
         for t in self.router.take_transitions() {
-            if matches!(t.to, crate::router::BreakerState::Open { .. }) {
+            if matches!(t.to, crate::components::router::BreakerState::Open { .. }) {
                 env.note(Note::BreakerOpened { provider: t.provider as u8 });
             }
         }

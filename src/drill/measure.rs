@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::env::Note;
-use crate::ids::{JobId, Micros, us_to_s};
-use crate::stack::Stack;
-use crate::store::{LogRec, Op, StepState, Store, TaskStatus};
+use crate::components::env::Note;
+use crate::components::ids::{JobId, Micros, us_to_s};
+use crate::components::store::{LogRec, Op, StepState, Store, TaskStatus};
+use crate::sim::stack::Stack;
 
 /// What the drill recorded about one fault while it ran.
 #[derive(Clone, Debug, Default)]
@@ -138,8 +138,8 @@ pub struct Counts {
 
 impl Counts {
     /// The count an invariant requires to be zero.
-    pub fn of(&self, inv: crate::tier::Invariant) -> u64 {
-        use crate::tier::Invariant;
+    pub fn of(&self, inv: crate::drill::tier::Invariant) -> u64 {
+        use crate::drill::tier::Invariant;
         match inv {
             Invariant::NoDuplicates => self.duplicates,
             Invariant::NoLostEffects => self.lost_effects,
@@ -258,7 +258,7 @@ fn stale_actions(stack: &Stack, store: &Store, faults: &[FaultObs]) -> u64 {
         return 0;
     }
     let tasks: std::collections::BTreeSet<_> = suspects.iter().map(|(o, _)| o.task).collect();
-    let mut grants: BTreeMap<crate::ids::TaskId, Vec<(u64, Micros)>> = BTreeMap::new();
+    let mut grants: BTreeMap<crate::components::ids::TaskId, Vec<(u64, Micros)>> = BTreeMap::new();
     let logs =
         std::iter::once(store.log()).chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])));
     for log in logs {

@@ -36,7 +36,7 @@ use std::rc::Rc;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, Micros, US_PER_MS, US_PER_S};
+use crate::components::ids::{JobId, Micros, US_PER_MS, US_PER_S};
 
 /// Microseconds per hour (the hourly rung's bucket).
 const US_PER_HOUR: u64 = 3_600 * US_PER_S;

@@ -11,10 +11,10 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::{Env, Note, Timer};
-use crate::ids::{HostId, JobId, Micros, TaskId, US_PER_MS};
-use crate::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
-use crate::wire::{Grant, Msg, WorkerWrite};
+use crate::components::env::{Env, Note, Timer};
+use crate::components::ids::{HostId, JobId, Micros, TaskId, US_PER_MS};
+use crate::components::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
+use crate::components::wire::{Grant, Msg, WorkerWrite};
 
 /// How structured state reaches the other region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -77,14 +77,14 @@ pub struct Prompt {
 
 /// Synchronous replication re-ships writes its replica has not confirmed
 /// after this long (a replica that was down or partitioned catches up).
-pub const SYNC_RESHIP_US: Micros = crate::ids::US_PER_S;
+pub const SYNC_RESHIP_US: Micros = crate::components::ids::US_PER_S;
 
 /// How long the health checks after a deploy watch before deciding.
-pub const DEPLOY_WINDOW_US: Micros = 60 * crate::ids::US_PER_S;
+pub const DEPLOY_WINDOW_US: Micros = 60 * crate::components::ids::US_PER_S;
 /// Error rate (per mille of model outputs) above which a deploy is bad.
 pub const DEPLOY_MAX_ERROR_PERMILLE: u64 = 200;
 /// How long a rollback takes once decided.
-pub const ROLLBACK_US: Micros = 30 * crate::ids::US_PER_S;
+pub const ROLLBACK_US: Micros = 30 * crate::components::ids::US_PER_S;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct DeployWatch {
@@ -110,7 +110,7 @@ pub struct Orchestrator {
     pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
     replica_acked: u64,
     stale_accepted: u64,
-    reorder: std::collections::BTreeMap<u64, crate::store::LogRec>,
+    reorder: std::collections::BTreeMap<u64, crate::components::store::LogRec>,
     extra_lag_us: Micros,
     prompt: Prompt,
     last_good: Prompt,
@@ -635,7 +635,7 @@ impl Orchestrator {
 /// The task uid the orchestrator mints for a submission: a deterministic
 /// function of the client's submission id (SplitMix64), so that the same
 /// job always gets the same idempotency keys, whichever region creates it.
-pub fn task_uid(job: crate::ids::JobId) -> u64 {
+pub fn task_uid(job: crate::components::ids::JobId) -> u64 {
     let mut z = u64::from(job.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

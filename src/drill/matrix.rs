@@ -8,14 +8,14 @@
 
 use serde::Serialize;
 
+use crate::components::env::Phase;
+use crate::components::orchestrator::Replication;
+use crate::components::provider::ErrorMode;
+use crate::components::region::Pattern;
+use crate::components::workflow;
 use crate::drill;
-use crate::env::Phase;
-use crate::orchestrator::Replication;
-use crate::provider::ErrorMode;
-use crate::region::Pattern;
-use crate::scenario::{Arrival, Dur, FaultSpec, Scenario, When};
-use crate::tier::Tier;
-use crate::workflow;
+use crate::drill::scenario::{Arrival, Dur, FaultSpec, Scenario, When};
+use crate::drill::tier::Tier;
 
 /// The kinds of disruption the matrix covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -170,7 +170,7 @@ pub fn apply_pattern(sc: &mut Scenario, pattern: Pattern) {
 fn base(stack: &Scenario) -> Scenario {
     let mut sc = stack.clone();
     sc.faults.clear();
-    sc.expect = crate::scenario::Expect::Pass;
+    sc.expect = crate::drill::scenario::Expect::Pass;
     sc.max_cost_increase_pct = None;
     sc.horizon = Dur::secs(3 * 3_600);
     sc.workload.tasks = sc.workload.tasks.max(120);
@@ -224,7 +224,11 @@ pub fn faults_for(sc: &Scenario, d: Disruption) -> Vec<Vec<FaultSpec>> {
             }],
         ],
         Disruption::Region => {
-            vec![vec![FaultSpec::RegionLoss { at: m(20), region: crate::scenario::RegionName::A, duration: None }]]
+            vec![vec![FaultSpec::RegionLoss {
+                at: m(20),
+                region: crate::drill::scenario::RegionName::A,
+                duration: None,
+            }]]
         }
         Disruption::DataCorruption => vec![vec![FaultSpec::VectorCorruption { at: m(50), fraction: 0.05 }]],
     }

@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use crate::ids::{HostId, IdemKey, JobId, Micros, TaskId};
+use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId};
 
 /// Decision value meaning "not known durably".
 pub const NO_DECISION: u32 = u32::MAX;

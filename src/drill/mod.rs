@@ -2,18 +2,26 @@
 //! to the horizon, measures from ground truth, runs the same drill without
 //! faults for the cost baseline, and gives a verdict against the tier.
 
+pub mod invariants;
+pub mod loader;
+pub mod matrix;
+pub mod measure;
+pub mod scenario;
+pub mod schema;
+pub mod tier;
+
 use serde::Serialize;
 
-use crate::env::{Note, Timer};
-use crate::ids::{HostId, JobId, us_to_s};
-use crate::measure::{self, Counts, FaultObs, FaultResult, LostLog, RpoSurfaces, RtoParts};
-use crate::orchestrator::Replication;
-use crate::region::Request;
-use crate::scenario::{Expect, FaultSpec, RegionName, Scenario, When, WorkerTarget};
+use crate::components::env::{Note, Timer};
+use crate::components::ids::{HostId, JobId, us_to_s};
+use crate::components::orchestrator::Replication;
+use crate::components::region::Request;
+use crate::components::store::TaskStatus;
+use crate::drill::measure::{Counts, FaultObs, FaultResult, LostLog, RpoSurfaces, RtoParts};
+use crate::drill::scenario::{Expect, FaultSpec, RegionName, Scenario, When, WorkerTarget};
+use crate::drill::tier::Invariant;
 use crate::sim::Partition;
-use crate::stack::{HookAction, REGION_A, REGION_B, Stack, TraceEvent, Trigger};
-use crate::store::TaskStatus;
-use crate::tier::Invariant;
+use crate::sim::stack::{HookAction, REGION_A, REGION_B, Stack, TraceEvent, Trigger};
 
 /// Automated rollback of a bad deploy must finish within this (seed 002).
 pub const ROLLBACK_TARGET_S: f64 = 300.0;
@@ -185,7 +193,7 @@ fn arm(stack: &mut Stack, sc: &Scenario, i: u16, f: &FaultSpec) {
         stack.truth.triggers.push(t);
     }
     let names: Vec<String> = sc.stack.providers.iter().map(|p| p.name.clone()).collect();
-    let window = |at: crate::scenario::Dur, d: crate::scenario::Dur| (at.us(), at.us() + d.us());
+    let window = |at: crate::drill::scenario::Dur, d: crate::drill::scenario::Dur| (at.us(), at.us() + d.us());
     match f {
         FaultSpec::ProviderOutage { at, provider, mode, duration } => {
             let (from, until) = window(*at, *duration);
@@ -241,11 +249,11 @@ fn onset(stack: &mut Stack, f: &mut FaultObs) {
 
 /// How long a replicated queue takes to elect its replica as the new
 /// active node (a JetStream leader election).
-pub const QUEUE_FAILOVER_US: crate::ids::Micros = 2 * crate::ids::US_PER_S;
+pub const QUEUE_FAILOVER_US: crate::components::ids::Micros = 2 * crate::components::ids::US_PER_S;
 
 /// How long the platform takes to replace a lost unreplicated queue node
 /// (with an empty volume).
-pub const QUEUE_REPLACE_US: crate::ids::Micros = 60 * crate::ids::US_PER_S;
+pub const QUEUE_REPLACE_US: crate::components::ids::Micros = 60 * crate::components::ids::US_PER_S;
 
 /// The queue's active node is lost. Replicated, the replica takes over after
 /// an election; unreplicated, the queue is down until the node returns, and
@@ -275,7 +283,7 @@ fn lose_queue_node(stack: &mut Stack, f: &mut FaultObs, permanent: bool) -> Opti
     Some(active)
 }
 
-fn kill(stack: &mut Stack, h: HostId, restart_after: Option<crate::scenario::Dur>) {
+fn kill(stack: &mut Stack, h: HostId, restart_after: Option<crate::drill::scenario::Dur>) {
     stack.crash_host(h);
     if let Some(d) = restart_after {
         stack.rt.schedule_control(stack.rt.now_us() + d.us(), Timer::Restart(h));
@@ -489,7 +497,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         }
     }
     // The recovery invariants (`invariants`), so a `fuzz` reproducer fails here too.
-    violations.extend(crate::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
+    violations.extend(crate::drill::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
     let met_targets = violations.is_empty();
     let passed = match sc.expect {
         Expect::Pass => met_targets,
@@ -522,7 +530,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         counts,
         cost: cost_now,
         baseline_cost,
-        standby_usd_per_month: crate::matrix::standby_usd_per_month(sc),
+        standby_usd_per_month: crate::drill::matrix::standby_usd_per_month(sc),
         simulated_s: us_to_s(horizon_us),
         events: stats.events,
         calls: stack.truth.calls,
