@@ -843,259 +843,325 @@ pub fn validate(path: &Path, sc: &Scenario) -> Result<(), ScenarioError> {
 /// Every broken cross-field rule of a scenario, in the order of the file's
 /// sections. Never panics, whatever the values.
 pub fn problems(sc: &Scenario) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut bad = |field: String, message: String, deps: &[&str]| {
-        out.push(Problem { field, message, depends_on: deps.iter().map(|d| (*d).to_owned()).collect() });
-    };
-    let templates = crate::components::workflow::builtin();
-    let names: Vec<&str> = templates.iter().map(|t| t.name).filter(|n| *n != "probe").collect();
+    let mut out = Problems::default();
+    top_level_problems(sc, &mut out);
+    stack_problems(&sc.stack, &mut out);
+    workload_problems(&sc.workload, &mut out);
+    let ctx = FaultContext::new(sc);
+    for (i, f) in sc.faults.iter().enumerate() {
+        fault_problems(&ctx, i, f, &mut out);
+    }
+    out.0
+}
+
+/// The problems found so far, in order.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    /// Records a broken rule on `field`, which read the fields `deps` too.
+    fn bad(&mut self, field: impl Into<String>, message: impl Into<String>, deps: &[&str]) {
+        let depends_on = deps.iter().map(|d| (*d).to_owned()).collect();
+        self.0.push(Problem { field: field.into(), message: message.into(), depends_on });
+    }
+
+    /// `field` must be a duration longer than 0.
+    fn positive(&mut self, field: impl Into<String>, d: Dur, deps: &[&str]) {
+        if d.ms() == 0 {
+            self.bad(field, "must be longer than 0", deps);
+        }
+    }
+}
+
+/// The tier, the horizon and the cost budget.
+fn top_level_problems(sc: &Scenario, out: &mut Problems) {
     for (field, message) in sc.tier.problems() {
-        bad(field, message, &[]);
+        out.bad(field, message, &[]);
     }
     if sc.horizon.ms() == 0 {
-        bad("horizon".into(), "must be longer than 0; write e.g. horizon = \"2h\"".into(), &[]);
+        out.bad("horizon", "must be longer than 0; write e.g. horizon = \"2h\"", &[]);
     }
     if let Some(pct) = sc.max_cost_increase_pct
         && !(pct >= 0.0 && pct.is_finite())
     {
-        bad("max_cost_increase_pct".into(), format!("must be a percentage of 0 or more, got {pct}"), &[]);
+        out.bad("max_cost_increase_pct", format!("must be a percentage of 0 or more, got {pct}"), &[]);
     }
-    if sc.stack.workers == 0 {
-        bad("stack.workers".into(), "must be at least 1".into(), &[]);
+}
+
+/// `[stack]`: workers, providers, policy, failover, replication, vector.
+fn stack_problems(stack: &StackSpec, out: &mut Problems) {
+    if stack.workers == 0 {
+        out.bad("stack.workers", "must be at least 1", &[]);
     }
-    if sc.stack.standby_workers > sc.stack.workers {
-        bad(
-            "stack.standby_workers".into(),
-            format!("{} cannot exceed stack.workers ({})", sc.stack.standby_workers, sc.stack.workers),
+    if stack.standby_workers > stack.workers {
+        out.bad(
+            "stack.standby_workers",
+            format!("{} cannot exceed stack.workers ({})", stack.standby_workers, stack.workers),
             &["stack.workers"],
         );
     }
-    if sc.stack.providers.is_empty() {
-        bad("stack.providers".into(), "needs at least one provider".into(), &[]);
+    provider_list_problems(&stack.providers, out);
+    if stack.effective_policy().lease_ms == 0 {
+        out.bad("stack.policy.lease_ms", "must be longer than 0", &["stack.anti_patterns", "stack.policy"]);
     }
-    for (i, p) in sc.stack.providers.iter().enumerate() {
-        if sc.stack.providers[..i].iter().any(|q| q.name == p.name) {
-            bad(
+    if stack.failover.failure_threshold == 0 {
+        out.bad("stack.failover.failure_threshold", "must be at least 1", &[]);
+    }
+    out.positive("stack.failover.health_interval", stack.failover.health_interval, &[]);
+    if let Replication::Async { interval_ms: 0, .. } = stack.replication {
+        out.bad("stack.replication.interval_ms", "must be longer than 0", &[]);
+    }
+    out.positive("stack.vector.snapshot_interval", stack.vector.snapshot_interval, &[]);
+}
+
+/// `stack.providers`: at least one, names unique.
+fn provider_list_problems(providers: &[ProviderConfig], out: &mut Problems) {
+    if providers.is_empty() {
+        out.bad("stack.providers", "needs at least one provider", &[]);
+    }
+    for (i, p) in providers.iter().enumerate() {
+        if providers[..i].iter().any(|q| q.name == p.name) {
+            out.bad(
                 format!("stack.providers[{i}].name"),
                 format!("provider {:?} is listed twice; names must be unique", p.name),
                 &[],
             );
         }
     }
-    if sc.stack.effective_policy().lease_ms == 0 {
-        bad("stack.policy.lease_ms".into(), "must be longer than 0".into(), &["stack.anti_patterns", "stack.policy"]);
+}
+
+/// The names of the templates a workload may use.
+fn template_names() -> Vec<&'static str> {
+    crate::components::workflow::builtin().iter().map(|t| t.name).filter(|n| *n != "probe").collect()
+}
+
+/// `[workload]`: templates, tasks, arrivals.
+fn workload_problems(w: &Workload, out: &mut Problems) {
+    let names = template_names();
+    if w.templates.is_empty() {
+        out.bad("workload.templates", format!("needs at least one template: {}", names.join(", ")), &[]);
     }
-    if sc.stack.failover.failure_threshold == 0 {
-        bad("stack.failover.failure_threshold".into(), "must be at least 1".into(), &[]);
-    }
-    if sc.stack.failover.health_interval.ms() == 0 {
-        bad("stack.failover.health_interval".into(), "must be longer than 0".into(), &[]);
-    }
-    if let Replication::Async { interval_ms: 0, .. } = sc.stack.replication {
-        bad("stack.replication.interval_ms".into(), "must be longer than 0".into(), &[]);
-    }
-    if sc.stack.vector.snapshot_interval.ms() == 0 {
-        bad("stack.vector.snapshot_interval".into(), "must be longer than 0".into(), &[]);
-    }
-    if sc.workload.templates.is_empty() {
-        bad("workload.templates".into(), format!("needs at least one template: {}", names.join(", ")), &[]);
-    }
-    for (i, t) in sc.workload.templates.iter().enumerate() {
+    for (i, t) in w.templates.iter().enumerate() {
         if !names.contains(&t.as_str()) {
-            bad(
+            out.bad(
                 format!("workload.templates[{i}]"),
                 format!("unknown template {t:?}; expected one of {}", names.join(", ")),
                 &[],
             );
         }
     }
-    if sc.workload.tasks == 0 {
-        bad("workload.tasks".into(), "must be at least 1".into(), &[]);
+    if w.tasks == 0 {
+        out.bad("workload.tasks", "must be at least 1", &[]);
     }
-    if sc.workload.arrival != Arrival::AtOnce && sc.workload.interval.ms() == 0 {
-        bad(
-            "workload.interval".into(),
-            "must be longer than 0 for uniform or poisson arrivals".into(),
-            &["workload.arrival"],
+    if w.arrival != Arrival::AtOnce && w.interval.ms() == 0 {
+        out.bad("workload.interval", "must be longer than 0 for uniform or poisson arrivals", &["workload.arrival"]);
+    }
+}
+
+/// What the fault rules read from the rest of the scenario.
+struct FaultContext<'s> {
+    sc: &'s Scenario,
+    templates: Vec<crate::components::workflow::Template>,
+    hosts: Vec<String>,
+}
+
+impl<'s> FaultContext<'s> {
+    fn new(sc: &'s Scenario) -> Self {
+        FaultContext {
+            sc,
+            templates: crate::components::workflow::builtin(),
+            hosts: crate::sim::stack::host_names(&sc.stack),
+        }
+    }
+}
+
+/// The rules of fault `i`: when it starts, then its kind's own.
+fn fault_problems(ctx: &FaultContext<'_>, i: usize, f: &FaultSpec, out: &mut Problems) {
+    let field = |name: &str| format!("faults[{i}].{name}");
+    let sc = ctx.sc;
+    if let Some(at) = f.at()
+        && at >= sc.horizon
+    {
+        out.bad(
+            field("at"),
+            format!(
+                "the fault starts at {at}, when the drill is over (horizon {}); start it earlier or lengthen the horizon",
+                sc.horizon
+            ),
+            &["horizon"],
         );
     }
-    let hosts = crate::sim::stack::host_names(&sc.stack);
-    for (i, f) in sc.faults.iter().enumerate() {
-        let field = |name: &str| format!("faults[{i}].{name}");
-        if let Some(at) = f.at()
-            && at >= sc.horizon
-        {
-            bad(
-                field("at"),
-                format!(
-                    "the fault starts at {at}, when the drill is over (horizon {}); start it earlier or lengthen the horizon",
-                    sc.horizon
-                ),
-                &["horizon"],
-            );
+    match f {
+        FaultSpec::WorkerKill { at, worker, .. }
+        | FaultSpec::WorkerPause { at, worker, .. }
+        | FaultSpec::DiskLoss { at, worker } => {
+            match at {
+                When::Event { job, step, .. } => event_trigger_problems(ctx, &field, *job, *step, worker, out),
+                When::At(_) => worker_target_problems(sc, &field, worker, out),
+            }
+            if let FaultSpec::WorkerPause { duration, .. } = f {
+                out.positive(field("duration"), *duration, &[]);
+            }
         }
-        match f {
-            FaultSpec::WorkerKill { at, worker, .. }
-            | FaultSpec::WorkerPause { at, worker, .. }
-            | FaultSpec::DiskLoss { at, worker } => {
-                if let When::Event { job, step, .. } = at {
-                    if *job >= sc.workload.tasks {
-                        bad(
-                            field("at.job"),
-                            format!(
-                                "job {job} does not exist: the workload has {} jobs, numbered from 0",
-                                sc.workload.tasks
-                            ),
-                            &["workload.tasks"],
-                        );
-                    } else if !sc.workload.templates.is_empty() {
-                        let tpl_name = &sc.workload.templates[*job as usize % sc.workload.templates.len()];
-                        if let Some(tpl) = templates.iter().find(|t| t.name == tpl_name) {
-                            let len = tpl.steps.len();
-                            if usize::from(*step) >= len {
-                                bad(
-                                    field("at.step"),
-                                    format!(
-                                        "job {job} runs {tpl_name}, which has {len} steps numbered from 0; pick a step below {len}"
-                                    ),
-                                    &["workload.templates", "workload.tasks"],
-                                );
-                            }
-                        }
-                    }
-                    if worker.is_some() {
-                        let m = "an event-triggered fault hits the worker running the job; remove `worker`";
-                        bad(field("worker"), m.into(), &[]);
-                    }
-                } else {
-                    let deps = &["stack.workers", "workload.tasks"];
-                    match worker {
-                        Some(WorkerTarget::Index(n)) if *n >= sc.stack.workers => {
-                            let m = format!(
-                                "worker {n} does not exist: region a has {} workers, numbered from 0",
-                                sc.stack.workers
-                            );
-                            bad(field("worker"), m, deps);
-                        }
-                        Some(WorkerTarget::HoldingJob(j)) if *j >= sc.workload.tasks => {
-                            let m = format!(
-                                "job {j} does not exist: the workload has {} jobs, numbered from 0",
-                                sc.workload.tasks
-                            );
-                            bad(field("worker"), m, deps);
-                        }
-                        None => {
-                            let m = "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`";
-                            bad(field("worker"), m.into(), deps);
-                        }
-                        _ => {}
-                    }
-                }
-                if let FaultSpec::WorkerPause { duration, .. } = f
-                    && duration.ms() == 0
-                {
-                    bad(field("duration"), "must be longer than 0".into(), &[]);
-                }
+        FaultSpec::RegionLoss { region, .. } => {
+            if *region == RegionName::B && sc.stack.pattern == Pattern::SingleRegion {
+                let m = "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern";
+                out.bad(field("region"), m, &["stack.pattern"]);
             }
-            FaultSpec::RegionLoss { region, .. } => {
-                if *region == RegionName::B && sc.stack.pattern == Pattern::SingleRegion {
-                    let m = "the stack has one region (pattern = \"single_region\"); lose region \"a\" or choose a two-region pattern";
-                    bad(field("region"), m.into(), &["stack.pattern"]);
-                }
+        }
+        FaultSpec::Partition { a, b, duration, .. } | FaultSpec::LinkDegradation { a, b, duration, .. } => {
+            endpoint_problems(ctx, &field, [(a, "a"), (b, "b")], out);
+            out.positive(field("duration"), *duration, &[]);
+            if let FaultSpec::LinkDegradation { loss, latency, .. } = f {
+                degradation_problems(&field, *loss, *latency, out);
             }
-            FaultSpec::Partition { a, b, duration, .. } | FaultSpec::LinkDegradation { a, b, duration, .. } => {
-                for (name, which) in [(a, "a"), (b, "b")] {
-                    let region = matches!(name.as_str(), "region:a" | "region:b" | "region:external");
-                    if !region && !hosts.iter().any(|h| h == name) {
-                        bad(
-                            field(which),
-                            format!(
-                                "unknown endpoint {name:?}; write a host ({}) or a region (region:a, region:b, region:external)",
-                                hosts.join(", ")
-                            ),
-                            &["stack"],
-                        );
-                    }
-                }
-                if duration.ms() == 0 {
-                    bad(field("duration"), "must be longer than 0".into(), &[]);
-                }
-                if let FaultSpec::LinkDegradation { loss, latency, .. } = f {
-                    if !(0.0..=1.0).contains(loss) {
-                        bad(field("loss"), format!("{loss} is not a probability; write a value from 0 to 1"), &[]);
-                    }
-                    if *loss == 0.0 && latency.ms() == 0 {
-                        bad(field("latency"), "a link degradation needs `latency` or `loss`".into(), &[]);
-                    }
-                }
+        }
+        FaultSpec::ClockSkew { host, .. } => clock_skew_problems(ctx, &field, host, out),
+        FaultSpec::VectorCorruption { fraction, .. } | FaultSpec::BadDeploy { error_rate: fraction, .. } => {
+            if !(*fraction > 0.0 && *fraction <= 1.0) {
+                let name = if f.kind() == "bad_deploy" { "error_rate" } else { "fraction" };
+                out.bad(field(name), format!("{fraction} must be above 0 and at most 1"), &[]);
             }
-            FaultSpec::ClockSkew { host, .. } => {
-                let ok =
-                    hosts.iter().any(|h| h == host && (h.starts_with("worker-") || h.starts_with("orchestrator-")));
-                if !ok {
-                    bad(
-                        field("host"),
-                        format!(
-                            "{host:?} is not a worker or orchestrator of this stack (e.g. \"worker-a-0\", \"orchestrator-a\")"
-                        ),
-                        &["stack"],
-                    );
-                }
+        }
+        FaultSpec::QueueLoss { .. } => {
+            if sc.stack.queue.is_none() {
+                let m = "the stack has no queue; add a [stack.queue] table or remove this fault";
+                out.bad(field("kind"), m, &["stack.queue"]);
             }
-            FaultSpec::VectorCorruption { fraction, .. } | FaultSpec::BadDeploy { error_rate: fraction, .. } => {
-                if !(*fraction > 0.0 && *fraction <= 1.0) {
-                    bad(
-                        field(if f.kind() == "bad_deploy" { "error_rate" } else { "fraction" }),
-                        format!("{fraction} must be above 0 and at most 1"),
-                        &[],
-                    );
-                }
+        }
+        FaultSpec::ReplicationLagSpike { duration, .. } | FaultSpec::ToolSchemaChange { duration, .. } => {
+            out.positive(field("duration"), *duration, &[]);
+        }
+        FaultSpec::PromptCacheLoss { provider, duration, .. } => {
+            if let Some(provider) = provider {
+                provider_name_problems(sc, &field, provider, out);
             }
-            FaultSpec::QueueLoss { .. } => {
-                if sc.stack.queue.is_none() {
-                    bad(
-                        field("kind"),
-                        "the stack has no queue; add a [stack.queue] table or remove this fault".into(),
-                        &["stack.queue"],
-                    );
-                }
-            }
-            FaultSpec::ReplicationLagSpike { duration, .. } | FaultSpec::ToolSchemaChange { duration, .. } => {
-                if duration.ms() == 0 {
-                    bad(field("duration"), "must be longer than 0".into(), &[]);
-                }
-            }
-            FaultSpec::PromptCacheLoss { provider, duration, .. } => {
-                if let Some(provider) = provider
-                    && !sc.stack.providers.iter().any(|p| &p.name == provider)
-                {
-                    let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
-                    bad(
-                        field("provider"),
-                        format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
-                        &["stack.providers"],
-                    );
-                }
-                if duration.ms() == 0 {
-                    bad(field("duration"), "must be longer than 0".into(), &[]);
-                }
-            }
-            FaultSpec::ProviderOutage { provider, duration, .. } => {
-                if !sc.stack.providers.iter().any(|p| &p.name == provider) {
-                    let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
-                    bad(
-                        field("provider"),
-                        format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
-                        &["stack.providers"],
-                    );
-                }
-                if duration.ms() == 0 {
-                    bad(field("duration"), "must be longer than 0".into(), &[]);
-                }
+            out.positive(field("duration"), *duration, &[]);
+        }
+        FaultSpec::ProviderOutage { provider, duration, .. } => {
+            provider_name_problems(sc, &field, provider, out);
+            out.positive(field("duration"), *duration, &[]);
+        }
+    }
+}
+
+/// A worker fault triggered when `job` reaches `step`: the job and the step
+/// exist, and no worker is named.
+fn event_trigger_problems(
+    ctx: &FaultContext<'_>,
+    field: &dyn Fn(&str) -> String,
+    job: u32,
+    step: u16,
+    worker: &Option<WorkerTarget>,
+    out: &mut Problems,
+) {
+    let w = &ctx.sc.workload;
+    if job >= w.tasks {
+        out.bad(
+            field("at.job"),
+            format!("job {job} does not exist: the workload has {} jobs, numbered from 0", w.tasks),
+            &["workload.tasks"],
+        );
+    } else if !w.templates.is_empty() {
+        let tpl_name = &w.templates[job as usize % w.templates.len()];
+        if let Some(tpl) = ctx.templates.iter().find(|t| t.name == tpl_name) {
+            let len = tpl.steps.len();
+            if usize::from(step) >= len {
+                out.bad(
+                    field("at.step"),
+                    format!(
+                        "job {job} runs {tpl_name}, which has {len} steps numbered from 0; pick a step below {len}"
+                    ),
+                    &["workload.templates", "workload.tasks"],
+                );
             }
         }
     }
-    out
+    if worker.is_some() {
+        let m = "an event-triggered fault hits the worker running the job; remove `worker`";
+        out.bad(field("worker"), m, &[]);
+    }
+}
+
+/// A time-triggered worker fault names a worker that exists.
+fn worker_target_problems(
+    sc: &Scenario,
+    field: &dyn Fn(&str) -> String,
+    worker: &Option<WorkerTarget>,
+    out: &mut Problems,
+) {
+    let deps = &["stack.workers", "workload.tasks"];
+    match worker {
+        Some(WorkerTarget::Index(n)) if *n >= sc.stack.workers => {
+            let m = format!("worker {n} does not exist: region a has {} workers, numbered from 0", sc.stack.workers);
+            out.bad(field("worker"), m, deps);
+        }
+        Some(WorkerTarget::HoldingJob(j)) if *j >= sc.workload.tasks => {
+            let m = format!("job {j} does not exist: the workload has {} jobs, numbered from 0", sc.workload.tasks);
+            out.bad(field("worker"), m, deps);
+        }
+        None => {
+            let m = "a time-triggered worker fault needs `worker = { index = N }` or `worker = { holding_job = J }`";
+            out.bad(field("worker"), m, deps);
+        }
+        _ => {}
+    }
+}
+
+/// Both ends of a partition or degradation are hosts or regions.
+fn endpoint_problems(
+    ctx: &FaultContext<'_>,
+    field: &dyn Fn(&str) -> String,
+    ends: [(&String, &str); 2],
+    out: &mut Problems,
+) {
+    for (name, which) in ends {
+        let region = matches!(name.as_str(), "region:a" | "region:b" | "region:external");
+        if !region && !ctx.hosts.iter().any(|h| h == name) {
+            out.bad(
+                field(which),
+                format!(
+                    "unknown endpoint {name:?}; write a host ({}) or a region (region:a, region:b, region:external)",
+                    ctx.hosts.join(", ")
+                ),
+                &["stack"],
+            );
+        }
+    }
+}
+
+/// A link degradation's loss is a probability, and it degrades something.
+fn degradation_problems(field: &dyn Fn(&str) -> String, loss: f64, latency: Dur, out: &mut Problems) {
+    if !(0.0..=1.0).contains(&loss) {
+        out.bad(field("loss"), format!("{loss} is not a probability; write a value from 0 to 1"), &[]);
+    }
+    if loss == 0.0 && latency.ms() == 0 {
+        out.bad(field("latency"), "a link degradation needs `latency` or `loss`", &[]);
+    }
+}
+
+/// A clock skew hits a worker or an orchestrator of the stack.
+fn clock_skew_problems(ctx: &FaultContext<'_>, field: &dyn Fn(&str) -> String, host: &str, out: &mut Problems) {
+    let ok = ctx.hosts.iter().any(|h| h == host && (h.starts_with("worker-") || h.starts_with("orchestrator-")));
+    if !ok {
+        out.bad(
+            field("host"),
+            format!("{host:?} is not a worker or orchestrator of this stack (e.g. \"worker-a-0\", \"orchestrator-a\")"),
+            &["stack"],
+        );
+    }
+}
+
+/// A fault's provider is one of the stack's.
+fn provider_name_problems(sc: &Scenario, field: &dyn Fn(&str) -> String, provider: &str, out: &mut Problems) {
+    if !sc.stack.providers.iter().any(|p| p.name == provider) {
+        let known: Vec<&str> = sc.stack.providers.iter().map(|p| p.name.as_str()).collect();
+        out.bad(
+            field("provider"),
+            format!("unknown provider {provider:?}; the stack has {}", known.join(", ")),
+            &["stack.providers"],
+        );
+    }
 }
 
 #[cfg(test)]
