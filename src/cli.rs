@@ -136,43 +136,90 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
     if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// Writes the three reports into a new `dir/<UTC timestamp>/`.
+/// The reports `--out` writes, by file name.
+const REPORT_FILES: [&str; 3] = ["report.json", "junit.xml", "report.md"];
+
+/// The prefix of the hidden folder a run writes its reports into before
+/// it renames the folder into place.
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Writes the three reports into a new `dir/<UTC timestamp>/`, all or none:
+/// they are written into a hidden `dir/.partial-<stamp>-<pid>/`, flushed,
+/// and the folder is renamed into place in one step. A run killed before the
+/// rename leaves only its hidden folder, which the next `--out` run into
+/// `dir` removes (its process is gone).
 fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
+    sweep_partials(dir);
     let stamp = utc_stamp(SystemTime::now());
-    let mut at = dir.join(&stamp);
-    let mut n = 1;
-    loop {
-        match std::fs::create_dir(&at) {
-            Ok(()) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
-                n += 1;
-                at = dir.join(format!("{stamp}-{n}"));
-            }
-            Err(e) => return Err(e),
-        }
+    let partial = dir.join(format!("{PARTIAL_PREFIX}{stamp}-{}", std::process::id()));
+    std::fs::create_dir(&partial)?;
+    let result = fill_and_publish(dir, &partial, &stamp, entries);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
     }
-    write_atomic(&at, "report.json", &report::json_entries(entries))?;
-    write_atomic(&at, "junit.xml", &report::junit::junit(entries))?;
-    write_atomic(&at, "report.md", &report::markdown::markdown(entries))?;
+    let at = result?;
     tracing::info!(dir = %at.display(), "reports written");
     Ok(at)
 }
 
-/// Writes a temporary file in the same folder, flushes it to disk, then
-/// renames it over `name`: a reader sees the whole report or none.
-fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents.as_bytes())?;
+/// Writes the reports into `partial`, then renames it to `dir/<stamp>` (or
+/// `<stamp>-2`, … when taken).
+fn fill_and_publish(dir: &Path, partial: &Path, stamp: &str, entries: &[Entry]) -> std::io::Result<PathBuf> {
+    let contents =
+        [report::json_entries(entries), report::junit::junit(entries), report::markdown::markdown(entries)];
+    for (n, (name, text)) in REPORT_FILES.iter().zip(&contents).enumerate() {
+        let mut f = std::fs::File::create(partial.join(name))?;
+        f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        crash_point(n + 1);
     }
-    result
+    std::fs::File::open(partial)?.sync_all()?;
+    for n in 1..1000 {
+        let at = if n == 1 { dir.join(stamp) } else { dir.join(format!("{stamp}-{n}")) };
+        // `rename` would replace an empty folder of that name: only a free
+        // name is taken.
+        if at.symlink_metadata().is_ok() {
+            continue;
+        }
+        std::fs::rename(partial, &at)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        return Ok(at);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("every name {stamp}-N is taken")))
+}
+
+/// Fault injection for the all-or-none test: with
+/// `AGENTDRILL_CRASH_AFTER_REPORTS=N` set, the process aborts (as a kill
+/// would stop it) once `N` report files are written, before the folder is
+/// renamed into place.
+fn crash_point(written: usize) {
+    let wanted = std::env::var("AGENTDRILL_CRASH_AFTER_REPORTS").ok().and_then(|v| v.parse::<usize>().ok());
+    if wanted == Some(written) {
+        eprintln!("AGENTDRILL_CRASH_AFTER_REPORTS={written}: aborting after {written} report files");
+        std::process::abort();
+    }
+}
+
+/// Removes the hidden folders of earlier runs into `dir` that were killed
+/// before they renamed theirs into place (their process no longer runs).
+fn sweep_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PARTIAL_PREFIX) else { continue };
+        let pid = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p != std::process::id() && !process_alive(p)) {
+            tracing::info!(folder = %e.path().display(), "removing the reports of a run that was stopped");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Whether process `pid` still runs (Linux: `/proc/<pid>` exists; elsewhere
+/// it is assumed to, so nothing is removed).
+fn process_alive(pid: u32) -> bool {
+    if Path::new("/proc/self").exists() { Path::new(&format!("/proc/{pid}")).exists() } else { true }
 }
 
 /// `20250131T235959Z` for a time (UTC).

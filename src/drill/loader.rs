@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::drill::limits;
 use crate::drill::scenario::{FaultSpec, Scenario, ScenarioError};
 
 /// A scenario read from disk (or text) with what it was made of.
@@ -43,16 +44,105 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
 }
 
-/// Reads and validates a scenario file, following its includes.
+/// Reads and validates a scenario file, following its includes. A path
+/// that is not a regular file (a directory, a device such as `/dev/zero`, a
+/// FIFO, a socket) or is larger than [`limits::MAX_FILE_BYTES`] is refused
+/// before anything is read.
 pub fn load(path: &Path) -> Result<Loaded, ScenarioError> {
-    let bytes = std::fs::read(path).map_err(|source| ScenarioError::Io { path: path.to_owned(), source })?;
-    let text = String::from_utf8(bytes).map_err(|e| ScenarioError::Parse {
-        path: path.to_owned(),
-        line: 1,
-        col: 1,
-        message: format!("the file is not UTF-8 text ({e})"),
+    let text = read_text(path).map_err(|e| match e {
+        ReadError::NotUtf8(e) => ScenarioError::Parse {
+            path: path.to_owned(),
+            line: 1,
+            col: 1,
+            message: format!("the file is not UTF-8 text ({e})"),
+        },
+        other => ScenarioError::Io { path: path.to_owned(), source: other.into_io() },
     })?;
     parse(path, &text)
+}
+
+/// Why a file could not be read as scenario text.
+#[derive(Debug)]
+enum ReadError {
+    /// The operating system refused.
+    Io(std::io::Error),
+    /// Not a regular file: what it is.
+    NotRegular(&'static str),
+    /// Larger than the limit: its size in bytes.
+    TooLarge(u64),
+    /// Not UTF-8.
+    NotUtf8(std::string::FromUtf8Error),
+}
+
+impl ReadError {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            ReadError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::NotRegular(what) => {
+                write!(f, "it is {what}, not a regular file; give the path of a scenario file (.toml)")
+            }
+            ReadError::TooLarge(n) => write!(
+                f,
+                "it is {n} bytes, above the limit of {} bytes (1 MiB, MAX_FILE_BYTES); split it with `include`",
+                limits::MAX_FILE_BYTES
+            ),
+            ReadError::NotUtf8(e) => write!(f, "it is not UTF-8 text ({e})"),
+        }
+    }
+}
+
+/// What a non-regular file is, in words.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt as _;
+        if t.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() { "a directory" } else { "not a regular file" }
+}
+
+/// Reads a scenario or included file: only a regular file, only up to
+/// [`limits::MAX_FILE_BYTES`] (checked before reading, and again while
+/// reading in case it grows), only UTF-8.
+fn read_text(path: &Path) -> Result<String, ReadError> {
+    use std::io::Read as _;
+    let meta = std::fs::metadata(path).map_err(ReadError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(ReadError::NotRegular(file_kind(meta.file_type())));
+    }
+    if meta.len() > limits::MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    // Opened after the check: the file may have been swapped for another
+    // kind or grown since, so the read itself is bounded too.
+    let opened = file.metadata().map_err(ReadError::Io)?;
+    if !opened.file_type().is_file() {
+        return Err(ReadError::NotRegular(file_kind(opened.file_type())));
+    }
+    let mut bytes = Vec::new();
+    file.take(limits::MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    if bytes.len() as u64 > limits::MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(ReadError::NotUtf8)
 }
 
 /// Parses and validates a scenario from text. `path` names it in errors,
@@ -147,6 +237,11 @@ impl Sources {
             if !out.iter().any(|o| o.to_string() == e.to_string()) {
                 out.push(e);
             }
+        }
+        if out.len() > limits::MAX_LISTED_ERRORS {
+            let count = out.len() - limits::MAX_LISTED_ERRORS;
+            out.truncate(limits::MAX_LISTED_ERRORS);
+            out.push(ScenarioError::More { path: self.files[0].path.clone(), count });
         }
         if out.len() == 1 { out.pop().expect("one error") } else { ScenarioError::Several(out) }
     }
@@ -251,17 +346,17 @@ fn gather(
             });
             continue;
         }
-        match std::fs::read(&target).map(String::from_utf8) {
-            Ok(Ok(t)) => {
+        match read_text(&target) {
+            Ok(t) => {
                 let child = gather(src, &target, &t, Some(me), chain, errs);
                 src.files[me].includes.push(child);
             }
-            Ok(Err(_)) => errs.push(Diag {
+            Err(ReadError::NotUtf8(_)) => errs.push(Diag {
                 at: Some(start + at),
                 field: "include".into(),
                 message: format!("{} is not UTF-8 text", target.display()),
             }),
-            Err(e) => errs.push(Diag {
+            Err(ReadError::Io(e)) => errs.push(Diag {
                 at: Some(start + at),
                 field: "include".into(),
                 message: format!(
@@ -269,6 +364,11 @@ fn gather(
                     rel,
                     target.display()
                 ),
+            }),
+            Err(e) => errs.push(Diag {
+                at: Some(start + at),
+                field: "include".into(),
+                message: format!("cannot include {:?} ({}): {e}", rel, target.display()),
             }),
         }
     }
@@ -538,7 +638,19 @@ fn recovering<T: DeserializeOwned>(
         render(&f)
     };
     let mut value = None;
-    for _ in 0..64 {
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        if rounds > MAX_RECOVERY_ROUNDS {
+            errs.push(Diag {
+                at: None,
+                field: full(&[]),
+                message: format!(
+                    "stopped looking after {MAX_RECOVERY_ROUNDS} rounds of errors; fix the ones listed and run again"
+                ),
+            });
+            break;
+        }
         let de = toml::de::ValueDeserializer::from(v.clone());
         let e = match serde_path_to_error::deserialize::<_, T>(de) {
             Ok(t) => {
@@ -567,6 +679,17 @@ fn recovering<T: DeserializeOwned>(
                 None => (full(&path), at),
             };
             errs.push(Diag { at, field, message: explain(&raw, missing.as_deref()) });
+            if raw.starts_with("unknown field") {
+                // serde names the first unknown key of a table; take out the
+                // table's other unknown keys in the same round, so that a
+                // file of many unknown keys costs one pass, not one per key.
+                for (extra, diag) in other_unknown_keys(&v, &path, &raw) {
+                    errs.push(Diag { field: full(&extra), ..diag });
+                    if let Some(p) = remove_at(&mut v, &extra) {
+                        removed.push(p);
+                    }
+                }
+            }
         }
         if let Some(m) = &missing
             && path.is_empty()
@@ -584,6 +707,29 @@ fn recovering<T: DeserializeOwned>(
         }
     }
     Recovered { value, clean: errs.len() == before, touched: removed.iter().map(|p| full(p)).collect() }
+}
+
+/// The most rounds [`recovering`] makes (each takes out at least one
+/// offending key; a table's unknown keys go in one round).
+const MAX_RECOVERY_ROUNDS: usize = 1_000;
+
+/// The keys of the table holding the unknown key at `path` that are not in
+/// the list of expected fields of serde's message `raw`, except the one at
+/// `path` itself: each with its error, placed at the key.
+fn other_unknown_keys(root: &Val<'_>, path: &[Seg], raw: &str) -> Vec<(Vec<Seg>, Diag)> {
+    let Some((Seg::Key(first), parent)) = path.split_last() else { return Vec::new() };
+    let Some(DeValue::Table(t)) = node(root, parent).map(Spanned::get_ref) else { return Vec::new() };
+    let expected = raw.split_once(", ").map_or("", |(_, rest)| rest);
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    t.iter()
+        .filter(|(k, _)| k.get_ref() != first && !known.contains(&k.get_ref().as_ref()))
+        .map(|(k, _)| {
+            let mut p = parent.to_vec();
+            p.push(Seg::Key(k.get_ref().to_string()));
+            let message = explain(&format!("unknown field `{}`, {expected}", k.get_ref()), None);
+            (p, Diag { at: Some(k.span().start), field: String::new(), message })
+        })
+        .collect()
 }
 
 /// Turns serde's message into one a person can act on.

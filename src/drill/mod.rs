@@ -3,6 +3,7 @@
 //! faults for the cost baseline, and gives a verdict against the tier.
 
 pub mod invariants;
+pub mod limits;
 pub mod loader;
 pub mod matrix;
 pub mod measure;

@@ -16,6 +16,7 @@ use crate::components::orchestrator::Replication;
 use crate::components::policy::{AntiPattern, Policy};
 use crate::components::provider::{ErrorMode, ProviderConfig};
 use crate::components::region::Pattern;
+use crate::drill::limits;
 use crate::drill::tier::TierSpec;
 
 /// A duration written as text (`"90s"`, `"5m"`, `"1h 30m"`, `"250ms"`),
@@ -35,13 +36,14 @@ impl Dur {
     pub fn ms(self) -> u64 {
         self.0
     }
-    /// Microseconds.
+    /// Microseconds (saturating: validated durations are far below the
+    /// limit, see [`crate::drill::limits::MAX_SPAN_MS`]).
     pub fn us(self) -> Micros {
-        self.0 * US_PER_MS
+        self.0.saturating_mul(US_PER_MS)
     }
     /// From seconds.
     pub const fn secs(s: u64) -> Self {
-        Dur(s * 1_000)
+        Dur(s.saturating_mul(1_000))
     }
 }
 
@@ -786,6 +788,15 @@ pub enum ScenarioError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The end of a list cut at [`crate::drill::limits::MAX_LISTED_ERRORS`]:
+    /// how many more errors there are.
+    #[error("{path}: and {count} more errors; fix the ones above and run again")]
+    More {
+        /// File.
+        path: PathBuf,
+        /// Errors not listed.
+        count: usize,
+    },
     /// Several of the above, in file order, one per line.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ScenarioError>),
@@ -846,10 +857,13 @@ pub fn problems(sc: &Scenario) -> Vec<Problem> {
     let mut out = Problems::default();
     top_level_problems(sc, &mut out);
     stack_problems(&sc.stack, &mut out);
+    stack_limit_problems(&sc.stack, &mut out);
+    timer_problems(sc, &mut out);
     workload_problems(&sc.workload, &mut out);
     let ctx = FaultContext::new(sc);
     for (i, f) in sc.faults.iter().enumerate() {
         fault_problems(&ctx, i, f, &mut out);
+        fault_limit_problems(i, f, &mut out);
     }
     out.0
 }
@@ -871,6 +885,73 @@ impl Problems {
             self.bad(field, "must be longer than 0", deps);
         }
     }
+
+    /// A count of at most `max` (`bound` names the limit).
+    fn count_at_most(&mut self, field: impl Into<String>, n: u64, max: u64, bound: &str) {
+        if n > max {
+            self.bad(field, format!("{n} is above the limit of {max} ({bound}); write at most {max}"), &[]);
+        }
+    }
+
+    /// A duration written as text of at most [`limits::MAX_SPAN_MS`].
+    fn span_at_most(&mut self, field: impl Into<String>, d: Dur) {
+        if d.ms() > limits::MAX_SPAN_MS {
+            let max = Dur(limits::MAX_SPAN_MS);
+            self.bad(
+                field,
+                format!("{d} is longer than the limit of {max} (MAX_SPAN_MS); write at most \"{max}\""),
+                &[],
+            );
+        }
+    }
+
+    /// A duration written as a number of milliseconds, of at most
+    /// [`limits::MAX_SPAN_MS`].
+    fn ms_at_most(&mut self, field: impl Into<String>, ms: u64) {
+        if ms > limits::MAX_SPAN_MS {
+            let max = limits::MAX_SPAN_MS;
+            self.bad(
+                field,
+                format!(
+                    "{ms} ms is longer than the limit of {max} ms ({}, MAX_SPAN_MS); write at most {max}",
+                    Dur(max)
+                ),
+                &[],
+            );
+        }
+    }
+
+    /// A per-unit time in microseconds of at most [`limits::MAX_PER_UNIT_US`].
+    fn per_unit_at_most(&mut self, field: impl Into<String>, us: u64) {
+        let max = limits::MAX_PER_UNIT_US;
+        if us > max {
+            self.bad(
+                field,
+                format!("{us} µs is above the limit of {max} µs (MAX_PER_UNIT_US); write at most {max}"),
+                &[],
+            );
+        }
+    }
+
+    /// A periodic timer every `every_ms` fires at most
+    /// [`limits::MAX_TIMER_FIRINGS`] times over `horizon` (a timer of 0 is
+    /// left to the rule that it be positive).
+    fn fires_at_most(&mut self, field: impl Into<String>, every_ms: u64, horizon: Dur) {
+        let max = limits::MAX_TIMER_FIRINGS;
+        if every_ms == 0 || horizon.ms() / every_ms <= max {
+            return;
+        }
+        let shortest = Dur(horizon.ms().div_ceil(max));
+        self.bad(
+            field,
+            format!(
+                "every {} fires {} times over the {horizon} horizon, above the limit of {max} (MAX_TIMER_FIRINGS); write at least \"{shortest}\" or shorten the horizon",
+                Dur(every_ms),
+                horizon.ms() / every_ms
+            ),
+            &["horizon"],
+        );
+    }
 }
 
 /// The tier, the horizon and the cost budget.
@@ -881,6 +962,19 @@ fn top_level_problems(sc: &Scenario, out: &mut Problems) {
     if sc.horizon.ms() == 0 {
         out.bad("horizon", "must be longer than 0; write e.g. horizon = \"2h\"", &[]);
     }
+    if sc.horizon.ms() > limits::MAX_HORIZON_MS {
+        let max = Dur(limits::MAX_HORIZON_MS);
+        let m = format!("{} is longer than the limit of {max} (MAX_HORIZON_MS); write at most \"{max}\"", sc.horizon);
+        out.bad("horizon", m, &[]);
+    }
+    if let TierSpec::Custom(c) = &sc.tier {
+        for (what, d) in [("tier.rto", c.rto), ("tier.rpo", c.rpo)] {
+            if let Some(d) = d {
+                out.span_at_most(what, d);
+            }
+        }
+    }
+    out.count_at_most("faults", sc.faults.len() as u64, limits::MAX_FAULTS as u64, "MAX_FAULTS");
     if let Some(pct) = sc.max_cost_increase_pct
         && !(pct >= 0.0 && pct.is_finite())
     {
@@ -930,6 +1024,207 @@ fn provider_list_problems(providers: &[ProviderConfig], out: &mut Problems) {
     }
 }
 
+/// `[stack]` against [`limits`]: every count and duration bounded, and the
+/// values a component divides by or sizes a buffer with above 0.
+fn stack_limit_problems(stack: &StackSpec, out: &mut Problems) {
+    out.count_at_most("stack.workers", u64::from(stack.workers), u64::from(limits::MAX_WORKERS), "MAX_WORKERS");
+    let n = stack.anti_patterns.len() as u64;
+    out.count_at_most("stack.anti_patterns", n, limits::MAX_ANTI_PATTERNS as u64, "MAX_ANTI_PATTERNS");
+    let threshold = u64::from(stack.failover.failure_threshold);
+    let max = u64::from(limits::MAX_FAILURE_THRESHOLD);
+    out.count_at_most("stack.failover.failure_threshold", threshold, max, "MAX_FAILURE_THRESHOLD");
+    if stack.breaker.failure_threshold == 0 {
+        out.bad("stack.breaker.failure_threshold", "must be at least 1 (failures that open the breaker)", &[]);
+    }
+    out.count_at_most(
+        "stack.breaker.failure_threshold",
+        u64::from(stack.breaker.failure_threshold),
+        max,
+        "MAX_FAILURE_THRESHOLD",
+    );
+    let f = &stack.failover;
+    let v = &stack.vector;
+    let a = &stack.apis;
+    for (name, d) in [
+        ("failover.health_interval", f.health_interval),
+        ("failover.health_timeout", f.health_timeout),
+        ("failover.promotion", f.promotion),
+        ("failover.dns_ttl", f.dns_ttl),
+        ("failover.scale_up", f.scale_up),
+        ("vector.snapshot_interval", v.snapshot_interval),
+        ("vector.ship_delay", v.ship_delay),
+        ("vector.restore_base", v.restore_base),
+        ("vector.integrity_check_interval", v.integrity_check_interval),
+        ("apis.payment_latency", a.payment_latency),
+        ("apis.email_latency", a.email_latency),
+        ("apis.search_latency", a.search_latency),
+        ("recovery_scan", stack.recovery_scan),
+        ("request_timeout", stack.request_timeout),
+    ] {
+        out.span_at_most(format!("stack.{name}"), d);
+    }
+    let snap = v.snapshot_interval.ms();
+    if snap > 0 && snap < limits::MIN_SNAPSHOT_INTERVAL_MS {
+        let min = Dur(limits::MIN_SNAPSHOT_INTERVAL_MS);
+        out.bad(
+            "stack.vector.snapshot_interval",
+            format!("{} is shorter than the limit of {min} (MIN_SNAPSHOT_INTERVAL_MS: every snapshot of the last hour is kept); write at least \"{min}\"", v.snapshot_interval),
+            &[],
+        );
+    }
+    out.positive("stack.recovery_scan", stack.recovery_scan, &[]);
+    out.per_unit_at_most("stack.vector.restore_per_point_us", v.restore_per_point_us);
+    out.ms_at_most("stack.policy.lease_ms", stack.effective_policy().lease_ms);
+    match stack.replication {
+        Replication::Async { lag_ms, interval_ms } => {
+            out.ms_at_most("stack.replication.lag_ms", lag_ms);
+            out.ms_at_most("stack.replication.interval_ms", interval_ms);
+        }
+        Replication::Sync { degrade_after_ms: Some(ms) } => out.ms_at_most("stack.replication.degrade_after_ms", ms),
+        Replication::Sync { degrade_after_ms: None } | Replication::None => {}
+    }
+    out.ms_at_most("stack.breaker.window_ms", stack.breaker.window_ms);
+    out.ms_at_most("stack.breaker.open_ms", stack.breaker.open_ms);
+    if let Some(q) = &stack.queue {
+        out.ms_at_most("stack.queue.dedupe_window_ms", q.dedupe_window_ms);
+        out.ms_at_most("stack.queue.ack_wait_ms", q.ack_wait_ms);
+        if q.ack_wait_ms < limits::MIN_ACK_WAIT_MS {
+            let m =
+                "must be at least 1 ms (MIN_ACK_WAIT_MS): at 0 a message is redelivered at the same instant for ever";
+            out.bad("stack.queue.ack_wait_ms", m, &[]);
+        }
+        if q.max_deliver == Some(0) {
+            out.bad("stack.queue.max_deliver", "must be at least 1 (remove it for unlimited deliveries)", &[]);
+        }
+    }
+    for (i, p) in stack.providers.iter().enumerate() {
+        provider_limit_problems(i, p, out);
+    }
+}
+
+/// One provider's settings against [`limits`]: bounded times and retries,
+/// a timeout above 0, prices and the cache discount in range.
+fn provider_limit_problems(i: usize, p: &ProviderConfig, out: &mut Problems) {
+    let field = |name: &str| format!("stack.providers[{i}].{name}");
+    if i == limits::MAX_PROVIDERS {
+        out.count_at_most("stack.providers", (i + 1) as u64, limits::MAX_PROVIDERS as u64, "MAX_PROVIDERS");
+    }
+    out.ms_at_most(field("base_latency_ms"), p.base_latency_ms);
+    out.ms_at_most(field("cold_extra_latency_ms"), p.cold_extra_latency_ms);
+    out.ms_at_most(field("cache_ttl_ms"), p.cache_ttl_ms);
+    out.ms_at_most(field("timeout_ms"), p.timeout_ms);
+    if p.timeout_ms == 0 {
+        out.bad(field("timeout_ms"), "must be at least 1 (the SDK gives up after this long)", &[]);
+    }
+    out.per_unit_at_most(field("latency_per_output_token_us"), p.latency_per_output_token_us);
+    out.count_at_most(field("max_retries"), u64::from(p.max_retries), u64::from(limits::MAX_RETRIES), "MAX_RETRIES");
+    for (name, price) in [
+        ("price_input_per_mtok_usd", p.price_input_per_mtok_usd),
+        ("price_output_per_mtok_usd", p.price_output_per_mtok_usd),
+    ] {
+        if !(price.is_finite() && price >= 0.0) {
+            out.bad(field(name), format!("{price} is not a price; write a number of US dollars of 0 or more"), &[]);
+        }
+    }
+    let d = p.cache_read_discount;
+    if !(0.0..=1.0).contains(&d) {
+        out.bad(field("cache_read_discount"), format!("{d} is not a fraction; write a value from 0 to 1"), &[]);
+    }
+}
+
+/// Every periodic timer fires at most [`limits::MAX_TIMER_FIRINGS`] times
+/// over the horizon (the stack's floors on the client's timers applied).
+fn timer_problems(sc: &Scenario, out: &mut Problems) {
+    let (s, w, h) = (&sc.stack, &sc.workload, sc.horizon);
+    out.fires_at_most("stack.recovery_scan", s.recovery_scan.ms(), h);
+    out.fires_at_most("stack.failover.health_interval", s.failover.health_interval.ms(), h);
+    out.fires_at_most("stack.vector.integrity_check_interval", s.vector.integrity_check_interval.ms(), h);
+    if let Replication::Async { interval_ms, .. } = s.replication {
+        out.fires_at_most("stack.replication.interval_ms", interval_ms, h);
+    }
+    // A busy worker heartbeats every third of its lease.
+    let lease_ms = s.effective_policy().lease_ms;
+    if lease_ms > 0 && h.ms().saturating_mul(3) / lease_ms > limits::MAX_TIMER_FIRINGS {
+        let shortest = h.ms().saturating_mul(3).div_ceil(limits::MAX_TIMER_FIRINGS);
+        out.bad(
+            "stack.policy.lease_ms",
+            format!(
+                "a lease of {lease_ms} ms heartbeats {} times over the {h} horizon, above the limit of {} (MAX_TIMER_FIRINGS); write at least {shortest} or shorten the horizon",
+                h.ms().saturating_mul(3) / lease_ms,
+                limits::MAX_TIMER_FIRINGS
+            ),
+            &["horizon", "stack.anti_patterns", "stack.policy"],
+        );
+    }
+    if let Some(q) = &s.queue {
+        out.fires_at_most("stack.queue.ack_wait_ms", q.ack_wait_ms, h);
+    }
+    out.fires_at_most("workload.probe_interval", w.probe_interval.ms().max(1), h);
+    out.fires_at_most("workload.submit_retry", w.submit_retry.ms().max(1), h);
+}
+
+/// A fault's durations and parameters against [`limits`].
+fn fault_limit_problems(i: usize, f: &FaultSpec, out: &mut Problems) {
+    let field = |name: &str| format!("faults[{i}].{name}");
+    for (name, d) in fault_durations(f) {
+        out.span_at_most(field(name), d);
+    }
+    if let FaultSpec::ProviderOutage { mode, .. } = f {
+        outage_mode_problems(&field, *mode, out);
+    }
+}
+
+/// Every duration a fault writes, by field name (its start is checked
+/// against the horizon).
+fn fault_durations(f: &FaultSpec) -> Vec<(&'static str, Dur)> {
+    match f {
+        FaultSpec::WorkerKill { restart_after, .. } => restart_after.iter().map(|d| ("restart_after", *d)).collect(),
+        FaultSpec::WorkerPause { duration, .. }
+        | FaultSpec::ProviderOutage { duration, .. }
+        | FaultSpec::Partition { duration, .. }
+        | FaultSpec::PromptCacheLoss { duration, .. }
+        | FaultSpec::ToolSchemaChange { duration, .. } => vec![("duration", *duration)],
+        FaultSpec::LinkDegradation { duration, latency, .. } => vec![("duration", *duration), ("latency", *latency)],
+        FaultSpec::ReplicationLagSpike { duration, lag, .. } => vec![("duration", *duration), ("lag", *lag)],
+        FaultSpec::ClockSkew { offset, duration, .. } => {
+            let mut v = vec![("offset", Dur(offset.0.unsigned_abs()))];
+            v.extend(duration.map(|d| ("duration", d)));
+            v
+        }
+        FaultSpec::RegionLoss { duration, .. } | FaultSpec::QueueLoss { duration, .. } => {
+            duration.iter().map(|d| ("duration", *d)).collect()
+        }
+        FaultSpec::DiskLoss { .. } | FaultSpec::VectorCorruption { .. } | FaultSpec::BadDeploy { .. } => Vec::new(),
+    }
+}
+
+/// A provider outage's mode parameters: a slow factor of at least 1 and
+/// bounded, a bounded `retry_after_ms` and stream length.
+fn outage_mode_problems(field: &dyn Fn(&str) -> String, mode: ErrorMode, out: &mut Problems) {
+    match mode {
+        ErrorMode::Slow { factor } => {
+            if factor == 0 {
+                out.bad(field("mode.slow.factor"), "must be at least 1 (the latency multiplier)", &[]);
+            }
+            let max = u64::from(limits::MAX_SLOW_FACTOR);
+            out.count_at_most(field("mode.slow.factor"), u64::from(factor), max, "MAX_SLOW_FACTOR");
+        }
+        ErrorMode::RateLimited { retry_after_ms } => {
+            out.ms_at_most(field("mode.rate_limited.retry_after_ms"), retry_after_ms)
+        }
+        ErrorMode::StreamError { after_tokens } => {
+            let max = u64::from(limits::MAX_STREAM_TOKENS);
+            out.count_at_most(
+                field("mode.stream_error.after_tokens"),
+                u64::from(after_tokens),
+                max,
+                "MAX_STREAM_TOKENS",
+            );
+        }
+        _ => {}
+    }
+}
+
 /// The names of the templates a workload may use.
 fn template_names() -> Vec<&'static str> {
     crate::components::workflow::builtin().iter().map(|t| t.name).filter(|n| *n != "probe").collect()
@@ -967,11 +1262,34 @@ struct FaultContext<'s> {
 
 impl<'s> FaultContext<'s> {
     fn new(sc: &'s Scenario) -> Self {
+        // Host names are built for at most the workers the limit allows: a
+        // file asking for more is refused by its own rule, and naming four
+        // billion workers would exhaust memory before it is.
+        let mut stack = sc.stack.clone();
+        stack.workers = stack.workers.min(limits::MAX_WORKERS);
         FaultContext {
             sc,
             templates: crate::components::workflow::builtin(),
-            hosts: crate::sim::stack::host_names(&sc.stack),
+            hosts: crate::sim::stack::host_names(&stack),
         }
+    }
+
+    /// The hosts for a message: workers shown as a range past the third.
+    fn hosts_listed(&self) -> String {
+        let workers = self.sc.stack.workers.min(limits::MAX_WORKERS);
+        let mut shown: Vec<String> = Vec::new();
+        for h in &self.hosts {
+            let index = h.rsplit('-').next().and_then(|n| n.parse::<u32>().ok());
+            match index {
+                Some(n) if h.starts_with("worker-") && workers > 3 && n >= 2 => {
+                    if n == workers - 1 {
+                        shown.push(format!("… {h}"));
+                    }
+                }
+                _ => shown.push(h.clone()),
+            }
+        }
+        shown.join(", ")
     }
 }
 
@@ -1122,7 +1440,7 @@ fn endpoint_problems(
                 field(which),
                 format!(
                     "unknown endpoint {name:?}; write a host ({}) or a region (region:a, region:b, region:external)",
-                    ctx.hosts.join(", ")
+                    ctx.hosts_listed()
                 ),
                 &["stack"],
             );

@@ -1,0 +1,91 @@
+//! The explicit limits on what a scenario file may ask for, with units.
+//!
+//! Every count and every duration a scenario writes has an upper bound,
+//! checked by [`crate::drill::scenario::validate`] before anything runs, so
+//! that no file can make the harness allocate without bound, loop without
+//! end, or overflow time arithmetic. The bounds are generous for real drills
+//! (the largest built-in workload, `agentdrill bench`'s throughput run, uses
+//! 1,000,000 tasks on 256 workers over 12 hours) and tight enough that the
+//! worst in-range drill still finishes.
+//!
+//! Why each bound holds the line:
+//! - durations: at most [`MAX_SPAN_MS`] (30 days), so a time in
+//!   microseconds stays below 2.6 × 10¹² and sums and products of a few of
+//!   them (a latency × a slow factor, a start + a duration) never come near
+//!   `u64::MAX`;
+//! - counts that size an allocation (workers build host names and
+//!   components, tasks size the ground truth, a breaker threshold sizes its
+//!   ring of failure times): [`MAX_WORKERS`], [`MAX_TASKS`],
+//!   [`MAX_FAILURE_THRESHOLD`];
+//! - periodic timers: each fires at most [`MAX_TIMER_FIRINGS`] times over
+//!   the horizon, and vector snapshots are at least
+//!   [`MIN_SNAPSHOT_INTERVAL_MS`] apart because the retention ladder keeps
+//!   every snapshot of the last hour and prunes over all of them.
+
+/// A day, in milliseconds.
+const DAY_MS: u64 = 86_400_000;
+
+/// The longest horizon a drill may simulate: 30 days, in milliseconds.
+pub const MAX_HORIZON_MS: u64 = 30 * DAY_MS;
+
+/// The longest any other duration may be (a lease, a lag, a latency, a
+/// timeout, a TTL, a fault's start or length, a clock offset): 30 days, in
+/// milliseconds.
+pub const MAX_SPAN_MS: u64 = 30 * DAY_MS;
+
+/// The longest per-unit time (a provider's generation time per output
+/// token, the vector restore time per point): 1 s, in microseconds.
+pub const MAX_PER_UNIT_US: u64 = 1_000_000;
+
+/// The most workers per serving region.
+pub const MAX_WORKERS: u32 = 1_024;
+
+/// The most jobs in a workload (`agentdrill bench` runs 1,000,000 in about
+/// 3 GB of memory).
+pub const MAX_TASKS: u32 = 1_000_000;
+
+/// The most faults in one scenario.
+pub const MAX_FAULTS: usize = 1_000;
+
+/// The most providers in `stack.providers`.
+pub const MAX_PROVIDERS: usize = 16;
+
+/// The most entries in `workload.templates`.
+pub const MAX_TEMPLATES: usize = 64;
+
+/// The most entries in `stack.anti_patterns`.
+pub const MAX_ANTI_PATTERNS: usize = 64;
+
+/// The highest failure threshold (of a circuit breaker or of the failover
+/// controller's health checks), in consecutive or windowed failures.
+pub const MAX_FAILURE_THRESHOLD: u32 = 1_000;
+
+/// The most retries a provider SDK makes on a retryable error.
+pub const MAX_RETRIES: u32 = 100;
+
+/// The highest latency multiplier of a `slow` provider outage.
+pub const MAX_SLOW_FACTOR: u32 = 1_000;
+
+/// The most output tokens streamed before a `stream_error`.
+pub const MAX_STREAM_TOKENS: u32 = 1_000_000;
+
+/// The most times one periodic timer (a recovery scan, a replication tick,
+/// a health check, an integrity check, a heartbeat, a probe, a client
+/// retry, a queue redelivery) may fire over the horizon.
+pub const MAX_TIMER_FIRINGS: u64 = 1_000_000;
+
+/// The shortest vector snapshot interval: 10 s, in milliseconds. The
+/// retention ladder keeps every snapshot of the last hour (at most 360 at
+/// this bound) and prunes over all of them at each snapshot.
+pub const MIN_SNAPSHOT_INTERVAL_MS: u64 = 10_000;
+
+/// The shortest queue redelivery wait (`ack_wait_ms`): 1 ms. At 0 a
+/// message would be redelivered at the same instant for ever.
+pub const MIN_ACK_WAIT_MS: u64 = 1;
+
+/// The largest scenario file (and included file) read: 1 MiB, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The most errors listed for one scenario; the list ends with "and N
+/// more" past it.
+pub const MAX_LISTED_ERRORS: usize = 100;
