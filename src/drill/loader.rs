@@ -214,36 +214,55 @@ impl Sources {
         format!("fnv1a64:{:016x}", h.0)
     }
 
-    /// Places the problems in their files and wraps them up, in file order.
+    /// Places the problems in their files and wraps them up, in file order,
+    /// the same error once, at most [`limits::MAX_LISTED_ERRORS`] of them
+    /// and then how many more.
     fn finish(&self, mut errs: Vec<Diag>) -> ScenarioError {
         errs.sort_by_key(|d| d.at.unwrap_or(usize::MAX));
+        let mut seen = std::collections::HashSet::new();
+        errs.retain(|d| seen.insert((d.at, d.field.clone(), d.message.clone())));
         let mut out: Vec<ScenarioError> = Vec::new();
-        for d in errs {
-            let e = match d.at {
-                Some(at) => {
-                    let fi = self.file_of(at);
-                    let f = &self.files[fi];
-                    let text = self.text.get(f.start..f.end).unwrap_or("");
-                    let (line, col) = line_col(text, at.saturating_sub(f.start));
-                    let mut message =
-                        if d.field.is_empty() { d.message } else { format!("{}: {}", d.field, d.message) };
-                    if let Some(by) = f.included_by {
-                        message = format!("{message} (included by {})", self.files[by].path.display());
-                    }
-                    ScenarioError::Parse { path: f.path.clone(), line, col, message }
-                }
-                None => ScenarioError::Invalid { path: self.files[0].path.clone(), field: d.field, message: d.message },
-            };
-            if !out.iter().any(|o| o.to_string() == e.to_string()) {
+        let mut listed = std::collections::HashSet::new();
+        let mut placed = 0;
+        for d in errs.iter() {
+            if out.len() == limits::MAX_LISTED_ERRORS {
+                break;
+            }
+            placed += 1;
+            let e = self.place(d);
+            if listed.insert(e.to_string()) {
                 out.push(e);
             }
         }
-        if out.len() > limits::MAX_LISTED_ERRORS {
-            let count = out.len() - limits::MAX_LISTED_ERRORS;
-            out.truncate(limits::MAX_LISTED_ERRORS);
-            out.push(ScenarioError::More { path: self.files[0].path.clone(), count });
+        let more = errs.len() - placed;
+        if more > 0 {
+            out.push(ScenarioError::More { path: self.files[0].path.clone(), count: more });
         }
         if out.len() == 1 { out.pop().expect("one error") } else { ScenarioError::Several(out) }
+    }
+
+    /// One problem placed at `file:line:col` (or at its file when it has no
+    /// position).
+    fn place(&self, d: &Diag) -> ScenarioError {
+        match d.at {
+            Some(at) => {
+                let fi = self.file_of(at);
+                let f = &self.files[fi];
+                let text = self.text.get(f.start..f.end).unwrap_or("");
+                let (line, col) = line_col(text, at.saturating_sub(f.start));
+                let mut message =
+                    if d.field.is_empty() { d.message.clone() } else { format!("{}: {}", d.field, d.message) };
+                if let Some(by) = f.included_by {
+                    message = format!("{message} (included by {})", self.files[by].path.display());
+                }
+                ScenarioError::Parse { path: f.path.clone(), line, col, message }
+            }
+            None => ScenarioError::Invalid {
+                path: self.files[0].path.clone(),
+                field: d.field.clone(),
+                message: d.message.clone(),
+            },
+        }
     }
 }
 
@@ -500,6 +519,17 @@ fn node<'v, 'a>(v: &'v Val<'a>, path: &[Seg]) -> Option<&'v Val<'a>> {
     node(child, rest)
 }
 
+/// The node at `path`, to change it.
+fn node_mut<'v, 'a>(v: &'v mut Val<'a>, path: &[Seg]) -> Option<&'v mut Val<'a>> {
+    let Some((first, rest)) = path.split_first() else { return Some(v) };
+    let child = match (v.get_mut(), first) {
+        (DeValue::Table(t), Seg::Key(k)) => t.get_mut(k.as_str())?,
+        (DeValue::Array(a), Seg::Index(i)) => a.get_mut(*i)?,
+        _ => return None,
+    };
+    node_mut(child, rest)
+}
+
 /// The first backticked or double-quoted word of a message.
 fn token(msg: &str) -> Option<String> {
     let b = msg.find('`');
@@ -683,11 +713,24 @@ fn recovering<T: DeserializeOwned>(
                 // serde names the first unknown key of a table; take out the
                 // table's other unknown keys in the same round, so that a
                 // file of many unknown keys costs one pass, not one per key.
-                for (extra, diag) in other_unknown_keys(&v, &path, &raw) {
-                    errs.push(Diag { field: full(&extra), ..diag });
-                    if let Some(p) = remove_at(&mut v, &extra) {
-                        removed.push(p);
+                let extras = other_unknown_keys(&v, &path, &raw);
+                let names: std::collections::HashSet<String> =
+                    extras.iter().filter_map(|(p, _)| match p.last() { Some(Seg::Key(k)) => Some(k.clone()), _ => None }).collect();
+                if let Some(parent) = path.split_last().map(|(_, p)| p)
+                    && let Some(DeValue::Table(t)) = node_mut(&mut v, parent).map(Spanned::get_mut)
+                {
+                    // One pass: removing keys one by one from an ordered
+                    // table shifts the rest each time.
+                    let all = std::mem::take(t);
+                    for (k, val) in all {
+                        if !names.contains(k.get_ref().as_ref()) {
+                            t.insert(k, val);
+                        }
                     }
+                }
+                for (extra, diag) in extras {
+                    errs.push(Diag { field: full(&extra), ..diag });
+                    removed.push(extra);
                 }
             }
         }
@@ -721,12 +764,18 @@ fn other_unknown_keys(root: &Val<'_>, path: &[Seg], raw: &str) -> Vec<(Vec<Seg>,
     let Some(DeValue::Table(t)) = node(root, parent).map(Spanned::get_ref) else { return Vec::new() };
     let expected = raw.split_once(", ").map_or("", |(_, rest)| rest);
     let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    t.iter()
-        .filter(|(k, _)| k.get_ref() != first && !known.contains(&k.get_ref().as_ref()))
-        .map(|(k, _)| {
+    let mut keys: Vec<_> =
+        t.keys().filter(|k| k.get_ref() != first && !known.contains(&k.get_ref().as_ref())).collect();
+    keys.sort_by_key(|k| k.span().start);
+    keys.into_iter()
+        .enumerate()
+        .map(|(i, k)| {
             let mut p = parent.to_vec();
             p.push(Seg::Key(k.get_ref().to_string()));
-            let message = explain(&format!("unknown field `{}`, {expected}", k.get_ref()), None);
+            // Only the first few can be listed: the others are counted, so
+            // they skip the search for a suggestion.
+            let raw = format!("unknown field `{}`, {expected}", k.get_ref());
+            let message = if i < limits::MAX_LISTED_ERRORS { explain(&raw, None) } else { raw };
             (p, Diag { at: Some(k.span().start), field: String::new(), message })
         })
         .collect()
@@ -756,6 +805,9 @@ fn explain(raw: &str, missing: Option<&str>) -> String {
 /// Backticks to quotes, Rust's number types in words, and one line.
 fn tidy(msg: &str) -> String {
     let mut m = msg.trim().replace("`\"`", "'\"'").replace('`', "\"").replace('\n', " ");
+    if m.contains("max recursion depth met") {
+        m.push_str("; tables and arrays nest too deeply here, write them flatter");
+    }
     for (rust, words) in [
         ("expected u64", "expected a whole number of 0 or more"),
         ("expected u32", "expected a whole number of 0 or more"),

@@ -1251,6 +1251,16 @@ fn workload_problems(w: &Workload, out: &mut Problems) {
     if w.arrival != Arrival::AtOnce && w.interval.ms() == 0 {
         out.bad("workload.interval", "must be longer than 0 for uniform or poisson arrivals", &["workload.arrival"]);
     }
+    out.count_at_most("workload.tasks", u64::from(w.tasks), u64::from(limits::MAX_TASKS), "MAX_TASKS");
+    out.count_at_most("workload.templates", w.templates.len() as u64, limits::MAX_TEMPLATES as u64, "MAX_TEMPLATES");
+    for (name, d) in [
+        ("interval", w.interval),
+        ("probe_interval", w.probe_interval),
+        ("resubmit_after", w.resubmit_after),
+        ("submit_retry", w.submit_retry),
+    ] {
+        out.span_at_most(format!("workload.{name}"), d);
+    }
 }
 
 /// What the fault rules read from the rest of the scenario.
