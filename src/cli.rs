@@ -166,8 +166,7 @@ fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
 /// Writes the reports into `partial`, then renames it to `dir/<stamp>` (or
 /// `<stamp>-2`, … when taken).
 fn fill_and_publish(dir: &Path, partial: &Path, stamp: &str, entries: &[Entry]) -> std::io::Result<PathBuf> {
-    let contents =
-        [report::json_entries(entries), report::junit::junit(entries), report::markdown::markdown(entries)];
+    let contents = [report::json_entries(entries), report::junit::junit(entries), report::markdown::markdown(entries)];
     for (n, (name, text)) in REPORT_FILES.iter().zip(&contents).enumerate() {
         let mut f = std::fs::File::create(partial.join(name))?;
         f.write_all(text.as_bytes())?;

@@ -714,8 +714,13 @@ fn recovering<T: DeserializeOwned>(
                 // table's other unknown keys in the same round, so that a
                 // file of many unknown keys costs one pass, not one per key.
                 let extras = other_unknown_keys(&v, &path, &raw);
-                let names: std::collections::HashSet<String> =
-                    extras.iter().filter_map(|(p, _)| match p.last() { Some(Seg::Key(k)) => Some(k.clone()), _ => None }).collect();
+                let names: std::collections::HashSet<String> = extras
+                    .iter()
+                    .filter_map(|(p, _)| match p.last() {
+                        Some(Seg::Key(k)) => Some(k.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 if let Some(parent) = path.split_last().map(|(_, p)| p)
                     && let Some(DeValue::Table(t)) = node_mut(&mut v, parent).map(Spanned::get_mut)
                 {

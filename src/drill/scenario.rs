@@ -1526,6 +1526,58 @@ mod tests {
     }
 
     #[test]
+    fn values_a_component_divides_by_or_loops_on_are_refused_with_their_field() {
+        let head = "tier = \"batch\"\nhorizon = \"1h\"\n";
+        for (body, want) in [
+            ("[stack]\nbreaker = { failure_threshold = 0 }\n", "stack.breaker.failure_threshold: must be at least 1"),
+            (
+                "[[stack.providers]]\nname = \"a\"\ntimeout_ms = 0\n",
+                "stack.providers[0].timeout_ms: must be at least 1",
+            ),
+            (
+                "[[faults]]\nkind = \"provider_outage\"\nat = \"1m\"\nprovider = \"anthropic\"\nmode = { slow = { factor = 0 } }\nduration = \"1m\"\n",
+                "faults[0].mode.slow.factor: must be at least 1",
+            ),
+            ("[stack]\nqueue = { ack_wait_ms = 0 }\n", "stack.queue.ack_wait_ms: must be at least 1 ms"),
+            ("[stack]\nrecovery_scan = \"0s\"\n", "stack.recovery_scan: must be longer than 0"),
+            (
+                "[[stack.providers]]\nname = \"a\"\ncache_read_discount = 1.5\n",
+                "cache_read_discount: 1.5 is not a fraction",
+            ),
+            (
+                "[[stack.providers]]\nname = \"a\"\nprice_output_per_mtok_usd = -1.0\n",
+                "price_output_per_mtok_usd: -1 is not a price",
+            ),
+        ] {
+            let err = parse(Path::new("z.toml"), &format!("{head}{body}")).unwrap_err().to_string();
+            assert!(err.contains(want), "{body}: want {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn every_limit_is_checked_and_names_its_bound() {
+        let mut sc = parse(Path::new("ok.toml"), "tier = \"batch\"\nhorizon = \"1h\"\n").unwrap();
+        assert!(problems(&sc).is_empty());
+        sc.stack.workers = u32::MAX;
+        sc.workload.tasks = u32::MAX;
+        sc.stack.policy.lease_ms = u64::MAX;
+        sc.stack.vector.snapshot_interval = Dur(1);
+        sc.stack.replication = Replication::Async { lag_ms: u64::MAX, interval_ms: 1_000 };
+        sc.stack.apis.payment_latency = Dur(MAX_DURATION_MS);
+        let found: Vec<String> = problems(&sc).into_iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+        for want in [
+            "stack.workers: 4294967295 is above the limit of 1024 (MAX_WORKERS)",
+            "workload.tasks: 4294967295 is above the limit of 1000000 (MAX_TASKS)",
+            "stack.policy.lease_ms: 18446744073709551615 ms is longer than the limit of 2592000000 ms",
+            "stack.vector.snapshot_interval: 1ms is shorter than the limit of 10s (MIN_SNAPSHOT_INTERVAL_MS",
+            "stack.replication.lag_ms: 18446744073709551615 ms is longer than the limit",
+            "stack.apis.payment_latency: 100years is longer than the limit of 30days (MAX_SPAN_MS)",
+        ] {
+            assert!(found.iter().any(|f| f.starts_with(want)), "{want:?} not in {found:#?}");
+        }
+    }
+
+    #[test]
     fn cross_field_rules_are_checked() {
         let text = "tier = \"batch\"\nhorizon = \"10m\"\n[[faults]]\nkind = \"region_loss\"\nat = \"20m\"\n";
         let err = parse(Path::new("z.toml"), text).unwrap_err().to_string();
