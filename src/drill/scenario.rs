@@ -1563,7 +1563,7 @@ mod tests {
         sc.stack.policy.lease_ms = u64::MAX;
         sc.stack.vector.snapshot_interval = Dur(1);
         sc.stack.replication = Replication::Async { lag_ms: u64::MAX, interval_ms: 1_000 };
-        sc.stack.apis.payment_latency = Dur(MAX_DURATION_MS);
+        sc.stack.apis.payment_latency = Dur(31 * 86_400_000);
         let found: Vec<String> = problems(&sc).into_iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
         for want in [
             "stack.workers: 4294967295 is above the limit of 1024 (MAX_WORKERS)",
@@ -1571,7 +1571,7 @@ mod tests {
             "stack.policy.lease_ms: 18446744073709551615 ms is longer than the limit of 2592000000 ms",
             "stack.vector.snapshot_interval: 1ms is shorter than the limit of 10s (MIN_SNAPSHOT_INTERVAL_MS",
             "stack.replication.lag_ms: 18446744073709551615 ms is longer than the limit",
-            "stack.apis.payment_latency: 100years is longer than the limit of 30days (MAX_SPAN_MS)",
+            "stack.apis.payment_latency: 1month 13h 26m 24s is longer than the limit of 30days (MAX_SPAN_MS)",
         ] {
             assert!(found.iter().any(|f| f.starts_with(want)), "{want:?} not in {found:#?}");
         }
