@@ -1,7 +1,7 @@
 //! The commands a user meets: `run`, `list`, `validate`, `explain`. They
 //! load scenarios, call the library and print; the exit code is 0 when every
 //! drill passed, 1 when one failed, 2 when the input (or the report folder)
-//! cannot be used. The wall clock is read here and only here: for the
+//! cannot be used. The wall clock is read here (and in `gameday_cli`) only: for the
 //! report folder's name and the JUnit times.
 
 use std::io::{IsTerminal as _, Write as _};
@@ -51,7 +51,7 @@ fn load(
 }
 
 /// Writes to stdout; a closed pipe (`agentdrill run … | head`) is not an error.
-fn emit(s: &str) {
+pub(crate) fn emit(s: &str) {
     let mut o = std::io::stdout().lock();
     let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
 }
@@ -75,7 +75,7 @@ fn paint(s: &str) -> String {
         .replace('\u{2}', &format!("{GREEN}PASS (caught){OFF}"))
 }
 
-fn print_table(entries: &[Entry]) {
+pub(crate) fn print_table(entries: &[Entry]) {
     let results: Vec<drill::DrillResult> = entries.iter().map(|e| e.result.clone()).collect();
     let t = report::table(&results);
     emit(&if colour() { paint(&t) } else { t });
@@ -123,10 +123,20 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         Format::Json => emit(&(report::json_entries(&entries) + "\n")),
         Format::Junit => emit(&report::junit::junit(&entries)),
         Format::Markdown => emit(&report::markdown::markdown(&entries)),
+        Format::Html => emit(&report::html::html(&entries, &report::html::Extras::default())),
     }
     if let Some(dir) = out {
-        match write_reports(&dir, &entries) {
-            Ok(at) => eprintln!("reports written to {}/ (report.json, junit.xml, report.md)", at.display()),
+        let extras = match record_history(&dir, &entries, "run") {
+            Ok(history) => report::html::Extras { history, ..report::html::Extras::default() },
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match write_reports(&dir, &entries, &extras) {
+            Ok(at) => {
+                eprintln!("reports written to {}/ (report.json, junit.xml, report.md, report.html)", at.display())
+            }
             Err(e) => {
                 eprintln!("error: {}: cannot write the reports: {e}", dir.display());
                 return ExitCode::from(2);
@@ -136,8 +146,30 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
     if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// Writes the three reports into a new `dir/<UTC timestamp>/`.
-fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
+/// Appends one history record per drill to `dir/history.jsonl` and gives
+/// back the whole history (for the HTML report's trends).
+pub(crate) fn record_history(
+    dir: &Path,
+    entries: &[Entry],
+    source: &str,
+) -> Result<Vec<agentdrill::history::Record>, agentdrill::history::HistoryError> {
+    use agentdrill::history;
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let stamp = utc_stamp(now);
+    std::fs::create_dir_all(dir).map_err(|source| history::HistoryError::Io { path: dir.to_owned(), source })?;
+    let path = dir.join(history::FILE_NAME);
+    let records: Vec<history::Record> = entries.iter().map(|e| history::Record::of(e, secs, &stamp, source)).collect();
+    history::append(&path, &records)?;
+    let h = history::read(&path)?;
+    if h.skipped_lines > 0 {
+        eprintln!("warning: {}: {} unreadable line(s) skipped (a torn write?)", path.display(), h.skipped_lines);
+    }
+    Ok(h.records)
+}
+
+/// Writes the reports into a new `dir/<UTC timestamp>/`.
+pub(crate) fn write_reports(dir: &Path, entries: &[Entry], extras: &report::html::Extras) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let stamp = utc_stamp(SystemTime::now());
     let mut at = dir.join(&stamp);
@@ -155,13 +187,14 @@ fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
     write_atomic(&at, "report.json", &report::json_entries(entries))?;
     write_atomic(&at, "junit.xml", &report::junit::junit(entries))?;
     write_atomic(&at, "report.md", &report::markdown::markdown(entries))?;
+    write_atomic(&at, "report.html", &report::html::html(entries, extras))?;
     tracing::info!(dir = %at.display(), "reports written");
     Ok(at)
 }
 
 /// Writes a temporary file in the same folder, flushes it to disk, then
 /// renames it over `name`: a reader sees the whole report or none.
-fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
