@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(t.never_recovered, 1);
         assert!((t.success_rate_pct - 66.666).abs() < 0.01);
         assert_eq!(t.rto_change_s(), None, "the run before the last never recovered");
-        assert!(render(&[t.clone()]).contains("10.0 → never → 30.0"));
+        assert!(render(std::slice::from_ref(t)).contains("10.0 → never → 30.0"));
     }
 
     #[test]

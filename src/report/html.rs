@@ -101,12 +101,12 @@ pub fn html(entries: &[Entry], extras: &Extras) -> String {
                         "agentdrill " (VERSION) " · RTO, RPO and side effects measured from ground truth in a deterministic simulation"
                     }
                 }
-                (summary(entries))
+                "\n" (summary(entries)) "\n"
                 section.drills {
-                    @for (i, e) in entries.iter().enumerate() { (card(i, e, extras)) }
+                    @for (i, e) in entries.iter().enumerate() { "\n" (card(i, e, extras)) }
                 }
-                (runbook_section(entries, extras.blind.as_ref()))
-                @if let Some(b) = &extras.blind { (blind_section(b)) }
+                "\n" (runbook_section(entries, extras.blind.as_ref())) "\n"
+                @if let Some(b) = &extras.blind { (blind_section(b)) "\n" }
             }
         }
     };
@@ -131,7 +131,7 @@ fn summary(entries: &[Entry]) -> Markup {
             tbody {
                 @for (i, e) in entries.iter().enumerate() {
                     @let d = &e.result;
-                    tr {
+                    "\n" tr {
                         td { a href={ "#drill-" (i + 1) } { (d.scenario) } }
                         td { (d.tier) }
                         td { (rto_words(d.rto_s)) " (<" (human_s(d.target_rto_s)) ")" }
@@ -284,7 +284,7 @@ fn checklist(items: &[Item]) -> Markup {
     html! {
         ul.check {
             @for it in items {
-                li {
+                "\n" li {
                     @if it.ticked { span.tick.yes { "☑" } } @else { span.tick.no { "☐" } }
                     b { (it.step) } " — " span.meta { (it.evidence) }
                 }

@@ -126,9 +126,7 @@ fn rows(d: &DrillResult) -> Rows {
         .faults
         .iter()
         .enumerate()
-        .filter_map(|(i, f)| {
-            Some(Mark { at_s: f.onset_s?, word: format!("F{} {}", i + 1, f.kind), colour: RED.into() })
-        })
+        .filter_map(|(i, f)| Some(Mark { at_s: f.onset_s?, word: format!("F{} {}", i + 1, f.kind), colour: RED }))
         .collect();
     let mut stack = stack_marks(d);
     if let Some((onset, Some(rto))) = recovery_window(d) {

@@ -111,8 +111,7 @@ fn missing(d: &DrillResult) -> Vec<&'static str> {
             (p.hydration_s, HYDRATION),
             (p.resume_s, RECOVERY),
         ];
-        if let Some((s, which)) = parts.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)).filter(|(s, _)| *s > 0.0) {
-            let _ = s;
+        if let Some((_, which)) = parts.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)).filter(|(s, _)| *s > 0.0) {
             add(which);
         }
         if d.faults.iter().any(|f| f.kind == "provider_outage") {
