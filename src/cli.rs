@@ -1,7 +1,7 @@
 //! The commands a user meets: `run`, `list`, `validate`, `explain`. They
 //! load scenarios, call the library and print; the exit code is 0 when every
 //! drill passed, 1 when one failed, 2 when the input (or the report folder)
-//! cannot be used. The wall clock is read here and only here: for the
+//! cannot be used. The wall clock is read here (and in `gameday_cli`) only: for the
 //! report folder's name and the JUnit times.
 
 use std::io::{IsTerminal as _, Write as _};
@@ -51,7 +51,7 @@ fn load(
 }
 
 /// Writes to stdout; a closed pipe (`agentdrill run … | head`) is not an error.
-fn emit(s: &str) {
+pub(crate) fn emit(s: &str) {
     let mut o = std::io::stdout().lock();
     let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
 }
@@ -75,7 +75,7 @@ fn paint(s: &str) -> String {
         .replace('\u{2}', &format!("{GREEN}PASS (caught){OFF}"))
 }
 
-fn print_table(entries: &[Entry]) {
+pub(crate) fn print_table(entries: &[Entry]) {
     let results: Vec<drill::DrillResult> = entries.iter().map(|e| e.result.clone()).collect();
     let t = report::table(&results);
     emit(&if colour() { paint(&t) } else { t });
@@ -123,10 +123,20 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         Format::Json => emit(&(report::json_entries(&entries) + "\n")),
         Format::Junit => emit(&report::junit::junit(&entries)),
         Format::Markdown => emit(&report::markdown::markdown(&entries)),
+        Format::Html => emit(&report::html::html(&entries, &report::html::Extras::default())),
     }
     if let Some(dir) = out {
-        match write_reports(&dir, &entries) {
-            Ok(at) => eprintln!("reports written to {}/ (report.json, junit.xml, report.md)", at.display()),
+        let extras = match record_history(&dir, &entries, "run") {
+            Ok(history) => report::html::Extras { history, ..report::html::Extras::default() },
+            Err(e) => {
+                eprintln!("error: cannot write the reports: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match write_reports(&dir, &entries, &extras) {
+            Ok(at) => {
+                eprintln!("reports written to {}/ (report.json, junit.xml, report.md, report.html)", at.display())
+            }
             Err(e) => {
                 eprintln!("error: {}: cannot write the reports: {e}", dir.display());
                 return ExitCode::from(2);
@@ -136,8 +146,30 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
     if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
+/// Appends one history record per drill to `dir/history.jsonl` and gives
+/// back the whole history (for the HTML report's trends).
+pub(crate) fn record_history(
+    dir: &Path,
+    entries: &[Entry],
+    source: &str,
+) -> Result<Vec<agentdrill::history::Record>, agentdrill::history::HistoryError> {
+    use agentdrill::history;
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let stamp = utc_stamp(now);
+    std::fs::create_dir_all(dir).map_err(|source| history::HistoryError::Io { path: dir.to_owned(), source })?;
+    let path = dir.join(history::FILE_NAME);
+    let records: Vec<history::Record> = entries.iter().map(|e| history::Record::of(e, secs, &stamp, source)).collect();
+    history::append(&path, &records)?;
+    let h = history::read(&path)?;
+    if h.skipped_lines > 0 {
+        eprintln!("warning: {}: {} unreadable line(s) skipped (a torn write?)", path.display(), h.skipped_lines);
+    }
+    Ok(h.records)
+}
+
 /// The reports `--out` writes, by file name.
-const REPORT_FILES: [&str; 3] = ["report.json", "junit.xml", "report.md"];
+const REPORT_FILES: [&str; 4] = ["report.json", "junit.xml", "report.md", "report.html"];
 
 /// The prefix of the hidden folder a run writes its reports into before
 /// it renames the folder into place.
@@ -148,13 +180,13 @@ const PARTIAL_PREFIX: &str = ".partial-";
 /// and the folder is renamed into place in one step. A run killed before the
 /// rename leaves only its hidden folder, which the next `--out` run into
 /// `dir` removes (its process is gone).
-fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
+pub(crate) fn write_reports(dir: &Path, entries: &[Entry], extras: &report::html::Extras) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     sweep_partials(dir);
     let stamp = utc_stamp(SystemTime::now());
     let partial = dir.join(format!("{PARTIAL_PREFIX}{stamp}-{}", std::process::id()));
     std::fs::create_dir(&partial)?;
-    let result = fill_and_publish(dir, &partial, &stamp, entries);
+    let result = fill_and_publish(dir, &partial, &stamp, entries, extras);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
@@ -165,8 +197,19 @@ fn write_reports(dir: &Path, entries: &[Entry]) -> std::io::Result<PathBuf> {
 
 /// Writes the reports into `partial`, then renames it to `dir/<stamp>` (or
 /// `<stamp>-2`, … when taken).
-fn fill_and_publish(dir: &Path, partial: &Path, stamp: &str, entries: &[Entry]) -> std::io::Result<PathBuf> {
-    let contents = [report::json_entries(entries), report::junit::junit(entries), report::markdown::markdown(entries)];
+fn fill_and_publish(
+    dir: &Path,
+    partial: &Path,
+    stamp: &str,
+    entries: &[Entry],
+    extras: &report::html::Extras,
+) -> std::io::Result<PathBuf> {
+    let contents = [
+        report::json_entries(entries),
+        report::junit::junit(entries),
+        report::markdown::markdown(entries),
+        report::html::html(entries, extras),
+    ];
     for (n, (name, text)) in REPORT_FILES.iter().zip(&contents).enumerate() {
         let mut f = std::fs::File::create(partial.join(name))?;
         f.write_all(text.as_bytes())?;
@@ -186,6 +229,22 @@ fn fill_and_publish(dir: &Path, partial: &Path, stamp: &str, entries: &[Entry]) 
         return Ok(at);
     }
     Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("every name {stamp}-N is taken")))
+}
+
+/// Writes a temporary file in the same folder, flushes it to disk, then
+/// renames it over `name`: a reader sees the whole file or none.
+pub(crate) fn write_atomic(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Fault injection for the all-or-none test: with

@@ -12,7 +12,9 @@
 //! - [`sim`]: the deterministic simulator runtime and the simulated stack;
 //! - [`drill`]: scenarios, loading, measurement, invariants and the verdict;
 //! - [`fuzz`]: generated drills, shrinking and reproducers;
-//! - [`report`]: tables, JSON, JUnit, Markdown and `explain`;
+//! - [`report`]: tables, JSON, JUnit, Markdown, `explain` and the HTML report;
+//! - [`gameday`]: drill programmes by cadence and the blind exercise;
+//! - [`history`]: the drill history and its trends;
 //! - [`bench`]: `agentdrill bench`.
 
 #![warn(missing_docs)]
@@ -21,5 +23,7 @@ pub mod bench;
 pub mod components;
 pub mod drill;
 pub mod fuzz;
+pub mod gameday;
+pub mod history;
 pub mod report;
 pub mod sim;

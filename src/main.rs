@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli;
+mod gameday_cli;
 
 /// Counts heap bytes so `bench` can report peak memory (two relaxed atomic
 /// operations per allocation; see `agentdrill::bench::CountingAlloc`).
@@ -32,6 +33,9 @@ enum Format {
     Junit,
     /// Markdown: a summary table and one section per drill.
     Markdown,
+    /// HTML: one self-contained page (inline SVG and CSS, no script) with a
+    /// card and a timeline per drill and the runbook; prints to PDF.
+    Html,
 }
 
 /// What `matrix` and `bench` print.
@@ -52,7 +56,7 @@ enum Command {
     ///
     /// Example: agentdrill run scenarios/ --seed 7 --format json
     #[command(
-        after_help = "Examples:\n  agentdrill run scenarios/\n  agentdrill run scenarios/worker/ scenarios/region/warm-standby-loss.toml --seed 7\n  agentdrill run scenarios/ --format junit > junit.xml\n  agentdrill run scenarios/ --out            writes reports/<UTC time>/{report.json,junit.xml,report.md}"
+        after_help = "Examples:\n  agentdrill run scenarios/\n  agentdrill run scenarios/worker/ scenarios/region/warm-standby-loss.toml --seed 7\n  agentdrill run scenarios/ --format junit > junit.xml\n  agentdrill run scenarios/ --format html > report.html\n  agentdrill run scenarios/ --out            writes reports/<UTC time>/{report.json,junit.xml,report.md,report.html}\n                                             and appends to reports/history.jsonl"
     )]
     Run {
         /// Scenario files or folders.
@@ -64,8 +68,9 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// Also write report.json, junit.xml and report.md into DIR/<UTC time>/
-        /// (DIR defaults to reports/). Files are written atomically.
+        /// Also write report.json, junit.xml, report.md and report.html into
+        /// DIR/<UTC time>/ (DIR defaults to reports/), and append one record
+        /// per drill to DIR/history.jsonl. Files are written atomically.
         #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "reports")]
         out: Option<PathBuf>,
     },
@@ -138,6 +143,28 @@ enum Command {
     ///
     /// Example: agentdrill fuzz --cases 500 --policy no-fencing --seed 7
     Fuzz(agentdrill::fuzz::FuzzArgs),
+    /// Run a game-day programme (gameday.toml: drills by cadence, owners,
+    /// claimed tiers), write the HTML report and append to the history; or
+    /// run a blind exercise and time the responders.
+    ///
+    /// Exit code: 0 every drill passed, 1 a drill failed, 2 unusable input.
+    #[command(
+        after_help = "Examples:\n  agentdrill gameday examples/gameday.toml\n  agentdrill gameday examples/gameday.toml --cadence quarterly\n  agentdrill gameday examples/gameday.toml --blind      draw a hidden fault; then:\n  agentdrill gameday ack\n  agentdrill gameday note \"router is on the fallback\"\n  agentdrill gameday note --update \"degraded, recovering\"\n  agentdrill gameday resolved                         reveals the fault, writes the report"
+    )]
+    Gameday(gameday_cli::GamedayArgs),
+    /// Print each drill's trend from the history: RTO and RPO over time,
+    /// MTTR and the drill success rate.
+    #[command(
+        after_help = "Examples:\n  agentdrill history\n  agentdrill history reports/ --drill region/warm-standby-loss"
+    )]
+    History {
+        /// The reports folder (or its history.jsonl).
+        #[arg(default_value = "reports")]
+        path: PathBuf,
+        /// Only this drill, with each of its runs.
+        #[arg(long, value_name = "NAME")]
+        drill: Option<String>,
+    },
     /// Measure the simulator's speed: calls per second, time acceleration,
     /// catalogue time, generated drills per second, scaling to 1M tasks,
     /// the ratio to the bare runtime and to turmoil (see BENCHMARKS.md).
@@ -246,6 +273,8 @@ fn main() -> ExitCode {
         Command::List { paths } => cli::list(&paths),
         Command::Validate { paths } => cli::validate(&paths),
         Command::Fuzz(args) => agentdrill::fuzz::cli(args),
+        Command::Gameday(args) => gameday_cli::gameday(args),
+        Command::History { path, drill } => gameday_cli::history(&path, drill.as_deref()),
         Command::Bench { format, quick, catalogue } => {
             let bar = indicatif::ProgressBar::new_spinner();
             let opts = agentdrill::bench::Options { quick, catalogue };

@@ -1,11 +1,15 @@
 //! Reports: the table people read, the JSON machines read, JUnit for CI
 //! ([`junit`]), Markdown for a game-day write-up ([`markdown`]) and the
-//! facilitator's narrative ([`explain`]). Reports only format results; they
+//! facilitator's narrative ([`explain`]), and the HTML report for the game
+//! day's screen ([`html`], with [`plots`] and the [`runbook`]). Reports only format results; they
 //! compute nothing a verdict depends on.
 
 pub mod explain;
+pub mod html;
 pub mod junit;
 pub mod markdown;
+pub mod plots;
+pub mod runbook;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

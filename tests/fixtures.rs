@@ -141,7 +141,9 @@ const GOLDEN_DRILLS: [&str; 4] = [
 #[test]
 fn reports_match_their_goldens() {
     let mut results = Vec::new();
-    for (format, name) in [("json", "report.json"), ("markdown", "report.md"), ("junit", "junit.xml")] {
+    for (format, name) in
+        [("json", "report.json"), ("markdown", "report.md"), ("junit", "junit.xml"), ("html", "report.html")]
+    {
         let mut args = vec!["run", "--seed", "7", "--format", format];
         args.extend(GOLDEN_DRILLS);
         let out = agentdrill(&args);

@@ -2,7 +2,7 @@
 //! oversized files are refused before they are read (as the scenario and as
 //! an include), a file of many unknown keys is refused with the first errors
 //! and a count of the rest, deep nesting points at its line, values past the
-//! limits are refused with the limit, and `--out` leaves all three reports
+//! limits are refused with the limit, and `--out` leaves all four reports
 //! or none when the run is killed while writing them.
 
 use std::path::{Path, PathBuf};
@@ -158,6 +158,9 @@ fn report_folders(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     for e in std::fs::read_dir(dir).expect("the reports folder") {
         let e = e.expect("entry");
         let name = e.file_name().to_string_lossy().into_owned();
+        if name == "history.jsonl" {
+            continue;
+        }
         if !name.starts_with('.') {
             folders.push(e.path());
         }
@@ -177,14 +180,14 @@ fn files_in(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn a_run_killed_while_writing_reports_leaves_all_three_or_none() {
+fn a_run_killed_while_writing_reports_leaves_all_four_or_none() {
     let dir = scratch("out");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let drill = root.join("scenarios/worker/kill-in-flight.toml");
     let drill = drill.to_str().expect("utf-8");
     let reports = dir.join("reports");
     let reports_arg = reports.to_str().expect("utf-8");
-    for crash_after in ["1", "2", "3"] {
+    for crash_after in ["1", "2", "3", "4"] {
         let out = Command::cargo_bin("agentdrill")
             .expect("the binary")
             .args(["run", drill, "--out", reports_arg])
@@ -199,7 +202,7 @@ fn a_run_killed_while_writing_reports_leaves_all_three_or_none() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let (folders, names) = report_folders(&reports);
     assert_eq!(folders.len(), 1, "{names:?}");
-    assert_eq!(files_in(&folders[0]), ["junit.xml", "report.json", "report.md"]);
+    assert_eq!(files_in(&folders[0]), ["junit.xml", "report.html", "report.json", "report.md"]);
     assert_eq!(names.len(), 1, "the stopped runs' partial folders are gone, no temporary file is left: {names:?}");
     let json = std::fs::read_to_string(folders[0].join("report.json")).expect("readable");
     assert!(json.contains("kill-in-flight"), "whole report");

@@ -3,6 +3,7 @@
 //! faults for the cost baseline, and gives a verdict against the tier.
 
 pub mod invariants;
+pub mod lanes;
 pub mod limits;
 pub mod loader;
 pub mod matrix;
@@ -107,6 +108,12 @@ pub struct DrillResult {
     /// Host names by id (for the timeline).
     #[serde(skip)]
     pub host_names: Vec<String>,
+    /// The lanes of the jobs the faults touched (for the timeline plot).
+    #[serde(skip)]
+    pub lanes: Vec<lanes::JobLane>,
+    /// Touched jobs beyond [`lanes::MAX_LANES`], not drawn.
+    #[serde(skip)]
+    pub lanes_more: usize,
 }
 
 /// Raw outcome of one simulation run.
@@ -506,6 +513,8 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     };
     let stack = &run.stack;
     let stats = stack.rt.stats();
+    let (job_lanes, lanes_more) =
+        lanes::lanes(stack.orch(stack.serving_orch()).store().log(), &stack.truth.trace, &run.faults);
     DrillResult {
         scenario: sc.name.clone(),
         purpose: sc.purpose.clone(),
@@ -538,6 +547,8 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         event_digest: format!("{:016x}", stack.rt.digest()),
         trace: stack.truth.trace.clone(),
         host_names: stack.rt.hosts().iter().map(|h| h.name.clone()).collect(),
+        lanes: job_lanes,
+        lanes_more,
     }
 }
 

@@ -105,7 +105,7 @@ pub fn narrative(e: &Entry, sc: &Scenario) -> String {
 }
 
 /// Seconds in the unit a person would say.
-fn human_s(s: f64) -> String {
+pub(crate) fn human_s(s: f64) -> String {
     if !s.is_finite() {
         "no limit".into()
     } else if s >= 3_600.0 && (s % 3_600.0) == 0.0 {
