@@ -10,6 +10,8 @@
 //! - [`components`]: the sans-IO components (orchestrator, worker, ledgers,
 //!   providers, router, vector store, …) shared by every runtime;
 //! - [`sim`]: the deterministic simulator runtime and the simulated stack;
+//! - [`live`]: the live runtime: the fakes over real HTTP on 127.0.0.1
+//!   (`agentdrill serve`), their script, toxics and control API;
 //! - [`drill`]: scenarios, loading, measurement, invariants and the verdict;
 //! - [`fuzz`]: generated drills, shrinking and reproducers;
 //! - [`report`]: tables, JSON, JUnit, Markdown and `explain`;
@@ -21,5 +23,6 @@ pub mod bench;
 pub mod components;
 pub mod drill;
 pub mod fuzz;
+pub mod live;
 pub mod report;
 pub mod sim;
