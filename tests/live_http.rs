@@ -9,6 +9,23 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+/// A form body (reqwest is built without its `form` feature).
+trait Form {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl Form for reqwest::RequestBuilder {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self {
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(pairs).expect("encodes"))
+    }
+}
+
+async fn count(c: &reqwest::Client, u: String) -> Value {
+    let r: Value = c.post(u).json(&json!({})).send().await.unwrap().json().await.unwrap();
+    r["result"]["count"].clone()
+}
+
 async fn start(processing_ms: u64, dedupe: bool) -> (Served, reqwest::Client) {
     let cfg = LiveConfig { seed: 3, processing_ms, payment_dedupe: dedupe, ..LiveConfig::default() };
     (live::start(cfg).await.expect("serve"), reqwest::Client::new())
@@ -38,12 +55,12 @@ fn pay(s: &Served, c: &reqwest::Client, key: &str, amount: u32, job: u32) -> req
     c.post(format!("{}/v1/payment_intents", url(s, "STRIPE_API_BASE")))
         .bearer_auth("sk_test_x")
         .header("idempotency-key", key)
-        .form(&[
-            ("amount", amount.to_string()),
-            ("currency", "usd".into()),
-            ("confirm", "true".into()),
-            ("metadata[job_id]", format!("job-{job}")),
-            ("metadata[step]", "3".into()),
+        .form_body(&[
+            ("amount", &amount.to_string()),
+            ("currency", "usd"),
+            ("confirm", "true"),
+            ("metadata[job_id]", &format!("job-{job}")),
+            ("metadata[step]", "3"),
         ])
 }
 
@@ -89,18 +106,21 @@ async fn payment_without_dedupe_auth_search_refund_and_404() {
     }
     assert_eq!(ledger_len(&s, &c, "payment").await, 2, "dedupe = false performs every request");
     let base = url(&s, "STRIPE_API_BASE");
-    let anon = c.post(format!("{base}/v1/payment_intents")).form(&[("amount", "1")]).send().await.unwrap();
+    let anon = c.post(format!("{base}/v1/payment_intents")).form_body(&[("amount", "1")]).send().await.unwrap();
     assert_eq!(anon.status(), 401);
-    let missing = c.post(format!("{base}/v1/payment_intents")).bearer_auth("sk_test_x").form(&[("currency", "usd")]);
+    let missing =
+        c.post(format!("{base}/v1/payment_intents")).bearer_auth("sk_test_x").form_body(&[("currency", "usd")]);
     let missing: Value = missing.send().await.unwrap().json().await.unwrap();
     assert_eq!(
         (missing["error"]["param"].as_str(), missing["error"]["code"].as_str()),
         (Some("amount"), Some("parameter_missing"))
     );
     let found: Value = c
-        .get(format!("{base}/v1/payment_intents/search"))
+        .get(format!(
+            "{base}/v1/payment_intents/search?{}",
+            serde_urlencoded::to_string([("query", "metadata['job_id']:'job-4' AND status:'succeeded'")]).unwrap()
+        ))
         .bearer_auth("sk_test_x")
-        .query(&[("query", "metadata['job_id']:'job-4' AND status:'succeeded'")])
         .send()
         .await
         .unwrap()
@@ -124,7 +144,7 @@ async fn payment_without_dedupe_auth_search_refund_and_404() {
     let refund = c
         .post(format!("{base}/v1/refunds"))
         .bearer_auth("sk_test_x")
-        .form(&[("payment_intent", id), ("amount", "400")])
+        .form_body(&[("payment_intent", id), ("amount", "400")])
         .send()
         .await
         .unwrap();
@@ -133,7 +153,7 @@ async fn payment_without_dedupe_auth_search_refund_and_404() {
     let too_much = c
         .post(format!("{base}/v1/refunds"))
         .bearer_auth("sk_test_x")
-        .form(&[("payment_intent", id), ("amount", "901")]);
+        .form_body(&[("payment_intent", id), ("amount", "901")]);
     assert_eq!(too_much.send().await.unwrap().status(), 400);
     let r_id = refund["id"].as_str().unwrap();
     assert_eq!(c.get(format!("{base}/v1/refunds/{r_id}")).bearer_auth("sk_test_x").send().await.unwrap().status(), 200);
@@ -349,13 +369,10 @@ async fn vector_snapshot_restored_in_place_and_across_regions() {
     assert_eq!(file["points"].as_array().unwrap().len(), 2);
     let loc = json!({ "location": format!("{a}/collections/m/snapshots/{name}") });
     ok(put(format!("{b}/collections/m/snapshots/recover"), loc.clone()).await.unwrap().json().await.unwrap());
-    let count = |u: String| async move {
-        c.post(u).json(&json!({})).send().await.unwrap().json::<Value>().await.unwrap()["result"]["count"].clone()
-    };
-    assert_eq!(count(format!("{b}/collections/m/points/count")).await, 2);
-    assert_eq!(count(format!("{a}/collections/m/points/count")).await, 3);
+    assert_eq!(count(&c, format!("{b}/collections/m/points/count")).await, 2);
+    assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 3);
     ok(put(format!("{a}/collections/m/snapshots/recover"), loc).await.unwrap().json().await.unwrap());
-    assert_eq!(count(format!("{a}/collections/m/points/count")).await, 2);
+    assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 2);
     ok(c.delete(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().json().await.unwrap());
     assert_eq!(c.delete(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().status(), 404);
     let bad =

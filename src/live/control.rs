@@ -83,7 +83,16 @@ async fn list_toxics(State(s): State<Arc<Shared>>, Path(fake): Path<String>) -> 
 
 async fn add_toxic(State(s): State<Arc<Shared>>, Path(fake): Path<String>, body: axum::body::Bytes) -> Response {
     let Some(f) = Fake::from_name(&fake) else { return unknown_fake(&fake) };
-    let t: Toxic = match serde_json::from_slice(&body) {
+    let t: Result<Toxic, _> = serde_json::from_slice::<Value>(&body).and_then(|mut v| {
+        // `attributes` may be left out when every attribute has a default.
+        if v["type"] == "schema_change" {
+            v.as_object_mut().map(|o| o.remove("attributes"));
+        } else if v.get("attributes").is_none() {
+            v["attributes"] = json!({});
+        }
+        serde_json::from_value(v)
+    });
+    let t: Toxic = match t {
         Ok(t) => t,
         Err(e) => {
             let hint = "expected {\"name\":\"…\",\"type\":\"error|latency|hold|reset_peer|stream_error|schema_change\",\"attributes\":{…},\"count\":N}";
