@@ -14,13 +14,14 @@ pub const CONCURRENCY: usize = 8;
 
 /// The fake figures; `None` values (with the reason) without a load generator.
 pub fn figures(exe: Option<&Path>, quick: bool) -> Vec<Figure> {
-    let requests = if quick { 20_000 } else { 200_000 };
+    let requests = if quick { 5_000 } else { 200_000 };
+    let warmup = if quick { 500 } else { 2_000 };
     let runs = match exe {
-        Some(exe) => measure(exe, requests),
+        Some(exe) => measure(exe, warmup, requests),
         None => Err("no agentdrill binary to run the load generator (bench::Options::loadgen_exe)".into()),
     };
     let cfg = format!(
-        "{CONCURRENCY} keep-alive connections from `agentdrill loadgen` in a child process, closed loop, {requests} requests after 2 000 of warm-up, fakes with the ledger of attempts on and 0 ms processing; machine shared"
+        "{CONCURRENCY} keep-alive connections from `agentdrill loadgen` in a child process, closed loop, {requests} requests after {warmup} of warm-up, fakes with the ledger of attempts on and 0 ms processing; machine shared"
     );
     let mut out = Vec::new();
     let names = [
@@ -52,14 +53,14 @@ pub fn figures(exe: Option<&Path>, quick: bool) -> Vec<Figure> {
 }
 
 /// Serves the fakes and runs the two workloads against them.
-fn measure(exe: &Path, requests: u64) -> Result<Vec<LoadReport>, String> {
+fn measure(exe: &Path, warmup: u64, requests: u64) -> Result<Vec<LoadReport>, String> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let cfg = LiveConfig { processing_ms: 0, ..LiveConfig::default() };
     let served = rt.block_on(live::start(cfg)).map_err(|e| e.to_string())?;
     let url = |f: Fake| format!("http://{}", served.shared.addr(f));
     let mut out = Vec::new();
     for (fake, w) in [(Fake::Payment, Workload::Payment), (Fake::Anthropic, Workload::AnthropicStream)] {
-        loadgen(exe, &url(fake), w, 2_000)?;
+        loadgen(exe, &url(fake), w, warmup)?;
         out.push(loadgen(exe, &url(fake), w, requests)?);
         served.shared.reset();
     }
