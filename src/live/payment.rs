@@ -378,7 +378,7 @@ async fn search(State(ctx): State<Ctx>, h: HeaderMap, Query(q): Query<FxHashMap<
     let matches = |o: &Value| {
         clauses.iter().all(|(path, v)| {
             let got = path.iter().fold(o, |o, k| &o[k.as_str()]);
-            got.as_str().map_or_else(|| got.to_string() == *v, |s| s == v)
+            got.as_str().map_or_else(|| got.as_u64().is_some_and(|n| v.parse() == Ok(n)), |s| s == v)
         })
     };
     let data: Vec<&Value> = st.objects.iter().filter(|o| o["object"] == "payment_intent" && matches(o)).collect();
