@@ -20,6 +20,7 @@
 //! peak. The `agentdrill` binary installs it; a program that does not
 //! reports no peak.
 
+pub mod fakes;
 pub mod peer;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -407,11 +408,14 @@ pub struct Options {
     pub quick: bool,
     /// The catalogue to time (`scenarios/` by default).
     pub catalogue: PathBuf,
+    /// The `agentdrill` binary, to run the fakes' load generator in a child
+    /// process (`agentdrill loadgen`); None skips the fake figures.
+    pub loadgen_exe: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { quick: false, catalogue: PathBuf::from("scenarios") }
+        Options { quick: false, catalogue: PathBuf::from("scenarios"), loadgen_exe: None }
     }
 }
 
@@ -493,9 +497,21 @@ const SCALING: [(&str, u32, usize); 4] =
 /// Runs every measurement. `progress` is told what is being measured.
 pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
     let quick = opts.quick;
-    let mut figures = Vec::new();
+    let p: &mut dyn FnMut(&str) = &mut progress;
+    let mut figures = scaling_figures(quick, p);
+    figures.extend(acceleration_figures(quick, p));
+    figures.extend(catalogue_figures(opts, p));
+    figures.extend(fuzz_figures(quick, p));
+    figures.extend(floor_figures(quick, p));
+    figures.extend(peer_figures(quick, p));
+    figures.extend(fake_figures(opts, p));
+    figures.sort_by_key(|f| ORDER.iter().position(|n| *n == f.name).unwrap_or(ORDER.len()));
+    Report { version: env!("CARGO_PKG_VERSION"), quick, machine: machine(), figures }
+}
 
-    // Scaling (and tool calls per second from the largest size run).
+/// Scaling to 1M tasks, and tool calls per second from the largest size run.
+fn scaling_figures(quick: bool, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    let mut figures = Vec::new();
     let mut calls_per_s = None;
     let mut calls_note = String::new();
     let mut curve = Vec::new();
@@ -567,7 +583,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
         ));
     }
 
-    // Acceleration.
+    figures
+}
+
+/// Time acceleration of a 24 h sandbox drill and a 2 h warm-standby drill.
+fn acceleration_figures(quick: bool, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    let mut figures = Vec::new();
     let reps = if quick { 1 } else { 5 };
     for (name, wall_name, sc, target_ms) in [
         ("acceleration_24h", "drill_24h_wall_ms", sandbox_24h(), Some(Target::Below(50.0))),
@@ -583,7 +604,13 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
         figures.push(fig(wall_name, Some(wall * 1e3), "ms", target_ms, note));
     }
 
-    // Catalogue.
+    figures
+}
+
+/// Wall time of the whole catalogue.
+fn catalogue_figures(opts: &Options, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    let quick = opts.quick;
     progress("catalogue");
     let cat = catalogue_files(&opts.catalogue);
     let figure = match cat {
@@ -616,8 +643,13 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
     };
     figures.push(figure);
 
-    // The fuzzer: generated drills under the reference policy, each
-    // simulated and checked against every invariant.
+    figures
+}
+
+/// The fuzzer: generated drills under the reference policy, each
+/// simulated and checked against every invariant.
+fn fuzz_figures(quick: bool, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    let mut figures = Vec::new();
     progress("fuzz");
     let cases = if quick { 200 } else { 5_000 };
     let opts = crate::fuzz::FuzzOptions { cases, seed: 1, ..crate::fuzz::FuzzOptions::default() };
@@ -637,7 +669,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
     };
     figures.push(fig("fuzz_cases_per_s", value, "cases/s", Some(Target::AtLeast(1_000.0)), note));
 
-    // Floor.
+    figures
+}
+
+/// The reference stack against the bare runtime with trivial handlers.
+fn floor_figures(quick: bool, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    let mut figures = Vec::new();
     progress("floor");
     let tasks = if quick { 2_000 } else { 20_000 };
     let sc = throughput_scenario(tasks);
@@ -684,7 +721,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
         "the reference stack's events ÷ its wall seconds".into(),
     ));
 
-    // Peer.
+    figures
+}
+
+/// The same workload on turmoil.
+fn peer_figures(quick: bool, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    let mut figures = Vec::new();
     progress("turmoil peer");
     let p = peer::PeerParams::new(if quick { 40 } else { 200 });
     let (_, a_wall) = median_wall(if quick { 3 } else { 21 }, || peer::run_agentdrill(&p));
@@ -704,8 +746,13 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
         ),
     ));
 
-    figures.sort_by_key(|f| ORDER.iter().position(|n| *n == f.name).unwrap_or(ORDER.len()));
-    Report { version: env!("CARGO_PKG_VERSION"), quick, machine: machine(), figures }
+    figures
+}
+
+/// The live fakes over loopback, driven by a load generator in a child process.
+fn fake_figures(opts: &Options, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    progress("live fakes over loopback");
+    fakes::figures(opts.loadgen_exe.as_deref(), opts.quick)
 }
 
 /// The order figures are printed in.
@@ -733,6 +780,12 @@ const ORDER: &[&str] = &[
     "speedup_vs_turmoil_busy",
     "peer_agentdrill_wall_s",
     "peer_turmoil_wall_s",
+    "fake_payment_rps",
+    "fake_payment_p50_ms",
+    "fake_payment_p99_ms",
+    "fake_anthropic_stream_rps",
+    "fake_anthropic_stream_p50_ms",
+    "fake_anthropic_stream_p99_ms",
 ];
 
 /// Times turmoil and agentdrill back to back `reps` times (agentdrill as the

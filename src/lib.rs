@@ -10,6 +10,8 @@
 //! - [`components`]: the sans-IO components (orchestrator, worker, ledgers,
 //!   providers, router, vector store, …) shared by every runtime;
 //! - [`sim`]: the deterministic simulator runtime and the simulated stack;
+//! - [`live`]: the live runtime: the fakes over real HTTP on 127.0.0.1
+//!   (`agentdrill serve`), their script, toxics and control API;
 //! - [`drill`]: scenarios, loading, measurement, invariants and the verdict;
 //! - [`fuzz`]: generated drills, shrinking and reproducers;
 //! - [`report`]: tables, JSON, JUnit, Markdown, `explain` and the HTML report;
@@ -25,5 +27,6 @@ pub mod drill;
 pub mod fuzz;
 pub mod gameday;
 pub mod history;
+pub mod live;
 pub mod report;
 pub mod sim;

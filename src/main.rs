@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli;
+mod cli_live;
 mod gameday_cli;
 
 /// Counts heap bytes so `bench` can report peak memory (two relaxed atomic
@@ -181,6 +182,61 @@ enum Command {
         #[arg(long, default_value = "scenarios")]
         catalogue: PathBuf,
     },
+    /// Serve the fakes over HTTP on 127.0.0.1 for a real agent: payment
+    /// (Stripe-shaped), email (Resend-shaped), Anthropic Messages, OpenAI Chat
+    /// Completions, a self-hosted fallback and a Qdrant-shaped vector store per
+    /// region, plus the control API (toxics, ledgers, the script).
+    ///
+    /// Prints the `export` lines to point the official SDKs at the fakes, logs
+    /// every request (RUST_LOG=warn to quiet it), stops on Ctrl-C. The model
+    /// fakes play the workflow of the job named `job-<N>` in the first user
+    /// message; declare the tools `--print-tools` prints.
+    #[command(
+        after_help = "Examples:\n  eval \"$(agentdrill serve --seed 7 | grep ^export)\"   (or run it in another terminal and paste the exports)\n  agentdrill serve --port 9100                  control on 9100, fakes on 9101..9107\n  agentdrill serve --print-tools > tools.json\n  curl -s $AGENTDRILL_CONTROL_URL/jobs/7       the script for job-7, with the effects seen so far\n  curl -s -XPOST $AGENTDRILL_CONTROL_URL/proxies/anthropic/toxics \\\n       -d '{\"name\":\"busy\",\"type\":\"error\",\"attributes\":{\"status\":529},\"count\":1}'"
+    )]
+    Serve {
+        /// Seed of the script (same seed, same decisions and tool inputs).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Control API port; the fakes take the next seven (0: free ports).
+        #[arg(long, default_value_t = 8470)]
+        port: u16,
+        /// Processing time of a payment or email request, in ms (a second
+        /// request with the same Idempotency-Key meanwhile gets 409).
+        #[arg(long, default_value_t = 50)]
+        processing_ms: u64,
+        /// Model answers take the modelled provider latency times this per
+        /// mille (0: at once; 1000: real provider latency).
+        #[arg(long, default_value_t = 0)]
+        model_latency_permille: u64,
+        /// The payment API performs every request, even with a known
+        /// Idempotency-Key (a non-deduplicating API).
+        #[arg(long)]
+        no_dedupe: bool,
+        /// Do not keep the ledger of attempts (raw-speed measurements only).
+        #[arg(long)]
+        no_attempts: bool,
+        /// Print the tools (names and JSON schemas) in Anthropic and OpenAI
+        /// form, and exit.
+        #[arg(long)]
+        print_tools: bool,
+    },
+    /// Load generator for `bench` (closed loop over loopback; prints JSON).
+    #[command(hide = true)]
+    Loadgen {
+        /// Base URL of the fake.
+        #[arg(long)]
+        url: String,
+        /// What to send.
+        #[arg(long, value_enum)]
+        workload: agentdrill::live::loadgen::Workload,
+        /// Requests in all.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
 fn collect(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -221,15 +277,18 @@ fn progress(len: u64) -> indicatif::ProgressBar {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "error" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr())
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Matrix { stack, seeds, patterns, format } => {
             let sc = match agentdrill::drill::scenario::load(&stack) {
@@ -277,7 +336,8 @@ fn main() -> ExitCode {
         Command::History { path, drill } => gameday_cli::history(&path, drill.as_deref()),
         Command::Bench { format, quick, catalogue } => {
             let bar = indicatif::ProgressBar::new_spinner();
-            let opts = agentdrill::bench::Options { quick, catalogue };
+            let loadgen_exe = std::env::current_exe().ok();
+            let opts = agentdrill::bench::Options { quick, catalogue, loadgen_exe };
             let r = agentdrill::bench::run(&opts, |what| bar.set_message(what.to_owned()));
             bar.finish_and_clear();
             match format {
@@ -285,6 +345,21 @@ fn main() -> ExitCode {
                 TableOrJson::Json => println!("{}", agentdrill::bench::json(&r)),
             }
             ExitCode::SUCCESS
+        }
+        Command::Serve { seed, port, processing_ms, model_latency_permille, no_dedupe, no_attempts, print_tools } => {
+            let cfg = agentdrill::live::LiveConfig {
+                seed,
+                port,
+                processing_ms,
+                model_latency_permille,
+                payment_dedupe: !no_dedupe,
+                email_dedupe: true,
+                record_attempts: !no_attempts,
+            };
+            cli_live::serve(cfg, print_tools)
+        }
+        Command::Loadgen { url, workload, requests, concurrency } => {
+            cli_live::loadgen(&url, workload, requests, concurrency)
         }
     }
 }

@@ -28,6 +28,10 @@ fn bench_quick_json_names_every_figure() {
         "scaling_1m_peak_bytes",
         "stack_over_floor",
         "speedup_vs_turmoil",
+        "fake_payment_rps",
+        "fake_payment_p99_ms",
+        "fake_anthropic_stream_rps",
+        "fake_anthropic_stream_p99_ms",
     ] {
         assert!(names.contains(&name), "missing {name} in {names:?}");
     }
@@ -38,7 +42,16 @@ fn bench_quick_json_names_every_figure() {
     }
     let value = |name: &str| figures.iter().find(|f| f["name"] == name).expect("present")["value"].clone();
     // Measured even in quick mode (a number, whatever it is).
-    for name in ["tool_calls_per_s", "acceleration_24h", "catalogue_wall_s", "fuzz_cases_per_s", "stack_over_floor"] {
+    for name in [
+        "tool_calls_per_s",
+        "acceleration_24h",
+        "catalogue_wall_s",
+        "fuzz_cases_per_s",
+        "stack_over_floor",
+        "fake_payment_rps",
+        "fake_payment_p99_ms",
+        "fake_anthropic_stream_rps",
+    ] {
         assert!(value(name).is_number(), "{name} was not measured: {}", value(name));
     }
     // Skipped in quick mode.

@@ -1,0 +1,350 @@
+//! The live runtime: the fakes as HTTP servers on 127.0.0.1 (`agentdrill serve`).
+//!
+//! Each fake (payment, email, Anthropic, OpenAI, the self-hosted fallback and
+//! one vector store per region) listens on its own loopback port and speaks
+//! the wire shape of the real API, so an agent written with the official SDKs
+//! runs against it unchanged. The handlers drive the same sans-IO components
+//! as the simulator ([`crate::components::ledger`], [`crate::components::provider`],
+//! [`crate::components::vector`]), with the real clock (microseconds since
+//! start) and seeded rngs passed in. The model fakes play the script
+//! ([`script`]). A control API on the harness port ([`control`]) adds and
+//! removes toxics, resets, and shows the ledgers (ground truth) and the
+//! ledger of attempts (every request, so SDK retries are counted).
+//!
+//! - [`http`]: the accept loop, the per-request middleware (toxics, attempts,
+//!   request logs) and response helpers;
+//! - [`payment`], [`email`], [`model`], [`vector`]: the fakes;
+//! - [`loadgen`]: the load generator `agentdrill bench` runs in a child process.
+
+// Handlers return early with the answer to send (`Result<_, Response>`, the
+// axum idiom); a `Response` is 128 bytes and built once per request.
+#![allow(clippy::result_large_err)]
+
+pub mod control;
+pub mod email;
+pub mod http;
+pub mod loadgen;
+pub mod model;
+pub mod payment;
+pub mod script;
+pub mod toxics;
+pub mod vector;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::components::ids::Micros;
+
+/// Most attempts the ledger of attempts keeps (the oldest are dropped and counted).
+pub const MAX_ATTEMPTS: usize = 200_000;
+
+/// The fakes a served instance runs, in port order after the control port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fake {
+    /// Stripe-shaped payment API.
+    Payment,
+    /// Resend-shaped email API.
+    Email,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// OpenAI Chat Completions API.
+    Openai,
+    /// The self-hosted, OpenAI-compatible fallback.
+    Local,
+    /// Qdrant-shaped vector store of region A.
+    VectorA,
+    /// Qdrant-shaped vector store of region B.
+    VectorB,
+}
+
+impl Fake {
+    /// Every fake.
+    pub const ALL: [Fake; 7] =
+        [Fake::Payment, Fake::Email, Fake::Anthropic, Fake::Openai, Fake::Local, Fake::VectorA, Fake::VectorB];
+
+    /// Name in the control API (`/proxies/<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Fake::Payment => "payment",
+            Fake::Email => "email",
+            Fake::Anthropic => "anthropic",
+            Fake::Openai => "openai",
+            Fake::Local => "local",
+            Fake::VectorA => "vector-a",
+            Fake::VectorB => "vector-b",
+        }
+    }
+
+    /// Position in [`Fake::ALL`].
+    pub fn index(self) -> usize {
+        Fake::ALL.iter().position(|&f| f == self).expect("every fake is in ALL")
+    }
+
+    /// The fake called `name`.
+    pub fn from_name(name: &str) -> Option<Fake> {
+        Fake::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// Settings of a served instance.
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    /// Seed of the script and of the providers' draws.
+    pub seed: u64,
+    /// Control port; the fakes take the next seven. 0: every port ephemeral.
+    pub port: u16,
+    /// How long the payment and email fakes process a request, in ms (a
+    /// request with the same key meanwhile gets 409).
+    pub processing_ms: u64,
+    /// Model answers take the provider's modelled latency × this / 1000
+    /// (0: answer at once; 1000: real provider latency).
+    pub model_latency_permille: u64,
+    /// The payment fake deduplicates on `Idempotency-Key` (Stripe does).
+    pub payment_dedupe: bool,
+    /// The email fake deduplicates on `Idempotency-Key`.
+    pub email_dedupe: bool,
+    /// Keep the ledger of attempts (off only for raw-speed benchmarks).
+    pub record_attempts: bool,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            seed: 1,
+            port: 0,
+            processing_ms: 50,
+            model_latency_permille: 0,
+            payment_dedupe: true,
+            email_dedupe: true,
+            record_attempts: true,
+        }
+    }
+}
+
+/// Errors starting a served instance.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// A port is taken.
+    #[error("cannot listen on 127.0.0.1:{port} for {what}: {source}; pick another --port (or --port 0 for free ones)")]
+    Bind {
+        /// Port.
+        port: u16,
+        /// Which listener.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// One request as a fake saw it (the ledger of attempts).
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// Milliseconds since start.
+    pub at_ms: f64,
+    /// Which fake.
+    pub fake: &'static str,
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Status sent (0: connection dropped, no answer).
+    pub status: u16,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    /// The job the request named (from metadata, tags or the conversation).
+    pub job: Option<u32>,
+    /// The answer was an idempotent replay.
+    pub replayed: bool,
+    /// Toxics that applied.
+    pub toxics: Vec<String>,
+}
+
+/// The ledger of attempts, bounded by [`MAX_ATTEMPTS`].
+#[derive(Debug, Default, Serialize)]
+pub struct Attempts {
+    /// Attempts dropped because the ledger was full.
+    pub dropped: u64,
+    /// The kept attempts, oldest first.
+    pub attempts: VecDeque<Attempt>,
+}
+
+impl Attempts {
+    fn push(&mut self, a: Attempt) {
+        if self.attempts.len() >= MAX_ATTEMPTS {
+            self.attempts.pop_front();
+            self.dropped += 1;
+        }
+        self.attempts.push_back(a);
+    }
+}
+
+/// The state every handler shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub cfg: LiveConfig,
+    start: Instant,
+    /// The script.
+    pub script: script::Script,
+    /// Payment fake.
+    pub payment: Mutex<payment::PaymentState>,
+    /// Email fake.
+    pub email: Mutex<email::EmailState>,
+    /// Model fakes: Anthropic, OpenAI, local.
+    pub models: [Mutex<model::ModelState>; 3],
+    /// Vector stores (both regions, one thread).
+    pub vector: vector::Actor,
+    /// Toxics.
+    pub toxics: Mutex<toxics::Table>,
+    /// Signalled when a toxic is removed (held requests look again).
+    pub toxics_changed: Notify,
+    /// The ledger of attempts.
+    pub attempts: Mutex<Attempts>,
+    /// Requests each fake is holding right now (hold toxics), by [`Fake::index`].
+    pub held: [AtomicU64; 7],
+    /// Listening addresses, in [`Fake::ALL`] order.
+    pub addrs: Vec<SocketAddr>,
+    next_id: AtomicU64,
+}
+
+/// Locks a mutex; a poisoned lock (a handler panicked) is still usable
+/// because every critical section leaves the state consistent.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Microseconds since start: the `now_us` the components get.
+    pub fn now_us(&self) -> Micros {
+        u64::try_from(self.start.elapsed().as_micros()).expect("under 584 000 years")
+    }
+
+    /// A fresh id (request ids, object ids), unique in this instance.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records an attempt (when the ledger of attempts is on).
+    pub fn record(&self, a: Attempt) {
+        if self.cfg.record_attempts {
+            lock(&self.attempts).push(a);
+        }
+    }
+
+    /// The fake listening on `port`, if any.
+    pub fn fake_on_port(&self, port: u16) -> Option<Fake> {
+        Fake::ALL.into_iter().zip(&self.addrs).find(|(_, a)| a.port() == port).map(|(f, _)| f)
+    }
+
+    /// The address of `fake`.
+    pub fn addr(&self, fake: Fake) -> SocketAddr {
+        self.addrs[fake.index()]
+    }
+
+    /// Back to the state at start: no toxics, empty ledgers and stores.
+    pub fn reset(&self) {
+        lock(&self.toxics).clear();
+        self.toxics_changed.notify_waiters();
+        *lock(&self.payment) = payment::PaymentState::new(&self.cfg);
+        *lock(&self.email) = email::EmailState::new(&self.cfg);
+        for (m, kind) in self.models.iter().zip(model::KINDS) {
+            *lock(m) = model::ModelState::new(kind);
+        }
+        self.vector.reset();
+        *lock(&self.attempts) = Attempts::default();
+    }
+}
+
+/// A running instance: its addresses, and the handle to stop it.
+#[derive(Debug)]
+pub struct Served {
+    /// Shared state (tests and the bench read it).
+    pub shared: Arc<Shared>,
+    /// The control API's address.
+    pub control: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Served {
+    /// The base URLs of the fakes, as the SDKs take them.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let url = |f| format!("http://{}", self.shared.addr(f));
+        vec![
+            ("ANTHROPIC_BASE_URL", url(Fake::Anthropic)),
+            ("OPENAI_BASE_URL", format!("{}/v1", url(Fake::Openai))),
+            ("AGENTDRILL_LOCAL_MODEL_URL", format!("{}/v1", url(Fake::Local))),
+            ("STRIPE_API_BASE", url(Fake::Payment)),
+            ("EMAIL_API_URL", url(Fake::Email)),
+            ("QDRANT_URL", url(Fake::VectorA)),
+            ("QDRANT_URL_REGION_B", url(Fake::VectorB)),
+            ("AGENTDRILL_CONTROL_URL", format!("http://{}", self.control)),
+        ]
+    }
+
+    /// `export` lines for a shell.
+    pub fn export_lines(&self) -> String {
+        self.env().iter().map(|(k, v)| format!("export {k}={v}\n")).collect()
+    }
+
+    /// Stops accepting, closes every connection and waits for the servers.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds every listener and starts serving. Must run inside a tokio runtime.
+pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
+    let port = |i: u16| if cfg.port == 0 { 0 } else { cfg.port.saturating_add(i) };
+    let control_l = bind(port(0), "the control API").await?;
+    let mut listeners = Vec::with_capacity(Fake::ALL.len());
+    for (i, f) in Fake::ALL.into_iter().enumerate() {
+        listeners.push(bind(port(i as u16 + 1), f.name()).await?);
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("bound")).collect();
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        script: script::Script::new(cfg.seed),
+        payment: Mutex::new(payment::PaymentState::new(&cfg)),
+        email: Mutex::new(email::EmailState::new(&cfg)),
+        models: model::KINDS.map(|k| Mutex::new(model::ModelState::new(k))),
+        vector: vector::Actor::spawn(),
+        toxics: Mutex::new(toxics::Table::default()),
+        toxics_changed: Notify::new(),
+        attempts: Mutex::new(Attempts::default()),
+        held: Default::default(),
+        addrs,
+        next_id: AtomicU64::new(1),
+        cfg,
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(listeners.len() + 1);
+    let control = control_l.local_addr().expect("bound");
+    tasks.push(tokio::spawn(http::serve(control_l, control::router(shared.clone()), stopped.clone())));
+    for (f, l) in Fake::ALL.into_iter().zip(listeners) {
+        let app = match f {
+            Fake::Payment => payment::router(),
+            Fake::Email => email::router(),
+            Fake::Anthropic => model::anthropic_router(),
+            Fake::Openai | Fake::Local => model::openai_router(),
+            Fake::VectorA | Fake::VectorB => vector::router(),
+        };
+        let app = http::with_middleware(app, shared.clone(), f);
+        tasks.push(tokio::spawn(http::serve(l, app, stopped.clone())));
+    }
+    Ok(Served { shared, control, stop, tasks })
+}
+
+async fn bind(port: u16, what: &'static str) -> Result<tokio::net::TcpListener, LiveError> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(|source| LiveError::Bind { port, what, source })
+}
