@@ -176,14 +176,19 @@ fn markdown_has_a_summary_and_a_section_per_drill() {
 }
 
 #[test]
-fn out_writes_three_whole_reports_into_a_timestamped_folder() {
+fn out_writes_four_whole_reports_into_a_timestamped_folder() {
     let dir = temp("out");
     let out_dir = dir.join("reports");
     let out = agentdrill(&["run", "scenarios/worker/", "--out", out_dir.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("drills passed"), "the table is still printed");
-    let runs: Vec<PathBuf> = std::fs::read_dir(&out_dir).expect("reports/").map(|e| e.expect("entry").path()).collect();
+    let runs: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .expect("reports/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(out_dir.join("history.jsonl").is_file(), "the history is kept beside the run folders");
     let name = runs[0].file_name().expect("a name").to_string_lossy().into_owned();
     assert!(name.len() == 16 && name.ends_with('Z') && name.as_bytes()[8] == b'T', "UTC timestamp: {name}");
     let mut files: Vec<String> = std::fs::read_dir(&runs[0])
@@ -191,7 +196,7 @@ fn out_writes_three_whole_reports_into_a_timestamped_folder() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert_eq!(files, ["junit.xml", "report.json", "report.md"], "no temporary files left behind");
+    assert_eq!(files, ["junit.xml", "report.html", "report.json", "report.md"], "no temporary files left behind");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(runs[0].join("report.json")).expect("report.json")).expect("JSON");
     assert_eq!(json["summary"]["drills"].as_u64(), Some(drills("scenarios/worker").len() as u64));
@@ -201,7 +206,10 @@ fn out_writes_three_whole_reports_into_a_timestamped_folder() {
     // A second run the same second gets its own folder.
     let again = agentdrill(&["run", "scenarios/worker/kill-in-flight.toml", "--out", out_dir.to_str().expect("utf-8")]);
     assert_eq!(again.status.code(), Some(0));
-    assert_eq!(std::fs::read_dir(&out_dir).expect("reports/").count(), 2);
+    assert_eq!(
+        std::fs::read_dir(&out_dir).expect("reports/").filter(|e| e.as_ref().expect("entry").path().is_dir()).count(),
+        2
+    );
 }
 
 #[test]
