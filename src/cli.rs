@@ -126,46 +126,59 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         Format::Html => emit(&report::html::html(&entries, &report::html::Extras::default())),
     }
     if let Some(dir) = out {
-        let extras = match record_history(&dir, &entries, "run") {
-            Ok(history) => report::html::Extras { history, ..report::html::Extras::default() },
-            Err(e) => {
-                eprintln!("error: cannot write the reports: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        match write_reports(&dir, &entries, &extras) {
-            Ok(at) => {
-                eprintln!("reports written to {}/ (report.json, junit.xml, report.md, report.html)", at.display())
-            }
-            Err(e) => {
-                eprintln!("error: {}: cannot write the reports: {e}", dir.display());
-                return ExitCode::from(2);
-            }
+        match write_with_history(&dir, &entries, "run", report::html::Extras::default()) {
+            Ok(at) => eprintln!(
+                "reports written to {}/ (report.json, junit.xml, report.md, report.html); history appended to {}",
+                at.display(),
+                dir.join(agentdrill::history::FILE_NAME).display()
+            ),
+            Err(code) => return code,
         }
     }
     if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
-/// Appends one history record per drill to `dir/history.jsonl` and gives
-/// back the whole history (for the HTML report's trends).
-pub(crate) fn record_history(
+/// Writes the reports into a new `dir/<UTC timestamp>/` (the HTML one
+/// drawing each drill's trend with this run in it), then appends one
+/// history record per drill to `dir/history.jsonl`. Errors are printed;
+/// the exit code is 2 then.
+pub(crate) fn write_with_history(
     dir: &Path,
     entries: &[Entry],
     source: &str,
-) -> Result<Vec<agentdrill::history::Record>, agentdrill::history::HistoryError> {
+    mut extras: report::html::Extras,
+) -> Result<PathBuf, ExitCode> {
     use agentdrill::history;
     let now = SystemTime::now();
     let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let stamp = utc_stamp(now);
-    std::fs::create_dir_all(dir).map_err(|source| history::HistoryError::Io { path: dir.to_owned(), source })?;
-    let path = dir.join(history::FILE_NAME);
     let records: Vec<history::Record> = entries.iter().map(|e| history::Record::of(e, secs, &stamp, source)).collect();
-    history::append(&path, &records)?;
-    let h = history::read(&path)?;
-    if h.skipped_lines > 0 {
-        eprintln!("warning: {}: {} unreadable line(s) skipped (a torn write?)", path.display(), h.skipped_lines);
+    let path = dir.join(history::FILE_NAME);
+    // An unreadable history only costs the report its trends.
+    match history::read(&path) {
+        Ok(h) => {
+            if h.skipped_lines > 0 {
+                eprintln!(
+                    "warning: {}: {} unreadable line(s) skipped (a torn write?)",
+                    path.display(),
+                    h.skipped_lines
+                );
+            }
+            extras.history = h.records;
+        }
+        Err(e) if dir.is_dir() => eprintln!("warning: {e}"),
+        Err(_) => {}
     }
-    Ok(h.records)
+    extras.history.extend(records.iter().cloned());
+    let at = write_reports(dir, entries, &extras).map_err(|e| {
+        eprintln!("error: {}: cannot write the reports: {e}", dir.display());
+        ExitCode::from(2)
+    })?;
+    history::append(&path, &records).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok(at)
 }
 
 /// The reports `--out` writes, by file name.
@@ -175,7 +188,7 @@ const REPORT_FILES: [&str; 4] = ["report.json", "junit.xml", "report.md", "repor
 /// it renames the folder into place.
 const PARTIAL_PREFIX: &str = ".partial-";
 
-/// Writes the three reports into a new `dir/<UTC timestamp>/`, all or none:
+/// Writes the four reports into a new `dir/<UTC timestamp>/`, all or none:
 /// they are written into a hidden `dir/.partial-<stamp>-<pid>/`, flushed,
 /// and the folder is renamed into place in one step. A run killed before the
 /// rename leaves only its hidden folder, which the next `--out` run into

@@ -15,7 +15,7 @@ use agentdrill::report::html::{DrillMeta, Extras};
 use agentdrill::report::{self, Entry};
 use clap::{Args, Subcommand};
 
-use crate::cli::{emit, print_table, record_history, write_atomic, write_reports};
+use crate::cli::{emit, print_table, write_atomic, write_with_history};
 
 /// `agentdrill gameday`.
 #[derive(Args)]
@@ -162,25 +162,15 @@ fn programme(path: &Path, cadence: Option<Cadence>, out: &Path) -> ExitCode {
     finish(out, &entries, "gameday", extras(&p, cadence, Vec::new()))
 }
 
-/// Appends to the history, writes the reports and gives the exit code.
-fn finish(out: &Path, entries: &[Entry], source: &str, mut extras: Extras) -> ExitCode {
-    match record_history(out, entries, source) {
-        Ok(h) => extras.history = h,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    match write_reports(out, entries, &extras) {
+/// Writes the reports, appends to the history and gives the exit code.
+fn finish(out: &Path, entries: &[Entry], source: &str, extras: Extras) -> ExitCode {
+    match write_with_history(out, entries, source, extras) {
         Ok(at) => eprintln!(
             "report written to {}/report.html; history appended to {}",
             at.display(),
             out.join(history::FILE_NAME).display()
         ),
-        Err(e) => {
-            eprintln!("error: {}: cannot write the reports: {e}", out.display());
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     }
     if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -188,7 +188,7 @@ fn out_writes_four_whole_reports_into_a_timestamped_folder() {
         .filter(|p| p.is_dir())
         .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert!(out_dir.join("history.jsonl").is_file(), "the run appended to the history");
+    assert!(out_dir.join("history.jsonl").is_file(), "the history is kept beside the run folders");
     let name = runs[0].file_name().expect("a name").to_string_lossy().into_owned();
     assert!(name.len() == 16 && name.ends_with('Z') && name.as_bytes()[8] == b'T', "UTC timestamp: {name}");
     let mut files: Vec<String> = std::fs::read_dir(&runs[0])
@@ -206,8 +206,10 @@ fn out_writes_four_whole_reports_into_a_timestamped_folder() {
     // A second run the same second gets its own folder.
     let again = agentdrill(&["run", "scenarios/worker/kill-in-flight.toml", "--out", out_dir.to_str().expect("utf-8")]);
     assert_eq!(again.status.code(), Some(0));
-    let folders = std::fs::read_dir(&out_dir).expect("reports/").filter(|e| e.as_ref().expect("entry").path().is_dir());
-    assert_eq!(folders.count(), 2);
+    assert_eq!(
+        std::fs::read_dir(&out_dir).expect("reports/").filter(|e| e.as_ref().expect("entry").path().is_dir()).count(),
+        2
+    );
 }
 
 #[test]

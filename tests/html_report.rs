@@ -24,7 +24,9 @@ fn agentdrill(args: &[&str]) -> std::process::Output {
 /// The browser: `$CHROMIUM`, else `chromium` on PATH.
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "CHROMIUM={} is not a file: set the machine up with `cargo xtask test`", p.display());
+        return p;
     }
     let found = std::env::var_os("PATH")
         .into_iter()

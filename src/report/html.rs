@@ -55,6 +55,7 @@ h1 { font-size: 28px; margin: 0 0 4px; } h2 { font-size: 20px; margin: 0; } h3 {
 .tile { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
 .tile b { display: block; font-size: 26px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0; }
+.overview td + td { white-space: nowrap; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); font-size: 14px; vertical-align: top; }
 .card { border: 1px solid var(--line); border-left: 6px solid var(--ok); border-radius: 8px; padding: 14px 16px; margin: 18px 0; }
 .card.fail { border-left-color: var(--bad); } .card.caught { border-left-color: var(--caught); }

@@ -281,3 +281,50 @@ pub fn runbook(entries: &[Entry], blind: Option<&BlindOutcome>) -> Runbook {
     ];
     Runbook { failed, p1, rollback }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drill(file: &str, expect: Expect) -> Entry {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let mut sc = crate::drill::loader::load(&path).expect("a catalogue scenario").scenario;
+        sc.expect = expect;
+        Entry::from(crate::drill::run(&sc, sc.seed))
+    }
+
+    #[test]
+    fn a_failed_drill_names_what_broke_and_the_missing_safeguard() {
+        // The anti-pattern drill run as if the stack were meant to be right.
+        let e = drill("scenarios/antipatterns/key-from-model-output.toml", Expect::Pass);
+        let rb = runbook(std::slice::from_ref(&e), None);
+        assert_eq!(rb.failed.len(), 1);
+        assert!(rb.failed[0].broke.contains("duplicate side effects"), "{}", rb.failed[0].broke);
+        assert!(rb.failed[0].missing.contains(&KEYS), "{:?}", rb.failed[0].missing);
+        assert!(!rb.p1[0].ticked, "no blind exercise: nobody acknowledged");
+    }
+
+    #[test]
+    fn checklists_are_ticked_from_what_the_drills_did() {
+        let e = drill("scenarios/deploy/bad-prompt-deploy.toml", Expect::Pass);
+        let rb = runbook(std::slice::from_ref(&e), None);
+        assert!(rb.failed.is_empty());
+        let ticked = |items: &[Item], step: &str| items.iter().find(|i| i.step == step).expect("the step").ticked;
+        assert!(ticked(&rb.p1, "If a deploy caused it, roll back at once"));
+        assert!(!ticked(&rb.p1, "If the database fails, fail over to the replica"), "nothing was promoted");
+        assert!(ticked(&rb.rollback, "Rollback finishes in under 5 minutes"));
+        assert!(!ticked(&rb.rollback, "People are told when a rollback happened"));
+        let blind = BlindOutcome {
+            ack_s: Some(150.0),
+            diagnose_s: None,
+            update_s: Some(60.0),
+            recover_s: None,
+            timeline: Vec::new(),
+            drill: String::new(),
+            faults: Vec::new(),
+        };
+        let rb = runbook(std::slice::from_ref(&e), Some(&blind));
+        assert!(!ticked(&rb.p1, "Acknowledge the alert within 2 minutes"), "150 s is late");
+        assert!(ticked(&rb.p1, "Send stakeholders a status update within 15 minutes"));
+    }
+}
