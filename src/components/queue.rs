@@ -105,6 +105,12 @@ impl Queue {
         self.cfg.replicated
     }
 
+    /// Whether this node mirrors to a replica now (a replica that took over
+    /// has none: its peer was lost).
+    pub fn mirrors(&self) -> bool {
+        self.cfg.replicated && self.replica.is_some()
+    }
+
     /// The node's storage is lost (an unreplicated queue lost with its node).
     pub fn wipe(&mut self) {
         self.messages.clear();

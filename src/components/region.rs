@@ -192,14 +192,18 @@ impl Controller {
     /// Sends the current stage's message to the standby (again).
     fn send_stage(&self, env: &mut impl Env) {
         match self.stage {
-            Stage::Promoting => {
-                env.send(self.standby_orch, Msg::Promote);
-                // Fence the old primary: if it is alive after all (a lossy
-                // link, not a lost region), it must stop serving.
+            // The old primary is fenced only once the standby has answered:
+            // demoting a live primary for a standby that is down too would
+            // leave nothing serving.
+            Stage::Promoting => env.send(self.standby_orch, Msg::Promote),
+            Stage::Hydrating => {
+                env.send(self.standby_vec, Msg::Hydrate);
                 env.send(self.primary, Msg::Demote);
             }
-            Stage::Hydrating => env.send(self.standby_vec, Msg::Hydrate),
-            Stage::Opening => env.send(self.standby_orch, Msg::Open),
+            Stage::Opening => {
+                env.send(self.standby_orch, Msg::Open);
+                env.send(self.primary, Msg::Demote);
+            }
             _ => {}
         }
     }
@@ -275,6 +279,11 @@ impl Controller {
             Msg::Pong { seq } => self.answered = self.answered.max(seq),
             Msg::PromoteAck if self.stage == Stage::Promoting && !self.acked => {
                 self.acked = true;
+                // Fence the old primary: if it is alive after all (a lossy
+                // link, not a lost region), it must stop serving. (Sent
+                // again with every later stage's resend, for a primary that
+                // was down now and comes back mid-failover.)
+                env.send(self.primary, Msg::Demote);
                 if self.waited {
                     self.advance_after_promotion(env);
                 }

@@ -262,13 +262,16 @@ pub const QUEUE_REPLACE_US: crate::components::ids::Micros = 60 * crate::compone
 fn lose_queue_node(stack: &mut Stack, f: &mut FaultObs, permanent: bool) -> Option<HostId> {
     let [qa, qb] = stack.hosts.queue?;
     let active = stack.dns.queue.target();
-    let (replicated, held) = match stack.queue(active) {
-        Some(q) => (q.replicated(), q.messages().map(|m| (m.job, m.published_us)).collect::<Vec<_>>()),
+    let other = if active == qa { qb } else { qa };
+    let (mirrors, held) = match stack.queue(active) {
+        Some(q) => (q.mirrors(), q.messages().map(|m| (m.job, m.published_us)).collect::<Vec<_>>()),
         None => return None,
     };
     stack.crash_host(active);
-    if replicated {
-        let other = if active == qa { qb } else { qa };
+    // A replica that already took over (its peer lost), or whose peer is
+    // down too, has nothing to fail over to: it is handled as an
+    // unreplicated node (waited for, or replaced empty).
+    if mirrors && stack.rt.host(other).up {
         stack.rt.schedule_control(stack.rt.now_us() + QUEUE_FAILOVER_US, Timer::QueueFailover(other));
     } else if permanent {
         // Unreplicated and gone for good: what it held is lost. (A node that

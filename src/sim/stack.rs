@@ -186,6 +186,10 @@ pub struct VectorNode {
     pub store: VectorStore,
     /// Serving traffic.
     pub serving: bool,
+    /// The store holds a serving copy (it served at start-up or finished a
+    /// hydration): durable, so a returning host may serve again; a store
+    /// whose hydration a crash cut short must hydrate first.
+    hydrated: bool,
     /// Where snapshots and streaming replication go.
     pub peer: Option<HostId>,
     stream: bool,
@@ -507,6 +511,7 @@ impl Stack {
         nodes[vec_a.0 as usize] = Some(Node::Vector(VectorNode {
             store: VectorStore::new(vcfg.clone()),
             serving: true,
+            hydrated: true,
             peer: two.then_some(vec_b),
             stream: two && spec.vector.streaming_replica,
             snapshot_interval_us: spec.vector.snapshot_interval.us(),
@@ -524,6 +529,7 @@ impl Stack {
         nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
             store: VectorStore::new(vcfg),
             serving: false,
+            hydrated: false,
             peer: None,
             stream: false,
             snapshot_interval_us: spec.vector.snapshot_interval.us(),
@@ -703,8 +709,10 @@ impl Stack {
         let mut env = SimEnv { rt, me: h, dns, truth };
         match &mut nodes[h.0 as usize] {
             Node::Orchestrator(o) => {
-                // A returning primary that was failed away from stays standby.
-                if o.is_primary() && env.resolve(Service::Orchestrator) != h {
+                // A returning primary that was failed away from stays
+                // standby: it asks the authoritative record, not a resolver
+                // cache that may still hold it for a TTL (two primaries).
+                if o.is_primary() && env.dns.orchestrator.target() != h {
                     o.demote();
                 }
                 o.start(&mut env);
@@ -718,8 +726,9 @@ impl Stack {
             }
             Node::Client(c) => c.start(&mut env),
             Node::Vector(v) => {
-                // A returning primary store serves again if traffic still goes to it.
-                v.serving = v.serving || env.resolve(Service::Vector) == h;
+                // A returning store serves again if traffic still goes to it
+                // and it holds a serving copy (not a cut-short hydration).
+                v.serving = v.serving || (v.hydrated && env.dns.vector.target() == h);
                 v.start(&mut env)
             }
             _ => {}
@@ -1053,9 +1062,13 @@ impl VectorNode {
                     None => self.store.len() as u64,
                 };
                 self.serving = true;
+                self.hydrated = true;
                 env.note(Note::Hydrated { points });
                 env.send(self.controller, Msg::Hydrated);
                 env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
+                // A promoted store checks its integrity like one serving
+                // from the start.
+                self.arm_integrity_check(env);
             }
             _ => {}
         }
