@@ -268,10 +268,29 @@ impl Orchestrator {
         self.store.new_timeline(env.now_us());
         self.cfg.replica = None;
         self.start(env);
+        self.fence_inherited_leases(env);
         // Promoted, but traffic is opened by the controller once the region
         // is scaled up and hydrated.
         self.serving = false;
         env.note(Note::Promoted);
+    }
+
+    /// Unless replication was synchronous (every acknowledged write is
+    /// here), a lease inherited from the old primary is taken back at
+    /// promotion: its holder may have made progress this store never got
+    /// (a decision), and its later writes would land on a record missing
+    /// it. The task is requeued and its next holder reconciles (the record
+    /// may be stale).
+    fn fence_inherited_leases(&mut self, env: &mut impl Env) {
+        if matches!(self.cfg.replication, Replication::Sync { degrade_after_ms: None }) {
+            return;
+        }
+        let leased: Vec<TaskId> =
+            self.store.tasks().iter().filter(|t| t.status == TaskStatus::Leased).map(|t| t.id).collect();
+        for task in leased {
+            self.commit(env, Op::Requeue { task });
+            self.ready.push_back(task);
+        }
     }
 
     fn commit(&mut self, env: &mut impl Env, op: Op) -> u64 {
@@ -342,7 +361,12 @@ impl Orchestrator {
                     let lsn = self.commit(env, Op::Renew { task, expires_us });
                     self.expiries.push(Reverse((expires_us, task)));
                     let prompt = self.prompt;
-                    self.reply_at(env, lsn, from, Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms, prompt, sent_us });
+                    self.reply_at(
+                        env,
+                        lsn,
+                        from,
+                        Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms, prompt, sent_us },
+                    );
                 } else {
                     env.send(from, Msg::HeartbeatAck { task, ok, lease_ms: 0, prompt: self.prompt, sent_us });
                 }

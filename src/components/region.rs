@@ -179,6 +179,17 @@ impl Controller {
         self.stage
     }
 
+    /// The primary orchestrator as of now: the standby once it acknowledged
+    /// its promotion (the old primary must not serve again; a returning one
+    /// asks this before serving), the watched primary before.
+    pub fn primary_now(&self) -> HostId {
+        match self.stage {
+            Stage::Watching => self.primary,
+            Stage::Promoting if !self.acked => self.primary,
+            _ => self.standby_orch,
+        }
+    }
+
     /// Requests for the harness, drained.
     pub fn take_requests(&mut self) -> Vec<Request> {
         std::mem::take(&mut self.requests)

@@ -514,8 +514,8 @@ impl Worker {
         // orchestrator, and no later than now: timing it from the receipt
         // would outlive the orchestrator's expiry for a worker paused while
         // the grant waited for it.
-        let lease_until_us = asked_us
-            .map_or(0, |at| self.lease_clock(env).min(at + g.parked_us) + g.lease_ms * US_PER_MS * 9 / 10);
+        let lease_until_us =
+            asked_us.map_or(0, |at| self.lease_clock(env).min(at + g.parked_us) + g.lease_ms * US_PER_MS * 9 / 10);
         // A resume timer of the previous task must not fire in this one.
         self.wait_seq = self.wait_seq.wrapping_add(1);
         let durable =

@@ -580,6 +580,17 @@ fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
     best.map_or((None, None), |(_, p)| (Some(p.job.0), Some(p.step)))
 }
 
+/// Whether an earlier queue or region loss than fault `i` (at `t_us`) is
+/// permanent or not over yet by then: one of the queue's two nodes is gone.
+fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
+    sc.faults.iter().enumerate().any(|(j, f)| match f {
+        FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. } => {
+            j != i && (at.us(), j) < (t_us, i) && duration.is_none_or(|d| at.us() + d.us() > t_us)
+        }
+        _ => false,
+    })
+}
+
 /// How long before `t0` the other region (the replica's) had been
 /// unreachable, when a loss of it overlaps the window that replication
 /// would otherwise have covered: writes made while the replica was down
@@ -1134,8 +1145,11 @@ impl Budget {
                     + crate::components::orchestrator::ROLLBACK_US
                     + self.lease_us
             }
-            FaultSpec::QueueLoss { duration, .. } => {
-                let replicated = s.queue.is_some_and(|q| q.replicated);
+            FaultSpec::QueueLoss { duration, at } => {
+                // A replicated queue fails over to its replica, unless an
+                // earlier queue or region loss (for good, or not over yet)
+                // already took a node: then there is nothing to fail over to.
+                let replicated = s.queue.is_some_and(|q| q.replicated) && !queue_node_down_at(sc, i, at.us());
                 let back = if replicated {
                     crate::drill::QUEUE_FAILOVER_US
                 } else {

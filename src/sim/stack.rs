@@ -705,14 +705,21 @@ impl Stack {
 
     /// Runs one host's start-up.
     pub fn start_host(&mut self, h: HostId) {
+        // Which orchestrator is primary, as the failover controller (or,
+        // without one, the authoritative DNS record) says: a returning
+        // primary asks before serving.
+        let primary = match self.hosts.controller.map(|c| &self.nodes[c.0 as usize]) {
+            Some(Node::Controller(c)) => c.primary_now(),
+            _ => self.dns.orchestrator.target(),
+        };
         let Stack { rt, nodes, dns, truth, .. } = self;
         let mut env = SimEnv { rt, me: h, dns, truth };
         match &mut nodes[h.0 as usize] {
             Node::Orchestrator(o) => {
                 // A returning primary that was failed away from stays
-                // standby: it asks the authoritative record, not a resolver
-                // cache that may still hold it for a TTL (two primaries).
-                if o.is_primary() && env.dns.orchestrator.target() != h {
+                // standby: it asks the controller, not a resolver cache that
+                // may still hold it for a TTL (two primaries).
+                if o.is_primary() && primary != h {
                     o.demote();
                 }
                 o.start(&mut env);
