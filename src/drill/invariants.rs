@@ -1050,6 +1050,28 @@ impl Budget {
                 }
             }
         }
+        // A streaming replica is sent each write once, never again: writes
+        // made while it was unreachable (its region lost, or a cut or lossy
+        // link between the regions) are missing from it for good, so a later
+        // loss of the primary loses them however long ago the outage ended.
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i])
+            && sc.stack.vector.streaming_replica
+        {
+            for (j, f) in sc.faults.iter().enumerate() {
+                let gap = match f {
+                    FaultSpec::RegionLoss { region: r, .. } => r != region,
+                    FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. } => true,
+                    _ => false,
+                };
+                if let Some(s) = onsets[j]
+                    && gap
+                    && j != i
+                    && s <= t0
+                {
+                    *v = (*v).max(t0 - s);
+                }
+            }
+        }
         (structured, vector)
     }
 

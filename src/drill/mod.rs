@@ -128,7 +128,7 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
     }
     stack.start();
     let controller = stack.hosts.controller;
-    let mut region_down: Vec<HostId> = Vec::new();
+    let mut region_down: Vec<(u16, HostId)> = Vec::new();
     while let Some(ev) = stack.rt.step(horizon_us) {
         let from_controller = match &ev {
             crate::sim::Event::Timer { host, .. } | crate::sim::Event::Deliver { to: host, .. } => {
@@ -304,7 +304,9 @@ fn worker_target(stack: &Stack, t: Option<WorkerTarget>) -> Option<HostId> {
     }
 }
 
-fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<HostId>, t: Timer) {
+/// `down` holds the hosts temporary losses took down, each with the fault
+/// that holds it: a host comes back when the last loss holding it ends.
+fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<(u16, HostId)>, t: Timer) {
     match t {
         Timer::Restart(h) => stack.restart_host(h),
         Timer::FaultStart(i) => {
@@ -353,7 +355,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     if let Some(h) = lose_queue_node(stack, &mut obs[i as usize], duration.is_none())
                         && duration.is_some()
                     {
-                        down.push(h);
+                        down.push((i, h));
                     }
                 }
                 FaultSpec::BadDeploy { error_rate, .. } => {
@@ -367,6 +369,10 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         .map(HostId)
                         .filter(|&h| stack.rt.host(h).region == r && stack.rt.host(h).up)
                         .collect();
+                    // Hosts an earlier, still ongoing loss holds down stay
+                    // down until this one ends too.
+                    let held: Vec<HostId> =
+                        down.iter().filter(|(_, h)| stack.rt.host(*h).region == r).map(|&(_, h)| h).collect();
                     let primary = stack.serving_orch();
                     if stack.rt.host(primary).region == r {
                         let o = stack.orch(primary);
@@ -387,7 +393,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     if duration.is_none() {
                         // Gone for good: an earlier temporary loss of this
                         // region must not bring its hosts back.
-                        down.retain(|h| stack.rt.host(*h).region != r);
+                        down.retain(|(_, h)| stack.rt.host(*h).region != r);
                         // Storage in a lost region is gone.
                         let [oa, ob] = stack.hosts.orch;
                         let [va, vb] = stack.hosts.vec;
@@ -395,7 +401,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         drop(stack.orch_mut(o).take_store());
                         stack.vector_mut(v).store.clear();
                     } else {
-                        down.extend(hosts);
+                        down.extend(hosts.into_iter().chain(held).map(|h| (i, h)));
                     }
                 }
             }
@@ -403,8 +409,14 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
         Timer::QueueFailover(h) => stack.activate_queue(h),
         Timer::FaultEnd(i) => match &sc.faults[i as usize] {
             FaultSpec::RegionLoss { .. } | FaultSpec::QueueLoss { .. } => {
-                for h in std::mem::take(down) {
-                    stack.restart_host(h);
+                // Only the hosts this loss took down, and of those only the
+                // ones no other ongoing loss still holds.
+                let (ended, rest): (Vec<_>, Vec<_>) = std::mem::take(down).into_iter().partition(|&(j, _)| j == i);
+                *down = rest;
+                for (_, h) in ended {
+                    if !down.iter().any(|&(_, g)| g == h) {
+                        stack.restart_host(h);
+                    }
                 }
             }
             FaultSpec::ReplicationLagSpike { .. } => {
