@@ -65,15 +65,12 @@
 //! `agentdrill run` re-runs. A panic in the simulation is caught and is a
 //! `no_panic` violation like any other.
 //!
-//! # Known engine issues
+//! # Engine bugs
 //!
-//! Bugs of the engine that fuzzing found under the reference policy and that
-//! are not fixed yet are listed in [`KNOWN_ISSUES`], each with a predicate
-//! over a drill's configuration and schedule and a reproducer in
-//! `fixtures/regressions/`. Generated drills whose reference version matches
-//! one are skipped (a `prop_filter`, so every case index still yields a
-//! checked drill) unless `--include-known-issues` is given. Fixing a bug
-//! means deleting its entry, which lets fuzzing cover that ground again.
+//! Nothing generated is skipped: a violation under the reference policy is
+//! an engine bug (or a bound that misreads the stack's configuration) and is
+//! fixed, with its reproducer kept in `fixtures/regressions/` expecting a
+//! pass (`reference-*.toml`).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -613,65 +610,26 @@ pub fn stack() -> impl Strategy<Value = StackSpec> + Clone {
 }
 
 /// Whole drills for `policy`: `(faults, workload, stack, seed)` assembled by
-/// [`assemble`], avoiding the [`KNOWN_ISSUES`]. See the module docs for the
+/// [`assemble`]. See the module docs for the
 /// shrinking order.
 pub fn scenario(policy: PolicyChoice) -> impl Strategy<Value = Scenario> + Clone {
-    scenario_with(policy, true, false)
+    scenario_with(policy, true)
 }
 
 /// [`scenario`] with the choices spelled out: `switch_on = false` runs the
 /// reference policy on the stacks `policy` sets up (see
-/// [`PolicyChoice::prepare`]); `include_known_issues` keeps drills whose
-/// reference version can hit a [`KNOWN_ISSUES`] entry.
-pub fn scenario_with(
-    policy: PolicyChoice,
-    switch_on: bool,
-    include_known_issues: bool,
-) -> impl Strategy<Value = Scenario> + Clone {
+/// [`PolicyChoice::prepare`]).
+pub fn scenario_with(policy: PolicyChoice, switch_on: bool) -> impl Strategy<Value = Scenario> + Clone {
     let needed = policy.faults();
     let schedule = (needed, fault_schedule(MAX_FAULTS)).prop_map(|(mut needed, rest)| {
         let room = MAX_FAULTS.saturating_sub(needed.len());
         needed.extend(rest.into_iter().take(room));
         needed
     });
-    (schedule, workload(), stack(), any::<u64>().no_shrink())
-        .prop_map(move |(faults, workload, stack, seed)| {
-            let reference = assemble_with(policy, faults, workload, stack, seed, false);
-            let drill = if switch_on { switched_on(policy, &reference) } else { reference.clone() };
-            (reference, drill)
-        })
-        .prop_filter("hits a known engine issue", move |(reference, _)| {
-            include_known_issues || known_issue(reference).is_none()
-        })
-        .prop_map(|(_, drill)| drill)
-}
-
-/// An engine issue the fuzzer found under the reference policy and that is
-/// not fixed yet. Generated drills that can hit one are skipped (unless
-/// `--include-known-issues`), so that fuzzing finds what is new; each has a
-/// reproducer in `fixtures/regressions/` that the regression test keeps
-/// failing until the engine is fixed. Delete the entry with the fix.
-#[derive(Clone, Copy, Debug)]
-pub struct KnownIssue {
-    /// Short name.
-    pub name: &'static str,
-    /// The reproducer, relative to the repository.
-    pub reproducer: &'static str,
-    /// What goes wrong.
-    pub summary: &'static str,
-    /// Whether a drill's configuration and schedule can hit it.
-    pub matches: fn(&Scenario) -> bool,
-}
-
-/// The known engine issues (see [`KnownIssue`]): none. Every issue found so
-/// far is fixed and its reproducer in `fixtures/regressions/reference-*.toml`
-/// expects a pass, so `fuzz` skips no generated drill. A new find is fixed,
-/// not listed here, unless it cannot be fixed at once.
-pub const KNOWN_ISSUES: &[KnownIssue] = &[];
-
-/// The first known engine issue a drill can hit.
-pub fn known_issue(sc: &Scenario) -> Option<&'static KnownIssue> {
-    KNOWN_ISSUES.iter().find(|k| (k.matches)(sc))
+    (schedule, workload(), stack(), any::<u64>().no_shrink()).prop_map(move |(faults, workload, stack, seed)| {
+        let reference = assemble_with(policy, faults, workload, stack, seed, false);
+        if switch_on { switched_on(policy, &reference) } else { reference }
+    })
 }
 
 /// Resolves raw fault numbers against the workload and stack.
@@ -917,8 +875,6 @@ pub struct FuzzOptions {
     pub progress: bool,
     /// Most shrink steps (each one a simulation).
     pub max_shrink_steps: u32,
-    /// Also generate drills that hit a [`KNOWN_ISSUES`] entry.
-    pub include_known_issues: bool,
 }
 
 impl Default for FuzzOptions {
@@ -932,7 +888,6 @@ impl Default for FuzzOptions {
             out: None,
             progress: false,
             max_shrink_steps: 2_000,
-            include_known_issues: false,
         }
     }
 }
@@ -987,20 +942,15 @@ fn case_seed(seed: u64, i: u64) -> [u8; 32] {
 }
 
 /// Generates case `i` of a run: the value tree (for shrinking).
-pub fn case_tree(
-    policy: PolicyChoice,
-    seed: u64,
-    i: u64,
-    include_known_issues: bool,
-) -> impl ValueTree<Value = Scenario> {
+pub fn case_tree(policy: PolicyChoice, seed: u64, i: u64) -> impl ValueTree<Value = Scenario> {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario_with(policy, true, include_known_issues).new_tree(&mut runner).expect("the filter rejects a fraction")
+    scenario_with(policy, true).new_tree(&mut runner).expect("generation does not reject")
 }
 
 /// Generates case `i` of a run.
 pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
-    case_tree(policy, seed, i, false).current()
+    case_tree(policy, seed, i).current()
 }
 
 /// Case `i` of a run as the reference policy sees it: the same stack
@@ -1008,7 +958,7 @@ pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
 pub fn reference_case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario_with(policy, false, false).new_tree(&mut runner).expect("the filter rejects a fraction").current()
+    scenario_with(policy, false).new_tree(&mut runner).expect("generation does not reject").current()
 }
 
 /// Shrinks a failing case while `invariant` stays the first one it breaks. Returns the
@@ -1093,7 +1043,7 @@ pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let mut tree = case_tree(opts.policy, opts.seed, i, opts.include_known_issues);
+        let mut tree = case_tree(opts.policy, opts.seed, i);
         let original = tree.current();
         let broken = check_case(&original);
         cases_run += 1;
@@ -1120,17 +1070,14 @@ pub fn reproducer_text(opts: &FuzzOptions, f: &Finding, path: &Path) -> String {
     sc.purpose = format!("fuzz reproducer: {}", f.violation);
     let inv = f.violation.invariant;
     let body = toml::to_string(&sc).expect("a scenario serialises");
-    let known = known_issue(&f.shrunk)
-        .map_or_else(String::new, |k| format!("# Known engine issue `{}`: {}.\n", k.name, k.summary));
     format!(
-        "# agentdrill fuzz reproducer: violates `{}`\n# ({})\n# {}\n{known}# Found by: agentdrill fuzz --policy {} --seed {} --cases {}{} (case {}); shrunk from {} to {} fault(s) in {} steps.\n# Re-run: agentdrill run {}\n{body}",
+        "# agentdrill fuzz reproducer: violates `{}`\n# ({})\n# {}\n# Found by: agentdrill fuzz --policy {} --seed {} --cases {} (case {}); shrunk from {} to {} fault(s) in {} steps.\n# Re-run: agentdrill run {}\n{body}",
         inv.name(),
         inv.describe(),
         f.violation,
         opts.policy.name(),
         opts.seed,
         f.case + 1,
-        if opts.include_known_issues { " --include-known-issues" } else { "" },
         f.case,
         f.original.faults.len(),
         f.shrunk.faults.len(),
@@ -1199,10 +1146,6 @@ pub struct FuzzArgs {
     /// Where the reproducer is written.
     #[arg(long, default_value = "reports/fuzz")]
     pub out: PathBuf,
-    /// Also generate drills that hit a known, not yet fixed engine issue
-    /// (skipped by default; listed in `fuzz::KNOWN_ISSUES`).
-    #[arg(long)]
-    pub include_known_issues: bool,
 }
 
 /// Runs `agentdrill fuzz`: exit 0 no violation, 1 a violation (its
@@ -1221,7 +1164,6 @@ pub fn cli(args: FuzzArgs) -> ExitCode {
         shard: args.shard,
         out: Some(args.out.clone()),
         progress: std::io::stderr().is_terminal(),
-        include_known_issues: args.include_known_issues,
         ..FuzzOptions::default()
     };
     let report = match fuzz(&opts) {

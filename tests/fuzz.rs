@@ -179,10 +179,10 @@ fn corpus() -> Vec<PathBuf> {
     files
 }
 
-/// Every reproducer ever found. `expect = "fail"`: it must still break the
-/// invariant its header names (anti-pattern finds, and reference finds of
-/// engine bugs not fixed yet — see `fuzz::KNOWN_ISSUES`). `expect = "pass"`:
-/// a reference find whose bug was fixed; it must now keep every invariant.
+/// Every reproducer ever found. `expect = "fail"`: an anti-pattern's (or the
+/// planted bug's) find, which must still break the invariant its header
+/// names. `expect = "pass"`: a reference-policy find (`reference-*.toml`),
+/// an engine bug that was fixed; it must keep every invariant.
 #[test]
 fn every_reproducer_in_the_corpus_still_fails_as_found() {
     fuzz::quiet_panics();
@@ -194,10 +194,8 @@ fn every_reproducer_in_the_corpus_still_fails_as_found() {
         let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
         if name.starts_with("reference-") {
-            // A reference find expects a pass once fixed, a fail while listed.
-            let listed = fuzz::KNOWN_ISSUES.iter().any(|k| k.reproducer.ends_with(&name));
-            let want = if listed { Expect::Fail } else { Expect::Pass };
-            assert_eq!(sc.expect, want, "{}: listed in KNOWN_ISSUES: {listed}", f.display());
+            // A reference find is an engine bug: fixed, so it passes.
+            assert_eq!(sc.expect, Expect::Pass, "{}: the reference policy must pass it", f.display());
         } else {
             // An anti-pattern's (or the planted bug's) find keeps failing.
             assert_eq!(sc.expect, Expect::Fail, "{}", f.display());
@@ -215,7 +213,7 @@ fn every_reproducer_in_the_corpus_still_fails_as_found() {
             Expect::Fail => {
                 assert!(
                     broken.iter().any(|v| v.invariant == inv),
-                    "{}: no longer breaks {inv} (fixed? then set expect = \"pass\" and drop its KNOWN_ISSUES entry): {broken:?}",
+                    "{}: no longer breaks {inv} (an anti-pattern drill must keep failing): {broken:?}",
                     f.display()
                 );
                 assert_eq!(r.verdict, "pass", "{}: agentdrill run does not catch it", f.display());
@@ -225,19 +223,6 @@ fn every_reproducer_in_the_corpus_still_fails_as_found() {
                 assert_eq!(r.verdict, "pass", "{}: {:?}", f.display(), r.violations);
             }
         }
-    }
-}
-
-/// Each known engine issue has its reproducer in the corpus, and the
-/// reproducer is one the issue's predicate recognises.
-#[test]
-fn every_known_issue_has_a_reproducer() {
-    for k in fuzz::KNOWN_ISSUES {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(k.reproducer);
-        let sc = scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", k.name));
-        assert!((k.matches)(&sc), "{}: its reproducer does not match its predicate", k.name);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(&format!("`{}`", k.name)), "{}: the reproducer names the issue", k.name);
     }
 }
 

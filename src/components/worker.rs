@@ -1126,3 +1126,182 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::components::orchestrator::Prompt;
+    use crate::components::router::RouterSettings;
+    use crate::components::workflow::builtin;
+
+    const ME: HostId = HostId(1);
+    const ORCH: HostId = HostId(2);
+
+    /// A host's view of the world for one worker: what it sent, the timers
+    /// it set (with the time each fires).
+    struct TestEnv {
+        now_us: Micros,
+        sent: Vec<Msg>,
+        timers: Vec<(Micros, Timer)>,
+        rng: ChaCha8Rng,
+    }
+
+    impl Env for TestEnv {
+        fn now_us(&self) -> Micros {
+            self.now_us
+        }
+        fn me(&self) -> HostId {
+            ME
+        }
+        fn send(&mut self, _to: HostId, msg: Msg) {
+            self.sent.push(msg);
+        }
+        fn send_after(&mut self, _delay_us: Micros, _to: HostId, msg: Msg) {
+            self.sent.push(msg);
+        }
+        fn set_timer(&mut self, after_us: Micros, timer: Timer) {
+            self.timers.push((self.now_us + after_us, timer));
+        }
+        fn rng(&mut self) -> &mut ChaCha8Rng {
+            &mut self.rng
+        }
+        fn resolve(&self, _svc: Service) -> HostId {
+            ORCH
+        }
+        fn note(&mut self, _note: Note) {}
+        fn reach(&mut self, _host: HostId, _job: JobId, _step: u16, _phase: Phase) -> bool {
+            false
+        }
+    }
+
+    fn worker() -> (Worker, TestEnv) {
+        let shared = WorkerShared {
+            policy: Policy::default(),
+            templates: builtin(),
+            home: Some(ORCH),
+            payment: HostId(3),
+            email: HostId(4),
+            search: HostId(5),
+            providers: vec![HostId(6), HostId(7), HostId(8)],
+            router: RouterSettings::default(),
+            request_timeout_us: 10 * US_PER_S,
+            // Every provider has the local model's long SDK timeout.
+            model_timeout_us: vec![600 * US_PER_S; 3],
+        };
+        let env = TestEnv { now_us: 0, sent: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) };
+        (Worker::new(Rc::new(shared), ME), env)
+    }
+
+    fn template(name: &str) -> u16 {
+        builtin().iter().position(|t| t.name == name).expect("built-in template") as u16
+    }
+
+    fn grant(req: u32, task: u64, template: u16) -> Msg {
+        let grant = Grant {
+            task: TaskId(task),
+            job: JobId(task as u32),
+            uid: task,
+            template,
+            prompt: Prompt::default(),
+            token: 1,
+            lease_ms: 60_000,
+            parked_us: 0,
+            cursor: 0,
+            steps: Box::default(),
+            resumed: false,
+            replay: false,
+        };
+        Msg::LeaseGrant { req, grant: Box::new(grant) }
+    }
+
+    /// The request number of the last message sent, which must be `kind`.
+    fn last_req(env: &TestEnv) -> u32 {
+        match env.sent.last().expect("a message was sent") {
+            Msg::LeaseReq { req }
+            | Msg::Write { req, .. }
+            | Msg::ModelReq { req, .. }
+            | Msg::VecQuery { req, .. }
+            | Msg::ToolReq { req, .. } => *req,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    /// A worker waiting on a model call with a 600 s timeout drops its task
+    /// and asks for a new lease (30 s timeout): a watchdog must fire by then,
+    /// not only when the 600 s one is due.
+    #[test]
+    fn a_shorter_request_gets_its_own_watchdog_while_a_long_one_is_pending() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_req(&env);
+        env.now_us = 100_000;
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
+        let checkpoint = last_req(&env);
+        env.now_us = 200_000;
+        w.on_msg(&mut env, ORCH, Msg::WriteAck { req: checkpoint, ok: true });
+        assert!(matches!(env.sent.last(), Some(Msg::ModelReq { .. })), "{:?}", env.sent.last());
+        // The start-up watchdog fires during the call and is re-armed for
+        // the call's 601 s deadline.
+        env.now_us = 30 * US_PER_S;
+        w.on_timer(&mut env, Timer::Watchdog);
+        env.now_us = 31 * US_PER_S;
+        let before = env.timers.len();
+        w.on_msg(
+            &mut env,
+            ORCH,
+            Msg::HeartbeatAck { task: TaskId(1), ok: false, lease_ms: 0, prompt: Prompt::default(), sent_us: 0 },
+        );
+        assert!(matches!(env.sent.last(), Some(Msg::LeaseReq { .. })), "{:?}", env.sent.last());
+        let deadline = env.now_us + 30 * US_PER_S;
+        let armed = env.timers[before..].iter().any(|(at, t)| *t == Timer::Watchdog && *at <= deadline);
+        assert!(armed, "no watchdog by the lease request's deadline: {:?}", &env.timers[before..]);
+    }
+
+    /// A "vector store unavailable" wait of one task must not fire in the
+    /// next task the worker takes (it would send that task's call early,
+    /// alongside the call the task makes itself).
+    #[test]
+    fn a_resume_timer_of_a_dropped_task_does_nothing_in_the_next_one() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_req(&env);
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("approve_refund")));
+        let checkpoint = last_req(&env);
+        w.on_msg(&mut env, ORCH, Msg::WriteAck { req: checkpoint, ok: true });
+        let query = last_req(&env);
+        assert!(matches!(env.sent.last(), Some(Msg::VecQuery { .. })), "{:?}", env.sent.last());
+        w.on_msg(&mut env, ORCH, Msg::VecResp { req: query, unavailable: true });
+        let resume = env.timers.iter().rev().find_map(|(_, t)| matches!(t, Timer::Resume { .. }).then_some(*t));
+        let resume = resume.expect("a resume timer for the unavailable store");
+        // The lease is lost; the worker takes another task.
+        w.on_msg(
+            &mut env,
+            ORCH,
+            Msg::HeartbeatAck { task: TaskId(1), ok: false, lease_ms: 0, prompt: Prompt::default(), sent_us: 0 },
+        );
+        let lease_req = last_req(&env);
+        w.on_msg(&mut env, ORCH, grant(lease_req, 2, template("approve_refund")));
+        assert!(matches!(env.sent.last(), Some(Msg::Write { .. })), "the new task checkpoints first");
+        let sent = env.sent.len();
+        env.now_us = US_PER_S;
+        w.on_timer(&mut env, resume);
+        assert_eq!(env.sent.len(), sent, "the old task's timer sent {:?}", &env.sent[sent..]);
+    }
+
+    /// A grant that reaches a worker late (it was paused while the grant
+    /// waited) times the lease from the request, not from the receipt.
+    #[test]
+    fn a_grant_received_late_times_its_lease_from_the_request() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_req(&env);
+        // Granted at once (not parked), received 50 s later.
+        env.now_us = 50 * US_PER_S;
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
+        let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
+        assert_eq!(lease_until_us, 60_000 * US_PER_MS * 9 / 10, "from the request at 0 s");
+    }
+}

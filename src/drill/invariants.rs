@@ -551,11 +551,7 @@ fn liveness(g: &Ground<'_>, budget: &Budget, out: &mut Vec<Violation>) {
 /// lacks: (job, step) for naming.
 fn lost_record_at(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
     let Some(lost) = g.run.faults[i].lost_log.as_ref() else { return (None, None) };
-    let kept = if g.stack.serving_orch() != g.stack.hosts.orch[0] {
-        g.stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn)
-    } else {
-        u64::MAX
-    };
+    let kept = lost.kept_upto(g.stack);
     let t0 = g.onsets[i].unwrap_or(0);
     let Some(r) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) else {
         return (None, None);
@@ -578,6 +574,23 @@ fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
         }
     }
     best.map_or((None, None), |(_, p)| (Some(p.job.0), Some(p.step)))
+}
+
+/// When the other region than `region` comes back, if a temporary loss of
+/// it (other than fault `i`) is under way at `t_us`.
+fn other_region_back_us(sc: &Scenario, i: usize, region: RegionName, t_us: Micros) -> Option<Micros> {
+    sc.faults
+        .iter()
+        .enumerate()
+        .filter_map(|(j, f)| match f {
+            FaultSpec::RegionLoss { at, region: r, duration: Some(d) }
+                if j != i && *r != region && at.us() <= t_us && t_us < at.us() + d.us() =>
+            {
+                Some(at.us() + d.us())
+            }
+            _ => None,
+        })
+        .max()
 }
 
 /// Whether an earlier queue or region loss than fault `i` (at `t_us`) is
@@ -1198,6 +1211,14 @@ impl Budget {
                 }
                 if let Some(d) = d {
                     b = b.max(d + self.lease_us);
+                }
+                // With the other region down at the loss, the failover waits
+                // for it to come back, then for the controller's next resend
+                // of the promotion.
+                if let FaultSpec::RegionLoss { at, .. } = &sc.faults[i]
+                    && let Some(back_us) = other_region_back_us(sc, i, *region, at.us())
+                {
+                    b = b.max(back_us - at.us() + crate::components::region::RESEND_US + self.failover_us());
                 }
                 if matches!(sc.stack.replication, Replication::Sync { .. }) && sc.stack.pattern != Pattern::SingleRegion
                 {

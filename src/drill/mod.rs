@@ -381,7 +381,8 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                             Replication::Sync { degrade_after_ms: None } => o.replica_acked(),
                             _ => o.store().last_lsn(),
                         };
-                        obs[i as usize].lost_log = Some(LostLog { log: o.store().log().to_vec(), acked_upto });
+                        obs[i as usize].lost_log =
+                            Some(LostLog { log: o.store().log().to_vec(), acked_upto, host: primary });
                     }
                     let active_queue = stack.dns.queue.target();
                     if stack.hosts.queue.is_some() && stack.rt.host(active_queue).region == r {

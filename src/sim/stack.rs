@@ -727,8 +727,9 @@ impl Stack {
             Node::Worker(w) => w.start(&mut env),
             Node::Controller(c) => c.start(&mut env),
             Node::Queue(q) => {
-                // A returning node that was failed away from is no longer active.
-                q.active = q.active && env.resolve(Service::Queue) == h;
+                // A returning node that was failed away from is no longer
+                // active: it rejoins as the replica (below).
+                q.active = q.active && env.dns.queue.target() == h;
                 q.start(&mut env)
             }
             Node::Client(c) => c.start(&mut env),
@@ -739,6 +740,9 @@ impl Stack {
                 v.start(&mut env)
             }
             _ => {}
+        }
+        if matches!(&self.nodes[h.0 as usize], Node::Queue(q) if !q.active) {
+            self.rejoin_queue_replica(h);
         }
     }
 
@@ -1277,6 +1281,31 @@ impl Stack {
         let mut env = SimEnv { rt, me: h, dns, truth };
         if let Node::Queue(q) = &mut nodes[h.0 as usize] {
             q.activate(&mut env);
+        }
+        // The old active node, if it is back already, becomes the replica.
+        if let Some([qa, qb]) = self.hosts.queue {
+            self.rejoin_queue_replica(if h == qa { qb } else { qa });
+        }
+    }
+
+    /// A replicated queue's node that is up and not active rejoins as the
+    /// active node's replica: it takes a copy of the active node's stream,
+    /// and the active node mirrors to it again (a JetStream peer catching
+    /// up), so a later loss of the active node can fail over again.
+    pub fn rejoin_queue_replica(&mut self, h: HostId) {
+        let active = self.dns.queue.target();
+        if active == h || !self.rt.host(h).up || !self.rt.host(active).up {
+            return;
+        }
+        let copy = match &self.nodes[active.0 as usize] {
+            Node::Queue(a) if a.replicated() && a.active => a.replica_copy(),
+            _ => return,
+        };
+        if let Node::Queue(q) = &mut self.nodes[h.0 as usize] {
+            *q = copy;
+        }
+        if let Node::Queue(a) = &mut self.nodes[active.0 as usize] {
+            a.set_replica(h);
         }
     }
 
