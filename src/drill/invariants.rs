@@ -577,14 +577,21 @@ fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
 }
 
 /// When the other region than `region` comes back, if a temporary loss of
-/// it (other than fault `i`) is under way at `t_us`.
-fn other_region_back_us(sc: &Scenario, i: usize, region: RegionName, t_us: Micros) -> Option<Micros> {
+/// it (other than fault `i`) is under way at some point of the failover
+/// window `[t_us, t_us + window_us)`.
+fn other_region_back_us(
+    sc: &Scenario,
+    i: usize,
+    region: RegionName,
+    t_us: Micros,
+    window_us: Micros,
+) -> Option<Micros> {
     sc.faults
         .iter()
         .enumerate()
         .filter_map(|(j, f)| match f {
             FaultSpec::RegionLoss { at, region: r, duration: Some(d) }
-                if j != i && *r != region && at.us() <= t_us && t_us < at.us() + d.us() =>
+                if j != i && *r != region && at.us() < t_us + window_us && t_us < at.us() + d.us() =>
             {
                 Some(at.us() + d.us())
             }
@@ -1212,11 +1219,11 @@ impl Budget {
                 if let Some(d) = d {
                     b = b.max(d + self.lease_us);
                 }
-                // With the other region down at the loss, the failover waits
-                // for it to come back, then for the controller's next resend
-                // of the promotion.
+                // With the other region down during the failover, it waits
+                // for that region to come back, then for the controller's
+                // next resend of the promotion.
                 if let FaultSpec::RegionLoss { at, .. } = &sc.faults[i]
-                    && let Some(back_us) = other_region_back_us(sc, i, *region, at.us())
+                    && let Some(back_us) = other_region_back_us(sc, i, *region, at.us(), self.failover_us())
                 {
                     b = b.max(back_us - at.us() + crate::components::region::RESEND_US + self.failover_us());
                 }
