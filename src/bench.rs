@@ -659,7 +659,7 @@ fn fuzz_figures(quick: bool, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
         Ok(r) => (
             Some(r.cases_per_s()),
             format!(
-                "agentdrill fuzz --policy reference --seed 1 --cases {cases}: {} generated drills (up to {} faults from the whole catalogue, drills that can hit a KNOWN_ISSUES entry skipped), each simulated and checked against every recovery invariant{}",
+                "agentdrill fuzz --policy reference --seed 1 --cases {cases}: {} generated drills (up to {} faults from the whole catalogue, none skipped), each simulated and checked against every recovery invariant{}",
                 r.cases_run,
                 crate::fuzz::MAX_FAULTS,
                 r.finding.as_ref().map_or_else(String::new, |f| format!("; stopped at a violation in case {}", f.case))

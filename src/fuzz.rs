@@ -65,15 +65,12 @@
 //! `agentdrill run` re-runs. A panic in the simulation is caught and is a
 //! `no_panic` violation like any other.
 //!
-//! # Known engine issues
+//! # Engine bugs
 //!
-//! Bugs of the engine that fuzzing found under the reference policy and that
-//! are not fixed yet are listed in [`KNOWN_ISSUES`], each with a predicate
-//! over a drill's configuration and schedule and a reproducer in
-//! `fixtures/regressions/`. Generated drills whose reference version matches
-//! one are skipped (a `prop_filter`, so every case index still yields a
-//! checked drill) unless `--include-known-issues` is given. Fixing a bug
-//! means deleting its entry, which lets fuzzing cover that ground again.
+//! Nothing generated is skipped: a violation under the reference policy is
+//! an engine bug (or a bound that misreads the stack's configuration) and is
+//! fixed, with its reproducer kept in `fixtures/regressions/` expecting a
+//! pass (`reference-*.toml`).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -613,160 +610,26 @@ pub fn stack() -> impl Strategy<Value = StackSpec> + Clone {
 }
 
 /// Whole drills for `policy`: `(faults, workload, stack, seed)` assembled by
-/// [`assemble`], avoiding the [`KNOWN_ISSUES`]. See the module docs for the
+/// [`assemble`]. See the module docs for the
 /// shrinking order.
 pub fn scenario(policy: PolicyChoice) -> impl Strategy<Value = Scenario> + Clone {
-    scenario_with(policy, true, false)
+    scenario_with(policy, true)
 }
 
 /// [`scenario`] with the choices spelled out: `switch_on = false` runs the
 /// reference policy on the stacks `policy` sets up (see
-/// [`PolicyChoice::prepare`]); `include_known_issues` keeps drills whose
-/// reference version can hit a [`KNOWN_ISSUES`] entry.
-pub fn scenario_with(
-    policy: PolicyChoice,
-    switch_on: bool,
-    include_known_issues: bool,
-) -> impl Strategy<Value = Scenario> + Clone {
+/// [`PolicyChoice::prepare`]).
+pub fn scenario_with(policy: PolicyChoice, switch_on: bool) -> impl Strategy<Value = Scenario> + Clone {
     let needed = policy.faults();
     let schedule = (needed, fault_schedule(MAX_FAULTS)).prop_map(|(mut needed, rest)| {
         let room = MAX_FAULTS.saturating_sub(needed.len());
         needed.extend(rest.into_iter().take(room));
         needed
     });
-    (schedule, workload(), stack(), any::<u64>().no_shrink())
-        .prop_map(move |(faults, workload, stack, seed)| {
-            let reference = assemble_with(policy, faults, workload, stack, seed, false);
-            let drill = if switch_on { switched_on(policy, &reference) } else { reference.clone() };
-            (reference, drill)
-        })
-        .prop_filter("hits a known engine issue", move |(reference, _)| {
-            include_known_issues || known_issue(reference).is_none()
-        })
-        .prop_map(|(_, drill)| drill)
-}
-
-/// An engine issue the fuzzer found under the reference policy and that is
-/// not fixed yet. Generated drills that can hit one are skipped (unless
-/// `--include-known-issues`), so that fuzzing finds what is new; each has a
-/// reproducer in `fixtures/regressions/` that the regression test keeps
-/// failing until the engine is fixed. Delete the entry with the fix.
-#[derive(Clone, Copy, Debug)]
-pub struct KnownIssue {
-    /// Short name.
-    pub name: &'static str,
-    /// The reproducer, relative to the repository.
-    pub reproducer: &'static str,
-    /// What goes wrong.
-    pub summary: &'static str,
-    /// Whether a drill's configuration and schedule can hit it.
-    pub matches: fn(&Scenario) -> bool,
-}
-
-/// The known engine issues (see [`KnownIssue`]). The ten found by the first
-/// fuzzing campaign are fixed (their reproducers in
-/// `fixtures/regressions/reference-*.toml` now expect a pass).
-pub const KNOWN_ISSUES: &[KnownIssue] = &[
-    KnownIssue {
-        name: "both-regions-lost",
-        reproducer: "fixtures/regressions/reference-both-regions-lost-vector-memory.toml",
-        summary: "when both regions are lost in one drill, the reference policy breaks its recovery bounds: after region A is lost for good, a later loss of region B brings B's vector memory back from a snapshot older than the last one A shipped before dying (630 s of points lost where the time since A's loss plus a snapshot cycle, 406 s, is allowed); with A lost only briefly, B's later loss loses 310 s of structured state under near-synchronous replication; both lost at once overruns the RTO budget slightly (1505 s vs 1496 s). Not yet told apart into engine bugs and budget mistakes",
-        matches: |sc| {
-            let lost = |r: RegionName| {
-                sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { region, .. } if *region == r))
-            };
-            lost(RegionName::A) && lost(RegionName::B)
-        },
-    },
-    KnownIssue {
-        name: "bad-deploy-lone-worker-killed",
-        reproducer: "fixtures/regressions/reference-bad-deploy-lone-worker-killed.toml",
-        summary: "a bad deploy that rejects every model output, with the only worker killed right after: the deploy watch never rolls back and a job stays queued to the horizon (the all-invalid case without the kill is fixed: rejected outputs are reported as telemetry and heartbeat answers carry the live version); not yet diagnosed",
-        matches: |sc| {
-            sc.faults.iter().any(|f| matches!(f, FaultSpec::BadDeploy { error_rate, .. } if *error_rate >= 1.0))
-        },
-    },
-    KnownIssue {
-        name: "routing-without-a-call",
-        reproducer: "fixtures/regressions/reference-routing-without-a-call.toml",
-        summary: "with a provider outage and a vector corruption in one drill the worker panics at src/worker.rs ('routing without a call'): a model call's routing step runs when the task's call context was already taken, seen with a rate-limited outage and the vector store's corruption restore",
-        matches: |sc| {
-            sc.faults.iter().any(|f| matches!(f, FaultSpec::VectorCorruption { .. }))
-                && sc.faults.iter().any(|f| matches!(f, FaultSpec::ProviderOutage { .. }))
-        },
-    },
-    KnownIssue {
-        name: "region-back-before-failover-completes",
-        reproducer: "fixtures/regressions/reference-region-back-before-failover-completes.toml",
-        summary: "under asynchronous replication, a temporary loss of region A that ends before the failover to B has completed (20-60 s against a ~70 s failover) leaves the stack serving nothing: no job created after the loss ever completes (a loss of 65 s or more recovers in ~70-90 s; under synchronous replication the same drill recovers)",
-        matches: |sc| {
-            let failover = Budget::new(sc).failover_us();
-            matches!(sc.stack.replication, Replication::Async { .. })
-                && sc.faults.iter().any(|f| {
-                    matches!(f, FaultSpec::RegionLoss { region: RegionName::A, duration: Some(d), .. } if d.us() <= failover)
-                })
-        },
-    },
-    KnownIssue {
-        name: "schema-change-across-failover",
-        reproducer: "fixtures/regressions/reference-schema-change-across-failover.toml",
-        summary: "a region loss (or a partition: seen orchestrator-a cut from the external region) while a tool API's schema change is under way, and the change lasting a few minutes past it: every job ends stuck (queued, never run again) although the region failed over and the API's answers are valid again (seen with payment; a change that ends soon after the loss recovers)",
-        matches: |sc| {
-            // The change is under way at some point of a failover.
-            let failover = Budget::new(sc).failover_us();
-            sc.faults.iter().any(|f| match f {
-                FaultSpec::ToolSchemaChange { at, duration, .. } => sc.faults.iter().any(|g| {
-                    matches!(g, FaultSpec::RegionLoss { at: t, .. } | FaultSpec::Partition { at: t, .. }
-                        if at.us() <= t.us() + failover && t.us() < at.us() + duration.us())
-                }),
-                _ => false,
-            })
-        },
-    },
-    KnownIssue {
-        name: "vector-restore-after-failover-goes-back-too-far",
-        reproducer: "fixtures/regressions/reference-vector-restore-after-failover-goes-back-too-far.toml",
-        summary: "a vector corruption in a drill with a region loss: the corruption restore in the promoted region comes back from a snapshot far older than the newest clean one (482 s of points lost, back to about 20 s into the drill, where the snapshot cycle plus an integrity-check interval, 331 s, is allowed); the same symptom as both-regions-lost's vector memory",
-        matches: |sc| {
-            sc.faults.iter().any(|f| matches!(f, FaultSpec::VectorCorruption { .. }))
-                && sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { .. }))
-        },
-    },
-    KnownIssue {
-        name: "false-failover-onto-lost-standby",
-        reproducer: "fixtures/regressions/reference-false-failover-onto-lost-standby.toml",
-        summary: "a partition cutting orchestrator-a from the failover controller while region B is down: the controller fails over to the lost standby and the healthy primary is demoted; nothing serves until the horizon (the old failover-while-standby-down, now reached through a partition instead of a loss of A)",
-        matches: |sc| {
-            sc.faults.iter().any(|f| matches!(f, FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. }))
-                && sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { region: RegionName::B, .. }))
-        },
-    },
-    KnownIssue {
-        name: "paused-worker-request-leaves-at-wake",
-        reproducer: "fixtures/regressions/reference-paused-worker-request-leaves-at-wake.toml",
-        summary: "a worker paused past its lease in the middle of a side-effect call: the request it had sent leaves when it wakes, reaches the API while the lease's new holder is making the same call, and counts as a concurrent run (two workers on one step at once) although the API's key deduplication keeps it to one effect; either the engine should drop a paused worker's queued sends once its lease is gone, or `concurrent_runs` should not count a zombie's already-sent request",
-        matches: |sc| {
-            // Seen with a time-triggered pause (which can strike mid-call).
-            sc.faults.iter().any(|f| {
-                matches!(f, FaultSpec::WorkerPause { at: When::At(_), duration, .. } if duration.ms() > sc.stack.policy.lease_ms)
-            })
-        },
-    },
-    KnownIssue {
-        name: "queue-lost-after-its-replica",
-        reproducer: "fixtures/regressions/reference-queue-lost-after-its-replica.toml",
-        summary: "a replicated queue whose active node is lost for good fails over to its replica; when that node is lost too (a second queue loss, or its region lost) nothing replaces it, as an unreplicated queue's node is replaced: jobs are never delivered again and the drill never recovers",
-        matches: |sc| {
-            let queue_losses = sc.faults.iter().filter(|f| matches!(f, FaultSpec::QueueLoss { .. })).count();
-            queue_losses > 0
-                && (queue_losses > 1 || sc.faults.iter().any(|f| matches!(f, FaultSpec::RegionLoss { .. })))
-        },
-    },
-];
-
-/// The first known engine issue a drill can hit.
-pub fn known_issue(sc: &Scenario) -> Option<&'static KnownIssue> {
-    KNOWN_ISSUES.iter().find(|k| (k.matches)(sc))
+    (schedule, workload(), stack(), any::<u64>().no_shrink()).prop_map(move |(faults, workload, stack, seed)| {
+        let reference = assemble_with(policy, faults, workload, stack, seed, false);
+        if switch_on { switched_on(policy, &reference) } else { reference }
+    })
 }
 
 /// Resolves raw fault numbers against the workload and stack.
@@ -1012,8 +875,6 @@ pub struct FuzzOptions {
     pub progress: bool,
     /// Most shrink steps (each one a simulation).
     pub max_shrink_steps: u32,
-    /// Also generate drills that hit a [`KNOWN_ISSUES`] entry.
-    pub include_known_issues: bool,
 }
 
 impl Default for FuzzOptions {
@@ -1027,7 +888,6 @@ impl Default for FuzzOptions {
             out: None,
             progress: false,
             max_shrink_steps: 2_000,
-            include_known_issues: false,
         }
     }
 }
@@ -1082,20 +942,15 @@ fn case_seed(seed: u64, i: u64) -> [u8; 32] {
 }
 
 /// Generates case `i` of a run: the value tree (for shrinking).
-pub fn case_tree(
-    policy: PolicyChoice,
-    seed: u64,
-    i: u64,
-    include_known_issues: bool,
-) -> impl ValueTree<Value = Scenario> {
+pub fn case_tree(policy: PolicyChoice, seed: u64, i: u64) -> impl ValueTree<Value = Scenario> {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario_with(policy, true, include_known_issues).new_tree(&mut runner).expect("the filter rejects a fraction")
+    scenario_with(policy, true).new_tree(&mut runner).expect("generation does not reject")
 }
 
 /// Generates case `i` of a run.
 pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
-    case_tree(policy, seed, i, false).current()
+    case_tree(policy, seed, i).current()
 }
 
 /// Case `i` of a run as the reference policy sees it: the same stack
@@ -1103,7 +958,7 @@ pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
 pub fn reference_case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario_with(policy, false, false).new_tree(&mut runner).expect("the filter rejects a fraction").current()
+    scenario_with(policy, false).new_tree(&mut runner).expect("generation does not reject").current()
 }
 
 /// Shrinks a failing case while `invariant` stays the first one it breaks. Returns the
@@ -1188,7 +1043,7 @@ pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let mut tree = case_tree(opts.policy, opts.seed, i, opts.include_known_issues);
+        let mut tree = case_tree(opts.policy, opts.seed, i);
         let original = tree.current();
         let broken = check_case(&original);
         cases_run += 1;
@@ -1215,17 +1070,14 @@ pub fn reproducer_text(opts: &FuzzOptions, f: &Finding, path: &Path) -> String {
     sc.purpose = format!("fuzz reproducer: {}", f.violation);
     let inv = f.violation.invariant;
     let body = toml::to_string(&sc).expect("a scenario serialises");
-    let known = known_issue(&f.shrunk)
-        .map_or_else(String::new, |k| format!("# Known engine issue `{}`: {}.\n", k.name, k.summary));
     format!(
-        "# agentdrill fuzz reproducer: violates `{}`\n# ({})\n# {}\n{known}# Found by: agentdrill fuzz --policy {} --seed {} --cases {}{} (case {}); shrunk from {} to {} fault(s) in {} steps.\n# Re-run: agentdrill run {}\n{body}",
+        "# agentdrill fuzz reproducer: violates `{}`\n# ({})\n# {}\n# Found by: agentdrill fuzz --policy {} --seed {} --cases {} (case {}); shrunk from {} to {} fault(s) in {} steps.\n# Re-run: agentdrill run {}\n{body}",
         inv.name(),
         inv.describe(),
         f.violation,
         opts.policy.name(),
         opts.seed,
         f.case + 1,
-        if opts.include_known_issues { " --include-known-issues" } else { "" },
         f.case,
         f.original.faults.len(),
         f.shrunk.faults.len(),
@@ -1294,10 +1146,6 @@ pub struct FuzzArgs {
     /// Where the reproducer is written.
     #[arg(long, default_value = "reports/fuzz")]
     pub out: PathBuf,
-    /// Also generate drills that hit a known, not yet fixed engine issue
-    /// (skipped by default; listed in `fuzz::KNOWN_ISSUES`).
-    #[arg(long)]
-    pub include_known_issues: bool,
 }
 
 /// Runs `agentdrill fuzz`: exit 0 no violation, 1 a violation (its
@@ -1316,7 +1164,6 @@ pub fn cli(args: FuzzArgs) -> ExitCode {
         shard: args.shard,
         out: Some(args.out.clone()),
         progress: std::io::stderr().is_terminal(),
-        include_known_issues: args.include_known_issues,
         ..FuzzOptions::default()
     };
     let report = match fuzz(&opts) {

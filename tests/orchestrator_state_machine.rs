@@ -493,7 +493,7 @@ impl StateMachineTest for OrchTest {
                         token: h.token,
                         write: WorkerWrite::Intent { task, ordinal: h.cursor, key: key(h.task, h.cursor), args: 7 },
                     },
-                    Op::Heartbeat { .. } => Msg::Heartbeat { task, token: h.token },
+                    Op::Heartbeat { .. } => Msg::Heartbeat { task, token: h.token, sent_us: sut.env.now_us },
                     _ => Msg::Write {
                         req: 0,
                         token: h.token,
@@ -505,6 +505,7 @@ impl StateMachineTest for OrchTest {
                             last: h.cursor + 1 == STEPS,
                             corrupt: false,
                             adopt: None,
+                            version: 0,
                         },
                     },
                 };

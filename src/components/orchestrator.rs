@@ -103,9 +103,10 @@ pub struct Orchestrator {
     ready: VecDeque<TaskId>,
     /// Workers waiting for work, in arrival order.
     parked: VecDeque<HostId>,
-    /// The request number of each parked worker's lease request, by host
-    /// (`None`: not parked), so a repeated request is found in O(1).
-    parked_req: Vec<Option<u32>>,
+    /// The request number of each parked worker's lease request and when
+    /// it arrived (lease clock), by host (`None`: not parked), so a repeated
+    /// request is found in O(1).
+    parked_req: Vec<Option<(u32, Micros)>>,
     expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
     pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
     replica_acked: u64,
@@ -267,10 +268,29 @@ impl Orchestrator {
         self.store.new_timeline(env.now_us());
         self.cfg.replica = None;
         self.start(env);
+        self.fence_inherited_leases(env);
         // Promoted, but traffic is opened by the controller once the region
         // is scaled up and hydrated.
         self.serving = false;
         env.note(Note::Promoted);
+    }
+
+    /// Unless replication was synchronous (every acknowledged write is
+    /// here), a lease inherited from the old primary is taken back at
+    /// promotion: its holder may have made progress this store never got
+    /// (a decision), and its later writes would land on a record missing
+    /// it. The task is requeued and its next holder reconciles (the record
+    /// may be stale).
+    fn fence_inherited_leases(&mut self, env: &mut impl Env) {
+        if matches!(self.cfg.replication, Replication::Sync { degrade_after_ms: None }) {
+            return;
+        }
+        let leased: Vec<TaskId> =
+            self.store.tasks().iter().filter(|t| t.status == TaskStatus::Leased).map(|t| t.id).collect();
+        for task in leased {
+            self.commit(env, Op::Requeue { task });
+            self.ready.push_back(task);
+        }
     }
 
     fn commit(&mut self, env: &mut impl Env, op: Op) -> u64 {
@@ -322,7 +342,8 @@ impl Orchestrator {
                     self.parked_req.resize(i + 1, None);
                 }
                 // A worker already waiting keeps its place with the new number.
-                if self.parked_req[i].replace(req).is_none() {
+                let arrived_us = self.lease_clock(env);
+                if self.parked_req[i].replace((req, arrived_us)).is_none() {
                     self.parked.push_back(from);
                 }
                 if self.serving {
@@ -330,7 +351,7 @@ impl Orchestrator {
                 }
             }
             Msg::Write { req, token, write } => self.on_write(env, from, req, token, write),
-            Msg::Heartbeat { task, token } => {
+            Msg::Heartbeat { task, token, sent_us } => {
                 let Some(t) = self.store.task(task) else {
                     return;
                 };
@@ -340,9 +361,14 @@ impl Orchestrator {
                     let lsn = self.commit(env, Op::Renew { task, expires_us });
                     self.expiries.push(Reverse((expires_us, task)));
                     let prompt = self.prompt;
-                    self.reply_at(env, lsn, from, Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms, prompt });
+                    self.reply_at(
+                        env,
+                        lsn,
+                        from,
+                        Msg::HeartbeatAck { task, ok, lease_ms: self.cfg.lease_ms, prompt, sent_us },
+                    );
                 } else {
-                    env.send(from, Msg::HeartbeatAck { task, ok, lease_ms: 0, prompt: self.prompt });
+                    env.send(from, Msg::HeartbeatAck { task, ok, lease_ms: 0, prompt: self.prompt, sent_us });
                 }
             }
             Msg::Replicate { recs } => {
@@ -455,12 +481,13 @@ impl Orchestrator {
             WorkerWrite::Intent { task, ordinal, key, args } => {
                 self.commit(env, Op::Intent { task, ordinal, key, args })
             }
-            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, adopt } => {
+            WorkerWrite::Result { task, ordinal, decision, reconciled, last, corrupt, adopt, version } => {
                 if let Some((g, d)) = adopt {
                     self.commit(env, Op::Result { task, ordinal: g, decision: d, reconciled: true, corrupt: false });
                 }
                 if let Some(w) = self.watch.as_mut()
                     && decision != NO_DECISION
+                    && version == self.prompt.version
                 {
                     w.outputs += 1;
                 }
@@ -510,10 +537,11 @@ impl Orchestrator {
                 continue;
             }
             let worker = self.parked.pop_front().expect("non-empty");
-            let req = self.parked_req[worker.0 as usize].take().expect("a parked worker has a request");
+            let (req, arrived_us) = self.parked_req[worker.0 as usize].take().expect("a parked worker has a request");
             let resumed = t.lease.token > 0;
             let token = t.lease.token + 1;
-            let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
+            let now_us = self.lease_clock(env);
+            let expires_us = now_us + self.cfg.lease_ms * US_PER_MS;
             let lease = Lease { holder: worker, token, expires_us };
             let lsn = self.commit(env, Op::Lease { task, lease });
             self.expiries.push(Reverse((expires_us, task)));
@@ -526,6 +554,7 @@ impl Orchestrator {
                 template: t.template,
                 token,
                 lease_ms: self.cfg.lease_ms,
+                parked_us: now_us.saturating_sub(arrived_us),
                 cursor: t.cursor,
                 // A task never leased before has nothing recorded yet.
                 steps: if resumed { t.steps.clone() } else { Box::default() },

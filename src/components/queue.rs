@@ -61,6 +61,7 @@ pub struct Message {
 }
 
 /// The queue component (one node; its replica is another instance).
+#[derive(Clone)]
 pub struct Queue {
     cfg: QueueConfig,
     /// Durable: messages not yet acknowledged, by sequence.
@@ -103,6 +104,23 @@ impl Queue {
     /// Whether publishes are mirrored to a replica.
     pub fn replicated(&self) -> bool {
         self.cfg.replicated
+    }
+
+    /// Whether this node mirrors to a replica now (a replica that took over
+    /// has none: its peer was lost).
+    pub fn mirrors(&self) -> bool {
+        self.cfg.replicated && self.replica.is_some()
+    }
+
+    /// A copy of this (active) node's stream for a node rejoining as its
+    /// replica: the replica catches up before mirroring resumes.
+    pub fn replica_copy(&self) -> Queue {
+        Queue { active: false, replica: None, duplicates_dropped: 0, dead_lettered: 0, ..self.clone() }
+    }
+
+    /// Mirrors to `replica` from now on (a node that rejoined).
+    pub fn set_replica(&mut self, replica: HostId) {
+        self.replica = Some(replica);
     }
 
     /// The node's storage is lost (an unreplicated queue lost with its node).

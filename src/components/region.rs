@@ -179,6 +179,17 @@ impl Controller {
         self.stage
     }
 
+    /// The primary orchestrator as of now: the standby once it acknowledged
+    /// its promotion (the old primary must not serve again; a returning one
+    /// asks this before serving), the watched primary before.
+    pub fn primary_now(&self) -> HostId {
+        match self.stage {
+            Stage::Watching => self.primary,
+            Stage::Promoting if !self.acked => self.primary,
+            _ => self.standby_orch,
+        }
+    }
+
     /// Requests for the harness, drained.
     pub fn take_requests(&mut self) -> Vec<Request> {
         std::mem::take(&mut self.requests)
@@ -192,14 +203,18 @@ impl Controller {
     /// Sends the current stage's message to the standby (again).
     fn send_stage(&self, env: &mut impl Env) {
         match self.stage {
-            Stage::Promoting => {
-                env.send(self.standby_orch, Msg::Promote);
-                // Fence the old primary: if it is alive after all (a lossy
-                // link, not a lost region), it must stop serving.
+            // The old primary is fenced only once the standby has answered:
+            // demoting a live primary for a standby that is down too would
+            // leave nothing serving.
+            Stage::Promoting => env.send(self.standby_orch, Msg::Promote),
+            Stage::Hydrating => {
+                env.send(self.standby_vec, Msg::Hydrate);
                 env.send(self.primary, Msg::Demote);
             }
-            Stage::Hydrating => env.send(self.standby_vec, Msg::Hydrate),
-            Stage::Opening => env.send(self.standby_orch, Msg::Open),
+            Stage::Opening => {
+                env.send(self.standby_orch, Msg::Open);
+                env.send(self.primary, Msg::Demote);
+            }
             _ => {}
         }
     }
@@ -275,6 +290,11 @@ impl Controller {
             Msg::Pong { seq } => self.answered = self.answered.max(seq),
             Msg::PromoteAck if self.stage == Stage::Promoting && !self.acked => {
                 self.acked = true;
+                // Fence the old primary: if it is alive after all (a lossy
+                // link, not a lost region), it must stop serving. (Sent
+                // again with every later stage's resend, for a primary that
+                // was down now and comes back mid-failover.)
+                env.send(self.primary, Msg::Demote);
                 if self.waited {
                     self.advance_after_promotion(env);
                 }

@@ -43,6 +43,10 @@ pub struct Grant {
     pub token: u64,
     /// Lease expiry on the orchestrator's clock, as a duration from now.
     pub lease_ms: u64,
+    /// How long the lease request waited at the orchestrator before this
+    /// grant (its own clock): the lease started at least this long after
+    /// the worker sent the request, and no later than the worker's receipt.
+    pub parked_us: Micros,
     /// Next step.
     pub cursor: u16,
     /// Durable step records (checkpoints, decisions); empty for a task
@@ -182,6 +186,9 @@ pub enum Msg {
         task: TaskId,
         /// Token.
         token: u64,
+        /// When the worker sent it, on its own lease clock (echoed in the
+        /// answer: the renewed lease runs from no later than this).
+        sent_us: Micros,
     },
     /// Renewal answer.
     HeartbeatAck {
@@ -193,6 +200,8 @@ pub enum Msg {
         lease_ms: u64,
         /// The live prompt/config version (a rollback reaches running tasks).
         prompt: crate::components::orchestrator::Prompt,
+        /// The renewal's `sent_us`, echoed.
+        sent_us: Micros,
     },
 
     // --- worker ⇄ tool APIs
@@ -371,6 +380,9 @@ pub enum WorkerWrite {
         /// A decision adopted from an API's record of the effect: persist it
         /// as step `.0`'s decision too.
         adopt: Option<(u16, u32)>,
+        /// The prompt/config version the decision was made under (a deploy's
+        /// health checks count only outputs of the version they watch).
+        version: u32,
     },
     /// Session-end checkpoint (anti-pattern 2): every result at once.
     Session {

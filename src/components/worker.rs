@@ -31,6 +31,10 @@ use crate::components::vector::PointId;
 use crate::components::wire::{Api, Grant, Msg, WorkerWrite};
 use crate::components::workflow::{MAX_STEPS, StepKind, Template, args_for};
 
+/// How many lease requests a worker remembers the send time of (a grant
+/// answering an older one is treated as already expired).
+const LEASE_ASKS: usize = 8;
+
 /// Everything workers of one stack share (read-only).
 pub struct WorkerShared {
     /// The policy switches.
@@ -108,6 +112,8 @@ struct TaskCtx {
     persisted_decision: bool,
     /// The prompt/config version this task runs with.
     prompt: crate::components::orchestrator::Prompt,
+    /// The version the last model request was made under.
+    decided_under: u32,
     /// The record may be missing progress: reconcile before deciding or
     /// acting again (bit per step already reconciled).
     replay: bool,
@@ -146,7 +152,11 @@ pub struct Worker {
     me: HostId,
     req_seq: u32,
     out: Option<Outstanding>,
-    watchdog_armed: bool,
+    /// When the earliest pending watchdog timer fires (`None`: none pending).
+    watchdog_at_us: Option<Micros>,
+    /// The last lease requests sent: number and send time on the lease
+    /// clock. A grant's lease runs from no later than the request it answers.
+    lease_asks: [Option<(u32, Micros)>; LEASE_ASKS],
     heartbeat_armed: bool,
     wait_seq: u32,
     ctx: Option<TaskCtx>,
@@ -171,7 +181,8 @@ impl Worker {
             me,
             req_seq: 0,
             out: None,
-            watchdog_armed: false,
+            watchdog_at_us: None,
+            lease_asks: [None; LEASE_ASKS],
             heartbeat_armed: false,
             wait_seq: 0,
             ctx: None,
@@ -234,11 +245,31 @@ impl Worker {
             None => self.shared.request_timeout_us,
         };
         let deadline_us = env.now_us() + timeout;
-        self.out = Some(Outstanding { req, deadline_us, to, msg, wait });
-        if !self.watchdog_armed {
-            self.watchdog_armed = true;
-            env.set_timer(timeout, Timer::Watchdog);
+        if wait == Wait::Lease {
+            let asked_us = self.lease_clock(env);
+            self.lease_asks.rotate_right(1);
+            self.lease_asks[0] = Some((req, asked_us));
         }
+        self.out = Some(Outstanding { req, deadline_us, to, msg, wait });
+        self.arm_watchdog(env, deadline_us);
+    }
+
+    /// Makes sure a watchdog fires by `deadline_us`: a pending one set for a
+    /// longer deadline (a 600 s model timeout) does not cover a shorter one.
+    fn arm_watchdog(&mut self, env: &mut impl Env, deadline_us: Micros) {
+        if self.watchdog_at_us.is_none_or(|at| at > deadline_us) {
+            let now = env.now_us();
+            self.watchdog_at_us = Some(deadline_us.max(now));
+            env.set_timer(deadline_us.saturating_sub(now), Timer::Watchdog);
+        }
+    }
+
+    /// When the lease of a grant answering request `req` was taken, at the
+    /// latest, on the lease clock: the request's send time (the orchestrator
+    /// cannot have granted before it asked); unknown requests count as
+    /// granted long ago.
+    fn lease_asked_us(&self, req: u32) -> Option<Micros> {
+        self.lease_asks.iter().flatten().find(|(r, _)| *r == req).map(|&(_, at)| at)
     }
 
     fn request_lease(&mut self, env: &mut impl Env) {
@@ -272,12 +303,14 @@ impl Worker {
     pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
         match timer {
             Timer::Watchdog => {
-                self.watchdog_armed = false;
                 let now = env.now_us();
+                if self.watchdog_at_us.is_some_and(|at| at <= now) {
+                    self.watchdog_at_us = None;
+                }
                 let Some(o) = &self.out else { return };
                 if now < o.deadline_us {
-                    self.watchdog_armed = true;
-                    env.set_timer(o.deadline_us - now, Timer::Watchdog);
+                    let deadline_us = o.deadline_us;
+                    self.arm_watchdog(env, deadline_us);
                     return;
                 }
                 let o = self.out.take().expect("some");
@@ -312,7 +345,8 @@ impl Worker {
                 self.heartbeat_armed = false;
                 if let Some(c) = &self.ctx {
                     let to = self.orchestrator(env);
-                    env.send(to, Msg::Heartbeat { task: c.task, token: c.token });
+                    let sent_us = self.lease_clock(env);
+                    env.send(to, Msg::Heartbeat { task: c.task, token: c.token, sent_us });
                     self.arm_heartbeat(env);
                 }
             }
@@ -334,7 +368,7 @@ impl Worker {
     #[allow(clippy::collapsible_match)]
     pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
         match msg {
-            Msg::LeaseGrant { grant, .. } => {
+            Msg::LeaseGrant { req, grant } => {
                 // Any grant is taken while idle, even one answering an
                 // earlier long-poll: the orchestrator counts this worker as
                 // the holder either way. A busy worker lets it expire.
@@ -342,7 +376,8 @@ impl Worker {
                     if self.out.as_ref().is_some_and(|o| o.wait == Wait::Lease) {
                         self.out = None;
                     }
-                    self.begin(env, *grant);
+                    let asked_us = self.lease_asked_us(req);
+                    self.begin(env, *grant, asked_us);
                 }
             }
             Msg::WriteAck { req, ok } => {
@@ -352,25 +387,29 @@ impl Worker {
                     _ => {}
                 }
             }
-            Msg::HeartbeatAck { task, ok, lease_ms, prompt } => {
-                let now = self.lease_clock(env);
+            Msg::HeartbeatAck { task, ok, lease_ms, prompt, sent_us } => {
+                // The renewal runs from when the orchestrator took it, no
+                // earlier than the send: not from the receipt (a paused
+                // worker receives it late).
+                let now = self.lease_clock(env).min(sent_us);
                 let Some(c) = self.ctx.as_mut() else { return };
                 if c.task != task {
                     return;
                 }
                 if ok {
                     c.prompt = prompt;
-                    c.lease_until_us = now + lease_ms * US_PER_MS * 9 / 10;
+                    c.lease_until_us = c.lease_until_us.max(now + lease_ms * US_PER_MS * 9 / 10);
                 } else {
                     self.abandon(env);
                 }
             }
             Msg::LookupResp { req, found, malformed } => {
                 if self.take_reply(req, |w| w == Wait::Lookup).is_some() {
+                    let api = self.lookup_api();
                     if malformed {
-                        self.on_malformed(env, Again::Lookup);
+                        self.on_malformed_lookup(env, api);
                     } else {
-                        self.tool_ok(env);
+                        self.tool_breakers[api as usize].on_success(env.now_us());
                         self.on_lookup(env, found);
                     }
                 }
@@ -382,7 +421,8 @@ impl Worker {
                         // key later; re-run a read-only call.
                         let c = self.ctx.as_ref().expect("task");
                         let side_effect = self.template().steps[c.cursor as usize].kind.is_side_effect();
-                        self.on_malformed(env, if side_effect { Again::Lookup } else { Again::Call });
+                        let api = self.current_api();
+                        self.on_malformed(env, api, if side_effect { Again::Lookup } else { Again::Call });
                     } else {
                         if malformed {
                             self.ctx().corrupt = true;
@@ -413,6 +453,7 @@ impl Worker {
             Msg::VecResp { req, unavailable } => {
                 if self.take_reply(req, |w| w == Wait::Call).is_some() {
                     if unavailable {
+                        self.ctx().on_resume = Again::Call;
                         self.wait_then_resume(env, US_PER_S);
                     } else {
                         self.on_call_done(env, NO_DECISION);
@@ -451,7 +492,9 @@ impl Worker {
         Origin { job: c.job, step, host: self.me, task: c.task, token: c.token }
     }
 
-    fn begin(&mut self, env: &mut impl Env, g: Grant) {
+    /// Starts a granted task; `asked_us` is when the request it answers was
+    /// sent (the lease runs from no later than that).
+    fn begin(&mut self, env: &mut impl Env, g: Grant, asked_us: Option<Micros>) {
         let policy = self.shared.policy;
         let session_end = policy.checkpointing == Checkpointing::SessionEnd;
         let mut decisions = [NO_DECISION; MAX_STEPS];
@@ -467,7 +510,14 @@ impl Worker {
             .filter(|s| !session_end && s.state == StepState::Intent)
             .map(|s| (s.key, s.args));
         let key_task = if policy.orchestrator_mints_task_id { g.uid } else { env.rng().next_u64() };
-        let now = self.lease_clock(env);
+        // The lease started no earlier than the request plus its wait at the
+        // orchestrator, and no later than now: timing it from the receipt
+        // would outlive the orchestrator's expiry for a worker paused while
+        // the grant waited for it.
+        let lease_until_us =
+            asked_us.map_or(0, |at| self.lease_clock(env).min(at + g.parked_us) + g.lease_ms * US_PER_MS * 9 / 10);
+        // A resume timer of the previous task must not fire in this one.
+        self.wait_seq = self.wait_seq.wrapping_add(1);
         let durable =
             decisions.iter().enumerate().filter(|(_, d)| **d != NO_DECISION).fold(0u16, |m, (i, _)| m | 1 << i);
         if g.resumed {
@@ -479,7 +529,7 @@ impl Worker {
             job: g.job,
             template: g.template,
             token: g.token,
-            lease_until_us: now + g.lease_ms * US_PER_MS * 9 / 10,
+            lease_until_us,
             cursor,
             decisions,
             unknown,
@@ -495,6 +545,7 @@ impl Worker {
             corrupt: false,
             persisted_decision: false,
             prompt: g.prompt,
+            decided_under: g.prompt.version,
             replay: g.replay,
             replay_checked: 0,
             lookup_for: LookupFor::Step,
@@ -576,6 +627,7 @@ impl Worker {
                 last,
                 corrupt: false,
                 adopt: None,
+                version: self.ctx().prompt.version,
             };
             self.write(env, Wait::Persist, write);
             return;
@@ -686,6 +738,36 @@ impl Worker {
         self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key });
     }
 
+    /// The API the outstanding lookup asked: a replay check before a model
+    /// step asks about the side effect the step governs, not the step.
+    fn lookup_api(&self) -> Api {
+        let c = self.ctx.as_ref().expect("task");
+        match c.lookup_for {
+            LookupFor::Decision { s, .. } => self.api_for(self.template().steps[s as usize].kind).0,
+            LookupFor::Step | LookupFor::ReplayStep => self.current_api(),
+        }
+    }
+
+    /// A lookup's answer failed validation: a plain lookup is asked again;
+    /// a replay check is run again from the start of the step (it rebuilds
+    /// its own key and target).
+    fn on_malformed_lookup(&mut self, env: &mut impl Env, api: Api) {
+        let c = self.ctx();
+        let again = match c.lookup_for {
+            LookupFor::Step => Again::Lookup,
+            LookupFor::ReplayStep => {
+                c.replay_checked &= !(1 << c.cursor);
+                Again::Advance
+            }
+            LookupFor::Decision { g, .. } => {
+                c.replay_checked &= !(1 << g);
+                Again::Advance
+            }
+        };
+        c.lookup_for = LookupFor::Step;
+        self.on_malformed(env, api, again);
+    }
+
     fn current_api(&self) -> Api {
         let c = self.ctx.as_ref().expect("task");
         self.api_for(self.template().steps[c.cursor as usize].kind).0
@@ -710,8 +792,7 @@ impl Worker {
 
     /// A tool response failed schema validation: nothing is persisted, the
     /// breaker counts it, and the step tries again later.
-    fn on_malformed(&mut self, env: &mut impl Env, again: Again) {
-        let api = self.current_api();
+    fn on_malformed(&mut self, env: &mut impl Env, api: Api, again: Again) {
         let (job, step) = (self.ctx().job, self.ctx().cursor);
         env.note(Note::SchemaViolation { job, step });
         self.tool_breakers[api as usize].on_failure(env.now_us());
@@ -793,6 +874,7 @@ impl Worker {
                     options,
                     defect_permille: self.ctx.as_ref().expect("task").prompt.defect_permille,
                 };
+                self.ctx().decided_under = self.ctx().prompt.version;
                 let origin = self.origin(ordinal);
                 let to = self.shared.providers[provider];
                 // The SDK's own timeout for this provider (the provider
@@ -930,6 +1012,7 @@ impl Worker {
                     last,
                     corrupt: false,
                     adopt,
+                    version: self.ctx().prompt.version,
                 };
                 self.write(env, Wait::Persist, write);
             }
@@ -970,8 +1053,17 @@ impl Worker {
         let last = ordinal as usize + 1 == len;
         let corrupt = std::mem::take(&mut self.ctx().corrupt);
         self.ctx().persisted_decision = durable != NO_DECISION;
-        let write =
-            WorkerWrite::Result { task, ordinal, decision: durable, reconciled: false, last, corrupt, adopt: None };
+        let version = self.ctx().decided_under;
+        let write = WorkerWrite::Result {
+            task,
+            ordinal,
+            decision: durable,
+            reconciled: false,
+            last,
+            corrupt,
+            adopt: None,
+            version,
+        };
         self.write(env, Wait::Persist, write);
     }
 
@@ -1032,5 +1124,184 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng as _;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::components::orchestrator::Prompt;
+    use crate::components::router::RouterSettings;
+    use crate::components::workflow::builtin;
+
+    const ME: HostId = HostId(1);
+    const ORCH: HostId = HostId(2);
+
+    /// A host's view of the world for one worker: what it sent, the timers
+    /// it set (with the time each fires).
+    struct TestEnv {
+        now_us: Micros,
+        sent: Vec<Msg>,
+        timers: Vec<(Micros, Timer)>,
+        rng: ChaCha8Rng,
+    }
+
+    impl Env for TestEnv {
+        fn now_us(&self) -> Micros {
+            self.now_us
+        }
+        fn me(&self) -> HostId {
+            ME
+        }
+        fn send(&mut self, _to: HostId, msg: Msg) {
+            self.sent.push(msg);
+        }
+        fn send_after(&mut self, _delay_us: Micros, _to: HostId, msg: Msg) {
+            self.sent.push(msg);
+        }
+        fn set_timer(&mut self, after_us: Micros, timer: Timer) {
+            self.timers.push((self.now_us + after_us, timer));
+        }
+        fn rng(&mut self) -> &mut ChaCha8Rng {
+            &mut self.rng
+        }
+        fn resolve(&self, _svc: Service) -> HostId {
+            ORCH
+        }
+        fn note(&mut self, _note: Note) {}
+        fn reach(&mut self, _host: HostId, _job: JobId, _step: u16, _phase: Phase) -> bool {
+            false
+        }
+    }
+
+    fn worker() -> (Worker, TestEnv) {
+        let shared = WorkerShared {
+            policy: Policy::default(),
+            templates: builtin(),
+            home: Some(ORCH),
+            payment: HostId(3),
+            email: HostId(4),
+            search: HostId(5),
+            providers: vec![HostId(6), HostId(7), HostId(8)],
+            router: RouterSettings::default(),
+            request_timeout_us: 10 * US_PER_S,
+            // Every provider has the local model's long SDK timeout.
+            model_timeout_us: vec![600 * US_PER_S; 3],
+        };
+        let env = TestEnv { now_us: 0, sent: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) };
+        (Worker::new(Rc::new(shared), ME), env)
+    }
+
+    fn template(name: &str) -> u16 {
+        builtin().iter().position(|t| t.name == name).expect("built-in template") as u16
+    }
+
+    fn grant(req: u32, task: u64, template: u16) -> Msg {
+        let grant = Grant {
+            task: TaskId(task),
+            job: JobId(task as u32),
+            uid: task,
+            template,
+            prompt: Prompt::default(),
+            token: 1,
+            lease_ms: 60_000,
+            parked_us: 0,
+            cursor: 0,
+            steps: Box::default(),
+            resumed: false,
+            replay: false,
+        };
+        Msg::LeaseGrant { req, grant: Box::new(grant) }
+    }
+
+    /// The request number of the last message sent, which must be `kind`.
+    fn last_req(env: &TestEnv) -> u32 {
+        match env.sent.last().expect("a message was sent") {
+            Msg::LeaseReq { req }
+            | Msg::Write { req, .. }
+            | Msg::ModelReq { req, .. }
+            | Msg::VecQuery { req, .. }
+            | Msg::ToolReq { req, .. } => *req,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    /// A worker waiting on a model call with a 600 s timeout drops its task
+    /// and asks for a new lease (30 s timeout): a watchdog must fire by then,
+    /// not only when the 600 s one is due.
+    #[test]
+    fn a_shorter_request_gets_its_own_watchdog_while_a_long_one_is_pending() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_req(&env);
+        env.now_us = 100_000;
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
+        let checkpoint = last_req(&env);
+        env.now_us = 200_000;
+        w.on_msg(&mut env, ORCH, Msg::WriteAck { req: checkpoint, ok: true });
+        assert!(matches!(env.sent.last(), Some(Msg::ModelReq { .. })), "{:?}", env.sent.last());
+        // The start-up watchdog fires during the call and is re-armed for
+        // the call's 601 s deadline.
+        env.now_us = 30 * US_PER_S;
+        w.on_timer(&mut env, Timer::Watchdog);
+        env.now_us = 31 * US_PER_S;
+        let before = env.timers.len();
+        w.on_msg(
+            &mut env,
+            ORCH,
+            Msg::HeartbeatAck { task: TaskId(1), ok: false, lease_ms: 0, prompt: Prompt::default(), sent_us: 0 },
+        );
+        assert!(matches!(env.sent.last(), Some(Msg::LeaseReq { .. })), "{:?}", env.sent.last());
+        let deadline = env.now_us + 30 * US_PER_S;
+        let armed = env.timers[before..].iter().any(|(at, t)| *t == Timer::Watchdog && *at <= deadline);
+        assert!(armed, "no watchdog by the lease request's deadline: {:?}", &env.timers[before..]);
+    }
+
+    /// A "vector store unavailable" wait of one task must not fire in the
+    /// next task the worker takes (it would send that task's call early,
+    /// alongside the call the task makes itself).
+    #[test]
+    fn a_resume_timer_of_a_dropped_task_does_nothing_in_the_next_one() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_req(&env);
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("approve_refund")));
+        let checkpoint = last_req(&env);
+        w.on_msg(&mut env, ORCH, Msg::WriteAck { req: checkpoint, ok: true });
+        let query = last_req(&env);
+        assert!(matches!(env.sent.last(), Some(Msg::VecQuery { .. })), "{:?}", env.sent.last());
+        w.on_msg(&mut env, ORCH, Msg::VecResp { req: query, unavailable: true });
+        let resume = env.timers.iter().rev().find_map(|(_, t)| matches!(t, Timer::Resume { .. }).then_some(*t));
+        let resume = resume.expect("a resume timer for the unavailable store");
+        // The lease is lost; the worker takes another task.
+        w.on_msg(
+            &mut env,
+            ORCH,
+            Msg::HeartbeatAck { task: TaskId(1), ok: false, lease_ms: 0, prompt: Prompt::default(), sent_us: 0 },
+        );
+        let lease_req = last_req(&env);
+        w.on_msg(&mut env, ORCH, grant(lease_req, 2, template("approve_refund")));
+        assert!(matches!(env.sent.last(), Some(Msg::Write { .. })), "the new task checkpoints first");
+        let sent = env.sent.len();
+        env.now_us = US_PER_S;
+        w.on_timer(&mut env, resume);
+        assert_eq!(env.sent.len(), sent, "the old task's timer sent {:?}", &env.sent[sent..]);
+    }
+
+    /// A grant that reaches a worker late (it was paused while the grant
+    /// waited) times the lease from the request, not from the receipt.
+    #[test]
+    fn a_grant_received_late_times_its_lease_from_the_request() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_req(&env);
+        // Granted at once (not parked), received 50 s later.
+        env.now_us = 50 * US_PER_S;
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
+        let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
+        assert_eq!(lease_until_us, 60_000 * US_PER_MS * 9 / 10, "from the request at 0 s");
     }
 }

@@ -551,11 +551,7 @@ fn liveness(g: &Ground<'_>, budget: &Budget, out: &mut Vec<Violation>) {
 /// lacks: (job, step) for naming.
 fn lost_record_at(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
     let Some(lost) = g.run.faults[i].lost_log.as_ref() else { return (None, None) };
-    let kept = if g.stack.serving_orch() != g.stack.hosts.orch[0] {
-        g.stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn)
-    } else {
-        u64::MAX
-    };
+    let kept = lost.kept_upto(g.stack);
     let t0 = g.onsets[i].unwrap_or(0);
     let Some(r) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) else {
         return (None, None);
@@ -578,6 +574,41 @@ fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
         }
     }
     best.map_or((None, None), |(_, p)| (Some(p.job.0), Some(p.step)))
+}
+
+/// When the other region than `region` comes back, if a temporary loss of
+/// it (other than fault `i`) is under way at some point of the failover
+/// window `[t_us, t_us + window_us)`.
+fn other_region_back_us(
+    sc: &Scenario,
+    i: usize,
+    region: RegionName,
+    t_us: Micros,
+    window_us: Micros,
+) -> Option<Micros> {
+    sc.faults
+        .iter()
+        .enumerate()
+        .filter_map(|(j, f)| match f {
+            FaultSpec::RegionLoss { at, region: r, duration: Some(d) }
+                if j != i && *r != region && at.us() < t_us + window_us && t_us < at.us() + d.us() =>
+            {
+                Some(at.us() + d.us())
+            }
+            _ => None,
+        })
+        .max()
+}
+
+/// Whether an earlier queue or region loss than fault `i` (at `t_us`) is
+/// permanent or not over yet by then: one of the queue's two nodes is gone.
+fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
+    sc.faults.iter().enumerate().any(|(j, f)| match f {
+        FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. } => {
+            j != i && (at.us(), j) < (t_us, i) && duration.is_none_or(|d| at.us() + d.us() > t_us)
+        }
+        _ => false,
+    })
 }
 
 /// How long before `t0` the other region (the replica's) had been
@@ -1039,6 +1070,28 @@ impl Budget {
                 }
             }
         }
+        // A streaming replica is sent each write once, never again: writes
+        // made while it was unreachable (its region lost, or a cut or lossy
+        // link between the regions) are missing from it for good, so a later
+        // loss of the primary loses them however long ago the outage ended.
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i])
+            && sc.stack.vector.streaming_replica
+        {
+            for (j, f) in sc.faults.iter().enumerate() {
+                let gap = match f {
+                    FaultSpec::RegionLoss { region: r, .. } => r != region,
+                    FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. } => true,
+                    _ => false,
+                };
+                if let Some(s) = onsets[j]
+                    && gap
+                    && j != i
+                    && s <= t0
+                {
+                    *v = (*v).max(t0 - s);
+                }
+            }
+        }
         (structured, vector)
     }
 
@@ -1134,8 +1187,11 @@ impl Budget {
                     + crate::components::orchestrator::ROLLBACK_US
                     + self.lease_us
             }
-            FaultSpec::QueueLoss { duration, .. } => {
-                let replicated = s.queue.is_some_and(|q| q.replicated);
+            FaultSpec::QueueLoss { duration, at } => {
+                // A replicated queue fails over to its replica, unless an
+                // earlier queue or region loss (for good, or not over yet)
+                // already took a node: then there is nothing to fail over to.
+                let replicated = s.queue.is_some_and(|q| q.replicated) && !queue_node_down_at(sc, i, at.us());
                 let back = if replicated {
                     crate::drill::QUEUE_FAILOVER_US
                 } else {
@@ -1162,6 +1218,14 @@ impl Budget {
                 }
                 if let Some(d) = d {
                     b = b.max(d + self.lease_us);
+                }
+                // With the other region down during the failover, it waits
+                // for that region to come back, then for the controller's
+                // next resend of the promotion.
+                if let FaultSpec::RegionLoss { at, .. } = &sc.faults[i]
+                    && let Some(back_us) = other_region_back_us(sc, i, *region, at.us(), self.failover_us())
+                {
+                    b = b.max(back_us - at.us() + crate::components::region::RESEND_US + self.failover_us());
                 }
                 if matches!(sc.stack.replication, Replication::Sync { .. }) && sc.stack.pattern != Pattern::SingleRegion
                 {

@@ -52,6 +52,18 @@ pub struct LostLog {
     pub log: Vec<LogRec>,
     /// Records up to this LSN were acknowledged to their writers.
     pub acked_upto: u64,
+    /// The orchestrator that held it.
+    pub host: crate::components::ids::HostId,
+}
+
+impl LostLog {
+    /// The last of its records the serving store holds at the end: every
+    /// one when the same orchestrator serves again (it came back with its
+    /// store, as a temporarily lost region does), those up to the promotion
+    /// when the standby took over.
+    pub fn kept_upto(&self, stack: &Stack) -> u64 {
+        if stack.serving_orch() == self.host { u64::MAX } else { stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn) }
+    }
 }
 
 /// RTO with its parts, in seconds.
@@ -372,9 +384,8 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
     let mut r = RpoSurfaces::default();
     let age = |at: Micros| us_to_s(t0.saturating_sub(at));
     if let Some(lost) = &f.lost_log {
-        // Structured state: records the promoted store does not hold.
-        let failed_over = stack.serving_orch() != stack.hosts.orch[0];
-        let kept = if failed_over { stack.truth.promoted_at.map_or(0, |(lsn, _)| lsn) } else { u64::MAX };
+        // Structured state: records the serving store does not hold.
+        let kept = lost.kept_upto(stack);
         if let Some(first_lost) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) {
             r.structured_state_s = age(first_lost.at_us);
         }

@@ -136,7 +136,7 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
     }
     stack.start();
     let controller = stack.hosts.controller;
-    let mut region_down: Vec<HostId> = Vec::new();
+    let mut region_down: Vec<(u16, HostId)> = Vec::new();
     while let Some(ev) = stack.rt.step(horizon_us) {
         let from_controller = match &ev {
             crate::sim::Event::Timer { host, .. } | crate::sim::Event::Deliver { to: host, .. } => {
@@ -270,13 +270,16 @@ pub const QUEUE_REPLACE_US: crate::components::ids::Micros = 60 * crate::compone
 fn lose_queue_node(stack: &mut Stack, f: &mut FaultObs, permanent: bool) -> Option<HostId> {
     let [qa, qb] = stack.hosts.queue?;
     let active = stack.dns.queue.target();
-    let (replicated, held) = match stack.queue(active) {
-        Some(q) => (q.replicated(), q.messages().map(|m| (m.job, m.published_us)).collect::<Vec<_>>()),
+    let other = if active == qa { qb } else { qa };
+    let (mirrors, held) = match stack.queue(active) {
+        Some(q) => (q.mirrors(), q.messages().map(|m| (m.job, m.published_us)).collect::<Vec<_>>()),
         None => return None,
     };
     stack.crash_host(active);
-    if replicated {
-        let other = if active == qa { qb } else { qa };
+    // A replica that already took over (its peer lost), or whose peer is
+    // down too, has nothing to fail over to: it is handled as an
+    // unreplicated node (waited for, or replaced empty).
+    if mirrors && stack.rt.host(other).up {
         stack.rt.schedule_control(stack.rt.now_us() + QUEUE_FAILOVER_US, Timer::QueueFailover(other));
     } else if permanent {
         // Unreplicated and gone for good: what it held is lost. (A node that
@@ -309,7 +312,9 @@ fn worker_target(stack: &Stack, t: Option<WorkerTarget>) -> Option<HostId> {
     }
 }
 
-fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<HostId>, t: Timer) {
+/// `down` holds the hosts temporary losses took down, each with the fault
+/// that holds it: a host comes back when the last loss holding it ends.
+fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<(u16, HostId)>, t: Timer) {
     match t {
         Timer::Restart(h) => stack.restart_host(h),
         Timer::FaultStart(i) => {
@@ -358,7 +363,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     if let Some(h) = lose_queue_node(stack, &mut obs[i as usize], duration.is_none())
                         && duration.is_some()
                     {
-                        down.push(h);
+                        down.push((i, h));
                     }
                 }
                 FaultSpec::BadDeploy { error_rate, .. } => {
@@ -372,6 +377,10 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         .map(HostId)
                         .filter(|&h| stack.rt.host(h).region == r && stack.rt.host(h).up)
                         .collect();
+                    // Hosts an earlier, still ongoing loss holds down stay
+                    // down until this one ends too.
+                    let held: Vec<HostId> =
+                        down.iter().filter(|(_, h)| stack.rt.host(*h).region == r).map(|&(_, h)| h).collect();
                     let primary = stack.serving_orch();
                     if stack.rt.host(primary).region == r {
                         let o = stack.orch(primary);
@@ -380,7 +389,8 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                             Replication::Sync { degrade_after_ms: None } => o.replica_acked(),
                             _ => o.store().last_lsn(),
                         };
-                        obs[i as usize].lost_log = Some(LostLog { log: o.store().log().to_vec(), acked_upto });
+                        obs[i as usize].lost_log =
+                            Some(LostLog { log: o.store().log().to_vec(), acked_upto, host: primary });
                     }
                     let active_queue = stack.dns.queue.target();
                     if stack.hosts.queue.is_some() && stack.rt.host(active_queue).region == r {
@@ -392,7 +402,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     if duration.is_none() {
                         // Gone for good: an earlier temporary loss of this
                         // region must not bring its hosts back.
-                        down.retain(|h| stack.rt.host(*h).region != r);
+                        down.retain(|(_, h)| stack.rt.host(*h).region != r);
                         // Storage in a lost region is gone.
                         let [oa, ob] = stack.hosts.orch;
                         let [va, vb] = stack.hosts.vec;
@@ -400,7 +410,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         drop(stack.orch_mut(o).take_store());
                         stack.vector_mut(v).store.clear();
                     } else {
-                        down.extend(hosts);
+                        down.extend(hosts.into_iter().chain(held).map(|h| (i, h)));
                     }
                 }
             }
@@ -408,8 +418,14 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
         Timer::QueueFailover(h) => stack.activate_queue(h),
         Timer::FaultEnd(i) => match &sc.faults[i as usize] {
             FaultSpec::RegionLoss { .. } | FaultSpec::QueueLoss { .. } => {
-                for h in std::mem::take(down) {
-                    stack.restart_host(h);
+                // Only the hosts this loss took down, and of those only the
+                // ones no other ongoing loss still holds.
+                let (ended, rest): (Vec<_>, Vec<_>) = std::mem::take(down).into_iter().partition(|&(j, _)| j == i);
+                *down = rest;
+                for (_, h) in ended {
+                    if !down.iter().any(|&(_, g)| g == h) {
+                        stack.restart_host(h);
+                    }
                 }
             }
             FaultSpec::ReplicationLagSpike { .. } => {

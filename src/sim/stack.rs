@@ -186,6 +186,10 @@ pub struct VectorNode {
     pub store: VectorStore,
     /// Serving traffic.
     pub serving: bool,
+    /// The store holds a serving copy (it served at start-up or finished a
+    /// hydration): durable, so a returning host may serve again; a store
+    /// whose hydration a crash cut short must hydrate first.
+    hydrated: bool,
     /// Where snapshots and streaming replication go.
     pub peer: Option<HostId>,
     stream: bool,
@@ -507,6 +511,7 @@ impl Stack {
         nodes[vec_a.0 as usize] = Some(Node::Vector(VectorNode {
             store: VectorStore::new(vcfg.clone()),
             serving: true,
+            hydrated: true,
             peer: two.then_some(vec_b),
             stream: two && spec.vector.streaming_replica,
             snapshot_interval_us: spec.vector.snapshot_interval.us(),
@@ -524,6 +529,7 @@ impl Stack {
         nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
             store: VectorStore::new(vcfg),
             serving: false,
+            hydrated: false,
             peer: None,
             stream: false,
             snapshot_interval_us: spec.vector.snapshot_interval.us(),
@@ -699,12 +705,21 @@ impl Stack {
 
     /// Runs one host's start-up.
     pub fn start_host(&mut self, h: HostId) {
+        // Which orchestrator is primary, as the failover controller (or,
+        // without one, the authoritative DNS record) says: a returning
+        // primary asks before serving.
+        let primary = match self.hosts.controller.map(|c| &self.nodes[c.0 as usize]) {
+            Some(Node::Controller(c)) => c.primary_now(),
+            _ => self.dns.orchestrator.target(),
+        };
         let Stack { rt, nodes, dns, truth, .. } = self;
         let mut env = SimEnv { rt, me: h, dns, truth };
         match &mut nodes[h.0 as usize] {
             Node::Orchestrator(o) => {
-                // A returning primary that was failed away from stays standby.
-                if o.is_primary() && env.resolve(Service::Orchestrator) != h {
+                // A returning primary that was failed away from stays
+                // standby: it asks the controller, not a resolver cache that
+                // may still hold it for a TTL (two primaries).
+                if o.is_primary() && primary != h {
                     o.demote();
                 }
                 o.start(&mut env);
@@ -712,17 +727,22 @@ impl Stack {
             Node::Worker(w) => w.start(&mut env),
             Node::Controller(c) => c.start(&mut env),
             Node::Queue(q) => {
-                // A returning node that was failed away from is no longer active.
-                q.active = q.active && env.resolve(Service::Queue) == h;
+                // A returning node that was failed away from is no longer
+                // active: it rejoins as the replica (below).
+                q.active = q.active && env.dns.queue.target() == h;
                 q.start(&mut env)
             }
             Node::Client(c) => c.start(&mut env),
             Node::Vector(v) => {
-                // A returning primary store serves again if traffic still goes to it.
-                v.serving = v.serving || env.resolve(Service::Vector) == h;
+                // A returning store serves again if traffic still goes to it
+                // and it holds a serving copy (not a cut-short hydration).
+                v.serving = v.serving || (v.hydrated && env.dns.vector.target() == h);
                 v.start(&mut env)
             }
             _ => {}
+        }
+        if matches!(&self.nodes[h.0 as usize], Node::Queue(q) if !q.active) {
+            self.rejoin_queue_replica(h);
         }
     }
 
@@ -1053,9 +1073,13 @@ impl VectorNode {
                     None => self.store.len() as u64,
                 };
                 self.serving = true;
+                self.hydrated = true;
                 env.note(Note::Hydrated { points });
                 env.send(self.controller, Msg::Hydrated);
                 env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
+                // A promoted store checks its integrity like one serving
+                // from the start.
+                self.arm_integrity_check(env);
             }
             _ => {}
         }
@@ -1257,6 +1281,31 @@ impl Stack {
         let mut env = SimEnv { rt, me: h, dns, truth };
         if let Node::Queue(q) = &mut nodes[h.0 as usize] {
             q.activate(&mut env);
+        }
+        // The old active node, if it is back already, becomes the replica.
+        if let Some([qa, qb]) = self.hosts.queue {
+            self.rejoin_queue_replica(if h == qa { qb } else { qa });
+        }
+    }
+
+    /// A replicated queue's node that is up and not active rejoins as the
+    /// active node's replica: it takes a copy of the active node's stream,
+    /// and the active node mirrors to it again (a JetStream peer catching
+    /// up), so a later loss of the active node can fail over again.
+    pub fn rejoin_queue_replica(&mut self, h: HostId) {
+        let active = self.dns.queue.target();
+        if active == h || !self.rt.host(h).up || !self.rt.host(active).up {
+            return;
+        }
+        let copy = match &self.nodes[active.0 as usize] {
+            Node::Queue(a) if a.replicated() && a.active => a.replica_copy(),
+            _ => return,
+        };
+        if let Node::Queue(q) = &mut self.nodes[h.0 as usize] {
+            *q = copy;
+        }
+        if let Node::Queue(a) = &mut self.nodes[active.0 as usize] {
+            a.set_replica(h);
         }
     }
 

@@ -14,7 +14,12 @@ use std::process::{Command, ExitCode};
 
 /// apt packages: (a shell check that passes when it is installed, package).
 /// Add a line per package a test needs (chromium, postgresql-15, …).
-const APT_PACKAGES: &[(&str, &str)] = &[("python3 -c 'import venv, ensurepip'", "python3-venv")];
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("python3 -c 'import venv, ensurepip'", "python3-venv"),
+    // tests/html_report.rs renders the HTML report headless.
+    ("command -v chromium", "chromium"),
+    ("test -d /usr/share/fonts/truetype/liberation", "fonts-liberation"),
+];
 
 /// The official SDKs the SDK tests drive, pinned.
 const PIP_PACKAGES: &[&str] = &["stripe==16.1.0", "anthropic==2.14.0", "openai==3.57.0", "qdrant-client==1.20.0"];
