@@ -160,23 +160,27 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
 fn workload(horizon_ms: u64) -> impl Strategy<Value = Workload> {
     let span = limits::MAX_SPAN_MS;
     let period = shortest_period_ms(horizon_ms);
-    (
-        log_uniform(1, u64::from(limits::MAX_TASKS)),
-        prop::sample::subsequence(vec!["book_flight", "research_report", "approve_refund"], 1..=3),
-        prop::sample::select(vec![Arrival::AtOnce, Arrival::Uniform, Arrival::Poisson]),
-        (dur(1, span), dur(period, span), dur(0, span), dur(period, span)),
-    )
-        .prop_map(|(tasks, templates, arrival, (interval, probe_interval, resubmit_after, submit_retry))| {
-            Workload {
-                templates: templates.into_iter().map(str::to_owned).collect(),
-                tasks: tasks as u32,
-                arrival,
-                interval,
-                probe_interval,
-                resubmit_after,
-                submit_retry,
-            }
-        })
+    log_uniform(1, u64::from(limits::MAX_TASKS)).prop_flat_map(move |tasks| {
+        // The client resends each waiting job every period: at most
+        // MAX_CLIENT_RESENDS sends over the horizon.
+        let resend = tasks.saturating_mul(horizon_ms).div_ceil(limits::MAX_CLIENT_RESENDS).max(period);
+        (
+            prop::sample::subsequence(vec!["book_flight", "research_report", "approve_refund"], 1..=3),
+            prop::sample::select(vec![Arrival::AtOnce, Arrival::Uniform, Arrival::Poisson]),
+            (dur(1, span), dur(period, span), dur(resend, span), dur(resend, span)),
+        )
+            .prop_map(move |(templates, arrival, (interval, probe_interval, resubmit_after, submit_retry))| {
+                Workload {
+                    templates: templates.into_iter().map(str::to_owned).collect(),
+                    tasks: tasks as u32,
+                    arrival,
+                    interval,
+                    probe_interval,
+                    resubmit_after,
+                    submit_retry,
+                }
+            })
+    })
 }
 
 /// A fault of any time-triggered kind, with in-range parameters, placed in
@@ -391,7 +395,7 @@ fn the_caps_catch_a_drill_that_needs_more() {
     let dir = scratch();
     let file = dir.join("large.toml");
     let text = format!(
-        "tier = \"batch\"\nhorizon = \"12h\"\n[stack]\nworkers = 256\n[workload]\ntasks = {}\narrival = \"uniform\"\ninterval = \"40ms\"\n",
+        "tier = \"batch\"\nhorizon = \"12h\"\n[stack]\nworkers = 256\n[workload]\ntasks = {}\narrival = \"uniform\"\ninterval = \"40ms\"\nsubmit_retry = \"12h\"\nresubmit_after = \"12h\"\n",
         limits::MAX_TASKS
     );
     std::fs::write(&file, text).expect("written");

@@ -1161,6 +1161,30 @@ fn timer_problems(sc: &Scenario, out: &mut Problems) {
     }
     out.fires_at_most("workload.probe_interval", w.probe_interval.ms().max(1), h);
     out.fires_at_most("workload.submit_retry", w.submit_retry.ms().max(1), h);
+    // The client's floors: 1 ms between retries, 1 s between resubmissions.
+    resend_problems("workload.submit_retry", w.submit_retry.ms().max(1), sc, out);
+    resend_problems("workload.resubmit_after", w.resubmit_after.ms().max(1_000), sc, out);
+}
+
+/// The client sends each waiting job again every `every_ms`: at most
+/// [`limits::MAX_CLIENT_RESENDS`] sends over the horizon.
+fn resend_problems(field: &str, every_ms: u64, sc: &Scenario, out: &mut Problems) {
+    let tasks = u64::from(sc.workload.tasks);
+    let sends = tasks.saturating_mul(sc.horizon.ms() / every_ms);
+    let max = limits::MAX_CLIENT_RESENDS;
+    if tasks == 0 || sends <= max {
+        return;
+    }
+    let shortest = Dur(tasks.saturating_mul(sc.horizon.ms()).div_ceil(max));
+    out.bad(
+        field,
+        format!(
+            "every {} for {tasks} jobs over the {} horizon is up to {sends} sends, above the limit of {max} (MAX_CLIENT_RESENDS); write at least \"{shortest}\", or fewer tasks, or a shorter horizon",
+            Dur(every_ms),
+            sc.horizon
+        ),
+        &["horizon", "workload.tasks"],
+    );
 }
 
 /// A fault's durations and parameters against [`limits`].
