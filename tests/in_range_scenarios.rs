@@ -115,7 +115,7 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
     let timings = (
         (dur(period, span), dur(0, span), 1..=limits::MAX_FAILURE_THRESHOLD, dur(0, span), dur(0, span), dur(0, span)),
         (dur(limits::MIN_SNAPSHOT_INTERVAL_MS, span), dur(0, span), dur(0, span), 0..=limits::MAX_PER_UNIT_US),
-        (dur(0, span), dur(0, span), dur(0, span), dur(period, span), dur(0, span)),
+        (dur(0, span), dur(0, span), dur(0, span), dur(period, span), dur(period, span)),
     );
     let counts = (
         log_uniform(1, u64::from(limits::MAX_WORKERS)),
