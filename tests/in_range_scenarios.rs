@@ -34,6 +34,9 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 /// CPU seconds one drill may use. The largest in-range drill (a million
 /// tasks) takes about 8 s in a release build; debug builds are slower.
 const CPU_CAP_S: u64 = if cfg!(debug_assertions) { 600 } else { 120 };
+/// Wall-clock seconds allowed per CPU second before the watchdog calls a
+/// drill hung.
+const WALL_PER_CPU: u64 = 10;
 /// Address space one drill may map: 8 GiB (a million tasks peak near 3 GB).
 const MEMORY_CAP_BYTES: u64 = 8 << 30;
 
@@ -316,8 +319,8 @@ fn run_capped(file: &Path, cpu_cap_s: u64, memory_cap_bytes: u64) -> Result<(), 
         s
     });
     // The CPU cap stops a busy loop; the watchdog stops a process that
-    // waits without using the CPU.
-    let deadline = Instant::now() + Duration::from_secs(cpu_cap_s * 3);
+    // waits without using the CPU (generous: the machine may be shared).
+    let deadline = Instant::now() + Duration::from_secs(cpu_cap_s * WALL_PER_CPU);
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break status;
@@ -325,7 +328,7 @@ fn run_capped(file: &Path, cpu_cap_s: u64, memory_cap_bytes: u64) -> Result<(), 
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("hung: still running after {} s of wall time", cpu_cap_s * 3));
+            return Err(format!("hung: still running after {} s of wall time", cpu_cap_s * WALL_PER_CPU));
         }
         std::thread::sleep(Duration::from_millis(50));
     };
