@@ -67,12 +67,12 @@ const NUMBER_BOUNDS: &[(&str, &str, u64, u64)] = &[
     ("VectorSpec", "restore_per_point_us", 0, limits::MAX_PER_UNIT_US),
     ("QueueConfig", "ack_wait_ms", limits::MIN_ACK_WAIT_MS, limits::MAX_SPAN_MS),
     ("QueueConfig", "dedupe_window_ms", 0, limits::MAX_SPAN_MS),
-    ("ProviderSpec", "timeout_ms", 1, limits::MAX_SPAN_MS),
-    ("ProviderSpec", "base_latency_ms", 0, limits::MAX_SPAN_MS),
-    ("ProviderSpec", "cold_extra_latency_ms", 0, limits::MAX_SPAN_MS),
-    ("ProviderSpec", "cache_ttl_ms", 0, limits::MAX_SPAN_MS),
-    ("ProviderSpec", "latency_per_output_token_us", 0, limits::MAX_PER_UNIT_US),
-    ("ProviderSpec", "max_retries", 0, limits::MAX_RETRIES as u64),
+    ("ProviderConfig", "timeout_ms", 1, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "base_latency_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "cold_extra_latency_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "cache_ttl_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "latency_per_output_token_us", 0, limits::MAX_PER_UNIT_US),
+    ("ProviderConfig", "max_retries", 0, limits::MAX_RETRIES as u64),
 ];
 
 /// Writes [`NUMBER_BOUNDS`] into the schema's definitions.
