@@ -1176,7 +1176,9 @@ fn resend_problems(field: &str, every_ms: u64, sc: &Scenario, out: &mut Problems
     let tasks = u64::from(sc.workload.tasks);
     let sends = tasks.saturating_mul(sc.horizon.ms() / every_ms);
     let max = limits::MAX_CLIENT_RESENDS;
-    if tasks == 0 || sends <= max {
+    // Past its own limit, `tasks` has its own error; this one would only
+    // repeat it.
+    if tasks == 0 || tasks > u64::from(limits::MAX_TASKS) || sends <= max {
         return;
     }
     let shortest = Dur(tasks.saturating_mul(sc.horizon.ms()).div_ceil(max));
