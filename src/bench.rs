@@ -128,7 +128,9 @@ pub const THROUGHPUT_INTERVAL_MS: u64 = 40;
 /// The reference stack without faults: `tasks` tasks of 5 steps on average
 /// (`book_flight`, 6 steps, and `approve_refund`, 4 steps, alternate), 256
 /// workers, one arrival every 40 ms, and a horizon 30 minutes past the last
-/// arrival.
+/// arrival. No job waits long, so the client's resend timers are set to
+/// 12 h: at the defaults a million tasks would be above
+/// [`crate::drill::limits::MAX_CLIENT_RESENDS`].
 pub fn throughput_scenario(tasks: u32) -> Scenario {
     let horizon_s = u64::from(tasks) * THROUGHPUT_INTERVAL_MS / 1_000 + 1_800;
     parse(
@@ -136,7 +138,8 @@ pub fn throughput_scenario(tasks: u32) -> Scenario {
         &format!(
             "tier = \"batch\"\nhorizon = \"{horizon_s}s\"\n[stack]\nworkers = 256\n\
              [workload]\ntasks = {tasks}\ntemplates = [\"book_flight\", \"approve_refund\"]\n\
-             arrival = \"uniform\"\ninterval = \"{THROUGHPUT_INTERVAL_MS}ms\"\n"
+             arrival = \"uniform\"\ninterval = \"{THROUGHPUT_INTERVAL_MS}ms\"\n\
+             submit_retry = \"12h\"\nresubmit_after = \"12h\"\n"
         ),
     )
 }

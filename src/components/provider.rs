@@ -472,7 +472,7 @@ impl ProviderMock {
         let decision = rng.random_range(0..req.options);
         let invalid_output = req.defect_permille > 0 && rng.random_range(0..1_000u16) < req.defect_permille;
         self.stats.requests += 1;
-        let timeout_us = self.cfg.timeout_ms * US_PER_MS;
+        let timeout_us = self.cfg.timeout_ms.saturating_mul(US_PER_MS);
         let outcome = match self.active_outage(now_us) {
             Some(ErrorMode::Timeout) => self.fail(timeout_us, ErrorMode::Timeout, 0),
             Some(ErrorMode::Slow { factor }) => {
@@ -483,7 +483,7 @@ impl ProviderMock {
             }
             None => self.generate(now_us, req, jitter, 1, None, (decision, invalid_output)),
             Some(mode) => {
-                let base_us = self.cfg.base_latency_ms * US_PER_MS * jitter / 1_000;
+                let base_us = self.cfg.base_latency_ms.saturating_mul(US_PER_MS) * jitter / 1_000;
                 self.fail(base_us * ERROR_LATENCY_PERMILLE / 1_000, mode, 0)
             }
         };
@@ -513,10 +513,11 @@ impl ProviderMock {
         let cached_tokens = if cache_hit { req.prefix_tokens } else { 0 };
         let out = stream_error_after.map_or(req.output_tokens, |n| n.min(req.output_tokens));
         let c = &self.cfg;
-        let nominal_us = c.base_latency_ms * US_PER_MS + c.latency_per_output_token_us * u64::from(out);
-        let cold_us = c.cold_extra_latency_ms * US_PER_MS * u64::from(cacheable && !cache_hit);
+        let nominal_us =
+            c.base_latency_ms.saturating_mul(US_PER_MS) + c.latency_per_output_token_us.saturating_mul(u64::from(out));
+        let cold_us = c.cold_extra_latency_ms.saturating_mul(US_PER_MS) * u64::from(cacheable && !cache_hit);
         let latency_us = (nominal_us * jitter / 1_000 + cold_us).saturating_mul(u64::from(factor));
-        let timeout_us = c.timeout_ms * US_PER_MS;
+        let timeout_us = c.timeout_ms.saturating_mul(US_PER_MS);
         if latency_us > timeout_us {
             return self.fail(timeout_us, ErrorMode::Timeout, 0);
         }
@@ -545,7 +546,7 @@ impl ProviderMock {
 
     /// Looks `prefix_hash` up and refreshes its expiry; true when warm.
     fn touch_cache(&mut self, now_us: Micros, prefix_hash: u64) -> bool {
-        let expires_us = now_us + self.cfg.cache_ttl_ms * US_PER_MS;
+        let expires_us = now_us.saturating_add(self.cfg.cache_ttl_ms.saturating_mul(US_PER_MS));
         let mut free = None;
         for (i, e) in self.cache.iter_mut().enumerate() {
             if e.prefix_hash == prefix_hash {

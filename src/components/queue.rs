@@ -152,7 +152,7 @@ impl Queue {
     }
 
     fn prune_seen(&mut self, now_us: Micros) {
-        let window = self.cfg.dedupe_window_ms * US_PER_MS;
+        let window = self.cfg.dedupe_window_ms.saturating_mul(US_PER_MS);
         while let Some(&(at, job)) = self.seen_order.front() {
             if at + window > now_us {
                 break;
@@ -178,7 +178,7 @@ impl Queue {
             to,
             Msg::Deliver { seq, job: m.job, template: m.template, steps: m.steps, probe: m.probe, replay: m.replay },
         );
-        env.set_timer(self.cfg.ack_wait_ms * US_PER_MS, Timer::Redeliver { seq });
+        env.set_timer(self.cfg.ack_wait_ms.saturating_mul(US_PER_MS), Timer::Redeliver { seq });
     }
 
     /// Handles a message.

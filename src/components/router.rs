@@ -135,7 +135,7 @@ impl Breaker {
     /// Failures recorded within the window ending at `now_us` (inclusive:
     /// a failure exactly `window_ms` ago still counts).
     pub fn failures_in_window(&self, now_us: Micros) -> u32 {
-        let window_us = self.cfg.window_ms * US_PER_MS;
+        let window_us = self.cfg.window_ms.saturating_mul(US_PER_MS);
         let n = self.failures[..self.len].iter().filter(|&&t| now_us.saturating_sub(t) <= window_us).count();
         n as u32
     }
@@ -145,7 +145,7 @@ impl Breaker {
     /// the trial; further requests are refused until the trial reports. A
     /// trial that never reports (its caller died) is replaced after `open_ms`.
     pub fn allows(&mut self, now_us: Micros) -> bool {
-        let open_us = self.cfg.open_ms * US_PER_MS;
+        let open_us = self.cfg.open_ms.saturating_mul(US_PER_MS);
         match self.state {
             BreakerState::Closed => true,
             BreakerState::Open { since_us } if now_us >= since_us + open_us => {

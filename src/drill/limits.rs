@@ -20,7 +20,10 @@
 //! - periodic timers: each fires at most [`MAX_TIMER_FIRINGS`] times over
 //!   the horizon, and vector snapshots are at least
 //!   [`MIN_SNAPSHOT_INTERVAL_MS`] apart because the retention ladder keeps
-//!   every snapshot of the last hour and prunes over all of them.
+//!   every snapshot of the last hour and prunes over all of them;
+//! - the client's resends: at most [`MAX_CLIENT_RESENDS`] over the horizon
+//!   (tasks × horizon / period), since each waiting job is sent again every
+//!   period.
 
 /// A day, in milliseconds.
 const DAY_MS: u64 = 86_400_000;
@@ -73,6 +76,13 @@ pub const MAX_STREAM_TOKENS: u32 = 1_000_000;
 /// a health check, an integrity check, a heartbeat, a probe, a client
 /// retry, a queue redelivery) may fire over the horizon.
 pub const MAX_TIMER_FIRINGS: u64 = 1_000_000;
+
+/// The most submissions the client may send again over the horizon, as
+/// `tasks × horizon / period` for its two resend timers: `submit_retry`
+/// (a submission not acknowledged) and `resubmit_after` (an accepted job not
+/// finished, at least 1 s). A job waiting in a long queue is resubmitted
+/// every period, so the work grows with tasks × waiting time.
+pub const MAX_CLIENT_RESENDS: u64 = 20_000_000;
 
 /// The shortest vector snapshot interval: 10 s, in milliseconds. The
 /// retention ladder keeps every snapshot of the last hour (at most 360 at

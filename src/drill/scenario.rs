@@ -1073,6 +1073,9 @@ fn stack_limit_problems(stack: &StackSpec, out: &mut Problems) {
         );
     }
     out.positive("stack.recovery_scan", stack.recovery_scan, &[]);
+    // A worker sends a request again when no answer came within this: at 0
+    // it would resend at the same instant for ever.
+    out.positive("stack.request_timeout", stack.request_timeout, &[]);
     out.per_unit_at_most("stack.vector.restore_per_point_us", v.restore_per_point_us);
     out.ms_at_most("stack.policy.lease_ms", stack.effective_policy().lease_ms);
     match stack.replication {
@@ -1138,6 +1141,7 @@ fn timer_problems(sc: &Scenario, out: &mut Problems) {
     let (s, w, h) = (&sc.stack, &sc.workload, sc.horizon);
     out.fires_at_most("stack.recovery_scan", s.recovery_scan.ms(), h);
     out.fires_at_most("stack.failover.health_interval", s.failover.health_interval.ms(), h);
+    out.fires_at_most("stack.request_timeout", s.request_timeout.ms(), h);
     out.fires_at_most("stack.vector.integrity_check_interval", s.vector.integrity_check_interval.ms(), h);
     if let Replication::Async { interval_ms, .. } = s.replication {
         out.fires_at_most("stack.replication.interval_ms", interval_ms, h);
@@ -1161,6 +1165,32 @@ fn timer_problems(sc: &Scenario, out: &mut Problems) {
     }
     out.fires_at_most("workload.probe_interval", w.probe_interval.ms().max(1), h);
     out.fires_at_most("workload.submit_retry", w.submit_retry.ms().max(1), h);
+    // The client's floors: 1 ms between retries, 1 s between resubmissions.
+    resend_problems("workload.submit_retry", w.submit_retry.ms().max(1), sc, out);
+    resend_problems("workload.resubmit_after", w.resubmit_after.ms().max(1_000), sc, out);
+}
+
+/// The client sends each waiting job again every `every_ms`: at most
+/// [`limits::MAX_CLIENT_RESENDS`] sends over the horizon.
+fn resend_problems(field: &str, every_ms: u64, sc: &Scenario, out: &mut Problems) {
+    let tasks = u64::from(sc.workload.tasks);
+    let sends = tasks.saturating_mul(sc.horizon.ms() / every_ms);
+    let max = limits::MAX_CLIENT_RESENDS;
+    // Past its own limit, `tasks` has its own error; this one would only
+    // repeat it.
+    if tasks == 0 || tasks > u64::from(limits::MAX_TASKS) || sends <= max {
+        return;
+    }
+    let shortest = Dur(tasks.saturating_mul(sc.horizon.ms()).div_ceil(max));
+    out.bad(
+        field,
+        format!(
+            "every {} for {tasks} jobs over the {} horizon is up to {sends} sends, above the limit of {max} (MAX_CLIENT_RESENDS); write at least \"{shortest}\", or fewer tasks, or a shorter horizon",
+            Dur(every_ms),
+            sc.horizon
+        ),
+        &["horizon", "workload.tasks"],
+    );
 }
 
 /// A fault's durations and parameters against [`limits`].
@@ -1540,6 +1570,7 @@ mod tests {
             ),
             ("[stack]\nqueue = { ack_wait_ms = 0 }\n", "stack.queue.ack_wait_ms: must be at least 1 ms"),
             ("[stack]\nrecovery_scan = \"0s\"\n", "stack.recovery_scan: must be longer than 0"),
+            ("[stack]\nrequest_timeout = \"0s\"\n", "stack.request_timeout: must be longer than 0"),
             (
                 "[[stack.providers]]\nname = \"a\"\ncache_read_discount = 1.5\n",
                 "cache_read_discount: 1.5 is not a fraction",

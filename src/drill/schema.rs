@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use crate::drill::limits;
 use crate::drill::scenario::Scenario;
 
 /// The schema as a JSON value (draft 2020-12).
@@ -17,6 +18,7 @@ pub fn scenario_schema() -> Value {
             "description".into(),
             json!("A drill: the tier the stack claims, the stack, the workload and the faults. See the README."),
         );
+        bound_numbers(obj);
         // `include` is read by the loader before the scenario is built, so
         // it is not a field of `Scenario`.
         if let Some(props) = obj.get_mut("properties").and_then(Value::as_object_mut) {
@@ -49,4 +51,56 @@ pub fn fragment_schema() -> Value {
 /// The schema, pretty-printed.
 pub fn render() -> String {
     serde_json::to_string_pretty(&scenario_schema()).expect("a JSON value serialises")
+}
+
+/// The numeric limits of [`limits`] as `minimum`/`maximum` on the fields
+/// they bound (type, field, minimum, maximum), so that an editor flags
+/// them as the file is typed. `validate` checks them all the same.
+const NUMBER_BOUNDS: &[(&str, &str, u64, u64)] = &[
+    ("StackSpec", "workers", 1, limits::MAX_WORKERS as u64),
+    ("Workload", "tasks", 1, limits::MAX_TASKS as u64),
+    ("Policy", "lease_ms", 1, limits::MAX_SPAN_MS),
+    ("FailoverSpec", "failure_threshold", 1, limits::MAX_FAILURE_THRESHOLD as u64),
+    ("BreakerConfig", "failure_threshold", 1, limits::MAX_FAILURE_THRESHOLD as u64),
+    ("BreakerConfig", "window_ms", 0, limits::MAX_SPAN_MS),
+    ("BreakerConfig", "open_ms", 0, limits::MAX_SPAN_MS),
+    ("VectorSpec", "restore_per_point_us", 0, limits::MAX_PER_UNIT_US),
+    ("QueueConfig", "ack_wait_ms", limits::MIN_ACK_WAIT_MS, limits::MAX_SPAN_MS),
+    ("QueueConfig", "dedupe_window_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "timeout_ms", 1, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "base_latency_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "cold_extra_latency_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "cache_ttl_ms", 0, limits::MAX_SPAN_MS),
+    ("ProviderConfig", "latency_per_output_token_us", 0, limits::MAX_PER_UNIT_US),
+    ("ProviderConfig", "max_retries", 0, limits::MAX_RETRIES as u64),
+];
+
+/// Writes [`NUMBER_BOUNDS`] into the schema's definitions.
+fn bound_numbers(root: &mut serde_json::Map<String, Value>) {
+    let Some(defs) = root.get_mut("$defs").and_then(Value::as_object_mut) else { return };
+    for &(ty, field, min, max) in NUMBER_BOUNDS {
+        let Some(prop) = defs.get_mut(ty).and_then(|d| d.pointer_mut(&format!("/properties/{field}"))) else {
+            continue;
+        };
+        if let Some(p) = prop.as_object_mut() {
+            p.insert("minimum".into(), json!(min));
+            p.insert("maximum".into(), json!(max));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_numeric_limit_is_in_the_schema() {
+        let schema = scenario_schema();
+        for &(ty, field, min, max) in NUMBER_BOUNDS {
+            let p =
+                schema.pointer(&format!("/$defs/{ty}/properties/{field}")).unwrap_or_else(|| panic!("{ty}.{field}"));
+            assert_eq!(p["minimum"], json!(min), "{ty}.{field}");
+            assert_eq!(p["maximum"], json!(max), "{ty}.{field}");
+        }
+    }
 }
