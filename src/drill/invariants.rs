@@ -893,6 +893,36 @@ pub struct Budget {
     pub vector_rpo_us: Option<Micros>,
 }
 
+/// Under semi-synchronous replication (`degrade_after_ms`), how far back a
+/// cut between the orchestrators under way at loss `i` lets acknowledged
+/// writes go unreplicated: the primary stops waiting for the replica after
+/// `degrade_after_ms` and acknowledges alone from the cut's start (plus a
+/// re-ship to catch up after it heals). Fully synchronous replication never
+/// acknowledges alone: 0.
+fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros {
+    let (Replication::Sync { degrade_after_ms: Some(_) }, Some(t0)) = (sc.stack.replication, onsets[i]) else {
+        return 0;
+    };
+    let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
+    let between = |a: &str, b: &str| {
+        (covers(a, "orchestrator-a", "a") && covers(b, "orchestrator-b", "b"))
+            || (covers(a, "orchestrator-b", "b") && covers(b, "orchestrator-a", "a"))
+    };
+    let catch_up = crate::components::orchestrator::SYNC_RESHIP_US + 2 * CROSS_REGION_US;
+    sc.faults
+        .iter()
+        .filter_map(|f| match f {
+            FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. }
+                if between(a, b) && at.us() <= t0 && t0 < at.us() + duration.us() + catch_up =>
+            {
+                Some(t0 - at.us() + CROSS_REGION_US)
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
 const CROSS_REGION_US: Micros = 40_000;
 /// The client submits a new probe at most this often while probing.
@@ -1009,7 +1039,7 @@ impl Budget {
                 .max()
                 .unwrap_or(0)
         });
-        let structured = self.structured_rpo_us.map(|b| extend(b + spike));
+        let structured = self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i)));
         let mut vector = self.vector_rpo_us.map(extend);
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
             let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;

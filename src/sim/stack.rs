@@ -382,7 +382,9 @@ impl Env for SimEnv<'_> {
         self.dns.resolve(svc, self.rt.now_us())
     }
     fn note(&mut self, note: Note) {
-        self.truth.trace.push(TraceEvent { at_us: self.rt.now_us(), host: self.me, note });
+        // A paused host acts (and notes) at its wake-up time.
+        let at_us = Env::now_us(self);
+        self.truth.trace.push(TraceEvent { at_us, host: self.me, note });
     }
     #[inline]
     fn reach(&mut self, host: HostId, job: JobId, step: u16, phase: Phase) -> bool {
