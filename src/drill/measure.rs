@@ -49,9 +49,9 @@ pub struct FaultObs {
     /// Acknowledged vector points already missing (or corrupted) in the
     /// serving vector store at onset: lost earlier, not by this fault.
     pub vector_missing_at_onset: FxHashSet<PointId>,
-    /// The vector loss this fault caused, judged at the first restore in
-    /// its window (hydration of the standby, or a point-in-time restore),
-    /// else when the next fault strikes or at the horizon: the
+    /// The vector loss this fault caused (region losses and corruptions),
+    /// judged at the first restore after its onset (hydration of the
+    /// standby, or a point-in-time restore), else at the horizon: the
     /// acknowledgement time of the oldest point lost. `None` until judged.
     pub vector_lost: Option<Option<Micros>>,
 }
@@ -171,7 +171,13 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
     let mut counts = counts(stack, store);
     counts.stale_actions = stale_actions(stack, store, faults);
     counts.concurrent_runs = stack.truth.concurrent_runs;
-    let logs = all_logs(stack, faults);
+    // Progress: the serving store and every primary lost with its region
+    // (what it committed before it was lost happened). A demoted primary
+    // that still stands is not serving: its later work is no recovery.
+    let serving_log = store.log();
+    let logs: Vec<&[LogRec]> = std::iter::once(serving_log)
+        .chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])))
+        .collect();
     let progress = Progress::of(&logs);
     let results = faults
         .iter()
@@ -186,8 +192,8 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
 
 /// Every structured-state log the drill's ground truth holds: the serving
 /// store's, the other orchestrator's (a demoted or returned primary, a
-/// standby) and every primary's lost with its region. Progress that was
-/// committed happened, whichever store later survived.
+/// standby) and every primary's lost with its region (for the step events
+/// and lease history).
 pub fn all_logs<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<&'a [LogRec]> {
     let serving = stack.serving_orch();
     let mut logs = vec![stack.orch(serving).store().log()];
@@ -453,14 +459,16 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
     if let Some(oldest) = f.lost_messages.iter().map(|&(_, at)| at).filter(|&at| at <= t0).min() {
         r.queue_s = r.queue_s.max(age(oldest));
     }
-    // Vector memory: judged at the restore (see `judge_vector`), or at the
-    // horizon when nothing judged it earlier.
-    let lost = match f.vector_lost {
-        Some(judged) => judged,
-        None => vector_loss(stack, f, &vector_missing(stack)),
-    };
-    if let Some(at) = lost {
-        r.vector_memory_s = age(at);
+    // Vector memory: judged at the first restore after the onset (see
+    // `judge_vector`), or at the horizon when none came.
+    if loses_vector_memory(f.kind) {
+        let lost = match f.vector_lost {
+            Some(judged) => judged,
+            None => vector_loss(stack, f, &vector_missing(stack)),
+        };
+        if let Some(at) = lost {
+            r.vector_memory_s = age(at);
+        }
     }
     r
 }
@@ -484,28 +492,30 @@ fn vector_loss(stack: &Stack, f: &FaultObs, missing: &FxHashSet<PointId>) -> Opt
         .min()
 }
 
-/// At a fault's onset: remembers what vector memory had already lost, and
-/// judges every earlier fault not judged yet at this instant (the end of its
-/// window), so the new fault's loss is not charged to it.
+/// At a fault's onset: remembers what vector memory had already lost (an
+/// earlier fault's loss is not this fault's).
 pub fn vector_onset(stack: &Stack, faults: &mut [FaultObs], i: usize) {
-    let missing = vector_missing(stack);
-    for (j, f) in faults.iter_mut().enumerate() {
-        if j != i && f.onset_us.is_some() && f.vector_lost.is_none() {
-            f.vector_lost = Some(vector_loss(stack, f, &missing));
-        }
+    if loses_vector_memory(faults[i].kind) {
+        faults[i].vector_missing_at_onset = vector_missing(stack);
     }
-    faults[i].vector_missing_at_onset = missing;
+}
+
+/// The fault kinds whose vector-memory loss is measured: a region loss and
+/// a corruption.
+fn loses_vector_memory(kind: &str) -> bool {
+    kind == "region_loss" || kind == "vector_corruption"
 }
 
 /// At a restore (the standby's vector store serves after hydration, or a
 /// point-in-time restore finished): judges every struck fault not judged
 /// yet. Points lost here and re-written later by replays were still lost.
 pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs]) {
-    if faults.iter().all(|f| f.onset_us.is_none() || f.vector_lost.is_some()) {
+    let pending = |f: &FaultObs| f.onset_us.is_some() && f.vector_lost.is_none() && loses_vector_memory(f.kind);
+    if !faults.iter().any(pending) {
         return;
     }
     let missing = vector_missing(stack);
-    for f in faults.iter_mut().filter(|f| f.onset_us.is_some() && f.vector_lost.is_none()) {
+    for f in faults.iter_mut().filter(|f| pending(f)) {
         f.vector_lost = Some(vector_loss(stack, f, &missing));
     }
 }
