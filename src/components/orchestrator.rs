@@ -16,6 +16,10 @@ use crate::components::ids::{HostId, JobId, Micros, TaskId, US_PER_MS};
 use crate::components::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
 use crate::components::wire::{Grant, Msg, WorkerWrite};
 
+/// Records per replication message (a message stays small; a tick sends as
+/// many as its backlog needs).
+pub const REPLICATE_BATCH_RECORDS: usize = 65_536;
+
 /// How structured state reaches the other region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
@@ -539,7 +543,10 @@ impl Orchestrator {
             let worker = self.parked.pop_front().expect("non-empty");
             let (req, arrived_us) = self.parked_req[worker.0 as usize].take().expect("a parked worker has a request");
             let resumed = t.lease.token > 0;
-            let token = t.lease.token + 1;
+            // A promoted store may not hold every lease its old primary
+            // granted (asynchronous, or semi-synchronous after a cut): its
+            // tokens start above any the old timeline handed out.
+            let token = (t.lease.token + 1).max(self.store.token_floor() + 1);
             let now_us = self.lease_clock(env);
             let expires_us = now_us + self.cfg.lease_ms * US_PER_MS;
             let lease = Lease { holder: worker, token, expires_us };
@@ -631,10 +638,11 @@ impl Orchestrator {
         let log = self.store.log();
         let from = self.replica_acked as usize;
         let upto = log[from..].partition_point(|r| r.at_us <= cutoff) + from;
-        if upto > from {
-            // At most a bounded batch per tick keeps one message small.
-            let upto = upto.min(from + 65_536);
-            env.send(replica, Msg::Replicate { recs: log[from..upto].into() });
+        // The whole backlog goes out every tick, in messages of a bounded
+        // size (the replica reorders by LSN): a cap per tick would leave a
+        // replica shipped to rarely behind for good.
+        for batch in log[from..upto].chunks(REPLICATE_BATCH_RECORDS) {
+            env.send(replica, Msg::Replicate { recs: batch.into() });
         }
     }
 

@@ -233,6 +233,13 @@ impl Store {
         t.replay || self.promoted_at_us.is_some_and(|p| t.created_us <= p)
     }
 
+    /// The lowest fencing token a lease granted on this timeline may carry:
+    /// above every token an earlier timeline (a lost or cut-off primary)
+    /// could have granted, so tokens never go backwards at a promotion.
+    pub fn token_floor(&self) -> u64 {
+        self.timeline << TIMELINE_SHIFT
+    }
+
     /// The id the next created task gets.
     pub fn next_task_id(&self) -> TaskId {
         TaskId(self.timeline << TIMELINE_SHIFT | self.tasks.len() as u64)

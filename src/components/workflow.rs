@@ -66,6 +66,17 @@ pub struct StepSpec {
     /// The step's output is an artefact later steps need (kept on the
     /// scratchpad; the reference also persists it durably).
     pub artefact: bool,
+    /// The step's name in its workflow, when it says more than its kind
+    /// ("summarise" rather than "model").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<&'static str>,
+}
+
+impl StepSpec {
+    /// The step's name for reports: its label, else its kind.
+    pub fn name(&self) -> &'static str {
+        self.label.unwrap_or(self.kind.name())
+    }
 }
 
 /// A named plan.
@@ -89,11 +100,12 @@ fn model(options: u32) -> StepSpec {
         kind: StepKind::Model { options, input_tokens: 1_800, output_tokens: 250 },
         governed_by: None,
         artefact: false,
+        label: None,
     }
 }
 
 fn tool(kind: StepKind, governed_by: u16) -> StepSpec {
-    StepSpec { kind, governed_by: Some(governed_by), artefact: false }
+    StepSpec { kind, governed_by: Some(governed_by), artefact: false, label: None }
 }
 
 /// Every built-in template, in a stable order.
@@ -130,7 +142,7 @@ pub fn builtin() -> Vec<Template> {
             purpose: "read the customer's history, decide, refund, email the confirmation",
             prefix_hash: 0xaf_f00d,
             steps: vec![
-                StepSpec { kind: StepKind::MemRead, governed_by: None, artefact: false },
+                StepSpec { kind: StepKind::MemRead, governed_by: None, artefact: false, label: None },
                 model(3),
                 tool(StepKind::Refund, 1),
                 tool(StepKind::Email, 1),
@@ -144,7 +156,18 @@ pub fn builtin() -> Vec<Template> {
                 kind: StepKind::Model { options: 1, input_tokens: 200, output_tokens: 10 },
                 governed_by: None,
                 artefact: false,
+                label: None,
             }],
+        },
+        Template {
+            name: "summarise_report",
+            purpose: "the checkpointing walkthrough's three steps: load the data (an artefact), summarise it (an artefact), write the report to memory",
+            prefix_hash: 0x5a3e_c4e9,
+            steps: vec![
+                StepSpec { kind: StepKind::Search, governed_by: None, artefact: true, label: Some("load_data") },
+                StepSpec { artefact: true, label: Some("summarise"), ..model(3) },
+                StepSpec { label: Some("write_report"), ..tool(StepKind::MemWrite, 1) },
+            ],
         },
     ]
 }

@@ -652,6 +652,10 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros
 
 fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
     for (i, f) in measured.iter().enumerate() {
+        if let FaultSpec::VectorCorruption { .. } = g.sc.faults[i] {
+            corruption_rpo_bound(g, f, i, out);
+            continue;
+        }
         if g.run.faults[i].lost_log.is_none() {
             continue;
         }
@@ -685,6 +689,37 @@ fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mu
                 ));
             }
         }
+    }
+}
+
+/// Time after an integrity check for the point-in-time restore to finish
+/// (restores of generated sizes take seconds to a few minutes).
+const RESTORE_SLACK_US: Micros = 5 * 60 * US_PER_S;
+
+/// A corruption loses at most the points written since the newest clean
+/// snapshot when the integrity check finds it: a check interval, a snapshot
+/// cycle and its shipping (measured per fault: its own loss only).
+fn corruption_rpo_bound(g: &Ground<'_>, f: &FaultResult, i: usize, out: &mut Vec<Violation>) {
+    let vs = &g.sc.stack.vector;
+    // A corruption the integrity check cannot have found (and restored) by
+    // the horizon is still unrepaired there: nothing bounds it yet.
+    let found_by_us = g.onsets[i].map_or(Micros::MAX, |t0| t0 + vs.integrity_check_interval.us() + RESTORE_SLACK_US);
+    if found_by_us > g.sc.horizon.us() {
+        return;
+    }
+    let bound_us = vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+    let b = us_to_s(bound_us);
+    if f.rpo.vector_memory_s > b + 1e-9 {
+        let (job, step) = lost_point_at(g, g.onsets[i].unwrap_or(0));
+        out.push(v(
+            Invariant::RpoBound,
+            job,
+            step,
+            format!(
+                "fault {i} ({}): vector memory RPO {:.3} s > {b:.3} s allowed by the integrity check and snapshots",
+                f.kind, f.rpo.vector_memory_s
+            ),
+        ));
     }
 }
 
@@ -924,6 +959,36 @@ pub struct Budget {
     pub vector_rpo_us: Option<Micros>,
 }
 
+/// Under semi-synchronous replication (`degrade_after_ms`), how far back a
+/// cut between the orchestrators under way at loss `i` lets acknowledged
+/// writes go unreplicated: the primary stops waiting for the replica after
+/// `degrade_after_ms` and acknowledges alone from the cut's start (plus a
+/// re-ship to catch up after it heals). Fully synchronous replication never
+/// acknowledges alone: 0.
+fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros {
+    let (Replication::Sync { degrade_after_ms: Some(_) }, Some(t0)) = (sc.stack.replication, onsets[i]) else {
+        return 0;
+    };
+    let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
+    let between = |a: &str, b: &str| {
+        (covers(a, "orchestrator-a", "a") && covers(b, "orchestrator-b", "b"))
+            || (covers(a, "orchestrator-b", "b") && covers(b, "orchestrator-a", "a"))
+    };
+    let catch_up = crate::components::orchestrator::SYNC_RESHIP_US + 2 * CROSS_REGION_US;
+    sc.faults
+        .iter()
+        .filter_map(|f| match f {
+            FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. }
+                if between(a, b) && at.us() <= t0 && t0 < at.us() + duration.us() + catch_up =>
+            {
+                Some(t0 - at.us() + CROSS_REGION_US)
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
 const CROSS_REGION_US: Micros = 40_000;
 /// The client submits a new probe at most this often while probing.
@@ -1040,7 +1105,7 @@ impl Budget {
                 .max()
                 .unwrap_or(0)
         });
-        let structured = self.structured_rpo_us.map(|b| extend(b + spike));
+        let structured = self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i)));
         let mut vector = self.vector_rpo_us.map(extend);
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
             let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;

@@ -23,9 +23,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::components::env::Note;
-use crate::components::ids::{JobId, Micros, us_to_s};
+use crate::components::ids::{JobId, Micros, TaskId, us_to_s};
 use crate::components::store::{LogRec, Op, StepState, Store, TaskStatus};
+use crate::components::vector::PointId;
 use crate::sim::stack::Stack;
 
 /// What the drill recorded about one fault while it ran.
@@ -43,6 +46,14 @@ pub struct FaultObs {
     /// Messages an unreplicated queue held when its node was lost: the job
     /// and when its publish was acknowledged.
     pub lost_messages: Vec<(JobId, Micros)>,
+    /// Acknowledged vector points already missing (or corrupted) in the
+    /// serving vector store at onset: lost earlier, not by this fault.
+    pub vector_missing_at_onset: FxHashSet<PointId>,
+    /// The vector loss this fault caused (region losses and corruptions),
+    /// judged at the first restore after its onset (hydration of the
+    /// standby, or a point-in-time restore), else at the horizon: the
+    /// acknowledgement time of the oldest point lost. `None` until judged.
+    pub vector_lost: Option<Option<Micros>>,
 }
 
 /// The log of a primary lost with its region.
@@ -172,29 +183,82 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
     let mut counts = counts(stack, store);
     counts.stale_actions = stale_actions(stack, store, faults);
     counts.concurrent_runs = stack.truth.concurrent_runs;
-    let first_progress = progress_index(store);
+    // Progress: the serving store and every primary lost with its region
+    // (what it committed before it was lost happened). A demoted primary
+    // that still stands is not serving: its later work is no recovery.
+    let serving_log = store.log();
+    let logs: Vec<&[LogRec]> = std::iter::once(serving_log)
+        .chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])))
+        .collect();
+    let progress = Progress::of(&logs);
     let results = faults
         .iter()
         .enumerate()
         .map(|(i, f)| {
             let next_onset = faults.iter().skip(i + 1).filter_map(|g| g.onset_us).min().unwrap_or(horizon_us);
-            fault_result(stack, store, &first_progress, f, next_onset.max(f.onset_us.unwrap_or(0)))
+            fault_result(stack, store, &progress, f, next_onset.max(f.onset_us.unwrap_or(0)))
         })
         .collect();
     (results, counts)
 }
 
-/// For each job, its commit times of results and completion, in order.
-fn progress_index(store: &Store) -> BTreeMap<JobId, Vec<Micros>> {
-    let mut idx: BTreeMap<JobId, Vec<Micros>> = BTreeMap::new();
-    for rec in store.log() {
-        if let Op::Result { task, .. } | Op::Complete { task } = rec.op
-            && let Some(t) = store.task(task)
-        {
-            idx.entry(t.job).or_default().push(rec.at_us);
+/// Every structured-state log the drill's ground truth holds: the serving
+/// store's, the other orchestrator's (a demoted or returned primary, a
+/// standby) and every primary's lost with its region (for the step events
+/// and lease history).
+pub fn all_logs<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<&'a [LogRec]> {
+    let serving = stack.serving_orch();
+    let mut logs = vec![stack.orch(serving).store().log()];
+    logs.extend(stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()));
+    logs.extend(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])));
+    logs
+}
+
+/// Progress over every log: per job, the commit times of its results and
+/// completions; and the completion times of tasks by creation time.
+struct Progress {
+    /// For each job, the commit times of its results and completions (any
+    /// log, unsorted across logs).
+    by_job: BTreeMap<JobId, Vec<Micros>>,
+    /// Tasks that completed: (created at, completed at), from any log.
+    done: Vec<(Micros, Micros)>,
+}
+
+impl Progress {
+    fn of(logs: &[&[LogRec]]) -> Progress {
+        let mut by_job: BTreeMap<JobId, Vec<Micros>> = BTreeMap::new();
+        let mut done = Vec::new();
+        for log in logs {
+            // Task ids are per store: map them within each log.
+            let mut tasks: FxHashMap<TaskId, (JobId, Micros)> = FxHashMap::default();
+            for rec in log.iter() {
+                match rec.op {
+                    Op::Create { task, job, .. } => {
+                        tasks.insert(task, (job, rec.at_us));
+                    }
+                    Op::Result { task, .. } | Op::Complete { task } => {
+                        let Some(&(job, created)) = tasks.get(&task) else { continue };
+                        by_job.entry(job).or_default().push(rec.at_us);
+                        if matches!(rec.op, Op::Complete { .. }) {
+                            done.push((created, rec.at_us));
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
+        Progress { by_job, done }
     }
-    idx
+
+    /// The first progress of `job` after `t0`, in any log.
+    fn after(&self, job: JobId, t0: Micros) -> Option<Micros> {
+        self.by_job.get(&job)?.iter().copied().filter(|&at| at > t0).min()
+    }
+
+    /// The first completion of a task created at or after `t0`.
+    fn new_work_done(&self, t0: Micros) -> Option<Micros> {
+        self.done.iter().filter(|&&(created, _)| created >= t0).map(|&(_, at)| at).min()
+    }
 }
 
 fn counts(stack: &Stack, store: &Store) -> Counts {
@@ -290,13 +354,7 @@ fn stale_actions(stack: &Stack, store: &Store, faults: &[FaultObs]) -> u64 {
         .count() as u64
 }
 
-fn fault_result(
-    stack: &Stack,
-    store: &Store,
-    progress: &BTreeMap<JobId, Vec<Micros>>,
-    f: &FaultObs,
-    window_end_us: Micros,
-) -> FaultResult {
+fn fault_result(stack: &Stack, store: &Store, progress: &Progress, f: &FaultObs, window_end_us: Micros) -> FaultResult {
     let Some(t0) = f.onset_us else {
         return FaultResult {
             kind: f.kind,
@@ -311,24 +369,15 @@ fn fault_result(
     // In-flight work progresses again.
     let mut resumed_at = Some(t0);
     for job in &f.in_flight {
-        let next = progress.get(job).and_then(|v| v.iter().copied().find(|&at| at > t0));
+        let next = progress.after(*job, t0);
         resumed_at = match (resumed_at, next) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
     }
-    // New work: the first probe or job accepted after onset that is done.
-    let mut new_work: Option<Micros> = None;
-    for t in store.tasks().iter().rev() {
-        if t.created_us < t0 {
-            break;
-        }
-        if t.status == TaskStatus::Done
-            && let Some(done) = progress.get(&t.job).and_then(|v| v.last().copied())
-        {
-            new_work = Some(new_work.map_or(done, |x: Micros| x.min(done)));
-        }
-    }
+    // New work: the first probe or job accepted after onset that completed
+    // (in any store: a completion on a store lost later still happened).
+    let new_work = progress.new_work_done(t0);
     let rto_us = match (resumed_at, new_work) {
         (Some(a), Some(b)) => Some(a.max(b) - t0),
         _ => None,
@@ -342,16 +391,29 @@ fn fault_result(
         rto_parts: parts,
         rpo,
         in_flight_tasks: f.in_flight.len(),
-        rollback_s: (f.kind == "bad_deploy")
-            .then(|| stack.truth.trace.iter().find(|e| e.at_us >= t0 && matches!(e.note, Note::RolledBack { .. })))
-            .flatten()
-            .map(|e| us_to_s(e.at_us - t0)),
+        rollback_s: (f.kind == "bad_deploy").then(|| good_version_live(stack, t0)).flatten().map(|at| us_to_s(at - t0)),
     }
+}
+
+/// When the last good prompt version was live again after a bad deploy at
+/// `t0`: the automated rollback, or a failover to a standby that never ran
+/// the bad version and serves at the end (every lease it grants carries the
+/// good version).
+fn good_version_live(stack: &Stack, t0: Micros) -> Option<Micros> {
+    let trace = &stack.truth.trace;
+    let rolled_back =
+        trace.iter().filter(|e| e.at_us >= t0 && matches!(e.note, Note::RolledBack { .. })).map(|e| e.at_us);
+    let standby = stack.hosts.orch[1];
+    let standby_clean = stack.serving_orch() == standby
+        && stack.orch(standby).prompt().defect_permille == 0
+        && !trace.iter().any(|e| e.host == standby && matches!(e.note, Note::Deployed { .. }));
+    let failover = stack.truth.promoted_at.map(|(_, at)| at).filter(|&at| at >= t0 && standby_clean);
+    rolled_back.chain(failover).min()
 }
 
 fn rto_parts(stack: &Stack, t0: Micros, end: Micros, rto_us: Option<Micros>) -> RtoParts {
     let first = |pred: &dyn Fn(&Note) -> bool| {
-        stack.truth.trace.iter().find(|e| e.at_us >= t0 && e.at_us <= end && pred(&e.note)).map(|e| e.at_us)
+        stack.truth.trace.iter().filter(|e| e.at_us >= t0 && e.at_us <= end && pred(&e.note)).map(|e| e.at_us).min()
     };
     let detected =
         first(&|n| matches!(n, Note::FailoverDetected | Note::LeaseExpired { .. } | Note::BreakerOpened { .. }));
@@ -384,9 +446,13 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
     let mut r = RpoSurfaces::default();
     let age = |at: Micros| us_to_s(t0.saturating_sub(at));
     if let Some(lost) = &f.lost_log {
-        // Structured state: records the serving store does not hold.
-        let kept = lost.kept_upto(stack);
-        if let Some(first_lost) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) {
+        // Structured state: acknowledged records of the lost primary that
+        // the serving store does not hold (the same record at the same
+        // LSN). A primary that came back with its store and serves again
+        // lost nothing; a promoted standby lacks what it never received.
+        let serving = store.log();
+        let survived = |rec: &LogRec| rec.lsn >= 1 && serving.get((rec.lsn - 1) as usize) == Some(rec);
+        if let Some(first_lost) = lost.log.iter().find(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r)) {
             r.structured_state_s = age(first_lost.at_us);
         }
         // Queue: jobs the client was told were accepted, unknown afterwards.
@@ -405,20 +471,63 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
     if let Some(oldest) = f.lost_messages.iter().map(|&(_, at)| at).filter(|&at| at <= t0).min() {
         r.queue_s = r.queue_s.max(age(oldest));
     }
-    if f.kind == "region_loss" || f.kind == "vector_corruption" {
-        // Vector memory: acknowledged points the serving store lacks (or
-        // holds corrupted) at the end.
-        let vec = &stack.vector(stack.serving_vector()).store;
-        let oldest_lost = stack
-            .truth
-            .vec_acks
-            .iter()
-            .filter(|(p, at)| **at <= t0 && vec.query(**p).is_none_or(|hit| hit.corrupted))
-            .map(|(_, at)| *at)
-            .min();
-        if let Some(at) = oldest_lost {
+    // Vector memory: judged at the first restore after the onset (see
+    // `judge_vector`), or at the horizon when none came.
+    if loses_vector_memory(f.kind) {
+        let lost = match f.vector_lost {
+            Some(judged) => judged,
+            None => vector_loss(stack, f, &vector_missing(stack)),
+        };
+        if let Some(at) = lost {
             r.vector_memory_s = age(at);
         }
     }
     r
+}
+
+/// Acknowledged vector points the serving vector store lacks or holds
+/// corrupted right now.
+pub fn vector_missing(stack: &Stack) -> FxHashSet<PointId> {
+    let vec = &stack.vector(stack.serving_vector()).store;
+    stack.truth.vec_acks.keys().filter(|p| vec.query(**p).is_none_or(|hit| hit.corrupted)).copied().collect()
+}
+
+/// The acknowledgement time of the oldest point acknowledged by `f`'s onset
+/// that was present then and is in `missing` (the points lost by `f`).
+fn vector_loss(stack: &Stack, f: &FaultObs, missing: &FxHashSet<PointId>) -> Option<Micros> {
+    let t0 = f.onset_us?;
+    missing
+        .iter()
+        .filter(|p| !f.vector_missing_at_onset.contains(*p))
+        .filter_map(|p| stack.truth.vec_acks.get(p).copied())
+        .filter(|&at| at <= t0)
+        .min()
+}
+
+/// At a fault's onset: remembers what vector memory had already lost (an
+/// earlier fault's loss is not this fault's).
+pub fn vector_onset(stack: &Stack, faults: &mut [FaultObs], i: usize) {
+    if loses_vector_memory(faults[i].kind) {
+        faults[i].vector_missing_at_onset = vector_missing(stack);
+    }
+}
+
+/// The fault kinds whose vector-memory loss is measured: a region loss and
+/// a corruption.
+fn loses_vector_memory(kind: &str) -> bool {
+    kind == "region_loss" || kind == "vector_corruption"
+}
+
+/// At a restore (the standby's vector store serves after hydration, or a
+/// point-in-time restore finished): judges every struck fault not judged
+/// yet. Points lost here and re-written later by replays were still lost.
+pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs]) {
+    let pending = |f: &FaultObs| f.onset_us.is_some() && f.vector_lost.is_none() && loses_vector_memory(f.kind);
+    if !faults.iter().any(pending) {
+        return;
+    }
+    let missing = vector_missing(stack);
+    for f in faults.iter_mut().filter(|f| pending(f)) {
+        f.vector_lost = Some(vector_loss(stack, f, &missing));
+    }
 }

@@ -10,6 +10,7 @@ pub mod matrix;
 pub mod measure;
 pub mod scenario;
 pub mod schema;
+pub mod steps;
 pub mod tier;
 
 use serde::Serialize;
@@ -85,6 +86,9 @@ pub struct DrillResult {
     pub violations: Vec<String>,
     /// Per-fault measurements.
     pub faults: Vec<FaultResult>,
+    /// The step events of each job a fault touched, in order, from ground
+    /// truth (see [`steps`]).
+    pub step_events: steps::StepLog,
     /// Counts.
     pub counts: Counts,
     /// Cost with the faults.
@@ -144,13 +148,19 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
             }
             crate::sim::Event::Control(_) => false,
         };
+        let notes_before = stack.truth.trace.len();
         if let Some(ctrl) = stack.dispatch(ev) {
             control(&mut stack, sc, &mut obs, &mut region_down, ctrl);
+        }
+        // Vector memory's loss is judged at the restore, before replays
+        // re-write what was lost.
+        if stack.truth.trace[notes_before..].iter().any(|e| matches!(e.note, Note::Serving | Note::Restored { .. })) {
+            measure::judge_vector(&stack, &mut obs);
         }
         if !stack.truth.hits.is_empty() {
             let hits = std::mem::take(&mut stack.truth.hits);
             for hit in hits {
-                onset(&mut stack, &mut obs[hit.fault as usize]);
+                onset(&mut stack, &mut obs, hit.fault as usize);
                 match &sc.faults[hit.fault as usize] {
                     FaultSpec::WorkerKill { restart_after, .. } => kill(&mut stack, hit.host, *restart_after),
                     FaultSpec::DiskLoss { .. } => stack.lose_disk(hit.host),
@@ -244,10 +254,12 @@ fn arm(stack: &mut Stack, sc: &Scenario, i: u16, f: &FaultSpec) {
     }
 }
 
-fn onset(stack: &mut Stack, f: &mut FaultObs) {
-    if f.onset_us.is_some() {
+fn onset(stack: &mut Stack, obs: &mut [FaultObs], i: usize) {
+    if obs[i].onset_us.is_some() {
         return;
     }
+    measure::vector_onset(stack, obs, i);
+    let f = &mut obs[i];
     let now = stack.rt.now_us();
     f.onset_us = Some(now);
     let store = stack.orch(stack.serving_orch()).store();
@@ -322,20 +334,20 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
             match f {
                 FaultSpec::WorkerKill { worker, restart_after, .. } => {
                     if let Some(h) = worker_target(stack, *worker) {
-                        onset(stack, &mut obs[i as usize]);
+                        onset(stack, obs, i as usize);
                         kill(stack, h, *restart_after);
                     }
                 }
                 FaultSpec::WorkerPause { worker, duration, .. } => {
                     if let Some(h) = worker_target(stack, *worker) {
-                        onset(stack, &mut obs[i as usize]);
+                        onset(stack, obs, i as usize);
                         let until = stack.rt.now_us() + duration.us();
                         stack.rt.pause(h, until);
                     }
                 }
                 FaultSpec::DiskLoss { worker, .. } => {
                     if let Some(h) = worker_target(stack, *worker) {
-                        onset(stack, &mut obs[i as usize]);
+                        onset(stack, obs, i as usize);
                         stack.lose_disk(h);
                     }
                 }
@@ -343,23 +355,23 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 | FaultSpec::PromptCacheLoss { .. }
                 | FaultSpec::Partition { .. }
                 | FaultSpec::LinkDegradation { .. }
-                | FaultSpec::ToolSchemaChange { .. } => onset(stack, &mut obs[i as usize]),
+                | FaultSpec::ToolSchemaChange { .. } => onset(stack, obs, i as usize),
                 FaultSpec::ReplicationLagSpike { lag, .. } => {
-                    onset(stack, &mut obs[i as usize]);
+                    onset(stack, obs, i as usize);
                     let h = stack.serving_orch();
                     stack.orch_mut(h).set_extra_lag_us(lag.us());
                 }
                 FaultSpec::ClockSkew { host, offset, .. } => {
-                    onset(stack, &mut obs[i as usize]);
+                    onset(stack, obs, i as usize);
                     let h = stack.host_named(host).expect("validated");
                     stack.rt.set_skew(h, offset.0 * 1_000);
                 }
                 FaultSpec::VectorCorruption { fraction, .. } => {
-                    onset(stack, &mut obs[i as usize]);
+                    onset(stack, obs, i as usize);
                     stack.corrupt_vector(*fraction);
                 }
                 FaultSpec::QueueLoss { duration, .. } => {
-                    onset(stack, &mut obs[i as usize]);
+                    onset(stack, obs, i as usize);
                     if let Some(h) = lose_queue_node(stack, &mut obs[i as usize], duration.is_none())
                         && duration.is_some()
                     {
@@ -367,11 +379,11 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     }
                 }
                 FaultSpec::BadDeploy { error_rate, .. } => {
-                    onset(stack, &mut obs[i as usize]);
+                    onset(stack, obs, i as usize);
                     stack.deploy((error_rate * 1_000.0).round() as u16);
                 }
                 FaultSpec::RegionLoss { region, duration, .. } => {
-                    onset(stack, &mut obs[i as usize]);
+                    onset(stack, obs, i as usize);
                     let r = if *region == RegionName::A { REGION_A } else { REGION_B };
                     let hosts: Vec<HostId> = (0..stack.rt.hosts().len() as u32)
                         .map(HostId)
@@ -552,6 +564,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         target_rpo_s,
         invariants: targets.invariants,
         violations,
+        step_events: steps::step_log(stack, &run.faults),
         faults,
         counts,
         cost: cost_now,

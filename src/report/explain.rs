@@ -12,6 +12,7 @@ use crate::components::policy::Policy;
 use crate::components::provider::ErrorMode;
 use crate::components::region::Pattern;
 use crate::drill::scenario::{Expect, FaultSpec, RegionName, Scenario, SnapshotLocation, When, WorkerTarget};
+use crate::drill::steps::StepLog;
 use crate::drill::tier::Invariant;
 
 /// The narrative of one drill.
@@ -88,6 +89,9 @@ pub fn narrative(e: &Entry, sc: &Scenario) -> String {
         let _ = writeln!(o, "  {t:>10.3} s  {host:<20} {what}");
     }
 
+    let _ = writeln!(o, "\nWHAT EACH AFFECTED JOB DID (step events from the stores' logs and the workers' notes)");
+    step_events(&mut o, &d.step_events);
+
     let _ = writeln!(o, "\nHOW THE NUMBERS WERE REACHED");
     measurements(&mut o, e, sc);
 
@@ -102,6 +106,27 @@ pub fn narrative(e: &Entry, sc: &Scenario) -> String {
     };
     let _ = writeln!(o, "  {v}");
     o
+}
+
+/// Each affected job's step events in order: a reader can check that a
+/// resumed job continued from its checkpoint and ran no step twice.
+fn step_events(o: &mut String, log: &StepLog) {
+    if log.jobs.is_empty() {
+        let _ = writeln!(o, "  No job was in flight at a fault or recovered from one.");
+        return;
+    }
+    for j in &log.jobs {
+        let _ = writeln!(o, "  job {} ({})", j.job, j.template);
+        for e in &j.events {
+            let _ = writeln!(o, "  {:>10.3} s  {:<20} {}", e.at_s, e.host, e.describe());
+        }
+        if j.more_events > 0 {
+            let _ = writeln!(o, "  {:>12}  and {} more events", "…", j.more_events);
+        }
+    }
+    if log.more_jobs > 0 {
+        let _ = writeln!(o, "  … and {} more affected jobs (the first {} are listed)", log.more_jobs, log.jobs.len());
+    }
 }
 
 /// Seconds in the unit a person would say.

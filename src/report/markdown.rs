@@ -142,8 +142,33 @@ fn section(out: &mut String, e: &Entry) {
         }
         out.push('\n');
     }
+    step_events(out, d);
     let _ = writeln!(out, "### Verdict\n");
     let _ = writeln!(out, "{}\n", verdict_text(d));
+}
+
+/// Each affected job's step events in order (from ground truth).
+fn step_events(out: &mut String, d: &DrillResult) {
+    let log = &d.step_events;
+    if log.jobs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### Step events of the affected jobs\n");
+    let _ = writeln!(out, "| job | t (s) | host | step event |");
+    let _ = writeln!(out, "|---:|---:|---|---|");
+    for j in &log.jobs {
+        let job = format!("{} ({})", j.job, j.template);
+        for e in &j.events {
+            let _ = writeln!(out, "| {} | {:.3} | {} | {} |", cell(&job), e.at_s, cell(&e.host), cell(&e.describe()));
+        }
+        if j.more_events > 0 {
+            let _ = writeln!(out, "| {} | … | | {} more events |", cell(&job), j.more_events);
+        }
+    }
+    if log.more_jobs > 0 {
+        let _ = writeln!(out, "| … | | | {} more affected jobs |", log.more_jobs);
+    }
+    out.push('\n');
 }
 
 fn measurements(out: &mut String, d: &DrillResult) {

@@ -386,7 +386,9 @@ impl Env for SimEnv<'_> {
         self.dns.resolve(svc, self.rt.now_us())
     }
     fn note(&mut self, note: Note) {
-        self.truth.trace.push(TraceEvent { at_us: self.rt.now_us(), host: self.me, note });
+        // A paused host acts (and notes) at its wake-up time.
+        let at_us = Env::now_us(self);
+        self.truth.trace.push(TraceEvent { at_us, host: self.me, note });
     }
     #[inline]
     fn reach(&mut self, host: HostId, job: JobId, step: u16, phase: Phase) -> bool {
@@ -449,243 +451,282 @@ fn steps_of(templates: &[Template], t: u16) -> u16 {
     templates[t as usize].steps.len() as u16
 }
 
+/// Adds every host but the workers, in the order `host_names` lists them,
+/// and returns their ids (no workers yet).
+fn add_service_hosts(rt: &mut Runtime<Msg, Timer>, spec: &crate::drill::scenario::StackSpec) -> Hosts {
+    let two = spec.pattern != Pattern::SingleRegion;
+    let client = rt.add_host("client", EXTERNAL);
+    let orch = [rt.add_host("orchestrator-a", REGION_A), rt.add_host("orchestrator-b", REGION_B)];
+    let vec = [rt.add_host("vector-a", REGION_A), rt.add_host("vector-b", REGION_B)];
+    let payment = rt.add_host("payment-api", EXTERNAL);
+    let email = rt.add_host("email-api", EXTERNAL);
+    let search = rt.add_host("search-api", EXTERNAL);
+    let mut providers = Vec::new();
+    let mut local_b = None;
+    for (i, p) in spec.providers.iter().enumerate() {
+        let is_last = i + 1 == spec.providers.len();
+        let local = p.kind == crate::components::provider::ProviderKind::Local;
+        let region = if local { REGION_A } else { EXTERNAL };
+        providers.push(rt.add_host(format!("provider-{}", p.name), region));
+        if local && is_last && two {
+            local_b = Some(rt.add_host(format!("provider-{}-b", p.name), REGION_B));
+        }
+    }
+    let controller = two.then(|| rt.add_host("failover-controller", EXTERNAL));
+    let queue = spec.queue.map(|_| {
+        let a = rt.add_host("queue-a", REGION_A);
+        let b = rt.add_host("queue-b", if two { REGION_B } else { REGION_A });
+        [a, b]
+    });
+    Hosts { client, orch, vec, payment, email, search, providers, local_b, controller, queue, ..Hosts::default() }
+}
+
+/// The components of every host but the workers and the client, indexed by
+/// host id (`host_count` slots; the client's is filled later).
+fn service_nodes(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts, host_count: usize) -> Vec<Option<Node>> {
+    let mut nodes: Vec<Option<Node>> = (0..host_count).map(|_| None).collect();
+    let slot = |h: HostId| h.0 as usize;
+    let [orch_a, orch_b] = hosts.orch;
+    let orch_cfg = orch_config(spec, hosts);
+    nodes[slot(orch_a)] = Some(Node::Orchestrator(Orchestrator::new(orch_cfg, true)));
+    nodes[slot(orch_b)] = Some(Node::Orchestrator(Orchestrator::new(OrchConfig { replica: None, ..orch_cfg }, false)));
+    let [vec_a, vec_b] = vector_nodes(spec, hosts);
+    nodes[slot(hosts.vec[0])] = Some(Node::Vector(vec_a));
+    nodes[slot(hosts.vec[1])] = Some(Node::Vector(vec_b));
+    let api = |dedupe: bool, latency: crate::drill::scenario::Dur, base: ApiConfig| {
+        Node::Api(SideEffectApi::new(ApiConfig { dedupe, processing_us: latency.us(), ..base }))
+    };
+    nodes[slot(hosts.payment)] = Some(api(spec.apis.payment_dedupe, spec.apis.payment_latency, ApiConfig::payment()));
+    nodes[slot(hosts.email)] = Some(api(spec.apis.email_dedupe, spec.apis.email_latency, ApiConfig::email()));
+    nodes[slot(hosts.search)] =
+        Some(Node::Search(SearchApi { latency_us: spec.apis.search_latency.us(), breaks: Vec::new() }));
+    for (h, p) in hosts.providers.iter().zip(&spec.providers) {
+        nodes[slot(*h)] = Some(Node::Provider(ProviderMock::new(p.clone())));
+    }
+    if let (Some(h), Some(p)) = (hosts.local_b, spec.providers.last()) {
+        nodes[slot(h)] = Some(Node::Provider(ProviderMock::new(p.clone())));
+    }
+    if let (Some([qa, qb]), Some(qcfg)) = (hosts.queue, spec.queue) {
+        let replica = qcfg.replicated.then_some(qb);
+        nodes[slot(qa)] = Some(Node::Queue(Queue::new(qcfg, replica, true)));
+        nodes[slot(qb)] = Some(Node::Queue(Queue::new(qcfg, None, false)));
+    }
+    if let Some(c) = hosts.controller {
+        nodes[slot(c)] = Some(Node::Controller(Controller::new(failover_config(spec), orch_a, orch_b, hosts.vec[1])));
+    }
+    nodes
+}
+
+/// The primary orchestrator's configuration (the standby's drops `replica`).
+fn orch_config(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts) -> OrchConfig {
+    let policy = spec.effective_policy();
+    let two = spec.pattern != Pattern::SingleRegion;
+    let replication = if two { spec.replication } else { Replication::None };
+    OrchConfig {
+        lease_ms: policy.lease_ms,
+        recovery_scan_ms: spec.recovery_scan.ms().max(1),
+        fencing: policy.fencing,
+        replication,
+        replica: (two && replication != Replication::None).then_some(hosts.orch[1]),
+        client: hosts.client,
+        wall_clock_leases: policy.wall_clock_leases,
+        auto_rollback: policy.auto_rollback,
+        idempotent_create: policy.idempotent_create,
+    }
+}
+
+/// The failover controller's configuration (active-active has no scale-up).
+fn failover_config(spec: &crate::drill::scenario::StackSpec) -> FailoverConfig {
+    let f = spec.failover;
+    FailoverConfig {
+        health_interval_ms: f.health_interval.ms(),
+        health_timeout_ms: f.health_timeout.ms(),
+        failure_threshold: f.failure_threshold,
+        promotion_ms: f.promotion.ms(),
+        dns_ttl_ms: f.dns_ttl.ms(),
+        scale_up_ms: if spec.pattern == Pattern::ActiveActive { 0 } else { f.scale_up.ms() },
+    }
+}
+
+/// The vector stores of regions A (serving, shipping snapshots and maybe
+/// streaming to B) and B (standby).
+fn vector_nodes(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts) -> [VectorNode; 2] {
+    let two = spec.pattern != Pattern::SingleRegion;
+    let local_only = spec.vector.snapshot_location == SnapshotLocation::SameRegion || !two;
+    let stream = two && spec.vector.streaming_replica;
+    let primary = vector_node(spec, hosts, true, two.then_some(hosts.vec[1]), stream, local_only);
+    let standby = vector_node(spec, hosts, false, None, false, true);
+    [primary, standby]
+}
+
+/// One vector store node with the scenario's snapshot and restore settings.
+fn vector_node(
+    spec: &crate::drill::scenario::StackSpec,
+    hosts: &Hosts,
+    serving: bool,
+    peer: Option<HostId>,
+    stream: bool,
+    snapshots_local_only: bool,
+) -> VectorNode {
+    let v = &spec.vector;
+    let vcfg = VectorConfig { restore_base_us: v.restore_base.us(), restore_per_point_us: v.restore_per_point_us };
+    VectorNode {
+        store: VectorStore::new(vcfg),
+        serving,
+        hydrated: serving,
+        peer,
+        stream,
+        snapshot_interval_us: v.snapshot_interval.us(),
+        ship_delay_us: v.ship_delay.us(),
+        snapshots_local_only,
+        controller: hosts.controller.unwrap_or(hosts.client),
+        hydrate_from: None,
+        restore_base_us: v.restore_base.us(),
+        streamed: false,
+        integrity_check_us: v.integrity_check_interval.us(),
+        hydrating: false,
+        shipping: Default::default(),
+        restoring: None,
+    }
+}
+
+/// Adds the workers of region A and, in two-region patterns, of region B
+/// (those beyond the running count start on scale-up); returns region A's
+/// shared worker settings.
+fn add_workers(
+    rt: &mut Runtime<Msg, Timer>,
+    spec: &crate::drill::scenario::StackSpec,
+    templates: &Rc<Vec<Template>>,
+    hosts: &mut Hosts,
+    nodes: &mut Vec<Option<Node>>,
+) -> Rc<WorkerShared> {
+    let pattern = spec.pattern;
+    let two = pattern != Pattern::SingleRegion;
+    let policy = spec.effective_policy();
+    let mut router = crate::components::router::RouterSettings::for_providers(&spec.providers);
+    router.breaker = spec.breaker;
+    let shared_for = |home: Option<HostId>, providers: Vec<HostId>| {
+        Rc::new(WorkerShared {
+            policy,
+            templates: (**templates).clone(),
+            home,
+            payment: hosts.payment,
+            email: hosts.email,
+            search: hosts.search,
+            providers,
+            router: router.clone(),
+            request_timeout_us: spec.request_timeout.us(),
+            model_timeout_us: spec.providers.iter().map(|p| p.timeout_ms * US_PER_MS).collect(),
+        })
+    };
+    let shared_a = shared_for(None, hosts.providers.clone());
+    let mut providers_b = hosts.providers.clone();
+    if let (Some(b), Some(last)) = (hosts.local_b, providers_b.last_mut()) {
+        *last = b;
+    }
+    let home_b = if pattern == Pattern::ActiveActive { None } else { Some(hosts.orch[1]) };
+    let shared_b = shared_for(home_b, providers_b);
+    for i in 0..spec.workers {
+        let h = rt.add_host(format!("worker-a-{i}"), REGION_A);
+        nodes.push(Some(Node::Worker(Worker::new(shared_a.clone(), h))));
+        hosts.workers_a.push(h);
+    }
+    if two {
+        let running = match pattern {
+            Pattern::ActiveActive => spec.workers,
+            Pattern::WarmStandby => spec.standby_workers,
+            _ => 0,
+        };
+        for i in 0..spec.workers {
+            let h = rt.add_host(format!("worker-b-{i}"), REGION_B);
+            nodes.push(Some(Node::Worker(Worker::new(shared_b.clone(), h))));
+            hosts.workers_b.push(h);
+            if i >= running {
+                hosts.scale_up_b.push(h);
+            }
+        }
+    }
+    shared_a
+}
+
+/// The index of a (validated) template name.
+fn template_index(templates: &[Template], name: &str) -> u16 {
+    templates.iter().position(|t| t.name == name).expect("validated") as u16
+}
+
+/// The workload's jobs with their arrival times (Poisson gaps draw from the
+/// runtime's seeded generator).
+fn workload(sc: &Scenario, rt: &mut Runtime<Msg, Timer>, templates: &[Template]) -> Vec<JobSpec> {
+    let n = sc.workload.tasks;
+    let gap = sc.workload.interval.us();
+    let mut jobs = Vec::with_capacity(n as usize);
+    let mut t = 0u64;
+    for i in 0..n {
+        let name = &sc.workload.templates[i as usize % sc.workload.templates.len()];
+        match sc.workload.arrival {
+            Arrival::AtOnce => {}
+            Arrival::Uniform => t = u64::from(i) * gap,
+            Arrival::Poisson => {
+                if i > 0 {
+                    let u: f64 = rt.rng().random_range(f64::EPSILON..1.0);
+                    t += (-u.ln() * gap as f64) as u64;
+                }
+            }
+        }
+        jobs.push(JobSpec { template: template_index(templates, name), at_us: t, probe: false });
+    }
+    jobs
+}
+
+/// The client that submits the workload and, after a fault, health probes.
+fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template>>) -> Client {
+    let n = sc.workload.tasks;
+    Client {
+        next_arrival: 0,
+        pending: Default::default(),
+        acked: vec![false; jobs.len()],
+        done: vec![false; jobs.len()],
+        jobs,
+        probe_template: template_index(&templates, "probe"),
+        unfinished: Default::default(),
+        retry_armed: false,
+        resubmit_armed: false,
+        resubmit_after_us: sc.workload.resubmit_after.us().max(US_PER_S),
+        retry_after_us: sc.workload.submit_retry.us().max(US_PER_MS),
+        via_queue: sc.stack.queue.is_some(),
+        probe_since: None,
+        probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
+        next_probe: n,
+        last_probe: None,
+        first_probe_job: n,
+        templates,
+    }
+}
+
 impl Stack {
     /// Builds the stack, the workload and the DNS of a scenario.
     pub fn build(sc: &Scenario, seed: u64) -> Stack {
         let spec = &sc.stack;
-        let policy = spec.effective_policy();
         let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::default());
         let templates: Rc<Vec<Template>> = Rc::new(workflow::builtin());
-        let pattern = spec.pattern;
-        let two = pattern != Pattern::SingleRegion;
-
-        let client = rt.add_host("client", EXTERNAL);
-        let orch_a = rt.add_host("orchestrator-a", REGION_A);
-        let orch_b = rt.add_host("orchestrator-b", REGION_B);
-        let vec_a = rt.add_host("vector-a", REGION_A);
-        let vec_b = rt.add_host("vector-b", REGION_B);
-        let payment = rt.add_host("payment-api", EXTERNAL);
-        let email = rt.add_host("email-api", EXTERNAL);
-        let search = rt.add_host("search-api", EXTERNAL);
-        let mut providers = Vec::new();
-        let mut local_b = None;
-        for (i, p) in spec.providers.iter().enumerate() {
-            let is_last = i + 1 == spec.providers.len();
-            let local = p.kind == crate::components::provider::ProviderKind::Local;
-            let region = if local { REGION_A } else { EXTERNAL };
-            providers.push(rt.add_host(format!("provider-{}", p.name), region));
-            if local && is_last && two {
-                local_b = Some(rt.add_host(format!("provider-{}-b", p.name), REGION_B));
-            }
-        }
-        let controller = two.then(|| rt.add_host("failover-controller", EXTERNAL));
-        let queue_hosts = spec.queue.map(|_| {
-            let a = rt.add_host("queue-a", REGION_A);
-            let b = rt.add_host("queue-b", if two { REGION_B } else { REGION_A });
-            [a, b]
-        });
-
-        let replication = if two { spec.replication } else { Replication::None };
-        let orch_cfg = OrchConfig {
-            lease_ms: policy.lease_ms,
-            recovery_scan_ms: spec.recovery_scan.ms().max(1),
-            fencing: policy.fencing,
-            replication,
-            replica: (two && replication != Replication::None).then_some(orch_b),
-            client,
-            wall_clock_leases: policy.wall_clock_leases,
-            auto_rollback: policy.auto_rollback,
-            idempotent_create: policy.idempotent_create,
-        };
-
-        let mut nodes: Vec<Option<Node>> = (0..rt.hosts().len()).map(|_| None).collect();
-        nodes[orch_a.0 as usize] = Some(Node::Orchestrator(Orchestrator::new(orch_cfg, true)));
-        nodes[orch_b.0 as usize] =
-            Some(Node::Orchestrator(Orchestrator::new(OrchConfig { replica: None, ..orch_cfg }, false)));
-        let vcfg = VectorConfig {
-            restore_base_us: spec.vector.restore_base.us(),
-            restore_per_point_us: spec.vector.restore_per_point_us,
-        };
-        let ctl = controller.unwrap_or(client);
-        let local_only = spec.vector.snapshot_location == SnapshotLocation::SameRegion || !two;
-        nodes[vec_a.0 as usize] = Some(Node::Vector(VectorNode {
-            store: VectorStore::new(vcfg.clone()),
-            serving: true,
-            hydrated: true,
-            peer: two.then_some(vec_b),
-            stream: two && spec.vector.streaming_replica,
-            snapshot_interval_us: spec.vector.snapshot_interval.us(),
-            ship_delay_us: spec.vector.ship_delay.us(),
-            snapshots_local_only: local_only,
-            controller: ctl,
-            hydrate_from: None,
-            restore_base_us: spec.vector.restore_base.us(),
-            streamed: false,
-            integrity_check_us: spec.vector.integrity_check_interval.us(),
-            hydrating: false,
-            shipping: Default::default(),
-            restoring: None,
-        }));
-        nodes[vec_b.0 as usize] = Some(Node::Vector(VectorNode {
-            store: VectorStore::new(vcfg),
-            serving: false,
-            hydrated: false,
-            peer: None,
-            stream: false,
-            snapshot_interval_us: spec.vector.snapshot_interval.us(),
-            ship_delay_us: spec.vector.ship_delay.us(),
-            snapshots_local_only: true,
-            controller: ctl,
-            hydrate_from: None,
-            restore_base_us: spec.vector.restore_base.us(),
-            streamed: false,
-            integrity_check_us: spec.vector.integrity_check_interval.us(),
-            hydrating: false,
-            shipping: Default::default(),
-            restoring: None,
-        }));
-        let api = |dedupe: bool, latency: crate::drill::scenario::Dur, base: ApiConfig| {
-            Node::Api(SideEffectApi::new(ApiConfig { dedupe, processing_us: latency.us(), ..base }))
-        };
-        nodes[payment.0 as usize] =
-            Some(api(spec.apis.payment_dedupe, spec.apis.payment_latency, ApiConfig::payment()));
-        nodes[email.0 as usize] = Some(api(spec.apis.email_dedupe, spec.apis.email_latency, ApiConfig::email()));
-        nodes[search.0 as usize] =
-            Some(Node::Search(SearchApi { latency_us: spec.apis.search_latency.us(), breaks: Vec::new() }));
-        for (h, p) in providers.iter().zip(&spec.providers) {
-            nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
-        }
-        if let (Some(h), Some(p)) = (local_b, spec.providers.last()) {
-            nodes[h.0 as usize] = Some(Node::Provider(ProviderMock::new(p.clone())));
-        }
-        if let (Some([qa, qb]), Some(qcfg)) = (queue_hosts, spec.queue) {
-            let replica = qcfg.replicated.then_some(qb);
-            nodes[qa.0 as usize] = Some(Node::Queue(Queue::new(qcfg, replica, true)));
-            nodes[qb.0 as usize] = Some(Node::Queue(Queue::new(qcfg, None, false)));
-        }
-        if let Some(c) = controller {
-            let f = spec.failover;
-            let cfg = FailoverConfig {
-                health_interval_ms: f.health_interval.ms(),
-                health_timeout_ms: f.health_timeout.ms(),
-                failure_threshold: f.failure_threshold,
-                promotion_ms: f.promotion.ms(),
-                dns_ttl_ms: f.dns_ttl.ms(),
-                scale_up_ms: if pattern == Pattern::ActiveActive { 0 } else { f.scale_up.ms() },
-            };
-            nodes[c.0 as usize] = Some(Node::Controller(Controller::new(cfg, orch_a, orch_b, vec_b)));
-        }
-
-        // Workers.
-        let mut router = crate::components::router::RouterSettings::for_providers(&spec.providers);
-        router.breaker = spec.breaker;
-        let shared_for = |home: Option<HostId>, providers: Vec<HostId>| {
-            Rc::new(WorkerShared {
-                policy,
-                templates: (*templates).clone(),
-                home,
-                payment,
-                email,
-                search,
-                providers,
-                router: router.clone(),
-                request_timeout_us: spec.request_timeout.us(),
-                model_timeout_us: spec.providers.iter().map(|p| p.timeout_ms * US_PER_MS).collect(),
-            })
-        };
-        let shared_a = shared_for(None, providers.clone());
-        let mut providers_b = providers.clone();
-        if let (Some(b), Some(last)) = (local_b, providers_b.last_mut()) {
-            *last = b;
-        }
-        let home_b = if pattern == Pattern::ActiveActive { None } else { Some(orch_b) };
-        let shared_b = shared_for(home_b, providers_b);
-        let mut hosts = Hosts {
-            client,
-            orch: [orch_a, orch_b],
-            vec: [vec_a, vec_b],
-            payment,
-            email,
-            search,
-            providers,
-            local_b,
-            controller,
-            queue: queue_hosts,
-            ..Hosts::default()
-        };
-        for i in 0..spec.workers {
-            let h = rt.add_host(format!("worker-a-{i}"), REGION_A);
-            nodes.push(Some(Node::Worker(Worker::new(shared_a.clone(), h))));
-            hosts.workers_a.push(h);
-        }
-        if two {
-            let running = match pattern {
-                Pattern::ActiveActive => spec.workers,
-                Pattern::WarmStandby => spec.standby_workers,
-                _ => 0,
-            };
-            for i in 0..spec.workers {
-                let h = rt.add_host(format!("worker-b-{i}"), REGION_B);
-                nodes.push(Some(Node::Worker(Worker::new(shared_b.clone(), h))));
-                hosts.workers_b.push(h);
-                if i >= running {
-                    hosts.scale_up_b.push(h);
-                }
-            }
-        }
-
-        // Workload.
-        let n = sc.workload.tasks;
-        let tpl_index = |name: &str| templates.iter().position(|t| t.name == name).expect("validated") as u16;
-        let probe_tpl = tpl_index("probe");
-        let mut jobs = Vec::with_capacity(n as usize);
-        let mut t = 0u64;
-        for i in 0..n {
-            let name = &sc.workload.templates[i as usize % sc.workload.templates.len()];
-            let gap = sc.workload.interval.us();
-            match sc.workload.arrival {
-                Arrival::AtOnce => {}
-                Arrival::Uniform => t = u64::from(i) * gap,
-                Arrival::Poisson => {
-                    if i > 0 {
-                        let u: f64 = rt.rng().random_range(f64::EPSILON..1.0);
-                        t += (-u.ln() * gap as f64) as u64;
-                    }
-                }
-            }
-            jobs.push(JobSpec { template: tpl_index(name), at_us: t, probe: false });
-        }
-        let jobs = Rc::new(jobs);
-        nodes[client.0 as usize] = Some(Node::Client(Client {
-            jobs: jobs.clone(),
-            next_arrival: 0,
-            pending: Default::default(),
-            acked: vec![false; jobs.len()],
-            done: vec![false; jobs.len()],
-            probe_template: probe_tpl,
-            unfinished: Default::default(),
-            retry_armed: false,
-            resubmit_armed: false,
-            resubmit_after_us: sc.workload.resubmit_after.us().max(US_PER_S),
-            retry_after_us: sc.workload.submit_retry.us().max(US_PER_MS),
-            via_queue: spec.queue.is_some(),
-            probe_since: None,
-            probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
-            next_probe: n,
-            last_probe: None,
-            first_probe_job: n,
-            templates: templates.clone(),
-        }));
+        let mut hosts = add_service_hosts(&mut rt, spec);
+        let mut nodes = service_nodes(spec, &hosts, rt.hosts().len());
+        let worker_shared = add_workers(&mut rt, spec, &templates, &mut hosts, &mut nodes);
+        let jobs = Rc::new(workload(sc, &mut rt, &templates));
+        nodes[hosts.client.0 as usize] = Some(Node::Client(client_node(sc, jobs.clone(), templates.clone())));
 
         let ttl = spec.failover.dns_ttl.us();
-        let queue_record = Record::new(queue_hosts.map_or(orch_a, |[qa, _]| qa), 0);
-        let dns = Dns { orchestrator: Record::new(orch_a, ttl), vector: Record::new(vec_a, ttl), queue: queue_record };
+        let [orch_a, _] = hosts.orch;
+        let queue_record = Record::new(hosts.queue.map_or(orch_a, |[qa, _]| qa), 0);
+        let dns =
+            Dns { orchestrator: Record::new(orch_a, ttl), vector: Record::new(hosts.vec[0], ttl), queue: queue_record };
         let nodes: Vec<Node> = nodes.into_iter().map(|n| n.expect("every host has a component")).collect();
         let mut truth =
             Truth { accepted_us: vec![None; jobs.len()], completed: vec![false; jobs.len()], ..Truth::default() };
         truth.trace.reserve(64);
-        let mut stack =
-            Stack { rt, nodes, dns, truth, hosts, jobs, worker_shared: shared_a, workload_jobs: n, templates, pattern };
+        let workload_jobs = sc.workload.tasks;
+        let pattern = spec.pattern;
+        let mut stack = Stack { rt, nodes, dns, truth, hosts, jobs, worker_shared, workload_jobs, templates, pattern };
         // Scale-up workers are not running yet.
         for h in stack.hosts.scale_up_b.clone() {
             stack.rt.crash(h);
