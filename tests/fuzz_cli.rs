@@ -93,6 +93,14 @@ fn a_time_budget_stops_early() {
     let dir = out_dir("budget");
     let out = agentdrill(&["fuzz", "--cases", "100000000", "--time-budget", "1s", "--out", &dir]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("no violation found"), "{stdout}");
+    // The budget is what is tested, not the reference stack's cleanliness
+    // (issue 9 is open: a find within the budget is exit 1, and fine here).
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{stdout}");
+    let run: u64 = stdout
+        .split(" case(s) run")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a case count in {stdout}"));
+    assert!(run < 100_000_000, "the time budget stopped the run early: {stdout}");
 }

@@ -109,6 +109,7 @@ failover = { scale_up = "10m" }
 [workload]
 tasks = 12000
 interval = "300ms"
+submit_retry = "10s"
 templates = ["approve_refund"]
 [[faults]]
 kind = "region_loss"

@@ -652,10 +652,6 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros
 
 fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
     for (i, f) in measured.iter().enumerate() {
-        if let FaultSpec::VectorCorruption { .. } = g.sc.faults[i] {
-            corruption_rpo_bound(g, f, i, out);
-            continue;
-        }
         if g.run.faults[i].lost_log.is_none() {
             continue;
         }
@@ -689,37 +685,6 @@ fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mu
                 ));
             }
         }
-    }
-}
-
-/// Time after an integrity check for the point-in-time restore to finish
-/// (restores of generated sizes take seconds to a few minutes).
-const RESTORE_SLACK_US: Micros = 5 * 60 * US_PER_S;
-
-/// A corruption loses at most the points written since the newest clean
-/// snapshot when the integrity check finds it: a check interval, a snapshot
-/// cycle and its shipping (measured per fault: its own loss only).
-fn corruption_rpo_bound(g: &Ground<'_>, f: &FaultResult, i: usize, out: &mut Vec<Violation>) {
-    let vs = &g.sc.stack.vector;
-    // A corruption the integrity check cannot have found (and restored) by
-    // the horizon is still unrepaired there: nothing bounds it yet.
-    let found_by_us = g.onsets[i].map_or(Micros::MAX, |t0| t0 + vs.integrity_check_interval.us() + RESTORE_SLACK_US);
-    if found_by_us > g.sc.horizon.us() {
-        return;
-    }
-    let bound_us = vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
-    let b = us_to_s(bound_us);
-    if f.rpo.vector_memory_s > b + 1e-9 {
-        let (job, step) = lost_point_at(g, g.onsets[i].unwrap_or(0));
-        out.push(v(
-            Invariant::RpoBound,
-            job,
-            step,
-            format!(
-                "fault {i} ({}): vector memory RPO {:.3} s > {b:.3} s allowed by the integrity check and snapshots",
-                f.kind, f.rpo.vector_memory_s
-            ),
-        ));
     }
 }
 
