@@ -81,8 +81,8 @@ pub(crate) fn print_table(entries: &[Entry]) {
     emit(&if colour() { paint(&t) } else { t });
 }
 
-/// `agentdrill run`.
-pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<PathBuf>) -> ExitCode {
+/// `agentdrill run` with `jobs` drills at once.
+pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<PathBuf>, jobs: usize) -> ExitCode {
     let loaded = match load(paths, false, &mut |_, _| {}) {
         Ok(l) => l,
         Err(code) => return code,
@@ -97,8 +97,9 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         bar
     });
     let started = Instant::now();
-    let mut entries = Vec::with_capacity(loaded.len());
-    for (file, l) in loaded {
+    // One drill per thread; the entries come back in file order.
+    let entries = agentdrill::par::map_in_order(loaded.len(), jobs, |i| {
+        let (file, l) = &loaded[i];
         let sc = &l.scenario;
         if let Some(b) = &bar {
             b.set_message(sc.name.clone());
@@ -109,11 +110,11 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         let result = drill::run(sc, seed);
         let wall = t0.elapsed();
         tracing::info!(scenario = %sc.name, verdict = result.verdict, wall_ms = wall.as_secs_f64() * 1e3, "done");
-        entries.push(Entry { result, file: Some(file), hash: Some(l.hash), wall: Some(wall) });
         if let Some(b) = &bar {
             b.inc(1);
         }
-    }
+        Entry { result, file: Some(file.clone()), hash: Some(l.hash.clone()), wall: Some(wall) }
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }

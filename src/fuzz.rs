@@ -875,6 +875,8 @@ pub struct FuzzOptions {
     pub progress: bool,
     /// Most shrink steps (each one a simulation).
     pub max_shrink_steps: u32,
+    /// Threads running cases (1: the calling thread only).
+    pub jobs: usize,
 }
 
 impl Default for FuzzOptions {
@@ -888,6 +890,7 @@ impl Default for FuzzOptions {
             out: None,
             progress: false,
             max_shrink_steps: 2_000,
+            jobs: 1,
         }
     }
 }
@@ -1019,11 +1022,18 @@ pub fn shrink(
 /// Runs a fuzz campaign: cases in order until one breaks an invariant, the
 /// cases run out, or the time budget is spent. A violation is shrunk and,
 /// with `out` set, written as a reproducer.
+///
+/// With `jobs > 1` the cases run on that many threads (one drill per
+/// thread, see [`crate::par`]); the find is still the lowest case index
+/// that breaks an invariant, and it is shrunk on the calling thread, so the
+/// report is the one `jobs = 1` gives (wall time aside).
 pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
     let start = Instant::now();
     let deadline = opts.time_budget.map(|d| start + d);
     let (shard, shards) = opts.shard;
-    let mine: u64 = (0..opts.cases).filter(|i| i % shards == shard - 1).count() as u64;
+    assert!(shards >= 1 && (1..=shards).contains(&shard), "shard {shard}/{shards}");
+    // Case indices `shard - 1 + p * shards` for positions `p` in `0..mine`.
+    let mine: u64 = if opts.cases >= shard { (opts.cases - shard) / shards + 1 } else { 0 };
     let bar = if opts.progress {
         let bar = indicatif::ProgressBar::new(mine);
         bar.set_style(
@@ -1037,30 +1047,32 @@ pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let mut cases_run = 0;
+    let run = crate::par::first_find(
+        mine,
+        opts.jobs,
+        || deadline.is_none_or(|d| Instant::now() < d),
+        |p| {
+            let i = shard - 1 + p * shards;
+            let broken = check_case(&case(opts.policy, opts.seed, i));
+            bar.inc(1);
+            broken.into_iter().next()
+        },
+    );
     let mut finding = None;
-    for i in (0..opts.cases).filter(|i| i % shards == shard - 1) {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
+    if let Some((p, first)) = run.find {
+        let i = shard - 1 + p * shards;
+        bar.set_message(format!("1 violation ({}), shrinking", first.invariant));
         let mut tree = case_tree(opts.policy, opts.seed, i);
         let original = tree.current();
-        let broken = check_case(&original);
-        cases_run += 1;
-        bar.inc(1);
-        if let Some(first) = broken.into_iter().next() {
-            bar.set_message(format!("1 violation ({}), shrinking", first.invariant));
-            let (shrunk, violation, shrink_steps) = shrink(&mut tree, first, opts.max_shrink_steps, None);
-            let mut f = Finding { case: i, violation, original, shrunk, shrink_steps, path: None };
-            if let Some(dir) = &opts.out {
-                f.path = Some(write_reproducer(dir, opts, &f)?);
-            }
-            finding = Some(f);
-            break;
+        let (shrunk, violation, shrink_steps) = shrink(&mut tree, first, opts.max_shrink_steps, None);
+        let mut f = Finding { case: i, violation, original, shrunk, shrink_steps, path: None };
+        if let Some(dir) = &opts.out {
+            f.path = Some(write_reproducer(dir, opts, &f)?);
         }
+        finding = Some(f);
     }
     bar.finish_and_clear();
-    Ok(FuzzReport { cases_run, elapsed: start.elapsed(), finding })
+    Ok(FuzzReport { cases_run: run.ran, elapsed: start.elapsed(), finding })
 }
 
 /// The reproducer's text: a comment naming the invariant, then the drill.
@@ -1146,6 +1158,10 @@ pub struct FuzzArgs {
     /// Where the reproducer is written.
     #[arg(long, default_value = "reports/fuzz")]
     pub out: PathBuf,
+    /// Threads running cases (default: the number of cores). The find, the
+    /// reproducer and the exit code are the same for every N.
+    #[arg(long, value_parser = crate::par::parse_jobs, default_value_t = crate::par::default_jobs())]
+    pub jobs: usize,
 }
 
 /// Runs `agentdrill fuzz`: exit 0 no violation, 1 a violation (its
@@ -1164,6 +1180,7 @@ pub fn cli(args: FuzzArgs) -> ExitCode {
         shard: args.shard,
         out: Some(args.out.clone()),
         progress: std::io::stderr().is_terminal(),
+        jobs: args.jobs,
         ..FuzzOptions::default()
     };
     let report = match fuzz(&opts) {

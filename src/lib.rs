@@ -28,5 +28,6 @@ pub mod fuzz;
 pub mod gameday;
 pub mod history;
 pub mod live;
+pub mod par;
 pub mod report;
 pub mod sim;

@@ -57,7 +57,7 @@ enum Command {
     ///
     /// Example: agentdrill run scenarios/ --seed 7 --format json
     #[command(
-        after_help = "Examples:\n  agentdrill run scenarios/\n  agentdrill run scenarios/worker/ scenarios/region/warm-standby-loss.toml --seed 7\n  agentdrill run scenarios/ --format junit > junit.xml\n  agentdrill run scenarios/ --format html > report.html\n  agentdrill run scenarios/ --out            writes reports/<UTC time>/{report.json,junit.xml,report.md,report.html}\n                                             and appends to reports/history.jsonl"
+        after_help = "Examples:\n  agentdrill run scenarios/\n  agentdrill run scenarios/worker/ scenarios/region/warm-standby-loss.toml --seed 7\n  agentdrill run scenarios/ --format junit > junit.xml\n  agentdrill run scenarios/ --format html > report.html\n  agentdrill run scenarios/ --jobs 1          one drill at a time (the reports are the same for every N)\n  agentdrill run scenarios/ --out            writes reports/<UTC time>/{report.json,junit.xml,report.md,report.html}\n                                             and appends to reports/history.jsonl"
     )]
     Run {
         /// Scenario files or folders.
@@ -74,6 +74,10 @@ enum Command {
         /// per drill to DIR/history.jsonl. Files are written atomically.
         #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "reports")]
         out: Option<PathBuf>,
+        /// Drills run at once, one per thread (default: the number of
+        /// cores). Results and reports are in file order for every N.
+        #[arg(long, value_parser = agentdrill::par::parse_jobs, default_value_t = agentdrill::par::default_jobs())]
+        jobs: usize,
     },
     /// Run every disruption type (worker, provider, network, region, data
     /// corruption) against a stack over several seeds and print which tiers
@@ -143,6 +147,9 @@ enum Command {
     /// written), 2 unusable input.
     ///
     /// Example: agentdrill fuzz --cases 500 --policy no-fencing --seed 7
+    #[command(
+        after_help = "Examples:\n  agentdrill fuzz --cases 500 --policy no-fencing --seed 7\n  agentdrill fuzz --cases 10000 --jobs 2        two threads; the same find and reproducer as --jobs 1\n  agentdrill fuzz --time-budget 10m --shard 2/4  the second of four CI jobs"
+    )]
     Fuzz(agentdrill::fuzz::FuzzArgs),
     /// Run a game-day programme (gameday.toml: drills by cadence, owners,
     /// claimed tiers), write the HTML report and append to the history; or
@@ -323,7 +330,7 @@ fn main() -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Command::Run { paths, seed, format, out } => cli::run(&paths, seed, format, out),
+        Command::Run { paths, seed, format, out, jobs } => cli::run(&paths, seed, format, out, jobs),
         Command::Explain { file, seed } => cli::explain(&file, seed),
         Command::Schema => {
             println!("{}", agentdrill::drill::schema::render());

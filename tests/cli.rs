@@ -86,3 +86,39 @@ fn explain_prints_the_timeline() {
     assert!(s.contains("recovery service requeued"), "{s}");
     assert!(s.contains("asked the API by key"), "{s}");
 }
+
+/// JUnit's wall times are the only part of a report that changes run to run.
+fn without_wall_times(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(" time=\"").or_else(|| rest.find(" timestamp=\"")) {
+        let start = i + rest[i..].find('"').expect("an attribute") + 1;
+        let end = rest[start..].find('"').map_or(rest.len(), |e| start + e);
+        out.push_str(&rest[..start]);
+        out.push_str("<wall>");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn run_jobs_2_prints_every_format_as_jobs_1_does() {
+    for format in ["table", "json", "junit", "markdown", "html"] {
+        let mut outs = Vec::new();
+        for jobs in ["1", "2"] {
+            let out = agentdrill(&["run", "scenarios/", "--seed", "3", "--format", format, "--jobs", jobs]);
+            outs.push((out.status.code(), without_wall_times(&String::from_utf8_lossy(&out.stdout))));
+        }
+        assert!(matches!(outs[0].0, Some(0 | 1)), "{format}: {}", outs[0].1);
+        assert_eq!(outs[0].0, outs[1].0, "{format}: exit codes differ");
+        assert!(outs[0].1 == outs[1].1, "{format}: --jobs 2 printed something else than --jobs 1");
+    }
+    // A failing drill's exit code too.
+    let mut codes = Vec::new();
+    for jobs in ["1", "2"] {
+        let out = agentdrill(&["run", "scenarios/", "fixtures/regressions", "--format", "json", "--jobs", jobs]);
+        codes.push((out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    assert_eq!(codes[0], codes[1], "scenarios/ and fixtures/regressions/: --jobs 2 differs");
+}

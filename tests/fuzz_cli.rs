@@ -104,3 +104,62 @@ fn a_time_budget_stops_early() {
         .unwrap_or_else(|| panic!("a case count in {stdout}"));
     assert!(run < 100_000_000, "the time budget stopped the run early: {stdout}");
 }
+
+/// The fuzz summary without its wall time and rate ("in 1.2 s, 345.6 cases/s").
+fn without_timing(stdout: &str) -> String {
+    stdout
+        .lines()
+        .map(|l| match (l.find(" in "), l.find(" cases/s")) {
+            (Some(a), Some(b)) if l.starts_with("fuzz --policy") && a < b => format!("{}<timing>", &l[..a]),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn jobs_2_finds_and_writes_what_jobs_1_does_byte_for_byte() {
+    let mut finds = 0;
+    for (policy, seed, cases) in [
+        ("reference", "5", "60"),
+        ("reference", "11", "60"),
+        ("no-fencing", "1", "500"),
+        ("no-fencing", "3", "500"),
+        ("planted-bug-persist-before-call", "2", "200"),
+    ] {
+        let mut runs = Vec::new();
+        for jobs in ["1", "2"] {
+            let dir = out_dir(&format!("jobs-{policy}-{seed}-{jobs}"));
+            let out = agentdrill(&[
+                "fuzz", "--policy", policy, "--seed", seed, "--cases", cases, "--jobs", jobs, "--out", &dir,
+            ]);
+            let stdout = String::from_utf8_lossy(&out.stdout).replace(&dir, "<out>");
+            let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+                .expect("the out folder is made")
+                .map(|e| {
+                    let p = e.expect("a folder entry").path();
+                    let name = p.file_name().expect("a file name").to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(&p).expect("a reproducer").replace(&dir, "<out>"))
+                })
+                .collect();
+            files.sort();
+            runs.push((out.status.code(), without_timing(&stdout), files));
+        }
+        let what = format!("fuzz --policy {policy} --seed {seed} --cases {cases}");
+        assert!(matches!(runs[0].0, Some(0 | 1)), "{what}: {}", runs[0].1);
+        assert_eq!(runs[0].0, runs[1].0, "{what}: exit codes differ");
+        assert_eq!(runs[0].1, runs[1].1, "{what}: stdout differs");
+        assert_eq!(runs[0].2, runs[1].2, "{what}: reproducers differ");
+        finds += runs[0].2.len();
+    }
+    assert!(finds >= 2, "at least the no-fencing and the planted-bug runs find a violation");
+}
+
+#[test]
+fn jobs_must_be_a_positive_count() {
+    for jobs in ["0", "two", "-3", "100000"] {
+        let out = agentdrill(&["fuzz", "--cases", "1", &format!("--jobs={jobs}")]);
+        assert_eq!(out.status.code(), Some(2), "--jobs {jobs}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--jobs"), "--jobs {jobs}: the error names the flag");
+    }
+}
