@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::components::env::Note;
@@ -73,7 +74,7 @@ pub fn lanes(log: &[LogRec], trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<
             affected.entry(j.0).or_default();
         }
     }
-    let mut job_of: BTreeMap<TaskId, JobId> = BTreeMap::new();
+    let mut job_of: FxHashMap<TaskId, JobId> = FxHashMap::default();
     let mut probes: Vec<TaskId> = Vec::new();
     for r in log {
         if let Op::Create { task, job, probe, .. } = r.op {
@@ -83,7 +84,9 @@ pub fn lanes(log: &[LogRec], trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<
             }
         }
     }
-    let holders = holders(log);
+    // Only a crash note asks who held what.
+    let crashed = trace.iter().any(|e| matches!(e.note, Note::Crashed { .. }));
+    let holders = if crashed { holders(log) } else { Vec::new() };
     for e in trace {
         let t = us_to_s(e.at_us);
         let (job, what) = match e.note {
@@ -132,24 +135,33 @@ pub fn lanes(log: &[LogRec], trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<
 
 /// Every lease in the log: (task, holder, from, until the next lease of the
 /// task or its end).
+/// A task has at most one open lease (each new lease closes the one before),
+/// found through `open` (task → its index in the list) in O(1): scanning the
+/// list back for it made a million-task run quadratic.
 fn holders(log: &[LogRec]) -> Vec<(TaskId, HostId, u64, u64)> {
     let mut out: Vec<(TaskId, HostId, u64, u64)> = Vec::new();
+    let mut open: FxHashMap<TaskId, usize> = FxHashMap::default();
     for r in log {
         match r.op {
             Op::Lease { task, lease } => {
-                close(&mut out, task, r.at_us);
+                close(&mut out, &mut open, task, r.at_us);
                 out.push((task, lease.holder, r.at_us, u64::MAX));
+                open.insert(task, out.len() - 1);
             }
-            Op::Complete { task } | Op::Fail { task, .. } | Op::Requeue { task } => close(&mut out, task, r.at_us),
+            Op::Complete { task } | Op::Fail { task, .. } | Op::Requeue { task } => {
+                close(&mut out, &mut open, task, r.at_us);
+            }
             _ => {}
         }
     }
     out
 }
 
-fn close(leases: &mut [(TaskId, HostId, u64, u64)], task: TaskId, at_us: u64) {
-    if let Some(l) = leases.iter_mut().rev().find(|l| l.0 == task && l.3 == u64::MAX) {
-        l.3 = at_us;
+/// Ends the task's open lease, if any, at `at_us`.
+fn close(leases: &mut [(TaskId, HostId, u64, u64)], open: &mut FxHashMap<TaskId, usize>, task: TaskId, at_us: u64) {
+    if let Some(i) = open.remove(&task) {
+        assert!(leases[i].0 == task && leases[i].3 == u64::MAX, "an open lease of the task");
+        leases[i].3 = at_us;
     }
 }
 
