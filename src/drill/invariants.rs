@@ -56,6 +56,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS, US_PER_S, us_to_s};
@@ -248,8 +249,9 @@ struct Ground<'a> {
     lost_logs: Vec<&'a [LogRec]>,
     /// Logs of the orchestrators not serving at the end (for log truth).
     demoted_logs: Vec<&'a [LogRec]>,
-    /// Task → job over every log.
-    job_of: BTreeMap<TaskId, JobId>,
+    /// Task → job over every log (point lookups only, several per log
+    /// record: a hash map, not a tree).
+    job_of: FxHashMap<TaskId, JobId>,
     /// Fault onsets (None: never triggered).
     onsets: Vec<Option<Micros>>,
 }
@@ -274,7 +276,7 @@ impl<'a> Ground<'a> {
         let serving = stack.serving_orch();
         let demoted_logs =
             stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()).collect();
-        let mut job_of = BTreeMap::new();
+        let mut job_of = FxHashMap::default();
         for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
             for r in log {
                 if let Op::Create { task, job, .. } = r.op {
@@ -317,27 +319,32 @@ impl<'a> Ground<'a> {
 }
 
 fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
-    let mut per_step: BTreeMap<(JobId, u16), Vec<&crate::components::ledger::LedgerEntry>> = BTreeMap::new();
-    for e in &g.ledger {
-        per_step.entry((e.origin.job, e.origin.step)).or_default().push(e);
-    }
-    for ((job, step), entries) in &per_step {
+    // (job, step, ledger index), sorted: each step's entries together, in
+    // ledger order (one flat vector, not a map of vectors: a million-task
+    // drill has millions of steps).
+    let mut per_step: Vec<(JobId, u16, usize)> =
+        g.ledger.iter().enumerate().map(|(i, e)| (e.origin.job, e.origin.step, i)).collect();
+    per_step.sort_unstable();
+    for entries in per_step.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let (job, step, _) = entries[0];
         if entries.len() > 1 {
-            let times: Vec<String> = entries.iter().map(|e| format!("{:.3} s", us_to_s(e.at_us))).collect();
-            let kind = g.template(*job).map_or("side effect", |t| t.steps[*step as usize].kind.name());
+            let times: Vec<String> =
+                entries.iter().map(|&(_, _, i)| format!("{:.3} s", us_to_s(g.ledger[i].at_us))).collect();
+            let kind = g.template(job).map_or("side effect", |t| t.steps[step as usize].kind.name());
             out.push(v(
                 Invariant::ExactlyOnce,
                 Some(job.0),
-                Some(*step),
+                Some(step),
                 format!("{} {kind} side effects (at {}); exactly 1 allowed", entries.len(), times.join(", ")),
             ));
         }
     }
+    let has_effect = |job: JobId, step: u16| per_step.binary_search_by_key(&(job, step), |&(j, s, _)| (j, s)).is_ok();
     let store = g.stack.orch(g.stack.serving_orch()).store();
     for t in store.tasks().iter().filter(|t| !t.probe) {
         for (i, s) in t.steps.iter().enumerate() {
             let step = i as u16;
-            if s.state == StepState::Done && g.is_side_effect(t.job, step) && !per_step.contains_key(&(t.job, step)) {
+            if s.state == StepState::Done && g.is_side_effect(t.job, step) && !has_effect(t.job, step) {
                 out.push(v(
                     Invariant::ExactlyOnce,
                     Some(t.job.0),
@@ -404,24 +411,25 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
         ));
     }
     // Leases per job, from every log, in commit order.
-    let mut leases: BTreeMap<JobId, Vec<(Micros, HostId, u64)>> = BTreeMap::new();
+    // (job, at, holder, token), sorted: one flat vector, a job's leases
+    // together in commit order.
+    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
     for log in g.all_logs() {
         for r in log {
             if let Op::Lease { task, lease } = r.op
                 && let Some(&job) = g.job_of.get(&task)
             {
-                leases.entry(job).or_default().push((r.at_us, lease.holder, lease.token));
+                leases.push((job, r.at_us, lease.holder, lease.token));
             }
         }
     }
-    for l in leases.values_mut() {
-        l.sort_unstable();
-        l.dedup();
-    }
+    leases.sort_unstable();
+    leases.dedup();
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
-        let Some(l) = leases.get(&e.origin.job) else { continue };
-        let holder = l.iter().rev().find(|(at, _, _)| *at <= e.at_us).map(|(_, h, _)| *h);
+        let job = e.origin.job;
+        let l = &leases[leases.partition_point(|x| x.0 < job)..leases.partition_point(|x| x.0 <= job)];
+        let holder = l.iter().rev().find(|(_, at, _, _)| *at <= e.at_us).map(|(_, _, h, _)| *h);
         if let Some(h) = holder
             && h != e.origin.host
             && seen.insert((e.origin.job, e.origin.step))
@@ -444,32 +452,38 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
 
 fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
     let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
-    let mut intents: BTreeMap<(JobId, u16), Vec<IdemKey>> = BTreeMap::new();
-    let mut any_result: std::collections::BTreeSet<(JobId, u16)> = Default::default();
+    // Sorted flat vectors, searched by bisection: a map of vectors costs an
+    // allocation per step of a million-task drill.
+    let mut intents: Vec<((JobId, u16), IdemKey)> = Vec::new();
+    let mut any_result: Vec<(JobId, u16)> = Vec::new();
     for log in g.all_logs().chain(g.demoted_logs.iter().copied()) {
         for r in log {
             match r.op {
                 Op::Intent { task, ordinal, key, .. } => {
                     if let Some(&job) = g.job_of.get(&task) {
-                        intents.entry((job, ordinal)).or_default().push(key);
+                        intents.push(((job, ordinal), key));
                     }
                 }
                 Op::Result { task, ordinal, .. } => {
                     if let Some(&job) = g.job_of.get(&task) {
-                        any_result.insert((job, ordinal));
+                        any_result.push((job, ordinal));
                     }
                 }
                 _ => {}
             }
         }
     }
+    intents.sort_unstable();
+    intents.dedup();
+    any_result.sort_unstable();
+    any_result.dedup();
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let k = (e.origin.job, e.origin.step);
         let recorded = if writes_intent {
-            e.key.is_some_and(|key| intents.get(&k).is_some_and(|ks| ks.contains(&key)))
+            e.key.is_some_and(|key| intents.binary_search(&(k, key)).is_ok())
         } else {
-            any_result.contains(&k)
+            any_result.binary_search(&k).is_ok()
         };
         if !recorded && seen.insert(k) {
             let what = if writes_intent {
