@@ -25,7 +25,7 @@ pub mod peer;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 
 use rand::{RngExt, SeedableRng};
@@ -42,17 +42,29 @@ use crate::sim::{Event, NetConfig, Runtime};
 
 // ---------------------------------------------------------------- memory
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+static CURRENT: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+/// Whether allocations are counted: off until [`start_counting`], so that
+/// commands that measure no memory (`run`, `fuzz` on every core) pay only
+/// a read of a flag no one writes, and their threads do not contend for
+/// the counters' cache line.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Whether [`start_counting`] saw an allocation counted.
+static COUNTED: AtomicBool = AtomicBool::new(false);
 
-/// A global allocator that forwards to [`System`] and counts the bytes
-/// allocated now and their peak. Install it in a binary with
+/// A global allocator that forwards to [`System`] and, once
+/// [`start_counting`] is called, counts the bytes allocated now and their
+/// peak. Install it in a binary with
 /// `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
-/// It costs two relaxed atomic operations per allocation.
+/// Counting costs two relaxed atomic operations per allocation.
 pub struct CountingAlloc;
 
 #[inline]
 fn grew(bytes: usize) {
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
+    let bytes = isize::try_from(bytes).unwrap_or(isize::MAX);
     let now = CURRENT.fetch_add(bytes, Ordering::Relaxed) + bytes;
     if now > PEAK.load(Ordering::Relaxed) {
         PEAK.fetch_max(now, Ordering::Relaxed);
@@ -61,7 +73,24 @@ fn grew(bytes: usize) {
 
 #[inline]
 fn shrank(bytes: usize) {
-    CURRENT.fetch_sub(bytes, Ordering::Relaxed);
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
+    CURRENT.fetch_sub(isize::try_from(bytes).unwrap_or(isize::MAX), Ordering::Relaxed);
+}
+
+/// Starts counting allocations (`bench::run` calls it first) and says
+/// whether [`CountingAlloc`] is the global allocator. Memory allocated
+/// before and freed after counts as negative, so only differences
+/// ([`peak_during`]) mean anything.
+pub fn start_counting() -> bool {
+    COUNTING.store(true, Ordering::Relaxed);
+    let before = CURRENT.load(Ordering::Relaxed);
+    let probe = std::hint::black_box(Box::new([0u8; 64]));
+    let counted = CURRENT.load(Ordering::Relaxed) != before;
+    drop(probe);
+    COUNTED.store(counted, Ordering::Relaxed);
+    counted
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments
@@ -99,21 +128,23 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 }
 
-/// Bytes allocated now through [`CountingAlloc`] (0 when it is not installed).
+/// Bytes allocated through [`CountingAlloc`] since [`start_counting`],
+/// less those freed (0 when it is not installed or not counting).
 pub fn heap_bytes() -> usize {
-    CURRENT.load(Ordering::Relaxed)
+    usize::try_from(CURRENT.load(Ordering::Relaxed)).unwrap_or(0)
 }
 
 /// Runs `f` and returns its result with the peak of heap bytes allocated
 /// during it above what was allocated when it started (`None` when
-/// [`CountingAlloc`] is not the global allocator).
+/// [`CountingAlloc`] is not the global allocator, or [`start_counting`]
+/// was not called).
 pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let r = f();
     let peak = PEAK.load(Ordering::Relaxed);
-    let installed = base > 0;
-    (r, installed.then(|| (peak - base) as u64))
+    let installed = COUNTED.load(Ordering::Relaxed);
+    (r, installed.then(|| u64::try_from(peak - base).unwrap_or(0)))
 }
 
 // ---------------------------------------------------------------- workloads
@@ -457,7 +488,7 @@ fn machine() -> Machine {
     Machine {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model,
-        counting_allocator: heap_bytes() > 0,
+        counting_allocator: COUNTED.load(Ordering::Relaxed),
     }
 }
 
@@ -499,6 +530,7 @@ const SCALING: [(&str, u32, usize); 4] =
 
 /// Runs every measurement. `progress` is told what is being measured.
 pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
+    start_counting();
     let quick = opts.quick;
     let p: &mut dyn FnMut(&str) = &mut progress;
     let mut figures = scaling_figures(quick, p);

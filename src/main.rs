@@ -11,7 +11,8 @@ mod cli_live;
 mod gameday_cli;
 
 /// Counts heap bytes so `bench` can report peak memory (two relaxed atomic
-/// operations per allocation; see `agentdrill::bench::CountingAlloc`).
+/// operations per allocation once `bench` starts counting; other commands
+/// only read a flag; see `agentdrill::bench::CountingAlloc`).
 #[global_allocator]
 static ALLOC: agentdrill::bench::CountingAlloc = agentdrill::bench::CountingAlloc;
 
