@@ -375,9 +375,92 @@ async fn vector_snapshot_restored_in_place_and_across_regions() {
     assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 2);
     ok(c.delete(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().json().await.unwrap());
     assert_eq!(c.delete(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().status(), 404);
-    let bad =
-        put(format!("{b}/collections/m/snapshots/recover"), json!({ "location": "file:///tmp/x" })).await.unwrap();
+    let bad = put(
+        format!("{b}/collections/m/snapshots/recover"),
+        json!({ "location": "file:///nonexistent/agentdrill/snap" }),
+    )
+    .await
+    .unwrap();
     assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("cannot read snapshot file"));
+    s.shutdown().await;
+}
+
+/// A multipart body with one file part (reqwest is built without `multipart`).
+fn multipart(field: &str, file_name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "agentdrill-test-boundary-7d1f";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_snapshot_uploaded_and_recovered_from_a_file() {
+    let (s, c) = start(0, true).await;
+    let (a, b) = (url(&s, "QDRANT_URL"), url(&s, "QDRANT_URL_REGION_B"));
+    let send = |r: reqwest::RequestBuilder| async move {
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (st, _) =
+        send(c.put(format!("{a}/collections/m")).json(&json!({ "vectors": { "size": 3, "distance": "Cosine" } })))
+            .await;
+    assert_eq!(st, 200);
+    let pts = json!({ "points": [
+        { "id": 1, "vector": [1.0, 0.0, 0.0], "payload": { "job_id": "job-1" } },
+        { "id": "5c56c793-69f3-4fbf-87e6-c4bf54c28c26", "vector": [0.0, 1.0, 0.0], "payload": { "job_id": "job-2" } } ] });
+    assert_eq!(send(c.put(format!("{a}/collections/m/points")).json(&pts)).await.0, 200);
+    let (_, snap) = send(c.post(format!("{a}/collections/m/snapshots"))).await;
+    let name = snap["result"]["name"].as_str().unwrap().to_owned();
+    let file = c.get(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().bytes().await.unwrap();
+    let late = json!({ "points": [{ "id": 3, "vector": [0.0, 0.0, 1.0] }] });
+    assert_eq!(send(c.put(format!("{a}/collections/m/points")).json(&late)).await.0, 200);
+
+    // Upload to region B, into a collection that does not exist yet.
+    let (ctype, body) = multipart("snapshot", &format!("{name}.snapshot"), &file);
+    let up = c.post(format!("{b}/collections/up/snapshots/upload?wait=true&priority=snapshot"));
+    let (st, v) = send(up.header("content-type", ctype).body(body)).await;
+    assert_eq!((st, &v["result"]), (200, &json!(true)), "{v}");
+    assert_eq!(count(&c, format!("{b}/collections/up/points/count")).await, 2, "the late write is not in it");
+    let (_, info) = send(c.get(format!("{b}/collections/up"))).await;
+    assert_eq!(info["result"]["config"]["params"]["vectors"], json!({ "size": 3, "distance": "Cosine" }));
+    let (_, got) =
+        send(c.post(format!("{b}/collections/up/points")).json(
+            &json!({ "ids": ["5c56c793-69f3-4fbf-87e6-c4bf54c28c26"], "with_payload": true, "with_vector": true }),
+        ))
+        .await;
+    assert_eq!(got["result"][0]["payload"], json!({ "job_id": "job-2" }), "{got}");
+    assert_eq!(got["result"][0]["vector"], json!([0.0, 1.0, 0.0]));
+    let (_, list) = send(c.get(format!("{b}/collections/up/snapshots"))).await;
+    assert_eq!(list["result"][0]["name"], name.as_str(), "the recovered snapshot is listed");
+
+    // Recover region A in place from the same file on disk.
+    let path = std::env::temp_dir().join(format!("agentdrill-live-http-{}.snapshot", std::process::id()));
+    std::fs::write(&path, &file).unwrap();
+    assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 3);
+    let loc = json!({ "location": format!("file://{}", path.display()) });
+    let (st, v) = send(c.put(format!("{a}/collections/m/snapshots/recover")).json(&loc)).await;
+    assert_eq!((st, &v["result"]), (200, &json!(true)), "{v}");
+    assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 2, "back at the snapshot");
+    std::fs::remove_file(&path).unwrap();
+
+    // Bad uploads: no `snapshot` part, not a snapshot file.
+    let (ctype, body) = multipart("other", "x", b"{}");
+    let (st, v) =
+        send(c.post(format!("{b}/collections/up/snapshots/upload")).header("content-type", ctype).body(body)).await;
+    assert_eq!(st, 400);
+    assert!(v["status"]["error"].as_str().unwrap().contains("no `snapshot` part"), "{v}");
+    let (ctype, body) = multipart("snapshot", "x", b"{\"points\": []}");
+    let (st, v) =
+        send(c.post(format!("{b}/collections/up/snapshots/upload")).header("content-type", ctype).body(body)).await;
+    assert_eq!(st, 400);
+    assert!(v["status"]["error"].as_str().unwrap().contains("needs `snapshot`"), "{v}");
+    assert_eq!(count(&c, format!("{b}/collections/up/points/count")).await, 2, "a bad upload changes nothing");
     s.shutdown().await;
 }
 
