@@ -525,3 +525,71 @@ async fn toxics_latency_hold_drop_schema_change_and_reset() {
     assert!(control(&s, &c, "GET", "/attempts", None).await["attempts"].as_array().unwrap().is_empty());
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_schema_change_keeps_the_status_and_toxicity_is_seeded() {
+    let (s, c) = start(0, true).await;
+    let user = json!([{ "role": "user", "content": "Run job-5 (approve_refund)" }]);
+    // Anthropic, not streamed: 200, but `content` and `stop_reason` gone and
+    // token counts as strings; the next answer is whole again.
+    toxic(&s, &c, "anthropic", json!({ "name": "shape", "type": "schema_change", "count": 1 })).await;
+    let r = anthropic(&s, &c, json!({ "model": "m", "max_tokens": 10, "messages": user })).await;
+    assert_eq!(r.status(), 200);
+    let odd: Value = r.json().await.unwrap();
+    assert!(odd.get("content").is_none() && odd["completion"][1]["name"] == "memory_read", "{odd}");
+    assert!(odd.get("stop_reason").is_none() && odd["stop"] == "tool_use", "{odd}");
+    assert!(odd["usage"]["output_tokens"].is_string(), "{odd}");
+    let whole: Value =
+        anthropic(&s, &c, json!({ "model": "m", "max_tokens": 10, "messages": user })).await.json().await.unwrap();
+    assert!(whole["content"].is_array() && whole["usage"]["output_tokens"].is_u64(), "{whole}");
+    // Anthropic streamed: every event reshaped, the stream still complete.
+    toxic(&s, &c, "anthropic", json!({ "name": "shape2", "type": "schema_change", "count": 1 })).await;
+    let r = anthropic(&s, &c, json!({ "model": "m", "max_tokens": 10, "stream": true, "messages": user })).await;
+    let events: Vec<_> = r.bytes_stream().eventsource().map(|e| e.unwrap()).collect().await;
+    assert_eq!(events.last().unwrap().event, "message_stop");
+    let start: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert!(start["message"].get("content").is_none() && start["message"]["completion"] == json!([]), "{start}");
+    let block = events.iter().find(|e| e.event == "content_block_start").unwrap();
+    assert!(serde_json::from_str::<Value>(&block.data).unwrap().get("content_block").is_none());
+    // OpenAI streamed: no `choices` in any chunk, `[DONE]` still last.
+    let base = url(&s, "OPENAI_BASE_URL");
+    let body =
+        json!({ "model": "m", "stream": true, "messages": [{ "role": "user", "content": "Run job-6 (book_flight)" }] });
+    toxic(&s, &c, "openai", json!({ "name": "shape", "type": "schema_change", "count": 1 })).await;
+    let r = c.post(format!("{base}/chat/completions")).bearer_auth("k").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let events: Vec<_> = r.bytes_stream().eventsource().map(|e| e.unwrap()).collect().await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(&e.data).unwrap();
+        assert!(chunk.get("choices").is_none() && chunk["outputs"].is_array(), "{chunk}");
+    }
+    // Toxicity: a schema change on about half of the requests, the same
+    // requests again after a reset (the rng is seeded by the run's seed).
+    let plain = json!({ "model": "m", "messages": [{ "role": "user", "content": "Run job-6 (book_flight)" }] });
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        control(&s, &c, "POST", "/reset", None).await;
+        let half = json!({ "name": "half", "type": "schema_change", "toxicity": 0.5 });
+        toxic(&s, &c, "openai", half).await;
+        let mut hits = Vec::new();
+        for _ in 0..40 {
+            let r = c.post(format!("{base}/chat/completions")).bearer_auth("k").json(&plain).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            hits.push(r.json::<Value>().await.unwrap().get("choices").is_none());
+        }
+        runs.push(hits);
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same schedule");
+    let n = runs[0].iter().filter(|&&h| h).count();
+    assert!((8..=32).contains(&n), "about half of 40 reshaped, got {n}");
+    let listed = control(&s, &c, "GET", "/proxies/openai/toxics", None).await;
+    assert_eq!(listed[0]["toxicity"], 0.5);
+    let bad = c
+        .post(format!("{}/proxies/openai/toxics", url(&s, "AGENTDRILL_CONTROL_URL")))
+        .body(r#"{"name":"x","type":"latency","attributes":{"latency_ms":1},"toxicity":2}"#);
+    let bad = bad.send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("[0, 1]"));
+    s.shutdown().await;
+}

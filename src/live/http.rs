@@ -211,6 +211,51 @@ fn error_toxic(fake: Fake, status: u16, retry_after_ms: Option<u64>) -> Response
     resp
 }
 
+/// How a schema-change toxic reshapes an API's JSON answers: keys renamed
+/// wherever they occur, and number fields turned into strings (a field
+/// missing under its documented name, one of the wrong type).
+#[derive(Clone, Copy, Debug)]
+pub struct Reshape {
+    /// `(documented name, name sent instead)`.
+    pub renames: &'static [(&'static str, &'static str)],
+    /// Keys whose numbers are sent as strings.
+    pub stringified: &'static [&'static str],
+}
+
+/// Reshapes `v` in place (objects at any depth).
+pub fn break_shape(v: &mut Value, r: Reshape) {
+    match v {
+        Value::Object(o) => {
+            for (from, to) in r.renames {
+                if let Some(x) = o.remove(*from) {
+                    o.insert((*to).to_owned(), x);
+                }
+            }
+            for k in r.stringified {
+                if let Some(x) = o.get_mut(*k).filter(|x| x.is_number()) {
+                    *x = Value::String(x.to_string());
+                }
+            }
+            o.values_mut().for_each(|x| break_shape(x, r));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| break_shape(x, r)),
+        _ => {}
+    }
+}
+
+/// Reshapes the JSON `data:` of every Server-Sent Event frame (other lines,
+/// and data that is not JSON such as `[DONE]`, pass unchanged).
+pub fn break_frames(frames: Vec<String>, r: Reshape) -> Vec<String> {
+    let line = |l: &str| match l.strip_prefix("data: ").map(serde_json::from_str::<Value>) {
+        Some(Ok(mut v)) => {
+            break_shape(&mut v, r);
+            format!("data: {v}")
+        }
+        _ => l.to_owned(),
+    };
+    frames.into_iter().map(|f| f.split('\n').map(line).collect::<Vec<_>>().join("\n")).collect()
+}
+
 /// Sets `retry-after` (whole seconds, rounded up) and `retry-after-ms`.
 pub fn set_retry_after(h: &mut HeaderMap, ms: u64) {
     h.insert("retry-after", HeaderValue::from(ms.div_ceil(1_000)));
