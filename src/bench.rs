@@ -862,6 +862,15 @@ const ORDER: &[&str] = &[
     "fake_anthropic_stream_rps",
     "fake_anthropic_stream_p50_ms",
     "fake_anthropic_stream_p99_ms",
+    "fake_payment_server_cpu_us",
+    "fake_payment_client_cpu_us",
+    "fake_anthropic_stream_server_cpu_us",
+    "fake_anthropic_stream_client_cpu_us",
+    "fake_loadgen_ceiling_rps",
+    "fake_loadgen_ceiling_p50_ms",
+    "fake_loadgen_ceiling_p99_ms",
+    "fake_loadgen_ceiling_server_cpu_us",
+    "fake_loadgen_ceiling_client_cpu_us",
 ];
 
 /// Times turmoil and agentdrill back to back `reps` times (agentdrill as the

@@ -66,7 +66,10 @@ async fn wait_for_stop() {
 
 /// `agentdrill loadgen`: prints a [`loadgen::LoadReport`] as JSON.
 pub fn loadgen(url: &str, workload: loadgen::Workload, requests: u64, concurrency: usize) -> ExitCode {
-    let report = runtime()
+    // One thread: the load generator must not add cross-thread wake-ups to
+    // the machine it measures.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let report = rt
         .map_err(|e| e.to_string())
         .and_then(|rt| rt.block_on(loadgen::run(url, workload, requests, concurrency)).map_err(|e| e.to_string()));
     match report {

@@ -38,6 +38,9 @@ fn bench_quick_json_names_every_figure() {
         "fake_payment_p99_ms",
         "fake_anthropic_stream_rps",
         "fake_anthropic_stream_p99_ms",
+        "fake_payment_server_cpu_us",
+        "fake_payment_client_cpu_us",
+        "fake_loadgen_ceiling_rps",
     ] {
         assert!(names.contains(&name), "missing {name} in {names:?}");
     }
@@ -59,6 +62,9 @@ fn bench_quick_json_names_every_figure() {
         "fake_payment_rps",
         "fake_payment_p99_ms",
         "fake_anthropic_stream_rps",
+        "fake_payment_server_cpu_us",
+        "fake_payment_client_cpu_us",
+        "fake_loadgen_ceiling_rps",
     ] {
         assert!(value(name).is_number(), "{name} was not measured: {}", value(name));
     }

@@ -375,9 +375,92 @@ async fn vector_snapshot_restored_in_place_and_across_regions() {
     assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 2);
     ok(c.delete(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().json().await.unwrap());
     assert_eq!(c.delete(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().status(), 404);
-    let bad =
-        put(format!("{b}/collections/m/snapshots/recover"), json!({ "location": "file:///tmp/x" })).await.unwrap();
+    let bad = put(
+        format!("{b}/collections/m/snapshots/recover"),
+        json!({ "location": "file:///nonexistent/agentdrill/snap" }),
+    )
+    .await
+    .unwrap();
     assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("cannot read snapshot file"));
+    s.shutdown().await;
+}
+
+/// A multipart body with one file part (reqwest is built without `multipart`).
+fn multipart(field: &str, file_name: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "agentdrill-test-boundary-7d1f";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vector_snapshot_uploaded_and_recovered_from_a_file() {
+    let (s, c) = start(0, true).await;
+    let (a, b) = (url(&s, "QDRANT_URL"), url(&s, "QDRANT_URL_REGION_B"));
+    let send = |r: reqwest::RequestBuilder| async move {
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (st, _) =
+        send(c.put(format!("{a}/collections/m")).json(&json!({ "vectors": { "size": 3, "distance": "Cosine" } })))
+            .await;
+    assert_eq!(st, 200);
+    let pts = json!({ "points": [
+        { "id": 1, "vector": [1.0, 0.0, 0.0], "payload": { "job_id": "job-1" } },
+        { "id": "5c56c793-69f3-4fbf-87e6-c4bf54c28c26", "vector": [0.0, 1.0, 0.0], "payload": { "job_id": "job-2" } } ] });
+    assert_eq!(send(c.put(format!("{a}/collections/m/points")).json(&pts)).await.0, 200);
+    let (_, snap) = send(c.post(format!("{a}/collections/m/snapshots"))).await;
+    let name = snap["result"]["name"].as_str().unwrap().to_owned();
+    let file = c.get(format!("{a}/collections/m/snapshots/{name}")).send().await.unwrap().bytes().await.unwrap();
+    let late = json!({ "points": [{ "id": 3, "vector": [0.0, 0.0, 1.0] }] });
+    assert_eq!(send(c.put(format!("{a}/collections/m/points")).json(&late)).await.0, 200);
+
+    // Upload to region B, into a collection that does not exist yet.
+    let (ctype, body) = multipart("snapshot", &format!("{name}.snapshot"), &file);
+    let up = c.post(format!("{b}/collections/up/snapshots/upload?wait=true&priority=snapshot"));
+    let (st, v) = send(up.header("content-type", ctype).body(body)).await;
+    assert_eq!((st, &v["result"]), (200, &json!(true)), "{v}");
+    assert_eq!(count(&c, format!("{b}/collections/up/points/count")).await, 2, "the late write is not in it");
+    let (_, info) = send(c.get(format!("{b}/collections/up"))).await;
+    assert_eq!(info["result"]["config"]["params"]["vectors"], json!({ "size": 3, "distance": "Cosine" }));
+    let (_, got) =
+        send(c.post(format!("{b}/collections/up/points")).json(
+            &json!({ "ids": ["5c56c793-69f3-4fbf-87e6-c4bf54c28c26"], "with_payload": true, "with_vector": true }),
+        ))
+        .await;
+    assert_eq!(got["result"][0]["payload"], json!({ "job_id": "job-2" }), "{got}");
+    assert_eq!(got["result"][0]["vector"], json!([0.0, 1.0, 0.0]));
+    let (_, list) = send(c.get(format!("{b}/collections/up/snapshots"))).await;
+    assert_eq!(list["result"][0]["name"], name.as_str(), "the recovered snapshot is listed");
+
+    // Recover region A in place from the same file on disk.
+    let path = std::env::temp_dir().join(format!("agentdrill-live-http-{}.snapshot", std::process::id()));
+    std::fs::write(&path, &file).unwrap();
+    assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 3);
+    let loc = json!({ "location": format!("file://{}", path.display()) });
+    let (st, v) = send(c.put(format!("{a}/collections/m/snapshots/recover")).json(&loc)).await;
+    assert_eq!((st, &v["result"]), (200, &json!(true)), "{v}");
+    assert_eq!(count(&c, format!("{a}/collections/m/points/count")).await, 2, "back at the snapshot");
+    std::fs::remove_file(&path).unwrap();
+
+    // Bad uploads: no `snapshot` part, not a snapshot file.
+    let (ctype, body) = multipart("other", "x", b"{}");
+    let (st, v) =
+        send(c.post(format!("{b}/collections/up/snapshots/upload")).header("content-type", ctype).body(body)).await;
+    assert_eq!(st, 400);
+    assert!(v["status"]["error"].as_str().unwrap().contains("no `snapshot` part"), "{v}");
+    let (ctype, body) = multipart("snapshot", "x", b"{\"points\": []}");
+    let (st, v) =
+        send(c.post(format!("{b}/collections/up/snapshots/upload")).header("content-type", ctype).body(body)).await;
+    assert_eq!(st, 400);
+    assert!(v["status"]["error"].as_str().unwrap().contains("needs `snapshot`"), "{v}");
+    assert_eq!(count(&c, format!("{b}/collections/up/points/count")).await, 2, "a bad upload changes nothing");
     s.shutdown().await;
 }
 
@@ -440,5 +523,73 @@ async fn toxics_latency_hold_drop_schema_change_and_reset() {
     control(&s, &c, "POST", "/reset", None).await;
     assert_eq!(ledger_len(&s, &c, "payment").await, 0);
     assert!(control(&s, &c, "GET", "/attempts", None).await["attempts"].as_array().unwrap().is_empty());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_schema_change_keeps_the_status_and_toxicity_is_seeded() {
+    let (s, c) = start(0, true).await;
+    let user = json!([{ "role": "user", "content": "Run job-5 (approve_refund)" }]);
+    // Anthropic, not streamed: 200, but `content` and `stop_reason` gone and
+    // token counts as strings; the next answer is whole again.
+    toxic(&s, &c, "anthropic", json!({ "name": "shape", "type": "schema_change", "count": 1 })).await;
+    let r = anthropic(&s, &c, json!({ "model": "m", "max_tokens": 10, "messages": user })).await;
+    assert_eq!(r.status(), 200);
+    let odd: Value = r.json().await.unwrap();
+    assert!(odd.get("content").is_none() && odd["completion"][1]["name"] == "memory_read", "{odd}");
+    assert!(odd.get("stop_reason").is_none() && odd["stop"] == "tool_use", "{odd}");
+    assert!(odd["usage"]["output_tokens"].is_string(), "{odd}");
+    let whole: Value =
+        anthropic(&s, &c, json!({ "model": "m", "max_tokens": 10, "messages": user })).await.json().await.unwrap();
+    assert!(whole["content"].is_array() && whole["usage"]["output_tokens"].is_u64(), "{whole}");
+    // Anthropic streamed: every event reshaped, the stream still complete.
+    toxic(&s, &c, "anthropic", json!({ "name": "shape2", "type": "schema_change", "count": 1 })).await;
+    let r = anthropic(&s, &c, json!({ "model": "m", "max_tokens": 10, "stream": true, "messages": user })).await;
+    let events: Vec<_> = r.bytes_stream().eventsource().map(|e| e.unwrap()).collect().await;
+    assert_eq!(events.last().unwrap().event, "message_stop");
+    let start: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert!(start["message"].get("content").is_none() && start["message"]["completion"] == json!([]), "{start}");
+    let block = events.iter().find(|e| e.event == "content_block_start").unwrap();
+    assert!(serde_json::from_str::<Value>(&block.data).unwrap().get("content_block").is_none());
+    // OpenAI streamed: no `choices` in any chunk, `[DONE]` still last.
+    let base = url(&s, "OPENAI_BASE_URL");
+    let body =
+        json!({ "model": "m", "stream": true, "messages": [{ "role": "user", "content": "Run job-6 (book_flight)" }] });
+    toxic(&s, &c, "openai", json!({ "name": "shape", "type": "schema_change", "count": 1 })).await;
+    let r = c.post(format!("{base}/chat/completions")).bearer_auth("k").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let events: Vec<_> = r.bytes_stream().eventsource().map(|e| e.unwrap()).collect().await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(&e.data).unwrap();
+        assert!(chunk.get("choices").is_none() && chunk["outputs"].is_array(), "{chunk}");
+    }
+    // Toxicity: a schema change on about half of the requests, the same
+    // requests again after a reset (the rng is seeded by the run's seed).
+    let plain = json!({ "model": "m", "messages": [{ "role": "user", "content": "Run job-6 (book_flight)" }] });
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        control(&s, &c, "POST", "/reset", None).await;
+        let half = json!({ "name": "half", "type": "schema_change", "toxicity": 0.5 });
+        toxic(&s, &c, "openai", half).await;
+        let mut hits = Vec::new();
+        for _ in 0..40 {
+            let r = c.post(format!("{base}/chat/completions")).bearer_auth("k").json(&plain).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            hits.push(r.json::<Value>().await.unwrap().get("choices").is_none());
+        }
+        runs.push(hits);
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same schedule");
+    let n = runs[0].iter().filter(|&&h| h).count();
+    assert!((8..=32).contains(&n), "about half of 40 reshaped, got {n}");
+    let listed = control(&s, &c, "GET", "/proxies/openai/toxics", None).await;
+    assert_eq!(listed[0]["toxicity"], 0.5);
+    let bad = c
+        .post(format!("{}/proxies/openai/toxics", url(&s, "AGENTDRILL_CONTROL_URL")))
+        .body(r#"{"name":"x","type":"latency","attributes":{"latency_ms":1},"toxicity":2}"#);
+    let bad = bad.send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("[0, 1]"));
     s.shutdown().await;
 }

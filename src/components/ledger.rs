@@ -143,6 +143,36 @@ pub struct ApiStats {
     pub lookups: u64,
 }
 
+/// Periods during which an API's responses stop matching its documented
+/// schema (a breaking change): one semantic for the tool APIs
+/// ([`SideEffectApi`]) and the model providers
+/// ([`crate::components::provider::ProviderMock`]). A response is malformed
+/// when it leaves in `[from_us, until_us)` of some period.
+#[derive(Clone, Debug, Default)]
+pub struct SchemaBreaks {
+    periods: Vec<(Micros, Micros)>,
+}
+
+impl SchemaBreaks {
+    /// Adds a period.
+    pub fn add(&mut self, from_us: Micros, until_us: Micros) {
+        assert!(from_us <= until_us, "schema break ends before it starts");
+        self.periods.push((from_us, until_us));
+    }
+
+    /// Whether a response sent at `now_us` is malformed.
+    #[inline]
+    pub fn active(&self, now_us: Micros) -> bool {
+        !self.periods.is_empty() && self.periods.iter().any(|&(f, u)| f <= now_us && now_us < u)
+    }
+
+    /// Forgets the periods that ended by `now_us` (the live fakes add one per
+    /// affected request).
+    pub fn prune(&mut self, now_us: Micros) {
+        self.periods.retain(|&(_, u)| u > now_us);
+    }
+}
+
 /// One fake side-effect API. Sans-IO: the caller supplies `now_us`.
 #[derive(Debug)]
 pub struct SideEffectApi {
@@ -151,7 +181,7 @@ pub struct SideEffectApi {
     expiry: VecDeque<(Micros, IdemKey)>,
     ledger: Vec<LedgerEntry>,
     stats: ApiStats,
-    schema_breaks: Vec<(Micros, Micros)>,
+    schema_breaks: SchemaBreaks,
 }
 
 impl SideEffectApi {
@@ -163,7 +193,7 @@ impl SideEffectApi {
             expiry: VecDeque::new(),
             ledger: Vec::new(),
             stats: ApiStats::default(),
-            schema_breaks: Vec::new(),
+            schema_breaks: SchemaBreaks::default(),
         }
     }
 
@@ -238,14 +268,13 @@ impl SideEffectApi {
     /// A breaking change for a period: responses (calls and lookups) stop
     /// matching the documented schema. Effects still happen.
     pub fn set_schema_break(&mut self, from_us: Micros, until_us: Micros) {
-        assert!(from_us <= until_us, "schema break ends before it starts");
-        self.schema_breaks.push((from_us, until_us));
+        self.schema_breaks.add(from_us, until_us);
     }
 
     /// Whether responses sent at `now_us` are malformed.
     #[inline]
     pub fn malformed(&self, now_us: Micros) -> bool {
-        !self.schema_breaks.is_empty() && self.schema_breaks.iter().any(|&(f, u)| f <= now_us && now_us < u)
+        self.schema_breaks.active(now_us)
     }
 
     /// The ledger: every effect that really happened, in order.

@@ -394,6 +394,7 @@ pub struct ProviderMock {
     outages: Vec<Outage>,
     cache: Vec<CacheEntry>,
     cache_outages: Vec<(Micros, Micros)>,
+    schema_breaks: crate::components::ledger::SchemaBreaks,
     stats: ProviderStats,
 }
 
@@ -411,6 +412,7 @@ impl ProviderMock {
             outages: Vec::new(),
             cache: Vec::with_capacity(CACHE_CAPACITY),
             cache_outages: Vec::new(),
+            schema_breaks: crate::components::ledger::SchemaBreaks::default(),
             stats: ProviderStats::default(),
         }
     }
@@ -444,6 +446,19 @@ impl ProviderMock {
     /// Removes every injected outage.
     pub fn clear_outages(&mut self) {
         self.outages.clear();
+    }
+
+    /// A breaking change for a period: answers sent in `[from_us, until_us)`
+    /// keep their status but stop matching the documented schema (the same
+    /// semantic as [`crate::components::ledger::SideEffectApi::set_schema_break`]).
+    pub fn set_schema_break(&mut self, from_us: Micros, until_us: Micros) {
+        self.schema_breaks.prune(from_us);
+        self.schema_breaks.add(from_us, until_us);
+    }
+
+    /// Whether an answer sent at `now_us` is malformed.
+    pub fn malformed(&self, now_us: Micros) -> bool {
+        self.schema_breaks.active(now_us)
     }
 
     /// Prompt-cache loss for a period: every request in `[from_us, until_us)`

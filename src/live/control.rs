@@ -95,7 +95,7 @@ async fn add_toxic(State(s): State<Arc<Shared>>, Path(fake): Path<String>, body:
     let t: Toxic = match t {
         Ok(t) => t,
         Err(e) => {
-            let hint = "expected {\"name\":\"…\",\"type\":\"error|latency|hold|reset_peer|stream_error|schema_change\",\"attributes\":{…},\"count\":N}";
+            let hint = "expected {\"name\":\"…\",\"type\":\"error|latency|hold|reset_peer|stream_error|schema_change\",\"attributes\":{…},\"count\":N,\"toxicity\":0.0..1.0}";
             return json_response(400, &json!({ "error": format!("bad toxic: {e}; {hint}") }));
         }
     };

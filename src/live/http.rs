@@ -88,40 +88,60 @@ pub fn with_middleware(app: Router<Ctx>, shared: Arc<Shared>, fake: Fake) -> Rou
     app.layer(middleware::from_fn_with_state(ctx.clone(), per_request)).with_state(ctx)
 }
 
+/// What the middleware notes of a request before it is served (moved into
+/// its [`Attempt`] once the status is known: no copies on the hot path).
+struct Seen {
+    at_ms: f64,
+    fake: Fake,
+    method: String,
+    path: String,
+    key: Option<String>,
+    toxics: Vec<String>,
+}
+
+impl Seen {
+    fn attempt(self, status: u16, note: Note) -> Attempt {
+        Attempt {
+            at_ms: self.at_ms,
+            fake: self.fake.name(),
+            method: self.method,
+            path: self.path,
+            status,
+            idempotency_key: self.key,
+            job: note.job,
+            replayed: note.replayed,
+            toxics: self.toxics,
+        }
+    }
+}
+
 /// Applies the fake's toxics, runs the handler, records the attempt.
 async fn per_request(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
-    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
-    let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let applied = lock(&ctx.shared.toxics).take(ctx.fake.name());
-    let names: Vec<String> = applied.iter().map(|t| t.name.clone()).collect();
-    let at_ms = ctx.shared.now_us() as f64 / 1_000.0;
-    let attempt = |status, note: Note| Attempt {
-        at_ms,
-        fake: ctx.fake.name(),
-        method: method.clone(),
-        path: path.clone(),
-        status,
-        idempotency_key: key.clone(),
-        job: note.job,
-        replayed: note.replayed,
-        toxics: names.clone(),
+    let (fake, shared) = (ctx.fake, &ctx.shared);
+    let applied = lock(&shared.toxics).take(fake.name());
+    let seen = Seen {
+        at_ms: shared.now_us() as f64 / 1_000.0,
+        fake,
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path().to_owned(),
+        key: req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        toxics: applied.iter().map(|t| t.name.clone()).collect(),
     };
     let kill = req.extensions().get::<Kill>().cloned();
     let mut drop_after = false;
     for t in &applied {
         match t.kind {
             ToxicKind::Latency { latency_ms } => tokio::time::sleep(Duration::from_millis(latency_ms)).await,
-            ToxicKind::Hold { timeout_ms } => hold(&ctx.shared, ctx.fake, &t.name, timeout_ms).await,
+            ToxicKind::Hold { timeout_ms } => hold(shared, fake, &t.name, timeout_ms).await,
             ToxicKind::ResetPeer { after_effect: false } => {
-                ctx.shared.record(attempt(0, Note::default()));
-                tracing::info!(fake = ctx.fake.name(), %method, %path, toxic = %t.name, "connection dropped");
+                tracing::info!(fake = fake.name(), method = %seen.method, path = %seen.path, toxic = %t.name, "connection dropped");
+                shared.record(seen.attempt(0, Note::default()));
                 return drop_connection(kill).await;
             }
             ToxicKind::ResetPeer { after_effect: true } => drop_after = true,
-            ToxicKind::Error { status, retry_after_ms } if !is_model(ctx.fake) => {
-                let resp = error_toxic(ctx.fake, status, retry_after_ms);
-                ctx.shared.record(attempt(status, Note::default()));
-                return resp;
+            ToxicKind::Error { status, retry_after_ms } if !is_model(fake) => {
+                shared.record(seen.attempt(status, Note::default()));
+                return error_toxic(fake, status, retry_after_ms);
             }
             _ => {}
         }
@@ -130,8 +150,8 @@ async fn per_request(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Re
     let resp = next.run(req).await;
     let note = resp.extensions().get::<Note>().copied().unwrap_or_default();
     let status = if drop_after { 0 } else { resp.status().as_u16() };
-    tracing::info!(fake = ctx.fake.name(), %method, %path, status, job = ?note.job, replayed = note.replayed, "request");
-    ctx.shared.record(attempt(status, note));
+    tracing::info!(fake = fake.name(), method = %seen.method, path = %seen.path, status, job = ?note.job, replayed = note.replayed, "request");
+    shared.record(seen.attempt(status, note));
     if drop_after {
         return drop_connection(kill).await;
     }
@@ -191,20 +211,66 @@ fn error_toxic(fake: Fake, status: u16, retry_after_ms: Option<u64>) -> Response
     resp
 }
 
+/// How a schema-change toxic reshapes an API's JSON answers: keys renamed
+/// wherever they occur, and number fields turned into strings (a field
+/// missing under its documented name, one of the wrong type).
+#[derive(Clone, Copy, Debug)]
+pub struct Reshape {
+    /// `(documented name, name sent instead)`.
+    pub renames: &'static [(&'static str, &'static str)],
+    /// Keys whose numbers are sent as strings.
+    pub stringified: &'static [&'static str],
+}
+
+/// Reshapes `v` in place (objects at any depth).
+pub fn break_shape(v: &mut Value, r: Reshape) {
+    match v {
+        Value::Object(o) => {
+            for (from, to) in r.renames {
+                if let Some(x) = o.remove(*from) {
+                    o.insert((*to).to_owned(), x);
+                }
+            }
+            for k in r.stringified {
+                if let Some(x) = o.get_mut(*k).filter(|x| x.is_number()) {
+                    *x = Value::String(x.to_string());
+                }
+            }
+            o.values_mut().for_each(|x| break_shape(x, r));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| break_shape(x, r)),
+        _ => {}
+    }
+}
+
+/// Reshapes the JSON `data:` of every Server-Sent Event frame (other lines,
+/// and data that is not JSON such as `[DONE]`, pass unchanged).
+pub fn break_frames(frames: Vec<String>, r: Reshape) -> Vec<String> {
+    let line = |l: &str| match l.strip_prefix("data: ").map(serde_json::from_str::<Value>) {
+        Some(Ok(mut v)) => {
+            break_shape(&mut v, r);
+            format!("data: {v}")
+        }
+        _ => l.to_owned(),
+    };
+    frames.into_iter().map(|f| f.split('\n').map(line).collect::<Vec<_>>().join("\n")).collect()
+}
+
 /// Sets `retry-after` (whole seconds, rounded up) and `retry-after-ms`.
 pub fn set_retry_after(h: &mut HeaderMap, ms: u64) {
     h.insert("retry-after", HeaderValue::from(ms.div_ceil(1_000)));
     h.insert("retry-after-ms", HeaderValue::from(ms));
 }
 
-/// A JSON response with `status`.
+/// A JSON response with `status` (serialised straight into bytes: `Value`'s
+/// `Display` goes through `fmt` and costs about twice as much).
 pub fn json_response(status: u16, body: &Value) -> Response {
-    json_text(status, body.to_string())
+    json_text(status, serde_json::to_vec(body).expect("a Value always serialises"))
 }
 
 /// A response with a JSON text body.
-pub fn json_text(status: u16, body: String) -> Response {
-    let mut r = Response::new(Body::from(body));
+pub fn json_text(status: u16, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
     r

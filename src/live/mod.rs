@@ -319,7 +319,7 @@ pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
         email: Mutex::new(email::EmailState::new(&cfg)),
         models: model::KINDS.map(|k| Mutex::new(model::ModelState::new(k))),
         vector: vector::Actor::spawn(),
-        toxics: Mutex::new(toxics::Table::default()),
+        toxics: Mutex::new(toxics::Table::new(cfg.seed)),
         toxics_changed: Notify::new(),
         attempts: Mutex::new(Attempts::default()),
         held: Default::default(),

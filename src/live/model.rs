@@ -23,7 +23,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
-use super::http::{Applied, Ctx, Note, header, json_response, json_text, noted, set_retry_after};
+use super::http::{
+    Applied, Ctx, Note, Reshape, break_frames, break_shape, header, json_response, json_text, noted, set_retry_after,
+};
 use super::script::{Action, Turn};
 use super::{Fake, lock};
 use crate::components::provider::{
@@ -32,6 +34,26 @@ use crate::components::provider::{
 
 /// The provider kinds of the model fakes, in [`super::Shared::models`] order.
 pub const KINDS: [ProviderKind; 3] = [ProviderKind::Anthropic, ProviderKind::OpenAi, ProviderKind::Local];
+
+/// What a schema-change toxic does to Anthropic's answers: the content
+/// blocks and stop reason under other names (as the legacy Text Completions
+/// API named them), token counts as strings.
+pub const ANTHROPIC_RESHAPE: Reshape = Reshape {
+    renames: &[
+        ("content", "completion"),
+        ("content_block", "block"),
+        ("stop_reason", "stop"),
+        ("partial_json", "json"),
+    ],
+    stringified: &["input_tokens", "output_tokens"],
+};
+
+/// What a schema-change toxic does to OpenAI's answers: no `choices`, the
+/// finish reason renamed, token counts as strings.
+pub const OPENAI_RESHAPE: Reshape = Reshape {
+    renames: &[("choices", "outputs"), ("finish_reason", "stop_reason")],
+    stringified: &["prompt_tokens", "completion_tokens", "total_tokens"],
+};
 
 /// Characters per streamed text or JSON delta.
 const DELTA_CHARS: usize = 24;
@@ -80,6 +102,8 @@ struct Played {
     outcome: ModelOutcome,
     error_body: Option<String>,
     request_id: String,
+    /// A schema change applies: a 200 answer is reshaped.
+    malformed: bool,
 }
 
 /// Plays the turn after `results` tool results of the job named in `first`.
@@ -87,9 +111,13 @@ async fn play(ctx: &Ctx, applied: &Applied, first: &str, results: usize) -> Resu
     let shared = &ctx.shared;
     let (job, t) = shared.script.parse_job(first).map_err(|e| e.to_string())?;
     let turn = shared.script.turn(job, t, results).map_err(|e| e.to_string())?;
-    let (outcome, error_body) = {
+    let (outcome, error_body, malformed) = {
         let mut st = lock(&shared.models[model_index(ctx.fake)]);
         let now = shared.now_us();
+        if applied.schema_change() {
+            st.provider.set_schema_break(now, now + 1);
+        }
+        let malformed = st.provider.malformed(now);
         let modes: Vec<_> = applied.0.iter().filter_map(|t| t.provider_mode()).collect();
         for &m in &modes {
             st.provider.set_outage(m, now, now + 1);
@@ -100,14 +128,14 @@ async fn play(ctx: &Ctx, applied: &Applied, first: &str, results: usize) -> Resu
             st.provider.clear_outages();
         }
         let body = outcome.result.err().map(|e| st.provider.error_body_json(&e));
-        (outcome, body)
+        (outcome, body, malformed)
     };
     let scaled_us = outcome.latency_us.saturating_mul(shared.cfg.model_latency_permille) / 1_000;
     if scaled_us > 0 {
         tokio::time::sleep(Duration::from_micros(scaled_us)).await;
     }
     let request_id = format!("req_{:012x}{:012x}", shared.cfg.seed & 0xffff_ffff_ffff, shared.next_id());
-    Ok(Played { turn, outcome, error_body, request_id })
+    Ok(Played { turn, outcome, error_body, request_id, malformed })
 }
 
 /// The text of a message's `content` (a string or text blocks).
@@ -212,19 +240,28 @@ async fn messages(
     let mut resp = match (played.outcome.result, stream) {
         (Ok(r), false) => {
             let (content, stop) = anthropic_content(&played.turn.action);
-            let msg = json!({ "id": format!("msg_{}", played.request_id), "type": "message", "role": "assistant",
+            let mut msg = json!({ "id": format!("msg_{}", played.request_id), "type": "message", "role": "assistant",
                               "model": model, "content": content, "stop_reason": stop, "stop_sequence": null,
                               "usage": anthropic_usage(&played.turn, &r) });
+            if played.malformed {
+                break_shape(&mut msg, ANTHROPIC_RESHAPE);
+            }
             json_response(200, &msg)
         }
-        (Ok(r), true) => sse(anthropic_stream(&played, &model, Some(&r), None)),
+        (Ok(r), true) => sse(reshaped(anthropic_stream(&played, &model, Some(&r), None), &played, ANTHROPIC_RESHAPE)),
         (Err(e), true) if e.status == 200 => {
-            sse(anthropic_stream(&played, &model, None, Some((&e, played.error_body.as_deref().unwrap_or("{}")))))
+            let error = Some((&e, played.error_body.as_deref().unwrap_or("{}")));
+            sse(reshaped(anthropic_stream(&played, &model, None, error), &played, ANTHROPIC_RESHAPE))
         }
         (Err(e), _) => error_reply(&e, played.error_body.unwrap_or_default()),
     };
     resp.headers_mut().insert("request-id", HeaderValue::from_str(&played.request_id).expect("ascii"));
     noted(resp, Note { job, replayed: false })
+}
+
+/// The frames of a streamed answer, reshaped when a schema change applies.
+fn reshaped(frames: Vec<String>, p: &Played, r: Reshape) -> Vec<String> {
+    if p.malformed { break_frames(frames, r) } else { frames }
 }
 
 /// A provider error as an HTTP answer (a mid-stream error on a non-streamed
@@ -348,19 +385,24 @@ async fn chat_completions(
     let mut resp = match (&played.outcome.result, stream) {
         (Ok(r), false) => {
             let (message, finish) = openai_message(&played.turn.action);
-            json_response(
-                200,
-                &json!({ "id": id, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": null,
-                         "choices": [{ "index": 0, "message": message, "logprobs": null, "finish_reason": finish }],
-                         "usage": openai_usage(r) }),
-            )
+            let mut c = json!({ "id": id, "object": "chat.completion", "created": created, "model": model,
+                                "system_fingerprint": null, "usage": openai_usage(r),
+                                "choices": [{ "index": 0, "message": message, "logprobs": null, "finish_reason": finish }] });
+            if played.malformed {
+                break_shape(&mut c, OPENAI_RESHAPE);
+            }
+            json_response(200, &c)
         }
-        (Ok(r), true) => sse(openai_stream(&played, &id, &model, created, usage_chunk.then_some(r))),
+        (Ok(r), true) => sse(reshaped(
+            openai_stream(&played, &id, &model, created, usage_chunk.then_some(r)),
+            &played,
+            OPENAI_RESHAPE,
+        )),
         (Err(e), true) if e.status == 200 => {
             let mut frames = openai_stream(&played, &id, &model, created, None);
             frames.truncate(2);
             frames.push(format!("data: {}\n\n", played.error_body.as_deref().unwrap_or("{}")));
-            sse(frames)
+            sse(reshaped(frames, &played, OPENAI_RESHAPE))
         }
         (Err(e), _) => error_reply(e, played.error_body.clone().unwrap_or_default()),
     };

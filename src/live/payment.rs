@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap;
 use serde_json::{Map, Value, json};
 
 use super::LiveConfig;
-use super::http::{Applied, Ctx, Note, fnv, header, idem_key, json_response, noted, sleep_until_us};
+use super::http::{Applied, Ctx, Note, fnv, header, idem_key, json_response, json_text, noted, sleep_until_us};
 use crate::components::ids::{HostId, IdemKey, JobId, Origin, TaskId, US_PER_MS};
 use crate::components::ledger::{ApiConfig, CallOutcome, LedgerEntry, SideEffectApi};
 
@@ -193,32 +193,37 @@ async fn effect(
     let key = key_text.as_deref().map(idem_key);
     let shared = &ctx.shared;
     let id = format!("{prefix}_{:016x}{:08x}", shared.cfg.seed, shared.next_id());
-    let (outcome, done_at, body, malformed) = {
+    // The answer is serialised once, under the lock, from the stored object
+    // (no deep copy of it on the hot path).
+    let (outcome, done_at, text, malformed) = {
         let mut st = super::lock(&shared.payment);
         let now = shared.now_us();
         let (outcome, done_at) = st.api.call(now, key, hash, origin);
         if applied.schema_change() {
             st.api.set_schema_break(now, done_at + 1);
         }
-        let body = match outcome {
+        let text = match outcome {
             CallOutcome::Ok { effect, replayed: false } => {
                 let obj = make(id.clone());
+                let text = serde_json::to_vec(&obj).expect("a Value always serialises");
                 assert_eq!(effect as usize, st.objects.len(), "one object per ledger entry");
-                st.objects.push(obj.clone());
+                st.objects.push(obj);
                 st.by_id.insert(id, effect as usize);
                 if let (Some(k), Some(t)) = (key, &key_text) {
                     st.keys.entry(k).or_insert_with(|| t.clone());
                 }
-                obj
+                text
             }
-            CallOutcome::Ok { effect, replayed: true } => st.objects[effect as usize].clone(),
-            other => serde_json::from_str(&other.error_body().expect("errors have a body")).expect("valid JSON"),
+            CallOutcome::Ok { effect, replayed: true } => {
+                serde_json::to_vec(&st.objects[effect as usize]).expect("a Value always serialises")
+            }
+            other => other.error_body().expect("errors have a body").into_bytes(),
         };
-        (outcome, done_at, body, st.api.malformed(done_at))
+        (outcome, done_at, text, st.api.malformed(done_at))
     };
     sleep_until_us(shared, done_at).await;
-    let body = if malformed { break_schema(body) } else { body };
-    let mut resp = json_response(outcome.status(), &body);
+    let text = if malformed { break_schema(&text) } else { text };
+    let mut resp = json_text(outcome.status(), text);
     let hs = resp.headers_mut();
     hs.insert("request-id", HeaderValue::from_str(&format!("req_{:014x}", shared.next_id())).expect("ascii"));
     if let Some(t) = key_text.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
@@ -233,7 +238,8 @@ async fn effect(
 }
 
 /// A response that no longer matches the documented schema (a breaking change).
-fn break_schema(mut v: Value) -> Value {
+fn break_schema(text: &[u8]) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(text).expect("the fake's own JSON");
     if let Some(o) = v.as_object_mut() {
         for (from, to) in [("amount", "amount_cents"), ("status", "state"), ("object", "kind")] {
             if let Some(x) = o.remove(from) {
@@ -241,7 +247,7 @@ fn break_schema(mut v: Value) -> Value {
             }
         }
     }
-    v
+    serde_json::to_vec(&v).expect("a Value always serialises")
 }
 
 async fn create_intent(

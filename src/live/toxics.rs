@@ -2,10 +2,17 @@
 //!
 //! A toxic belongs to one fake and applies to every request it receives
 //! (or to the next `count` requests), in the order the toxics were added.
+//! With a `toxicity` below 1 (Toxiproxy's field) it applies to each request
+//! with that probability, drawn from the toxic's own rng, seeded from the
+//! served instance's seed, the fake and the toxic's name: the same seed and
+//! the same requests give the same schedule (and `count` counts only the
+//! requests it applied to).
 //! Error statuses and mid-stream errors on the model fakes become
 //! [`ErrorMode`]s of the fake's [`crate::components::provider::ProviderMock`],
 //! so the status, error class, body and billing are the simulator's.
 
+use rand::{RngExt as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::components::provider::ErrorMode;
@@ -50,8 +57,9 @@ pub enum ToxicKind {
         /// Output tokens streamed before the error.
         after_tokens: u32,
     },
-    /// Payment and email fakes: responses stop matching the documented
-    /// schema (effects still happen).
+    /// Responses keep their status but stop matching the documented schema
+    /// (a field renamed or missing, one of the wrong type); effects still
+    /// happen. Payment, email and the model fakes.
     SchemaChange,
 }
 
@@ -66,10 +74,18 @@ pub struct Toxic {
     /// Requests still to affect (None: every request until removed).
     #[serde(default)]
     pub count: Option<u32>,
+    /// Probability that the toxic applies to a request, in [0, 1] (Toxiproxy's
+    /// `toxicity`; 1 when left out).
+    #[serde(default = "always")]
+    pub toxicity: f64,
+}
+
+fn always() -> f64 {
+    1.0
 }
 
 /// Errors in a toxic request (answered with 400 and this message).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ToxicError {
     /// Unsupported status.
     #[error("toxic `{name}`: status {status} is not one of 429, 500, 503, 529; use one of them")]
@@ -95,6 +111,14 @@ pub enum ToxicError {
         /// Toxic.
         name: String,
     },
+    /// `toxicity` out of range.
+    #[error("toxic `{name}`: toxicity is {toxicity}, not a probability; use a number in [0, 1] (1: every request)")]
+    Toxicity {
+        /// Toxic.
+        name: String,
+        /// Asked.
+        toxicity: f64,
+    },
     /// Too many toxics.
     #[error("at most {MAX_TOXICS} toxics; remove some first (DELETE /proxies/<fake>/toxics/<name> or POST /reset)")]
     Full,
@@ -109,6 +133,9 @@ impl Toxic {
         let name = self.name.clone();
         if self.count == Some(0) {
             return Err(ToxicError::Count { name });
+        }
+        if !(0.0..=1.0).contains(&self.toxicity) {
+            return Err(ToxicError::Toxicity { name, toxicity: self.toxicity });
         }
         match self.kind {
             ToxicKind::Error { status, .. } if ![429, 500, 503, 529].contains(&status) => {
@@ -142,41 +169,49 @@ impl Toxic {
     }
 }
 
-/// The toxics of every fake.
+/// The toxics of every fake, each with its rng.
 #[derive(Debug, Default)]
 pub struct Table {
-    toxics: Vec<(String, Toxic)>,
+    seed: u64,
+    toxics: Vec<(String, Toxic, ChaCha8Rng)>,
 }
 
 impl Table {
+    /// An empty table whose toxics draw from rngs derived from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Table { seed, toxics: Vec::new() }
+    }
+
     /// Adds a toxic to `fake`.
     pub fn add(&mut self, fake: &str, t: Toxic) -> Result<(), ToxicError> {
         t.validate()?;
         if self.toxics.len() >= MAX_TOXICS {
             return Err(ToxicError::Full);
         }
-        if self.toxics.iter().any(|(f, x)| f == fake && x.name == t.name) {
+        if self.toxics.iter().any(|(f, x, _)| f == fake && x.name == t.name) {
             return Err(ToxicError::Exists(t.name));
         }
-        self.toxics.push((fake.to_owned(), t));
+        let key = format!("{fake}/{}", t.name);
+        let rng = ChaCha8Rng::seed_from_u64(super::http::fnv(key.as_bytes(), self.seed ^ 0xcbf2_9ce4_8422_2325));
+        self.toxics.push((fake.to_owned(), t, rng));
         Ok(())
     }
 
     /// Removes a toxic; whether it existed.
     pub fn remove(&mut self, fake: &str, name: &str) -> bool {
         let before = self.toxics.len();
-        self.toxics.retain(|(f, x)| !(f == fake && x.name == name));
+        self.toxics.retain(|(f, x, _)| !(f == fake && x.name == name));
         before != self.toxics.len()
     }
 
     /// Whether a toxic is still there (a held request waits for this to turn false).
     pub fn contains(&self, fake: &str, name: &str) -> bool {
-        self.toxics.iter().any(|(f, x)| f == fake && x.name == name)
+        self.toxics.iter().any(|(f, x, _)| f == fake && x.name == name)
     }
 
     /// The toxics of `fake`.
     pub fn list(&self, fake: &str) -> Vec<Toxic> {
-        self.toxics.iter().filter(|(f, _)| f == fake).map(|(_, t)| t.clone()).collect()
+        self.toxics.iter().filter(|(f, _, _)| f == fake).map(|(_, t, _)| t.clone()).collect()
     }
 
     /// Removes every toxic.
@@ -184,22 +219,25 @@ impl Table {
         self.toxics.clear();
     }
 
-    /// The toxics that apply to one request on `fake`, counting it against
-    /// each toxic's `count` (a toxic whose count runs out is removed).
+    /// The toxics that apply to one request on `fake`: each with its
+    /// toxicity (a draw from its rng when below 1), counting the request
+    /// against its `count` when it applies (a toxic whose count runs out is
+    /// removed).
     pub fn take(&mut self, fake: &str) -> Vec<Toxic> {
         if self.toxics.is_empty() {
             return Vec::new();
         }
         let mut hit = Vec::new();
-        for (f, t) in &mut self.toxics {
-            if f == fake {
-                hit.push(t.clone());
-                if let Some(c) = &mut t.count {
-                    *c -= 1;
-                }
+        for (f, t, rng) in &mut self.toxics {
+            if f != fake || (t.toxicity < 1.0 && rng.random::<f64>() >= t.toxicity) {
+                continue;
+            }
+            hit.push(t.clone());
+            if let Some(c) = &mut t.count {
+                *c -= 1;
             }
         }
-        self.toxics.retain(|(_, t)| t.count != Some(0));
+        self.toxics.retain(|(_, t, _)| t.count != Some(0));
         hit
     }
 }
@@ -209,7 +247,31 @@ mod tests {
     use super::*;
 
     fn t(name: &str, kind: ToxicKind, count: Option<u32>) -> Toxic {
-        Toxic { name: name.into(), kind, count }
+        Toxic { name: name.into(), kind, count, toxicity: 1.0 }
+    }
+
+    /// Which of `n` requests a toxic of `toxicity` hits, on a fresh table of `seed`.
+    fn schedule(seed: u64, toxicity: f64, n: usize) -> Vec<bool> {
+        let mut tab = Table::new(seed);
+        tab.add("openai", Toxic { toxicity, ..t("flaky", ToxicKind::SchemaChange, None) }).unwrap();
+        (0..n).map(|_| !tab.take("openai").is_empty()).collect()
+    }
+
+    #[test]
+    fn toxicity_is_a_seeded_probability() {
+        let a = schedule(7, 0.3, 2_000);
+        assert_eq!(a, schedule(7, 0.3, 2_000), "same seed, same schedule");
+        assert_ne!(a, schedule(8, 0.3, 2_000), "another seed, another schedule");
+        let hits = a.iter().filter(|&&h| h).count();
+        assert!((500..700).contains(&hits), "about 30% of 2000, got {hits}");
+        assert!(schedule(7, 1.0, 50).iter().all(|&h| h) && schedule(7, 0.0, 50).iter().all(|&h| !h));
+        // `count` counts only the requests the toxic applied to.
+        let mut tab = Table::new(7);
+        tab.add("email", Toxic { toxicity: 0.5, ..t("c", ToxicKind::SchemaChange, Some(3)) }).unwrap();
+        let applied = (0..200).filter(|_| !tab.take("email").is_empty()).count();
+        assert_eq!(applied, 3);
+        let bad = Toxic { toxicity: 1.5, ..t("x", ToxicKind::SchemaChange, None) };
+        assert!(tab.add("email", bad).unwrap_err().to_string().contains("[0, 1]"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The vector fakes, a Qdrant REST subset, one per region: collections,
 //! upsert, retrieve, query/search, count, and snapshots (create, list,
-//! download, delete, recover from a location).
+//! download, delete, recover from a location: a snapshot URL of this
+//! instance or a `file://` path of a downloaded snapshot, and upload).
 //!
 //! Every collection is a [`VectorStore`]: which value each point holds, when
 //! it was written, corruption, O(1) snapshots and restore are its semantics.
@@ -17,7 +18,7 @@ use std::sync::mpsc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use rustc_hash::FxHashMap;
@@ -34,6 +35,8 @@ pub const MAX_UPSERT_POINTS: usize = 10_000;
 pub const MAX_LIMIT: usize = 1_000;
 /// Most collections per region.
 pub const MAX_COLLECTIONS: usize = 64;
+/// Largest snapshot file an upload or a `file://` recovery may bring, in bytes.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 /// The Qdrant version the fake reports (the client checks compatibility).
 pub const QDRANT_VERSION: &str = "1.20.0";
 
@@ -137,6 +140,15 @@ impl World {
         p
     }
 
+    /// Interns a point's id and stores its content; the point and the value
+    /// (the hash of its vector and payload) to write to a store.
+    fn put(&mut self, id: &Value, vector: Vec<f32>, payload: Value) -> (PointId, u64) {
+        let bits: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let value = fnv(payload.to_string().as_bytes(), fnv(&bits, 0xcbf2_9ce4_8422_2325));
+        self.contents.entry(value).or_insert(Content { vector, payload });
+        (self.intern(id), value)
+    }
+
     fn name_of(&self, p: PointId) -> &Value {
         &self.names[((p.job.0 << 16) | u32::from(p.step)) as usize]
     }
@@ -148,18 +160,56 @@ impl World {
         json!({ "id": self.name_of(p), "payload": c.payload, "vector": vector, "version": 0 })
     }
 
-    /// The points a snapshot holds (restored into a scratch store by the
-    /// store's own restore).
-    fn snapshot_points(&self, snap: &Snapshot) -> Value {
+    /// The snapshot file: the collection's config and the points the
+    /// snapshot holds (restored into a scratch store by the store's own
+    /// restore). [`World::restore_file`] reads it back.
+    fn snapshot_file(&self, col: &Collection, snap: &Snapshot) -> Value {
         let mut scratch = VectorStore::new(VectorConfig::default());
         scratch.restore(0, snap);
         let pts: Vec<Value> = scratch.points_iter().map(|(p, s)| self.record(p, s.value, true)).collect();
-        json!({ "snapshot": snap.name, "taken_at_us": snap.taken_at_us, "points": pts })
+        json!({ "snapshot": snap.name, "taken_at_us": snap.taken_at_us,
+                "config": { "size": col.size, "distance": col.distance }, "points": pts })
     }
 
-    fn describe(&self, snap: &Snapshot) -> Value {
-        let size = self.snapshot_points(snap).to_string().len();
+    fn describe(&self, col: &Collection, snap: &Snapshot) -> Value {
+        let size = self.snapshot_file(col, snap).to_string().len();
         json!({ "name": snap.name, "creation_time": null, "size": size, "checksum": null })
+    }
+
+    /// Recovers collection `c` of region `r` from a snapshot file (an upload
+    /// or a `file://` location): the file's points go into a scratch store,
+    /// whose snapshot (named as the file says) the collection receives and
+    /// restores with [`VectorStore::restore`], as a recovery from a URL
+    /// does. The collection is created, or takes the file's config. Returns
+    /// the points restored.
+    fn restore_file(&mut self, r: usize, c: String, file: &Value) -> Result<u64, String> {
+        let (Some(name), Some(taken_at_us), Some(points)) =
+            (file["snapshot"].as_str(), file["taken_at_us"].as_u64(), file["points"].as_array())
+        else {
+            return Err("it needs `snapshot`, `taken_at_us` and `points`".into());
+        };
+        let cfg = &file["config"];
+        let (Some(size), Some(distance)) = (cfg["size"].as_u64(), cfg["distance"].as_str()) else {
+            return Err("it needs `config`: {size, distance}".into());
+        };
+        let size = usize::try_from(size).map_err(|_| "config.size is too large".to_owned())?;
+        if !self.regions[r].contains_key(&c) && self.regions[r].len() >= MAX_COLLECTIONS {
+            return Err(format!("the region already holds {MAX_COLLECTIONS} collections"));
+        }
+        let parsed: Vec<_> = points.iter().map(|p| parse_point(p, size)).collect::<Result<_, _>>()?;
+        let mut scratch = VectorStore::new(VectorConfig::default());
+        for (id, vector, payload) in parsed {
+            let (p, value) = self.put(&id, vector, payload);
+            scratch.upsert(taken_at_us, p, value);
+        }
+        let mut snap = scratch.snapshot(taken_at_us);
+        name.clone_into(&mut snap.name);
+        let now = self.now_us();
+        let store = VectorStore::new(VectorConfig::default());
+        let col = self.regions[r].entry(c).or_insert(Collection { size, distance: distance.to_owned(), store });
+        (col.size, col.distance) = (size, distance.to_owned());
+        col.store.receive_snapshot(snap.clone());
+        Ok(col.store.restore(now, &snap))
     }
 }
 
@@ -176,6 +226,10 @@ pub fn router() -> Router<Ctx> {
         .route("/collections/{c}/points/count", post(count))
         .route("/collections/{c}/snapshots", get(list_snapshots).post(create_snapshot))
         .route("/collections/{c}/snapshots/recover", put(recover))
+        .route(
+            "/collections/{c}/snapshots/upload",
+            post(upload_snapshot).layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BYTES)),
+        )
         .route("/collections/{c}/snapshots/{name}", get(download_snapshot).delete(delete_snapshot))
 }
 
@@ -286,10 +340,7 @@ async fn upsert(State(ctx): State<Ctx>, Path(c): Path<String>, Json(body): Json<
             let now = w.now_us();
             let n = parsed.len();
             for (id, vector, payload) in parsed {
-                let bits: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                let value = fnv(payload.to_string().as_bytes(), fnv(&bits, 0xcbf2_9ce4_8422_2325));
-                w.contents.entry(value).or_insert(Content { vector, payload });
-                let p = w.intern(&id);
+                let (p, value) = w.put(&id, vector, payload);
                 w.regions[r].get_mut(&c).expect("checked above").store.upsert(now, p, value);
             }
             Ok(n)
@@ -410,7 +461,7 @@ async fn create_snapshot(State(ctx): State<Ctx>, Path(c): Path<String>) -> Respo
         .call(move |w| {
             let now = w.now_us();
             let snap = w.regions[r].get_mut(&c)?.store.snapshot(now);
-            Some(w.describe(&snap))
+            Some(w.describe(&w.regions[r][&c], &snap))
         })
         .await;
     res.map_or_else(|| not_found("requested"), ok)
@@ -423,7 +474,7 @@ async fn list_snapshots(State(ctx): State<Ctx>, Path(c): Path<String>) -> Respon
         .vector
         .call(move |w| {
             let col = w.regions[r].get(&c)?;
-            Some(col.store.snapshots().iter().map(|s| w.describe(s)).collect::<Vec<_>>())
+            Some(col.store.snapshots().iter().map(|s| w.describe(col, s)).collect::<Vec<_>>())
         })
         .await;
     res.map_or_else(|| not_found("requested"), |v| ok(json!(v)))
@@ -435,8 +486,8 @@ async fn download_snapshot(State(ctx): State<Ctx>, Path((c, name)): Path<(String
         .shared
         .vector
         .call(move |w| {
-            let snap = w.regions[r].get(&c)?.store.find_snapshot(&name)?.clone();
-            Some(w.snapshot_points(&snap))
+            let col = w.regions[r].get(&c)?;
+            Some(w.snapshot_file(col, col.store.find_snapshot(&name)?))
         })
         .await;
     match res {
@@ -474,13 +525,16 @@ fn parse_location(loc: &str) -> Option<(u16, String, String)> {
 }
 
 async fn recover(State(ctx): State<Ctx>, Path(c): Path<String>, Json(body): Json<Value>) -> Response {
-    let loc = body["location"].as_str().unwrap_or("");
-    let src = parse_location(loc).and_then(|(port, sc, name)| Some((ctx.shared.fake_on_port(port)?, sc, name)));
+    let loc = body["location"].as_str().unwrap_or("").to_owned();
+    if let Some(path) = loc.strip_prefix("file://") {
+        return recover_from_file(&ctx, c, std::path::PathBuf::from(path)).await;
+    }
+    let src = parse_location(&loc).and_then(|(port, sc, name)| Some((ctx.shared.fake_on_port(port)?, sc, name)));
     let Some((src_fake, sc, name)) = src.filter(|(f, _, _)| matches!(f, Fake::VectorA | Fake::VectorB)) else {
         return err(
             400,
             &format!(
-                "Wrong input: location `{loc}` is not a snapshot of this instance; use http://127.0.0.1:<vector port>/collections/<c>/snapshots/<name>"
+                "Wrong input: location `{loc}` is neither a snapshot of this instance nor a file; use http://127.0.0.1:<vector port>/collections/<c>/snapshots/<name> or file:///<path of a downloaded snapshot>"
             ),
         );
     };
@@ -505,5 +559,71 @@ async fn recover(State(ctx): State<Ctx>, Path(c): Path<String>, Json(body): Json
     match done {
         Some(_) => ok(json!(true)),
         None => err(404, &format!("Not found: snapshot at `{loc}` doesn't exist")),
+    }
+}
+
+/// Restores collection `c` from the snapshot file `bytes` (`what` names it in errors).
+async fn restore_bytes(ctx: &Ctx, c: String, bytes: &[u8], what: String) -> Response {
+    let bad = |why: &str| {
+        err(
+            400,
+            &format!(
+                "Wrong input: snapshot file {what}: {why}; give a file downloaded from GET /collections/<c>/snapshots/<name>"
+            ),
+        )
+    };
+    let file: Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return bad(&format!("not JSON ({e})")),
+    };
+    let r = region(ctx.fake);
+    match ctx.shared.vector.call(move |w| w.restore_file(r, c, &file)).await {
+        Ok(_) => ok(json!(true)),
+        Err(why) => bad(&why),
+    }
+}
+
+/// `PUT …/snapshots/recover` with `file:///…`: a snapshot file on this machine.
+async fn recover_from_file(ctx: &Ctx, c: String, path: std::path::PathBuf) -> Response {
+    let what = format!("`{}`", path.display());
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let len = std::fs::metadata(&path)?.len();
+        if len > MAX_SNAPSHOT_BYTES as u64 {
+            return Err(std::io::Error::other(format!("{len} bytes, over the limit of {MAX_SNAPSHOT_BYTES}")));
+        }
+        std::fs::read(&path)
+    })
+    .await
+    .expect("the read does not panic");
+    match read {
+        Ok(bytes) => restore_bytes(ctx, c, &bytes, what).await,
+        Err(e) => err(
+            400,
+            &format!(
+                "Wrong input: cannot read snapshot file {what}: {e}; give the absolute path of a downloaded snapshot"
+            ),
+        ),
+    }
+}
+
+/// `POST …/snapshots/upload`: a multipart form whose `snapshot` part is a
+/// snapshot file (as `qdrant-client` and `curl -F snapshot=@file` send it).
+async fn upload_snapshot(State(ctx): State<Ctx>, Path(c): Path<String>, mut form: Multipart) -> Response {
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return err(400, "Wrong input: no `snapshot` part in the multipart form; send -F snapshot=@<file>");
+            }
+            Err(e) => return err(400, &format!("Wrong input: bad multipart body: {e}")),
+        };
+        if field.name() != Some("snapshot") {
+            continue;
+        }
+        let what = format!("`{}`", field.file_name().unwrap_or("snapshot"));
+        return match field.bytes().await {
+            Ok(bytes) => restore_bytes(&ctx, c, &bytes, what).await,
+            Err(e) => err(400, &format!("Wrong input: cannot read the `snapshot` part: {e}")),
+        };
     }
 }

@@ -1,6 +1,10 @@
 """The official qdrant-client against `agentdrill serve`: collection, upsert,
-query, and a snapshot round trip (restore in place and into region B)."""
+query, and snapshot round trips: restore in place and into region B from a
+snapshot URL, from a downloaded file uploaded as multipart, and from a
+`file://` location."""
 import os
+import tempfile
+import urllib.request
 
 from qdrant_client import QdrantClient, models
 
@@ -31,6 +35,26 @@ check(got[0].payload == {"job_id": "job-2"}, "restored payloads")
 
 check(a.recover_snapshot("memory", location=location, wait=True), "region A restores in place")
 check(a.count("memory").count == 5, "region A back at the snapshot")
+# Download the snapshot file, upload it to region B (multipart, as the client
+# sends it) and recover region A from it as a file:// location.
+with urllib.request.urlopen(location) as r:
+    data = r.read()
+with tempfile.NamedTemporaryFile(suffix=".snapshot", delete=False) as f:
+    f.write(data)
+    path = f.name
+with open(path, "rb") as fh:
+    up = b.http.snapshots_api.recover_from_uploaded_snapshot("uploaded", wait=True, snapshot=fh)
+check(up.result is True, f"upload recovered: {up}")
+check(b.count("uploaded").count == 5, "the uploaded snapshot's five points")
+check(b.get_collection("uploaded").config.params.vectors.size == 4, "the upload brings the collection's config")
+got = b.retrieve("uploaded", ids=[4], with_payload=True, with_vectors=True)
+check(got[0].payload == {"job_id": "job-4"} and abs(got[0].vector[1] - 0.4) < 1e-6, "uploaded contents")
+a.upsert("memory", points=[models.PointStruct(id=98, vector=[0.0, 0.0, 1.0, 0.0])], wait=True)
+check(a.count("memory").count == 6, "another late write")
+check(a.recover_snapshot("memory", location=f"file://{path}", wait=True), "recover from a file:// location")
+check(a.count("memory").count == 5, "region A back at the snapshot from the file")
+os.unlink(path)
+
 check(a.delete_snapshot("memory", snap.name, wait=True), "snapshot deleted")
 check(snap.name not in [s.name for s in a.list_snapshots("memory")], "no longer listed")
 print("qdrant-client: all checks passed")
