@@ -32,6 +32,7 @@ fn bench_quick_json_names_every_figure() {
         "fake_payment_p99_ms",
         "fake_anthropic_stream_rps",
         "fake_anthropic_stream_p99_ms",
+        "live_kill_drill_wall_s",
     ] {
         assert!(names.contains(&name), "missing {name} in {names:?}");
     }

@@ -198,3 +198,32 @@ fn a_harness_killed_mid_drill_leaves_no_orphans_after_the_next_start() {
     assert!(!listening(&addr), "nothing listens on the killed run's port");
     let _ = std::fs::remove_dir_all(&runs);
 }
+
+#[test]
+fn a_process_that_exits_on_its_own_is_quoted_with_its_log_and_restarted() {
+    let runs = run_root("unexpected");
+    let sc = runs.join("crash.toml");
+    std::fs::write(
+        &sc,
+        "mode = \"live\"\ntier = \"batch\"\nhorizon = \"2s\"\n[jobs]\ncount = 1\n[[processes]]\nname = \"crasher\"\ncommand = \"sh\"\nargs = [\"-c\", \"echo boom on stderr >&2; exit 3\"]\nrestart_delay = \"300ms\"\n[submit]\ncommand = [\"true\"]\n",
+    )
+    .expect("write scenario");
+    let out = Command::new(env!("CARGO_BIN_EXE_agentdrill"))
+        .args(["run", sc.to_str().expect("utf-8"), "--format", "json"])
+        .env("AGENTDRILL_RUN_DIR", &runs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agentdrill");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the job is never done: stuck; stderr:\n{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let d = &v["drills"][0];
+    assert_eq!(d["stuck_tasks"], 1, "{d:#}");
+    let exits = d["process_exits"].as_array().expect("exit records");
+    let own: Vec<&Value> = exits.iter().filter(|x| x["by_harness"] == false).collect();
+    assert!(own.len() >= 2, "exited, restarted after 300 ms, exited again: {exits:#?}");
+    assert!(own.iter().all(|x| x["code"] == 3), "{exits:#?}");
+    assert!(own[0]["log_tail"].as_str().is_some_and(|t| t.contains("boom on stderr")), "{exits:#?}");
+    assert!(stderr.contains("exited unexpectedly (exit code 3)") && stderr.contains("boom on stderr"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&runs);
+}
