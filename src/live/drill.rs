@@ -145,6 +145,10 @@ fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std:
             Some((format!("AGENTDRILL_PEER_{}_URL", env_name(&p.name)), format!("http://{}", r0.listen)))
         })
         .collect();
+    let submit_url = sc.submit.process.as_ref().and_then(|n| {
+        let r0 = reps.iter().find(|r| &r.process == n && r.replica == 0)?;
+        Some(format!("http://{}{}", r0.listen, sc.submit.path))
+    });
     reps.iter()
         .enumerate()
         .map(|(slot, r)| {
@@ -153,6 +157,9 @@ fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std:
             let mut env: Vec<(String, String)> =
                 served.env_for(Some(slot16)).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
             env.extend(peers.iter().cloned());
+            if let Some(u) = &submit_url {
+                env.push(("AGENTDRILL_SUBMIT_URL".into(), u.clone()));
+            }
             env.push(("AGENTDRILL_PROCESS".into(), r.process.clone()));
             env.push(("AGENTDRILL_REPLICA".into(), r.replica.to_string()));
             env.push(("AGENTDRILL_REGION".into(), p.region.clone()));

@@ -242,3 +242,32 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_point_fires_once_on_the_nth_matching_call_and_stops_watching() {
+        let t = Table::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let p = Point { fake: Fake::Payment, job: Some(3), step: None, call: 2, phase: KillPhase::AfterCommit };
+        assert_eq!(t.arm(p.clone(), tx.clone()), Ok(0));
+        assert_eq!(t.arm(Point { call: 0, ..p }, tx), Err(ArmError::CallZero));
+        assert!(t.watched(Fake::Payment) && !t.watched(Fake::Email));
+        assert!(t.hit(Fake::Email, Some(3), None).is_none(), "another API does not count");
+        assert!(t.hit(Fake::Payment, Some(4), None).is_none(), "another job does not count");
+        assert!(t.hit(Fake::Payment, Some(3), None).is_none(), "first matching call");
+        let (i, phase, _) = t.hit(Fake::Payment, Some(3), Some(1)).expect("the second matching call fires");
+        assert_eq!((i, phase), (0, KillPhase::AfterCommit));
+        assert!(!t.watched(Fake::Payment), "a fired point no longer costs the fake anything");
+        assert!(t.hit(Fake::Payment, Some(3), None).is_none(), "fires once");
+    }
+
+    #[test]
+    fn the_step_is_read_from_a_form_body_or_email_tags() {
+        assert_eq!(step_of(b"amount=5&metadata%5Bjob_id%5D=job-3&metadata%5Bstep%5D=2"), Some(2));
+        assert_eq!(step_of(br#"{"tags":[{"name":"job_id","value":"job-3"},{"name":"step","value":"4"}]}"#), Some(4));
+        assert_eq!(step_of(b"{}"), None);
+    }
+}
