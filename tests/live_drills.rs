@@ -83,6 +83,32 @@ fn worker_killed_with_its_charge_in_flight_resumes_without_a_duplicate() {
 }
 
 #[test]
+fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
+    let runs = run_root("catalogue");
+    let out = Command::new(env!("CARGO_BIN_EXE_agentdrill"))
+        .current_dir(root())
+        .args(["run", "scenarios/live/", "--format", "json"])
+        .env("AGENTDRILL_PYTHON", python())
+        .env("AGENTDRILL_RUN_DIR", &runs)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run agentdrill");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}); stderr:\n{}", String::from_utf8_lossy(&out.stderr)));
+    let drills = v["drills"].as_array().expect("drills");
+    assert!(drills.len() >= 8, "{}", drills.len());
+    for d in drills {
+        assert_eq!(d["mode"], "live", "{d:#}");
+        assert_eq!(d["verdict"], "pass", "{}: {:#}", d["scenario"], d["violations"]);
+        if d["expect"] == "fail" {
+            assert!(d["duplicates"].as_u64() > Some(0), "{}: caught by its duplicates", d["scenario"]);
+        }
+    }
+    assert!(drills.iter().filter(|d| d["expect"] == "fail").count() >= 2);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
 fn key_made_from_the_clock_and_resume_without_reconcile_is_caught() {
     let runs = run_root("caught");
     let (code, d) = run_drill("scenarios/live/antipattern-key-from-clock.toml", &runs);
