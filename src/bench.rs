@@ -540,6 +540,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
     figures.extend(floor_figures(quick, p));
     figures.extend(peer_figures(quick, p));
     figures.extend(fake_figures(opts, p));
+    figures.extend(live_figures(opts, p));
     figures.sort_by_key(|f| ORDER.iter().position(|n| *n == f.name).unwrap_or(ORDER.len()));
     Report { version: env!("CARGO_PKG_VERSION"), quick, machine: machine(), figures }
 }
@@ -825,6 +826,50 @@ fn fake_figures(opts: &Options, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
     fakes::figures(opts.loadgen_exe.as_deref(), opts.quick)
 }
 
+/// The live drill timed by `live_kill_drill_wall_s` (under the catalogue folder).
+pub const LIVE_KILL_DRILL: &str = "live/python-worker-kill-after-commit.toml";
+
+/// A live worker-kill drill of 10 jobs on real processes (the python agent,
+/// killed with its charge in flight), start to end: the processes' start,
+/// the drill and the stop.
+fn live_figures(opts: &Options, progress: &mut dyn FnMut(&str)) -> Vec<Figure> {
+    progress("live worker-kill drill");
+    let file = opts.catalogue.join(LIVE_KILL_DRILL);
+    let target = Some(Target::Below(20.0));
+    let name = "live_kill_drill_wall_s";
+    let sc = match crate::live::scenario::load(&file) {
+        Ok(l) => l.scenario,
+        Err(e) => return vec![fig(name, None, "s", target, format!("unusable live drill: {e}"))],
+    };
+    let (r, wall) = timed(|| crate::live::drill::run(&sc, sc.seed));
+    let f = match r {
+        Ok(r) if r.verdict == "pass" => fig(
+            name,
+            Some(wall),
+            "s",
+            target,
+            format!(
+                "{}: {} jobs, the worker SIGKILLed at a kill point and restarted; processes' start to stop (RTO {:.2} s, {} duplicates); needs the SDK venv of `cargo xtask test` (AGENTDRILL_PYTHON)",
+                file.display(),
+                sc.jobs.count,
+                r.rto_s.unwrap_or(f64::NAN),
+                r.duplicates
+            ),
+        ),
+        Ok(r) => {
+            fig(name, None, "s", target, format!("{}: verdict {} ({:?})", file.display(), r.verdict, r.violations))
+        }
+        Err(e) => fig(
+            name,
+            None,
+            "s",
+            target,
+            format!("{}: {e} (run `cargo xtask test` once for the SDK venv)", file.display()),
+        ),
+    };
+    vec![f]
+}
+
 /// The order figures are printed in.
 const ORDER: &[&str] = &[
     "tool_calls_per_s",
@@ -871,6 +916,7 @@ const ORDER: &[&str] = &[
     "fake_loadgen_ceiling_p99_ms",
     "fake_loadgen_ceiling_server_cpu_us",
     "fake_loadgen_ceiling_client_cpu_us",
+    "live_kill_drill_wall_s",
 ];
 
 /// Times turmoil and agentdrill back to back `reps` times (agentdrill as the

@@ -11,26 +11,48 @@ use std::time::{Instant, SystemTime};
 
 use agentdrill::drill::loader::{self, Loaded};
 use agentdrill::drill::{self, scenario};
+use agentdrill::live::scenario::{self as live_scenario, LiveLoaded};
 use agentdrill::report::{self, Entry};
 use tabled::{Table, Tabled, settings::Style};
 
 use crate::Format;
 
-/// Reads every scenario under `paths`; prints every error of every bad
-/// file (or, with `stop_at_first_bad`, of the first bad file) and gives 2.
-fn load(
+/// Simulated and live scenarios (`mode = "live"`) under `paths`, each kind
+/// in file order; every error of every bad file is printed (2).
+#[allow(clippy::type_complexity)]
+fn load_any(
     paths: &[PathBuf],
     stop_at_first_bad: bool,
     ok: &mut dyn FnMut(&Path, &Loaded),
-) -> Result<Vec<(PathBuf, Loaded)>, ExitCode> {
+    ok_live: &mut dyn FnMut(&Path, &LiveLoaded),
+) -> Result<(Vec<(PathBuf, Loaded)>, Vec<(PathBuf, LiveLoaded)>), ExitCode> {
     let files = crate::collect(paths).map_err(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })?;
     let mut out = Vec::new();
+    let mut live = Vec::new();
     let mut bad = false;
     for f in files {
         tracing::debug!(file = %f.display(), "loading");
+        if live_scenario::is_live_file(&f) {
+            match live_scenario::load(&f) {
+                Ok(l) => {
+                    ok_live(&f, &l);
+                    live.push((f, l));
+                }
+                Err(e) => {
+                    for e in e.all() {
+                        eprintln!("error: {e}");
+                    }
+                    bad = true;
+                    if stop_at_first_bad {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
         match loader::load(&f) {
             Ok(l) => {
                 ok(&f, &l);
@@ -47,7 +69,25 @@ fn load(
             }
         }
     }
-    if bad { Err(ExitCode::from(2)) } else { Ok(out) }
+    if bad { Err(ExitCode::from(2)) } else { Ok((out, live)) }
+}
+
+/// Quotes on stderr the log tail of every process of a live drill that
+/// exited without the harness asking (the same records are in the JSON).
+fn quote_unexpected_exits(result: &drill::DrillResult) {
+    let Some(live) = &result.live else { return };
+    for x in live.process_exits.iter().filter(|x| !x.by_harness) {
+        let how = x.code.map_or_else(|| format!("signal {}", x.signal.unwrap_or(0)), |c| format!("exit code {c}"));
+        eprintln!(
+            "warning: {}: process `{}` replica {} (pid {}) exited unexpectedly ({how}) at {:.1} s; its log ends:\n{}",
+            result.scenario,
+            x.process,
+            x.replica,
+            x.pid,
+            x.at_s,
+            x.log_tail.as_deref().unwrap_or("")
+        );
+    }
 }
 
 /// Writes to stdout; a closed pipe (`agentdrill run … | head`) is not an error.
@@ -81,9 +121,10 @@ pub(crate) fn print_table(entries: &[Entry]) {
     emit(&if colour() { paint(&t) } else { t });
 }
 
-/// `agentdrill run` with `jobs` drills at once.
+/// `agentdrill run` with `jobs` simulated drills at once (live drills run one
+/// after another, after them: they own real processes and ports).
 pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<PathBuf>, jobs: usize) -> ExitCode {
-    let loaded = match load(paths, false, &mut |_, _| {}) {
+    let (loaded, live) = match load_any(paths, false, &mut |_, _| {}, &mut |_, _| {}) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -98,7 +139,7 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
     });
     let started = Instant::now();
     // One drill per thread; the entries come back in file order.
-    let entries = agentdrill::par::map_in_order(loaded.len(), jobs, |i| {
+    let mut entries = agentdrill::par::map_in_order(loaded.len(), jobs, |i| {
         let (file, l) = &loaded[i];
         let sc = &l.scenario;
         if let Some(b) = &bar {
@@ -117,6 +158,23 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
     });
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    for (file, l) in live {
+        let sc = &l.scenario;
+        let seed = seed.unwrap_or(sc.seed);
+        tracing::info!(scenario = %sc.name, seed, file = %file.display(), "running live");
+        let t0 = Instant::now();
+        let result = match agentdrill::live::drill::run(sc, seed) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        quote_unexpected_exits(&result);
+        let wall = t0.elapsed();
+        tracing::info!(scenario = %sc.name, verdict = result.verdict, wall_ms = wall.as_secs_f64() * 1e3, "done");
+        entries.push(Entry { result, file: Some(file), hash: Some(l.hash), wall: Some(wall) });
     }
     tracing::info!(drills = entries.len(), wall_ms = started.elapsed().as_secs_f64() * 1e3, "catalogue done");
     match format {
@@ -322,11 +380,11 @@ struct ListRow {
 
 /// `agentdrill list`.
 pub fn list(paths: &[PathBuf]) -> ExitCode {
-    let loaded = match load(paths, false, &mut |_, _| {}) {
+    let (loaded, live) = match load_any(paths, false, &mut |_, _| {}, &mut |_, _| {}) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let rows: Vec<ListRow> = loaded
+    let mut rows: Vec<ListRow> = loaded
         .iter()
         .map(|(_, l)| {
             let sc = &l.scenario;
@@ -341,7 +399,20 @@ pub fn list(paths: &[PathBuf]) -> ExitCode {
             }
         })
         .collect();
-    emit(&format!("{}\n{} drills\n", Table::new(rows).with(Style::rounded()), loaded.len()));
+    rows.extend(live.iter().map(|(_, l)| {
+        let sc = &l.scenario;
+        let mut kinds: Vec<&str> = sc.faults.iter().map(live_scenario::LiveFault::kind).collect();
+        kinds.dedup();
+        ListRow {
+            drill: format!("{} (live)", sc.name),
+            tier: sc.tier.name().to_owned(),
+            expect: if sc.expect == scenario::Expect::Fail { "fail" } else { "pass" },
+            faults: if kinds.is_empty() { "none".into() } else { kinds.join(", ") },
+            purpose: sc.purpose.clone(),
+        }
+    }));
+    let n = rows.len();
+    emit(&format!("{}\n{n} drills\n", Table::new(rows).with(Style::rounded())));
     ExitCode::SUCCESS
 }
 
@@ -359,9 +430,23 @@ pub fn validate(paths: &[PathBuf]) -> ExitCode {
             if l.files.len() > 1 { format!(", {} included", l.files.len() - 1) } else { String::new() }
         ));
     };
-    match load(paths, true, &mut ok) {
-        Ok(l) => {
-            emit(&format!("{} scenario{} valid\n", l.len(), if l.len() == 1 { "" } else { "s" }));
+    let mut ok_live = |f: &Path, l: &LiveLoaded| {
+        let sc = &l.scenario;
+        let n = sc.faults.len();
+        let procs: u32 = sc.processes.iter().map(|p| u32::from(p.replicas)).sum();
+        emit(&format!(
+            "ok  {}  ({}, live, tier {}, {procs} process{}, {n} fault{})\n",
+            f.display(),
+            sc.name,
+            sc.tier.name(),
+            if procs == 1 { "" } else { "es" },
+            if n == 1 { "" } else { "s" },
+        ));
+    };
+    match load_any(paths, true, &mut ok, &mut ok_live) {
+        Ok((l, live)) => {
+            let n = l.len() + live.len();
+            emit(&format!("{n} scenario{} valid\n", if n == 1 { "" } else { "s" }));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -370,6 +455,20 @@ pub fn validate(paths: &[PathBuf]) -> ExitCode {
 
 /// `agentdrill explain`.
 pub fn explain(file: &Path, seed: Option<u64>) -> ExitCode {
+    if live_scenario::is_live_file(file) {
+        return match live_scenario::load(file) {
+            Ok(l) => {
+                emit(&live_scenario::explain(&l.scenario));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for e in e.all() {
+                    eprintln!("error: {e}");
+                }
+                ExitCode::from(2)
+            }
+        };
+    }
     let l = match loader::load(file) {
         Ok(l) => l,
         Err(e) => {

@@ -122,8 +122,14 @@ enum Command {
     /// Print the JSON Schema of scenario files (generated from the types).
     ///
     /// Point an editor at it to check scenarios as you type.
-    #[command(after_help = "Example:\n  agentdrill schema > scenario.schema.json")]
-    Schema,
+    #[command(
+        after_help = "Examples:\n  agentdrill schema > scenario.schema.json\n  agentdrill schema --live > live-scenario.schema.json"
+    )]
+    Schema {
+        /// The schema of live scenarios (`mode = "live"`) instead.
+        #[arg(long)]
+        live: bool,
+    },
     /// List drills with their tier, expected outcome, faults and purpose.
     #[command(after_help = "Examples:\n  agentdrill list scenarios/\n  agentdrill list scenarios/antipatterns/")]
     List {
@@ -333,8 +339,12 @@ fn main() -> ExitCode {
         }
         Command::Run { paths, seed, format, out, jobs } => cli::run(&paths, seed, format, out, jobs),
         Command::Explain { file, seed } => cli::explain(&file, seed),
-        Command::Schema => {
-            println!("{}", agentdrill::drill::schema::render());
+        Command::Schema { live } => {
+            if live {
+                println!("{}", agentdrill::drill::schema::render_live());
+            } else {
+                println!("{}", agentdrill::drill::schema::render());
+            }
             ExitCode::SUCCESS
         }
         Command::List { paths } => cli::list(&paths),
@@ -363,6 +373,7 @@ fn main() -> ExitCode {
                 payment_dedupe: !no_dedupe,
                 email_dedupe: true,
                 record_attempts: !no_attempts,
+                sender_slots: 0,
             };
             cli_live::serve(cfg, print_tools)
         }

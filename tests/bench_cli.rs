@@ -41,6 +41,7 @@ fn bench_quick_json_names_every_figure() {
         "fake_payment_server_cpu_us",
         "fake_payment_client_cpu_us",
         "fake_loadgen_ceiling_rps",
+        "live_kill_drill_wall_s",
     ] {
         assert!(names.contains(&name), "missing {name} in {names:?}");
     }

@@ -22,12 +22,13 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The catalogue's drill files (what `run scenarios/` runs).
+/// The catalogue's drill files (what `run scenarios/` runs: not the live
+/// drills of `scenarios/live/`, which start processes).
 fn drills(dir: &str) -> Vec<PathBuf> {
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(d).expect("folder") {
             let p = e.expect("entry").path();
-            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')) {
+            if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_') || (p.is_dir() && n == "live")) {
                 continue;
             }
             if p.is_dir() {

@@ -1,5 +1,5 @@
-//! The JSON Schema (`agentdrill schema`) accepts every scenario of the
-//! catalogue, and refuses malformed ones. Offline: no remote references.
+//! The JSON Schema (`agentdrill schema`, and `schema --live` for live
+//! scenarios) accepts every scenario of the catalogue, and refuses malformed ones. Offline: no remote references.
 
 use std::path::{Path, PathBuf};
 
@@ -30,12 +30,19 @@ fn is_fragment(p: &Path) -> bool {
 fn every_catalogue_file_validates_against_the_schema() {
     let scenario = jsonschema::validator_for(&schema::scenario_schema()).expect("the schema compiles");
     let fragment = jsonschema::validator_for(&schema::fragment_schema()).expect("the fragment schema compiles");
+    let live = jsonschema::validator_for(&schema::live_schema()).expect("the live schema compiles");
     let mut files = Vec::new();
     toml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios"), &mut files);
     assert!(files.len() >= 20, "{}", files.len());
     for f in files {
         let v = as_json(&f);
-        let validator = if is_fragment(&f) { &fragment } else { &scenario };
+        let validator = if agentdrill::live::scenario::is_live_file(&f) {
+            &live
+        } else if is_fragment(&f) {
+            &fragment
+        } else {
+            &scenario
+        };
         let errors: Vec<String> =
             validator.iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{}: {errors:#?}", f.display());

@@ -941,12 +941,16 @@ fn place(root: &Val<'_>, field: &str) -> Option<usize> {
 
 /// Every scenario file (`*.toml`) under `dir`, sorted, skipping names that
 /// start with `_` (shared pieces for `include`) or `.` (hidden): what
-/// `agentdrill run DIR` runs.
+/// `agentdrill run DIR` runs. A sub-folder named `live` (live drills start
+/// real processes) is walked only when it is `dir` itself.
 pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for entry in std::fs::read_dir(dir)? {
             let p = entry?.path();
             if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['_', '.'])) {
+                continue;
+            }
+            if p.is_dir() && p.file_name().is_some_and(|n| n == "live") {
                 continue;
             }
             if p.is_dir() {

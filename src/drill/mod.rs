@@ -118,6 +118,10 @@ pub struct DrillResult {
     /// Touched jobs beyond [`lanes::MAX_LANES`], not drawn.
     #[serde(skip)]
     pub lanes_more: usize,
+    /// A live drill's own records (None for a simulated drill, whose JSON
+    /// has no `mode`).
+    #[serde(flatten)]
+    pub live: Option<crate::live::drill::LiveInfo>,
 }
 
 /// Raw outcome of one simulation run.
@@ -477,44 +481,9 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
 
     let targets = sc.tier.targets();
     let (target_rto_s, target_rpo_s) = (targets.rto_s, targets.rpo_s);
-    let mut rto_s = Some(0.0);
-    let mut rto_parts = RtoParts::default();
-    let mut rpo = RpoSurfaces::default();
-    for f in &faults {
-        match (rto_s, f.rto_s) {
-            (Some(a), Some(b)) if b >= a => {
-                rto_s = Some(b);
-                rto_parts = f.rto_parts;
-            }
-            (Some(_), None) => {
-                rto_s = None;
-                rto_parts = f.rto_parts;
-            }
-            _ => {}
-        }
-        rpo.structured_state_s = rpo.structured_state_s.max(f.rpo.structured_state_s);
-        rpo.vector_memory_s = rpo.vector_memory_s.max(f.rpo.vector_memory_s);
-        rpo.queue_s = rpo.queue_s.max(f.rpo.queue_s);
-    }
+    let (rto_s, rto_parts, rpo) = worst(&faults);
     let rpo_s = rpo.max_s();
-    let mut violations = Vec::new();
-    match rto_s {
-        None => violations.push(format!(
-            "RTO: not recovered by the horizon ({:.0} s); target < {target_rto_s:.0} s",
-            us_to_s(horizon_us)
-        )),
-        Some(r) if r >= target_rto_s => violations.push(format!("RTO {r:.1} s ≥ target {target_rto_s:.0} s")),
-        _ => {}
-    }
-    if rpo_s >= target_rpo_s {
-        violations.push(format!("RPO {rpo_s:.1} s ≥ target {target_rpo_s:.0} s"));
-    }
-    for &inv in &targets.invariants {
-        let n = counts.of(inv);
-        if n > 0 {
-            violations.push(format!("{}: {n}, target 0", inv.counts()));
-        }
-    }
+    let mut violations = target_violations(&targets, rto_s, rpo_s, &counts, horizon_us);
     for f in faults.iter().filter(|f| f.kind == "bad_deploy" && f.onset_s.is_some()) {
         match f.rollback_s {
             None => violations.push(format!("bad deploy never rolled back; target < {ROLLBACK_TARGET_S:.0} s")),
@@ -535,10 +504,6 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     // The recovery invariants (`invariants`), so a `fuzz` reproducer fails here too.
     violations.extend(crate::drill::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
     let met_targets = violations.is_empty();
-    let passed = match sc.expect {
-        Expect::Pass => met_targets,
-        Expect::Fail => !met_targets,
-    };
     let stack = &run.stack;
     let stats = stack.rt.stats();
     let (job_lanes, lanes_more) =
@@ -549,7 +514,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         seed,
         tier: sc.tier.name().to_owned(),
         expect: sc.expect,
-        verdict: if passed { "pass" } else { "fail" },
+        verdict: verdict(sc.expect, met_targets),
         met_targets,
         rto_s,
         rpo_s,
@@ -578,7 +543,75 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         host_names: stack.rt.hosts().iter().map(|h| h.name.clone()).collect(),
         lanes: job_lanes,
         lanes_more,
+        live: None,
     }
+}
+
+/// The worst RTO over the faults (None: one did not recover) with its
+/// parts, and the worst RPO per surface. Simulated and live drills alike.
+pub fn worst(faults: &[FaultResult]) -> (Option<f64>, RtoParts, RpoSurfaces) {
+    let mut rto_s = Some(0.0);
+    let mut rto_parts = RtoParts::default();
+    let mut rpo = RpoSurfaces::default();
+    for f in faults {
+        match (rto_s, f.rto_s) {
+            (Some(a), Some(b)) if b >= a => {
+                rto_s = Some(b);
+                rto_parts = f.rto_parts;
+            }
+            (Some(_), None) => {
+                rto_s = None;
+                rto_parts = f.rto_parts;
+            }
+            _ => {}
+        }
+        rpo.structured_state_s = rpo.structured_state_s.max(f.rpo.structured_state_s);
+        rpo.vector_memory_s = rpo.vector_memory_s.max(f.rpo.vector_memory_s);
+        rpo.queue_s = rpo.queue_s.max(f.rpo.queue_s);
+    }
+    (rto_s, rto_parts, rpo)
+}
+
+/// Every target of the tier the measurements miss, in words: RTO (None:
+/// not recovered by the horizon), RPO and the zero-tolerance counts.
+/// Simulated and live drills alike.
+pub fn target_violations(
+    targets: &tier::Targets,
+    rto_s: Option<f64>,
+    rpo_s: f64,
+    counts: &Counts,
+    horizon_us: crate::components::ids::Micros,
+) -> Vec<String> {
+    let (target_rto_s, target_rpo_s) = (targets.rto_s, targets.rpo_s);
+    let mut violations = Vec::new();
+    match rto_s {
+        None => violations.push(format!(
+            "RTO: not recovered by the horizon ({:.0} s); target < {target_rto_s:.0} s",
+            us_to_s(horizon_us)
+        )),
+        Some(r) if r >= target_rto_s => violations.push(format!("RTO {r:.1} s ≥ target {target_rto_s:.0} s")),
+        _ => {}
+    }
+    if rpo_s >= target_rpo_s {
+        violations.push(format!("RPO {rpo_s:.1} s ≥ target {target_rpo_s:.0} s"));
+    }
+    for &inv in &targets.invariants {
+        let n = counts.of(inv);
+        if n > 0 {
+            violations.push(format!("{}: {n}, target 0", inv.counts()));
+        }
+    }
+    violations
+}
+
+/// "pass" or "fail": an `expect = "pass"` drill passes when the stack met
+/// its targets; an `expect = "fail"` drill passes when it did not (caught).
+pub fn verdict(expect: Expect, met_targets: bool) -> &'static str {
+    let passed = match expect {
+        Expect::Pass => met_targets,
+        Expect::Fail => !met_targets,
+    };
+    if passed { "pass" } else { "fail" }
 }
 
 /// A timeline line for a note (used by reports).

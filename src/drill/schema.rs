@@ -48,6 +48,25 @@ pub fn fragment_schema() -> Value {
     v
 }
 
+/// The schema of live scenario files (`mode = "live"`).
+pub fn live_schema() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().for_deserialize().into_generator();
+    let mut v = generator.into_root_schema_for::<crate::live::scenario::LiveScenario>().to_value();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("title".into(), json!("agentdrill live scenario"));
+        obj.insert(
+            "description".into(),
+            json!("A live drill (mode = \"live\"): the stack's processes, how jobs are submitted, faults on real things. See the README."),
+        );
+    }
+    v
+}
+
+/// The live schema, pretty-printed.
+pub fn render_live() -> String {
+    serde_json::to_string_pretty(&live_schema()).expect("a JSON value serialises")
+}
+
 /// The schema, pretty-printed.
 pub fn render() -> String {
     serde_json::to_string_pretty(&scenario_schema()).expect("a JSON value serialises")

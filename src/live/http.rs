@@ -51,11 +51,18 @@ pub struct Note {
 
 /// Request extension: drops this request's connection when notified.
 #[derive(Clone, Debug)]
-struct Kill(Arc<Notify>);
+pub(crate) struct Kill(Arc<Notify>);
+
+/// Request extension: the sender slot whose own listener took the request
+/// (None: the shared listener). Live drills give every process replica its
+/// own port on every fake, so a request names its sender.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sender(pub Option<u16>);
 
 /// Serves `app` on `listener` until `stop` turns true. A request whose
-/// toxic says "drop" closes its connection with no answer.
-pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+/// toxic says "drop" closes its connection with no answer. Requests are
+/// tagged with `sender` ([`Sender`]).
+pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>, sender: Option<u16>) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -69,6 +76,7 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
             let k = kill.clone();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Kill(k.clone()));
+                req.extensions_mut().insert(Sender(sender));
                 app.clone().oneshot(req.map(Body::new))
             });
             let conn =
@@ -85,7 +93,9 @@ pub async fn serve(listener: TcpListener, app: Router, mut stop: watch::Receiver
 /// Adds the per-request middleware and the state to a fake's router.
 pub fn with_middleware(app: Router<Ctx>, shared: Arc<Shared>, fake: Fake) -> Router {
     let ctx = Ctx { shared, fake };
-    app.layer(middleware::from_fn_with_state(ctx.clone(), per_request)).with_state(ctx)
+    app.layer(middleware::from_fn_with_state(ctx.clone(), super::killpoint::layer))
+        .layer(middleware::from_fn_with_state(ctx.clone(), per_request))
+        .with_state(ctx)
 }
 
 /// What the middleware notes of a request before it is served (moved into
@@ -163,7 +173,7 @@ fn is_model(f: Fake) -> bool {
 }
 
 /// Closes the request's connection without an answer.
-async fn drop_connection(kill: Option<Kill>) -> Response {
+pub(crate) async fn drop_connection(kill: Option<Kill>) -> Response {
     match kill {
         Some(Kill(n)) => {
             n.notify_one();

@@ -21,12 +21,16 @@
 #![allow(clippy::result_large_err)]
 
 pub mod control;
+pub mod drill;
 pub mod email;
 pub mod http;
+pub mod killpoint;
 pub mod loadgen;
 pub mod model;
 pub mod payment;
+pub mod scenario;
 pub mod script;
+pub mod supervisor;
 pub mod toxics;
 pub mod vector;
 
@@ -112,7 +116,14 @@ pub struct LiveConfig {
     pub email_dedupe: bool,
     /// Keep the ledger of attempts (off only for raw-speed benchmarks).
     pub record_attempts: bool,
+    /// Sender slots: each gets its own ephemeral port on every fake, so a
+    /// request names the process replica that sent it (live drills: one
+    /// slot per replica). At most [`MAX_SENDER_SLOTS`].
+    pub sender_slots: u16,
 }
+
+/// Most sender slots a served instance binds (each costs seven listeners).
+pub const MAX_SENDER_SLOTS: u16 = 64;
 
 impl Default for LiveConfig {
     fn default() -> Self {
@@ -124,6 +135,7 @@ impl Default for LiveConfig {
             payment_dedupe: true,
             email_dedupe: true,
             record_attempts: true,
+            sender_slots: 0,
         }
     }
 }
@@ -211,6 +223,12 @@ pub struct Shared {
     pub held: [AtomicU64; 7],
     /// Listening addresses, in [`Fake::ALL`] order.
     pub addrs: Vec<SocketAddr>,
+    /// Each sender slot's own listening addresses, in [`Fake::ALL`] order.
+    pub slot_addrs: Vec<Vec<SocketAddr>>,
+    /// Kill points armed by a live drill.
+    pub killpoints: killpoint::Table,
+    /// When a model fake first served each job's final answer (µs since start).
+    pub finals: Mutex<rustc_hash::FxHashMap<u32, Micros>>,
     next_id: AtomicU64,
 }
 
@@ -248,6 +266,17 @@ impl Shared {
         self.addrs[fake.index()]
     }
 
+    /// The address of `fake` for sender `slot` (the shared one for None).
+    pub fn addr_for(&self, fake: Fake, slot: Option<u16>) -> SocketAddr {
+        slot.map_or_else(|| self.addr(fake), |s| self.slot_addrs[usize::from(s)][fake.index()])
+    }
+
+    /// Notes that a model fake served `job`'s final answer (the first time counts).
+    pub fn record_final(&self, job: u32) {
+        let now = self.now_us();
+        lock(&self.finals).entry(job).or_insert(now);
+    }
+
     /// Back to the state at start: no toxics, empty ledgers and stores.
     pub fn reset(&self) {
         lock(&self.toxics).clear();
@@ -259,6 +288,7 @@ impl Shared {
         }
         self.vector.reset();
         *lock(&self.attempts) = Attempts::default();
+        lock(&self.finals).clear();
     }
 }
 
@@ -276,7 +306,13 @@ pub struct Served {
 impl Served {
     /// The base URLs of the fakes, as the SDKs take them.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        let url = |f| format!("http://{}", self.shared.addr(f));
+        self.env_for(None)
+    }
+
+    /// The base URLs of the fakes on sender `slot`'s own ports (the shared
+    /// ports for None).
+    pub fn env_for(&self, slot: Option<u16>) -> Vec<(&'static str, String)> {
+        let url = |f| format!("http://{}", self.shared.addr_for(f, slot));
         vec![
             ("ANTHROPIC_BASE_URL", url(Fake::Anthropic)),
             ("OPENAI_BASE_URL", format!("{}/v1", url(Fake::Openai))),
@@ -312,6 +348,17 @@ pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
         listeners.push(bind(port(i as u16 + 1), f.name()).await?);
     }
     let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().expect("bound")).collect();
+    assert!(cfg.sender_slots <= MAX_SENDER_SLOTS, "at most {MAX_SENDER_SLOTS} sender slots");
+    let mut slot_listeners = Vec::with_capacity(usize::from(cfg.sender_slots));
+    for _ in 0..cfg.sender_slots {
+        let mut ls = Vec::with_capacity(Fake::ALL.len());
+        for f in Fake::ALL {
+            ls.push(bind(0, f.name()).await?);
+        }
+        slot_listeners.push(ls);
+    }
+    let slot_addrs: Vec<Vec<SocketAddr>> =
+        slot_listeners.iter().map(|ls| ls.iter().map(|l| l.local_addr().expect("bound")).collect()).collect();
     let shared = Arc::new(Shared {
         start: Instant::now(),
         script: script::Script::new(cfg.seed),
@@ -324,13 +371,17 @@ pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
         attempts: Mutex::new(Attempts::default()),
         held: Default::default(),
         addrs,
+        slot_addrs,
+        killpoints: killpoint::Table::default(),
+        finals: Mutex::new(rustc_hash::FxHashMap::default()),
         next_id: AtomicU64::new(1),
         cfg,
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::with_capacity(listeners.len() + 1);
     let control = control_l.local_addr().expect("bound");
-    tasks.push(tokio::spawn(http::serve(control_l, control::router(shared.clone()), stopped.clone())));
+    tasks.push(tokio::spawn(http::serve(control_l, control::router(shared.clone()), stopped.clone(), None)));
+    let mut apps = Vec::with_capacity(Fake::ALL.len());
     for (f, l) in Fake::ALL.into_iter().zip(listeners) {
         let app = match f {
             Fake::Payment => payment::router(),
@@ -340,7 +391,14 @@ pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
             Fake::VectorA | Fake::VectorB => vector::router(),
         };
         let app = http::with_middleware(app, shared.clone(), f);
-        tasks.push(tokio::spawn(http::serve(l, app, stopped.clone())));
+        tasks.push(tokio::spawn(http::serve(l, app.clone(), stopped.clone(), None)));
+        apps.push(app);
+    }
+    for (slot, ls) in slot_listeners.into_iter().enumerate() {
+        let slot = u16::try_from(slot).expect("at most MAX_SENDER_SLOTS");
+        for (app, l) in apps.iter().zip(ls) {
+            tasks.push(tokio::spawn(http::serve(l, app.clone(), stopped.clone(), Some(slot))));
+        }
     }
     Ok(Served { shared, control, stop, tasks })
 }

@@ -128,6 +128,9 @@ async fn play(ctx: &Ctx, applied: &Applied, first: &str, results: usize) -> Resu
             st.provider.clear_outages();
         }
         let body = outcome.result.err().map(|e| st.provider.error_body_json(&e));
+        if body.is_none() && matches!(turn.action, super::script::Action::Final { .. }) {
+            shared.record_final(job);
+        }
         (outcome, body, malformed)
     };
     let scaled_us = outcome.latency_us.saturating_mul(shared.cfg.model_latency_permille) / 1_000;

@@ -1,0 +1,635 @@
+//! Live scenario files (`mode = "live"`): a drill on real processes.
+//!
+//! ```toml
+//! mode = "live"
+//! name = "live-worker-kill-in-flight"
+//! tier = "customer-facing"
+//! horizon = "20s"
+//!
+//! [jobs]
+//! count = 10
+//! workflow = "book_flight"
+//!
+//! [[processes]]
+//! name = "worker"
+//! command = "${AGENTDRILL_PYTHON:-python3}"
+//! args = ["examples/python-agent/agent.py", "--serve"]
+//! restart_delay = "300ms"
+//!
+//! [submit]
+//! process = "worker"
+//! path = "/jobs"
+//!
+//! [[faults]]
+//! kind = "kill_at_call"
+//! api = "payment"
+//! job = 3
+//! phase = "after_commit"
+//! ```
+//!
+//! The tier, `expect`, durations and error reporting are the simulated
+//! scenarios' ([`crate::drill::scenario`]); what differs is what a live drill
+//! needs: the processes, how jobs are submitted, and faults on real things.
+//! `${NAME}` and `${NAME:-default}` in `command`, `args` and `env` values are
+//! taken from the harness's environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Fake;
+use super::killpoint::KillPhase;
+use crate::drill::loader::line_col;
+use crate::drill::scenario::{Dur, Expect, ScenarioError};
+use crate::drill::tier::TierSpec;
+
+/// Most jobs a live drill submits.
+pub const MAX_JOBS: u32 = 1_000;
+/// Most processes a live scenario names.
+pub const MAX_PROCESSES: usize = 16;
+/// Most replicas of one process.
+pub const MAX_REPLICAS: u16 = 16;
+/// Most faults of a live scenario.
+pub const MAX_FAULTS: usize = 32;
+/// Longest live horizon (real time): 10 minutes.
+pub const MAX_HORIZON_MS: u64 = 600_000;
+
+/// The only mode this file type has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Real processes against the HTTP fakes.
+    Live,
+}
+
+/// A live drill.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiveScenario {
+    /// `"live"`.
+    pub mode: Mode,
+    /// Name (default: the file name without `.toml`).
+    #[serde(default)]
+    pub name: String,
+    /// One line: what the drill shows.
+    #[serde(default)]
+    pub purpose: String,
+    /// The tier the stack claims.
+    pub tier: TierSpec,
+    /// `"pass"`, or `"fail"` for an anti-pattern drill.
+    #[serde(default)]
+    pub expect: Expect,
+    /// Seed of the fakes' script.
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Real time the drill may take, from the first submission.
+    pub horizon: Dur,
+    /// How long the processes may take to listen before the drill gives up.
+    #[serde(default = "default_startup")]
+    pub startup: Dur,
+    /// The fakes' settings.
+    #[serde(default)]
+    pub fakes: FakesSpec,
+    /// The jobs submitted.
+    pub jobs: JobsSpec,
+    /// The stack's processes.
+    pub processes: Vec<ProcessSpec>,
+    /// How jobs are submitted.
+    pub submit: SubmitSpec,
+    /// PostgreSQL for the stack (`DATABASE_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
+    /// The faults.
+    #[serde(default)]
+    pub faults: Vec<LiveFault>,
+}
+
+fn one() -> u64 {
+    1
+}
+fn default_startup() -> Dur {
+    Dur::secs(15)
+}
+fn default_every() -> Dur {
+    Dur(100)
+}
+fn default_restart() -> Dur {
+    Dur(1_000)
+}
+fn default_replicas() -> u16 {
+    1
+}
+fn default_region() -> String {
+    "a".into()
+}
+fn default_path() -> String {
+    "/jobs".into()
+}
+fn default_processing() -> Dur {
+    Dur(50)
+}
+fn yes() -> bool {
+    true
+}
+fn default_status() -> u16 {
+    529
+}
+
+/// The fakes' settings.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FakesSpec {
+    /// The payment API deduplicates on `Idempotency-Key` (Stripe does).
+    #[serde(default = "yes")]
+    pub payment_dedupe: bool,
+    /// The email API deduplicates on `Idempotency-Key`.
+    #[serde(default = "yes")]
+    pub email_dedupe: bool,
+    /// How long the payment and email APIs process a request.
+    #[serde(default = "default_processing")]
+    pub processing: Dur,
+}
+
+impl Default for FakesSpec {
+    fn default() -> Self {
+        FakesSpec { payment_dedupe: true, email_dedupe: true, processing: default_processing() }
+    }
+}
+
+/// The jobs of a drill: `count` jobs numbered from `first`, one every `every`.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSpec {
+    /// How many.
+    pub count: u32,
+    /// The workflow template (`book_flight`, `research_report`,
+    /// `approve_refund`, …); left out: drawn per job from the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    /// Number of the first job.
+    #[serde(default = "one_u32")]
+    pub first: u32,
+    /// Gap between submissions.
+    #[serde(default = "default_every")]
+    pub every: Dur,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// One process of the stack.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// Name (letters, digits, `-`, `_`): `AGENTDRILL_PROCESS`, and
+    /// `AGENTDRILL_PEER_<NAME>_URL` for the others.
+    pub name: String,
+    /// Program (on PATH, or a path relative to where agentdrill runs).
+    pub command: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Region (`a` or `b`): `AGENTDRILL_REGION`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Replicas (each with its own listen address and its own fake ports).
+    #[serde(default = "default_replicas")]
+    pub replicas: u16,
+    /// Wait before a killed (or exited) replica is started again.
+    #[serde(default = "default_restart")]
+    pub restart_delay: Dur,
+}
+
+/// How jobs are submitted: `process` + `path` (the harness POSTs
+/// `{"job": N, "workflow": "NAME"}` to the process's listen address; 2xx =
+/// accepted), or `command` (`{job}` and `{workflow}` substituted; exit 0 =
+/// accepted).
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitSpec {
+    /// The process whose replica 0 takes jobs over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// The HTTP path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// A command run once per job instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+/// Where the stack's PostgreSQL comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DbBackend {
+    /// `initdb`/`pg_ctl` on PATH, on a loopback port, in the run folder.
+    Local,
+    /// A container (testcontainers).
+    Docker,
+}
+
+/// PostgreSQL for the stack.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSpec {
+    /// Backend.
+    pub backend: DbBackend,
+}
+
+/// An API a kill point watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// Stripe-shaped payments.
+    Payment,
+    /// Resend-shaped email.
+    Email,
+    /// Anthropic Messages.
+    Anthropic,
+    /// OpenAI Chat Completions.
+    Openai,
+    /// The self-hosted fallback.
+    Local,
+}
+
+impl Api {
+    /// The fake.
+    pub fn fake(self) -> Fake {
+        match self {
+            Api::Payment => Fake::Payment,
+            Api::Email => Fake::Email,
+            Api::Anthropic => Fake::Anthropic,
+            Api::Openai => Fake::Openai,
+            Api::Local => Fake::Local,
+        }
+    }
+}
+
+/// A fault on real things.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LiveFault {
+    /// SIGKILL the sender of the Nth matching call to `api`, at `phase`.
+    KillAtCall {
+        /// The API.
+        api: Api,
+        /// Only this job's calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<u32>,
+        /// Only this step's calls (payment and email).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u16>,
+        /// The Nth matching call (1-based).
+        #[serde(default = "one_u32")]
+        call: u32,
+        /// `before_commit`, `after_commit` or `after_response`.
+        phase: KillPhase,
+    },
+    /// SIGKILL a replica at a time.
+    Kill {
+        /// Process name.
+        process: String,
+        /// Replica.
+        #[serde(default)]
+        replica: u16,
+        /// When, from the first submission.
+        at: Dur,
+    },
+    /// SIGSTOP a replica at `at`, SIGCONT after `duration` (a zombie past its lease).
+    Pause {
+        /// Process name.
+        process: String,
+        /// Replica.
+        #[serde(default)]
+        replica: u16,
+        /// When, from the first submission.
+        at: Dur,
+        /// How long it stays stopped.
+        duration: Dur,
+    },
+    /// A model provider answers every request with `status` for `duration`.
+    ProviderOutage {
+        /// `anthropic`, `openai` or `local`.
+        provider: Api,
+        /// 429, 500, 503 or 529.
+        #[serde(default = "default_status")]
+        status: u16,
+        /// When, from the first submission.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+    },
+}
+
+impl LiveFault {
+    /// Kind, as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LiveFault::KillAtCall { .. } => "kill_at_call",
+            LiveFault::Kill { .. } => "kill",
+            LiveFault::Pause { .. } => "pause",
+            LiveFault::ProviderOutage { .. } => "provider_outage",
+        }
+    }
+}
+
+/// A live scenario read from a file.
+#[derive(Clone, Debug)]
+pub struct LiveLoaded {
+    /// The scenario, validated.
+    pub scenario: LiveScenario,
+    /// `"fnv1a64:<16 hex digits>"` of the file's bytes.
+    pub hash: String,
+}
+
+/// Whether `text` is a live scenario (`mode = "live"` at the top level).
+pub fn is_live(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim();
+        l.strip_prefix("mode").map(str::trim_start).and_then(|r| r.strip_prefix('=')).is_some_and(|r| {
+            let v = r.split('#').next().unwrap_or("").trim();
+            v == "\"live\"" || v == "'live'"
+        })
+    })
+}
+
+/// Whether the file at `path` is a live scenario.
+pub fn is_live_file(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| is_live(&t))
+}
+
+/// Reads and validates a live scenario file.
+pub fn load(path: &Path) -> Result<LiveLoaded, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.to_owned(), source })?;
+    parse(path, &text)
+}
+
+/// Parses and validates a live scenario from text.
+pub fn parse(path: &Path, text: &str) -> Result<LiveLoaded, ScenarioError> {
+    let mut sc: LiveScenario = toml::from_str(text).map_err(|e| {
+        let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        ScenarioError::Parse { path: path.to_owned(), line, col, message: e.message().trim().to_owned() }
+    })?;
+    if sc.name.is_empty() {
+        sc.name = path.file_stem().map_or_else(|| "live".into(), |s| s.to_string_lossy().into_owned());
+    }
+    let errs: Vec<ScenarioError> = problems(&sc)
+        .into_iter()
+        .map(|(field, message)| ScenarioError::Invalid { path: PathBuf::from(path), field, message })
+        .collect();
+    match errs.len() {
+        0 => {}
+        1 => return Err(errs.into_iter().next().expect("one")),
+        _ => return Err(ScenarioError::Several(errs)),
+    }
+    let mut h = crate::drill::loader::Fnv1a::default();
+    h.write(text.as_bytes());
+    Ok(LiveLoaded { scenario: sc, hash: format!("fnv1a64:{:016x}", h.0) })
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 40 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Every broken cross-field rule: (field, what is wrong and the fix).
+pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = sc.tier.problems();
+    let mut p = |f: &str, m: String| out.push((f.to_owned(), m));
+    if sc.horizon.ms() == 0 || sc.horizon.ms() > MAX_HORIZON_MS {
+        p("horizon", format!("{} is out of range; a live horizon is real time, between 1s and 10m", sc.horizon));
+    }
+    if sc.jobs.count == 0 || sc.jobs.count > MAX_JOBS {
+        p("jobs.count", format!("{} is out of range; submit between 1 and {MAX_JOBS} jobs", sc.jobs.count));
+    }
+    if sc.jobs.first == 0 || sc.jobs.first.saturating_add(sc.jobs.count) > super::script::MAX_JOB {
+        p("jobs.first", format!("job numbers must be between 1 and {}", super::script::MAX_JOB));
+    }
+    if let Some(w) = &sc.jobs.workflow
+        && super::script::Script::new(sc.seed).template_named(w).is_none()
+    {
+        let names: Vec<&str> = super::script::Script::new(sc.seed).templates().iter().map(|t| t.name).collect();
+        p("jobs.workflow", format!("no workflow template `{w}`; use one of {}", names.join(", ")));
+    }
+    if sc.processes.is_empty() || sc.processes.len() > MAX_PROCESSES {
+        p("processes", format!("name between 1 and {MAX_PROCESSES} processes ([[processes]] with name and command)"));
+    }
+    let mut replicas = 0usize;
+    for (i, pr) in sc.processes.iter().enumerate() {
+        if !valid_name(&pr.name) {
+            p(&format!("processes[{i}].name"), format!("`{}`: use letters, digits, `-` and `_` (at most 40)", pr.name));
+        }
+        if sc.processes[..i].iter().any(|q| q.name == pr.name) {
+            p(&format!("processes[{i}].name"), format!("`{}` is named twice; process names are unique", pr.name));
+        }
+        if pr.command.trim().is_empty() {
+            p(&format!("processes[{i}].command"), "is empty; name the program to run".into());
+        }
+        if !["a", "b"].contains(&pr.region.as_str()) {
+            p(&format!("processes[{i}].region"), format!("`{}`: the regions are `a` and `b`", pr.region));
+        }
+        if pr.replicas == 0 || pr.replicas > MAX_REPLICAS {
+            p(&format!("processes[{i}].replicas"), format!("{} is out of range; 1 to {MAX_REPLICAS}", pr.replicas));
+        }
+        replicas += usize::from(pr.replicas);
+    }
+    if replicas > usize::from(super::MAX_SENDER_SLOTS) {
+        p("processes", format!("{replicas} replicas in all; at most {}", super::MAX_SENDER_SLOTS));
+    }
+    let known = |n: &str| sc.processes.iter().find(|q| q.name == n);
+    match (&sc.submit.process, &sc.submit.command) {
+        (Some(_), Some(_)) | (None, None) => {
+            p("submit", "give either `process` (and `path`) or `command`, not both".into());
+        }
+        (Some(n), None) if known(n).is_none() => {
+            p("submit.process", format!("no process called `{n}` in [[processes]]"));
+        }
+        (None, Some(c)) if c.is_empty() => p("submit.command", "is empty; give the program and its arguments".into()),
+        _ => {}
+    }
+    if !sc.submit.path.starts_with('/') {
+        p("submit.path", format!("`{}` must start with `/`", sc.submit.path));
+    }
+    if sc.faults.len() > MAX_FAULTS {
+        p("faults", format!("{} faults; at most {MAX_FAULTS}", sc.faults.len()));
+    }
+    for (i, f) in sc.faults.iter().enumerate() {
+        let at = |p: &mut dyn FnMut(&str, String), d: Dur| {
+            if d.ms() >= sc.horizon.ms() {
+                p(
+                    &format!("faults[{i}].at"),
+                    format!("{d} is at or after the horizon ({}); move it earlier", sc.horizon),
+                );
+            }
+        };
+        match f {
+            LiveFault::KillAtCall { call, .. } if *call == 0 => {
+                p(&format!("faults[{i}].call"), "calls are counted from 1 (the first matching call)".into());
+            }
+            LiveFault::KillAtCall { .. } => {}
+            LiveFault::Kill { process, replica, at: d } | LiveFault::Pause { process, replica, at: d, .. } => {
+                match known(process) {
+                    None => {
+                        p(&format!("faults[{i}].process"), format!("no process called `{process}` in [[processes]]"))
+                    }
+                    Some(q) if *replica >= q.replicas => p(
+                        &format!("faults[{i}].replica"),
+                        format!("`{process}` has {} replicas (0 to {})", q.replicas, q.replicas - 1),
+                    ),
+                    Some(_) => {}
+                }
+                at(&mut p, *d);
+            }
+            LiveFault::ProviderOutage { provider, status, at: d, .. } => {
+                if !matches!(provider, Api::Anthropic | Api::Openai | Api::Local) {
+                    p(&format!("faults[{i}].provider"), "a provider is `anthropic`, `openai` or `local`".into());
+                }
+                if ![429, 500, 503, 529].contains(status) {
+                    p(&format!("faults[{i}].status"), format!("{status}: use 429, 500, 503 or 529"));
+                }
+                at(&mut p, *d);
+            }
+        }
+    }
+    out
+}
+
+/// A live drill in words, without running it: what starts, how jobs
+/// arrive, what each fault does, and how the verdict is reached
+/// (`agentdrill explain` of a live scenario).
+pub fn explain(sc: &LiveScenario) -> String {
+    use std::fmt::Write as _;
+    let t = sc.tier.targets();
+    let mut o = String::new();
+    let _ = writeln!(o, "{} (live drill, seed {})", sc.name, sc.seed);
+    if !sc.purpose.is_empty() {
+        let _ = writeln!(o, "  {}", sc.purpose);
+    }
+    let _ = writeln!(
+        o,
+        "\nClaim: tier {} (RTO < {:.0} s, RPO < {:.0} s, zero {}); expected outcome: {}.",
+        sc.tier.name(),
+        t.rto_s,
+        t.rpo_s,
+        t.invariants.iter().map(|i| i.counts()).collect::<Vec<_>>().join(", zero "),
+        if sc.expect == Expect::Fail { "caught (an anti-pattern drill)" } else { "pass" }
+    );
+    let _ = writeln!(o, "\nProcesses (each replica in its own process group, with its own port on every fake):");
+    for p in &sc.processes {
+        let _ = writeln!(
+            o,
+            "  {} x{} in region {}: {} {} (restarted {} after a kill)",
+            p.name,
+            p.replicas,
+            p.region,
+            p.command,
+            p.args.join(" "),
+            p.restart_delay
+        );
+    }
+    let workflow = sc.jobs.workflow.as_deref().unwrap_or("drawn per job from the seed");
+    let how = match (&sc.submit.process, &sc.submit.command) {
+        (Some(p), _) => format!("POST {{\"job\", \"workflow\"}} to {p}'s {}", sc.submit.path),
+        (None, Some(c)) => format!("run `{}`", c.join(" ")),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        o,
+        "\nJobs: {} ({workflow}), job-{} onwards, one every {}; submitted by: {how}.",
+        sc.jobs.count, sc.jobs.first, sc.jobs.every
+    );
+    let _ = writeln!(o, "\nFaults:");
+    if sc.faults.is_empty() {
+        let _ = writeln!(o, "  none");
+    }
+    for f in &sc.faults {
+        let line = match f {
+            LiveFault::KillAtCall { api, job, step, call, phase } => format!(
+                "when call #{call} to the {api:?} API{}{} arrives, the fake holds it, SIGKILLs the sender's process group, then {}",
+                job.map_or(String::new(), |j| format!(" for job-{j}")),
+                step.map_or(String::new(), |s| format!(" step {s}")),
+                match phase {
+                    KillPhase::BeforeCommit => "drops it (no effect)",
+                    KillPhase::AfterCommit => "commits the effect and drops the response (in flight)",
+                    KillPhase::AfterResponse => "answers first: the kill lands after the response left",
+                }
+            ),
+            LiveFault::Kill { process, replica, at } => format!("SIGKILL {process} replica {replica} at {at}"),
+            LiveFault::Pause { process, replica, at, duration } => {
+                format!("SIGSTOP {process} replica {replica} at {at}, SIGCONT {duration} later")
+            }
+            LiveFault::ProviderOutage { provider, status, at, duration } => {
+                format!("the {provider:?} fake answers HTTP {status} from {at} for {duration}")
+            }
+        };
+        let _ = writeln!(o, "  - {line}");
+    }
+    let _ = writeln!(
+        o,
+        "\nMeasured from the fakes' ledgers and the script: duplicates and lost effects per (job, step), RTO from each fault's onset until the jobs in flight and the next job are done end to end, stuck jobs at the horizon ({}).",
+        sc.horizon
+    );
+    o
+}
+
+/// `${NAME}` and `${NAME:-default}` replaced from `lookup`.
+pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find('}') else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        let inner = &rest[at + 2..at + end];
+        let (name, default) = inner.split_once(":-").map_or((inner, None), |(n, d)| (n, Some(d)));
+        out.push_str(&lookup(name).filter(|v| !v.is_empty()).or(default.map(str::to_owned)).unwrap_or_default());
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The env-var form of a process name: upper case, `-` → `_`.
+pub fn env_name(process: &str) -> String {
+    process.to_ascii_uppercase().replace('-', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = "mode = \"live\"\ntier = \"customer-facing\"\nhorizon = \"20s\"\n[jobs]\ncount = 3\n[[processes]]\nname = \"worker\"\ncommand = \"python3\"\n[submit]\nprocess = \"worker\"\n";
+
+    #[test]
+    fn reads_a_minimal_live_scenario_with_defaults() {
+        assert!(is_live(OK));
+        assert!(!is_live("tier = \"batch\"\n# mode = \"live\"\n"));
+        let l = parse(Path::new("x.toml"), OK).unwrap();
+        assert_eq!(l.scenario.name, "x");
+        assert_eq!(l.scenario.processes[0].replicas, 1);
+        assert_eq!(l.scenario.submit.path, "/jobs");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_place_and_the_fix() {
+        let e = parse(Path::new("x.toml"), &OK.replace("count = 3", "count = 3\nbogus = 1")).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:6:1: unknown field `bogus`"), "{e}");
+        let text = format!("{OK}[[faults]]\nkind = \"kill\"\nprocess = \"wrker\"\nat = \"30s\"\n");
+        let e = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
+        assert!(e.contains("x.toml: faults[0].process: no process called `wrker`"), "{e}");
+        assert!(e.contains("faults[0].at: 30s is at or after the horizon"), "{e}");
+    }
+
+    #[test]
+    fn expands_environment_references() {
+        let look = |n: &str| (n == "A").then(|| "x".to_owned());
+        assert_eq!(expand("${A}/${B:-python3} ${C}", &look), "x/python3 ");
+        assert_eq!(env_name("db-writer"), "DB_WRITER");
+    }
+}
