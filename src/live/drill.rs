@@ -467,6 +467,7 @@ async fn drive(
                         name: format!("outage-{outage_no}"),
                         kind: ToxicKind::Error { status, retry_after_ms: None },
                         count: None,
+                        toxicity: 1.0,
                     };
                     if let Err(e) = lock(&shared.toxics).add(fake.name(), toxic) {
                         tracing::error!(error = %e, "outage toxic refused");
