@@ -652,6 +652,10 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros
 
 fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
     for (i, f) in measured.iter().enumerate() {
+        if let FaultSpec::VectorCorruption { .. } = g.sc.faults[i] {
+            corruption_rpo_bound(g, budget, f, i, out);
+            continue;
+        }
         if g.run.faults[i].lost_log.is_none() {
             continue;
         }
@@ -685,6 +689,30 @@ fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mu
                 ));
             }
         }
+    }
+}
+
+/// A corruption's own vector RPO against what its stack allows
+/// ([`Budget::corruption_rpo_us`]), once the integrity check can have found
+/// it and the restore finished by the horizon (before that it is still
+/// unrepaired, and nothing bounds it yet).
+fn corruption_rpo_bound(g: &Ground<'_>, budget: &Budget, f: &FaultResult, i: usize, out: &mut Vec<Violation>) {
+    let Some((bound_us, restored_by_us)) = budget.corruption_rpo_us(g.sc, &g.onsets, i) else { return };
+    if restored_by_us > g.sc.horizon.us() {
+        return;
+    }
+    let b = us_to_s(bound_us);
+    if f.rpo.vector_memory_s > b + 1e-9 {
+        let (job, step) = lost_point_at(g, g.onsets[i].unwrap_or(0));
+        out.push(v(
+            Invariant::RpoBound,
+            job,
+            step,
+            format!(
+                "fault {i} ({}): vector memory RPO {:.3} s > {b:.3} s allowed by the integrity check and snapshots",
+                f.kind, f.rpo.vector_memory_s
+            ),
+        ));
     }
 }
 
@@ -954,6 +982,10 @@ fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micro
         .unwrap_or(0)
 }
 
+/// Time after an integrity check for the point-in-time restore to finish
+/// (restores of generated sizes take seconds to a few minutes).
+const RESTORE_SLACK_US: Micros = 5 * 60 * US_PER_S;
+
 /// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
 const CROSS_REGION_US: Micros = 40_000;
 /// The client submits a new probe at most this often while probing.
@@ -1123,6 +1155,57 @@ impl Budget {
             }
         }
         (structured, vector)
+    }
+
+    /// Vector corruption `i`'s RPO bound and the time by which its
+    /// point-in-time restore is due (None: it never struck).
+    ///
+    /// The serving store checks its integrity every
+    /// `integrity_check_interval` and restores the newest clean snapshot:
+    /// one taken at most a snapshot interval before the onset, which the
+    /// other region holds a ship delay and a cross-region hop later. The
+    /// points lost are those written since, so the RPO is at most
+    /// `check + interval + ship + hop` (with the check as slack).
+    ///
+    /// A failover changes that arithmetic, and the schedule says when:
+    /// - The corruption strikes the promoted store during a failover
+    ///   (between the loss, cut or lossy link at `s` and the end of its
+    ///   recovery, [`Budget::rto_bound_us`]): the promoted store takes no
+    ///   snapshot before it serves, so the newest clean one is the last the
+    ///   old primary shipped before `s`. The points written between it and
+    ///   `s` (streamed to the promoted store) are lost, aged `t0 − s` more:
+    ///   the bound is `(t0 − s) + check + interval + ship + hop`. With
+    ///   snapshots every 30 s, shipped in 1 s, checked every 5 min, a
+    ///   corruption 345 s into a cold standby's failover may lose 676 s.
+    /// - The promoted store checks its integrity one interval after it
+    ///   serves: a failover starting before the check is due postpones the
+    ///   restore to the end of that failover's recovery plus an interval.
+    pub fn corruption_rpo_us(&self, sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Option<(Micros, Micros)> {
+        let t0 = onsets[i]?;
+        let vs = &sc.stack.vector;
+        let check_us = vs.integrity_check_interval.us();
+        let base_us = check_us + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+        let mut failovers: Vec<(Micros, Micros)> = (0..sc.faults.len())
+            .filter(|&j| {
+                matches!(
+                    sc.faults[j],
+                    FaultSpec::RegionLoss { .. } | FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. }
+                )
+            })
+            .filter_map(|j| Some((onsets[j]?, self.rto_bound_us(sc, onsets, j)?)))
+            .collect();
+        failovers.sort_unstable();
+        let mut bound_us = base_us;
+        let mut restored_by_us = t0 + check_us + RESTORE_SLACK_US;
+        for &(s, recovery_us) in &failovers {
+            if s <= t0 && t0 <= s.saturating_add(recovery_us) {
+                bound_us = bound_us.max(t0 - s + base_us);
+            }
+            if s <= restored_by_us {
+                restored_by_us = restored_by_us.max(s.saturating_add(recovery_us) + check_us + RESTORE_SLACK_US);
+            }
+        }
+        Some((bound_us, restored_by_us))
     }
 
     /// Failover of the serving region, from the loss until the standby serves

@@ -998,8 +998,21 @@ impl VectorNode {
         self.serving && self.restoring.is_none()
     }
 
+    /// A store that serves stands down once the authoritative vector record
+    /// routes traffic to another store (a failover away from a primary that
+    /// is still up: a cut or a lossy link). It takes, ships and restores no
+    /// more snapshots and accepts no more writes: its stale snapshots must
+    /// not reach the promoted store, nor its late writes go unreplicated.
+    fn stand_down_if_replaced(&mut self, env: &mut SimEnv<'_>) {
+        if self.serving && env.dns.vector.target() != env.me {
+            self.serving = false;
+            env.note(Note::Demoted);
+        }
+    }
+
     fn on_msg(&mut self, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
         let now = env.now_us();
+        self.stand_down_if_replaced(env);
         match msg {
             Msg::VecUpsert { req, point, value, origin, basis } => {
                 if !self.available() {
@@ -1057,6 +1070,7 @@ impl VectorNode {
 
     fn on_timer(&mut self, env: &mut SimEnv<'_>, timer: Timer) {
         let now = env.now_us();
+        self.stand_down_if_replaced(env);
         match timer {
             Timer::IntegrityCheck if self.serving => {
                 self.arm_integrity_check(env);
