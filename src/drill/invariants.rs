@@ -39,8 +39,12 @@
 //! - **`rpo_bound`**: for each region loss, measured structured-state and
 //!   queue RPO ≤ the replication lag + one interval + the cross-region link
 //!   (0 under synchronous replication); vector-memory RPO ≤ the snapshot
-//!   interval + ship delay (0 with a streaming replica). No bound (no check)
-//!   without replication or with same-region snapshots.
+//!   interval + ship delay (0 with a streaming replica), extended from the
+//!   schedule ([`Budget::rpo_bounds_us`]). No bound (no check) without
+//!   replication or with same-region snapshots. For each vector corruption
+//!   restored by the horizon, its own vector RPO ≤ the integrity-check
+//!   interval + snapshot cycle, plus the time since a failover under way at
+//!   it began ([`Budget::corruption_rpo_us`]).
 //! - **`rto_bound`**: each fault's measured RTO ≤ its own budget from the
 //!   stack's configuration ([`Budget::rto_bound_us`]): detection, promotion
 //!   and DNS TTL, scale-up, hydration, lease expiry and recovery scan, the
@@ -986,6 +990,14 @@ fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micro
 /// (restores of generated sizes take seconds to a few minutes).
 const RESTORE_SLACK_US: Micros = 5 * 60 * US_PER_S;
 
+/// Whether a cut or link fault between endpoints `a` and `b` (host names
+/// or `region:…`) lies between the two vector stores.
+fn cuts_vector_stores(a: &str, b: &str) -> bool {
+    let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
+    (covers(a, "vector-a", "a") && covers(b, "vector-b", "b"))
+        || (covers(a, "vector-b", "b") && covers(b, "vector-a", "a"))
+}
+
 /// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
 const CROSS_REGION_US: Micros = 40_000;
 /// The client submits a new probe at most this often while probing.
@@ -1151,6 +1163,28 @@ impl Budget {
                     && s <= t0
                 {
                     *v = (*v).max(t0 - s);
+                }
+            }
+        }
+        // Snapshots are shipped once, never again: a cut or a lossy link
+        // between the two vector stores, under way at the loss or healed
+        // less than a snapshot cycle before it, kept every snapshot taken
+        // since it began from the other region, whose newest one then
+        // predates the cut by up to a cycle: `(t0 − cut start) + cycle`.
+        // (A cut of 3 min 30 s from 11 s, a loss at 86 s, snapshots every
+        // 30 s shipped in 1 s: 75 s + 31 s.)
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i])
+            && !sc.stack.vector.streaming_replica
+        {
+            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
+            for f in &sc.faults {
+                if let FaultSpec::Partition { at, duration, a, b, .. }
+                | FaultSpec::LinkDegradation { at, duration, a, b, .. } = f
+                    && cuts_vector_stores(a, b)
+                    && at.us() <= t0
+                    && t0 < at.us() + duration.us() + cycle
+                {
+                    *v = (*v).max(t0 - at.us() + cycle);
                 }
             }
         }

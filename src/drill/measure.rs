@@ -56,6 +56,9 @@ pub struct FaultObs {
     /// resolves it (see [`judge_vector`]), else at the horizon: the
     /// acknowledgement time of the oldest point lost. `None` until judged.
     pub vector_lost: Option<Option<Micros>>,
+    /// The points lost by this fault, once judged (a fault judged later
+    /// does not count them again).
+    pub vector_lost_points: FxHashSet<PointId>,
 }
 
 /// The log of a primary lost with its region.
@@ -487,7 +490,7 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
             // A cut or a lossy link loses vector memory only through the
             // failover it causes, judged at that failover's hydration.
             None if matches!(f.kind, "partition" | "link_degradation") => None,
-            None => vector_loss(stack, f, &vector_missing(stack), faults),
+            None => oldest_ack(stack, &vector_lost_points(stack, f, &vector_missing(stack), faults)),
         };
         if let Some(at) = lost {
             r.vector_memory_s = age(at);
@@ -503,24 +506,34 @@ pub fn vector_missing(stack: &Stack) -> FxHashSet<PointId> {
     stack.truth.vec_acks.keys().filter(|p| vec.query(**p).is_none_or(|hit| hit.corrupted)).copied().collect()
 }
 
-/// The acknowledgement time of the oldest point acknowledged by `f`'s onset
-/// that was present then and is in `missing` (the points lost by `f`). A
-/// point the serving store holds corrupted that a later corruption struck
-/// is that corruption's damage, not `f`'s loss (a corruption of the
-/// promoted store before it serves is not a loss of the failover).
-fn vector_loss(stack: &Stack, f: &FaultObs, missing: &FxHashSet<PointId>, all: &[FaultObs]) -> Option<Micros> {
-    let t0 = f.onset_us?;
+/// The points lost by `f`: acknowledged by its onset, present then, and in
+/// `missing` now. Two kinds of point are another fault's: one the serving
+/// store holds corrupted that a corruption struck (that corruption's
+/// damage, judged at its own restore: a corruption of the promoted store
+/// before it serves is no loss of the failover), and one already counted
+/// by a fault judged at an earlier restore (a corruption's restore to an
+/// old snapshot is not a loss of a region that came back meanwhile).
+fn vector_lost_points(stack: &Stack, f: &FaultObs, missing: &FxHashSet<PointId>, all: &[FaultObs]) -> Vec<PointId> {
+    let Some(t0) = f.onset_us else { return Vec::new() };
     let vec = &stack.vector(stack.serving_vector()).store;
-    let corrupted_later = |p: &PointId| {
-        vec.query(*p).is_some_and(|hit| hit.corrupted)
-            && all.iter().any(|g| g.onset_us.is_some_and(|s| s > t0) && g.vector_corrupted.contains(p))
+    let others = || all.iter().filter(|g| !std::ptr::eq(*g, f));
+    let corrupted_by_another = |p: &PointId| {
+        vec.query(*p).is_some_and(|hit| hit.corrupted) && others().any(|g| g.vector_corrupted.contains(p))
     };
-    missing
+    let counted = |p: &PointId| others().any(|g| g.vector_lost_points.contains(p));
+    let mut lost: Vec<PointId> = missing
         .iter()
-        .filter(|p| !f.vector_missing_at_onset.contains(*p) && !corrupted_later(p))
-        .filter_map(|p| stack.truth.vec_acks.get(p).copied())
-        .filter(|&at| at <= t0)
-        .min()
+        .filter(|p| !f.vector_missing_at_onset.contains(*p) && !corrupted_by_another(p) && !counted(p))
+        .filter(|p| stack.truth.vec_acks.get(*p).is_some_and(|&at| at <= t0))
+        .copied()
+        .collect();
+    lost.sort_unstable();
+    lost
+}
+
+/// The acknowledgement time of the oldest of `points`.
+fn oldest_ack(stack: &Stack, points: &[PointId]) -> Option<Micros> {
+    points.iter().filter_map(|p| stack.truth.vec_acks.get(p).copied()).min()
 }
 
 /// At a fault's onset: remembers what vector memory had already lost (an
@@ -587,8 +600,10 @@ pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs], restore: Restore) {
         return;
     }
     let missing = vector_missing(stack);
-    let lost: Vec<Option<Micros>> = judged.iter().map(|&i| vector_loss(stack, &faults[i], &missing, faults)).collect();
-    for (i, at) in judged.into_iter().zip(lost) {
-        faults[i].vector_lost = Some(at);
+    let lost: Vec<Vec<PointId>> =
+        judged.iter().map(|&i| vector_lost_points(stack, &faults[i], &missing, faults)).collect();
+    for (i, points) in judged.into_iter().zip(lost) {
+        faults[i].vector_lost = Some(oldest_ack(stack, &points));
+        faults[i].vector_lost_points = points.into_iter().collect();
     }
 }
