@@ -1162,7 +1162,11 @@ impl Budget {
                     && j != i
                     && s <= t0
                 {
-                    *v = (*v).max(t0 - s);
+                    // Plus a hop: a write streamed just before the outage
+                    // was still on its way (B lost at 88.0 s, A at 89.1 s:
+                    // a point streamed at 87.964 s never arrived, 1.136 s
+                    // old at the loss; 1.1 s + 0.04 s allows it).
+                    *v = (*v).max(t0 - s + CROSS_REGION_US);
                 }
             }
         }
