@@ -712,14 +712,11 @@ pub fn claim_tier(sc: &Scenario) -> Tier {
         .max()
         .unwrap_or(0);
     // A vector corruption loses the points since the newest clean snapshot
-    // when the integrity check finds it.
-    let vs = &sc.stack.vector;
-    let corruption = vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us();
-    let rpo = if sc.faults.iter().any(|f| matches!(f, FaultSpec::VectorCorruption { .. })) {
-        rpo.max(corruption)
-    } else {
-        rpo
-    };
+    // when the integrity check finds it (longer during a failover).
+    let rpo = (0..sc.faults.len())
+        .filter(|&i| matches!(sc.faults[i], FaultSpec::VectorCorruption { .. }))
+        .filter_map(|i| b.corruption_rpo_us(sc, &at, i).map(|(bound, _)| bound))
+        .fold(rpo, Micros::max);
     // An event-triggered fault may strike any time the workload runs.
     let latest_event = invariants::last_arrival_us(sc) + b.queue_us + b.step_us * 16;
     let onsets: Vec<Micros> = sc.faults.iter().map(|f| f.at().map_or(latest_event, |d| d.us())).collect();

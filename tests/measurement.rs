@@ -304,3 +304,40 @@ region = "a"
     let v = r.faults[0].rpo.vector_memory_s;
     assert!((250.0..300.0).contains(&v), "vector RPO {v} s: points acknowledged ~11 s in, lost at 300 s");
 }
+
+/// A cut between the outside and orchestrator A at 5 min makes the
+/// controller fail over although region A is up (a false failover). Vector
+/// snapshots are hourly, so none reached region B: the standby hydrates an
+/// empty store and every point written to A before the cut is lost. The
+/// jobs arriving every 20 s wrote their first point about 10 s in: judged
+/// at the hydration, from the stores' contents, the oldest lost point is
+/// about 290 s old (the cut itself was not measured: 0).
+#[test]
+fn a_false_failover_loses_the_vector_points_written_to_the_old_primary() {
+    let r = run(
+        r#"
+tier = "batch"
+horizon = "2h"
+[stack]
+pattern = "warm_standby"
+workers = 2
+vector = { snapshot_interval = "1h" }
+failover = { dns_ttl = "0s" }
+[workload]
+tasks = 12
+interval = "20s"
+templates = ["book_flight"]
+[[faults]]
+kind = "partition"
+at = "5m"
+duration = "5m"
+a = "region:external"
+b = "orchestrator-a"
+"#,
+        3,
+    );
+    let cut = &r.faults[0];
+    assert!(r.trace.iter().any(|e| matches!(e.note, Note::Hydrated { points: 0 })), "B hydrated an empty store");
+    let v = cut.rpo.vector_memory_s;
+    assert!((280.0..300.0).contains(&v), "vector RPO {v} s: points acknowledged ~10 s in, lost at the 300 s cut");
+}

@@ -39,8 +39,12 @@
 //! - **`rpo_bound`**: for each region loss, measured structured-state and
 //!   queue RPO ≤ the replication lag + one interval + the cross-region link
 //!   (0 under synchronous replication); vector-memory RPO ≤ the snapshot
-//!   interval + ship delay (0 with a streaming replica). No bound (no check)
-//!   without replication or with same-region snapshots.
+//!   interval + ship delay (0 with a streaming replica), extended from the
+//!   schedule ([`Budget::rpo_bounds_us`]). No bound (no check) without
+//!   replication or with same-region snapshots. For each vector corruption
+//!   restored by the horizon, its own vector RPO ≤ the integrity-check
+//!   interval + snapshot cycle, plus the time since a failover under way at
+//!   it began ([`Budget::corruption_rpo_us`]).
 //! - **`rto_bound`**: each fault's measured RTO ≤ its own budget from the
 //!   stack's configuration ([`Budget::rto_bound_us`]): detection, promotion
 //!   and DNS TTL, scale-up, hydration, lease expiry and recovery scan, the
@@ -666,6 +670,10 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros
 
 fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
     for (i, f) in measured.iter().enumerate() {
+        if let FaultSpec::VectorCorruption { .. } = g.sc.faults[i] {
+            corruption_rpo_bound(g, budget, f, i, out);
+            continue;
+        }
         if g.run.faults[i].lost_log.is_none() {
             continue;
         }
@@ -699,6 +707,30 @@ fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mu
                 ));
             }
         }
+    }
+}
+
+/// A corruption's own vector RPO against what its stack allows
+/// ([`Budget::corruption_rpo_us`]), once the integrity check can have found
+/// it and the restore finished by the horizon (before that it is still
+/// unrepaired, and nothing bounds it yet).
+fn corruption_rpo_bound(g: &Ground<'_>, budget: &Budget, f: &FaultResult, i: usize, out: &mut Vec<Violation>) {
+    let Some((bound_us, restored_by_us)) = budget.corruption_rpo_us(g.sc, &g.onsets, i) else { return };
+    if restored_by_us > g.sc.horizon.us() {
+        return;
+    }
+    let b = us_to_s(bound_us);
+    if f.rpo.vector_memory_s > b + 1e-9 {
+        let (job, step) = lost_point_at(g, g.onsets[i].unwrap_or(0));
+        out.push(v(
+            Invariant::RpoBound,
+            job,
+            step,
+            format!(
+                "fault {i} ({}): vector memory RPO {:.3} s > {b:.3} s allowed by the integrity check and snapshots",
+                f.kind, f.rpo.vector_memory_s
+            ),
+        ));
     }
 }
 
@@ -968,6 +1000,18 @@ fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micro
         .unwrap_or(0)
 }
 
+/// Time after an integrity check for the point-in-time restore to finish
+/// (restores of generated sizes take seconds to a few minutes).
+const RESTORE_SLACK_US: Micros = 5 * 60 * US_PER_S;
+
+/// Whether a cut or link fault between endpoints `a` and `b` (host names
+/// or `region:…`) lies between the two vector stores.
+fn cuts_vector_stores(a: &str, b: &str) -> bool {
+    let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
+    (covers(a, "vector-a", "a") && covers(b, "vector-b", "b"))
+        || (covers(a, "vector-b", "b") && covers(b, "vector-a", "a"))
+}
+
 /// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
 const CROSS_REGION_US: Micros = 40_000;
 /// The client submits a new probe at most this often while probing.
@@ -1132,11 +1176,88 @@ impl Budget {
                     && j != i
                     && s <= t0
                 {
-                    *v = (*v).max(t0 - s);
+                    // Plus a hop: a write streamed just before the outage
+                    // was still on its way (B lost at 88.0 s, A at 89.1 s:
+                    // a point streamed at 87.964 s never arrived, 1.136 s
+                    // old at the loss; 1.1 s + 0.04 s allows it).
+                    *v = (*v).max(t0 - s + CROSS_REGION_US);
+                }
+            }
+        }
+        // Snapshots are shipped once, never again: a cut or a lossy link
+        // between the two vector stores, under way at the loss or healed
+        // less than a snapshot cycle before it, kept every snapshot taken
+        // since it began from the other region, whose newest one then
+        // predates the cut by up to a cycle: `(t0 − cut start) + cycle`.
+        // (A cut of 3 min 30 s from 11 s, a loss at 86 s, snapshots every
+        // 30 s shipped in 1 s: 75 s + 31 s.)
+        if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i])
+            && !sc.stack.vector.streaming_replica
+        {
+            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
+            for f in &sc.faults {
+                if let FaultSpec::Partition { at, duration, a, b, .. }
+                | FaultSpec::LinkDegradation { at, duration, a, b, .. } = f
+                    && cuts_vector_stores(a, b)
+                    && at.us() <= t0
+                    && t0 < at.us() + duration.us() + cycle
+                {
+                    *v = (*v).max(t0 - at.us() + cycle);
                 }
             }
         }
         (structured, vector)
+    }
+
+    /// Vector corruption `i`'s RPO bound and the time by which its
+    /// point-in-time restore is due (None: it never struck).
+    ///
+    /// The serving store checks its integrity every
+    /// `integrity_check_interval` and restores the newest clean snapshot:
+    /// one taken at most a snapshot interval before the onset, which the
+    /// other region holds a ship delay and a cross-region hop later. The
+    /// points lost are those written since, so the RPO is at most
+    /// `check + interval + ship + hop` (with the check as slack).
+    ///
+    /// A failover changes that arithmetic, and the schedule says when:
+    /// - The corruption strikes the promoted store during a failover
+    ///   (between the loss, cut or lossy link at `s` and the end of its
+    ///   recovery, [`Budget::rto_bound_us`]): the promoted store takes no
+    ///   snapshot before it serves, so the newest clean one is the last the
+    ///   old primary shipped before `s`. The points written between it and
+    ///   `s` (streamed to the promoted store) are lost, aged `t0 − s` more:
+    ///   the bound is `(t0 − s) + check + interval + ship + hop`. With
+    ///   snapshots every 30 s, shipped in 1 s, checked every 5 min, a
+    ///   corruption 345 s into a cold standby's failover may lose 676 s.
+    /// - The promoted store checks its integrity one interval after it
+    ///   serves: a failover starting before the check is due postpones the
+    ///   restore to the end of that failover's recovery plus an interval.
+    pub fn corruption_rpo_us(&self, sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Option<(Micros, Micros)> {
+        let t0 = onsets[i]?;
+        let vs = &sc.stack.vector;
+        let check_us = vs.integrity_check_interval.us();
+        let base_us = check_us + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+        let mut failovers: Vec<(Micros, Micros)> = (0..sc.faults.len())
+            .filter(|&j| {
+                matches!(
+                    sc.faults[j],
+                    FaultSpec::RegionLoss { .. } | FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. }
+                )
+            })
+            .filter_map(|j| Some((onsets[j]?, self.rto_bound_us(sc, onsets, j)?)))
+            .collect();
+        failovers.sort_unstable();
+        let mut bound_us = base_us;
+        let mut restored_by_us = t0 + check_us + RESTORE_SLACK_US;
+        for &(s, recovery_us) in &failovers {
+            if s <= t0 && t0 <= s.saturating_add(recovery_us) {
+                bound_us = bound_us.max(t0 - s + base_us);
+            }
+            if s <= restored_by_us {
+                restored_by_us = restored_by_us.max(s.saturating_add(recovery_us) + check_us + RESTORE_SLACK_US);
+            }
+        }
+        Some((bound_us, restored_by_us))
     }
 
     /// Failover of the serving region, from the loss until the standby serves

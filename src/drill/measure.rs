@@ -49,11 +49,16 @@ pub struct FaultObs {
     /// Acknowledged vector points already missing (or corrupted) in the
     /// serving vector store at onset: lost earlier, not by this fault.
     pub vector_missing_at_onset: FxHashSet<PointId>,
-    /// The vector loss this fault caused (region losses and corruptions),
-    /// judged at the first restore after its onset (hydration of the
-    /// standby, or a point-in-time restore), else at the horizon: the
+    /// For a vector corruption: the points it corrupted (clean before it,
+    /// corrupted after it, in the store it struck).
+    pub vector_corrupted: FxHashSet<PointId>,
+    /// The vector loss this fault caused, judged at the restore that
+    /// resolves it (see [`judge_vector`]), else at the horizon: the
     /// acknowledgement time of the oldest point lost. `None` until judged.
     pub vector_lost: Option<Option<Micros>>,
+    /// The points lost by this fault, once judged (a fault judged later
+    /// does not count them again).
+    pub vector_lost_points: FxHashSet<PointId>,
 }
 
 /// The log of a primary lost with its region.
@@ -196,7 +201,7 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
         .enumerate()
         .map(|(i, f)| {
             let next_onset = faults.iter().skip(i + 1).filter_map(|g| g.onset_us).min().unwrap_or(horizon_us);
-            fault_result(stack, store, &progress, f, next_onset.max(f.onset_us.unwrap_or(0)))
+            fault_result(stack, store, &progress, (f, faults), next_onset.max(f.onset_us.unwrap_or(0)))
         })
         .collect();
     (results, counts)
@@ -354,7 +359,13 @@ fn stale_actions(stack: &Stack, store: &Store, faults: &[FaultObs]) -> u64 {
         .count() as u64
 }
 
-fn fault_result(stack: &Stack, store: &Store, progress: &Progress, f: &FaultObs, window_end_us: Micros) -> FaultResult {
+fn fault_result(
+    stack: &Stack,
+    store: &Store,
+    progress: &Progress,
+    (f, faults): (&FaultObs, &[FaultObs]),
+    window_end_us: Micros,
+) -> FaultResult {
     let Some(t0) = f.onset_us else {
         return FaultResult {
             kind: f.kind,
@@ -383,7 +394,7 @@ fn fault_result(stack: &Stack, store: &Store, progress: &Progress, f: &FaultObs,
         _ => None,
     };
     let parts = rto_parts(stack, t0, window_end_us, rto_us);
-    let rpo = rpo(stack, store, f, t0);
+    let rpo = rpo(stack, store, f, faults, t0);
     FaultResult {
         kind: f.kind,
         onset_s: Some(us_to_s(t0)),
@@ -442,7 +453,7 @@ fn rto_parts(stack: &Stack, t0: Micros, end: Micros, rto_us: Option<Micros>) -> 
     p
 }
 
-fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
+fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micros) -> RpoSurfaces {
     let mut r = RpoSurfaces::default();
     let age = |at: Micros| us_to_s(t0.saturating_sub(at));
     if let Some(lost) = &f.lost_log {
@@ -471,12 +482,15 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
     if let Some(oldest) = f.lost_messages.iter().map(|&(_, at)| at).filter(|&at| at <= t0).min() {
         r.queue_s = r.queue_s.max(age(oldest));
     }
-    // Vector memory: judged at the first restore after the onset (see
+    // Vector memory: judged at the restore that resolves the fault (see
     // `judge_vector`), or at the horizon when none came.
     if loses_vector_memory(f.kind) {
         let lost = match f.vector_lost {
             Some(judged) => judged,
-            None => vector_loss(stack, f, &vector_missing(stack)),
+            // A cut or a lossy link loses vector memory only through the
+            // failover it causes, judged at that failover's hydration.
+            None if matches!(f.kind, "partition" | "link_degradation") => None,
+            None => oldest_ack(stack, &vector_lost_points(stack, f, &vector_missing(stack), faults)),
         };
         if let Some(at) = lost {
             r.vector_memory_s = age(at);
@@ -492,16 +506,34 @@ pub fn vector_missing(stack: &Stack) -> FxHashSet<PointId> {
     stack.truth.vec_acks.keys().filter(|p| vec.query(**p).is_none_or(|hit| hit.corrupted)).copied().collect()
 }
 
-/// The acknowledgement time of the oldest point acknowledged by `f`'s onset
-/// that was present then and is in `missing` (the points lost by `f`).
-fn vector_loss(stack: &Stack, f: &FaultObs, missing: &FxHashSet<PointId>) -> Option<Micros> {
-    let t0 = f.onset_us?;
-    missing
+/// The points lost by `f`: acknowledged by its onset, present then, and in
+/// `missing` now. Two kinds of point are another fault's: one the serving
+/// store holds corrupted that a corruption struck (that corruption's
+/// damage, judged at its own restore: a corruption of the promoted store
+/// before it serves is no loss of the failover), and one already counted
+/// by a fault judged at an earlier restore (a corruption's restore to an
+/// old snapshot is not a loss of a region that came back meanwhile).
+fn vector_lost_points(stack: &Stack, f: &FaultObs, missing: &FxHashSet<PointId>, all: &[FaultObs]) -> Vec<PointId> {
+    let Some(t0) = f.onset_us else { return Vec::new() };
+    let vec = &stack.vector(stack.serving_vector()).store;
+    let others = || all.iter().filter(|g| !std::ptr::eq(*g, f));
+    let corrupted_by_another = |p: &PointId| {
+        vec.query(*p).is_some_and(|hit| hit.corrupted) && others().any(|g| g.vector_corrupted.contains(p))
+    };
+    let counted = |p: &PointId| others().any(|g| g.vector_lost_points.contains(p));
+    let mut lost: Vec<PointId> = missing
         .iter()
-        .filter(|p| !f.vector_missing_at_onset.contains(*p))
-        .filter_map(|p| stack.truth.vec_acks.get(p).copied())
-        .filter(|&at| at <= t0)
-        .min()
+        .filter(|p| !f.vector_missing_at_onset.contains(*p) && !corrupted_by_another(p) && !counted(p))
+        .filter(|p| stack.truth.vec_acks.get(*p).is_some_and(|&at| at <= t0))
+        .copied()
+        .collect();
+    lost.sort_unstable();
+    lost
+}
+
+/// The acknowledgement time of the oldest of `points`.
+fn oldest_ack(stack: &Stack, points: &[PointId]) -> Option<Micros> {
+    points.iter().filter_map(|p| stack.truth.vec_acks.get(p).copied()).min()
 }
 
 /// At a fault's onset: remembers what vector memory had already lost (an
@@ -512,22 +544,66 @@ pub fn vector_onset(stack: &Stack, faults: &mut [FaultObs], i: usize) {
     }
 }
 
-/// The fault kinds whose vector-memory loss is measured: a region loss and
-/// a corruption.
-fn loses_vector_memory(kind: &str) -> bool {
-    kind == "region_loss" || kind == "vector_corruption"
+/// Right after a vector corruption struck: records the points it
+/// corrupted (from the store's contents, against those at its onset).
+pub fn vector_corrupted(stack: &Stack, faults: &mut [FaultObs], i: usize) {
+    let before = &faults[i].vector_missing_at_onset;
+    let vec = &stack.vector(stack.serving_vector()).store;
+    let struck: FxHashSet<PointId> = vec
+        .points_iter()
+        .filter(|(p, s)| s.corrupted && !before.contains(p) && stack.truth.vec_acks.contains_key(p))
+        .map(|(p, _)| p)
+        .collect();
+    faults[i].vector_corrupted = struck;
 }
 
-/// At a restore (the standby's vector store serves after hydration, or a
-/// point-in-time restore finished): judges every struck fault not judged
-/// yet. Points lost here and re-written later by replays were still lost.
-pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs]) {
-    let pending = |f: &FaultObs| f.onset_us.is_some() && f.vector_lost.is_none() && loses_vector_memory(f.kind);
-    if !faults.iter().any(pending) {
+/// The fault kinds whose vector-memory loss is measured: a region loss, a
+/// corruption, and a cut or lossy link (a false failover onto a standby
+/// that lacks what the old primary's store took since its last shipped
+/// snapshot loses those points).
+fn loses_vector_memory(kind: &str) -> bool {
+    kind == "vector_corruption" || failover_kind(kind)
+}
+
+/// The fault kinds that can make the controller fail over (its health
+/// checks of the primary fail): the standby's hydration resolves them.
+fn failover_kind(kind: &str) -> bool {
+    matches!(kind, "region_loss" | "partition" | "link_degradation")
+}
+
+/// Which restore just finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restore {
+    /// The standby's vector store was hydrated and the standby region
+    /// serves: resolves the faults that failed over.
+    Hydration,
+    /// A point-in-time restore after an integrity check found corruption.
+    PointInTime,
+}
+
+/// At a restore: judges the struck faults it resolves, not judged yet. A
+/// hydration resolves the faults that can fail over; any restore after
+/// which the serving store holds no corrupted point resolves the pending
+/// corruptions (a corruption is judged at its own point-in-time restore,
+/// not at a failover that hydrated the corrupted copy). Points lost here
+/// and re-written later by replays were still lost.
+pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs], restore: Restore) {
+    let clean = stack.vector(stack.serving_vector()).store.corrupted_count() == 0;
+    let resolves = |f: &FaultObs| {
+        f.onset_us.is_some()
+            && f.vector_lost.is_none()
+            && loses_vector_memory(f.kind)
+            && if f.kind == "vector_corruption" { clean } else { restore == Restore::Hydration }
+    };
+    let judged: Vec<usize> = (0..faults.len()).filter(|&i| resolves(&faults[i])).collect();
+    if judged.is_empty() {
         return;
     }
     let missing = vector_missing(stack);
-    for f in faults.iter_mut().filter(|f| pending(f)) {
-        f.vector_lost = Some(vector_loss(stack, f, &missing));
+    let lost: Vec<Vec<PointId>> =
+        judged.iter().map(|&i| vector_lost_points(stack, &faults[i], &missing, faults)).collect();
+    for (i, points) in judged.into_iter().zip(lost) {
+        faults[i].vector_lost = Some(oldest_ack(stack, &points));
+        faults[i].vector_lost_points = points.into_iter().collect();
     }
 }

@@ -158,8 +158,13 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
         }
         // Vector memory's loss is judged at the restore, before replays
         // re-write what was lost.
-        if stack.truth.trace[notes_before..].iter().any(|e| matches!(e.note, Note::Serving | Note::Restored { .. })) {
-            measure::judge_vector(&stack, &mut obs);
+        for e in &stack.truth.trace[notes_before..] {
+            let restore = match e.note {
+                Note::Serving => measure::Restore::Hydration,
+                Note::Restored { .. } => measure::Restore::PointInTime,
+                _ => continue,
+            };
+            measure::judge_vector(&stack, &mut obs, restore);
         }
         if !stack.truth.hits.is_empty() {
             let hits = std::mem::take(&mut stack.truth.hits);
@@ -373,6 +378,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 FaultSpec::VectorCorruption { fraction, .. } => {
                     onset(stack, obs, i as usize);
                     stack.corrupt_vector(*fraction);
+                    measure::vector_corrupted(stack, obs, i as usize);
                 }
                 FaultSpec::QueueLoss { duration, .. } => {
                     onset(stack, obs, i as usize);

@@ -207,6 +207,9 @@ pub struct VectorNode {
     /// Point-in-time restore in progress after corruption was found: the
     /// store is read-only (and briefly unavailable).
     restoring: Option<crate::components::vector::Snapshot>,
+    /// Traffic was routed to the other store while this one served: it
+    /// takes and ships no more snapshots.
+    stood_down: bool,
 }
 
 /// The read-only search tool.
@@ -587,6 +590,7 @@ fn vector_node(
         hydrating: false,
         shipping: Default::default(),
         restoring: None,
+        stood_down: false,
     }
 }
 
@@ -1037,13 +1041,17 @@ impl VectorNode {
             Msg::Hydrate if self.serving => env.send(from, Msg::Hydrated),
             Msg::Hydrate if self.hydrating => {} // under way; it answers when done
             Msg::Hydrate => {
-                // Restore the newest snapshot held (a streaming replica is
-                // already hydrated).
+                // Restore the newest snapshot held that verifies clean (a
+                // corrupted one would only be restored again from an older
+                // one at the first integrity check, losing what the promoted
+                // store took meanwhile), else the newest held; a streaming
+                // replica is already hydrated.
                 self.hydrating = true;
                 let (dur, snap) = if self.streamed {
                     (0, None)
                 } else {
-                    match self.store.snapshots().last() {
+                    let newest = self.store.newest_clean_snapshot(Micros::MAX).or(self.store.snapshots().last());
+                    match newest {
                         Some(s) => (self.store.restore_duration_us(s), Some(s.clone())),
                         None => (self.restore_base_us, None),
                     }
@@ -1055,9 +1063,25 @@ impl VectorNode {
         }
     }
 
+    /// Stops taking snapshots and checking integrity (once).
+    fn stand_down(&mut self, env: &mut SimEnv<'_>) {
+        if !self.stood_down {
+            self.stood_down = true;
+            env.note(Note::Demoted);
+        }
+    }
+
     fn on_timer(&mut self, env: &mut SimEnv<'_>, timer: Timer) {
         let now = env.now_us();
         match timer {
+            // A serving store that the authoritative vector record no longer
+            // routes to (a failover away from a primary still up: a cut or
+            // a lossy link) stops its snapshots and integrity checks: its
+            // stale snapshots must not reach the promoted store (whose next
+            // restore would go back to them, losing its own writes).
+            Timer::SnapshotTick | Timer::IntegrityCheck if self.serving && env.dns.vector.target() != env.me => {
+                self.stand_down(env);
+            }
             Timer::IntegrityCheck if self.serving => {
                 self.arm_integrity_check(env);
                 let corrupted = self.store.corrupted_count();
