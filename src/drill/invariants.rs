@@ -614,20 +614,66 @@ fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
 /// How long before `t0` the other region (the replica's) had been
 /// unreachable, when a loss of it overlaps the window that replication
 /// would otherwise have covered: writes made while the replica was down
-/// cannot have reached it.
-fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Micros {
+/// cannot have reached it. A partition or a lossy link between the two
+/// regions' copies of `service` (`orchestrator` or `vector`: the host, or
+/// its whole region, on each side) counts as the replica being away too,
+/// and so, for structured state, does a replication-lag spike (until its
+/// lag after it ends).
+/// Overlapping outages (or ones less than a window apart) chain: the
+/// replica was unreachable from the earliest start of the chain, so
+/// `t0 - start` is the extension.
+/// Example: region B lost over [0 s, 600 s) and [140 s, 740 s), A lost
+/// for good at 741 s with a 1.1 s window: B was away from 0 s and had 1 s
+/// to catch up, so up to 741 s of A's writes may be missing from it. Or:
+/// orchestrator-a cut from region B over [0 s, 327 s), A lost at 327.7 s:
+/// up to 327.7 s. Or: a 2 s lag spike over [0 s, 163 s), B lost from
+/// 71.8 s, A lost at 163 s: writes from 69.8 s never left A, and the
+/// chain (spike, then loss) bounds the loss by 163 s + a window.
+fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
-    let mut extra = 0;
-    for (j, f) in sc.faults.iter().enumerate() {
-        if let (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) = (f, onsets[j])
-            && r != region
-            && s <= t0
-            && duration.is_none_or(|d| s + d.us() + window_us >= t0)
-        {
-            extra = extra.max(t0 - s);
+    let (host_a, host_b) = (format!("{service}-a"), format!("{service}-b"));
+    let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
+    let between = |a: &str, b: &str| {
+        (covers(a, &host_a, "a") && covers(b, &host_b, "b")) || (covers(a, &host_b, "b") && covers(b, &host_a, "a"))
+    };
+    // The other region's losses and the cuts between the regions begun by
+    // `t0`, as [start, end) (a permanent loss never ends).
+    let spans: Vec<(Micros, Micros)> = sc
+        .faults
+        .iter()
+        .zip(onsets)
+        .filter_map(|(f, &s)| match (f, s) {
+            (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) if r != region && s <= t0 => {
+                Some((s, duration.map_or(Micros::MAX, |d| s.saturating_add(d.us()))))
+            }
+            (
+                FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. },
+                _,
+            ) if between(a, b) && at.us() <= t0 => Some((at.us(), at.us().saturating_add(duration.us()))),
+            // A replication-lag spike holds writes back by its lag: those
+            // made during it reach the replica up to `lag` after it ends.
+            (FaultSpec::ReplicationLagSpike { at, duration, lag }, _) if service == "orchestrator" && at.us() <= t0 => {
+                Some((at.us(), at.us().saturating_add(duration.us()).saturating_add(lag.us())))
+            }
+            _ => None,
+        })
+        .collect();
+    // Walk back from `t0`: a loss that lasted until within a window of the
+    // chain's start joins it and moves the start back.
+    let mut start: Option<Micros> = None;
+    loop {
+        let reach = start.unwrap_or(t0);
+        let earlier = spans
+            .iter()
+            .filter(|&&(s, e)| e.saturating_add(window_us) >= reach && start.is_none_or(|from| s < from))
+            .map(|&(s, _)| s)
+            .min();
+        match earlier {
+            Some(s) => start = Some(s),
+            None => break,
         }
     }
-    extra
+    start.map_or(0, |s| t0 - s)
 }
 
 /// For a loss of a region that an earlier, still ongoing loss already took
@@ -1054,7 +1100,8 @@ impl Budget {
         onsets: &[Option<Micros>],
         i: usize,
     ) -> (Option<Micros>, Option<Micros>) {
-        let extend = |b: Micros| b + replica_down_us(sc, onsets, i, b) + already_down_us(sc, onsets, i);
+        let extend =
+            |b: Micros, service: &str| b + replica_down_us(sc, onsets, i, b, service) + already_down_us(sc, onsets, i);
         // A replication-lag spike under way at the loss adds its lag.
         let spike = onsets[i].map_or(0, |t0| {
             sc.faults
@@ -1070,8 +1117,9 @@ impl Budget {
                 .max()
                 .unwrap_or(0)
         });
-        let structured = self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i)));
-        let mut vector = self.vector_rpo_us.map(extend);
+        let structured =
+            self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i), "orchestrator"));
+        let mut vector = self.vector_rpo_us.map(|b| extend(b, "vector"));
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
             let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
             for (j, f) in sc.faults.iter().enumerate() {

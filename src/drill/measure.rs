@@ -455,13 +455,22 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, t0: Micros) -> RpoSurfaces {
         if let Some(first_lost) = lost.log.iter().find(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r)) {
             r.structured_state_s = age(first_lost.at_us);
         }
-        // Queue: jobs the client was told were accepted, unknown afterwards.
+        // Queue: jobs the client was told were accepted that the lost
+        // primary held (acknowledged, by the onset) and the serving store
+        // does not know afterwards. A job an earlier loss had already taken
+        // (never in this store) is that loss's RPO, not this one's.
+        let held = |job: JobId| {
+            lost.log.iter().any(|r| {
+                r.lsn <= lost.acked_upto && r.at_us <= t0 && matches!(r.op, Op::Create { job: j, .. } if j == job)
+            })
+        };
         let oldest_job = stack
             .truth
             .accepted_us
             .iter()
             .enumerate()
             .filter(|(j, at)| at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none())
+            .filter(|(j, _)| held(JobId(*j as u32)))
             .filter_map(|(_, at)| *at)
             .min();
         if let Some(at) = oldest_job {

@@ -605,6 +605,7 @@ pub fn describe(note: &Note) -> String {
             format!("circuit breaker of provider #{provider} opened")
         }
         Note::FailoverDetected => "health checks failed: failover begins".into(),
+        Note::FailoverCancelled => "primary healthy again before the standby was promoted: failover called off".into(),
         Note::Promoted => "standby store promoted".into(),
         Note::Demoted => "the old primary stood down (another region was promoted)".into(),
         Note::DnsSwitched => "DNS switched to the standby".into(),
