@@ -248,6 +248,10 @@ struct Ground<'a> {
     lost_logs: Vec<&'a [LogRec]>,
     /// Logs of the orchestrators not serving at the end (for log truth).
     demoted_logs: Vec<&'a [LogRec]>,
+    /// What the orchestrator not serving at the end committed before the
+    /// standby's promotion, while it was the primary: progress that
+    /// happened (its later records are no recovery).
+    before_promotion: Vec<&'a [LogRec]>,
     /// Task → job over every log.
     job_of: BTreeMap<TaskId, JobId>,
     /// Fault onsets (None: never triggered).
@@ -272,8 +276,28 @@ impl<'a> Ground<'a> {
         // log's truth only: work it finished after its demotion is not
         // recovery).
         let serving = stack.serving_orch();
-        let demoted_logs =
-            stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()).collect();
+        // So does one whose storage a permanent loss of its region destroyed.
+        let demoted_logs = stack
+            .hosts
+            .orch
+            .iter()
+            .filter(|&&h| h != serving)
+            .map(|&h| stack.orch(h).store().log())
+            .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_deref()))
+            .collect();
+        let before_promotion = match stack.truth.promoted_at {
+            Some((_, at)) => stack
+                .hosts
+                .orch
+                .iter()
+                .filter(|&&h| h != serving)
+                .map(|&h| {
+                    let log = stack.orch(h).store().log();
+                    &log[..log.partition_point(|r| r.at_us <= at)]
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut job_of = BTreeMap::new();
         for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
             for r in log {
@@ -292,6 +316,7 @@ impl<'a> Ground<'a> {
             serving_log,
             lost_logs,
             demoted_logs,
+            before_promotion,
             job_of,
             onsets,
         }
@@ -677,10 +702,12 @@ fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
 }
 
 /// For a loss of a region that an earlier, still ongoing loss already took
-/// down: how long it had been down. RPO is measured from each fault's own
+/// down (or that came back from one less than a replication window
+/// `window_us` before, too soon to replicate anything): how long since that
+/// loss began. RPO is measured from each fault's own
 /// onset, so a second loss of a lost region re-measures the first loss's
 /// data, aged by the time between them.
-fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros {
+fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
     let mut extra = 0;
     for (j, f) in sc.faults.iter().enumerate() {
@@ -688,7 +715,7 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros
             && j != i
             && r == region
             && (s, j) < (t0, i)
-            && duration.is_none_or(|d| s + d.us() > t0)
+            && duration.is_none_or(|d| s + d.us() + window_us > t0)
         {
             extra = extra.max(t0 - s);
         }
@@ -763,13 +790,15 @@ fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
 /// RTO as `measure` defines it, but over every log (the serving store's
 /// and those of primaries lost with their region) instead of the serving
 /// store alone: recovery that happened and was then lost with a region
-/// (RPO accounts for that loss) still counts as recovery.
+/// (RPO accounts for that loss) still counts as recovery, and so does work
+/// a primary failed away from committed before the standby's promotion
+/// (it was the primary then).
 fn union_rto_us(g: &Ground<'_>, i: usize) -> Option<Micros> {
     let t0 = g.onsets[i]?;
+    let logs = || g.all_logs().chain(g.before_promotion.iter().copied());
     let mut resumed = t0;
     for &job in &g.run.faults[i].in_flight {
-        let next = g
-            .all_logs()
+        let next = logs()
             .flat_map(|log| log.iter())
             .filter(|r| r.at_us > t0 && matches!(r.op, Op::Result { .. } | Op::Complete { .. }))
             .filter(|r| g.job_of.get(&r.op.task()) == Some(&job))
@@ -778,7 +807,7 @@ fn union_rto_us(g: &Ground<'_>, i: usize) -> Option<Micros> {
         resumed = resumed.max(next);
     }
     let mut new_work: Option<Micros> = None;
-    for log in g.all_logs() {
+    for log in logs() {
         let created: BTreeMap<TaskId, Micros> = log
             .iter()
             .filter_map(|r| match r.op {
@@ -1100,8 +1129,9 @@ impl Budget {
         onsets: &[Option<Micros>],
         i: usize,
     ) -> (Option<Micros>, Option<Micros>) {
-        let extend =
-            |b: Micros, service: &str| b + replica_down_us(sc, onsets, i, b, service) + already_down_us(sc, onsets, i);
+        let extend = |b: Micros, service: &str| {
+            b + replica_down_us(sc, onsets, i, b, service) + already_down_us(sc, onsets, i, b)
+        };
         // A replication-lag spike under way at the loss adds its lag.
         let spike = onsets[i].map_or(0, |t0| {
             sc.faults
@@ -1287,13 +1317,15 @@ impl Budget {
                 // earlier failover, B is): budget a failover, or the outage
                 // itself when the region comes back before it.
                 let d = duration.map(|d| d.us());
-                let mut b = self.failover_us();
-                if matches!(sc.stack.replication, Replication::Async { .. }) {
-                    // A job whose creation was not replicated comes back
-                    // when the client resubmits it (checked every
-                    // RESUBMIT_AFTER, for jobs older than that).
-                    b += 2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us();
-                }
+                // A job whose creation was not replicated comes back when
+                // the client resubmits it (checked every RESUBMIT_AFTER,
+                // for jobs older than that), once a region serves again.
+                let resubmit_us = if matches!(sc.stack.replication, Replication::Async { .. }) {
+                    2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us()
+                } else {
+                    0
+                };
+                let mut b = self.failover_us() + resubmit_us;
                 if let Some(d) = d {
                     b = b.max(d + self.lease_us);
                 }
@@ -1303,7 +1335,9 @@ impl Budget {
                 if let FaultSpec::RegionLoss { at, .. } = &sc.faults[i]
                     && let Some(back_us) = other_region_back_us(sc, i, *region, at.us(), self.failover_us())
                 {
-                    b = b.max(back_us - at.us() + crate::components::region::RESEND_US + self.failover_us());
+                    b = b.max(
+                        back_us - at.us() + crate::components::region::RESEND_US + self.failover_us() + resubmit_us,
+                    );
                 }
                 if matches!(sc.stack.replication, Replication::Sync { .. }) && sc.stack.pattern != Pattern::SingleRegion
                 {

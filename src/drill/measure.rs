@@ -43,6 +43,11 @@ pub struct FaultObs {
     /// For a permanent region loss of the primary: the lost primary's log
     /// and how much of it was acknowledged.
     pub lost_log: Option<LostLog>,
+    /// For a permanent region loss: the log of an orchestrator there that
+    /// was not serving (a demoted old primary, a standby), destroyed with
+    /// its storage. Evidence of what it recorded (the event log's truth),
+    /// never recovery progress.
+    pub wiped_log: Option<Vec<LogRec>>,
     /// Messages an unreplicated queue held when its node was lost: the job
     /// and when its publish was acknowledged.
     pub lost_messages: Vec<(JobId, Micros)>,
@@ -186,9 +191,18 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
     // Progress: the serving store and every primary lost with its region
     // (what it committed before it was lost happened). A demoted primary
     // that still stands is not serving: its later work is no recovery.
+    // So is what the orchestrator failed away from committed before the
+    // standby's promotion: it was the primary then.
     let serving_log = store.log();
+    let before_promotion = stack.truth.promoted_at.map(|(_, at)| {
+        stack.hosts.orch.iter().filter(|&&h| h != serving).map(move |&h| {
+            let log = stack.orch(h).store().log();
+            &log[..log.partition_point(|r| r.at_us <= at)]
+        })
+    });
     let logs: Vec<&[LogRec]> = std::iter::once(serving_log)
         .chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])))
+        .chain(before_promotion.into_iter().flatten())
         .collect();
     let progress = Progress::of(&logs);
     let results = faults
