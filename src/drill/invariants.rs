@@ -601,9 +601,11 @@ fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
     best.map_or((None, None), |(_, p)| (Some(p.job.0), Some(p.step)))
 }
 
-/// When the other region than `region` comes back, if a temporary loss of
-/// it (other than fault `i`) is under way at some point of the failover
-/// window `[t_us, t_us + window_us)`.
+/// When the other region than `region` comes back (or the failover
+/// controller can reach it again), if a temporary loss of it, or a cut or
+/// lossy link between the controller (in the external region) and its
+/// orchestrator or vector store (other than fault `i`), is under way at
+/// some point of the failover window `[t_us, t_us + window_us)`.
 fn other_region_back_us(
     sc: &Scenario,
     i: usize,
@@ -611,6 +613,13 @@ fn other_region_back_us(
     t_us: Micros,
     window_us: Micros,
 ) -> Option<Micros> {
+    let other = if region == RegionName::A { "b" } else { "a" };
+    let standby_end = |end: &str| {
+        end.strip_prefix("region:") == Some(other)
+            || end.strip_suffix(other).is_some_and(|h| h == "orchestrator-" || h == "vector-")
+    };
+    let controller_end = |end: &str| end == "failover-controller" || end == "region:external";
+    let cuts = |a: &str, b: &str| (standby_end(a) && controller_end(b)) || (controller_end(a) && standby_end(b));
     sc.faults
         .iter()
         .enumerate()
@@ -619,6 +628,11 @@ fn other_region_back_us(
                 if j != i && *r != region && at.us() < t_us + window_us && t_us < at.us() + d.us() =>
             {
                 Some(at.us() + d.us())
+            }
+            FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. }
+                if j != i && cuts(a, b) && at.us() < t_us + window_us && t_us < at.us() + duration.us() =>
+            {
+                Some(at.us() + duration.us())
             }
             _ => None,
         })
