@@ -89,9 +89,15 @@ pub enum Timer {
         seq: u32,
     },
     /// Controller: next failover stage.
-    FailoverStage,
+    FailoverStage {
+        /// Which failover (a cancelled one's timers are ignored).
+        attempt: u32,
+    },
     /// Controller: send the current failover step again (not acknowledged).
-    FailoverResend,
+    FailoverResend {
+        /// Which failover (a cancelled one's timers are ignored).
+        attempt: u32,
+    },
     /// Client: a job arrives.
     Arrival {
         /// Job.
@@ -201,6 +207,9 @@ pub enum Note {
     },
     /// The controller declared the primary region unhealthy.
     FailoverDetected,
+    /// The primary answered health checks again before the standby took
+    /// the promotion: the failover was called off (the primary serves on).
+    FailoverCancelled,
     /// The standby was promoted.
     Promoted,
     /// A primary stopped serving on the controller's word (another region

@@ -94,6 +94,8 @@ pub const ROLLBACK_US: Micros = 30 * crate::components::ids::US_PER_S;
 struct DeployWatch {
     outputs: u64,
     invalid: u64,
+    /// The health checks found the version bad; the rollback is under way.
+    rolling_back: bool,
 }
 
 /// The orchestrator component.
@@ -247,6 +249,22 @@ impl Orchestrator {
         self.serving = self.primary;
         if self.primary {
             self.arm(env);
+            self.resume_deploy_watch(env);
+        }
+    }
+
+    /// After a restart, a deploy still being watched or rolled back goes on
+    /// (its timers died with the process; the version and the decision are
+    /// deployment state, kept with the store): a rollback under way is
+    /// carried out, and an undecided watch starts a new window (the counts
+    /// before the crash were the process's telemetry, lost with it).
+    fn resume_deploy_watch(&mut self, env: &mut impl Env) {
+        let Some(w) = self.watch.as_mut() else { return };
+        if w.rolling_back {
+            env.set_timer(ROLLBACK_US, Timer::RollbackDone);
+        } else {
+            *w = DeployWatch::default();
+            env.set_timer(DEPLOY_WINDOW_US, Timer::DeployCheck);
         }
     }
 
@@ -602,10 +620,14 @@ impl Orchestrator {
                 }
             }
             Timer::DeployCheck => {
-                let Some(w) = self.watch else { return };
+                let Some(w) = self.watch.as_mut() else { return };
+                if w.rolling_back {
+                    return; // decided before a restart; the rollback is pending
+                }
                 if w.outputs == 0 {
                     env.set_timer(DEPLOY_WINDOW_US, Timer::DeployCheck); // no traffic yet
                 } else if w.invalid * 1_000 > w.outputs * DEPLOY_MAX_ERROR_PERMILLE {
+                    w.rolling_back = true;
                     env.note(Note::RollbackStarted { version: self.prompt.version });
                     env.set_timer(ROLLBACK_US, Timer::RollbackDone);
                 } else {

@@ -145,6 +145,12 @@ pub struct Controller {
     acked: bool,
     /// The promotion time has passed (waiting for the acknowledgement).
     waited: bool,
+    /// Failovers begun so far: tags the failover timers, so that those of
+    /// a cancelled failover do nothing.
+    attempt: u32,
+    /// The last health check sent before the current failover began: a
+    /// primary that answers a later one is alive.
+    detected_seq: u32,
 }
 
 /// Pings per health check: the check passes if any is answered, so one lost
@@ -171,6 +177,8 @@ impl Controller {
             requests: Vec::new(),
             acked: false,
             waited: false,
+            attempt: 0,
+            detected_seq: 0,
         }
     }
 
@@ -224,20 +232,44 @@ impl Controller {
         self.stage = stage;
         self.acked = false;
         self.send_stage(env);
-        env.set_timer(RESEND_US, Timer::FailoverResend);
+        env.set_timer(RESEND_US, Timer::FailoverResend { attempt: self.attempt });
     }
 
     fn advance_after_promotion(&mut self, env: &mut impl Env) {
         self.stage = Stage::Routing;
         env.note(Note::DnsSwitched);
         self.requests.push(Request::SwitchDns);
-        env.set_timer(self.cfg.dns_ttl_ms * US_PER_MS, Timer::FailoverStage);
+        env.set_timer(self.cfg.dns_ttl_ms * US_PER_MS, Timer::FailoverStage { attempt: self.attempt });
+    }
+
+    /// Health checks run while watching, and on through a promotion the
+    /// standby has not taken yet (it may be down too): a primary that
+    /// answers meanwhile calls the failover off.
+    fn checking_health(&self) -> bool {
+        self.stage == Stage::Watching || (self.stage == Stage::Promoting && !self.acked)
+    }
+
+    /// The primary answered a check sent after the failover began, and the
+    /// standby has not acknowledged its promotion: the primary came back
+    /// first, so it serves on and the failover is called off (carrying it
+    /// out when the standby returns would demote a healthy primary for a
+    /// standby that missed everything written meanwhile). The controller
+    /// watches again; a promotion the standby did take (its acknowledgement
+    /// lost or late) is carried on when that acknowledgement arrives.
+    fn cancel_failover(&mut self, env: &mut impl Env) {
+        debug_assert!(self.stage == Stage::Promoting && !self.acked);
+        self.stage = Stage::Watching;
+        self.failures = 0;
+        self.waited = false;
+        // The pending stage and resend timers belong to this attempt.
+        self.attempt += 1;
+        env.note(Note::FailoverCancelled);
     }
 
     /// Handles a timer.
     pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
         match timer {
-            Timer::HealthTick if self.stage == Stage::Watching => {
+            Timer::HealthTick if self.checking_health() => {
                 self.seq += 1;
                 for _ in 0..PINGS_PER_CHECK {
                     env.send(self.primary, Msg::Ping { seq: self.seq });
@@ -254,24 +286,26 @@ impl Controller {
                 if self.failures >= self.cfg.failure_threshold {
                     env.note(Note::FailoverDetected);
                     self.waited = false;
+                    self.attempt += 1;
+                    self.detected_seq = self.seq;
                     self.enter(env, Stage::Promoting);
-                    env.set_timer(self.cfg.promotion_ms * US_PER_MS, Timer::FailoverStage);
+                    env.set_timer(self.cfg.promotion_ms * US_PER_MS, Timer::FailoverStage { attempt: self.attempt });
                 }
             }
-            Timer::FailoverResend if !self.acked => {
+            Timer::FailoverResend { attempt } if !self.acked && attempt == self.attempt => {
                 if matches!(self.stage, Stage::Promoting | Stage::Hydrating | Stage::Opening) {
                     self.send_stage(env);
-                    env.set_timer(RESEND_US, Timer::FailoverResend);
+                    env.set_timer(RESEND_US, Timer::FailoverResend { attempt });
                 }
             }
-            Timer::FailoverStage => match self.stage {
+            Timer::FailoverStage { attempt } if attempt == self.attempt => match self.stage {
                 // Promotion takes its time and needs the standby's answer.
                 Stage::Promoting if self.acked => self.advance_after_promotion(env),
                 Stage::Promoting => self.waited = true,
                 Stage::Routing => {
                     env.note(Note::RoutingEffective);
                     self.stage = Stage::ScalingUp;
-                    env.set_timer(self.cfg.scale_up_ms * US_PER_MS, Timer::FailoverStage);
+                    env.set_timer(self.cfg.scale_up_ms * US_PER_MS, Timer::FailoverStage { attempt });
                 }
                 Stage::ScalingUp => {
                     env.note(Note::ScaledUp);
@@ -287,7 +321,23 @@ impl Controller {
     /// Handles a message.
     pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
         match msg {
-            Msg::Pong { seq } => self.answered = self.answered.max(seq),
+            Msg::Pong { seq } => {
+                self.answered = self.answered.max(seq);
+                if self.stage == Stage::Promoting && !self.acked && seq > self.detected_seq {
+                    self.cancel_failover(env);
+                }
+            }
+            // A promotion the standby took after the failover was called
+            // off (the acknowledgement was late or lost): the standby is
+            // primary now, so the failover goes on (the old primary is
+            // fenced next) rather than leave two primaries.
+            Msg::PromoteAck if self.stage == Stage::Watching && self.attempt > 0 => {
+                env.note(Note::FailoverDetected);
+                self.stage = Stage::Promoting;
+                self.acked = true;
+                env.send(self.primary, Msg::Demote);
+                self.advance_after_promotion(env);
+            }
             Msg::PromoteAck if self.stage == Stage::Promoting && !self.acked => {
                 self.acked = true;
                 // Fence the old primary: if it is alive after all (a lossy

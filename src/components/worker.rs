@@ -208,12 +208,16 @@ impl Worker {
     /// Loses the scratchpad (disk loss without a crash). Decisions that
     /// lived only there are gone from the agent's working state too: the
     /// agent reads its artefacts back from disk.
+    /// A decision on its way to durable state (the result write that
+    /// carries it is outstanding) is not lost: the request already left.
     pub fn lose_disk(&mut self) {
         self.scratch.clear();
+        let persisting = self.out.as_ref().is_some_and(|o| o.wait == Wait::Persist);
         if let Some(c) = self.ctx.as_mut() {
             let tpl = &self.shared.templates[c.template as usize];
+            let in_flight = (persisting && c.persisted_decision).then_some(c.cursor as usize);
             for (i, spec) in tpl.steps.iter().enumerate() {
-                if spec.artefact && c.durable & (1 << i) == 0 {
+                if spec.artefact && c.durable & (1 << i) == 0 && in_flight != Some(i) {
                     c.decisions[i] = NO_DECISION;
                 }
             }

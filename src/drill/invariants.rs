@@ -253,6 +253,10 @@ struct Ground<'a> {
     lost_logs: Vec<&'a [LogRec]>,
     /// Logs of the orchestrators not serving at the end (for log truth).
     demoted_logs: Vec<&'a [LogRec]>,
+    /// What the orchestrator not serving at the end committed before the
+    /// standby's promotion, while it was the primary: progress that
+    /// happened (its later records are no recovery).
+    before_promotion: Vec<&'a [LogRec]>,
     /// Task → job over every log (point lookups only, several per log
     /// record: a hash map, not a tree).
     job_of: FxHashMap<TaskId, JobId>,
@@ -278,8 +282,28 @@ impl<'a> Ground<'a> {
         // log's truth only: work it finished after its demotion is not
         // recovery).
         let serving = stack.serving_orch();
-        let demoted_logs =
-            stack.hosts.orch.iter().filter(|&&h| h != serving).map(|&h| stack.orch(h).store().log()).collect();
+        // So does one whose storage a permanent loss of its region destroyed.
+        let demoted_logs = stack
+            .hosts
+            .orch
+            .iter()
+            .filter(|&&h| h != serving)
+            .map(|&h| stack.orch(h).store().log())
+            .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_deref()))
+            .collect();
+        let before_promotion = match stack.truth.promoted_at {
+            Some((_, at)) => stack
+                .hosts
+                .orch
+                .iter()
+                .filter(|&&h| h != serving)
+                .map(|&h| {
+                    let log = stack.orch(h).store().log();
+                    &log[..log.partition_point(|r| r.at_us <= at)]
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let mut job_of = FxHashMap::default();
         for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
             for r in log {
@@ -298,6 +322,7 @@ impl<'a> Ground<'a> {
             serving_log,
             lost_logs,
             demoted_logs,
+            before_promotion,
             job_of,
             onsets,
         }
@@ -594,9 +619,11 @@ fn lost_point_at(g: &Ground<'_>, t0: Micros) -> (Option<u32>, Option<u16>) {
     best.map_or((None, None), |(_, p)| (Some(p.job.0), Some(p.step)))
 }
 
-/// When the other region than `region` comes back, if a temporary loss of
-/// it (other than fault `i`) is under way at some point of the failover
-/// window `[t_us, t_us + window_us)`.
+/// When the other region than `region` comes back (or the failover
+/// controller can reach it again), if a temporary loss of it, or a cut or
+/// lossy link between the controller (in the external region) and its
+/// orchestrator or vector store (other than fault `i`), is under way at
+/// some point of the failover window `[t_us, t_us + window_us)`.
 fn other_region_back_us(
     sc: &Scenario,
     i: usize,
@@ -604,6 +631,13 @@ fn other_region_back_us(
     t_us: Micros,
     window_us: Micros,
 ) -> Option<Micros> {
+    let other = if region == RegionName::A { "b" } else { "a" };
+    let standby_end = |end: &str| {
+        end.strip_prefix("region:") == Some(other)
+            || end.strip_suffix(other).is_some_and(|h| h == "orchestrator-" || h == "vector-")
+    };
+    let controller_end = |end: &str| end == "failover-controller" || end == "region:external";
+    let cuts = |a: &str, b: &str| (standby_end(a) && controller_end(b)) || (controller_end(a) && standby_end(b));
     sc.faults
         .iter()
         .enumerate()
@@ -612,6 +646,11 @@ fn other_region_back_us(
                 if j != i && *r != region && at.us() < t_us + window_us && t_us < at.us() + d.us() =>
             {
                 Some(at.us() + d.us())
+            }
+            FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. }
+                if j != i && cuts(a, b) && at.us() < t_us + window_us && t_us < at.us() + duration.us() =>
+            {
+                Some(at.us() + duration.us())
             }
             _ => None,
         })
@@ -632,27 +671,75 @@ fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
 /// How long before `t0` the other region (the replica's) had been
 /// unreachable, when a loss of it overlaps the window that replication
 /// would otherwise have covered: writes made while the replica was down
-/// cannot have reached it.
-fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Micros {
+/// cannot have reached it. A partition or a lossy link between the two
+/// regions' copies of `service` (`orchestrator` or `vector`: the host, or
+/// its whole region, on each side) counts as the replica being away too,
+/// and so, for structured state, does a replication-lag spike (until its
+/// lag after it ends).
+/// Overlapping outages (or ones less than a window apart) chain: the
+/// replica was unreachable from the earliest start of the chain, so
+/// `t0 - start` is the extension.
+/// Example: region B lost over [0 s, 600 s) and [140 s, 740 s), A lost
+/// for good at 741 s with a 1.1 s window: B was away from 0 s and had 1 s
+/// to catch up, so up to 741 s of A's writes may be missing from it. Or:
+/// orchestrator-a cut from region B over [0 s, 327 s), A lost at 327.7 s:
+/// up to 327.7 s. Or: a 2 s lag spike over [0 s, 163 s), B lost from
+/// 71.8 s, A lost at 163 s: writes from 69.8 s never left A, and the
+/// chain (spike, then loss) bounds the loss by 163 s + a window.
+fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
-    let mut extra = 0;
-    for (j, f) in sc.faults.iter().enumerate() {
-        if let (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) = (f, onsets[j])
-            && r != region
-            && s <= t0
-            && duration.is_none_or(|d| s + d.us() + window_us >= t0)
-        {
-            extra = extra.max(t0 - s);
+    let (host_a, host_b) = (format!("{service}-a"), format!("{service}-b"));
+    let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
+    let between = |a: &str, b: &str| {
+        (covers(a, &host_a, "a") && covers(b, &host_b, "b")) || (covers(a, &host_b, "b") && covers(b, &host_a, "a"))
+    };
+    // The other region's losses and the cuts between the regions begun by
+    // `t0`, as [start, end) (a permanent loss never ends).
+    let spans: Vec<(Micros, Micros)> = sc
+        .faults
+        .iter()
+        .zip(onsets)
+        .filter_map(|(f, &s)| match (f, s) {
+            (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) if r != region && s <= t0 => {
+                Some((s, duration.map_or(Micros::MAX, |d| s.saturating_add(d.us()))))
+            }
+            (
+                FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. },
+                _,
+            ) if between(a, b) && at.us() <= t0 => Some((at.us(), at.us().saturating_add(duration.us()))),
+            // A replication-lag spike holds writes back by its lag: those
+            // made during it reach the replica up to `lag` after it ends.
+            (FaultSpec::ReplicationLagSpike { at, duration, lag }, _) if service == "orchestrator" && at.us() <= t0 => {
+                Some((at.us(), at.us().saturating_add(duration.us()).saturating_add(lag.us())))
+            }
+            _ => None,
+        })
+        .collect();
+    // Walk back from `t0`: a loss that lasted until within a window of the
+    // chain's start joins it and moves the start back.
+    let mut start: Option<Micros> = None;
+    loop {
+        let reach = start.unwrap_or(t0);
+        let earlier = spans
+            .iter()
+            .filter(|&&(s, e)| e.saturating_add(window_us) >= reach && start.is_none_or(|from| s < from))
+            .map(|&(s, _)| s)
+            .min();
+        match earlier {
+            Some(s) => start = Some(s),
+            None => break,
         }
     }
-    extra
+    start.map_or(0, |s| t0 - s)
 }
 
 /// For a loss of a region that an earlier, still ongoing loss already took
-/// down: how long it had been down. RPO is measured from each fault's own
+/// down (or that came back from one less than a replication window
+/// `window_us` before, too soon to replicate anything): how long since that
+/// loss began. RPO is measured from each fault's own
 /// onset, so a second loss of a lost region re-measures the first loss's
 /// data, aged by the time between them.
-fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros {
+fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
     let mut extra = 0;
     for (j, f) in sc.faults.iter().enumerate() {
@@ -660,7 +747,7 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micros
             && j != i
             && r == region
             && (s, j) < (t0, i)
-            && duration.is_none_or(|d| s + d.us() > t0)
+            && duration.is_none_or(|d| s + d.us() + window_us > t0)
         {
             extra = extra.max(t0 - s);
         }
@@ -763,13 +850,15 @@ fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
 /// RTO as `measure` defines it, but over every log (the serving store's
 /// and those of primaries lost with their region) instead of the serving
 /// store alone: recovery that happened and was then lost with a region
-/// (RPO accounts for that loss) still counts as recovery.
+/// (RPO accounts for that loss) still counts as recovery, and so does work
+/// a primary failed away from committed before the standby's promotion
+/// (it was the primary then).
 fn union_rto_us(g: &Ground<'_>, i: usize) -> Option<Micros> {
     let t0 = g.onsets[i]?;
+    let logs = || g.all_logs().chain(g.before_promotion.iter().copied());
     let mut resumed = t0;
     for &job in &g.run.faults[i].in_flight {
-        let next = g
-            .all_logs()
+        let next = logs()
             .flat_map(|log| log.iter())
             .filter(|r| r.at_us > t0 && matches!(r.op, Op::Result { .. } | Op::Complete { .. }))
             .filter(|r| g.job_of.get(&r.op.task()) == Some(&job))
@@ -778,7 +867,7 @@ fn union_rto_us(g: &Ground<'_>, i: usize) -> Option<Micros> {
         resumed = resumed.max(next);
     }
     let mut new_work: Option<Micros> = None;
-    for log in g.all_logs() {
+    for log in logs() {
         let created: BTreeMap<TaskId, Micros> = log
             .iter()
             .filter_map(|r| match r.op {
@@ -1112,7 +1201,9 @@ impl Budget {
         onsets: &[Option<Micros>],
         i: usize,
     ) -> (Option<Micros>, Option<Micros>) {
-        let extend = |b: Micros| b + replica_down_us(sc, onsets, i, b) + already_down_us(sc, onsets, i);
+        let extend = |b: Micros, service: &str| {
+            b + replica_down_us(sc, onsets, i, b, service) + already_down_us(sc, onsets, i, b)
+        };
         // A replication-lag spike under way at the loss adds its lag.
         let spike = onsets[i].map_or(0, |t0| {
             sc.faults
@@ -1128,8 +1219,9 @@ impl Budget {
                 .max()
                 .unwrap_or(0)
         });
-        let structured = self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i)));
-        let mut vector = self.vector_rpo_us.map(extend);
+        let structured =
+            self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i), "orchestrator"));
+        let mut vector = self.vector_rpo_us.map(|b| extend(b, "vector"));
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
             let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
             for (j, f) in sc.faults.iter().enumerate() {
@@ -1374,13 +1466,15 @@ impl Budget {
                 // earlier failover, B is): budget a failover, or the outage
                 // itself when the region comes back before it.
                 let d = duration.map(|d| d.us());
-                let mut b = self.failover_us();
-                if matches!(sc.stack.replication, Replication::Async { .. }) {
-                    // A job whose creation was not replicated comes back
-                    // when the client resubmits it (checked every
-                    // RESUBMIT_AFTER, for jobs older than that).
-                    b += 2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us();
-                }
+                // A job whose creation was not replicated comes back when
+                // the client resubmits it (checked every RESUBMIT_AFTER,
+                // for jobs older than that), once a region serves again.
+                let resubmit_us = if matches!(sc.stack.replication, Replication::Async { .. }) {
+                    2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us()
+                } else {
+                    0
+                };
+                let mut b = self.failover_us() + resubmit_us;
                 if let Some(d) = d {
                     b = b.max(d + self.lease_us);
                 }
@@ -1390,7 +1484,9 @@ impl Budget {
                 if let FaultSpec::RegionLoss { at, .. } = &sc.faults[i]
                     && let Some(back_us) = other_region_back_us(sc, i, *region, at.us(), self.failover_us())
                 {
-                    b = b.max(back_us - at.us() + crate::components::region::RESEND_US + self.failover_us());
+                    b = b.max(
+                        back_us - at.us() + crate::components::region::RESEND_US + self.failover_us() + resubmit_us,
+                    );
                 }
                 if matches!(sc.stack.replication, Replication::Sync { .. }) && sc.stack.pattern != Pattern::SingleRegion
                 {

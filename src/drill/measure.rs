@@ -43,6 +43,11 @@ pub struct FaultObs {
     /// For a permanent region loss of the primary: the lost primary's log
     /// and how much of it was acknowledged.
     pub lost_log: Option<LostLog>,
+    /// For a permanent region loss: the log of an orchestrator there that
+    /// was not serving (a demoted old primary, a standby), destroyed with
+    /// its storage. Evidence of what it recorded (the event log's truth),
+    /// never recovery progress.
+    pub wiped_log: Option<Vec<LogRec>>,
     /// Messages an unreplicated queue held when its node was lost: the job
     /// and when its publish was acknowledged.
     pub lost_messages: Vec<(JobId, Micros)>,
@@ -191,9 +196,18 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
     // Progress: the serving store and every primary lost with its region
     // (what it committed before it was lost happened). A demoted primary
     // that still stands is not serving: its later work is no recovery.
+    // So is what the orchestrator failed away from committed before the
+    // standby's promotion: it was the primary then.
     let serving_log = store.log();
+    let before_promotion = stack.truth.promoted_at.map(|(_, at)| {
+        stack.hosts.orch.iter().filter(|&&h| h != serving).map(move |&h| {
+            let log = stack.orch(h).store().log();
+            &log[..log.partition_point(|r| r.at_us <= at)]
+        })
+    });
     let logs: Vec<&[LogRec]> = std::iter::once(serving_log)
         .chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| &l.log[..])))
+        .chain(before_promotion.into_iter().flatten())
         .collect();
     let progress = Progress::of(&logs);
     let results = faults
@@ -466,13 +480,22 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
         if let Some(first_lost) = lost.log.iter().find(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r)) {
             r.structured_state_s = age(first_lost.at_us);
         }
-        // Queue: jobs the client was told were accepted, unknown afterwards.
+        // Queue: jobs the client was told were accepted that the lost
+        // primary held (acknowledged, by the onset) and the serving store
+        // does not know afterwards. A job an earlier loss had already taken
+        // (never in this store) is that loss's RPO, not this one's.
+        let held = |job: JobId| {
+            lost.log.iter().any(|r| {
+                r.lsn <= lost.acked_upto && r.at_us <= t0 && matches!(r.op, Op::Create { job: j, .. } if j == job)
+            })
+        };
         let oldest_job = stack
             .truth
             .accepted_us
             .iter()
             .enumerate()
             .filter(|(j, at)| at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none())
+            .filter(|(j, _)| held(JobId(*j as u32)))
             .filter_map(|(_, at)| *at)
             .min();
         if let Some(at) = oldest_job {

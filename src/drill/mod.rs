@@ -429,7 +429,10 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         let [oa, ob] = stack.hosts.orch;
                         let [va, vb] = stack.hosts.vec;
                         let (o, v) = if r == REGION_A { (oa, va) } else { (ob, vb) };
-                        drop(stack.orch_mut(o).take_store());
+                        let store = stack.orch_mut(o).take_store();
+                        if o != primary {
+                            obs[i as usize].wiped_log = Some(store.log().to_vec());
+                        }
                         stack.vector_mut(v).store.clear();
                     } else {
                         down.extend(hosts.into_iter().chain(held).map(|h| (i, h)));
@@ -644,6 +647,7 @@ pub fn describe(note: &Note) -> String {
             format!("circuit breaker of provider #{provider} opened")
         }
         Note::FailoverDetected => "health checks failed: failover begins".into(),
+        Note::FailoverCancelled => "primary healthy again before the standby was promoted: failover called off".into(),
         Note::Promoted => "standby store promoted".into(),
         Note::Demoted => "the old primary stood down (another region was promoted)".into(),
         Note::DnsSwitched => "DNS switched to the standby".into(),

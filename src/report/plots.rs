@@ -58,6 +58,7 @@ fn stack_marks(d: &DrillResult) -> Vec<Mark> {
     for e in &d.trace {
         let (word, colour) = match e.note {
             Note::FailoverDetected => ("detected", ORANGE),
+            Note::FailoverCancelled => ("failover called off", DARK_GREEN),
             Note::Promoted => ("promoted", STEEL),
             Note::DnsSwitched => ("DNS switch", STEEL),
             Note::RoutingEffective => ("routing", STEEL),

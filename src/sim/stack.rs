@@ -1271,7 +1271,7 @@ impl Client {
         }
     }
 
-    fn on_msg(&mut self, env: &mut SimEnv<'_>, _from: HostId, msg: Msg) {
+    fn on_msg(&mut self, env: &mut SimEnv<'_>, from: HostId, msg: Msg) {
         match msg {
             Msg::SubmitAck { job } => {
                 let j = job.0 as usize;
@@ -1290,9 +1290,15 @@ impl Client {
             Msg::Completed { job } => {
                 *at_grow(&mut self.done, job.0 as usize) = true;
                 *at_grow(&mut env.truth.completed, job.0 as usize) = true;
+                // Probing ends with a probe completed by the orchestrator the
+                // authoritative DNS record names: one finished by an old
+                // primary that was failed away from (a stale resolver sent
+                // it there, and it was not fenced yet) is not the serving
+                // region's recovery, so the client probes on.
                 if let (Some(since), Some((last, at))) = (self.probe_since, self.last_probe)
                     && job == last
                     && at >= since
+                    && from == env.dns.orchestrator.target()
                 {
                     self.probe_since = None;
                 }
