@@ -28,6 +28,7 @@ pub mod http;
 pub mod loadgen;
 pub mod model;
 pub mod payment;
+pub mod pg;
 pub mod script;
 pub mod stack;
 pub mod toxics;
