@@ -184,6 +184,7 @@ async fn serve(cfg: WorkerConfig) -> anyhow::Result<()> {
         templates,
         in_tx,
     };
+    wait_for_orchestrator(&out.client, &cfg.orchestrator_url).await;
     let mut worker = Worker::new(shared, me);
     let mut env = LiveEnv::new(me, "worker", cfg.seed, incarnation, timer_tx);
     // The template of each job this worker was granted (the fakes' requests
@@ -212,6 +213,24 @@ async fn serve(cfg: WorkerConfig) -> anyhow::Result<()> {
             else => anyhow::bail!("the worker's channels closed"),
         }
         out.deliver(&mut env, &jobs);
+    }
+}
+
+/// A readiness wait before the first lease request: an orchestrator still
+/// starting would lose it, and the worker would wait out its lease
+/// request's 30 s watchdog. Any HTTP answer will do.
+async fn wait_for_orchestrator(client: &reqwest::Client, url: &str) {
+    let mut waited_ms = 0u64;
+    loop {
+        let probe = client.get(format!("{url}/health")).timeout(std::time::Duration::from_millis(500));
+        if probe.send().await.is_ok() {
+            return;
+        }
+        if waited_ms.is_multiple_of(10_000) {
+            tracing::info!(url, "waiting for the orchestrator");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited_ms += 100;
     }
 }
 
