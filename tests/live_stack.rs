@@ -294,3 +294,43 @@ async fn the_key_from_model_output_anti_pattern_is_caught_live() {
     assert!(!dups.is_empty(), "no duplicate effect under key_from_model_output: {e:?}\n{}", s.logs());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Fencing in SQL: a write carrying a token the `tasks` row no longer has
+/// is refused by the database transaction, whatever the process believed;
+/// a store reloaded from the event log holds only what was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_stale_fencing_token() {
+    use agentdrill::components::ids::{HostId, IdemKey, JobId};
+    use agentdrill::components::store::{Lease, Op, Store};
+    use agentdrill::live::stack::pg::{Fence, PgError, PgStore};
+
+    let dir = run_dir("fencing");
+    let db = postgres(&dir, "fencing").await;
+    let mut pg = PgStore::connect(&db.url()).await.expect("connect");
+    let mut store = Store::new();
+    let task = store.next_task_id();
+    let (a, b) = (HostId(100), HostId(101));
+    let mut step = |store: &mut Store, op| {
+        let lsn = store.commit(1, op);
+        store.log()[lsn as usize - 1]
+    };
+    let create =
+        step(&mut store, Op::Create { task, job: JobId(1), template: 0, steps: 3, probe: false, replay: false });
+    let lease_a = step(&mut store, Op::Lease { task, lease: Lease { holder: a, token: 1, expires_us: 10 } });
+    pg.commit(&[create, lease_a], &store, None).await.expect("create and lease");
+    let lease_b = step(&mut store, Op::Lease { task, lease: Lease { holder: b, token: 2, expires_us: 20 } });
+    pg.commit(&[lease_b], &store, None).await.expect("the lease moves to b");
+    let key = IdemKey::for_slot(task, 0);
+    let intent = step(&mut store, Op::Intent { task, ordinal: 0, key, args: 5 });
+    let stale = Fence { task, token: 1, holder: a };
+    let err = pg.commit(&[intent], &store, Some(stale)).await.expect_err("a's write after the lease moved");
+    assert!(matches!(err, PgError::Fenced { token: 1, .. }), "{err}");
+    let loaded = pg.load().await.expect("reload");
+    assert_eq!(loaded.last_lsn(), 3, "the refused write is not in the event log");
+    assert_eq!(loaded.task(task).expect("task").lease.token, 2);
+    let current = Fence { task, token: 2, holder: b };
+    pg.commit(&[intent], &store, Some(current)).await.expect("b's write with the current token");
+    assert_eq!(pg.load().await.expect("reload").last_lsn(), 4);
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+}
