@@ -310,7 +310,7 @@ async fn postgres_refuses_a_stale_fencing_token() {
     let mut store = Store::new();
     let task = store.next_task_id();
     let (a, b) = (HostId(100), HostId(101));
-    let mut step = |store: &mut Store, op| {
+    let step = |store: &mut Store, op| {
         let lsn = store.commit(1, op);
         store.log()[lsn as usize - 1]
     };
