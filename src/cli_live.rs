@@ -83,3 +83,41 @@ pub fn loadgen(url: &str, workload: loadgen::Workload, requests: u64, concurrenc
         }
     }
 }
+
+/// `agentdrill stack orchestrator`.
+pub fn stack_orchestrator(anti_patterns: &[String], lease_ms: Option<u64>, memory: bool) -> ExitCode {
+    use agentdrill::live::stack::orchestrator;
+    let cfg = match orchestrator::OrchestratorConfig::from_env(anti_patterns, lease_ms, memory) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match orchestrator::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: orchestrator stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `agentdrill stack worker`.
+pub fn stack_worker(anti_patterns: &[String], lease_ms: Option<u64>) -> ExitCode {
+    use agentdrill::live::stack::worker;
+    let cfg = match worker::WorkerConfig::from_env(anti_patterns, lease_ms) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match worker::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: worker stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

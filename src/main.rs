@@ -49,6 +49,40 @@ enum TableOrJson {
     Json,
 }
 
+/// The processes of the live reference stack.
+#[derive(Subcommand)]
+enum StackProcess {
+    /// The orchestrator: takes jobs (POST /jobs {"job": N, "workflow": NAME}),
+    /// grants leases with fencing tokens, keeps its store in PostgreSQL.
+    #[command(
+        after_help = "Examples:\n  AGENTDRILL_LISTEN_ADDR=127.0.0.1:9200 DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres agentdrill stack orchestrator\n  AGENTDRILL_LISTEN_ADDR=127.0.0.1:9200 agentdrill stack orchestrator --memory --lease-ms 3000"
+    )]
+    Orchestrator {
+        /// An anti-pattern to run with (repeatable; after AGENTDRILL_POLICY).
+        #[arg(long = "anti-pattern", value_name = "NAME")]
+        anti_patterns: Vec<String>,
+        /// Lease duration in ms (default: the policy's 30 000, or AGENTDRILL_LEASE_MS).
+        #[arg(long)]
+        lease_ms: Option<u64>,
+        /// Keep the store in memory instead of DATABASE_URL (lost on a crash).
+        #[arg(long)]
+        memory: bool,
+    },
+    /// A worker: leases tasks from the orchestrator and runs them against the fakes.
+    #[command(
+        after_help = "Examples:\n  eval \"$(agentdrill serve --port 9100 | grep ^export)\"\n  AGENTDRILL_LISTEN_ADDR=127.0.0.1:9201 AGENTDRILL_REPLICA=0 AGENTDRILL_PEER_ORCHESTRATOR_URL=http://127.0.0.1:9200 agentdrill stack worker\n  ... agentdrill stack worker --anti-pattern key_from_model_output"
+    )]
+    Worker {
+        /// An anti-pattern to run with (repeatable; after AGENTDRILL_POLICY).
+        #[arg(long = "anti-pattern", value_name = "NAME")]
+        anti_patterns: Vec<String>,
+        /// Lease duration in ms the worker renews at a third of (default:
+        /// the policy's, or AGENTDRILL_LEASE_MS); match the orchestrator's.
+        #[arg(long)]
+        lease_ms: Option<u64>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run drills (files or folders of *.toml) and print the verdicts.
@@ -235,6 +269,23 @@ enum Command {
         #[arg(long)]
         print_tools: bool,
     },
+    /// Run a process of the live reference stack: the simulator's own
+    /// orchestrator and worker behind a live Env (tokio time, HTTP between
+    /// processes and to the fakes, PostgreSQL for the orchestrator's store).
+    ///
+    /// Each process reads the live harness's environment: AGENTDRILL_LISTEN_ADDR,
+    /// AGENTDRILL_REPLICA, AGENTDRILL_PEER_ORCHESTRATOR_URL (workers),
+    /// DATABASE_URL (orchestrator), the fakes' ANTHROPIC_BASE_URL,
+    /// OPENAI_BASE_URL, STRIPE_API_BASE, EMAIL_API_URL, QDRANT_URL, and
+    /// AGENTDRILL_POLICY (anti-pattern names, comma-separated).
+    #[command(
+        after_help = "Examples:\n  eval \"$(agentdrill serve --port 9100 | grep ^export)\"\n  AGENTDRILL_LISTEN_ADDR=127.0.0.1:9200 DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\\n      agentdrill stack orchestrator\n  AGENTDRILL_LISTEN_ADDR=127.0.0.1:9201 AGENTDRILL_REPLICA=0 AGENTDRILL_PEER_ORCHESTRATOR_URL=http://127.0.0.1:9200 \\\n      agentdrill stack worker\n  curl -s -XPOST 127.0.0.1:9200/jobs -d '{\"job\": 1, \"workflow\": \"book_flight\"}'\n  curl -s $AGENTDRILL_CONTROL_URL/jobs/1?template=book_flight     one effect per step\n  AGENTDRILL_POLICY=no_fencing,resume_without_reconcile agentdrill stack worker   an anti-pattern, live"
+    )]
+    Stack {
+        /// Which process.
+        #[command(subcommand)]
+        process: StackProcess,
+    },
     /// Load generator for `bench` (closed loop over loopback; prints JSON).
     #[command(hide = true)]
     Loadgen {
@@ -292,7 +343,8 @@ fn progress(len: u64) -> indicatif::ProgressBar {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "error" };
+    let default_level =
+        if matches!(cli.command, Command::Serve { .. } | Command::Stack { .. }) { "info" } else { "error" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
@@ -377,6 +429,12 @@ fn main() -> ExitCode {
             };
             cli_live::serve(cfg, print_tools)
         }
+        Command::Stack { process } => match process {
+            StackProcess::Orchestrator { anti_patterns, lease_ms, memory } => {
+                cli_live::stack_orchestrator(&anti_patterns, lease_ms, memory)
+            }
+            StackProcess::Worker { anti_patterns, lease_ms } => cli_live::stack_worker(&anti_patterns, lease_ms),
+        },
         Command::Loadgen { url, workload, requests, concurrency } => {
             cli_live::loadgen(&url, workload, requests, concurrency)
         }

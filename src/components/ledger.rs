@@ -59,7 +59,7 @@ pub struct LedgerEntry {
 }
 
 /// The response a call gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CallOutcome {
     /// 200: the effect happened now (`replayed == false`) or earlier.
     Ok {
@@ -104,7 +104,7 @@ impl CallOutcome {
 }
 
 /// What a lookup by key finds (reconciliation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Lookup {
     /// A request with this key completed; the effect exists.
     Found {

@@ -70,7 +70,7 @@ pub struct OrchConfig {
 }
 
 /// A prompt/config version as workers receive it with their lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Prompt {
     /// Version number.
     pub version: u32,
@@ -145,6 +145,12 @@ impl Orchestrator {
             last_good: Prompt::default(),
             watch: None,
         }
+    }
+
+    /// A primary restarted on its durable store (a live process loads it
+    /// from its database); [`Orchestrator::start`] rebuilds the rest.
+    pub fn with_store(cfg: OrchConfig, store: Store) -> Self {
+        Orchestrator { store, ..Orchestrator::new(cfg, true) }
     }
 
     /// The durable store (ground truth of what is recorded).

@@ -10,7 +10,7 @@
 //! Task ids carry the store's timeline in their high bits, so a promoted
 //! replica never reissues an id that the lost primary had minted.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId};
 
@@ -34,7 +34,7 @@ pub enum TaskStatus {
 }
 
 /// Durable state of one step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     /// Nothing recorded.
@@ -46,7 +46,7 @@ pub enum StepState {
 }
 
 /// One step's durable record: the checkpoint (key, arguments) and result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRec {
     /// State.
     pub state: StepState,
@@ -64,7 +64,7 @@ impl StepRec {
 }
 
 /// A worker's lease on a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// Holder.
     pub holder: HostId,
@@ -101,7 +101,7 @@ pub struct TaskRec {
 }
 
 /// A write. Applied identically on the primary and its replicas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// A task is created for a job.
@@ -193,7 +193,7 @@ impl Op {
 }
 
 /// An op with its position and commit time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRec {
     /// Log sequence number (1-based).
     pub lsn: u64,

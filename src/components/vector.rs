@@ -46,7 +46,7 @@ const US_PER_DAY: u64 = 24 * US_PER_HOUR;
 const US_PER_MONTH: u64 = 30 * US_PER_DAY;
 
 /// A point in the store: the memory written by one step of one job.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, serde::Deserialize)]
 pub struct PointId {
     /// The logical job that wrote the point.
     pub job: JobId,

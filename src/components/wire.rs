@@ -6,6 +6,8 @@
 //! knows which. Large payloads are boxed so the common messages stay small
 //! on the simulator's hot path.
 
+use serde::{Deserialize, Serialize};
+
 use crate::components::ids::{HostId, IdemKey, JobId, Micros, Origin, TaskId};
 use crate::components::ledger::{CallOutcome, Lookup};
 use crate::components::provider::{ModelOutcome, ModelRequest};
@@ -14,7 +16,7 @@ use crate::components::vector::{PointId, Snapshot};
 
 /// Which fake API a tool request is for (the discriminant indexes per-API
 /// tables).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Api {
     /// Payments (charge, refund).
     Payment,
@@ -25,7 +27,7 @@ pub enum Api {
 }
 
 /// A lease grant: everything a worker needs to continue a task.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Grant {
     /// Task.
     pub task: TaskId,
@@ -59,8 +61,9 @@ pub struct Grant {
     pub replay: bool,
 }
 
-/// Every message.
-#[derive(Clone, Debug)]
+/// Every message. Behind HTTP a message is its serde JSON (a snapshot
+/// shipment stays in process: it is never serialised).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Msg {
     // --- client ⇄ orchestrator
     /// Submit a job (idempotent on the job id).
@@ -237,6 +240,9 @@ pub enum Msg {
         api: Api,
         /// Key.
         key: IdemKey,
+        /// The job and step the effect belongs to (harness metadata for the
+        /// simulated API; a live adapter names the effect's resource by it).
+        origin: Origin,
     },
     /// Lookup answer.
     LookupResp {
@@ -318,6 +324,7 @@ pub enum Msg {
         at_us: Micros,
     },
     /// A vector snapshot arrives at another region's storage.
+    #[serde(skip)]
     ShipSnapshot(Box<Snapshot>),
 
     // --- failover control
@@ -349,7 +356,7 @@ pub enum Msg {
 }
 
 /// A durable write a worker asks the orchestrator for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerWrite {
     /// Checkpoint before a call.
     Intent {

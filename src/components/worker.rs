@@ -474,7 +474,7 @@ fn renumber(msg: Msg, req: u32) -> Msg {
         Msg::LeaseReq { .. } => Msg::LeaseReq { req },
         Msg::Write { token, write, .. } => Msg::Write { req, token, write },
         Msg::ToolReq { api, key, params, origin, basis, .. } => Msg::ToolReq { req, api, key, params, origin, basis },
-        Msg::LookupReq { api, key, .. } => Msg::LookupReq { req, api, key },
+        Msg::LookupReq { api, key, origin, .. } => Msg::LookupReq { req, api, key, origin },
         Msg::ModelReq { request, origin, .. } => Msg::ModelReq { req, request, origin },
         Msg::VecUpsert { point, value, origin, basis, .. } => Msg::VecUpsert { req, point, value, origin, basis },
         Msg::VecQuery { point, origin, .. } => Msg::VecQuery { req, point, origin },
@@ -680,11 +680,12 @@ impl Worker {
             c.key = key;
             c.args = args;
         }
+        let origin = self.origin(s);
         let c = self.ctx();
         c.replay_checked |= 1 << ordinal;
         c.lookup_for = purpose;
         c.unknown = None; // this reconciliation covers the checkpointed intent too
-        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key });
+        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key, origin });
         true
     }
 
@@ -735,11 +736,12 @@ impl Worker {
         let c = self.ctx.as_ref().expect("task");
         let spec = self.template().steps[c.cursor as usize];
         let key = c.key;
+        let origin = self.origin(c.cursor);
         let (api, to) = self.api_for(spec.kind);
         if self.tool_degraded(env, api, Again::Lookup) {
             return;
         }
-        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key });
+        self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key, origin });
     }
 
     /// The API the outstanding lookup asked: a replay check before a model

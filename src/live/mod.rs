@@ -14,7 +14,9 @@
 //! - [`http`]: the accept loop, the per-request middleware (toxics, attempts,
 //!   request logs) and response helpers;
 //! - [`payment`], [`email`], [`model`], [`vector`]: the fakes;
-//! - [`loadgen`]: the load generator `agentdrill bench` runs in a child process.
+//! - [`loadgen`]: the load generator `agentdrill bench` runs in a child process;
+//! - [`stack`]: the live reference stack (`agentdrill stack orchestrator|worker`):
+//!   the simulator's orchestrator and worker behind a live `Env`.
 
 // Handlers return early with the answer to send (`Result<_, Response>`, the
 // axum idiom); a `Response` is 128 bytes and built once per request.
@@ -28,8 +30,10 @@ pub mod killpoint;
 pub mod loadgen;
 pub mod model;
 pub mod payment;
+pub mod pg;
 pub mod scenario;
 pub mod script;
+pub mod stack;
 pub mod supervisor;
 pub mod toxics;
 pub mod vector;

@@ -87,7 +87,7 @@ pub fn router() -> Router<Ctx> {
         .route("/v1/payment_intents", post(create_intent))
         .route("/v1/payment_intents/search", get(search))
         .route("/v1/payment_intents/{id}", get(retrieve_intent))
-        .route("/v1/refunds", post(create_refund))
+        .route("/v1/refunds", get(list_refunds).post(create_refund))
         .route("/v1/refunds/{id}", get(retrieve_refund))
 }
 
@@ -355,6 +355,24 @@ async fn retrieve_refund(State(ctx): State<Ctx>, h: HeaderMap, Path(id): Path<St
         Some(o) => json_response(200, o),
         None => no_such("refund", &id),
     }
+}
+
+/// `GET /v1/refunds[?payment_intent=pi_…]`: Stripe's list of refunds, newest
+/// first, optionally of one PaymentIntent (what reconciliation of a refund
+/// reads: refunds are not searchable).
+async fn list_refunds(State(ctx): State<Ctx>, h: HeaderMap, Query(q): Query<FxHashMap<String, String>>) -> Response {
+    if let Err(r) = check_auth(&h) {
+        return r;
+    }
+    let st = super::lock(&ctx.shared.payment);
+    let pi = q.get("payment_intent");
+    let data: Vec<&Value> = st
+        .objects
+        .iter()
+        .rev()
+        .filter(|o| o["object"] == "refund" && pi.is_none_or(|p| o["payment_intent"] == p.as_str()))
+        .collect();
+    json_response(200, &json!({ "object": "list", "url": "/v1/refunds", "has_more": false, "data": data }))
 }
 
 /// One clause of a search query: `metadata['k']:'v'` or `status:'v'`.

@@ -237,35 +237,7 @@ impl Script {
     fn tool_call(&self, job: u32, t: &Template, step: u16) -> (&'static str, Value) {
         let spec = t.steps[step as usize];
         let decision = spec.governed_by.map_or(0, |g| self.decision(job, t, g));
-        let args = workflow::args_for(job, step, decision);
-        let tag = format!("job-{job}");
-        let meta = json!({ "job_id": tag, "step": step.to_string() });
-        let vector: Vec<f32> = (0..4).map(|i| ((args >> (i * 16)) & 0xffff) as f32 / 65_535.0 + 0.01).collect();
-        match spec.kind {
-            StepKind::Search => ("search", json!({ "query": format!("{tag}: options for plan {decision}") })),
-            StepKind::Charge => (
-                "charge_card",
-                json!({ "amount": 1_000 + args % 99_000, "currency": "usd",
-                        "description": format!("{tag}: option {decision}"), "metadata": meta }),
-            ),
-            StepKind::Refund => (
-                "refund_payment",
-                json!({ "payment_intent": format!("pi_hist_job{job}"), "amount": 500 + args % 9_500, "metadata": meta }),
-            ),
-            StepKind::Email => (
-                "send_email",
-                json!({ "to": format!("customer-{job}@example.com"), "subject": format!("{tag}: confirmation"),
-                        "text": format!("Decision {decision}, reference {args:016x}."),
-                        "tags": [{ "name": "job_id", "value": tag }, { "name": "step", "value": step.to_string() }] }),
-            ),
-            StepKind::MemWrite => (
-                "memory_write",
-                json!({ "collection": "memory", "id": u64::from(job) * 65_536 + u64::from(step), "vector": vector,
-                        "payload": { "job_id": tag, "step": step, "summary": format!("decision {decision}") } }),
-            ),
-            StepKind::MemRead => ("memory_read", json!({ "collection": "memory", "vector": vector, "limit": 3 })),
-            StepKind::Model { .. } => unreachable!("tool_steps skips model steps"),
-        }
+        tool_input(job, spec.kind, step, decision)
     }
 
     /// Every tool step of `job` with its input: the ground truth of what the
@@ -294,6 +266,62 @@ pub fn find_job(text: &str) -> Option<u32> {
         rest = &rest[at + 4..];
     }
     None
+}
+
+/// The tool name and input of tool step `step` (of kind `kind`) of `job`,
+/// made with `decision` of the model step that governs it: the one
+/// rendering of a tool call, used by the script and by the live reference
+/// stack's worker to speak the tools' wire shape.
+pub fn tool_input(job: u32, kind: StepKind, step: u16, decision: u32) -> (&'static str, Value) {
+    let args = workflow::args_for(job, step, decision);
+    let tag = format!("job-{job}");
+    let meta = json!({ "job_id": tag, "step": step.to_string() });
+    let vector: Vec<f32> = (0..4).map(|i| ((args >> (i * 16)) & 0xffff) as f32 / 65_535.0 + 0.01).collect();
+    match kind {
+        StepKind::Search => ("search", json!({ "query": format!("{tag}: options for plan {decision}") })),
+        StepKind::Charge => (
+            "charge_card",
+            json!({ "amount": 1_000 + args % 99_000, "currency": "usd",
+                    "description": format!("{tag}: option {decision}"), "metadata": meta }),
+        ),
+        StepKind::Refund => (
+            "refund_payment",
+            json!({ "payment_intent": format!("pi_hist_job{job}"), "amount": 500 + args % 9_500, "metadata": meta }),
+        ),
+        StepKind::Email => (
+            "send_email",
+            json!({ "to": format!("customer-{job}@example.com"), "subject": format!("{tag}: confirmation"),
+                    "text": format!("Decision {decision}, reference {args:016x}."),
+                    "tags": [{ "name": "job_id", "value": tag }, { "name": "step", "value": step.to_string() }] }),
+        ),
+        StepKind::MemWrite => (
+            "memory_write",
+            json!({ "collection": "memory", "id": u64::from(job) * 65_536 + u64::from(step), "vector": vector,
+                    "payload": { "job_id": tag, "step": step, "summary": format!("decision {decision}") } }),
+        ),
+        StepKind::MemRead => ("memory_read", json!({ "collection": "memory", "vector": vector, "limit": 3 })),
+        StepKind::Model { .. } => unreachable!("model steps are not tool calls"),
+    }
+}
+
+/// The decision of the model step governing tool step `step` of `job` that
+/// makes a tool call with `input` (the inverse of [`tool_input`]); `None`
+/// when no decision does (the input was not made by this script).
+pub fn decision_of(job: u32, t: &Template, step: u16, input: &Value) -> Option<u32> {
+    let spec = t.steps.get(step as usize)?;
+    let options = match spec.governed_by.map(|g| t.steps[g as usize].kind) {
+        Some(StepKind::Model { options, .. }) => options,
+        _ => 1,
+    };
+    // Floats may not survive a JSON round trip bit for bit: the vector (a
+    // function of the same arguments as the rest) is left out.
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().map(|o| o.remove("vector"));
+        v
+    };
+    let input = strip(input);
+    (0..options).find(|&d| strip(&tool_input(job, spec.kind, step, d).1) == input)
 }
 
 /// The tools an agent must declare, with their JSON schemas.

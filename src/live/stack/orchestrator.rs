@@ -1,0 +1,352 @@
+//! `agentdrill stack orchestrator`: the simulator's [`Orchestrator`] as a
+//! process, its store in PostgreSQL.
+//!
+//! HTTP on `AGENTDRILL_LISTEN_ADDR`:
+//! - `POST /jobs` `{"job": N, "workflow": "book_flight"}`: submit (idempotent
+//!   on the job); 200 once the task is durable, 503 when not acknowledged
+//!   within [`SUBMIT_WAIT_MS`];
+//! - `POST /msg`: an [`Envelope`] from a worker;
+//! - `GET /jobs/{job}`: the stack's own record of the job (its belief, not
+//!   ground truth: measurements read the fakes' ledgers);
+//! - `GET /health`: 200 while serving.
+//!
+//! One loop task owns the orchestrator. After each handler it commits the
+//! handler's new log records to PostgreSQL ([`PgStore::commit`]) and only
+//! then delivers the outbox (grants, acknowledgements, the 200 of a
+//! submission). A commit that fails stops the process with the error: the
+//! supervisor restarts it and it reloads what is durable.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rustc_hash::FxHashMap;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::env::{CLIENT, Envelope, FIRST_WORKER, LiveEnv, ORCHESTRATOR, monotonic_us};
+use super::pg::{Fence, PgStore};
+use super::{ConfigError, optional};
+use crate::components::ids::{HostId, JobId};
+use crate::components::orchestrator::{OrchConfig, Orchestrator, Replication};
+use crate::components::policy::Policy;
+use crate::components::store::Store;
+use crate::components::wire::Msg;
+use crate::components::workflow::builtin;
+
+/// How long `POST /jobs` waits for the durable acknowledgement.
+pub const SUBMIT_WAIT_MS: u64 = 10_000;
+/// Highest job number accepted (the store indexes tasks by job).
+pub const MAX_JOB: u64 = 1_000_000;
+/// How long a message to a worker may take before it counts as lost.
+const WORKER_POST_TIMEOUT_MS: u64 = 5_000;
+
+/// An orchestrator process's settings.
+#[derive(Clone, Debug)]
+pub struct OrchestratorConfig {
+    /// `AGENTDRILL_LISTEN_ADDR`.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL` (`None`: the store lives in memory and dies with the
+    /// process; only with `--memory`).
+    pub database_url: Option<String>,
+    /// `AGENTDRILL_SEED` (default 1).
+    pub seed: u64,
+    /// The policy switches.
+    pub policy: Policy,
+    /// How often the recovery service scans for expired leases.
+    pub recovery_scan_ms: u64,
+}
+
+impl OrchestratorConfig {
+    /// Reads the process contract's environment. `memory`: run without a
+    /// database (state lost on a crash; for trying the stack by hand).
+    pub fn from_env(anti_patterns: &[String], lease_ms: Option<u64>, memory: bool) -> Result<Self, ConfigError> {
+        let mut policy = super::policy(std::env::var("AGENTDRILL_POLICY").ok().as_deref(), anti_patterns)?;
+        if let Some(ms) = lease_ms.or(optional("AGENTDRILL_LEASE_MS")?) {
+            if !(10..=3_600_000).contains(&ms) {
+                let why = "expected milliseconds between 10 and 3 600 000".to_owned();
+                return Err(ConfigError::Invalid { name: "AGENTDRILL_LEASE_MS".into(), value: ms.to_string(), why });
+            }
+            policy.lease_ms = ms;
+        }
+        let database_url = if memory {
+            None
+        } else {
+            Some(super::required(
+                "DATABASE_URL",
+                "the PostgreSQL database of the stack's state (or pass --memory)",
+                "postgresql://agentdrill@127.0.0.1:5432/agentdrill",
+            )?)
+        };
+        Ok(OrchestratorConfig {
+            listen: super::listen_addr()?,
+            database_url,
+            seed: optional("AGENTDRILL_SEED")?.unwrap_or(1),
+            recovery_scan_ms: (policy.lease_ms / 4).clamp(10, 5_000),
+            policy,
+        })
+    }
+
+    fn orch_config(&self) -> OrchConfig {
+        OrchConfig {
+            lease_ms: self.policy.lease_ms,
+            recovery_scan_ms: self.recovery_scan_ms,
+            fencing: self.policy.fencing,
+            replication: Replication::None,
+            replica: None,
+            client: CLIENT,
+            wall_clock_leases: self.policy.wall_clock_leases,
+            auto_rollback: self.policy.auto_rollback,
+            idempotent_create: self.policy.idempotent_create,
+        }
+    }
+}
+
+/// What the HTTP side hands the loop.
+enum Inbound {
+    Peer(Envelope),
+    Submit { job: JobId, template: u16, steps: u16, acked: oneshot::Sender<()> },
+    Status { job: JobId, reply: oneshot::Sender<serde_json::Value> },
+    Health { reply: oneshot::Sender<bool> },
+}
+
+type Tx = mpsc::UnboundedSender<Inbound>;
+
+#[derive(Deserialize)]
+struct SubmitBody {
+    job: u64,
+    workflow: String,
+}
+
+fn error(status: StatusCode, msg: String) -> Response {
+    (status, Json(json!({ "error": msg }))).into_response()
+}
+
+async fn submit(State(tx): State<Tx>, body: axum::body::Bytes) -> Response {
+    let b: SubmitBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!("bad body: {e}; expected {{\"job\": <integer>, \"workflow\": \"<template name>\"}}");
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    if b.job > MAX_JOB {
+        return error(StatusCode::BAD_REQUEST, format!("job: {} is past the limit of {MAX_JOB}", b.job));
+    }
+    let templates = builtin();
+    let Some(template) = templates.iter().position(|t| t.name == b.workflow) else {
+        let names: Vec<&str> = templates.iter().map(|t| t.name).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("workflow: no template `{}`; the templates are {}", b.workflow, names.join(", ")),
+        );
+    };
+    let steps = templates[template].steps.len() as u16;
+    let (acked, wait) = oneshot::channel();
+    let job = JobId(b.job as u32);
+    if tx.send(Inbound::Submit { job, template: template as u16, steps, acked }).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is stopping".into());
+    }
+    match tokio::time::timeout(std::time::Duration::from_millis(SUBMIT_WAIT_MS), wait).await {
+        Ok(Ok(())) => {
+            (StatusCode::OK, Json(json!({ "job": b.job, "workflow": b.workflow, "accepted": true }))).into_response()
+        }
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "job {} not acknowledged within {SUBMIT_WAIT_MS} ms (not serving, or the database is slow); submit it again: submission is idempotent",
+                b.job
+            ),
+        ),
+    }
+}
+
+async fn receive(State(tx): State<Tx>, Json(e): Json<Envelope>) -> StatusCode {
+    match tx.send(Inbound::Peer(e)) {
+        Ok(()) => StatusCode::ACCEPTED,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn status(State(tx): State<Tx>, Path(job): Path<u64>) -> Response {
+    if job > MAX_JOB {
+        return error(StatusCode::BAD_REQUEST, format!("job: {job} is past the limit of {MAX_JOB}"));
+    }
+    let (reply, answer) = oneshot::channel();
+    let _ = tx.send(Inbound::Status { job: JobId(job as u32), reply });
+    match answer.await {
+        Ok(v) if v.is_null() => error(StatusCode::NOT_FOUND, format!("no task for job {job}")),
+        Ok(v) => Json(v).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is stopping".into()),
+    }
+}
+
+async fn health(State(tx): State<Tx>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let _ = tx.send(Inbound::Health { reply });
+    match answer.await {
+        Ok(true) => (StatusCode::OK, "serving").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "not serving").into_response(),
+    }
+}
+
+/// Runs an orchestrator process until it is killed or its database fails.
+pub fn run(cfg: OrchestratorConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(serve(cfg))
+}
+
+/// A worker the orchestrator has heard from: where it listens, which process.
+struct Peer {
+    url: String,
+    incarnation: u64,
+}
+
+async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
+    let incarnation = monotonic_us();
+    let mut pg = match &cfg.database_url {
+        Some(url) => Some(PgStore::connect(url).await?),
+        None => {
+            tracing::warn!("no database (--memory): the orchestrator's state dies with the process");
+            None
+        }
+    };
+    let store = match &pg {
+        Some(p) => p.load().await?,
+        None => Store::new(),
+    };
+    tracing::info!(records = store.last_lsn(), tasks = store.tasks().len(), "store loaded");
+    let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
+    let (timer_tx, mut timer_rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (AGENTDRILL_LISTEN_ADDR): {e}", cfg.listen))?;
+    let app = axum::Router::new()
+        .route("/jobs", post(submit))
+        .route("/jobs/{job}", get(status))
+        .route("/msg", post(receive))
+        .route("/health", get(health))
+        .with_state(tx);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "orchestrator listener stopped");
+        }
+    });
+    let mut orch = Orchestrator::with_store(cfg.orch_config(), store);
+    let mut env = LiveEnv::new(ORCHESTRATOR, "orchestrator", cfg.seed, incarnation, timer_tx);
+    let mut out =
+        Outbound { peers: FxHashMap::default(), pending: FxHashMap::default(), client: reqwest::Client::new() };
+    let before = orch.store().last_lsn();
+    orch.start(&mut env);
+    out.flush(&mut env, &orch, &mut pg, before, None).await?;
+    tracing::info!(listen = %cfg.listen, serving = orch.is_serving(), "orchestrator started");
+    loop {
+        let before = orch.store().last_lsn();
+        let mut fence = None;
+        tokio::select! {
+            Some(timer) = timer_rx.recv() => orch.on_timer(&mut env, timer),
+            Some(input) = rx.recv() => match input {
+                Inbound::Peer(e) => {
+                    let Some(msg) = e.msg() else { continue };
+                    let Some(f) = out.admit(&e, &msg) else { continue };
+                    fence = f.filter(|_| cfg.policy.fencing);
+                    orch.on_msg(&mut env, e.from, msg);
+                }
+                Inbound::Submit { job, template, steps, acked } => {
+                    out.pending.entry(job).or_default().push(acked);
+                    orch.on_msg(&mut env, CLIENT, Msg::Submit { job, template, steps, probe: false, replay: false });
+                }
+                Inbound::Status { job, reply } => {
+                    let store = orch.store();
+                    let task = store.task_for_job(job).and_then(|t| store.task(t));
+                    let _ = reply.send(task.map_or(serde_json::Value::Null, |t| json!(t)));
+                }
+                Inbound::Health { reply } => {
+                    let _ = reply.send(orch.is_serving());
+                }
+            },
+            else => anyhow::bail!("the orchestrator's channels closed"),
+        }
+        out.flush(&mut env, &orch, &mut pg, before, fence).await?;
+    }
+}
+
+/// Where the orchestrator's messages go.
+struct Outbound {
+    peers: FxHashMap<HostId, Peer>,
+    pending: FxHashMap<JobId, Vec<oneshot::Sender<()>>>,
+    client: reqwest::Client,
+}
+
+impl Outbound {
+    /// Takes a worker's envelope in: `None` when it comes from an earlier
+    /// process of that worker (dropped, as the simulator drops a crashed
+    /// sender's messages); otherwise the fence its write must pass in SQL.
+    fn admit(&mut self, e: &Envelope, msg: &Msg) -> Option<Option<Fence>> {
+        if e.from.0 < FIRST_WORKER {
+            tracing::warn!(from = e.from.0, "message from a host that is not a worker; dropped");
+            return None;
+        }
+        if let Some(p) = self.peers.get(&e.from)
+            && e.incarnation < p.incarnation
+        {
+            tracing::debug!(from = e.from.0, "message from an earlier incarnation; dropped");
+            return None;
+        }
+        if let Some(url) = &e.reply_to {
+            self.peers.insert(e.from, Peer { url: url.clone(), incarnation: e.incarnation });
+        }
+        let fence = match *msg {
+            Msg::Write { token, write, .. } => Some(Fence { task: write.task(), token, holder: e.from }),
+            _ => None,
+        };
+        Some(fence)
+    }
+
+    /// Commits what the handler wrote since `before`, then delivers the outbox.
+    async fn flush(
+        &mut self,
+        env: &mut LiveEnv,
+        orch: &Orchestrator,
+        pg: &mut Option<PgStore>,
+        before: u64,
+        fence: Option<Fence>,
+    ) -> anyhow::Result<()> {
+        let recs = &orch.store().log()[before as usize..];
+        if let (Some(pg), false) = (pg.as_mut(), recs.is_empty()) {
+            pg.commit(recs, orch.store(), fence).await?;
+        }
+        for (to, msg) in env.outbox.drain(..) {
+            if to == CLIENT {
+                if let Msg::SubmitAck { job } = msg {
+                    for acked in self.pending.remove(&job).unwrap_or_default() {
+                        let _ = acked.send(());
+                    }
+                } else if let Msg::Completed { job } = msg {
+                    tracing::info!(job = job.0, "job done");
+                }
+                continue;
+            }
+            let Some(p) = self.peers.get(&to) else {
+                tracing::debug!(to = to.0, "no address for this host yet; message dropped");
+                continue;
+            };
+            let envelope = Envelope::new(ORCHESTRATOR, p.incarnation, None, &msg);
+            let rb = self
+                .client
+                .post(format!("{}/msg", p.url))
+                .timeout(std::time::Duration::from_millis(WORKER_POST_TIMEOUT_MS))
+                .json(&envelope);
+            tokio::spawn(async move {
+                if let Err(e) = rb.send().await {
+                    tracing::debug!(error = %e, "message to a worker lost");
+                }
+            });
+        }
+        Ok(())
+    }
+}
