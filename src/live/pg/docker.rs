@@ -281,7 +281,7 @@ async fn start_container(opts: &PgOptions, node_dir: PathBuf, port: u16, script:
         port,
         fenced: false,
         backend: super::Backend::Docker,
-        inner: super::Proc::Docker(proc),
+        inner: super::Proc::Docker(Box::new(proc)),
     })
 }
 

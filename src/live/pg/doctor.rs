@@ -40,7 +40,10 @@ impl Doctor {
 /// Checks both backends, starting a throw-away primary on each in
 /// `<scratch>/doctor-<backend>` (removed afterwards).
 pub async fn check(scratch: &Path) -> Doctor {
-    Doctor { backends: vec![check_local(scratch).await, check_docker(scratch).await] }
+    let d = Doctor { backends: vec![check_local(scratch).await, check_docker(scratch).await] };
+    // Only if empty: never a folder the user named with files in it.
+    let _ = std::fs::remove_dir(scratch);
+    d
 }
 
 async fn try_start(scratch: &Path, backend: Backend, found: &mut Vec<String>) -> Result<(), String> {

@@ -274,7 +274,7 @@ pub(crate) enum Proc {
     /// A postmaster child of this harness.
     Local(local::LocalProc),
     /// A container.
-    Docker(docker::DockerProc),
+    Docker(Box<docker::DockerProc>),
 }
 
 impl Proc {
