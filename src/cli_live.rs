@@ -1,4 +1,5 @@
-//! `agentdrill serve` and `agentdrill loadgen`: the live runtime's commands.
+//! `agentdrill serve`, `agentdrill doctor` and `agentdrill loadgen`: the live
+//! runtime's commands.
 
 use std::process::ExitCode;
 
@@ -120,4 +121,22 @@ pub fn stack_worker(anti_patterns: &[String], lease_ms: Option<u64>) -> ExitCode
             ExitCode::FAILURE
         }
     }
+}
+
+/// `agentdrill doctor`: which PostgreSQL backends work; exit 0 when `local` does.
+pub fn doctor(scratch: &std::path::Path, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = rt.block_on(live::pg::doctor::check(scratch));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
+    } else {
+        print!("{}", live::pg::doctor::text(&report));
+    }
+    if report.local_works() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

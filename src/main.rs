@@ -286,6 +286,22 @@ enum Command {
         #[command(subcommand)]
         process: StackProcess,
     },
+    /// Tell which PostgreSQL backends of the live drills work on this
+    /// machine, and why not: `local` (initdb/postgres/pg_basebackup found,
+    /// their version) and `docker` (the daemon, the offline-built image).
+    /// Each is tried by starting a throw-away primary. Exit 0 when at least
+    /// `local` works, 1 otherwise.
+    #[command(
+        after_help = "Examples:\n  agentdrill doctor\n  agentdrill doctor --format json | jq '.backends[] | select(.works) | .backend'\n\nA missing backend is installed by `cargo xtask test` (apt-get install postgresql-15; the image by scripts/build-pg-image.sh when Docker answers)."
+    )]
+    Doctor {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableOrJson,
+        /// Folder for the throw-away servers (removed afterwards).
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("agentdrill-doctor"))]
+        scratch: PathBuf,
+    },
     /// Load generator for `bench` (closed loop over loopback; prints JSON).
     #[command(hide = true)]
     Loadgen {
@@ -435,6 +451,7 @@ fn main() -> ExitCode {
             }
             StackProcess::Worker { anti_patterns, lease_ms } => cli_live::stack_worker(&anti_patterns, lease_ms),
         },
+        Command::Doctor { format, scratch } => cli_live::doctor(&scratch, matches!(format, TableOrJson::Json)),
         Command::Loadgen { url, workload, requests, concurrency } => {
             cli_live::loadgen(&url, workload, requests, concurrency)
         }

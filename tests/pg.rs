@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use agentdrill::live::pg::{self, Cluster, PgOptions};
+use agentdrill::live::pg::{self, Backend, Cluster, PgOptions};
 
 /// A fresh folder for one test (removed first if a previous run left it).
 fn run_dir(test: &str) -> PathBuf {
@@ -118,6 +118,53 @@ async fn bad_node_names_are_refused_with_the_field() {
 /// Env var that turns [`child_harness_holding_a_primary`] into the harness
 /// the SIGKILL test kills; without it that test refuses to run.
 const CHILD_ENV: &str = "AGENTDRILL_PG_CHILD_RUN_DIR";
+/// The child's backend (`local` unless `docker`).
+const CHILD_BACKEND_ENV: &str = "AGENTDRILL_PG_CHILD_BACKEND";
+
+/// Runs the child harness, waits for its primary, SIGKILLs it; returns the
+/// primary's port.
+fn sigkilled_child_harness(dir: &Path, backend: Backend) -> u16 {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--ignored", "--exact", "child_harness_holding_a_primary", "--nocapture"])
+        .env(CHILD_ENV, dir)
+        .env(CHILD_BACKEND_ENV, backend.name())
+        .spawn()
+        .expect("spawn the child harness");
+    let ready = dir.join("ready");
+    let start = Instant::now();
+    while !ready.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the child harness exited before its primary was up: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the child harness did not start its primary in 90 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port: u16 = std::fs::read_to_string(&ready).expect("ready").trim().parse().expect("port");
+    let record = pg::stale::read_record(&dir.join("pg/primary")).expect("the node record");
+    assert_eq!(record.harness_pid, child.id());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL the child harness");
+    child.wait().expect("reap the child harness");
+    port
+}
+
+#[test]
+fn docker_sigkilled_harness_container_is_removed_by_the_next_start_when_docker_answers() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = run_dir("sigkill-docker");
+    let port = sigkilled_child_harness(&dir, Backend::Docker);
+    let node_dir = dir.join("pg/primary");
+    let id = pg::stale::read_record(&node_dir).expect("record").container_id.expect("a container");
+    assert!(container_exists(&id) && listening(port), "a SIGKILLed harness leaves its container running");
+    let report = pg::cleanup_stale(&dir).expect("cleanup");
+    assert_eq!((report.containers_removed, report.nodes_removed), (1, 1), "{report:?}");
+    assert!(!container_exists(&id), "the leftover container is removed");
+    wait_until("the leftover's port free", 5_000, || !listening(port));
+    assert!(!node_dir.exists());
+    std::fs::remove_dir_all(&dir).expect("remove the run folder");
+}
 
 /// Not a test of its own: the child process of
 /// `sigkilled_harness_leftovers_are_cleaned_by_the_next_start` (run with
@@ -127,7 +174,10 @@ const CHILD_ENV: &str = "AGENTDRILL_PG_CHILD_RUN_DIR";
 #[ignore = "child process of sigkilled_harness_leftovers_are_cleaned_by_the_next_start"]
 async fn child_harness_holding_a_primary() {
     let dir = PathBuf::from(std::env::var(CHILD_ENV).expect("run only by the SIGKILL test"));
-    let node = Cluster::start_primary(&PgOptions::local(&dir, "test-sigkill")).await.unwrap_or_else(|e| panic!("{e}"));
+    let backend =
+        if std::env::var(CHILD_BACKEND_ENV).as_deref() == Ok("docker") { Backend::Docker } else { Backend::Local };
+    let opts = PgOptions { backend, ..PgOptions::local(&dir, "test-sigkill") };
+    let node = Cluster::start_primary(&opts).await.unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.join("ready"), format!("{}", node.port())).expect("write ready");
     tokio::time::sleep(Duration::from_secs(120)).await;
     panic!("the parent test should have SIGKILLed this process");
@@ -230,8 +280,36 @@ async fn wait_caught_up(primary: &pg::PgNode, standby: &pg::PgNode) -> pg::Repli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_pair_cut_promote_and_rpo_finds_exactly_the_rows_after_the_cut() {
-    let dir = run_dir("pair-async");
-    let opts = PgOptions::local(&dir, "test-pair");
+    async_pair_scenario(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_async_pair_cut_promote_and_rpo_when_docker_answers() {
+    if !docker_ready() {
+        return;
+    }
+    async_pair_scenario(Backend::Docker).await;
+}
+
+/// Whether the docker backend is to be tested: false (said on stderr) when
+/// no daemon answers; a panic naming `cargo xtask test` when one answers
+/// but the image is missing.
+fn docker_ready() -> bool {
+    if let Err(why) = pg::docker::daemon_answers() {
+        eprintln!("docker backend not tested here: {why}");
+        return false;
+    }
+    assert!(
+        pg::docker::image_present(),
+        "a Docker daemon answers but the image {} is missing: run `cargo xtask test` (it builds it with scripts/build-pg-image.sh)",
+        pg::docker::image_ref()
+    );
+    true
+}
+
+async fn async_pair_scenario(backend: Backend) {
+    let dir = run_dir(&format!("pair-async-{}", backend.name()));
+    let opts = PgOptions { backend, ..PgOptions::local(&dir, "test-pair") };
     let mut primary = Cluster::start_primary(&opts).await.unwrap_or_else(|e| panic!("{e}"));
     let proxy = Proxy::start(primary.addr()).await;
     let standby =
@@ -336,4 +414,34 @@ async fn sync_pair_blocks_commits_when_cut_and_loses_nothing() {
     drop(standby);
     drop(primary);
     std::fs::remove_dir_all(&dir).expect("remove the run folder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_primary_is_killed_and_its_container_removed_when_docker_answers() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = run_dir("docker-primary");
+    let opts = PgOptions { backend: Backend::Docker, ..PgOptions::local(&dir, "test-docker") };
+    let mut node = Cluster::start_primary(&opts).await.unwrap_or_else(|e| panic!("{e}"));
+    let db = node.connect().await.expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)").await.expect("write");
+    let record = pg::stale::read_record(node.node_dir()).expect("record");
+    let id = record.container_id.expect("a docker node records its container");
+    assert!(container_exists(&id));
+    node.kill().expect("kill");
+    assert!(!node.is_running());
+    assert!(!listening(node.port()));
+    assert!(node.data_dir().join("PG_VERSION").is_file(), "the data stays on the host");
+    drop(node);
+    assert!(!container_exists(&id), "drop removes the container");
+    std::fs::remove_dir_all(&dir).expect("remove the run folder");
+}
+
+fn container_exists(id: &str) -> bool {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter", &format!("id={id}")])
+        .output()
+        .expect("docker ps");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }

@@ -3,6 +3,9 @@
 //! Installs what the tests need and is missing, then runs `cargo test
 //! --release`:
 //! - the apt packages of [`APT_PACKAGES`] (each checked by a command first);
+//! - when a Docker daemon answers, the PostgreSQL image of the live drills'
+//!   docker backend, built offline by `scripts/build-pg-image.sh` (a no-op
+//!   when its tag exists);
 //! - a Python venv of its own, `target/sdk-venv`, with the official SDKs of
 //!   [`PIP_PACKAGES`] (the SDK tests run them against `agentdrill serve`).
 //!
@@ -19,6 +22,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // tests/html_report.rs renders the HTML report headless.
     ("command -v chromium", "chromium"),
     ("test -d /usr/share/fonts/truetype/liberation", "fonts-liberation"),
+    // tests/pg.rs and the live drills start PostgreSQL 15 (the local backend).
+    ("command -v initdb || test -x /usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
 ];
 
 /// The official SDKs the SDK tests drive, pinned.
@@ -39,7 +44,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test arguments…]\n\ninstalls the apt packages and the Python SDKs the tests need (into target/sdk-venv), then runs cargo test --release"
+                "usage: cargo xtask test [cargo test arguments…]\n\ninstalls the apt packages (PostgreSQL 15 among them) and the Python SDKs the tests need (into target/sdk-venv), builds the PostgreSQL image when Docker answers (scripts/build-pg-image.sh), then runs cargo test --release\n\nexample: cargo xtask test --test pg"
             );
             ExitCode::from(2)
         }
@@ -93,9 +98,21 @@ fn venv(root: &Path) -> Result<PathBuf, String> {
     Ok(python)
 }
 
+/// Builds the docker backend's PostgreSQL image when a daemon answers.
+fn pg_image(root: &Path) -> Result<(), String> {
+    if !sh("docker version >/dev/null 2>&1") {
+        eprintln!(
+            "xtask: no Docker daemon answers: the PostgreSQL image is not built (the docker backend's tests need it)"
+        );
+        return Ok(());
+    }
+    run(Command::new("sh").arg(root.join("scripts/build-pg-image.sh")))
+}
+
 fn test(extra: &[String]) -> Result<ExitCode, String> {
     let root = root();
     apt()?;
+    pg_image(&root)?;
     let python = venv(&root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);

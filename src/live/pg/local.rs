@@ -247,7 +247,8 @@ pub(crate) async fn start_on(
                     node_dir,
                     port,
                     fenced: false,
-                    inner: proc,
+                    backend: super::Backend::Local,
+                    inner: super::Proc::Local(proc),
                 });
             }
             Err(e) => {

@@ -31,6 +31,8 @@
 //! stays `on` (and `remote_apply`-free: `on` with `synchronous_standby_names`
 //! for a synchronous pair). `fsync` would only cost start-up and commit time.
 //!
+//! - [`docker`]: the `docker` backend (testcontainers, the offline image);
+//! - [`doctor`]: which backends work here (`agentdrill doctor`);
 //! - [`local`]: the `local` backend (`initdb` / `postgres` / `pg_basebackup`
 //!   from PATH or `/usr/lib/postgresql/<v>/bin`, loopback ports);
 //! - [`pair`]: the streaming standby, promotion, fencing, replication lag;
@@ -39,6 +41,7 @@
 //! - [`stale`]: the node records and [`cleanup_stale`].
 
 pub mod docker;
+pub mod doctor;
 pub mod local;
 pub mod pair;
 pub mod rpo;
@@ -247,9 +250,7 @@ impl Cluster {
         opts.validate()?;
         match opts.backend {
             Backend::Local => local::start_primary(opts).await,
-            Backend::Docker => Err(PgError::Docker(
-                "not built yet in this version: use Backend::Local (see `agentdrill doctor`)".into(),
-            )),
+            Backend::Docker => docker::start_primary(opts).await,
         }
     }
 }
@@ -263,13 +264,59 @@ pub struct PgNode {
     node_dir: PathBuf,
     port: u16,
     fenced: bool,
-    inner: local::LocalProc,
+    backend: Backend,
+    inner: Proc,
+}
+
+/// The server process(es) behind a node.
+#[derive(Debug)]
+pub(crate) enum Proc {
+    /// A postmaster child of this harness.
+    Local(local::LocalProc),
+    /// A container.
+    Docker(Box<docker::DockerProc>),
+}
+
+impl Proc {
+    fn is_running(&mut self) -> bool {
+        match self {
+            Proc::Local(p) => p.is_running(),
+            Proc::Docker(p) => p.is_running(),
+        }
+    }
+
+    fn kill(&mut self) -> Result<(), PgError> {
+        match self {
+            Proc::Local(p) => p.kill(),
+            Proc::Docker(p) => p.kill(),
+        }
+    }
+
+    async fn stop(&mut self) -> Result<(), PgError> {
+        match self {
+            Proc::Local(p) => p.stop().await,
+            Proc::Docker(p) => p.stop().await,
+        }
+    }
+
+    /// After the node's folder is gone: nothing may be left (a container is
+    /// removed, not just killed).
+    fn remove(&mut self) {
+        if let Proc::Docker(p) = self {
+            p.remove();
+        }
+    }
 }
 
 impl PgNode {
     /// The node's name (`primary`, `standby`, …).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What provides its server.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The node's region.
@@ -339,6 +386,7 @@ impl Drop for PgNode {
         if let Err(e) = self.inner.kill() {
             tracing::warn!("dropping PostgreSQL node {}: {e}", self.name);
         }
+        self.inner.remove();
         if let Err(e) = std::fs::remove_dir_all(&self.node_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

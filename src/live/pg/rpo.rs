@@ -133,16 +133,21 @@ async fn start_isolated(node: &PgNode) -> Result<PgNode, PgError> {
     let parent = node.node_dir().parent().expect("a node folder is inside <run_dir>/pg").to_path_buf();
     let run_dir = parent.parent().expect("<run_dir>/pg has a parent").to_path_buf();
     let name = format!("{}-rpo", node.name());
-    let opts = PgOptions { run_dir, run_id: "rpo".into(), backend: Backend::Local, name, region: node.region().into() };
-    let tools = Tools::find()?;
-    let run_as = RunAs::current()?;
+    let opts = PgOptions { run_dir, run_id: "rpo".into(), backend: node.backend(), name, region: node.region().into() };
+    let run_as = match opts.backend {
+        Backend::Local => RunAs::current()?,
+        Backend::Docker => None,
+    };
     let dir = local::fresh_node_dir(&opts, run_as)?;
     let (from, to) = (node.data_dir(), dir.join("data"));
     tokio::task::spawn_blocking(move || copy_data(&from, &to))
         .await
         .map_err(|e| PgError::Invalid(format!("the copy task failed: {e}")))??;
     isolate(&dir.join("data"))?;
-    local::start_on(&opts, &tools, run_as, dir).await
+    match opts.backend {
+        Backend::Local => local::start_on(&opts, &Tools::find()?, run_as, dir).await,
+        Backend::Docker => super::docker::start_existing(&opts, dir).await,
+    }
 }
 
 /// `cp -a` (ownership and modes kept: the server refuses a data folder it
