@@ -83,6 +83,30 @@ fn worker_killed_with_its_charge_in_flight_resumes_without_a_duplicate() {
 }
 
 #[test]
+fn the_live_reference_stack_over_postgres_resumes_a_killed_worker_and_its_anti_pattern_is_caught() {
+    // `agentdrill stack orchestrator|worker` (the simulator's components)
+    // with the orchestrator's store in a PostgreSQL the drill starts itself
+    // (`[database]`): PostgreSQL missing fails the drill with exit 2, naming
+    // `agentdrill doctor` (and `cargo xtask test` installs it).
+    let runs = run_root("reference");
+    let (code, d) = run_drill("scenarios/live/reference-worker-kill-after-commit.toml", &runs);
+    assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "{d:#}");
+    assert_eq!(d["duplicates"], 0, "{d:#}");
+    assert_eq!(d["lost_effects"], 0, "{d:#}");
+    assert_eq!(d["counts"]["done_tasks"], 10, "{d:#}");
+    assert_eq!(d["counts"]["side_effects"], 20, "one charge and one email per job: {d:#}");
+    let exits = d["process_exits"].as_array().expect("exit records");
+    assert!(exits.iter().any(|x| x["by_harness"] == true && x["signal"] == 9), "a worker was SIGKILLed: {exits:#?}");
+    let (code, d) = run_drill("scenarios/live/reference-antipattern-key-from-model-output.toml", &runs);
+    assert!(d["duplicates"].as_u64().is_some_and(|n| n >= 1), "the re-keyed charge is a duplicate: {d:#}");
+    assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "caught: {d:#}");
+    assert!(
+        std::fs::read_dir(&runs).map(|r| r.count()).unwrap_or(0) == 0,
+        "the run folder (and its database) is removed"
+    );
+}
+
+#[test]
 fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
     let runs = run_root("catalogue");
     let out = Command::new(env!("CARGO_BIN_EXE_agentdrill"))

@@ -49,7 +49,15 @@ pub struct Loaded {
 /// FIFO, a socket) or is larger than [`limits::MAX_FILE_BYTES`] is refused
 /// before anything is read.
 pub fn load(path: &Path) -> Result<Loaded, ScenarioError> {
-    let text = read_text(path).map_err(|e| match e {
+    let text = read_scenario_text(path)?;
+    parse(path, &text)
+}
+
+/// Reads a scenario file's text with the guards of [`load`] (a regular
+/// file, at most [`limits::MAX_FILE_BYTES`], UTF-8): every scenario reader,
+/// simulated or live, reads through here.
+pub fn read_scenario_text(path: &Path) -> Result<String, ScenarioError> {
+    read_text(path).map_err(|e| match e {
         ReadError::NotUtf8(e) => ScenarioError::Parse {
             path: path.to_owned(),
             line: 1,
@@ -57,8 +65,7 @@ pub fn load(path: &Path) -> Result<Loaded, ScenarioError> {
             message: format!("the file is not UTF-8 text ({e})"),
         },
         other => ScenarioError::Io { path: path.to_owned(), source: other.into_io() },
-    })?;
-    parse(path, &text)
+    })
 }
 
 /// Why a file could not be read as scenario text.

@@ -7,11 +7,14 @@
 //! [`crate::drill::target_violations`], [`crate::drill::verdict`]).
 //!
 //! A job is **done** when every side-effecting step of its script has its
-//! effect in a ledger and a model fake served its final answer. Then:
+//! effect in a ledger and a model fake served its final answer (or, with
+//! `[jobs] done = "last_effect"`, at its last effect's commit). Then:
 //! - duplicates: effects beyond one per (job, step) of the script;
-//! - lost: steps with no effect in a job whose final answer was served
-//!   (the agent said it was done);
-//! - stuck: jobs whose final answer was not served by the horizon;
+//! - lost: steps with no effect in a job that went past them: its final
+//!   answer was served (the agent said it was done), or with `last_effect`
+//!   a later step's effect is in a ledger;
+//! - stuck: jobs that did not end by the horizon: no final answer served
+//!   (with `last_effect`: the last step's effect missing);
 //! - RTO of a fault: onset → every job in flight at the onset, and the
 //!   first job submitted after it, done (None: not by the horizon). Its
 //!   parts: `scale_up_s` until the killed process runs again, `resume_s`
@@ -30,7 +33,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::killpoint::{Fired, Point};
-use super::scenario::{LiveFault, LiveScenario, env_name, expand};
+use super::scenario::{DoneWhen, LiveFault, LiveScenario, env_name, expand};
 use super::supervisor::{self, ExitRecord, Spec, Supervisor};
 use super::toxics::{Toxic, ToxicKind};
 use super::{Fake, LiveConfig, Served, Shared, lock};
@@ -69,13 +72,14 @@ pub enum LiveRunError {
     /// The processes could not start.
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
-    /// `[database]` asks for PostgreSQL this build cannot provision.
-    #[error(
-        "{scenario}: [database]: PostgreSQL provisioning (src/live/pg) is not part of this build; remove [database] or use a build with it"
-    )]
-    NoDatabase {
+    /// `[database]`: PostgreSQL could not start (or a dead run's could not
+    /// be cleaned up).
+    #[error("{scenario}: [database]: {source}; `agentdrill doctor` tells which backends work here")]
+    Database {
         /// Scenario.
         scenario: String,
+        /// Cause.
+        source: super::pg::PgError,
     },
     /// The submit process never listened.
     #[error(
@@ -136,7 +140,13 @@ fn slot_of(reps: &[Replica], process: &str, replica: u16) -> Option<usize> {
 
 /// The environment of every replica (the process contract).
 fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std::path::Path) -> Vec<Spec> {
-    let host = |n: &str| std::env::var(n).ok();
+    // `${AGENTDRILL_BIN}` is this very binary unless the environment says
+    // otherwise: the reference stack's processes are `agentdrill stack …`.
+    let host = |n: &str| {
+        std::env::var(n).ok().or_else(|| {
+            (n == "AGENTDRILL_BIN").then(|| std::env::current_exe().ok().map(|p| p.display().to_string())).flatten()
+        })
+    };
     let peers: Vec<(String, String)> = sc
         .processes
         .iter()
@@ -224,19 +234,23 @@ fn ledger_counts(shared: &Shared) -> (EffectCounts, u64) {
 }
 
 /// Updates every job's truth from the ledgers and the model fakes.
-fn observe(shared: &Shared, jobs: &mut BTreeMap<u32, JobTruth>) {
+fn observe(shared: &Shared, done: DoneWhen, jobs: &mut BTreeMap<u32, JobTruth>) {
     let (counts, _) = ledger_counts(shared);
     let finals = lock(&shared.finals).clone();
     for (&job, t) in jobs.iter_mut() {
         t.final_us = finals.get(&job).copied();
         t.effects = t.expected.iter().filter_map(|&s| counts.get(&(job, s)).map(|&c| (s, c))).collect();
-        if t.done_us.is_none()
-            && let Some(f) = t.final_us
-            && t.expected.iter().all(|s| t.effects.contains_key(s))
-        {
-            let last_effect = t.effects.values().map(|c| c.1).max().unwrap_or(0);
-            t.done_us = Some(f.max(last_effect));
+        if t.done_us.is_some() || !t.expected.iter().all(|s| t.effects.contains_key(s)) {
+            continue;
         }
+        let last_effect = t.effects.values().map(|c| c.1).max().unwrap_or(0);
+        t.done_us = match done {
+            DoneWhen::FinalAnswer => t.final_us.map(|f| f.max(last_effect)),
+            // A job with no side effect at all shows its end only in its
+            // final answer.
+            DoneWhen::LastEffect if t.expected.is_empty() => t.final_us,
+            DoneWhen::LastEffect => Some(last_effect),
+        };
     }
 }
 
@@ -251,11 +265,12 @@ pub fn run(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunError> {
 }
 
 async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunError> {
-    if sc.database.is_some() {
-        return Err(LiveRunError::NoDatabase { scenario: sc.name.clone() });
-    }
     let root = supervisor::run_root();
+    // PostgreSQL nodes of dead runs first: their records live in the run
+    // folders `clean_leftovers` removes.
+    super::pg::cleanup_stale(&root).map_err(|source| LiveRunError::Database { scenario: sc.name.clone(), source })?;
     supervisor::clean_leftovers(&root);
+    let database = start_database(sc, &root).await?;
     let reps = replicas(sc).map_err(|source| {
         LiveRunError::Fakes(super::LiveError::Bind { port: 0, what: "a replica's listen address", source })
     })?;
@@ -277,14 +292,41 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
         std::fs::create_dir_all(&dir)
             .map_err(|source| supervisor::SupervisorError::RunDir { path: dir.clone(), source })?;
     }
-    let specs = specs(sc, &served, &reps, &state_root);
+    let mut specs = specs(sc, &served, &reps, &state_root);
+    if let Some(db) = &database {
+        for spec in &mut specs {
+            spec.env.push(("DATABASE_URL".into(), db.url()));
+        }
+    }
     let sup = Arc::new(Supervisor::start(&root, specs)?);
     let outcome = drive(sc, &served, &reps, &sup).await;
     let sup = Arc::try_unwrap(sup).expect("the drill holds the only handle");
-    let exits = tokio::task::spawn_blocking(move || sup.stop()).await.unwrap_or_default();
+    let run_dir = sup.run_dir.clone();
+    let exits = tokio::task::spawn_blocking(move || sup.stop_keeping_folder()).await.unwrap_or_default();
     served.shutdown().await;
+    // The stack is down: now the database (dropping the node kills the
+    // server and removes its data folder), then the run folder it was in.
+    drop(database);
+    let _ = std::fs::remove_dir_all(&run_dir);
     let driven = outcome?;
     Ok(measure(sc, seed, &shared, driven, exits))
+}
+
+/// Starts the scenario's PostgreSQL primary (`[database]`), in this run's
+/// folder under `root`, on the backend the scenario names.
+async fn start_database(sc: &LiveScenario, root: &std::path::Path) -> Result<Option<super::pg::PgNode>, LiveRunError> {
+    let Some(spec) = &sc.database else { return Ok(None) };
+    let run_dir = Supervisor::run_dir_in(root);
+    let run_id = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut opts = super::pg::PgOptions::local(run_dir, run_id);
+    opts.backend = match spec.backend {
+        super::scenario::DbBackend::Local => super::pg::Backend::Local,
+        super::scenario::DbBackend::Docker => super::pg::Backend::Docker,
+    };
+    super::pg::Cluster::start_primary(&opts)
+        .await
+        .map(Some)
+        .map_err(|source| LiveRunError::Database { scenario: sc.name.clone(), source })
 }
 
 /// What [`drive`] hands to [`measure`].
@@ -494,7 +536,7 @@ async fn drive(
                 o.back_us = Some(shared.now_us());
             }
         }
-        observe(shared, &mut jobs);
+        observe(shared, sc.jobs.done, &mut jobs);
         let all_in = jobs.len() == sc.jobs.count as usize;
         if all_in && timed.is_empty() && jobs.values().all(|j| j.done_us.is_some()) {
             break;
@@ -502,7 +544,7 @@ async fn drive(
     }
     sub.abort();
     shared.killpoints.clear();
-    observe(shared, &mut jobs);
+    observe(shared, sc.jobs.done, &mut jobs);
     Ok(Driven { base_us, end_us: shared.now_us(), jobs, onsets })
 }
 
@@ -515,14 +557,28 @@ fn measure(sc: &LiveScenario, seed: u64, shared: &Shared, d: Driven, exits: Vec<
     let (ledger, total_effects) = ledger_counts(shared);
     let mut counts = Counts { side_effects: total_effects, ..Counts::default() };
     for (&job, t) in &d.jobs {
-        for s in &t.expected {
+        for (i, s) in t.expected.iter().enumerate() {
             let n = ledger.get(&(job, *s)).map_or(0, |c| c.0);
             counts.duplicates += n.saturating_sub(1);
-            if n == 0 && t.final_us.is_some() {
+            // Lost: the job went past the step without its effect — it said
+            // it was done, or (last_effect) a later step's effect exists.
+            let went_past = match sc.jobs.done {
+                DoneWhen::FinalAnswer => t.final_us.is_some(),
+                DoneWhen::LastEffect => t.expected[i + 1..].iter().any(|l| ledger.contains_key(&(job, *l))),
+            };
+            if n == 0 && went_past {
                 counts.lost_effects += 1;
             }
         }
-        if t.final_us.is_none() {
+        let ended = match sc.jobs.done {
+            DoneWhen::FinalAnswer => t.final_us.is_some(),
+            // Its last step's effect is in (earlier missing ones are lost).
+            DoneWhen::LastEffect => match t.expected.last() {
+                Some(l) => ledger.contains_key(&(job, *l)),
+                None => t.final_us.is_some(),
+            },
+        };
+        if !ended {
             counts.stuck_tasks += 1;
         }
         if t.done_us.is_some() {

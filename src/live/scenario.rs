@@ -173,6 +173,24 @@ pub struct JobsSpec {
     /// Gap between submissions.
     #[serde(default = "default_every")]
     pub every: Dur,
+    /// What the fakes must see for a job to count as done.
+    #[serde(default)]
+    pub done: DoneWhen,
+}
+
+/// When a job is done, as seen at the fakes (ground truth, never the stack's
+/// own records). Every side effect of the job's script must be in a ledger
+/// either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DoneWhen {
+    /// … and a model fake served the job's final answer (an agent loop
+    /// that asks the model until it stops calling tools).
+    #[default]
+    FinalAnswer,
+    /// … at the last side effect's commit (a stack whose workflow ends on a
+    /// tool call with no closing model turn, as the reference stack's does).
+    LastEffect,
 }
 
 fn one_u32() -> u32 {
@@ -360,12 +378,15 @@ pub fn is_live(text: &str) -> bool {
 
 /// Whether the file at `path` is a live scenario.
 pub fn is_live_file(path: &Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|t| is_live(&t))
+    // Through the scenario guards: a device or a huge file is not read here
+    // (the simulated loader then reports it).
+    crate::drill::loader::read_scenario_text(path).is_ok_and(|t| is_live(&t))
 }
 
-/// Reads and validates a live scenario file.
+/// Reads and validates a live scenario file (with the guards every scenario
+/// file gets: a regular file, at most 1 MiB, UTF-8).
 pub fn load(path: &Path) -> Result<LiveLoaded, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.to_owned(), source })?;
+    let text = crate::drill::loader::read_scenario_text(path)?;
     parse(path, &text)
 }
 

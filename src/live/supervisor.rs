@@ -338,9 +338,18 @@ impl Supervisor {
 
     /// Stops every replica (SIGTERM, then SIGKILL after [`STOP_GRACE_MS`]),
     /// removes the run folder, and returns every exit.
-    pub fn stop(mut self) -> Vec<ExitRecord> {
+    pub fn stop(self) -> Vec<ExitRecord> {
+        let dir = self.run_dir.clone();
+        let exits = self.stop_keeping_folder();
+        let _ = std::fs::remove_dir_all(&dir);
+        exits
+    }
+
+    /// [`Supervisor::stop`] without removing the run folder: for a caller
+    /// that still has something running in it (the drill's PostgreSQL, whose
+    /// data folder is in it) and removes the folder itself afterwards.
+    pub fn stop_keeping_folder(mut self) -> Vec<ExitRecord> {
         self.shutdown();
-        let _ = std::fs::remove_dir_all(&self.run_dir);
         self.exits()
     }
 

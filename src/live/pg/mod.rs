@@ -4,7 +4,7 @@
 //! The API is the same whatever provides the servers ([`Backend`]):
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), agentdrill::live::pg::PgError> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use agentdrill::live::pg::{Cluster, PgOptions};
 //! let opts = PgOptions::local("/tmp/run-42", "run-42");
 //! let mut primary = Cluster::start_primary(&opts).await?;
