@@ -35,37 +35,27 @@ fn load_any(
     let mut bad = false;
     for f in files {
         tracing::debug!(file = %f.display(), "loading");
-        if live_scenario::is_live_file(&f) {
-            match live_scenario::load(&f) {
-                Ok(l) => {
+        // Read once (with the scenario guards), then parsed as its kind.
+        let parsed = loader::read_scenario_text(&f).and_then(|text| {
+            if live_scenario::is_live(&text) {
+                live_scenario::parse(&f, &text).map(|l| {
                     ok_live(&f, &l);
-                    live.push((f, l));
-                }
-                Err(e) => {
-                    for e in e.all() {
-                        eprintln!("error: {e}");
-                    }
-                    bad = true;
-                    if stop_at_first_bad {
-                        break;
-                    }
-                }
+                    live.push((f.clone(), l));
+                })
+            } else {
+                loader::parse(&f, &text).map(|l| {
+                    ok(&f, &l);
+                    out.push((f.clone(), l));
+                })
             }
-            continue;
-        }
-        match loader::load(&f) {
-            Ok(l) => {
-                ok(&f, &l);
-                out.push((f, l));
+        });
+        if let Err(e) = parsed {
+            for e in e.all() {
+                eprintln!("error: {e}");
             }
-            Err(e) => {
-                for e in e.all() {
-                    eprintln!("error: {e}");
-                }
-                bad = true;
-                if stop_at_first_bad {
-                    break;
-                }
+            bad = true;
+            if stop_at_first_bad {
+                break;
             }
         }
     }
