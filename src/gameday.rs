@@ -69,14 +69,10 @@ impl Cadence {
 /// A programme error, placed in its file.
 #[derive(Debug, thiserror::Error)]
 pub enum ProgrammeError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        /// File.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
+    /// The file was refused before parsing, with the scenario files' guards
+    /// (not a regular file, over 1 MiB, not UTF-8) or could not be read.
+    #[error("{0}")]
+    Read(crate::drill::scenario::ScenarioError),
     /// A value is wrong, at a line and column.
     #[error("{path}:{line}:{col}: {field}: {message}")]
     At {
@@ -159,8 +155,7 @@ impl Programme {
 /// file, line, column, field and fix. The scenarios it names are loaded
 /// too, and their errors listed.
 pub fn load(path: &Path) -> Result<Programme, Vec<ProgrammeError>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| vec![ProgrammeError::Io { path: path.to_owned(), source }])?;
+    let text = loader::read_scenario_text(path).map_err(|e| vec![ProgrammeError::Read(e)])?;
     let at = |offset: usize, field: String, message: String| {
         let (line, col) = loader::line_col(&text, offset);
         ProgrammeError::At { path: path.to_owned(), line, col, field, message }

@@ -357,8 +357,40 @@ fn progress(len: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// Commands that only compute and print: no sockets, no children. For them a
+/// closed standard output (`agentdrill fuzz | head -1`) ends the process
+/// quietly, as it ends `ls` or `grep`, instead of a panic in `println!`.
+fn prints_only(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Matrix { .. }
+            | Command::Explain { .. }
+            | Command::Schema { .. }
+            | Command::List { .. }
+            | Command::Validate { .. }
+            | Command::Fuzz(_)
+            | Command::History { .. }
+    )
+}
+
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it, so a
+/// write to a closed pipe returns an error that `println!` turns into a
+/// panic). Only for [`prints_only`] commands: the live harness writes to
+/// sockets and child pipes, where a broken pipe is an error to handle.
+fn die_quietly_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called at the start of `main`, before any thread is spawned;
+    // SIG_DFL installs no Rust handler.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore SIGPIPE: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if prints_only(&cli.command) {
+        die_quietly_on_closed_pipe();
+    }
     let default_level =
         if matches!(cli.command, Command::Serve { .. } | Command::Stack { .. }) { "info" } else { "error" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

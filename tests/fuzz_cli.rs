@@ -163,3 +163,21 @@ fn jobs_must_be_a_positive_count() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--jobs"), "--jobs {jobs}: the error names the flag");
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_fuzz_quietly_not_with_a_panic() {
+    use std::os::unix::process::ExitStatusExt as _;
+    // `agentdrill fuzz | head -1`: the reader goes away before fuzz prints.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentdrill"))
+        .args(["fuzz", "--cases", "50", "--seed", "3", "--jobs", "1", "--out"])
+        .arg(out_dir("closed-stdout"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("agentdrill starts");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("agentdrill ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "a closed pipe must not panic:\n{err}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as `ls | head` ends ls: {:?}\n{err}", out.status);
+}

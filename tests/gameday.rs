@@ -115,6 +115,23 @@ fn programme_errors_name_the_file_the_line_the_field_and_the_fix() {
 }
 
 #[test]
+fn a_programme_that_is_a_device_or_too_large_is_refused_before_reading() {
+    let run = agentdrill(&["gameday", "/dev/zero"]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = text(&run.stderr);
+    assert!(err.contains("/dev/zero: cannot read: it is a device, not a regular file"), "{err}");
+
+    let dir = temp("programme-too-large");
+    let big = dir.join("gameday.toml");
+    std::fs::write(&big, "#".repeat(2 << 20)).expect("written");
+    let run = agentdrill(&["gameday", big.to_str().expect("UTF-8")]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = text(&run.stderr);
+    assert!(err.contains("above the limit of 1048576 bytes"), "{err}");
+    std::fs::remove_dir_all(&dir).expect("cleaned");
+}
+
+#[test]
 fn a_blind_exercise_hides_the_fault_times_the_responders_and_reveals_it_at_the_end() {
     let out = temp("blind");
     let o = out.to_str().expect("UTF-8 path");

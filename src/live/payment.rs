@@ -120,6 +120,13 @@ fn check_auth(h: &HeaderMap) -> Result<(), Response> {
     }
 }
 
+/// A create request's prelude: the secret key checked, then the form body
+/// parsed (its pairs and the parameter hash the idempotency check compares).
+fn authed_form(h: &HeaderMap, body: &[u8]) -> Result<(Vec<(String, String)>, u64), Response> {
+    check_auth(h)?;
+    parse_form(body)
+}
+
 /// A form body as sorted pairs, and their hash (Stripe compares parameters).
 fn parse_form(body: &[u8]) -> Result<(Vec<(String, String)>, u64), Response> {
     let mut pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| {
@@ -256,10 +263,7 @@ async fn create_intent(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check_auth(&h) {
-        return r;
-    }
-    let (pairs, hash) = match parse_form(&body) {
+    let (pairs, hash) = match authed_form(&h, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -289,10 +293,7 @@ async fn create_refund(
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check_auth(&h) {
-        return r;
-    }
-    let (pairs, hash) = match parse_form(&body) {
+    let (pairs, hash) = match authed_form(&h, &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
