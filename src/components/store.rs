@@ -410,7 +410,7 @@ pub fn distinct_runs<'a>(logs: impl IntoIterator<Item = LogSlice<'a>>) -> Vec<&'
     runs
 }
 
-impl<'a> std::ops::Index<usize> for LogSlice<'a> {
+impl std::ops::Index<usize> for LogSlice<'_> {
     type Output = LogRec;
     fn index(&self, i: usize) -> &LogRec {
         self.get(i).expect("log index out of range")

@@ -399,8 +399,10 @@ fn sort_by_job<T: Ord + Copy>(v: &mut Vec<T>, job: impl Fn(&T) -> JobId) {
     for x in v.iter() {
         start[job(x).0 as usize + 1] += 1;
     }
-    for j in 0..=max {
-        start[j + 1] += start[j];
+    let mut sum = 0;
+    for c in start.iter_mut() {
+        sum += *c;
+        *c = sum;
     }
     let mut next = start.clone();
     let mut out = vec![v[0]; v.len()];
