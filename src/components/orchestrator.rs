@@ -326,7 +326,7 @@ impl Orchestrator {
         if matches!(self.cfg.replication, Replication::Sync { .. })
             && let Some(r) = self.cfg.replica
         {
-            let rec = *self.store.log().last().expect("just committed");
+            let rec = *self.store.last_rec().expect("just committed");
             env.send(r, Msg::Replicate { recs: Box::new([rec]) });
         }
         lsn
@@ -665,12 +665,15 @@ impl Orchestrator {
         let cutoff = env.now_us().saturating_sub(lag_us);
         let log = self.store.log();
         let from = self.replica_acked as usize;
-        let upto = log[from..].partition_point(|r| r.at_us <= cutoff) + from;
+        let upto = log.partition_point_from(from, |r| r.at_us <= cutoff);
         // The whole backlog goes out every tick, in messages of a bounded
         // size (the replica reorders by LSN): a cap per tick would leave a
         // replica shipped to rarely behind for good.
-        for batch in log[from..upto].chunks(REPLICATE_BATCH_RECORDS) {
-            env.send(replica, Msg::Replicate { recs: batch.into() });
+        let mut start = from;
+        while start < upto {
+            let end = (start + REPLICATE_BATCH_RECORDS).min(upto);
+            env.send(replica, Msg::Replicate { recs: log.range(start, end).copied().collect() });
+            start = end;
         }
     }
 

@@ -10,6 +10,9 @@
 //! Task ids carry the store's timeline in their high bits, so a promoted
 //! replica never reissues an id that the lost primary had minted.
 
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
 use serde::{Deserialize, Serialize};
 
 use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId};
@@ -210,7 +213,238 @@ pub struct Store {
     promoted_at_us: Option<Micros>,
     tasks: Vec<TaskRec>,
     by_job: Vec<Option<TaskId>>,
-    log: Vec<LogRec>,
+    log: Log,
+}
+
+/// Records per chunk of a [`Log`] (a power of two).
+const CHUNK_RECS: usize = 1 << 10;
+const CHUNK_SHIFT: u32 = CHUNK_RECS.trailing_zeros();
+
+/// A sealed (full, immutable) chunk of a log, shared by every store whose
+/// log holds the same records at the same position.
+type Chunk = Rc<Vec<LogRec>>;
+
+thread_local! {
+    /// Sealed chunks by chunk index, weakly held: a replica's log is a
+    /// prefix of its primary's, so when a store seals a chunk equal to one
+    /// another store of this thread sealed at the same index, it keeps that
+    /// one and frees its own copy. Content equality only, so sharing is
+    /// invisible to the simulation (a drill never crosses threads).
+    static SEALED: RefCell<Vec<Vec<Weak<Vec<LogRec>>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Seals chunk `index`: an equal chunk sealed earlier on this thread and
+/// still alive is shared instead of keeping `chunk`.
+fn seal(index: usize, chunk: Vec<LogRec>) -> Chunk {
+    SEALED.with_borrow_mut(|sealed| {
+        if sealed.len() <= index {
+            sealed.resize_with(index + 1, Vec::new);
+        }
+        let slot = &mut sealed[index];
+        slot.retain(|w| w.strong_count() > 0);
+        if let Some(same) = slot.iter().filter_map(Weak::upgrade).find(|c| **c == chunk) {
+            return same;
+        }
+        let c = Rc::new(chunk);
+        slot.push(Rc::downgrade(&c));
+        c
+    })
+}
+
+/// A store's event log: full chunks of [`CHUNK_RECS`] records, sealed and
+/// shared between stores that hold the same records (a replica and its
+/// primary), and the open tail chunk, owned.
+#[derive(Clone, Debug, Default)]
+struct Log {
+    sealed: Vec<Chunk>,
+    tail: Vec<LogRec>,
+}
+
+impl Log {
+    fn len(&self) -> usize {
+        self.sealed.len() * CHUNK_RECS + self.tail.len()
+    }
+
+    fn push(&mut self, rec: LogRec) {
+        if self.tail.capacity() == 0 {
+            self.tail.reserve_exact(CHUNK_RECS);
+        }
+        self.tail.push(rec);
+        if self.tail.len() == CHUNK_RECS {
+            let full = std::mem::take(&mut self.tail);
+            self.sealed.push(seal(self.sealed.len(), full));
+        }
+    }
+
+    fn view(&self) -> LogSlice<'_> {
+        LogSlice { sealed: &self.sealed, tail: &self.tail, len: self.len() }
+    }
+}
+
+/// A read-only view of a log or of a prefix of it: what [`Store::log`]
+/// returns, and what a plain slice of records converts into (`.into()`).
+#[derive(Clone, Copy, Debug)]
+pub struct LogSlice<'a> {
+    sealed: &'a [Chunk],
+    tail: &'a [LogRec],
+    len: usize,
+}
+
+impl<'a> From<&'a [LogRec]> for LogSlice<'a> {
+    fn from(recs: &'a [LogRec]) -> Self {
+        LogSlice { sealed: &[], tail: recs, len: recs.len() }
+    }
+}
+
+impl<'a> From<&'a Vec<LogRec>> for LogSlice<'a> {
+    fn from(recs: &'a Vec<LogRec>) -> Self {
+        recs.as_slice().into()
+    }
+}
+
+impl<'a> LogSlice<'a> {
+    /// Number of records.
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// No record.
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    /// The record at position `i` (LSN `i + 1` for a whole store log).
+    #[inline]
+    pub fn get(self, i: usize) -> Option<&'a LogRec> {
+        if i >= self.len {
+            return None;
+        }
+        match self.sealed.get(i >> CHUNK_SHIFT) {
+            Some(c) => c.get(i & (CHUNK_RECS - 1)),
+            None => self.tail.get(i - self.sealed.len() * CHUNK_RECS),
+        }
+    }
+
+    /// The last record.
+    pub fn last(self) -> Option<&'a LogRec> {
+        self.len.checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// The first `n` records (all of them when `n` is larger).
+    pub fn prefix(self, n: usize) -> LogSlice<'a> {
+        LogSlice { len: n.min(self.len), ..self }
+    }
+
+    /// Run `k` of the view's contiguous runs: its sealed chunks, then the
+    /// part of the tail it covers; None past the end.
+    fn run(self, k: usize) -> Option<&'a [LogRec]> {
+        let sealed = self.sealed.len().min(self.len.div_ceil(CHUNK_RECS));
+        match k.cmp(&sealed) {
+            std::cmp::Ordering::Less => Some(&self.sealed[k][..(self.len - k * CHUNK_RECS).min(CHUNK_RECS)]),
+            std::cmp::Ordering::Equal => Some(&self.tail[..self.len.saturating_sub(sealed * CHUNK_RECS)]),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    /// The records, in order.
+    pub fn iter(self) -> LogIter<'a> {
+        LogIter { view: self, next_run: 0, cur: [].iter() }
+    }
+
+    /// The records `from..to` (clamped to the view), in order.
+    pub fn range(self, from: usize, to: usize) -> impl Iterator<Item = &'a LogRec> + 'a {
+        let to = to.min(self.len);
+        (from.min(to)..to).map(move |i| self.get(i).expect("in range"))
+    }
+
+    /// The index of the first record in `from..` for which `pred` is false,
+    /// where `pred` holds for a prefix of those records (a binary search,
+    /// as [`slice::partition_point`]).
+    pub fn partition_point_from(self, from: usize, mut pred: impl FnMut(&LogRec) -> bool) -> usize {
+        let (mut lo, mut hi) = (from.min(self.len), self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(&self[mid]) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// [`LogSlice::partition_point_from`] over the whole view.
+    pub fn partition_point(self, pred: impl FnMut(&LogRec) -> bool) -> usize {
+        self.partition_point_from(0, pred)
+    }
+
+    /// The records, copied out.
+    pub fn to_vec(self) -> Vec<LogRec> {
+        let mut v = Vec::with_capacity(self.len);
+        let mut k = 0;
+        while let Some(run) = self.run(k) {
+            v.extend_from_slice(run);
+            k += 1;
+        }
+        v
+    }
+}
+
+/// The records of several logs as contiguous runs, skipping a full chunk
+/// an earlier log of the list shares (a replica's log and its primary's):
+/// its records were already yielded. For consumers that ignore repeats
+/// (they collect, sort and dedup, or fill a set).
+pub fn distinct_runs<'a>(logs: impl IntoIterator<Item = LogSlice<'a>>) -> Vec<&'a [LogRec]> {
+    let mut seen: rustc_hash::FxHashSet<*const Vec<LogRec>> = rustc_hash::FxHashSet::default();
+    let mut runs = Vec::new();
+    for log in logs {
+        let mut k = 0;
+        while let Some(run) = log.run(k) {
+            let shared = log.sealed.get(k).filter(|_| run.len() == CHUNK_RECS);
+            if shared.is_none_or(|c| seen.insert(Rc::as_ptr(c))) {
+                runs.push(run);
+            }
+            k += 1;
+        }
+    }
+    runs
+}
+
+impl std::ops::Index<usize> for LogSlice<'_> {
+    type Output = LogRec;
+    fn index(&self, i: usize) -> &LogRec {
+        self.get(i).expect("log index out of range")
+    }
+}
+
+impl<'a> IntoIterator for LogSlice<'a> {
+    type Item = &'a LogRec;
+    type IntoIter = LogIter<'a>;
+    fn into_iter(self) -> LogIter<'a> {
+        self.iter()
+    }
+}
+
+/// The records of a [`LogSlice`], in order.
+#[derive(Clone, Debug)]
+pub struct LogIter<'a> {
+    view: LogSlice<'a>,
+    next_run: usize,
+    cur: std::slice::Iter<'a, LogRec>,
+}
+
+impl<'a> Iterator for LogIter<'a> {
+    type Item = &'a LogRec;
+    #[inline]
+    fn next(&mut self) -> Option<&'a LogRec> {
+        loop {
+            if let Some(r) = self.cur.next() {
+                return Some(r);
+            }
+            self.cur = self.view.run(self.next_run)?.iter();
+            self.next_run += 1;
+        }
+    }
 }
 
 impl Store {
@@ -251,8 +485,13 @@ impl Store {
     }
 
     /// The whole event log.
-    pub fn log(&self) -> &[LogRec] {
-        &self.log
+    pub fn log(&self) -> LogSlice<'_> {
+        self.log.view()
+    }
+
+    /// The last committed record.
+    pub fn last_rec(&self) -> Option<&LogRec> {
+        self.log.tail.last().or_else(|| self.log.sealed.last().and_then(|c| c.last()))
     }
 
     /// All tasks.
@@ -351,12 +590,6 @@ impl Store {
                 }
             }
         }
-        if self.log.len() == self.log.capacity() {
-            // Grow by an eighth rather than doubling: the log is the largest
-            // structure of a long run (two stores hold one each), and
-            // doubling leaves up to half of it allocated and unused.
-            self.log.reserve_exact((self.log.len() / 8).max(1_024));
-        }
         self.log.push(*rec);
     }
 
@@ -387,6 +620,59 @@ mod tests {
         assert_eq!(r.tasks(), p.tasks());
         assert_eq!(r.task(t).unwrap().cursor, 1);
         assert_eq!(r.task_for_job(JobId(4)), Some(t));
+    }
+
+    fn rec(lsn: u64) -> LogRec {
+        let task = TaskId(lsn % 7);
+        LogRec { lsn, at_us: lsn * 10, op: Op::Renew { task, expires_us: lsn } }
+    }
+
+    #[test]
+    fn a_replica_shares_its_primary_s_full_chunks_and_reads_the_same() {
+        let n = CHUNK_RECS * 3 + 17;
+        let recs: Vec<LogRec> = (1..=n as u64).map(rec).collect();
+        let mut primary = Log::default();
+        let mut replica = Log::default();
+        for r in &recs {
+            primary.push(*r);
+        }
+        for r in &recs[..CHUNK_RECS * 2 + 5] {
+            replica.push(*r);
+        }
+        assert_eq!(primary.len(), n);
+        assert!(Rc::ptr_eq(&primary.sealed[0], &replica.sealed[0]));
+        assert!(Rc::ptr_eq(&primary.sealed[1], &replica.sealed[1]));
+        // The views read exactly the records, whole or as a prefix.
+        let view = primary.view();
+        assert_eq!(view.iter().copied().collect::<Vec<_>>(), recs);
+        assert_eq!(view.to_vec(), recs);
+        for cut in [0, 1, CHUNK_RECS - 1, CHUNK_RECS, CHUNK_RECS + 1, n - 1, n] {
+            let p = view.prefix(cut);
+            assert_eq!(p.len(), cut);
+            assert_eq!(p.iter().copied().collect::<Vec<_>>(), recs[..cut]);
+            assert_eq!(p.last(), recs[..cut].last());
+            assert_eq!(
+                p.partition_point(|r| r.at_us <= 10 * cut as u64 / 2),
+                recs[..cut].partition_point(|r| r.at_us <= 10 * cut as u64 / 2)
+            );
+        }
+        assert_eq!(view.get(n), None);
+        assert_eq!(
+            view.range(CHUNK_RECS - 2, CHUNK_RECS + 3).copied().collect::<Vec<_>>(),
+            recs[CHUNK_RECS - 2..CHUNK_RECS + 3]
+        );
+        assert_eq!(view.partition_point_from(CHUNK_RECS + 4, |r| r.lsn < 3), CHUNK_RECS + 4);
+        // A diverged replica keeps its own chunk.
+        let mut diverged = Log::default();
+        for r in &recs[..CHUNK_RECS - 1] {
+            diverged.push(*r);
+        }
+        diverged.push(rec(1));
+        assert!(!Rc::ptr_eq(&primary.sealed[0], &diverged.sealed[0]));
+        // Shared chunks are read once across logs; the rest every time.
+        let runs = distinct_runs([view, replica.view(), diverged.view()]);
+        let total: usize = runs.iter().map(|r| r.len()).sum();
+        assert_eq!(total, n + 5 + CHUNK_RECS);
     }
 
     #[test]

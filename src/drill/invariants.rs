@@ -69,7 +69,7 @@ use crate::components::policy::{Checkpointing, Policy};
 use crate::components::provider::ErrorMode;
 use crate::components::region::Pattern;
 use crate::components::router::{DEFAULT_BACKOFF_BASE_MS, MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
-use crate::components::store::{LogRec, Op, StepState, TaskStatus};
+use crate::components::store::{LogSlice, Op, StepState, TaskStatus, distinct_runs};
 use crate::components::workflow::{StepKind, Template};
 use crate::drill::Run;
 use crate::drill::measure::{FaultResult, measure};
@@ -246,17 +246,18 @@ struct Ground<'a> {
     stack: &'a Stack,
     policy: Policy,
     /// Every ledger entry of the payment and email APIs.
-    ledger: Vec<crate::components::ledger::LedgerEntry>,
+    /// (References, not copies: two million entries at a million tasks.)
+    ledger: Vec<&'a crate::components::ledger::LedgerEntry>,
     /// The serving store's log.
-    serving_log: &'a [LogRec],
+    serving_log: LogSlice<'a>,
     /// Logs of primaries lost with their region.
-    lost_logs: Vec<&'a [LogRec]>,
+    lost_logs: Vec<LogSlice<'a>>,
     /// Logs of the orchestrators not serving at the end (for log truth).
-    demoted_logs: Vec<&'a [LogRec]>,
+    demoted_logs: Vec<LogSlice<'a>>,
     /// What the orchestrator not serving at the end committed before the
     /// standby's promotion, while it was the primary: progress that
     /// happened (its later records are no recovery).
-    before_promotion: Vec<&'a [LogRec]>,
+    before_promotion: Vec<LogSlice<'a>>,
     /// Task → job over every log (point lookups only, several per log
     /// record: a hash map, not a tree).
     job_of: FxHashMap<TaskId, JobId>,
@@ -267,14 +268,12 @@ struct Ground<'a> {
 impl<'a> Ground<'a> {
     fn new(sc: &'a Scenario, run: &'a Run) -> Self {
         let stack = &run.stack;
-        let mut ledger: Vec<_> = [stack.hosts.payment, stack.hosts.email]
-            .iter()
-            .flat_map(|&h| stack.api(h).ledger().iter().copied())
-            .collect();
+        let mut ledger: Vec<_> =
+            [stack.hosts.payment, stack.hosts.email].iter().flat_map(|&h| stack.api(h).ledger().iter()).collect();
         ledger.sort_by_key(|e| (e.at_us, e.origin.job, e.origin.step));
         let serving_log = stack.orch(stack.serving_orch()).store().log();
-        let lost_logs: Vec<&[LogRec]> =
-            run.faults.iter().filter_map(|f| f.lost_log.as_ref()).map(|l| l.log.as_slice()).collect();
+        let lost_logs: Vec<LogSlice<'_>> =
+            run.faults.iter().filter_map(|f| f.lost_log.as_ref()).map(|l| l.log.as_slice().into()).collect();
         // A primary demoted by a failover it did not die in (a partition
         // from the failover controller) keeps the records it had not
         // replicated: under asynchronous replication they are lost like a
@@ -289,7 +288,7 @@ impl<'a> Ground<'a> {
             .iter()
             .filter(|&&h| h != serving)
             .map(|&h| stack.orch(h).store().log())
-            .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_deref()))
+            .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_ref().map(LogSlice::from)))
             .collect();
         let before_promotion = match stack.truth.promoted_at {
             Some((_, at)) => stack
@@ -299,7 +298,7 @@ impl<'a> Ground<'a> {
                 .filter(|&&h| h != serving)
                 .map(|&h| {
                     let log = stack.orch(h).store().log();
-                    &log[..log.partition_point(|r| r.at_us <= at)]
+                    log.prefix(log.partition_point(|r| r.at_us <= at))
                 })
                 .collect(),
             None => Vec::new(),
@@ -338,7 +337,7 @@ impl<'a> Ground<'a> {
     }
 
     /// Every log: the serving one first, then lost primaries'.
-    fn all_logs(&self) -> impl Iterator<Item = &'a [LogRec]> + '_ {
+    fn all_logs(&self) -> impl Iterator<Item = LogSlice<'a>> + '_ {
         std::iter::once(self.serving_log).chain(self.lost_logs.iter().copied())
     }
 
@@ -353,7 +352,7 @@ fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
     // drill has millions of steps).
     let mut per_step: Vec<(JobId, u16, usize)> =
         g.ledger.iter().enumerate().map(|(i, e)| (e.origin.job, e.origin.step, i)).collect();
-    per_step.sort_unstable();
+    sort_by_job(&mut per_step, |x| x.0);
     for entries in per_step.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
         let (job, step, _) = entries[0];
         if entries.len() > 1 {
@@ -385,8 +384,41 @@ fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
     }
 }
 
+/// Sorts `v` into the order `sort_unstable` gives, for elements whose
+/// order starts with a job id: jobs are dense, so a counting sort by job
+/// (linear) and then each job's few elements sorted, instead of a
+/// comparison sort of the whole vector. Sparse ids fall back to the latter.
+fn sort_by_job<T: Ord + Copy>(v: &mut Vec<T>, job: impl Fn(&T) -> JobId) {
+    let Some(max) = v.iter().map(|x| job(x).0 as usize).max() else { return };
+    if max > v.len().saturating_mul(4).max(1_024) {
+        v.sort_unstable();
+        return;
+    }
+    // start[j]..start[j + 1]: where job j's elements go.
+    let mut start = vec![0u32; max + 2];
+    for x in v.iter() {
+        start[job(x).0 as usize + 1] += 1;
+    }
+    let mut sum = 0;
+    for c in start.iter_mut() {
+        sum += *c;
+        *c = sum;
+    }
+    let mut next = start.clone();
+    let mut out = vec![v[0]; v.len()];
+    for &x in v.iter() {
+        let slot = &mut next[job(&x).0 as usize];
+        out[*slot as usize] = x;
+        *slot += 1;
+    }
+    for w in start.windows(2) {
+        out[w[0] as usize..w[1] as usize].sort_unstable();
+    }
+    *v = out;
+}
+
 /// First `Result` commit time per (job, step) in a log.
-fn first_results(g: &Ground<'_>, log: &[LogRec]) -> BTreeMap<(JobId, u16), Micros> {
+fn first_results(g: &Ground<'_>, log: LogSlice<'_>) -> BTreeMap<(JobId, u16), Micros> {
     let mut m = BTreeMap::new();
     for r in log {
         if let Op::Result { task, ordinal, .. } = r.op
@@ -443,16 +475,14 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
     // (job, at, holder, token), sorted: one flat vector, a job's leases
     // together in commit order.
     let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
-    for log in g.all_logs() {
-        for r in log {
-            if let Op::Lease { task, lease } = r.op
-                && let Some(&job) = g.job_of.get(&task)
-            {
-                leases.push((job, r.at_us, lease.holder, lease.token));
-            }
+    for r in distinct_runs(g.all_logs()).into_iter().flatten() {
+        if let Op::Lease { task, lease } = r.op
+            && let Some(&job) = g.job_of.get(&task)
+        {
+            leases.push((job, r.at_us, lease.holder, lease.token));
         }
     }
-    leases.sort_unstable();
+    sort_by_job(&mut leases, |x| x.0);
     leases.dedup();
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
@@ -485,26 +515,26 @@ fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
     // allocation per step of a million-task drill.
     let mut intents: Vec<((JobId, u16), IdemKey)> = Vec::new();
     let mut any_result: Vec<(JobId, u16)> = Vec::new();
-    for log in g.all_logs().chain(g.demoted_logs.iter().copied()) {
-        for r in log {
-            match r.op {
-                Op::Intent { task, ordinal, key, .. } => {
-                    if let Some(&job) = g.job_of.get(&task) {
-                        intents.push(((job, ordinal), key));
-                    }
+    // A chunk the replica shares with its primary is read once (the
+    // vectors are deduplicated anyway).
+    for r in distinct_runs(g.all_logs().chain(g.demoted_logs.iter().copied())).into_iter().flatten() {
+        match r.op {
+            Op::Intent { task, ordinal, key, .. } => {
+                if let Some(&job) = g.job_of.get(&task) {
+                    intents.push(((job, ordinal), key));
                 }
-                Op::Result { task, ordinal, .. } => {
-                    if let Some(&job) = g.job_of.get(&task) {
-                        any_result.push((job, ordinal));
-                    }
-                }
-                _ => {}
             }
+            Op::Result { task, ordinal, .. } => {
+                if let Some(&job) = g.job_of.get(&task) {
+                    any_result.push((job, ordinal));
+                }
+            }
+            _ => {}
         }
     }
-    intents.sort_unstable();
+    sort_by_job(&mut intents, |x| x.0.0);
     intents.dedup();
-    any_result.sort_unstable();
+    sort_by_job(&mut any_result, |x| x.0);
     any_result.dedup();
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
@@ -1644,4 +1674,29 @@ fn all_providers_down_until(sc: &Scenario, from: Micros, until: Micros) -> Optio
         }
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_by_job_orders_as_a_comparison_sort() {
+        // A fixed pseudo-random sequence (an LCG): dense and sparse job ids,
+        // repeats, and the empty vector.
+        let mut x: u64 = 7;
+        let mut next = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as u32
+        };
+        for (n, spread) in [(0, 1), (1, 1), (500, 100), (5_000, 3_000), (300, u32::MAX)] {
+            let v: Vec<(JobId, u16, u32)> =
+                (0..n).map(|_| (JobId(next() % spread), (next() % 6) as u16, next() % 4)).collect();
+            let mut expected = v.clone();
+            expected.sort_unstable();
+            let mut got = v;
+            sort_by_job(&mut got, |e| e.0);
+            assert_eq!(got, expected, "{n} elements, job ids below {spread}");
+        }
+    }
 }

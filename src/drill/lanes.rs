@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::components::env::Note;
 use crate::components::ids::{HostId, JobId, TaskId, us_to_s};
-use crate::components::store::{LogRec, Op};
+use crate::components::store::{LogSlice, Op};
 use crate::drill::measure::FaultObs;
 use crate::sim::stack::TraceEvent;
 
@@ -67,7 +67,7 @@ pub struct JobLane {
 
 /// The lanes of the jobs a fault touched (in flight at an onset, or named
 /// by a recovery note), at most [`MAX_LANES`], and how many more there were.
-pub fn lanes(log: &[LogRec], trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<JobLane>, usize) {
+pub fn lanes(log: LogSlice<'_>, trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<JobLane>, usize) {
     let mut affected: BTreeMap<u32, Vec<(f64, LaneEvent)>> = BTreeMap::new();
     for f in faults {
         for j in &f.in_flight {
@@ -138,7 +138,7 @@ pub fn lanes(log: &[LogRec], trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<
 /// A task has at most one open lease (each new lease closes the one before),
 /// found through `open` (task → its index in the list) in O(1): scanning the
 /// list back for it made a million-task run quadratic.
-fn holders(log: &[LogRec]) -> Vec<(TaskId, HostId, u64, u64)> {
+fn holders(log: LogSlice<'_>) -> Vec<(TaskId, HostId, u64, u64)> {
     let mut out: Vec<(TaskId, HostId, u64, u64)> = Vec::new();
     let mut open: FxHashMap<TaskId, usize> = FxHashMap::default();
     for r in log {
@@ -173,7 +173,7 @@ fn held_at(leases: &[(TaskId, HostId, u64, u64)], host: HostId, at_us: u64) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::store::Lease;
+    use crate::components::store::{Lease, LogRec};
 
     fn rec(lsn: u64, at_s: u64, op: Op) -> LogRec {
         LogRec { lsn, at_us: at_s * 1_000_000, op }
@@ -191,7 +191,7 @@ mod tests {
             TraceEvent { at_us: 35_000_000, host: HostId(1), note: Note::LeaseExpired { task, job: JobId(3) } },
             TraceEvent { at_us: 41_000_000, host: HostId(6), note: Note::Resumed { job: JobId(3), step: 1 } },
         ];
-        let (lanes, more) = lanes(&log, &trace, &[]);
+        let (lanes, more) = lanes(log[..].into(), &trace, &[]);
         assert_eq!(more, 0);
         assert_eq!(lanes.len(), 1);
         let words: Vec<&str> = lanes[0].events.iter().map(|e| e.1.word()).collect();
@@ -202,7 +202,8 @@ mod tests {
     fn untouched_jobs_have_no_lane() {
         let task = TaskId(1);
         let create = Op::Create { task, job: JobId(0), template: 0, steps: 1, probe: false, replay: false };
-        let (lanes, more) = lanes(&[rec(1, 1, create), rec(2, 3, Op::Complete { task })], &[], &[]);
+        let log = [rec(1, 1, create), rec(2, 3, Op::Complete { task })];
+        let (lanes, more) = lanes(log[..].into(), &[], &[]);
         assert!(lanes.is_empty());
         assert_eq!(more, 0);
     }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::components::env::Note;
 use crate::components::ids::{HostId, JobId, Micros, TaskId, us_to_s};
-use crate::components::store::{LogRec, Op};
+use crate::components::store::{LogSlice, Op};
 use crate::drill::measure::{FaultObs, all_logs};
 use crate::sim::stack::Stack;
 
@@ -190,7 +190,7 @@ fn from_notes(
 /// Events from every log; a record replicated to several stores is one
 /// event (same LSN, time and op).
 fn from_logs(
-    logs: &[&[LogRec]],
+    logs: &[LogSlice<'_>],
     listed: &FxHashSet<JobId>,
     raw: &mut Vec<(Micros, JobId, HostId, StepEventKind, Option<u16>)>,
 ) {

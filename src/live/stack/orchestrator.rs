@@ -316,9 +316,9 @@ impl Outbound {
         before: u64,
         fence: Option<Fence>,
     ) -> anyhow::Result<()> {
-        let recs = &orch.store().log()[before as usize..];
+        let recs: Vec<_> = orch.store().log().range(before as usize, usize::MAX).copied().collect();
         if let (Some(pg), false) = (pg.as_mut(), recs.is_empty()) {
-            pg.commit(recs, orch.store(), fence).await?;
+            pg.commit(&recs, orch.store(), fence).await?;
         }
         for (to, msg) in env.outbox.drain(..) {
             if to == CLIENT {
