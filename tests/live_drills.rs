@@ -130,7 +130,7 @@ fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
             assert_eq!(d["stuck_tasks"], 0, "{}: not caught by accident: {d:#}", d["scenario"]);
         }
     }
-    assert!(drills.iter().filter(|d| d["expect"] == "fail").count() >= 8);
+    assert!(drills.iter().filter(|d| d["expect"] == "fail").count() >= 7);
     assert_eq!(out.status.code(), Some(0));
 }
 
