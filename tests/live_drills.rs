@@ -125,10 +125,12 @@ fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
         assert_eq!(d["mode"], "live", "{d:#}");
         assert_eq!(d["verdict"], "pass", "{}: {:#}", d["scenario"], d["violations"]);
         if d["expect"] == "fail" {
-            assert!(d["duplicates"].as_u64() > Some(0), "{}: caught by its duplicates", d["scenario"]);
+            let caught = d["duplicates"].as_u64() > Some(0) || d["stale_writes"].as_u64() > Some(0);
+            assert!(caught, "{}: caught by its duplicates or stale writes: {d:#}", d["scenario"]);
+            assert_eq!(d["stuck_tasks"], 0, "{}: not caught by accident: {d:#}", d["scenario"]);
         }
     }
-    assert!(drills.iter().filter(|d| d["expect"] == "fail").count() >= 2);
+    assert!(drills.iter().filter(|d| d["expect"] == "fail").count() >= 7);
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -139,6 +141,22 @@ fn key_made_from_the_clock_and_resume_without_reconcile_is_caught() {
     assert!(d["duplicates"].as_u64().is_some_and(|n| n >= 1), "the re-issued charge is a duplicate: {d:#}");
     assert_eq!(d["met_targets"], false, "{d:#}");
     assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "caught, so the anti-pattern drill passes: {d:#}");
+}
+
+#[test]
+fn the_python_agent_reconciles_an_email_in_flight_and_checkpoint_after_step_is_caught() {
+    let runs = run_root("email");
+    let (code, d) = run_drill("scenarios/live/python-non-dedupe-email-reconcile.toml", &runs);
+    assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "{d:#}");
+    assert_eq!(d["duplicates"], 0, "{d:#}");
+    assert_eq!(d["replanned_steps"], 0, "measured from the ledgers against the script: {d:#}");
+    assert_eq!(d["counts"]["side_effects"], 20, "{d:#}");
+    let unmeasured = d["unmeasured"].as_array().expect("unmeasured");
+    assert!(unmeasured.iter().any(|u| u == "stale_writes"), "a foreign stack's writes are not judged: {d:#}");
+    let (code, d) = run_drill("scenarios/live/antipattern-checkpoint-after-step.toml", &runs);
+    assert!(d["duplicates"].as_u64().is_some_and(|n| n >= 1), "the email is sent again: {d:#}");
+    assert_eq!(d["stuck_tasks"], 0, "{d:#}");
+    assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "caught: {d:#}");
 }
 
 /// Pids whose environment carries `marker`.

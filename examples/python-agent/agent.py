@@ -138,7 +138,7 @@ import threading
 import time
 import traceback
 
-OPTS = argparse.Namespace(key_from_clock=False, no_reconcile=False, fallback=False)
+OPTS = argparse.Namespace(key_from_clock=False, no_reconcile=False, fallback=False, checkpoint_after_step=False)
 
 
 def to_openai(messages):
@@ -327,9 +327,12 @@ def run_job(store, client, tools, job, workflow):
             return
         ck["messages"].append({"role": "assistant", "content": [use]})
         key = step_key(job, tool_step(use["name"], use["input"]), use["name"])
-        # Checkpoint before the call: what, with which key.
+        # Checkpoint before the call: what, with which key. (The
+        # --checkpoint-after-step anti-pattern skips it: a call in flight at a
+        # crash leaves no trace, and the resumed job asks the model again.)
         ck["pending"] = {"id": use["id"], "name": use["name"], "input": use["input"], "key": key}
-        store.write("ckpt", job, ck)
+        if not OPTS.checkpoint_after_step:
+            store.write("ckpt", job, ck)
         out = perform(job, use["name"], use["input"], key)
         ck["messages"].append({"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": use["id"], "content": out}]})
@@ -406,8 +409,11 @@ def main():
     p.add_argument("--key-from-clock", action="store_true", help="anti-pattern: keys made from the wall clock")
     p.add_argument("--no-reconcile", action="store_true", help="anti-pattern: resume re-issues without asking")
     p.add_argument("--fallback", action="store_true", help="on a provider error, use the self-hosted fallback")
+    p.add_argument("--checkpoint-after-step", action="store_true",
+                   help="anti-pattern: no checkpoint before a tool call, only after it")
     a = p.parse_args()
     OPTS.key_from_clock, OPTS.no_reconcile, OPTS.fallback = a.key_from_clock, a.no_reconcile, a.fallback
+    OPTS.checkpoint_after_step = a.checkpoint_after_step
     if a.serve:
         serve(a.threads)
         return

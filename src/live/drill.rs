@@ -58,9 +58,13 @@ pub struct LiveInfo {
     /// Every replica's exits: killed by the harness, or unexpected (with the
     /// tail of its log).
     pub process_exits: Vec<ExitRecord>,
-    /// Counts a live drill cannot see from the fakes (they need the stack's
-    /// own store), reported as 0.
+    /// Counts this drill had no ground truth for, reported as 0: they need
+    /// the stack's own durable records, which only the reference stack's
+    /// PostgreSQL gives (`agentdrill.event_log` and `agentdrill.writes`); a
+    /// foreign stack keeps them here.
     pub unmeasured: Vec<&'static str>,
+    /// Where each measured count came from (count → ground truth).
+    pub measured_from: BTreeMap<&'static str, &'static str>,
 }
 
 /// Why a live drill could not run (exit code 2).
@@ -209,6 +213,8 @@ struct JobTruth {
     effects: BTreeMap<u16, (u64, Micros)>,
     /// Side-effecting steps of the script.
     expected: Vec<u16>,
+    /// The script's tool input of each side-effecting step.
+    inputs: BTreeMap<u16, serde_json::Value>,
     done_us: Option<Micros>,
 }
 
@@ -312,12 +318,20 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     let run_dir = sup.run_dir.clone();
     let exits = tokio::task::spawn_blocking(move || sup.stop_keeping_folder()).await.unwrap_or_default();
     served.shutdown().await;
+    // What the stack's database committed, read before it is dropped.
+    let audit = match &database {
+        Some(db) => super::stack::pg::audit(&db.url()).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the stack's database could not be audited: stale writes unmeasured");
+            None
+        }),
+        None => None,
+    };
     // The stack is down: now the database (dropping the node kills the
     // server and removes its data folder), then the run folder it was in.
     drop(database);
     let _ = std::fs::remove_dir_all(&run_dir);
     let driven = outcome?;
-    Ok(measure(sc, seed, &shared, driven, exits))
+    Ok(measure(sc, seed, &shared, driven, exits, audit))
 }
 
 /// Starts the scenario's PostgreSQL primary (`[database]`), in this run's
@@ -430,7 +444,15 @@ async fn drive(
     for (i, f) in sc.faults.iter().enumerate() {
         match f {
             LiveFault::KillAtCall { api, job, step, call, phase } => {
-                let p = Point { fake: api.fake(), job: *job, step: *step, call: *call, phase: *phase };
+                let p = Point { fake: api.fake(), job: *job, step: *step, call: *call, phase: *phase, pause: false };
+                shared
+                    .killpoints
+                    .arm(p, fired_tx.clone())
+                    .map_err(|source| LiveRunError::Arm { scenario: sc.name.clone(), source })?;
+                point_fault.push(i);
+            }
+            LiveFault::PauseAtCall { api, job, step, call, phase, .. } => {
+                let p = Point { fake: api.fake(), job: *job, step: *step, call: *call, phase: *phase, pause: true };
                 shared
                     .killpoints
                     .arm(p, fired_tx.clone())
@@ -468,18 +490,34 @@ async fn drive(
     let horizon = start + Duration::from_millis(sc.horizon.ms());
     let mut tick = tokio::time::interval(Duration::from_millis(POLL_MS));
     let mut outage_no = 0u32;
+    // The last fault event, and since when every job has looked done (ms
+    // since the first submission): the drill ends `[jobs] settle` after both.
+    let mut last_fault_ms = 0u64;
+    let mut all_done_ms: Option<u64> = None;
     loop {
         tokio::select! {
             Some(job) = acc_rx.recv() => {
                 let t = sc.jobs.workflow.as_deref().and_then(|w| script.template_named(w)).unwrap_or_else(|| script.template_for(job));
-                let expected = script.expected(job, t).into_iter().filter(|e| e.side_effect).map(|e| e.step).collect();
-                jobs.insert(job, JobTruth { submitted_us: Some(shared.now_us()), expected, ..JobTruth::default() });
+                let steps: Vec<_> = script.expected(job, t).into_iter().filter(|e| e.side_effect).collect();
+                let expected = steps.iter().map(|e| e.step).collect();
+                let inputs = steps.into_iter().map(|e| (e.step, e.input)).collect();
+                jobs.insert(job, JobTruth { submitted_us: Some(shared.now_us()), expected, inputs, ..JobTruth::default() });
             }
             Some(f) = fired_rx.recv() => {
                 let i = point_fault[f.point];
+                last_fault_ms = last_fault_ms.max(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
                 onsets[i].at_us = Some(f.at_us);
-                match f.slot {
-                    Some(slot) => {
+                match (f.slot, &sc.faults[i]) {
+                    (Some(slot), LiveFault::PauseAtCall { duration, .. }) => {
+                        let slot = usize::from(slot);
+                        let s = sup.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.pause(slot)).await;
+                        let wake_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX) + duration.ms();
+                        let at = timed.partition_point(|t| t.0 <= wake_ms);
+                        timed.insert(at, (wake_ms, Timed::Cont(slot)));
+                        tracing::info!(fault = i, slot, job = ?f.job, phase = f.phase.name(), "paused the sender");
+                    }
+                    (Some(slot), _) => {
                         let slot = usize::from(slot);
                         onsets[i].slot = Some(slot);
                         onsets[i].starts_before = sup.starts(slot);
@@ -487,7 +525,7 @@ async fn drive(
                         let _ = tokio::task::spawn_blocking(move || s.kill(slot)).await;
                         tracing::info!(fault = i, slot, job = ?f.job, phase = f.phase.name(), "killed the sender");
                     }
-                    None => tracing::warn!(fault = i, "the request came on a shared port: no sender to kill (does the process use the AGENTDRILL_* / *_BASE_URL environment?)"),
+                    (None, _) => tracing::warn!(fault = i, "the request came on a shared port: no sender to kill (does the process use the AGENTDRILL_* / *_BASE_URL environment?)"),
                 }
                 let _ = f.ack.send(());
             }
@@ -496,7 +534,8 @@ async fn drive(
         }
         let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         while timed.front().is_some_and(|t| t.0 <= elapsed_ms) {
-            let (_, t) = timed.pop_front().expect("front exists");
+            let (at_ms, t) = timed.pop_front().expect("front exists");
+            last_fault_ms = last_fault_ms.max(at_ms);
             let now = shared.now_us();
             match t {
                 Timed::Kill(i, slot) => {
@@ -507,7 +546,8 @@ async fn drive(
                 }
                 Timed::Stop(i, slot) => {
                     onsets[i] = Onset { at_us: Some(now), ..Onset::default() };
-                    sup.pause(slot);
+                    let s = sup.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.pause(slot)).await;
                 }
                 Timed::Cont(slot) => sup.resume(slot),
                 Timed::OutageOn(i, fake, status) => {
@@ -546,7 +586,9 @@ async fn drive(
         }
         observe(shared, sc.jobs.done, &mut jobs);
         let all_in = jobs.len() == sc.jobs.count as usize;
-        if all_in && timed.is_empty() && jobs.values().all(|j| j.done_us.is_some()) {
+        let all_done = all_in && timed.is_empty() && jobs.values().all(|j| j.done_us.is_some());
+        all_done_ms = if all_done { all_done_ms.or(Some(elapsed_ms)) } else { None };
+        if all_done_ms.is_some_and(|d| elapsed_ms >= d.max(last_fault_ms).saturating_add(sc.jobs.settle.ms())) {
             break;
         }
     }
@@ -561,9 +603,34 @@ fn s_of(us: Micros) -> f64 {
 }
 
 /// The measurements and the verdict, from ground truth.
-fn measure(sc: &LiveScenario, seed: u64, shared: &Shared, d: Driven, exits: Vec<ExitRecord>) -> DrillResult {
+fn measure(
+    sc: &LiveScenario,
+    seed: u64,
+    shared: &Shared,
+    d: Driven,
+    exits: Vec<ExitRecord>,
+    audit: Option<super::stack::pg::Audit>,
+) -> DrillResult {
     let (ledger, total_effects) = ledger_counts(shared);
     let mut counts = Counts { side_effects: total_effects, ..Counts::default() };
+    counts.replanned_steps = replanned(shared, &d.jobs);
+    let mut unmeasured = vec!["stale_actions", "corrupted_writes", "concurrent_runs"];
+    let mut measured_from = BTreeMap::from([
+        ("duplicates", "the payment and email fakes' ledgers, per (job, step) of the script"),
+        ("lost_effects", "the ledgers and the model fakes' final answers"),
+        ("stuck_tasks", "the ledgers and the model fakes' final answers"),
+        ("replanned_steps", "each effect's parameters at the fakes against the script's tool input"),
+    ]);
+    match audit {
+        Some(a) => {
+            counts.stale_writes = a.stale_writes;
+            measured_from.insert(
+                "stale_writes",
+                "the stack's PostgreSQL: agentdrill.writes judged against the lease history of agentdrill.event_log",
+            );
+        }
+        None => unmeasured.insert(0, "stale_writes"),
+    }
     for (&job, t) in &d.jobs {
         for (i, s) in t.expected.iter().enumerate() {
             let n = ledger.get(&(job, *s)).map_or(0, |c| c.0);
@@ -625,8 +692,8 @@ fn measure(sc: &LiveScenario, seed: u64, shared: &Shared, d: Driven, exits: Vec<
         duplicates: counts.duplicates,
         lost_effects: counts.lost_effects,
         stuck_tasks: counts.stuck_tasks,
-        replanned_steps: 0,
-        stale_writes: 0,
+        replanned_steps: counts.replanned_steps,
+        stale_writes: counts.stale_writes,
         target_rto_s: targets.rto_s,
         target_rpo_s: targets.rpo_s,
         invariants: targets.invariants,
@@ -650,9 +717,41 @@ fn measure(sc: &LiveScenario, seed: u64, shared: &Shared, d: Driven, exits: Vec<
             wall_s,
             jobs_submitted: u32::try_from(d.jobs.len()).unwrap_or(u32::MAX),
             process_exits: exits,
-            unmeasured: vec!["replanned_steps", "stale_writes", "stale_actions", "corrupted_writes", "concurrent_runs"],
+            unmeasured,
+            measured_from,
         }),
     }
+}
+
+/// Fields of an effect's object the script's tool input also names: equal
+/// when the effect acted on the script's decision.
+const DECIDED_FIELDS: [&str; 5] = ["amount", "description", "payment_intent", "subject", "text"];
+
+/// Whether `object` (what the fake made) carries `input`'s decision: every
+/// field both name is equal (fields only one side has say nothing).
+fn acted_on(object: &serde_json::Value, input: &serde_json::Value) -> bool {
+    DECIDED_FIELDS.iter().all(|f| match (&object[*f], &input[*f]) {
+        (serde_json::Value::Null, _) | (_, serde_json::Value::Null) => true,
+        (o, i) => o == i,
+    })
+}
+
+/// Replanned steps: side-effecting (job, step)s of the script with an
+/// effect whose parameters are not the script's (the model fakes play one
+/// decision per step, however often they are asked: an effect on another
+/// one was re-derived, or made up, by the agent).
+fn replanned(shared: &Shared, jobs: &BTreeMap<u32, JobTruth>) -> u64 {
+    let mut steps = std::collections::BTreeSet::new();
+    let ledgers = [lock(&shared.payment).ledger_json(), lock(&shared.email).ledger_json()];
+    for row in ledgers.iter().filter_map(serde_json::Value::as_array).flatten() {
+        let (Some(job), Some(step)) = (row["job"].as_u64(), row["step"].as_u64()) else { continue };
+        let (Ok(job), Ok(step)) = (u32::try_from(job), u16::try_from(step)) else { continue };
+        let Some(input) = jobs.get(&job).and_then(|t| t.inputs.get(&step)) else { continue };
+        if !acted_on(&row["object"], input) {
+            steps.insert((job, step));
+        }
+    }
+    steps.len() as u64
 }
 
 /// One fault's RTO: onset → the jobs in flight at it, and the first job

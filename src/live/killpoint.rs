@@ -14,6 +14,11 @@
 //! | `after_commit` | happens | never sent (connection dropped) |
 //! | `after_response` | happens | sent; the kill follows it |
 //!
+//! A pause point (`pause_at_call`) freezes the sender (SIGSTOP) instead,
+//! before anything leaves: with `after_response` the answer then waits in
+//! the frozen sender's socket and is read when it thaws (a zombie that wakes
+//! holding a result and a lease that moved on).
+//!
 //! The hook is one middleware layer around the handlers, so the payment,
 //! email and model handlers do not change; it costs nothing while no point
 //! is armed on the fake.
@@ -78,6 +83,10 @@ pub struct Point {
     pub call: u32,
     /// What happens around the kill.
     pub phase: KillPhase,
+    /// The harness pauses the sender (SIGSTOP) instead of killing it: it is
+    /// told before anything leaves, whatever the phase, so an
+    /// `after_response` answer waits in the frozen sender's socket.
+    pub pause: bool,
 }
 
 /// A point fired: the harness kills `slot`'s process, then sends on `ack`.
@@ -155,7 +164,7 @@ impl Table {
         fake: Fake,
         job: Option<u32>,
         step: Option<u16>,
-    ) -> Option<(usize, KillPhase, mpsc::UnboundedSender<Fired>)> {
+    ) -> Option<(usize, KillPhase, bool, mpsc::UnboundedSender<Fired>)> {
         let mut ps = lock(&self.points);
         let mut found = None;
         for (i, a) in ps.iter_mut().enumerate() {
@@ -168,7 +177,7 @@ impl Table {
             a.seen += 1;
             if a.seen == p.call && found.is_none() {
                 a.fired = true;
-                found = Some((i, p.phase, a.tx.clone()));
+                found = Some((i, p.phase, p.pause, a.tx.clone()));
             }
         }
         let still: u8 = ps.iter().filter(|a| !a.fired).fold(0, |m, a| m | (1 << a.point.fake.index()));
@@ -191,12 +200,12 @@ fn step_of(body: &[u8]) -> Option<u16> {
 
 /// Tells the harness and waits for its ack (or the timeout).
 async fn fire(
-    hit: (usize, KillPhase, mpsc::UnboundedSender<Fired>),
+    hit: (usize, KillPhase, bool, mpsc::UnboundedSender<Fired>),
     slot: Option<u16>,
     job: Option<u32>,
     at_us: Micros,
 ) {
-    let (point, phase, tx) = hit;
+    let (point, phase, _, tx) = hit;
     let (ack, acked) = oneshot::channel();
     if tx.send(Fired { point, slot, job, at_us, phase, ack }).is_ok() {
         let _ = tokio::time::timeout(Duration::from_millis(ACK_TIMEOUT_MS), acked).await;
@@ -230,6 +239,11 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
             fire(hit, slot, job, at_us).await;
             drop_connection(kill).await
         }
+        KillPhase::AfterResponse if hit.2 => {
+            // A pause: the sender is frozen before its answer leaves.
+            fire(hit, slot, job, at_us).await;
+            next.run(req).await
+        }
         KillPhase::AfterResponse => {
             let resp = next.run(req).await;
             tokio::spawn(async move {
@@ -251,14 +265,21 @@ mod tests {
     fn a_point_fires_once_on_the_nth_matching_call_and_stops_watching() {
         let t = Table::default();
         let (tx, _rx) = mpsc::unbounded_channel();
-        let p = Point { fake: Fake::Payment, job: Some(3), step: None, call: 2, phase: KillPhase::AfterCommit };
+        let p = Point {
+            fake: Fake::Payment,
+            job: Some(3),
+            step: None,
+            call: 2,
+            phase: KillPhase::AfterCommit,
+            pause: false,
+        };
         assert_eq!(t.arm(p.clone(), tx.clone()), Ok(0));
         assert_eq!(t.arm(Point { call: 0, ..p }, tx), Err(ArmError::CallZero));
         assert!(t.watched(Fake::Payment) && !t.watched(Fake::Email));
         assert!(t.hit(Fake::Email, Some(3), None).is_none(), "another API does not count");
         assert!(t.hit(Fake::Payment, Some(4), None).is_none(), "another job does not count");
         assert!(t.hit(Fake::Payment, Some(3), None).is_none(), "first matching call");
-        let (i, phase, _) = t.hit(Fake::Payment, Some(3), Some(1)).expect("the second matching call fires");
+        let (i, phase, _, _) = t.hit(Fake::Payment, Some(3), Some(1)).expect("the second matching call fires");
         assert_eq!((i, phase), (0, KillPhase::AfterCommit));
         assert!(!t.watched(Fake::Payment), "a fired point no longer costs the fake anything");
         assert!(t.hit(Fake::Payment, Some(3), None).is_none(), "fires once");

@@ -176,6 +176,17 @@ pub struct JobsSpec {
     /// What the fakes must see for a job to count as done.
     #[serde(default)]
     pub done: DoneWhen,
+    /// How long the drill goes on watching once every job is done and after
+    /// the last fault event (a kill, a thaw, an outage's end): a job can
+    /// look done at the fakes before the stack's recovery re-sends one of
+    /// its effects (a kill after the last effect committed), and a thawed
+    /// zombie acts late. Give it the stack's lease plus its recovery scan.
+    #[serde(default = "default_settle")]
+    pub settle: Dur,
+}
+
+fn default_settle() -> Dur {
+    Dur(1_000)
 }
 
 /// When a job is done, as seen at the fakes (ground truth, never the stack's
@@ -330,6 +341,27 @@ pub enum LiveFault {
         /// How long it stays stopped.
         duration: Dur,
     },
+    /// SIGSTOP the sender of the Nth matching call to `api` before anything
+    /// leaves the fake, SIGCONT it after `duration` (a zombie that wakes
+    /// past its lease holding the answer, with `after_response`).
+    PauseAtCall {
+        /// The API.
+        api: Api,
+        /// Only this job's calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<u32>,
+        /// Only this step's calls (payment and email).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<u16>,
+        /// The Nth matching call (1-based).
+        #[serde(default = "one_u32")]
+        call: u32,
+        /// `before_commit` (dropped), `after_commit` (effect, answer
+        /// dropped) or `after_response` (effect, answer read on waking).
+        phase: KillPhase,
+        /// How long the sender stays stopped.
+        duration: Dur,
+    },
     /// A model provider answers every request with `status` for `duration`.
     ProviderOutage {
         /// `anthropic`, `openai` or `local`.
@@ -351,6 +383,7 @@ impl LiveFault {
             LiveFault::KillAtCall { .. } => "kill_at_call",
             LiveFault::Kill { .. } => "kill",
             LiveFault::Pause { .. } => "pause",
+            LiveFault::PauseAtCall { .. } => "pause_at_call",
             LiveFault::ProviderOutage { .. } => "provider_outage",
         }
     }
@@ -424,6 +457,9 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
     if sc.horizon.ms() == 0 || sc.horizon.ms() > MAX_HORIZON_MS {
         p("horizon", format!("{} is out of range; a live horizon is real time, between 1s and 10m", sc.horizon));
     }
+    if sc.jobs.settle.ms() >= sc.horizon.ms() {
+        p("jobs.settle", format!("{} is not below the horizon ({}); shorten it", sc.jobs.settle, sc.horizon));
+    }
     if sc.jobs.count == 0 || sc.jobs.count > MAX_JOBS {
         p("jobs.count", format!("{} is out of range; submit between 1 and {MAX_JOBS} jobs", sc.jobs.count));
     }
@@ -492,6 +528,15 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
                 p(&format!("faults[{i}].call"), "calls are counted from 1 (the first matching call)".into());
             }
             LiveFault::KillAtCall { .. } => {}
+            LiveFault::PauseAtCall { call, duration, .. } => {
+                if *call == 0 {
+                    p(&format!("faults[{i}].call"), "calls are counted from 1 (the first matching call)".into());
+                }
+                if duration.ms() == 0 || duration.ms() >= sc.horizon.ms() {
+                    let m = format!("{duration} must be above 0 and below the horizon ({})", sc.horizon);
+                    p(&format!("faults[{i}].duration"), m);
+                }
+            }
             LiveFault::Kill { process, replica, at: d } | LiveFault::Pause { process, replica, at: d, .. } => {
                 match known(process) {
                     None => {
@@ -580,6 +625,17 @@ pub fn explain(sc: &LiveScenario) -> String {
                 }
             ),
             LiveFault::Kill { process, replica, at } => format!("SIGKILL {process} replica {replica} at {at}"),
+            LiveFault::PauseAtCall { api, job, step, call, phase, duration } => format!(
+                "when call #{call} to the {api:?} API{}{} arrives, the fake holds it, SIGSTOPs the sender's process group for {duration}, then {}",
+                job.map_or(String::new(), |j| format!(" for job-{j}")),
+                step.map_or(String::new(), |s| format!(" step {s}")),
+                match phase {
+                    KillPhase::BeforeCommit => "drops it (no effect)",
+                    KillPhase::AfterCommit => "commits the effect and drops the response",
+                    KillPhase::AfterResponse =>
+                        "commits the effect and answers: the frozen sender reads it when it wakes",
+                }
+            ),
             LiveFault::Pause { process, replica, at, duration } => {
                 format!("SIGSTOP {process} replica {replica} at {at}, SIGCONT {duration} later")
             }

@@ -207,7 +207,7 @@ pub fn log_tail(path: &Path) -> String {
 
 enum Cmd {
     Kill(usize, std_mpsc::Sender<()>),
-    Signal(usize, Signal),
+    Signal(usize, Signal, Option<std_mpsc::Sender<()>>),
     Stop(std_mpsc::Sender<()>),
 }
 
@@ -311,14 +311,18 @@ impl Supervisor {
         }
     }
 
-    /// SIGSTOPs slot `i`'s process group.
+    /// SIGSTOPs slot `i`'s process group and returns once its leader is
+    /// seen stopped in `/proc` (at most [`STOP_WAIT_MS`]).
     pub fn pause(&self, i: usize) {
-        let _ = self.tx.send(Cmd::Signal(i, Signal::SIGSTOP));
+        let (tx, rx) = std_mpsc::channel();
+        if self.tx.send(Cmd::Signal(i, Signal::SIGSTOP, Some(tx))).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
     }
 
     /// SIGCONTs slot `i`'s process group.
     pub fn resume(&self, i: usize) {
-        let _ = self.tx.send(Cmd::Signal(i, Signal::SIGCONT));
+        let _ = self.tx.send(Cmd::Signal(i, Signal::SIGCONT, None));
     }
 
     /// The pid of slot `i` now (None while it is down).
@@ -447,6 +451,23 @@ fn record(
     g.exits.push(rec);
 }
 
+/// Most time [`Supervisor::pause`] waits to see the process stopped, in ms.
+pub const STOP_WAIT_MS: u64 = 200;
+
+/// Waits (polling `/proc/PID/stat`, at most [`STOP_WAIT_MS`]) until `pid`
+/// is stopped (state `T`), so nothing it does happens after `pause` returns.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_millis(STOP_WAIT_MS);
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().next());
+        if state.is_none_or(|s| s == "T" || s == "t") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn run_loop(
     dir: &Path,
     run_id: &str,
@@ -471,9 +492,15 @@ fn run_loop(
                 }
                 let _ = done.send(());
             }
-            Ok(Cmd::Signal(i, sig)) => {
+            Ok(Cmd::Signal(i, sig, done)) => {
                 if let Some(child) = slots.get(i).and_then(|s| s.child.as_ref()) {
                     let _ = killpg(Pid::from_raw(child.id() as i32), sig);
+                    if sig == Signal::SIGSTOP {
+                        wait_stopped(child.id());
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
                 }
             }
             Ok(Cmd::Stop(done)) => {

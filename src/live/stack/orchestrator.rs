@@ -242,7 +242,7 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
         Outbound { peers: FxHashMap::default(), pending: FxHashMap::default(), client: reqwest::Client::new() };
     let before = orch.store().last_lsn();
     orch.start(&mut env);
-    out.flush(&mut env, &orch, &mut pg, before, None).await?;
+    out.flush(&mut env, &orch, &mut pg, before, None, true).await?;
     tracing::info!(listen = %cfg.listen, serving = orch.is_serving(), "orchestrator started");
     loop {
         let before = orch.store().last_lsn();
@@ -253,7 +253,7 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
                 Inbound::Peer(e) => {
                     let Some(msg) = e.msg() else { continue };
                     let Some(f) = out.admit(&e, &msg) else { continue };
-                    fence = f.filter(|_| cfg.policy.fencing);
+                    fence = f;
                     orch.on_msg(&mut env, e.from, msg);
                 }
                 Inbound::Submit { job, template, steps, acked } => {
@@ -271,7 +271,7 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
             },
             else => anyhow::bail!("the orchestrator's channels closed"),
         }
-        out.flush(&mut env, &orch, &mut pg, before, fence).await?;
+        out.flush(&mut env, &orch, &mut pg, before, fence, cfg.policy.fencing).await?;
     }
 }
 
@@ -307,18 +307,20 @@ impl Outbound {
         Some(fence)
     }
 
-    /// Commits what the handler wrote since `before`, then delivers the outbox.
+    /// Commits what the handler wrote since `before` (a worker's `write`
+    /// recorded, and fenced in SQL when `enforce`), then delivers the outbox.
     async fn flush(
         &mut self,
         env: &mut LiveEnv,
         orch: &Orchestrator,
         pg: &mut Option<PgStore>,
         before: u64,
-        fence: Option<Fence>,
+        write: Option<Fence>,
+        enforce: bool,
     ) -> anyhow::Result<()> {
         let recs: Vec<_> = orch.store().log().range(before as usize, usize::MAX).copied().collect();
         if let (Some(pg), false) = (pg.as_mut(), recs.is_empty()) {
-            pg.commit(&recs, orch.store(), fence).await?;
+            pg.commit_write(&recs, orch.store(), write, enforce).await?;
         }
         for (to, msg) in env.outbox.drain(..) {
             if to == CLIENT {

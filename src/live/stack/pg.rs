@@ -20,7 +20,11 @@
 //! Tables (schema `agentdrill`): `event_log (lsn, at_us, task, op jsonb)`,
 //! `tasks (id, job, template, status, cursor, lease_holder, lease_token,
 //! lease_expires_us, created_us, last_lsn)`, `steps (task, ordinal, state,
-//! idem_key, args, decision)`: a step in state `intent` is a checkpoint.
+//! idem_key, args, decision)`: a step in state `intent` is a checkpoint;
+//! `writes (first_lsn, task, holder, token)`: one row per worker write
+//! committed, with the lease it claimed, so that [`audit`] can judge every
+//! write against the lease history after a drill (stale writes, measured
+//! from what PostgreSQL holds).
 
 use std::collections::BTreeSet;
 
@@ -120,6 +124,12 @@ CREATE TABLE IF NOT EXISTS agentdrill.steps (
     decision BIGINT NOT NULL,
     PRIMARY KEY (task, ordinal)
 );
+CREATE TABLE IF NOT EXISTS agentdrill.writes (
+    first_lsn BIGINT PRIMARY KEY,
+    task BIGINT NOT NULL,
+    holder BIGINT NOT NULL,
+    token BIGINT NOT NULL
+);
 ";
 
 /// A connection to the stack's database.
@@ -129,6 +139,7 @@ pub struct PgStore {
     upsert_task: Statement,
     upsert_step: Statement,
     lock_task: Statement,
+    insert_write: Statement,
 }
 
 /// A `u64` in a `BIGINT` column, bit for bit (keys and argument hashes use
@@ -191,24 +202,18 @@ impl PgStore {
             .prepare("SELECT lease_token, lease_holder FROM agentdrill.tasks WHERE id = $1 FOR UPDATE")
             .await
             .map_err(db("prepare"))?;
-        Ok(PgStore { client, insert_log, upsert_task, upsert_step, lock_task })
+        let insert_write = client
+            .prepare("INSERT INTO agentdrill.writes (first_lsn, task, holder, token) VALUES ($1, $2, $3, $4)")
+            .await
+            .map_err(db("prepare"))?;
+        Ok(PgStore { client, insert_log, upsert_task, upsert_step, lock_task, insert_write })
     }
 
     /// The store as the event log rebuilds it.
     pub async fn load(&self) -> Result<Store, PgError> {
-        let rows = self
-            .client
-            .query("SELECT lsn, at_us, op::text FROM agentdrill.event_log ORDER BY lsn LIMIT $1", &[&MAX_LOG_RECORDS])
-            .await
-            .map_err(db("read the event log"))?;
         let mut store = Store::new();
-        for row in rows {
-            let (lsn, at_us, op): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
-            if lsn != store.last_lsn() as i64 + 1 {
-                return Err(PgError::Damaged { lsn, why: format!("expected lsn {}", store.last_lsn() + 1) });
-            }
-            let op: Op = serde_json::from_str(&op).map_err(|e| PgError::Damaged { lsn, why: e.to_string() })?;
-            store.apply_replicated(&LogRec { lsn: lsn as u64, at_us: at_us as u64, op });
+        for rec in read_log(&self.client).await? {
+            store.apply_replicated(&rec);
         }
         Ok(store)
     }
@@ -216,15 +221,34 @@ impl PgStore {
     /// Makes `recs` (the records a handler just committed to `store`)
     /// durable in one transaction, with the task and step rows they touched.
     pub async fn commit(&mut self, recs: &[LogRec], store: &Store, fence: Option<Fence>) -> Result<(), PgError> {
+        self.commit_write(recs, store, fence, true).await
+    }
+
+    /// As [`PgStore::commit`]; `write` is the worker write the records come
+    /// from (recorded in `agentdrill.writes` with the first record's lsn,
+    /// for [`audit`]) and is refused when stale only if `enforce` (fencing
+    /// on: the `no_fencing` anti-pattern records without refusing).
+    pub async fn commit_write(
+        &mut self,
+        recs: &[LogRec],
+        store: &Store,
+        write: Option<Fence>,
+        enforce: bool,
+    ) -> Result<(), PgError> {
         assert!(!recs.is_empty(), "nothing to commit");
         let tx = self.client.transaction().await.map_err(db("begin"))?;
-        if let Some(f) = fence {
+        if let Some(f) = write.filter(|_| enforce) {
             let row = tx.query_opt(&self.lock_task, &[&bits(f.task.0)]).await.map_err(db("lock the task"))?;
             let held =
                 row.is_some_and(|r| r.get::<_, i64>(0) == bits(f.token) && r.get::<_, i64>(1) == i64::from(f.holder.0));
             if !held {
                 return Err(PgError::Fenced { task: f.task.0, token: f.token, holder: f.holder.0 });
             }
+        }
+        if let Some(f) = write {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&bits(recs[0].lsn), &bits(f.task.0), &i64::from(f.holder.0), &bits(f.token)];
+            tx.execute(&self.insert_write, &params).await.map_err(db("record the write"))?;
         }
         let mut touched = BTreeSet::new();
         for rec in recs {
@@ -263,4 +287,102 @@ impl PgStore {
         }
         tx.commit().await.map_err(db("commit"))
     }
+}
+
+/// The event log in lsn order, checked for holes.
+async fn read_log(client: &Client) -> Result<Vec<LogRec>, PgError> {
+    let rows = client
+        .query("SELECT lsn, at_us, op::text FROM agentdrill.event_log ORDER BY lsn LIMIT $1", &[&MAX_LOG_RECORDS])
+        .await
+        .map_err(db("read the event log"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (lsn, at_us, op): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+        if lsn != out.len() as i64 + 1 {
+            return Err(PgError::Damaged { lsn, why: format!("expected lsn {}", out.len() + 1) });
+        }
+        let op: Op = serde_json::from_str(&op).map_err(|e| PgError::Damaged { lsn, why: e.to_string() })?;
+        out.push(LogRec { lsn: lsn as u64, at_us: at_us as u64, op });
+    }
+    Ok(out)
+}
+
+/// What the durable event log of a reference stack shows after a drill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    /// Worker writes committed.
+    pub writes: u64,
+    /// Of those, writes whose sender did not hold the task's lease (that
+    /// token, that holder, the task leased) when they were committed: what
+    /// fencing exists to refuse.
+    pub stale_writes: u64,
+}
+
+/// Reads the reference stack's event log and write records from the
+/// database at `url` after a drill (ground truth the harness can read:
+/// what PostgreSQL committed, not what a process believes) and replays the
+/// log through [`Store`] to judge each write against the lease it was
+/// committed under. `None` when the database holds no `agentdrill.writes`
+/// (a stack that is not the reference stack: nothing to judge by).
+pub async fn audit(url: &str) -> Result<Option<Audit>, PgError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(db("connect"))?;
+    let conn = tokio::spawn(connection);
+    let result = audit_with(&client).await;
+    drop(client);
+    let _ = conn.await;
+    result
+}
+
+async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
+    let present: bool = client
+        .query_one(
+            "SELECT to_regclass('agentdrill.writes') IS NOT NULL AND to_regclass('agentdrill.event_log') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db("look for the reference stack's tables"))?
+        .get(0);
+    if !present {
+        return Ok(None);
+    }
+    let rows = client
+        .query("SELECT first_lsn, task, holder, token FROM agentdrill.writes ORDER BY first_lsn", &[])
+        .await
+        .map_err(db("read the write records"))?;
+    let writes: Vec<(u64, Fence)> = rows
+        .iter()
+        .map(|r| {
+            let (lsn, task, holder, token): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            (lsn as u64, Fence { task: TaskId(task as u64), token: token as u64, holder: HostId(holder as u32) })
+        })
+        .collect();
+    Ok(Some(judge(&read_log(client).await?, &writes)))
+}
+
+/// Replays `log` and judges each write (at its first record's lsn) by the
+/// orchestrator's own rule: the task leased, to that holder, under that
+/// token.
+pub fn judge(log: &[LogRec], writes: &[(u64, Fence)]) -> Audit {
+    let mut store = Store::new();
+    let mut next = writes.iter().peekable();
+    let mut a = Audit::default();
+    for rec in log {
+        while let Some(&&(lsn, f)) = next.peek()
+            && lsn <= rec.lsn
+        {
+            next.next();
+            if lsn < rec.lsn {
+                continue; // no such record: written by something else
+            }
+            a.writes += 1;
+            let held = store.task(f.task).is_some_and(|t| {
+                t.status == TaskStatus::Leased && t.lease.token == f.token && t.lease.holder == f.holder
+            });
+            if !held {
+                a.stale_writes += 1;
+            }
+        }
+        store.apply_replicated(rec);
+    }
+    a
 }
