@@ -429,6 +429,51 @@ fn no_redo(g: &Ground<'_>, out: &mut Vec<Violation>) {
     }
 }
 
+/// Every lease grant of the run as `(job, at, holder, token)`, sorted (a
+/// job's grants together, in commit order), read from every log: the
+/// serving store's, lost primaries', and those of orchestrators not serving
+/// at the end (a primary failed away from while it was alive).
+///
+/// Why a demoted primary's grants count. When a partition cuts the failover
+/// controller from region A, the standby is promoted while A, which cannot
+/// hear the controller, goes on granting leases to the workers that still
+/// reach it until the controller can demote it. That is not a split brain
+/// as long as the promoted standby grants nothing meanwhile, and it does
+/// not: it requeues every lease it inherited at promotion and grants only
+/// once the controller opens it to traffic, after the DNS TTL has passed,
+/// when every worker's cached route points at it. Until then A's grants are
+/// the only live ones, and a worker acting under the newest of them holds
+/// its lease. (The alternative, A fencing itself when it loses the
+/// controller, would take a healthy primary out of service for every
+/// controller-side partition, even one the controller calls off when A
+/// answers again, and would not protect anything this check does not
+/// already see.) A genuine split brain still shows: once the promoted
+/// standby grants the job, that grant is the newest, and a side effect from
+/// the old primary's holder after it is stale. Task ids are mapped to jobs
+/// within each log (each store mints its own).
+fn grants(g: &Ground<'_>) -> Vec<(JobId, Micros, HostId, u64)> {
+    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
+    for log in g.all_logs().chain(g.demoted_logs.iter().copied()) {
+        let mut job_of: FxHashMap<TaskId, JobId> = FxHashMap::default();
+        for r in log {
+            match r.op {
+                Op::Create { task, job, .. } => {
+                    job_of.insert(task, job);
+                }
+                Op::Lease { task, lease } => {
+                    if let Some(&job) = job_of.get(&task).or_else(|| g.job_of.get(&task)) {
+                        leases.push((job, r.at_us, lease.holder, lease.token));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    leases.sort_unstable();
+    leases.dedup();
+    leases
+}
+
 fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
     let stale: u64 = g.stack.hosts.orch.iter().map(|&h| g.stack.orch(h).stale_writes_accepted()).sum();
     if stale > 0 {
@@ -439,21 +484,7 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
             format!("{stale} write(s) accepted from a worker whose lease had moved on"),
         ));
     }
-    // Leases per job, from every log, in commit order.
-    // (job, at, holder, token), sorted: one flat vector, a job's leases
-    // together in commit order.
-    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
-    for log in g.all_logs() {
-        for r in log {
-            if let Op::Lease { task, lease } = r.op
-                && let Some(&job) = g.job_of.get(&task)
-            {
-                leases.push((job, r.at_us, lease.holder, lease.token));
-            }
-        }
-    }
-    leases.sort_unstable();
-    leases.dedup();
+    let leases = grants(g);
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let job = e.origin.job;
