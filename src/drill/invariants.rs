@@ -717,6 +717,12 @@ fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
 /// up to 327.7 s. Or: a 2 s lag spike over [0 s, 163 s), B lost from
 /// 71.8 s, A lost at 163 s: writes from 69.8 s never left A, and the
 /// chain (spike, then loss) bounds the loss by 163 s + a window.
+/// The lost region's own earlier temporary outage links a chain too (a
+/// region that is down ships nothing): A lost over [0.1 s, 71.1 s), B lost
+/// from 5.5 s for 10 min, A lost for good at 76.6 s with a 0.54 s window:
+/// a write A made at 0.04 s had no tick to ship before A went down, and
+/// when A came back B was away, so it never left A (76.56 s old at the
+/// loss); the chain starts at 0.1 s, and 0.54 s + 76.5 s allows it.
 fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
     let (host_a, host_b) = (format!("{service}-a"), format!("{service}-b"));
@@ -733,6 +739,14 @@ fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
         .filter_map(|(f, &s)| match (f, s) {
             (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) if r != region && s <= t0 => {
                 Some((s, duration.map_or(Micros::MAX, |d| s.saturating_add(d.us()))))
+            }
+            // The lost region's own earlier outage: it shipped nothing
+            // while down. Only a link of the chain (it ended more than a
+            // window before `t0`, else `already_down_us` counts it).
+            (FaultSpec::RegionLoss { region: r, duration: Some(d), .. }, Some(s))
+                if r == region && s < t0 && s.saturating_add(d.us()).saturating_add(window_us) <= t0 =>
+            {
+                Some((s, s.saturating_add(d.us())))
             }
             (
                 FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. },
