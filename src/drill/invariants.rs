@@ -449,11 +449,17 @@ fn no_redo(g: &Ground<'_>, out: &mut Vec<Violation>) {
 /// answers again, and would not protect anything this check does not
 /// already see.) A genuine split brain still shows: once the promoted
 /// standby grants the job, that grant is the newest, and a side effect from
-/// the old primary's holder after it is stale. Task ids are mapped to jobs
-/// within each log (each store mints its own).
+/// the old primary's holder after it is stale. Under fully synchronous
+/// replication a demoted primary's log adds no grant: every grant it
+/// released the replica had first, and one the promoted replica never
+/// confirmed was never sent (a lease A recorded while cut from the
+/// controller but never delivered must not make its old holder stale).
+/// Task ids are mapped to jobs within each log (each store mints its own).
 fn grants(g: &Ground<'_>) -> Vec<(JobId, Micros, HostId, u64)> {
     let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
-    for log in g.all_logs().chain(g.demoted_logs.iter().copied()) {
+    let fully_sync = matches!(g.sc.stack.replication, Replication::Sync { degrade_after_ms: None });
+    let demoted: &[&[LogRec]] = if fully_sync { &[] } else { &g.demoted_logs };
+    for log in g.all_logs().chain(demoted.iter().copied()) {
         let mut job_of: FxHashMap<TaskId, JobId> = FxHashMap::default();
         for r in log {
             match r.op {
