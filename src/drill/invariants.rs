@@ -461,6 +461,57 @@ fn no_redo(g: &Ground<'_>, out: &mut Vec<Violation>) {
     }
 }
 
+/// Every lease grant of the run as `(job, at, holder, token)`, sorted (a
+/// job's grants together, in commit order), read from every log: the
+/// serving store's, lost primaries', and those of orchestrators not serving
+/// at the end (a primary failed away from while it was alive).
+///
+/// Why a demoted primary's grants count. When a partition cuts the failover
+/// controller from region A, the standby is promoted while A, which cannot
+/// hear the controller, goes on granting leases to the workers that still
+/// reach it until the controller can demote it. That is not a split brain
+/// as long as the promoted standby grants nothing meanwhile, and it does
+/// not: it requeues every lease it inherited at promotion and grants only
+/// once the controller opens it to traffic, after the DNS TTL has passed,
+/// when every worker's cached route points at it. Until then A's grants are
+/// the only live ones, and a worker acting under the newest of them holds
+/// its lease. (The alternative, A fencing itself when it loses the
+/// controller, would take a healthy primary out of service for every
+/// controller-side partition, even one the controller calls off when A
+/// answers again, and would not protect anything this check does not
+/// already see.) A genuine split brain still shows: once the promoted
+/// standby grants the job, that grant is the newest, and a side effect from
+/// the old primary's holder after it is stale. Under fully synchronous
+/// replication a demoted primary's log adds no grant: every grant it
+/// released the replica had first, and one the promoted replica never
+/// confirmed was never sent (a lease A recorded while cut from the
+/// controller but never delivered must not make its old holder stale).
+/// Task ids are mapped to jobs within each log (each store mints its own).
+fn grants(g: &Ground<'_>) -> Vec<(JobId, Micros, HostId, u64)> {
+    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
+    let fully_sync = matches!(g.sc.stack.replication, Replication::Sync { degrade_after_ms: None });
+    let demoted: &[LogSlice<'_>] = if fully_sync { &[] } else { &g.demoted_logs };
+    for log in g.all_logs().chain(demoted.iter().copied()) {
+        let mut job_of: FxHashMap<TaskId, JobId> = FxHashMap::default();
+        for r in log {
+            match r.op {
+                Op::Create { task, job, .. } => {
+                    job_of.insert(task, job);
+                }
+                Op::Lease { task, lease } => {
+                    if let Some(&job) = job_of.get(&task).or_else(|| g.job_of.get(&task)) {
+                        leases.push((job, r.at_us, lease.holder, lease.token));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    sort_by_job(&mut leases, |x| x.0);
+    leases.dedup();
+    leases
+}
+
 fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
     let stale: u64 = g.stack.hosts.orch.iter().map(|&h| g.stack.orch(h).stale_writes_accepted()).sum();
     if stale > 0 {
@@ -471,19 +522,7 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
             format!("{stale} write(s) accepted from a worker whose lease had moved on"),
         ));
     }
-    // Leases per job, from every log, in commit order.
-    // (job, at, holder, token), sorted: one flat vector, a job's leases
-    // together in commit order.
-    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
-    for r in distinct_runs(g.all_logs()).into_iter().flatten() {
-        if let Op::Lease { task, lease } = r.op
-            && let Some(&job) = g.job_of.get(&task)
-        {
-            leases.push((job, r.at_us, lease.holder, lease.token));
-        }
-    }
-    sort_by_job(&mut leases, |x| x.0);
-    leases.dedup();
+    let leases = grants(g);
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let job = e.origin.job;
@@ -716,6 +755,12 @@ fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
 /// up to 327.7 s. Or: a 2 s lag spike over [0 s, 163 s), B lost from
 /// 71.8 s, A lost at 163 s: writes from 69.8 s never left A, and the
 /// chain (spike, then loss) bounds the loss by 163 s + a window.
+/// The lost region's own earlier temporary outage links a chain too (a
+/// region that is down ships nothing): A lost over [0.1 s, 71.1 s), B lost
+/// from 5.5 s for 10 min, A lost for good at 76.6 s with a 0.54 s window:
+/// a write A made at 0.04 s had no tick to ship before A went down, and
+/// when A came back B was away, so it never left A (76.56 s old at the
+/// loss); the chain starts at 0.1 s, and 0.54 s + 76.5 s allows it.
 fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
     let (host_a, host_b) = (format!("{service}-a"), format!("{service}-b"));
@@ -732,6 +777,14 @@ fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
         .filter_map(|(f, &s)| match (f, s) {
             (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) if r != region && s <= t0 => {
                 Some((s, duration.map_or(Micros::MAX, |d| s.saturating_add(d.us()))))
+            }
+            // The lost region's own earlier outage: it shipped nothing
+            // while down. Only a link of the chain (it ended more than a
+            // window before `t0`, else `already_down_us` counts it).
+            (FaultSpec::RegionLoss { region: r, duration: Some(d), .. }, Some(s))
+                if r == region && s < t0 && s.saturating_add(d.us()).saturating_add(window_us) <= t0 =>
+            {
+                Some((s, s.saturating_add(d.us())))
             }
             (
                 FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. },
