@@ -112,8 +112,10 @@ struct TaskCtx {
     persisted_decision: bool,
     /// The prompt/config version this task runs with.
     prompt: crate::components::orchestrator::Prompt,
-    /// The version the last model request was made under.
-    decided_under: u32,
+    /// The version the model request behind the decision in hand was made
+    /// under; `None` when no model call made it (adopted from an API's
+    /// record of the effect it governs: not an output of the live version).
+    decided_under: Option<u32>,
     /// The record may be missing progress: reconcile before deciding or
     /// acting again (bit per step already reconciled).
     replay: bool,
@@ -549,7 +551,7 @@ impl Worker {
             corrupt: false,
             persisted_decision: false,
             prompt: g.prompt,
-            decided_under: g.prompt.version,
+            decided_under: None,
             replay: g.replay,
             replay_checked: 0,
             lookup_for: LookupFor::Step,
@@ -631,7 +633,7 @@ impl Worker {
                 last,
                 corrupt: false,
                 adopt: None,
-                version: self.ctx().prompt.version,
+                version: None,
             };
             self.write(env, Wait::Persist, write);
             return;
@@ -880,7 +882,7 @@ impl Worker {
                     options,
                     defect_permille: self.ctx.as_ref().expect("task").prompt.defect_permille,
                 };
-                self.ctx().decided_under = self.ctx().prompt.version;
+                self.ctx().decided_under = Some(self.ctx().prompt.version);
                 let origin = self.origin(ordinal);
                 let to = self.shared.providers[provider];
                 // The SDK's own timeout for this provider (the provider
@@ -964,6 +966,9 @@ impl Worker {
                         // happened: adopt the decision it was made with.
                         env.note(Note::Reconciled { job, step: s, found: true });
                         self.ctx().lookup_for = LookupFor::Step;
+                        // Made by another worker's model call, perhaps under
+                        // an older version: not an output of the live one.
+                        self.ctx().decided_under = None;
                         self.on_call_done(env, d);
                         return;
                     }
@@ -1018,7 +1023,7 @@ impl Worker {
                     last,
                     corrupt: false,
                     adopt,
-                    version: self.ctx().prompt.version,
+                    version: None,
                 };
                 self.write(env, Wait::Persist, write);
             }
@@ -1059,7 +1064,7 @@ impl Worker {
         let last = ordinal as usize + 1 == len;
         let corrupt = std::mem::take(&mut self.ctx().corrupt);
         self.ctx().persisted_decision = durable != NO_DECISION;
-        let version = self.ctx().decided_under;
+        let version = self.ctx().decided_under.take();
         let write = WorkerWrite::Result {
             task,
             ordinal,
