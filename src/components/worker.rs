@@ -31,6 +31,10 @@ use crate::components::vector::PointId;
 use crate::components::wire::{Api, Grant, Msg, WorkerWrite};
 use crate::components::workflow::{MAX_STEPS, StepKind, Template, args_for};
 
+/// How long an idle worker's lease request waits before it is sent again
+/// (a long poll): an idle worker asks once per this period.
+pub const LEASE_POLL_US: Micros = 30 * US_PER_S;
+
 /// How many lease requests a worker remembers the send time of (a grant
 /// answering an older one is treated as already expired).
 const LEASE_ASKS: usize = 8;
@@ -247,7 +251,7 @@ impl Worker {
         env.send(to, msg.clone());
         let timeout = match self.next_timeout_us.take() {
             Some(t) => t,
-            None if wait == Wait::Lease => 30 * US_PER_S,
+            None if wait == Wait::Lease => LEASE_POLL_US,
             None => self.shared.request_timeout_us,
         };
         let deadline_us = env.now_us() + timeout;
