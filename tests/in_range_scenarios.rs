@@ -120,8 +120,13 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
         (dur(limits::MIN_SNAPSHOT_INTERVAL_MS, span), dur(0, span), dur(0, span), 0..=limits::MAX_PER_UNIT_US),
         (dur(0, span), dur(0, span), dur(0, span), dur(period, span), dur(period, span)),
     );
+    // Idle workers poll for work every 30 s over the whole horizon, in both
+    // regions: at most MAX_WORKER_POLLS polls.
+    let poll_ms = agentdrill::components::worker::LEASE_POLL_US / 1_000;
+    let polls_per_worker = horizon_ms.div_ceil(poll_ms).saturating_mul(2).max(1);
+    let most_workers = (limits::MAX_WORKER_POLLS / polls_per_worker).clamp(1, u64::from(limits::MAX_WORKERS));
     let counts = (
-        log_uniform(1, u64::from(limits::MAX_WORKERS)),
+        log_uniform(1, most_workers),
         log_uniform(period.saturating_mul(3).max(1), span),
         1..=limits::MAX_FAILURE_THRESHOLD,
         log_uniform(0, span),

@@ -505,7 +505,7 @@ impl StateMachineTest for OrchTest {
                             last: h.cursor + 1 == STEPS,
                             corrupt: false,
                             adopt: None,
-                            version: 0,
+                            version: None,
                         },
                     },
                 };

@@ -515,7 +515,7 @@ impl Orchestrator {
                 }
                 if let Some(w) = self.watch.as_mut()
                     && decision != NO_DECISION
-                    && version == self.prompt.version
+                    && version == Some(self.prompt.version)
                 {
                     w.outputs += 1;
                 }

@@ -52,7 +52,9 @@ pub struct Message {
     pub steps: u16,
     /// Harness probe.
     pub probe: bool,
-    /// A resubmission.
+    /// The job may have run before this delivery reaches a consumer: a
+    /// resubmission, or a message held by a replica that took over (it
+    /// cannot know which messages the lost node delivered).
     pub replay: bool,
     /// When the publish was acknowledged.
     pub published_us: Micros,
@@ -131,10 +133,15 @@ impl Queue {
     }
 
     /// Becomes the active node (failover to the replica): redelivers every
-    /// message it holds.
+    /// message it holds, each marked as a replay.
     pub fn activate(&mut self, env: &mut impl Env) {
         self.active = true;
         self.replica = None;
+        // The lost node may have delivered any of them (and its consumer
+        // run the job): each goes out as a replay.
+        for m in self.messages.values_mut() {
+            m.replay = true;
+        }
         let seqs: Vec<u64> = self.messages.keys().copied().collect();
         for seq in seqs {
             self.deliver(env, seq);
@@ -174,10 +181,12 @@ impl Queue {
         m.deliveries += 1;
         let m = *m;
         let to = env.resolve(Service::Orchestrator);
-        env.send(
-            to,
-            Msg::Deliver { seq, job: m.job, template: m.template, steps: m.steps, probe: m.probe, replay: m.replay },
-        );
+        // A redelivery went out before without an acknowledgement: the job
+        // may have been created and run by an orchestrator whose store the
+        // consumer no longer has (a lost primary), so a task created from
+        // it reconciles before it decides or acts (a replay).
+        let replay = m.replay || m.deliveries > 1;
+        env.send(to, Msg::Deliver { seq, job: m.job, template: m.template, steps: m.steps, probe: m.probe, replay });
         env.set_timer(self.cfg.ack_wait_ms.saturating_mul(US_PER_MS), Timer::Redeliver { seq });
     }
 

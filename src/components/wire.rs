@@ -387,9 +387,11 @@ pub enum WorkerWrite {
         /// A decision adopted from an API's record of the effect: persist it
         /// as step `.0`'s decision too.
         adopt: Option<(u16, u32)>,
-        /// The prompt/config version the decision was made under (a deploy's
-        /// health checks count only outputs of the version they watch).
-        version: u32,
+        /// The prompt/config version a model call made the decision under
+        /// (a deploy's health checks count only outputs of the version they
+        /// watch); `None` when no model call under any version made it (a
+        /// decision adopted from an API's record of its effect, or none).
+        version: Option<u32>,
     },
     /// Session-end checkpoint (anti-pattern 2): every result at once.
     Session {

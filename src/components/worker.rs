@@ -31,6 +31,10 @@ use crate::components::vector::PointId;
 use crate::components::wire::{Api, Grant, Msg, WorkerWrite};
 use crate::components::workflow::{MAX_STEPS, StepKind, Template, args_for};
 
+/// How long an idle worker's lease request waits before it is sent again
+/// (a long poll): an idle worker asks once per this period.
+pub const LEASE_POLL_US: Micros = 30 * US_PER_S;
+
 /// How many lease requests a worker remembers the send time of (a grant
 /// answering an older one is treated as already expired).
 const LEASE_ASKS: usize = 8;
@@ -112,8 +116,10 @@ struct TaskCtx {
     persisted_decision: bool,
     /// The prompt/config version this task runs with.
     prompt: crate::components::orchestrator::Prompt,
-    /// The version the last model request was made under.
-    decided_under: u32,
+    /// The version the model request behind the decision in hand was made
+    /// under; `None` when no model call made it (adopted from an API's
+    /// record of the effect it governs: not an output of the live version).
+    decided_under: Option<u32>,
     /// The record may be missing progress: reconcile before deciding or
     /// acting again (bit per step already reconciled).
     replay: bool,
@@ -245,7 +251,7 @@ impl Worker {
         env.send(to, msg.clone());
         let timeout = match self.next_timeout_us.take() {
             Some(t) => t,
-            None if wait == Wait::Lease => 30 * US_PER_S,
+            None if wait == Wait::Lease => LEASE_POLL_US,
             None => self.shared.request_timeout_us,
         };
         let deadline_us = env.now_us() + timeout;
@@ -549,7 +555,7 @@ impl Worker {
             corrupt: false,
             persisted_decision: false,
             prompt: g.prompt,
-            decided_under: g.prompt.version,
+            decided_under: None,
             replay: g.replay,
             replay_checked: 0,
             lookup_for: LookupFor::Step,
@@ -631,7 +637,7 @@ impl Worker {
                 last,
                 corrupt: false,
                 adopt: None,
-                version: self.ctx().prompt.version,
+                version: None,
             };
             self.write(env, Wait::Persist, write);
             return;
@@ -880,7 +886,7 @@ impl Worker {
                     options,
                     defect_permille: self.ctx.as_ref().expect("task").prompt.defect_permille,
                 };
-                self.ctx().decided_under = self.ctx().prompt.version;
+                self.ctx().decided_under = Some(self.ctx().prompt.version);
                 let origin = self.origin(ordinal);
                 let to = self.shared.providers[provider];
                 // The SDK's own timeout for this provider (the provider
@@ -964,6 +970,9 @@ impl Worker {
                         // happened: adopt the decision it was made with.
                         env.note(Note::Reconciled { job, step: s, found: true });
                         self.ctx().lookup_for = LookupFor::Step;
+                        // Made by another worker's model call, perhaps under
+                        // an older version: not an output of the live one.
+                        self.ctx().decided_under = None;
                         self.on_call_done(env, d);
                         return;
                     }
@@ -1018,7 +1027,7 @@ impl Worker {
                     last,
                     corrupt: false,
                     adopt,
-                    version: self.ctx().prompt.version,
+                    version: None,
                 };
                 self.write(env, Wait::Persist, write);
             }
@@ -1059,7 +1068,7 @@ impl Worker {
         let last = ordinal as usize + 1 == len;
         let corrupt = std::mem::take(&mut self.ctx().corrupt);
         self.ctx().persisted_decision = durable != NO_DECISION;
-        let version = self.ctx().decided_under;
+        let version = self.ctx().decided_under.take();
         let write = WorkerWrite::Result {
             task,
             ordinal,

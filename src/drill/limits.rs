@@ -23,7 +23,10 @@
 //!   every snapshot of the last hour and prunes over all of them;
 //! - the client's resends: at most [`MAX_CLIENT_RESENDS`] over the horizon
 //!   (tasks × horizon / period), since each waiting job is sent again every
-//!   period.
+//!   period;
+//! - idle workers' lease polls: at most [`MAX_WORKER_POLLS`] over the
+//!   horizon (2 × workers × horizon / 30 s), since every idle worker asks
+//!   for work again every 30 s, busy or not, for the whole horizon.
 
 /// A day, in milliseconds.
 const DAY_MS: u64 = 86_400_000;
@@ -83,6 +86,17 @@ pub const MAX_TIMER_FIRINGS: u64 = 1_000_000;
 /// finished, at least 1 s). A job waiting in a long queue is resubmitted
 /// every period, so the work grows with tasks × waiting time.
 pub const MAX_CLIENT_RESENDS: u64 = 20_000_000;
+
+/// The most lease requests idle workers may send over the horizon, as
+/// `2 × workers × horizon / LEASE_POLL_US` (both regions at full size, the
+/// most a failover or active-active can run; an idle worker asks again every
+/// [`crate::components::worker::LEASE_POLL_US`], 30 s). Each poll is about
+/// two simulated events (the request and its watchdog): 1,024 workers over
+/// 30 days would be 177 million events a run, 12 CPU seconds for the drill
+/// and its baseline even with no work to do. At this bound a drill spends at
+/// most about 40 million events (3 s) on idle polling: 1,024 workers run for
+/// up to 3 days 9 h, 256 workers (the bench) for up to 13 days 13 h.
+pub const MAX_WORKER_POLLS: u64 = 20_000_000;
 
 /// The shortest vector snapshot interval: 10 s, in milliseconds. The
 /// retention ladder keeps every snapshot of the last hour (at most 360 at

@@ -1168,6 +1168,32 @@ fn timer_problems(sc: &Scenario, out: &mut Problems) {
     // The client's floors: 1 ms between retries, 1 s between resubmissions.
     resend_problems("workload.submit_retry", w.submit_retry.ms().max(1), sc, out);
     resend_problems("workload.resubmit_after", w.resubmit_after.ms().max(1_000), sc, out);
+    worker_poll_problems(sc, out);
+}
+
+/// Every idle worker asks for work again every
+/// [`crate::components::worker::LEASE_POLL_US`]: at most
+/// [`limits::MAX_WORKER_POLLS`] requests over the horizon, counting both
+/// regions at full size.
+fn worker_poll_problems(sc: &Scenario, out: &mut Problems) {
+    let workers = u64::from(sc.stack.workers);
+    let poll_ms = crate::components::worker::LEASE_POLL_US / crate::components::ids::US_PER_MS;
+    let polls = workers.saturating_mul(2).saturating_mul(sc.horizon.ms().div_ceil(poll_ms));
+    let max = limits::MAX_WORKER_POLLS;
+    // Past its own limit, `workers` has its own error.
+    if workers == 0 || workers > u64::from(limits::MAX_WORKERS) || polls <= max {
+        return;
+    }
+    let most_workers = max / sc.horizon.ms().div_ceil(poll_ms).saturating_mul(2).max(1);
+    let longest = Dur(max / workers.saturating_mul(2) * poll_ms);
+    out.bad(
+        "stack.workers",
+        format!(
+            "{workers} workers over the {} horizon poll for work up to {polls} times (2 regions × workers × horizon / 30 s), above the limit of {max} (MAX_WORKER_POLLS); write at most {most_workers} workers, or a horizon of at most \"{longest}\"",
+            sc.horizon
+        ),
+        &["horizon"],
+    );
 }
 
 /// The client sends each waiting job again every `every_ms`: at most
