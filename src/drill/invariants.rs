@@ -49,7 +49,9 @@
 //!   stack's configuration ([`Budget::rto_bound_us`]): detection, promotion
 //!   and DNS TTL, scale-up, hydration, lease expiry and recovery scan, the
 //!   provider retry budget, plus the work to run (one step, the queue
-//!   ahead, the next probe). Overlapping faults share their budgets.
+//!   ahead, the next probe), slowed by the provider outages under way.
+//!   Overlapping faults share their budgets: the bound runs to the end of
+//!   the cluster of overlapping recoveries, each with its own slowdown.
 //! - **`tier`**: measured RTO and RPO meet the targets of the tier the
 //!   scenario claims (what `drill::run` has always checked).
 //! - **`retry_budget`**: with circuit breakers, a provider in outage gets at
@@ -1605,37 +1607,35 @@ impl Budget {
         }
     }
 
-    /// Fault `i`'s RTO bound: its own budget plus the work term, extended
-    /// over every fault whose recovery overlaps it (the bound runs to the
-    /// end of the cluster of overlapping recoveries). None when it never
-    /// triggered.
+    /// Fault `i`'s RTO bound: its own budget plus the work term and the
+    /// slowdown of provider outages under way ([`Budget::span_us`]),
+    /// extended over every fault whose recovery overlaps it (the bound runs
+    /// to the end of the cluster of overlapping recoveries). None when it
+    /// never triggered.
+    ///
+    /// Each member of the cluster counts with its own slowdown too: a fault
+    /// that holds the in-flight work up (a tool's schema change, say) ends
+    /// its recovery only once that work has run, and a provider outage
+    /// under way by then slows each of its model steps. A schema change of
+    /// the search API from 0 s to 946 s, its breaker open 60 s after,
+    /// leases 21.1 s, a step 11 s and 246 s of work ends at 1,284 s
+    /// unslowed; anthropic answering 429 with a 34 s retry-after from
+    /// 645.5 s costs each of the 7 model steps a worker may still run
+    /// (2 per task, 3 rounds, plus the probe's) 3 × 0.8 s + 2 × 34 s =
+    /// 70.4 s, 492.8 s in all: the cluster runs to 1,776.8 s, so the
+    /// outage's own bound (738.8 s, to 1,384.3 s) is extended to 1,131.3 s
+    /// (its probe, queued behind the held-up jobs, finished at 1,476.8 s).
     pub fn rto_bound_us(&self, sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Option<Micros> {
         let t0 = onsets.get(i).copied().flatten()?;
         let mut spans: Vec<(Micros, Micros)> = (0..sc.faults.len())
             .filter_map(|j| {
                 let s = onsets[j]?;
-                Some((s, s + self.own_us(sc, j) + self.work_us()))
+                Some((s, s + self.span_us(sc, j, s)))
             })
             .collect();
         spans.sort_unstable();
-        let mut end = t0 + self.own_us(sc, i) + self.work_us();
+        let mut end = t0 + self.span_us(sc, i, t0);
         let mut start = t0;
-        // A provider outage under way slows every model step of the
-        // recovery for as long as it lasts.
-        let slowdown: Micros = sc
-            .faults
-            .iter()
-            .enumerate()
-            .filter_map(|(j, f)| match f {
-                FaultSpec::ProviderOutage { provider, mode, at, duration }
-                    if j != i && at.us() < end && at.us() + duration.us() > t0 =>
-                {
-                    Some(Budget::provider_us(sc, provider, *mode) * (1 + self.model_steps * self.rounds))
-                }
-                _ => None,
-            })
-            .sum();
-        end += slowdown;
         // Grow the cluster until it no longer changes.
         loop {
             let mut changed = false;
@@ -1651,6 +1651,30 @@ impl Budget {
             }
         }
         Some(end - t0)
+    }
+
+    /// Fault `j`'s recovery span from its onset `s`, alone: its own budget
+    /// and the work term, plus, for every other provider outage under way
+    /// during it, that provider's retry budget on each model step of the
+    /// work ahead (an outage slows every model step of the recovery for as
+    /// long as it lasts).
+    fn span_us(&self, sc: &Scenario, j: usize, s: Micros) -> Micros {
+        let own = self.own_us(sc, j) + self.work_us();
+        let end = s + own;
+        let slowdown: Micros = sc
+            .faults
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| match f {
+                FaultSpec::ProviderOutage { provider, mode, at, duration }
+                    if k != j && at.us() < end && at.us() + duration.us() > s =>
+                {
+                    Some(Budget::provider_us(sc, provider, *mode) * (1 + self.model_steps * self.rounds))
+                }
+                _ => None,
+            })
+            .sum();
+        own + slowdown
     }
 
     /// By when every job must be done: the last fault's end (or the last

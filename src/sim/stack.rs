@@ -786,8 +786,19 @@ impl Stack {
             }
             _ => {}
         }
-        if matches!(&self.nodes[h.0 as usize], Node::Queue(q) if !q.active) {
-            self.rejoin_queue_replica(h);
+        match &self.nodes[h.0 as usize] {
+            Node::Queue(q) if !q.active => self.rejoin_queue_replica(h),
+            // An active node back from a loss nobody failed over from (its
+            // peer was down then) takes its peer back as the replica when
+            // the peer is up and idle (it came back first and had no one to
+            // rejoin): without that, the queue never mirrors again and a
+            // later loss of this node has nothing to fail over to.
+            Node::Queue(q) if q.replicated() && !q.mirrors() => {
+                if let Some([qa, qb]) = self.hosts.queue {
+                    self.rejoin_queue_replica(if h == qa { qb } else { qa });
+                }
+            }
+            _ => {}
         }
     }
 
