@@ -306,7 +306,7 @@ mod tests {
         let back = TcpToxic::from_json(&t.to_json()).unwrap();
         assert_eq!(back, t);
         let b = TcpToxic::from_json(&json!({"name":"cut","type":"blackhole"})).unwrap();
-        assert_eq!((b.kind, b.stream), (TcpToxicKind::Blackhole, Stream::Downstream));
+        assert_eq!((&b.kind, b.stream), (&TcpToxicKind::Blackhole, Stream::Downstream));
         assert_eq!(TcpToxic::from_json(&b.to_json()).unwrap().kind, TcpToxicKind::Blackhole);
     }
 
