@@ -2,12 +2,16 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /proxies` | every fake with its listen address and toxics |
-//! | `GET /proxies/{fake}` | one fake |
-//! | `GET /proxies/{fake}/toxics` | its toxics |
-//! | `POST /proxies/{fake}/toxics` | add a toxic: `{"name","type","attributes","count"}` |
-//! | `DELETE /proxies/{fake}/toxics/{name}` | remove it (held requests go on) |
-//! | `POST /reset` | no toxics, empty ledgers, stores and attempts |
+//! | `GET /proxies` | every fake with its listen address and toxics, and every TCP link of a live drill ([`super::net`]) |
+//! | `GET /proxies/{name}` | one fake or link |
+//! | `GET /proxies/{name}/toxics` | its toxics |
+//! | `POST /proxies/{fake}/toxics` | add an HTTP toxic: `{"name","type","attributes","count"}` |
+//! | `POST /proxies/{link}/toxics` | add a TCP toxic: `{"name","type","stream","toxicity","attributes"}` ([`super::net::toxic`]) |
+//! | `DELETE /proxies/{name}/toxics/{toxic}` | remove it (held requests and stalled connections go on) |
+//! | `GET /network/cuts` | the network cuts in force |
+//! | `POST /network/cuts` | cut `{"between": ["region:a", "region:b"]}` (selectors: `*`, `region:R`, `NAME`, `NAME/REPLICA`) or `{"isolate": "a"}`; answers its `id` |
+//! | `DELETE /network/cuts/{id}` | heal one cut |
+//! | `POST /reset` | no toxics, no cuts, empty ledgers, stores and attempts |
 //! | `GET /ledgers/payment`, `/ledgers/email` | the effects (ground truth) |
 //! | `GET /ledgers/models` | each model fake's requests, errors, tokens, cost |
 //! | `GET /attempts[?fake=NAME]` | every request any fake saw (SDK retries included) |
@@ -25,6 +29,7 @@ use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
 use super::http::json_response;
+use super::net::{CutId, LinkInfo, Selector, TcpToxic, TcpToxicError};
 use super::script::{self, Script};
 use super::toxics::Toxic;
 use super::{Fake, Shared, lock};
@@ -37,6 +42,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/proxies/{fake}", get(proxy))
         .route("/proxies/{fake}/toxics", get(list_toxics).post(add_toxic))
         .route("/proxies/{fake}/toxics/{name}", delete(remove_toxic))
+        .route("/network/cuts", get(list_cuts).post(add_cut))
+        .route("/network/cuts/{id}", delete(heal_cut))
         .route("/reset", post(reset))
         .route("/ledgers/payment", get(payment_ledger))
         .route("/ledgers/email", get(email_ledger))
@@ -49,7 +56,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 fn unknown_fake(name: &str) -> Response {
     let names: Vec<&str> = Fake::ALL.iter().map(|f| f.name()).collect();
-    json_response(404, &json!({ "error": format!("no fake called `{name}`; the fakes are {}", names.join(", ")) }))
+    json_response(
+        404,
+        &json!({ "error": format!("no fake or link called `{name}`; the fakes are {} (GET /proxies lists the links)", names.join(", ")) }),
+    )
+}
+
+/// A TCP link in Toxiproxy's proxy shape (plus endpoints and counters).
+fn link_json(l: &LinkInfo) -> Value {
+    json!(l)
 }
 
 fn proxy_json(s: &Shared, f: Fake) -> Value {
@@ -65,24 +80,50 @@ async fn summary(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn proxies(State(s): State<Arc<Shared>>) -> Response {
-    let all: serde_json::Map<String, Value> =
+    let mut all: serde_json::Map<String, Value> =
         Fake::ALL.iter().map(|&f| (f.name().to_owned(), proxy_json(&s, f))).collect();
+    for l in s.net.links() {
+        all.insert(l.name.clone(), link_json(&l));
+    }
     json_response(200, &Value::Object(all))
 }
 
 async fn proxy(State(s): State<Arc<Shared>>, Path(fake): Path<String>) -> Response {
-    Fake::from_name(&fake).map_or_else(|| unknown_fake(&fake), |f| json_response(200, &proxy_json(&s, f)))
+    if let Some(f) = Fake::from_name(&fake) {
+        return json_response(200, &proxy_json(&s, f));
+    }
+    s.net.link(&fake).map_or_else(|| unknown_fake(&fake), |l| json_response(200, &link_json(&l)))
 }
 
 async fn list_toxics(State(s): State<Arc<Shared>>, Path(fake): Path<String>) -> Response {
     match Fake::from_name(&fake) {
         Some(f) => json_response(200, &json!(lock(&s.toxics).list(f.name()))),
-        None => unknown_fake(&fake),
+        None => s.net.link(&fake).map_or_else(|| unknown_fake(&fake), |l| json_response(200, &json!(l.toxics))),
+    }
+}
+
+/// `POST /proxies/{link}/toxics` on a TCP link.
+fn add_link_toxic(s: &Shared, link: &str, body: &[u8]) -> Response {
+    let parsed = serde_json::from_slice::<Value>(body)
+        .map_err(|e| TcpToxicError::Shape(e.to_string()))
+        .and_then(|v| TcpToxic::from_json(&v));
+    let t = match parsed {
+        Ok(t) => t,
+        Err(e) => return json_response(400, &json!({ "error": e.to_string() })),
+    };
+    match s.net.add_toxic(link, t.clone()) {
+        Ok(()) => json_response(200, &t.to_json()),
+        Err(e) => json_response(400, &json!({ "error": e.to_string() })),
     }
 }
 
 async fn add_toxic(State(s): State<Arc<Shared>>, Path(fake): Path<String>, body: axum::body::Bytes) -> Response {
-    let Some(f) = Fake::from_name(&fake) else { return unknown_fake(&fake) };
+    let Some(f) = Fake::from_name(&fake) else {
+        if s.net.link(&fake).is_some() {
+            return add_link_toxic(&s, &fake, &body);
+        }
+        return unknown_fake(&fake);
+    };
     let t: Result<Toxic, _> = serde_json::from_slice::<Value>(&body).and_then(|mut v| {
         // `attributes` may be left out when every attribute has a default.
         if v["type"] == "schema_change" {
@@ -109,7 +150,13 @@ async fn add_toxic(State(s): State<Arc<Shared>>, Path(fake): Path<String>, body:
 }
 
 async fn remove_toxic(State(s): State<Arc<Shared>>, Path((fake, name)): Path<(String, String)>) -> Response {
-    let Some(f) = Fake::from_name(&fake) else { return unknown_fake(&fake) };
+    let Some(f) = Fake::from_name(&fake) else {
+        return match s.net.remove_toxic(&fake, &name) {
+            Ok(true) => StatusCode::NO_CONTENT.into_response(),
+            Ok(false) => json_response(404, &json!({ "error": format!("no toxic `{name}` on `{fake}`") })),
+            Err(_) => unknown_fake(&fake),
+        };
+    };
     let removed = lock(&s.toxics).remove(f.name(), &name);
     s.toxics_changed.notify_waiters();
     if removed {
@@ -117,6 +164,34 @@ async fn remove_toxic(State(s): State<Arc<Shared>>, Path((fake, name)): Path<(St
     } else {
         json_response(404, &json!({ "error": format!("no toxic `{name}` on `{fake}`") }))
     }
+}
+
+async fn list_cuts(State(s): State<Arc<Shared>>) -> Response {
+    let cuts: Vec<Value> = s.net.cuts().into_iter().map(|(id, rule)| json!({ "id": id.0, "rule": rule })).collect();
+    json_response(200, &json!(cuts))
+}
+
+async fn add_cut(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let between: Option<Vec<&str>> =
+        v.get("between").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
+    let id = match (between.as_deref(), v.get("isolate").and_then(Value::as_str)) {
+        (Some([a, b]), None) => s.net.cut(Selector::parse(a), Selector::parse(b)),
+        (None, Some(r)) => s.net.isolate(r),
+        _ => {
+            let hint = "expected {\"between\": [\"region:a\", \"region:b\"]} (selectors: *, region:R, NAME, NAME/REPLICA) or {\"isolate\": \"a\"}";
+            return json_response(400, &json!({ "error": format!("bad cut; {hint}") }));
+        }
+    };
+    json_response(200, &json!({ "id": id.0 }))
+}
+
+async fn heal_cut(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
+    if !s.net.cuts().iter().any(|(c, _)| c.0 == id) {
+        return json_response(404, &json!({ "error": format!("no cut {id}; GET /network/cuts lists them") }));
+    }
+    s.net.heal(CutId(id));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn reset(State(s): State<Arc<Shared>>) -> Response {

@@ -33,6 +33,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::killpoint::{Fired, Point};
+use super::net::{Endpoint, Selector, TcpToxic};
 use super::scenario::{DoneWhen, LiveFault, LiveScenario, env_name, expand};
 use super::supervisor::{self, ExitRecord, Spec, Supervisor};
 use super::toxics::{Toxic, ToxicKind};
@@ -109,6 +110,14 @@ pub enum LiveRunError {
         /// Cause.
         source: super::killpoint::ArmError,
     },
+    /// The TCP proxies could not be set up.
+    #[error("{scenario}: cannot set up the TCP proxies between components: {source}")]
+    Net {
+        /// Scenario.
+        scenario: String,
+        /// Cause.
+        source: super::net::NetError,
+    },
     /// The runtime could not start.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),
@@ -142,8 +151,81 @@ fn slot_of(reps: &[Replica], process: &str, replica: u16) -> Option<usize> {
     reps.iter().position(|r| r.process == process && r.replica == replica)
 }
 
+/// The proxies of a drill: every address a replica is handed is a link of
+/// `Shared::net` (its own per fake, per peer and to the database).
+#[derive(Debug, Default)]
+struct Wiring {
+    /// Per slot, per fake (in [`Fake::ALL`] order).
+    fakes: Vec<Vec<SocketAddr>>,
+    /// (slot, process) → the link from the slot to that process's replica 0.
+    peers: FxHashMap<(usize, String), SocketAddr>,
+    /// (slot, process) → the link from that process's replica 0 to the slot.
+    replies: FxHashMap<(usize, String), SocketAddr>,
+    /// Per slot, the link to the database.
+    db: Vec<SocketAddr>,
+    /// The link from the client (the submitter) to the submit process.
+    submit: Option<SocketAddr>,
+}
+
+fn endpoint(sc: &LiveScenario, r: &Replica) -> Endpoint {
+    let region = sc.processes.iter().find(|p| p.name == r.process).map_or("a", |p| p.region.as_str());
+    Endpoint::replica(&r.process, r.replica, region)
+}
+
+/// Puts a harness proxy on every connection between components.
+async fn wire(
+    sc: &LiveScenario,
+    served: &Served,
+    reps: &[Replica],
+    db: Option<SocketAddr>,
+) -> Result<Wiring, super::net::NetError> {
+    let net = &served.shared.net;
+    let mut w = Wiring::default();
+    let mut made: FxHashMap<String, SocketAddr> = FxHashMap::default();
+    for (slot, r) in reps.iter().enumerate() {
+        let me = endpoint(sc, r);
+        let slot16 = u16::try_from(slot).expect("at most MAX_SENDER_SLOTS");
+        let mut fakes = Vec::with_capacity(Fake::ALL.len());
+        for f in Fake::ALL {
+            let to = Endpoint::component(f.name(), f.region());
+            fakes.push(net.add_link(me.clone(), to, served.shared.addr_for(f, Some(slot16))).await?);
+        }
+        w.fakes.push(fakes);
+        for q in &sc.processes {
+            let Some(q0) = reps.iter().find(|x| x.process == q.name && x.replica == 0) else { continue };
+            if q0.process == r.process && q0.replica == r.replica {
+                continue;
+            }
+            let them = endpoint(sc, q0);
+            for (from, to, upstream, map) in
+                [(&me, &them, q0.listen, &mut w.peers), (&them, &me, r.listen, &mut w.replies)]
+            {
+                let key = format!("{}>{}", from.label(), to.label());
+                let addr = match made.get(&key) {
+                    Some(a) => *a,
+                    None => {
+                        let a = net.add_link(from.clone(), to.clone(), upstream).await?;
+                        made.insert(key, a);
+                        a
+                    }
+                };
+                map.insert((slot, q.name.clone()), addr);
+            }
+        }
+        if let Some(db) = db {
+            w.db.push(net.add_link(me.clone(), Endpoint::component("postgres", Some("a")), db).await?);
+        }
+    }
+    if let Some(p) = &sc.submit.process
+        && let Some(s0) = reps.iter().find(|x| &x.process == p && x.replica == 0)
+    {
+        w.submit = Some(net.add_link(Endpoint::component("client", None), endpoint(sc, s0), s0.listen).await?);
+    }
+    Ok(w)
+}
+
 /// The environment of every replica (the process contract).
-fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std::path::Path) -> Vec<Spec> {
+fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std::path::Path, w: &Wiring) -> Vec<Spec> {
     // `${AGENTDRILL_BIN}` is this very binary unless the environment says
     // otherwise: the reference stack's processes are `agentdrill stack …`.
     let host = |n: &str| {
@@ -151,28 +233,33 @@ fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std:
             (n == "AGENTDRILL_BIN").then(|| std::env::current_exe().ok().map(|p| p.display().to_string())).flatten()
         })
     };
-    let peers: Vec<(String, String)> = sc
-        .processes
-        .iter()
-        .filter_map(|p| {
-            let r0 = reps.iter().find(|r| r.process == p.name && r.replica == 0)?;
-            Some((format!("AGENTDRILL_PEER_{}_URL", env_name(&p.name)), format!("http://{}", r0.listen)))
-        })
-        .collect();
-    let submit_url = sc.submit.process.as_ref().and_then(|n| {
-        let r0 = reps.iter().find(|r| &r.process == n && r.replica == 0)?;
-        Some(format!("http://{}{}", r0.listen, sc.submit.path))
-    });
     reps.iter()
         .enumerate()
         .map(|(slot, r)| {
             let p = sc.processes.iter().find(|p| p.name == r.process).expect("replicas come from processes");
-            let slot16 = u16::try_from(slot).expect("at most MAX_SENDER_SLOTS");
             let mut env: Vec<(String, String)> =
-                served.env_for(Some(slot16)).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            env.extend(peers.iter().cloned());
-            if let Some(u) = &submit_url {
-                env.push(("AGENTDRILL_SUBMIT_URL".into(), u.clone()));
+                served.env_via(|f| w.fakes[slot][f.index()]).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            // Peers (replica 0 of each process) through the links; a
+            // replica 0 reaches itself directly.
+            let peer = |q: &str| {
+                w.peers
+                    .get(&(slot, q.to_owned()))
+                    .copied()
+                    .or_else(|| reps.iter().find(|x| x.process == q && x.replica == 0).map(|x| x.listen))
+            };
+            for q in &sc.processes {
+                if let Some(a) = peer(&q.name) {
+                    env.push((format!("AGENTDRILL_PEER_{}_URL", env_name(&q.name)), format!("http://{a}")));
+                }
+                if let Some(a) = w.replies.get(&(slot, q.name.clone())) {
+                    env.push((format!("AGENTDRILL_PEER_{}_REPLY_URL", env_name(&q.name)), format!("http://{a}")));
+                }
+            }
+            if let Some(a) = sc.submit.process.as_deref().and_then(peer) {
+                env.push(("AGENTDRILL_SUBMIT_URL".into(), format!("http://{a}{}", sc.submit.path)));
+            }
+            if let Some(a) = w.db.get(slot) {
+                env.push(("DATABASE_URL".into(), super::pg::url_for(*a)));
             }
             env.push(("AGENTDRILL_PROCESS".into(), r.process.clone()));
             env.push(("AGENTDRILL_REPLICA".into(), r.replica.to_string()));
@@ -306,14 +393,16 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
         std::fs::create_dir_all(&dir)
             .map_err(|source| supervisor::SupervisorError::RunDir { path: dir.clone(), source })?;
     }
-    let mut specs = specs(sc, &served, &reps, &state_root);
-    if let Some(db) = &database {
-        for spec in &mut specs {
-            spec.env.push(("DATABASE_URL".into(), db.url()));
+    let wiring = match wire(sc, &served, &reps, database.as_ref().map(|d| d.addr())).await {
+        Ok(w) => w,
+        Err(source) => {
+            served.shutdown().await;
+            return Err(LiveRunError::Net { scenario: sc.name.clone(), source });
         }
-    }
+    };
+    let specs = specs(sc, &served, &reps, &state_root, &wiring);
     let sup = Arc::new(Supervisor::start(&root, specs)?);
-    let outcome = drive(sc, &served, &reps, &sup).await;
+    let outcome = drive(sc, &served, &reps, &sup, wiring.submit).await;
     let sup = Arc::try_unwrap(sup).expect("the drill holds the only handle");
     let run_dir = sup.run_dir.clone();
     let exits = tokio::task::spawn_blocking(move || sup.stop_keeping_folder()).await.unwrap_or_default();
@@ -428,6 +517,10 @@ enum Timed {
     Cont(usize),
     OutageOn(usize, Fake, u16),
     OutageOff(Fake),
+    CutOn(usize, Selector, Selector),
+    CutOff(usize),
+    ToxicOn(usize, Selector, Selector, TcpToxic),
+    ToxicOff(usize),
 }
 
 async fn drive(
@@ -435,6 +528,7 @@ async fn drive(
     served: &Served,
     reps: &[Replica],
     sup: &Arc<Supervisor>,
+    submit_via: Option<SocketAddr>,
 ) -> Result<Driven, LiveRunError> {
     let shared = &served.shared;
     wait_ready(sc, reps, sup).await?;
@@ -471,13 +565,30 @@ async fn drive(
                 timed.push((at.ms(), Timed::OutageOn(i, provider.fake(), *status)));
                 timed.push((at.ms() + duration.ms(), Timed::OutageOff(provider.fake())));
             }
+            LiveFault::Partition { between, at, duration } => {
+                let (a, b) = (Selector::parse(&between[0]), Selector::parse(&between[1]));
+                timed.push((at.ms(), Timed::CutOn(i, a, b)));
+                timed.push((at.ms() + duration.ms(), Timed::CutOff(i)));
+            }
+            LiveFault::Network { toxic, between, direction, toxicity, at, duration } => {
+                let (a, b) = (Selector::parse(&between[0]), Selector::parse(&between[1]));
+                let t = TcpToxic {
+                    name: format!("fault-{i}"),
+                    kind: toxic.clone(),
+                    stream: *direction,
+                    toxicity: *toxicity,
+                };
+                timed.push((at.ms(), Timed::ToxicOn(i, a, b, t)));
+                timed.push((at.ms() + duration.ms(), Timed::ToxicOff(i)));
+            }
         }
     }
+    let mut cuts: FxHashMap<usize, super::net::CutId> = FxHashMap::default();
     timed.sort_by_key(|t| t.0);
     let mut timed = std::collections::VecDeque::from(timed);
     let submit_url = sc.submit.process.as_ref().map(|p| {
         let slot = slot_of(reps, p, 0).expect("validated");
-        format!("http://{}{}", reps[slot].listen, sc.submit.path)
+        format!("http://{}{}", submit_via.unwrap_or(reps[slot].listen), sc.submit.path)
     });
     let env: Vec<(String, String)> = served.env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let (acc_tx, mut acc_rx) = mpsc::unbounded_channel();
@@ -574,6 +685,25 @@ async fn drive(
                         lock(&shared.toxics).remove(fake.name(), &n);
                     }
                     shared.toxics_changed.notify_waiters();
+                }
+                Timed::CutOn(i, a, b) => {
+                    onsets[i] = Onset { at_us: Some(now), ..Onset::default() };
+                    cuts.insert(i, shared.net.cut(a, b));
+                }
+                Timed::CutOff(i) => {
+                    if let Some(id) = cuts.remove(&i) {
+                        shared.net.heal(id);
+                    }
+                }
+                Timed::ToxicOn(i, a, b, t) => {
+                    onsets[i] = Onset { at_us: Some(now), ..Onset::default() };
+                    match shared.net.add_toxic_where(&a, &b, &t) {
+                        Ok(links) => tracing::info!(fault = i, links = links.len(), "network toxic on"),
+                        Err(e) => tracing::error!(error = %e, "network toxic refused"),
+                    }
+                }
+                Timed::ToxicOff(i) => {
+                    shared.net.remove_toxic_everywhere(&format!("fault-{i}"));
                 }
             }
         }

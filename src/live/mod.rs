@@ -14,6 +14,8 @@
 //! - [`http`]: the accept loop, the per-request middleware (toxics, attempts,
 //!   request logs) and response helpers;
 //! - [`payment`], [`email`], [`model`], [`vector`]: the fakes;
+//! - [`net`]: the TCP proxies between components (links, partitions,
+//!   network toxics), listed by the control API next to the fakes;
 //! - [`loadgen`]: the load generator `agentdrill bench` runs in a child process;
 //! - [`stack`]: the live reference stack (`agentdrill stack orchestrator|worker`):
 //!   the simulator's orchestrator and worker behind a live `Env`.
@@ -29,6 +31,7 @@ pub mod http;
 pub mod killpoint;
 pub mod loadgen;
 pub mod model;
+pub mod net;
 pub mod payment;
 pub mod pg;
 pub mod scenario;
@@ -87,6 +90,16 @@ impl Fake {
             Fake::Local => "local",
             Fake::VectorA => "vector-a",
             Fake::VectorB => "vector-b",
+        }
+    }
+
+    /// The region a fake runs in: the vector stores are one per region, the
+    /// SaaS APIs are outside every region (None).
+    pub fn region(self) -> Option<&'static str> {
+        match self {
+            Fake::VectorA => Some("a"),
+            Fake::VectorB => Some("b"),
+            _ => None,
         }
     }
 
@@ -233,6 +246,8 @@ pub struct Shared {
     pub killpoints: killpoint::Table,
     /// When a model fake first served each job's final answer (µs since start).
     pub finals: Mutex<rustc_hash::FxHashMap<u32, Micros>>,
+    /// The TCP proxies between components (live drills add their links).
+    pub net: net::Network,
     next_id: AtomicU64,
 }
 
@@ -281,8 +296,10 @@ impl Shared {
         lock(&self.finals).entry(job).or_insert(now);
     }
 
-    /// Back to the state at start: no toxics, empty ledgers and stores.
+    /// Back to the state at start: no toxics (on the fakes and on the TCP
+    /// links), no network cuts, empty ledgers and stores.
     pub fn reset(&self) {
+        self.net.reset();
         lock(&self.toxics).clear();
         self.toxics_changed.notify_waiters();
         *lock(&self.payment) = payment::PaymentState::new(&self.cfg);
@@ -316,7 +333,13 @@ impl Served {
     /// The base URLs of the fakes on sender `slot`'s own ports (the shared
     /// ports for None).
     pub fn env_for(&self, slot: Option<u16>) -> Vec<(&'static str, String)> {
-        let url = |f| format!("http://{}", self.shared.addr_for(f, slot));
+        self.env_via(|f| self.shared.addr_for(f, slot))
+    }
+
+    /// The base URLs of the fakes, each fake reached at `addr(fake)` (a
+    /// live drill's proxy in front of the replica's own port).
+    pub fn env_via(&self, addr: impl Fn(Fake) -> SocketAddr) -> Vec<(&'static str, String)> {
+        let url = |f| format!("http://{}", addr(f));
         vec![
             ("ANTHROPIC_BASE_URL", url(Fake::Anthropic)),
             ("OPENAI_BASE_URL", format!("{}/v1", url(Fake::Openai))),
@@ -334,8 +357,10 @@ impl Served {
         self.env().iter().map(|(k, v)| format!("export {k}={v}\n")).collect()
     }
 
-    /// Stops accepting, closes every connection and waits for the servers.
+    /// Stops accepting, closes every connection (the proxies' too) and
+    /// waits for the servers.
     pub async fn shutdown(self) {
+        self.shared.net.shutdown().await;
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -378,6 +403,7 @@ pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
         slot_addrs,
         killpoints: killpoint::Table::default(),
         finals: Mutex::new(rustc_hash::FxHashMap::default()),
+        net: net::Network::new(cfg.seed),
         next_id: AtomicU64::new(1),
         cfg,
     });

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Fake;
 use super::killpoint::KillPhase;
+use super::net::{Selector, Stream, TcpToxic, TcpToxicKind};
 use crate::drill::loader::line_col;
 use crate::drill::scenario::{Dur, Expect, ScenarioError};
 use crate::drill::tier::TierSpec;
@@ -134,6 +135,15 @@ fn yes() -> bool {
 }
 fn default_status() -> u16 {
     529
+}
+fn any_pair() -> [String; 2] {
+    ["*".into(), "*".into()]
+}
+fn both_ways() -> Stream {
+    Stream::Both
+}
+fn always() -> f64 {
+    1.0
 }
 
 /// The fakes' settings.
@@ -362,6 +372,38 @@ pub enum LiveFault {
         /// How long the sender stays stopped.
         duration: Dur,
     },
+    /// Cuts the network between two sides at `at` for `duration`: every TCP
+    /// link between them passes nothing (open connections stall, new ones
+    /// go nowhere), then the bytes flow again. Sides are `region:a`,
+    /// `region:b`, a process (`worker`), one replica (`worker/1`), a fake
+    /// (`payment`, `vector-b`, …), `postgres` or `client` (the submitter).
+    Partition {
+        /// The two sides.
+        between: [String; 2],
+        /// When, from the first submission.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+    },
+    /// A TCP toxic (latency, loss, reset_peer, blackhole, bandwidth) on every
+    /// link between two sides (default: every link) at `at` for `duration`.
+    Network {
+        /// What it does: `{ type = "latency", latency_ms = 300, jitter_ms = 50 }`.
+        toxic: TcpToxicKind,
+        /// The two sides (as for `partition`; `*` is every endpoint).
+        #[serde(default = "any_pair")]
+        between: [String; 2],
+        /// `upstream` (requests), `downstream` (answers) or `both`.
+        #[serde(default = "both_ways")]
+        direction: Stream,
+        /// Probability that it applies to a connection, in [0, 1].
+        #[serde(default = "always")]
+        toxicity: f64,
+        /// When, from the first submission.
+        at: Dur,
+        /// How long.
+        duration: Dur,
+    },
     /// A model provider answers every request with `status` for `duration`.
     ProviderOutage {
         /// `anthropic`, `openai` or `local`.
@@ -385,6 +427,8 @@ impl LiveFault {
             LiveFault::Pause { .. } => "pause",
             LiveFault::PauseAtCall { .. } => "pause_at_call",
             LiveFault::ProviderOutage { .. } => "provider_outage",
+            LiveFault::Partition { .. } => "partition",
+            LiveFault::Network { .. } => "network",
         }
     }
 }
@@ -550,6 +594,25 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
                 }
                 at(&mut p, *d);
             }
+            LiveFault::Partition { between, at: d, duration } => {
+                side_problems(sc, i, between, false, &mut p);
+                window_problems(i, *duration, &mut p);
+                at(&mut p, *d);
+            }
+            LiveFault::Network { toxic, between, direction, toxicity, at: d, duration } => {
+                side_problems(sc, i, between, true, &mut p);
+                let t = TcpToxic {
+                    name: format!("faults[{i}]"),
+                    kind: toxic.clone(),
+                    stream: *direction,
+                    toxicity: *toxicity,
+                };
+                if let Err(e) = t.validate() {
+                    p(&format!("faults[{i}].toxic"), e.to_string());
+                }
+                window_problems(i, *duration, &mut p);
+                at(&mut p, *d);
+            }
             LiveFault::ProviderOutage { provider, status, at: d, .. } => {
                 if !matches!(provider, Api::Anthropic | Api::Openai | Api::Local) {
                     p(&format!("faults[{i}].provider"), "a provider is `anthropic`, `openai` or `local`".into());
@@ -562,6 +625,45 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Problems with a cut's or a network toxic's two sides: each names a
+/// region, a process (or one replica), a fake, `postgres` (with a
+/// `[database]`) or `client`; `*` only where `any` allows it.
+fn side_problems(sc: &LiveScenario, i: usize, between: &[String; 2], any: bool, p: &mut dyn FnMut(&str, String)) {
+    for (k, side) in between.iter().enumerate() {
+        let field = format!("faults[{i}].between[{k}]");
+        let known = match Selector::parse(side) {
+            Selector::Any => any,
+            Selector::Region(r) => ["a", "b"].contains(&r.as_str()),
+            Selector::Replica(n, r) => sc.processes.iter().any(|q| q.name == n && r < q.replicas),
+            Selector::Component(n) => {
+                sc.processes.iter().any(|q| q.name == n)
+                    || Fake::from_name(&n).is_some()
+                    || n == "client"
+                    || (n == "postgres" && sc.database.is_some())
+            }
+        };
+        if !known {
+            let star = if any { "`*`, " } else { "" };
+            p(
+                &field,
+                format!(
+                    "`{side}` names nothing in this drill; use {star}`region:a`, `region:b`, a process (`NAME` or `NAME/REPLICA`), a fake (`payment`, `email`, `anthropic`, `openai`, `local`, `vector-a`, `vector-b`), `client`{}",
+                    if sc.database.is_some() { " or `postgres`" } else { "" }
+                ),
+            );
+        }
+    }
+    if between[0] == between[1] && between[0] != "*" {
+        p(&format!("faults[{i}].between"), format!("both sides are `{}`; name two different sides", between[0]));
+    }
+}
+
+fn window_problems(i: usize, duration: Dur, p: &mut dyn FnMut(&str, String)) {
+    if duration.ms() == 0 {
+        p(&format!("faults[{i}].duration"), "is 0; give how long the fault lasts (e.g. \"3s\")".into());
+    }
 }
 
 /// A live drill in words, without running it: what starts, how jobs
@@ -584,7 +686,10 @@ pub fn explain(sc: &LiveScenario) -> String {
         t.invariants.iter().map(|i| i.counts()).collect::<Vec<_>>().join(", zero "),
         if sc.expect == Expect::Fail { "caught (an anti-pattern drill)" } else { "pass" }
     );
-    let _ = writeln!(o, "\nProcesses (each replica in its own process group, with its own port on every fake):");
+    let _ = writeln!(
+        o,
+        "\nProcesses (each replica in its own process group, with its own port on every fake; every connection between components crosses a harness TCP proxy):"
+    );
     for p in &sc.processes {
         let _ = writeln!(
             o,
@@ -642,6 +747,17 @@ pub fn explain(sc: &LiveScenario) -> String {
             LiveFault::ProviderOutage { provider, status, at, duration } => {
                 format!("the {provider:?} fake answers HTTP {status} from {at} for {duration}")
             }
+            LiveFault::Partition { between, at, duration } => format!(
+                "cut the network between {} and {} from {at} for {duration}: every TCP link between them passes nothing (open connections stall, new ones go nowhere), then the held bytes flow again",
+                between[0], between[1]
+            ),
+            LiveFault::Network { toxic, between, direction, toxicity, at, duration } => format!(
+                "a {} toxic ({}) on the links between {} and {} ({direction:?}, toxicity {toxicity}) from {at} for {duration}",
+                toxic.name(),
+                serde_json::to_string(toxic).unwrap_or_default(),
+                between[0],
+                between[1]
+            ),
         };
         let _ = writeln!(o, "  - {line}");
     }
@@ -701,6 +817,37 @@ mod tests {
         let e = parse(Path::new("x.toml"), &text).unwrap_err().to_string();
         assert!(e.contains("x.toml: faults[0].process: no process called `wrker`"), "{e}");
         assert!(e.contains("faults[0].at: 30s is at or after the horizon"), "{e}");
+    }
+
+    #[test]
+    fn reads_network_faults_and_locates_their_errors() {
+        let good = format!(
+            "{OK}[[faults]]\nkind = \"partition\"\nbetween = [\"region:a\", \"region:b\"]\nat = \"1s\"\nduration = \"3s\"\n\
+             [[faults]]\nkind = \"network\"\nbetween = [\"worker/0\", \"payment\"]\nat = \"2s\"\nduration = \"1s\"\n\
+             toxic = {{ type = \"latency\", latency_ms = 300, jitter_ms = 50 }}\n"
+        );
+        let l = parse(Path::new("x.toml"), &good).unwrap();
+        assert!(matches!(
+            &l.scenario.faults[1],
+            LiveFault::Network {
+                toxic: TcpToxicKind::Latency { latency_ms: 300, jitter_ms: 50 },
+                direction: Stream::Both,
+                ..
+            }
+        ));
+        assert!(explain(&l.scenario).contains("cut the network between region:a and region:b from 1s for 3s"));
+        let bad = good
+            .replace("\"worker/0\"", "\"worker/3\"")
+            .replace("\"region:b\"", "\"region:c\"")
+            .replace("duration = \"3s\"", "duration = \"0s\"");
+        let e = parse(Path::new("x.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains("x.toml: faults[0].between[1]: `region:c` names nothing"), "{e}");
+        assert!(e.contains("faults[0].duration: is 0"), "{e}");
+        assert!(e.contains("faults[1].between[0]: `worker/3` names nothing"), "{e}");
+        let e = parse(Path::new("x.toml"), &good.replace("latency_ms = 300", "latency = 300")).unwrap_err().to_string();
+        assert!(e.contains("latency"), "{e}");
+        let e = parse(Path::new("x.toml"), &good.replace("region:b", "postgres")).unwrap_err().to_string();
+        assert!(e.contains("`postgres` names nothing"), "{e}");
     }
 
     #[test]

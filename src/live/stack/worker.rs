@@ -149,7 +149,12 @@ async fn serve(cfg: WorkerConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (AGENTDRILL_LISTEN_ADDR): {e}", cfg.listen))?;
-    let my_url = format!("http://{}", listener.local_addr()?);
+    // Where the orchestrator reaches this worker: the harness's proxy in a
+    // live drill (`AGENTDRILL_PEER_ORCHESTRATOR_REPLY_URL`), else the listener.
+    let my_url = match std::env::var("AGENTDRILL_PEER_ORCHESTRATOR_REPLY_URL").ok().filter(|v| !v.is_empty()) {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
     let app = axum::Router::new()
         .route("/msg", post(receive))
         .route("/health", get(|| async { "worker up" }))
