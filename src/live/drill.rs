@@ -42,6 +42,9 @@ use crate::components::ids::{JobId, Micros};
 use crate::drill::measure::{Counts, FaultResult, RpoSurfaces, RtoParts};
 use crate::drill::{Cost, DrillResult};
 
+/// Environment variable that overrides every scenario's `[database]
+/// backend` (`local` or `docker`), e.g. to run the catalogue on both in CI.
+pub const DB_BACKEND_ENV: &str = "AGENTDRILL_DB_BACKEND";
 /// How often the harness looks at the ledgers, in ms.
 pub const POLL_MS: u64 = 20;
 /// Most time one HTTP submission may take, in ms.
@@ -253,6 +256,26 @@ struct Regions {
     standby: Vec<usize>,
     /// Slots of the processes a standby takes over (kept down once failed over).
     taken_over: Vec<usize>,
+    /// Listen ports of replicas that are down for a while (standby, lost
+    /// region), held by the harness so no outgoing connection's local port
+    /// takes them meanwhile; released just before the replica starts.
+    reserved: Arc<std::sync::Mutex<BTreeMap<usize, std::net::TcpListener>>>,
+    /// Every replica's listen address, by slot.
+    listens: Vec<SocketAddr>,
+}
+
+impl Regions {
+    fn reserve(&self, slot: usize) {
+        if let Some(addr) = self.listens.get(slot)
+            && let Ok(l) = std::net::TcpListener::bind(addr)
+        {
+            lock(&self.reserved).insert(slot, l);
+        }
+    }
+
+    fn release(&self, slot: usize) {
+        lock(&self.reserved).remove(&slot);
+    }
 }
 
 /// Stable addresses for the processes a standby takes over: their
@@ -264,6 +287,16 @@ async fn stable_services(
     specs: &mut [Spec],
     regions: &mut Regions,
 ) -> std::io::Result<Option<SocketAddr>> {
+    regions.listens = reps.iter().map(|r| r.listen).collect();
+    for (i, r) in reps.iter().enumerate() {
+        let p = sc.processes.iter().find(|p| p.name == r.process).expect("replicas come from processes");
+        if p.is_standby() {
+            regions.standby.push(i);
+            regions.reserve(i);
+        } else if p.region == "a" {
+            regions.region_a.push(i);
+        }
+    }
     let mut submit_addr = None;
     for p in sc.processes.iter().filter(|p| p.takes_over.is_some()) {
         let target = p.takes_over.as_deref().expect("filtered");
@@ -282,14 +315,6 @@ async fn stable_services(
         }
         regions.services.push((link, reps[to].listen));
         regions.taken_over.extend((0..reps.len()).filter(|&i| reps[i].process == target));
-    }
-    for (i, r) in reps.iter().enumerate() {
-        let p = sc.processes.iter().find(|p| p.name == r.process).expect("replicas come from processes");
-        if p.is_standby() {
-            regions.standby.push(i);
-        } else if p.region == "a" {
-            regions.region_a.push(i);
-        }
     }
     Ok(submit_addr)
 }
@@ -473,9 +498,11 @@ async fn start_database(sc: &LiveScenario, root: &std::path::Path) -> Result<Opt
     let run_dir = Supervisor::run_dir_in(root);
     let run_id = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut opts = super::pg::PgOptions::local(run_dir, run_id);
-    opts.backend = match spec.backend {
-        super::scenario::DbBackend::Local => super::pg::Backend::Local,
-        super::scenario::DbBackend::Docker => super::pg::Backend::Docker,
+    opts.backend = match (std::env::var(DB_BACKEND_ENV).as_deref(), spec.backend) {
+        (Ok("docker"), _) => super::pg::Backend::Docker,
+        (Ok("local"), _) => super::pg::Backend::Local,
+        (_, super::scenario::DbBackend::Local) => super::pg::Backend::Local,
+        (_, super::scenario::DbBackend::Docker) => super::pg::Backend::Docker,
     };
     let err = |source| LiveRunError::Database { scenario: sc.name.clone(), source };
     if spec.standby {
@@ -570,6 +597,7 @@ enum Timed {
     OutageOff(Fake),
     RegionLoss(usize),
     RegionBack,
+    Lag(usize, u64),
 }
 
 async fn drive(
@@ -606,6 +634,13 @@ async fn drive(
             LiveFault::ProviderOutage { provider, status, at, duration } => {
                 timed.push((at.ms(), Timed::OutageOn(i, provider.fake(), *status)));
                 timed.push((at.ms() + duration.ms(), Timed::OutageOff(provider.fake())));
+            }
+            LiveFault::ReplicationLag { latency, at, duration } => {
+                timed.push((at.ms(), Timed::Lag(i, latency.ms())));
+                if let Some(d) = duration {
+                    let base = sc.database.as_ref().and_then(|d| d.replication_latency).map_or(0, |l| l.ms());
+                    timed.push((at.ms() + d.ms(), Timed::Lag(usize::MAX, base)));
+                }
             }
             LiveFault::RegionLoss { at, duration, .. } => {
                 timed.push((at.ms(), Timed::RegionLoss(i)));
@@ -694,6 +729,14 @@ async fn drive(
                     loss_at = Some(std::time::SystemTime::now());
                     lose_region_a(regions, sup).await;
                 }
+                Timed::Lag(i, ms) => {
+                    if let Some(o) = onsets.get_mut(i) {
+                        *o = Onset { at_us: Some(now), ..Onset::default() };
+                    }
+                    if let Some(pair) = &regions.pair {
+                        pair.replication.set_latency_ms(ms);
+                    }
+                }
                 Timed::RegionBack => {
                     let failed_over = match &controller {
                         Some(c) => lock(&c.timeline).promoted_us.is_some(),
@@ -751,7 +794,7 @@ fn start_controller(
     if !loses || sc.failover.by != super::scenario::FailoverBy::Harness {
         return None;
     }
-    let (s, slots) = (sup.clone(), regions.standby.clone());
+    let (s, slots, reserved) = (sup.clone(), regions.standby.clone(), regions.reserved.clone());
     let shared = served.shared.clone();
     let started = failover::start(
         sc.failover.config(),
@@ -759,7 +802,12 @@ fn start_controller(
         failover::Targets {
             db: pair,
             services: regions.services.iter().map(|(l, to)| (l.clone(), *to)).collect(),
-            scale_up: Box::new(move || slots.iter().for_each(|&i| s.start_slot(i))),
+            scale_up: Box::new(move || {
+                for &i in &slots {
+                    lock(&reserved).remove(&i);
+                    s.start_slot(i);
+                }
+            }),
             clock: Arc::new(move || shared.now_us()),
         },
     );
@@ -781,6 +829,9 @@ async fn lose_region_a(regions: &Regions, sup: &Arc<Supervisor>) {
         pair.lose_region_a().await;
     }
     let _ = kill.await;
+    for &i in &regions.region_a {
+        regions.reserve(i);
+    }
     tracing::info!("region a lost");
 }
 
@@ -792,6 +843,7 @@ fn region_a_back(regions: &Regions, sup: &Arc<Supervisor>, failed_over: bool) {
         pair.region_a_back();
     }
     for &i in regions.region_a.iter().filter(|i| !(failed_over && regions.taken_over.contains(i))) {
+        regions.release(i);
         sup.start_slot(i);
     }
     tracing::info!(failed_over, "region a back");
@@ -978,6 +1030,11 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven) -> FaultResult {
     let watched: Vec<&JobTruth> = in_flight.into_iter().chain(next).collect();
     let rto_us = watched.iter().try_fold(0, |acc: Micros, j| j.done_us.map(|t| acc.max(t.saturating_sub(onset))));
     r.rto_s = rto_us.map(s_of);
+    if let LiveFault::ReplicationLag { .. } = f {
+        // A lag stops nothing: its cost shows in the region loss's RPO.
+        r.rto_s = Some(0.0);
+        return r;
+    }
     if let LiveFault::RegionLoss { .. } = f {
         if let Some(rpo) = &d.rpo {
             r.rpo.structured_state_s = rpo.rpo_ms / 1000.0;

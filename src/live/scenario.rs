@@ -468,6 +468,17 @@ pub enum LiveFault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duration: Option<Dur>,
     },
+    /// The replication link (primary → standby) holds every chunk
+    /// `latency` from `at`, for `duration` (or to the end): a lag spike.
+    ReplicationLag {
+        /// Latency added to the link, e.g. `"1500ms"`.
+        latency: Dur,
+        /// When, from the first submission.
+        at: Dur,
+        /// How long (to the end when left out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration: Option<Dur>,
+    },
     /// A model provider answers every request with `status` for `duration`.
     ProviderOutage {
         /// `anthropic`, `openai` or `local`.
@@ -491,6 +502,7 @@ impl LiveFault {
             LiveFault::Pause { .. } => "pause",
             LiveFault::ProviderOutage { .. } => "provider_outage",
             LiveFault::RegionLoss { .. } => "region_loss",
+            LiveFault::ReplicationLag { .. } => "replication_lag",
         }
     }
 }
@@ -680,6 +692,15 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
                 region_loss_problems(sc, i, region, *duration, &mut p);
                 at(&mut p, *d);
             }
+            LiveFault::ReplicationLag { at: d, .. } => {
+                if !sc.database.as_ref().is_some_and(|d| d.standby) {
+                    p(
+                        &format!("faults[{i}]"),
+                        "a replication lag needs a standby: add [database] standby = true".into(),
+                    );
+                }
+                at(&mut p, *d);
+            }
             LiveFault::ProviderOutage { provider, status, at: d, .. } => {
                 if !matches!(provider, Api::Anthropic | Api::Openai | Api::Local) {
                     p(&format!("faults[{i}].provider"), "a provider is `anthropic`, `openai` or `local`".into());
@@ -799,6 +820,10 @@ pub fn explain(sc: &LiveScenario) -> String {
             LiveFault::ProviderOutage { provider, status, at, duration } => {
                 format!("the {provider:?} fake answers HTTP {status} from {at} for {duration}")
             }
+            LiveFault::ReplicationLag { latency, at, duration } => format!(
+                "the replication link holds every chunk {latency} from {at}{}",
+                duration.map_or(" to the end".to_owned(), |d| format!(" for {d}"))
+            ),
             LiveFault::RegionLoss { region, at, duration } => format!(
                 "region {region} lost at {at}{}: its processes SIGKILLed, its links blackholed, its PostgreSQL primary killed; {}",
                 duration.map_or(String::new(), |d| format!(" for {d}")),
