@@ -27,6 +27,7 @@
 pub mod control;
 pub mod drill;
 pub mod email;
+pub mod failover;
 pub mod http;
 pub mod killpoint;
 pub mod loadgen;

@@ -101,6 +101,9 @@ pub struct LiveScenario {
     /// PostgreSQL for the stack (`DATABASE_URL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseSpec>,
+    /// Who fails over on a region loss, and the timings.
+    #[serde(default)]
+    pub failover: LiveFailoverSpec,
     /// The faults.
     #[serde(default)]
     pub faults: Vec<LiveFault>,
@@ -242,6 +245,25 @@ pub struct ProcessSpec {
     /// Wait before a killed (or exited) replica is started again.
     #[serde(default = "default_restart")]
     pub restart_delay: Dur,
+    /// Not running before a failover: its replicas start at the failover's
+    /// scale-up (a warm standby's extra capacity, a cold standby's
+    /// everything). Only in region `b`.
+    #[serde(default)]
+    pub standby: bool,
+    /// The region-`a` process this standby replaces on a failover: that
+    /// process's `AGENTDRILL_PEER_<NAME>_URL` (and the submission address,
+    /// if it takes the jobs) is a stable harness address switched to this
+    /// process after the DNS TTL, and the replaced process stays down
+    /// (fenced) when its region comes back. Implies `standby = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takes_over: Option<String>,
+}
+
+impl ProcessSpec {
+    /// Whether it waits for the failover's scale-up.
+    pub fn is_standby(&self) -> bool {
+        self.standby || self.takes_over.is_some()
+    }
 }
 
 /// How jobs are submitted: `process` + `path` (the harness POSTs
@@ -278,6 +300,108 @@ pub enum DbBackend {
 pub struct DatabaseSpec {
     /// Backend.
     pub backend: DbBackend,
+    /// A hot standby in region `b`, streaming from the primary (region `a`)
+    /// through a harness link; the processes' `DATABASE_URL` is then a
+    /// stable harness address that the failover switches to the promoted
+    /// standby after the DNS TTL.
+    #[serde(default)]
+    pub standby: bool,
+    /// `async` (default) or `sync` (`synchronous_standby_names`).
+    #[serde(default)]
+    pub replication: DbReplication,
+    /// Latency added to the replication link from the start (a standby
+    /// that lags by about this much), e.g. `"1500ms"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_latency: Option<Dur>,
+    /// The tables compared for RPO after a failover, each `"table:key"`
+    /// (default: the reference stack's event log, `agentdrill.event_log:lsn`).
+    #[serde(default = "default_rpo_tables")]
+    pub rpo_tables: Vec<String>,
+}
+
+fn default_rpo_tables() -> Vec<String> {
+    vec!["agentdrill.event_log:lsn".into()]
+}
+
+/// How the standby follows the primary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DbReplication {
+    /// Streaming, commits acknowledged before the standby has them.
+    #[default]
+    Async,
+    /// Each commit waits for the standby.
+    Sync,
+}
+
+/// Who runs the failover on a region loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverBy {
+    /// The harness's controller (the simulator's
+    /// [`crate::components::region::Controller`]): health checks, promotion,
+    /// the stable addresses switched after the TTL, scale-up, fencing.
+    #[default]
+    Harness,
+    /// The stack fails over by itself; the harness only injects the loss
+    /// (it gives the processes `AGENTDRILL_DB_PRIMARY_URL` and
+    /// `AGENTDRILL_DB_STANDBY_URL`).
+    Stack,
+}
+
+/// `[failover]`: the controller and its timings (real time, so short).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveFailoverSpec {
+    /// `harness` or `stack`.
+    pub by: FailoverBy,
+    /// Health-check interval.
+    pub health_interval: Dur,
+    /// A check fails without an answer within this.
+    pub health_timeout: Dur,
+    /// Consecutive failed checks that declare region `a` down.
+    pub failure_threshold: u32,
+    /// Least time the promotion takes (the controller also waits for
+    /// `pg_promote()` to return).
+    pub promotion: Dur,
+    /// DNS TTL: the stable addresses switch this long after the promotion.
+    pub dns_ttl: Dur,
+    /// Wait before the standby processes start (provisioning).
+    pub scale_up: Dur,
+}
+
+impl Default for LiveFailoverSpec {
+    fn default() -> Self {
+        LiveFailoverSpec {
+            by: FailoverBy::Harness,
+            health_interval: Dur(1_000),
+            health_timeout: Dur(500),
+            failure_threshold: 2,
+            promotion: Dur(0),
+            dns_ttl: Dur(2_000),
+            scale_up: Dur(0),
+        }
+    }
+}
+
+impl LiveFailoverSpec {
+    /// The sans-IO controller's configuration.
+    pub fn config(&self) -> crate::components::region::FailoverConfig {
+        crate::components::region::FailoverConfig {
+            health_interval_ms: self.health_interval.ms(),
+            health_timeout_ms: self.health_timeout.ms(),
+            failure_threshold: self.failure_threshold,
+            promotion_ms: self.promotion.ms(),
+            dns_ttl_ms: self.dns_ttl.ms(),
+            scale_up_ms: self.scale_up.ms(),
+        }
+    }
+
+    /// Longest a loss of region `a` can go undetected: threshold checks and
+    /// the last one's timeout.
+    pub fn detection_ms(&self) -> u64 {
+        self.health_interval.ms() * u64::from(self.failure_threshold) + self.health_timeout.ms()
+    }
 }
 
 /// An API a kill point watches.
@@ -404,6 +528,31 @@ pub enum LiveFault {
         /// How long.
         duration: Dur,
     },
+    /// Region `a` is lost at `at`: its processes SIGKILLed (and kept down),
+    /// its links blackholed, its PostgreSQL primary killed; with a
+    /// `duration` it comes back then (its processes restart, except the
+    /// ones a standby took over; the old primary stays fenced).
+    RegionLoss {
+        /// Only `a` (the primary region).
+        #[serde(default = "default_region")]
+        region: String,
+        /// When, from the first submission.
+        at: Dur,
+        /// How long, for a temporary loss (it must outlast detection).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration: Option<Dur>,
+    },
+    /// The replication link (primary → standby) holds every chunk
+    /// `latency` from `at`, for `duration` (or to the end): a lag spike.
+    ReplicationLag {
+        /// Latency added to the link, e.g. `"1500ms"`.
+        latency: Dur,
+        /// When, from the first submission.
+        at: Dur,
+        /// How long (to the end when left out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration: Option<Dur>,
+    },
     /// A model provider answers every request with `status` for `duration`.
     ProviderOutage {
         /// `anthropic`, `openai` or `local`.
@@ -429,6 +578,8 @@ impl LiveFault {
             LiveFault::ProviderOutage { .. } => "provider_outage",
             LiveFault::Partition { .. } => "partition",
             LiveFault::Network { .. } => "network",
+            LiveFault::RegionLoss { .. } => "region_loss",
+            LiveFault::ReplicationLag { .. } => "replication_lag",
         }
     }
 }
@@ -542,6 +693,38 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
         p("processes", format!("{replicas} replicas in all; at most {}", super::MAX_SENDER_SLOTS));
     }
     let known = |n: &str| sc.processes.iter().find(|q| q.name == n);
+    for (i, pr) in sc.processes.iter().enumerate() {
+        if pr.is_standby() && pr.region != "b" {
+            p(&format!("processes[{i}].region"), "a standby process runs in region `b`: set region = \"b\"".into());
+        }
+        if let Some(t) = &pr.takes_over {
+            match known(t) {
+                Some(q) if q.region == "a" && !q.is_standby() => {}
+                _ => p(
+                    &format!("processes[{i}].takes_over"),
+                    format!(
+                        "`{t}` is not a running region-`a` process in [[processes]]; name the process this standby replaces"
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(db) = &sc.database {
+        for (i, t) in db.rpo_tables.iter().enumerate() {
+            if parse_rpo_table(t).is_none() {
+                p(
+                    &format!("database.rpo_tables[{i}]"),
+                    format!("`{t}`: write \"table:key\" (e.g. \"agentdrill.event_log:lsn\")"),
+                );
+            }
+        }
+        if !db.standby && (db.replication == DbReplication::Sync || db.replication_latency.is_some()) {
+            p("database.standby", "replication settings need a standby: set standby = true".into());
+        }
+    }
+    if sc.failover.failure_threshold == 0 || sc.failover.health_interval.ms() < 50 {
+        p("failover", "health checks need failure_threshold >= 1 and health_interval >= 50ms".into());
+    }
     match (&sc.submit.process, &sc.submit.command) {
         (Some(_), Some(_)) | (None, None) => {
             p("submit", "give either `process` (and `path`) or `command`, not both".into());
@@ -613,6 +796,19 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
                 window_problems(i, *duration, &mut p);
                 at(&mut p, *d);
             }
+            LiveFault::RegionLoss { region, at: d, duration } => {
+                region_loss_problems(sc, i, region, *duration, &mut p);
+                at(&mut p, *d);
+            }
+            LiveFault::ReplicationLag { at: d, .. } => {
+                if !sc.database.as_ref().is_some_and(|d| d.standby) {
+                    p(
+                        &format!("faults[{i}]"),
+                        "a replication lag needs a standby: add [database] standby = true".into(),
+                    );
+                }
+                at(&mut p, *d);
+            }
             LiveFault::ProviderOutage { provider, status, at: d, .. } => {
                 if !matches!(provider, Api::Anthropic | Api::Openai | Api::Local) {
                     p(&format!("faults[{i}].provider"), "a provider is `anthropic`, `openai` or `local`".into());
@@ -664,6 +860,44 @@ fn window_problems(i: usize, duration: Dur, p: &mut dyn FnMut(&str, String)) {
     if duration.ms() == 0 {
         p(&format!("faults[{i}].duration"), "is 0; give how long the fault lasts (e.g. \"3s\")".into());
     }
+}
+
+/// The cross-field rules of a `region_loss` fault.
+fn region_loss_problems(
+    sc: &LiveScenario,
+    i: usize,
+    region: &str,
+    duration: Option<Dur>,
+    p: &mut dyn FnMut(&str, String),
+) {
+    if region != "a" {
+        p(&format!("faults[{i}].region"), format!("`{region}`: only region `a` (the primary's) can be lost"));
+    }
+    if !sc.database.as_ref().is_some_and(|d| d.standby) && sc.failover.by == FailoverBy::Harness {
+        p(
+            &format!("faults[{i}]"),
+            "a region loss fails over to a standby database: add [database] standby = true".into(),
+        );
+    }
+    if let Some(d) = duration
+        && sc.failover.by == FailoverBy::Harness
+        && d.ms() <= sc.failover.detection_ms()
+    {
+        p(
+            &format!("faults[{i}].duration"),
+            format!(
+                "{d} is within detection ({} ms = health_interval x failure_threshold + health_timeout): the killed primary would have to serve again, which a drill never does; make it longer",
+                sc.failover.detection_ms()
+            ),
+        );
+    }
+}
+
+/// `"table:key"` → (table, key).
+pub fn parse_rpo_table(s: &str) -> Option<(&str, &str)> {
+    let (t, k) = s.split_once(':')?;
+    let ok = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    (ok(t) && ok(k) && !k.contains('.')).then_some((t, k))
 }
 
 /// A live drill in words, without running it: what starts, how jobs
@@ -757,6 +991,25 @@ pub fn explain(sc: &LiveScenario) -> String {
                 serde_json::to_string(toxic).unwrap_or_default(),
                 between[0],
                 between[1]
+            ),
+            LiveFault::ReplicationLag { latency, at, duration } => format!(
+                "the replication link holds every chunk {latency} from {at}{}",
+                duration.map_or(" to the end".to_owned(), |d| format!(" for {d}"))
+            ),
+            LiveFault::RegionLoss { region, at, duration } => format!(
+                "region {region} lost at {at}{}: its processes SIGKILLed, its links blackholed, its PostgreSQL primary killed; {}",
+                duration.map_or(String::new(), |d| format!(" for {d}")),
+                match sc.failover.by {
+                    FailoverBy::Harness => format!(
+                        "the harness's controller checks health every {} (timeout {}, {} failures), promotes the standby, switches the stable addresses after the {} TTL, starts the standby processes {} later",
+                        sc.failover.health_interval,
+                        sc.failover.health_timeout,
+                        sc.failover.failure_threshold,
+                        sc.failover.dns_ttl,
+                        sc.failover.scale_up
+                    ),
+                    FailoverBy::Stack => "the stack fails over by itself".into(),
+                }
             ),
         };
         let _ = writeln!(o, "  - {line}");

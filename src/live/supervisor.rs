@@ -65,6 +65,9 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Wait after a kill (or an exit) before the restart, in ms.
     pub restart_delay_ms: u64,
+    /// Not started with the others: it waits for [`Supervisor::start_slot`]
+    /// (a standby region's process, started by the failover's scale-up).
+    pub held: bool,
 }
 
 /// How a replica's run ended.
@@ -207,6 +210,8 @@ pub fn log_tail(path: &Path) -> String {
 
 enum Cmd {
     Kill(usize, std_mpsc::Sender<()>),
+    Hold(usize, std_mpsc::Sender<()>),
+    Start(usize),
     Signal(usize, Signal, Option<std_mpsc::Sender<()>>),
     Stop(std_mpsc::Sender<()>),
 }
@@ -273,7 +278,7 @@ impl Supervisor {
                     })
                     .collect();
                 let mut first = Ok(());
-                for (i, slot) in slots.iter_mut().enumerate() {
+                for (i, slot) in slots.iter_mut().enumerate().filter(|(_, s)| !s.spec.held) {
                     if let Err(e) = spawn(&dir, &name, i, slot, &s2) {
                         first = Err(e);
                         break;
@@ -309,6 +314,21 @@ impl Supervisor {
         if self.tx.send(Cmd::Kill(i, tx)).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
+    }
+
+    /// SIGKILLs slot `i`'s process group, waits until it is reaped, and
+    /// keeps it down (no restart) until [`Supervisor::start_slot`]: a
+    /// process of a lost region, or one fenced after a failover.
+    pub fn hold(&self, i: usize) {
+        let (tx, rx) = std_mpsc::channel();
+        if self.tx.send(Cmd::Hold(i, tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts slot `i` now if it is down (held, or waiting for its restart).
+    pub fn start_slot(&self, i: usize) {
+        let _ = self.tx.send(Cmd::Start(i));
     }
 
     /// SIGSTOPs slot `i`'s process group and returns once its leader is
@@ -491,6 +511,30 @@ fn run_loop(
                     slot.restart_at = Some(Instant::now() + Duration::from_millis(slot.spec.restart_delay_ms));
                 }
                 let _ = done.send(());
+            }
+            Ok(Cmd::Hold(i, done)) => {
+                if let Some(slot) = slots.get_mut(i) {
+                    if let Some(mut child) = slot.child.take() {
+                        let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                        let status = child.wait();
+                        slot.child = Some(child);
+                        if let Ok(st) = status {
+                            record(slot, i, seen, started, st, true);
+                        }
+                    }
+                    slot.child = None;
+                    slot.restart_at = None;
+                }
+                let _ = done.send(());
+            }
+            Ok(Cmd::Start(i)) => {
+                if let Some(slot) = slots.get_mut(i)
+                    && slot.child.is_none()
+                    && let Err(e) = spawn(dir, run_id, i, slot, seen)
+                {
+                    tracing::error!(error = %e, "start failed");
+                    slot.restart_at = Some(Instant::now() + Duration::from_millis(slot.spec.restart_delay_ms.max(100)));
+                }
             }
             Ok(Cmd::Signal(i, sig, done)) => {
                 if let Some(child) = slots.get(i).and_then(|s| s.child.as_ref()) {

@@ -1,0 +1,380 @@
+//! Live region loss: the PostgreSQL pair behind harness links, and the
+//! harness's failover controller.
+//!
+//! The controller is the simulator's own
+//! [`Controller`](crate::components::region::Controller) (one implementation
+//! of detect → promote → DNS switch after the TTL → scale-up → open) behind a
+//! live `Env` in the harness; its messages become real actions:
+//!
+//! | the controller sends | the harness does |
+//! |---|---|
+//! | `Ping` to the primary | `SELECT 1` through region `a`'s health link, within the timeout; `Pong` if it answers |
+//! | `Promote` to the standby | `pg_promote()` on the standby; `PromoteAck` once it accepts writes |
+//! | `Demote` to the primary | fences the old primary (SIGKILL, `FENCED` mark: never a second primary) |
+//! | `Hydrate` / `Open` | answered at once (live drills have no vector hydration yet) |
+//! | note `RoutingEffective` (the TTL after the switch request) | the stable database address and every taken-over process's stable address switched to region `b` |
+//! | request `ScaleUp` | the standby processes started |
+//!
+//! Links ([`link::Link`]): `database` (the stable `DATABASE_URL`),
+//! `replication` (the standby's stream from the primary; latency there is a
+//! replication lag), `health-a` (the controller's view of region `a`), and one
+//! stable address per process a standby takes over.
+
+pub mod link;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use self::link::Link;
+use super::pg::{self, Cluster, PgError, PgNode, PgOptions, Replication};
+use super::scenario::{DatabaseSpec, DbReplication};
+use super::stack::env::LiveEnv;
+use crate::components::env::{Env, Note, Phase, Service, Timer};
+use crate::components::ids::{HostId, JobId, Micros};
+use crate::components::region::{Controller, FailoverConfig, Request};
+use crate::components::wire::Msg;
+
+/// The controller's host id in its live env.
+const CONTROLLER: HostId = HostId(1);
+/// The primary region's orchestrator/database, as the controller names it.
+const PRIMARY: HostId = HostId(2);
+/// The standby's orchestrator/database.
+const STANDBY: HostId = HostId(3);
+/// The standby's vector store.
+const STANDBY_VECTOR: HostId = HostId(4);
+
+/// The drill's PostgreSQL pair and its links.
+pub struct DbPair {
+    /// Region `a`'s primary (killed at the loss, fenced after the promotion).
+    pub primary: tokio::sync::Mutex<PgNode>,
+    /// Region `b`'s hot standby, promoted by the failover.
+    pub standby: PgNode,
+    /// The stable address the processes use as `DATABASE_URL`.
+    pub stable: Link,
+    /// The standby's replication stream from the primary.
+    pub replication: Link,
+    /// The controller's health checks of region `a`.
+    pub health_a: Link,
+    /// How commits wait for the standby.
+    pub mode: Replication,
+    promoted: tokio::sync::Mutex<bool>,
+}
+
+fn link_error(what: &str, e: std::io::Error) -> PgError {
+    PgError::Invalid(format!("cannot start the harness link `{what}` on 127.0.0.1: {e}"))
+}
+
+impl DbPair {
+    /// Starts the primary (`opts`, region `a`), its links, and the standby
+    /// (node `standby`, region `b`) streaming through the replication link;
+    /// `spec.replication_latency` is set on that link once the standby is up.
+    pub async fn start(opts: &PgOptions, spec: &DatabaseSpec) -> Result<DbPair, PgError> {
+        let primary = Cluster::start_primary(opts).await?;
+        let replication = Link::start("replication", primary.addr()).await.map_err(|e| link_error("replication", e))?;
+        let mode = match spec.replication {
+            DbReplication::Async => Replication::Asynchronous,
+            DbReplication::Sync => Replication::Synchronous,
+        };
+        let standby = Cluster::start_standby(&opts.named("standby", "b"), &primary, replication.addr(), mode).await?;
+        if let Some(l) = spec.replication_latency {
+            replication.set_latency_ms(l.ms());
+        }
+        let stable = Link::start("database", primary.addr()).await.map_err(|e| link_error("database", e))?;
+        let health_a = Link::start("health-a", primary.addr()).await.map_err(|e| link_error("health-a", e))?;
+        Ok(DbPair {
+            primary: tokio::sync::Mutex::new(primary),
+            standby,
+            stable,
+            replication,
+            health_a,
+            mode,
+            promoted: tokio::sync::Mutex::new(false),
+        })
+    }
+
+    /// The stable `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        pg::url_for(self.stable.addr())
+    }
+
+    /// Region `a` lost: the primary SIGKILLed, region `a`'s links cut.
+    pub async fn lose_region_a(&self) {
+        self.replication.blackhole(true);
+        self.health_a.blackhole(true);
+        if let Err(e) = self.primary.lock().await.kill() {
+            tracing::error!(error = %e, "killing the primary at the region loss");
+        }
+    }
+
+    /// Region `a` back: its links mended (the old primary stays down: it was
+    /// killed, and is fenced once the standby is promoted).
+    pub fn region_a_back(&self) {
+        self.replication.blackhole(false);
+        self.health_a.blackhole(false);
+    }
+
+    /// Promotes the standby once (a resent `Promote` is acknowledged again).
+    pub async fn promote_once(&self) -> Result<(), PgError> {
+        let mut done = self.promoted.lock().await;
+        if !*done {
+            self.standby.promote().await?;
+            *done = true;
+        }
+        Ok(())
+    }
+
+    /// Whether the standby was promoted.
+    pub async fn is_promoted(&self) -> bool {
+        *self.promoted.lock().await
+    }
+
+    /// One health check of region `a`'s primary: `SELECT 1` through the
+    /// health link within `timeout_ms`.
+    pub async fn primary_answers(&self, timeout_ms: u64) -> bool {
+        let url = pg::url_for(self.health_a.addr());
+        let check = async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+            let h = tokio::spawn(conn);
+            let ok = client.simple_query("SELECT 1").await.is_ok();
+            drop(client);
+            h.abort();
+            Some(ok)
+        };
+        matches!(tokio::time::timeout(Duration::from_millis(timeout_ms), check).await, Ok(Some(true)))
+    }
+}
+
+/// When each stage of a failover happened, on the fakes' clock (µs).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timeline {
+    /// The controller declared region `a` down.
+    pub detected_us: Option<Micros>,
+    /// The standby acknowledged its promotion (`pg_promote()` returned).
+    pub promoted_us: Option<Micros>,
+    /// The stable addresses switched (the TTL after the switch request).
+    pub routed_us: Option<Micros>,
+    /// The standby processes were started (scale-up).
+    pub scaled_up_us: Option<Micros>,
+    /// The old primary was fenced.
+    pub fenced_us: Option<Micros>,
+    /// Failovers called off (the primary answered again first).
+    pub cancelled: u32,
+}
+
+/// What the controller drives.
+pub struct Targets {
+    /// The database pair.
+    pub db: Arc<DbPair>,
+    /// Stable service addresses and where they go after the TTL.
+    pub services: Vec<(Link, SocketAddr)>,
+    /// Starts the standby processes (the supervisor's slots).
+    pub scale_up: Box<dyn Fn() + Send + Sync>,
+    /// The fakes' clock, µs.
+    pub clock: Arc<dyn Fn() -> Micros + Send + Sync>,
+}
+
+/// The controller's env: the live one, with the timeline notes kept for the
+/// harness instead of printed.
+struct CtlEnv {
+    inner: LiveEnv,
+    notes: Vec<Note>,
+}
+
+impl Env for CtlEnv {
+    fn now_us(&self) -> Micros {
+        self.inner.now_us()
+    }
+    fn me(&self) -> HostId {
+        self.inner.me()
+    }
+    fn send(&mut self, to: HostId, msg: Msg) {
+        self.inner.send(to, msg);
+    }
+    fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg) {
+        self.inner.send_after(delay_us, to, msg);
+    }
+    fn set_timer(&mut self, after_us: Micros, timer: Timer) {
+        self.inner.set_timer(after_us, timer);
+    }
+    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
+        self.inner.rng()
+    }
+    fn resolve(&self, svc: Service) -> HostId {
+        self.inner.resolve(svc)
+    }
+    fn note(&mut self, note: Note) {
+        self.notes.push(note);
+    }
+    fn reach(&mut self, _host: HostId, _job: JobId, _step: u16, _phase: Phase) -> bool {
+        false
+    }
+}
+
+/// A running controller: its timeline, and a stop.
+pub struct Running {
+    /// The timeline so far.
+    pub timeline: Arc<Mutex<Timeline>>,
+    stop: watch::Sender<bool>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Running {
+    /// Stops the controller (health checks end, nothing more is switched).
+    pub async fn stop(self) -> Timeline {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+        super::lock(&self.timeline).clone()
+    }
+}
+
+/// What an action answers the controller with (wire messages stay on the
+/// controller's thread: a `Msg` is not `Send`).
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Pong(u32),
+    PromoteAck,
+    Hydrated,
+    Opened,
+}
+
+impl Answer {
+    fn into_msg(self) -> (HostId, Msg) {
+        match self {
+            Answer::Pong(seq) => (PRIMARY, Msg::Pong { seq }),
+            Answer::PromoteAck => (STANDBY, Msg::PromoteAck),
+            Answer::Hydrated => (STANDBY_VECTOR, Msg::Hydrated),
+            Answer::Opened => (STANDBY, Msg::Opened),
+        }
+    }
+}
+
+/// Starts the harness's failover controller with `cfg`, watching region
+/// `a` from now on, on a thread of its own (its env holds wire messages,
+/// which stay on one thread).
+pub fn start(cfg: FailoverConfig, seed: u64, targets: Targets) -> std::io::Result<Running> {
+    let timeline = Arc::new(Mutex::new(Timeline::default()));
+    let (stop, stop_rx) = watch::channel(false);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let tl = timeline.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("agentdrill-failover".into()).spawn(move || {
+        rt.block_on(run(cfg, seed, Arc::new(targets), tl, stop_rx));
+        let _ = done_tx.send(());
+    })?;
+    Ok(Running { timeline, stop, done })
+}
+
+async fn run(
+    cfg: FailoverConfig,
+    seed: u64,
+    t: Arc<Targets>,
+    timeline: Arc<Mutex<Timeline>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (timer_tx, mut timer_rx) = mpsc::unbounded_channel::<Timer>();
+    let (msg_tx, mut msg_rx) = mpsc::unbounded_channel::<Answer>();
+    let mut env =
+        CtlEnv { inner: LiveEnv::new(CONTROLLER, "failover-controller", seed, 0, timer_tx), notes: Vec::new() };
+    let mut ctl = Controller::new(cfg, PRIMARY, STANDBY, STANDBY_VECTOR);
+    ctl.start(&mut env);
+    loop {
+        tokio::select! {
+            Some(timer) = timer_rx.recv() => ctl.on_timer(&mut env, timer),
+            Some(answer) = msg_rx.recv() => {
+                if matches!(answer, Answer::PromoteAck) {
+                    super::lock(&timeline).promoted_us.get_or_insert((t.clock)());
+                }
+                let (from, msg) = answer.into_msg();
+                ctl.on_msg(&mut env, from, msg);
+            }
+            _ = stop.changed() => return,
+        }
+        for (_to, msg) in std::mem::take(&mut env.inner.outbox) {
+            act(&cfg, &t, &timeline, &msg_tx, msg);
+        }
+        for note in std::mem::take(&mut env.notes) {
+            on_note(&t, &timeline, note);
+        }
+        for r in ctl.take_requests() {
+            if r == Request::ScaleUp {
+                super::lock(&timeline).scaled_up_us = Some((t.clock)());
+                (t.scale_up)();
+            }
+        }
+    }
+}
+
+/// A note of the controller's, turned into the timeline and the switch.
+fn on_note(t: &Targets, timeline: &Mutex<Timeline>, note: Note) {
+    let now = (t.clock)();
+    let mut tl = super::lock(timeline);
+    match note {
+        Note::FailoverDetected => {
+            tl.detected_us.get_or_insert(now);
+        }
+        Note::FailoverCancelled => tl.cancelled += 1,
+        Note::RoutingEffective => {
+            tl.routed_us = Some(now);
+            t.db.stable.switch(t.db.standby.addr());
+            for (link, to) in &t.services {
+                link.switch(*to);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One message of the controller, carried out for real.
+fn act(
+    cfg: &FailoverConfig,
+    t: &Arc<Targets>,
+    timeline: &Arc<Mutex<Timeline>>,
+    reply: &mpsc::UnboundedSender<Answer>,
+    msg: Msg,
+) {
+    let (t, reply, timeline) = (t.clone(), reply.clone(), timeline.clone());
+    let timeout_ms = cfg.health_timeout_ms;
+    match msg {
+        Msg::Ping { seq } => {
+            tokio::spawn(async move {
+                if t.db.primary_answers(timeout_ms).await {
+                    let _ = reply.send(Answer::Pong(seq));
+                }
+            });
+        }
+        Msg::Promote => {
+            tokio::spawn(async move {
+                match t.db.promote_once().await {
+                    Ok(()) => {
+                        let _ = reply.send(Answer::PromoteAck);
+                    }
+                    Err(e) => tracing::error!(error = %e, "promoting the standby failed (the controller resends)"),
+                }
+            });
+        }
+        Msg::Demote => {
+            tokio::spawn(async move {
+                let mut p = t.db.primary.lock().await;
+                if !p.is_fenced() {
+                    match p.fence() {
+                        Ok(()) => {
+                            super::lock(&timeline).fenced_us = Some((t.clock)());
+                        }
+                        Err(e) => tracing::error!(error = %e, "fencing the old primary failed"),
+                    }
+                }
+            });
+        }
+        Msg::Hydrate => {
+            let _ = reply.send(Answer::Hydrated);
+        }
+        Msg::Open => {
+            let _ = reply.send(Answer::Opened);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,253 @@
+//! Live region loss (issue 12): RPO from the data against a known lag, the
+//! live failover patterns against their simulated twins, and a harness
+//! SIGKILLed mid-failover leaving nothing behind after the next run.
+//!
+//! They start PostgreSQL 15 and the reference stack; without PostgreSQL they
+//! fail naming `cargo xtask test`, which installs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use agentdrill::live::failover::link::Link;
+use agentdrill::live::pg::{self, Cluster, PgOptions, Replication, RpoTable};
+
+const BIN: &str = env!("CARGO_BIN_EXE_agentdrill");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+fn run_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentdrill-failover-test-{test}"));
+    let _ = pg::cleanup_stale(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test's run folder");
+    dir
+}
+
+/// The replication interval of the pair (`wal_receiver_status_interval`).
+const REPLICATION_INTERVAL_MS: f64 = 1_000.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_standby_rpo_is_the_known_replication_lag() {
+    let dir = run_dir("rpo-lag");
+    let opts = PgOptions::local(&dir, "test-rpo-lag");
+    let mut primary = Cluster::start_primary(&opts).await.unwrap_or_else(|e| panic!("{e}"));
+    let link = Link::start("replication", primary.addr()).await.expect("link");
+    let standby = Cluster::start_standby(&opts.named("standby", "b"), &primary, link.addr(), Replication::Asynchronous)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let db = primary.connect().await.expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").await.expect("create");
+    // The table reaches the standby before the lag starts.
+    let sb = standby.connect().await.expect("connect standby");
+    let start = Instant::now();
+    while !sb.query_one("SELECT to_regclass('public.t') IS NOT NULL", &[]).await.expect("q").get::<_, bool>(0) {
+        assert!(start.elapsed() < Duration::from_secs(10), "the table did not reach the standby in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lag_ms = 1_500u64;
+    link.set_latency_ms(lag_ms);
+    // Four seconds of acknowledged commits, one every 50 ms.
+    for i in 0..80 {
+        db.execute("INSERT INTO t VALUES ($1)", &[&i]).await.expect("insert (acknowledged)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Region loss: the link cut (what it held never arrives), the primary killed.
+    link.blackhole(true);
+    primary.kill().expect("kill");
+    let fault_at = SystemTime::now();
+    standby.promote().await.expect("promote");
+    let report = pg::rpo::measure(&mut primary, &standby, &[RpoTable::new("t", "id")], fault_at)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lost = report.lost;
+    assert!(lost > 0, "an async standby 1.5 s behind lacks the last commits: {report:?}");
+    assert!(
+        (report.rpo_ms - lag_ms as f64).abs() <= REPLICATION_INTERVAL_MS,
+        "RPO {:.0} ms is not within one replication interval ({REPLICATION_INTERVAL_MS} ms) of the {lag_ms} ms lag: {report:?}",
+        report.rpo_ms
+    );
+    // The lost rows are the newest ones, contiguous to the end.
+    let mut keys: Vec<i32> = report.tables[0].lost_keys.iter().map(|k| k.parse().expect("int key")).collect();
+    keys.sort();
+    assert_eq!(keys, ((80 - lost as i32)..80).collect::<Vec<_>>(), "{report:?}");
+    drop((standby, primary));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A drill's JSON result (the `run --format json` contract).
+fn run_json(file: &Path, env: &[(&str, &Path)]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .current_dir(root())
+        .args(["run", "--format", "json"])
+        .arg(file)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .expect("run agentdrill");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("{}: not JSON ({e}); stderr:\n{}", file.display(), String::from_utf8_lossy(&out.stderr))
+    });
+    v["drills"][0].clone()
+}
+
+/// The simulated twin of a live region drill: the same stack shape (workers
+/// per region, scale-up), failover timings, lease, workload and fault, with
+/// model and API latencies as small as the live fakes'.
+fn sim_twin(pattern: &str, replication: &str, scale_up: &str, standby_workers: u32, loss_at: &str) -> String {
+    format!(
+        r#"purpose = "simulated twin of a live region drill"
+tier = "customer-facing"
+seed = 11
+horizon = "120s"
+
+[stack]
+pattern = "{pattern}"
+workers = 2
+standby_workers = {standby_workers}
+policy = {{ lease_ms = 2000 }}
+replication = {replication}
+failover = {{ health_interval = "1s", health_timeout = "500ms", failure_threshold = 2, promotion = "0s", dns_ttl = "2s", scale_up = "{scale_up}" }}
+recovery_scan = "500ms"
+request_timeout = "2s"
+vector = {{ streaming_replica = true, restore_base = "0s", restore_per_point_us = 0 }}
+providers = [{{ name = "anthropic", kind = "anthropic", base_latency_ms = 20, latency_per_output_token_us = 0, cold_extra_latency_ms = 0 }}]
+apis = {{ payment_latency = "50ms", email_latency = "50ms" }}
+
+[workload]
+templates = ["book_flight"]
+tasks = 24
+interval = "250ms"
+
+[[faults]]
+kind = "region_loss"
+at = "{loss_at}"
+region = "a"
+"#
+    )
+}
+
+fn compare_with_twin(live_file: &str, twin: &str, test: &str) {
+    let dir = run_dir(test);
+    let twin_path = dir.join("twin.toml");
+    std::fs::write(&twin_path, twin).expect("write the twin");
+    let live = run_json(&root().join(live_file), &[("AGENTDRILL_RUN_DIR", &dir)]);
+    let sim = run_json(&twin_path, &[]);
+    let (l, s) = (live["rto_s"].as_f64(), sim["rto_s"].as_f64());
+    let (Some(l), Some(s)) = (l, s) else { panic!("both must recover: live {l:?}, simulated {s:?}") };
+    eprintln!("{live_file}: live RTO {l:.2} s {:?}, simulated {s:.2} s {:?}", live["rto_parts"], sim["rto_parts"]);
+    assert_eq!(live["verdict"], sim["verdict"], "live {live:#}\nsimulated {sim:#}");
+    assert!((l - s).abs() <= 0.2 * s, "live RTO {l:.2} s is not within 20 % of the simulated {s:.2} s");
+    assert_eq!(live["duplicates"], 0);
+    assert!(live["region"]["rpo"].is_object(), "RPO measured from the data: {:#}", live["region"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn warm_standby_live_matches_its_simulated_twin() {
+    compare_with_twin(
+        "scenarios/live/region-warm-standby-async.toml",
+        &sim_twin("warm_standby", "{ mode = \"async\", lag_ms = 50, interval_ms = 50 }", "500ms", 1, "3s"),
+        "twin-warm",
+    );
+}
+
+#[test]
+fn active_active_live_matches_its_simulated_twin() {
+    compare_with_twin(
+        "scenarios/live/region-active-active-sync.toml",
+        &sim_twin("active_active", "{ mode = \"sync\" }", "0s", 1, "3s"),
+        "twin-aa",
+    );
+}
+
+/// Whether something listens on 127.0.0.1:`port` (/proc/net/tcp).
+fn listening(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    tcp.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1] == want && f[3] == "0A"
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rfind(')').is_some_and(|i| s[i + 1..].split_whitespace().next() != Some("Z")),
+        Err(_) => false,
+    }
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn sigkilled_harness_mid_failover_leaves_nothing_after_the_next_run() {
+    let dir = run_dir("sigkill-failover");
+    let file = root().join("scenarios/live/region-warm-standby-async.toml");
+    let mut child = Command::new(BIN)
+        .current_dir(root())
+        .args(["run", "--format", "json"])
+        .arg(&file)
+        .env("AGENTDRILL_RUN_DIR", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agentdrill");
+    let run =
+        dir.join(format!("run-{}-{}", child.id(), agentdrill::live::supervisor::start_ticks(child.id()).unwrap_or(0)));
+    // The stack is up once the supervisor wrote its pids; the loss comes
+    // 3 s after the first submission, detection 1.5 s later: kill it at
+    // about 5 s, between the promotion and the switch.
+    let start = Instant::now();
+    while !run.join("pids").exists() {
+        assert!(child.try_wait().expect("wait").is_none(), "agentdrill ended before its stack started");
+        assert!(start.elapsed() < Duration::from_secs(60), "the stack did not start within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(5_000));
+    let records: Vec<pg::stale::NodeRecord> =
+        ["primary", "standby"].iter().filter_map(|n| pg::stale::read_record(&run.join("pg").join(n)).ok()).collect();
+    assert_eq!(records.len(), 2, "both PostgreSQL nodes were running");
+    let pids: Vec<u32> = std::fs::read_to_string(run.join("pids"))
+        .expect("pids")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL agentdrill");
+    child.wait().expect("reap");
+
+    // The next run cleans up what the dead one left.
+    let next = run_json(&root().join("scenarios/live/region-warm-standby-async.toml"), &[("AGENTDRILL_RUN_DIR", &dir)]);
+    assert_eq!(next["verdict"], "pass", "{next:#}");
+    for r in &records {
+        if let Some(pm) = r.postmaster_pid {
+            assert!(!alive(pm), "a dead run's postmaster {pm} still runs");
+        }
+        assert!(!listening(r.port), "a dead run's PostgreSQL port {} still listens", r.port);
+    }
+    for p in pids {
+        assert!(!alive(p), "a dead run's process {p} still runs");
+    }
+    let marker = format!("AGENTDRILL_RUN_ID={}", run.file_name().expect("name").to_string_lossy());
+    assert!(agentdrill::live::supervisor::pids_marked(&marker).is_empty(), "processes carry the dead run's marker");
+    assert!(!run.exists(), "the dead run's folder is removed");
+    let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "nothing is left in the run root: {left:?}");
+    if docker_answers() {
+        let out =
+            Command::new("docker").args(["ps", "-aq", "--filter", "label=agentdrill.pg"]).output().expect("docker ps");
+        assert!(out.stdout.is_empty(), "containers left: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
