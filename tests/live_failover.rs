@@ -5,6 +5,10 @@
 //! They start PostgreSQL 15 and the reference stack; without PostgreSQL they
 //! fail naming `cargo xtask test`, which installs it.
 
+#[path = "common/procfs.rs"]
+mod procfs;
+use procfs::{alive, listening};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -162,23 +166,6 @@ fn active_active_live_matches_its_simulated_twin() {
         &sim_twin("active_active", "{ mode = \"sync\" }", "0s", 1, "3s"),
         "twin-aa",
     );
-}
-
-/// Whether something listens on 127.0.0.1:`port` (/proc/net/tcp).
-fn listening(port: u16) -> bool {
-    let want = format!("0100007F:{port:04X}");
-    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    tcp.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1] == want && f[3] == "0A"
-    })
-}
-
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rfind(')').is_some_and(|i| s[i + 1..].split_whitespace().next() != Some("Z")),
-        Err(_) => false,
-    }
 }
 
 fn docker_answers() -> bool {

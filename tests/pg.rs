@@ -5,6 +5,10 @@
 //! These tests start PostgreSQL 15. When it is missing they fail with an
 //! error naming `cargo xtask test`, which installs it.
 
+#[path = "common/procfs.rs"]
+mod procfs;
+use procfs::{alive, listening};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,25 +22,6 @@ fn run_dir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test's run folder");
     dir
-}
-
-/// Whether something listens on 127.0.0.1:`port` (from /proc/net/tcp, so no
-/// connection is made).
-fn listening(port: u16) -> bool {
-    let want = format!("0100007F:{port:04X}");
-    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    tcp.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3 && f[1] == want && f[3] == "0A"
-    })
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rfind(')').is_some_and(|i| s[i + 1..].split_whitespace().next() != Some("Z")),
-        Err(_) => false,
-    }
 }
 
 /// A node's postmaster (from its record) and its children, from /proc.

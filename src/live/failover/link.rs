@@ -2,11 +2,11 @@
 //! forwards every connection to a switchable upstream, with a latency (per
 //! direction, order kept) and a blackhole.
 //!
-//! **Stop-gap**: `live::proxy` (issue 12, the proxy helper's branch) is the
-//! project's TCP proxy with the full toxic set and the `Network`; this link
-//! is the small subset the failover needs until it lands, with the same
-//! three operations (switch the upstream, add latency, blackhole), and is
-//! meant to be replaced by it at the merge.
+//! **Debt**: this was written while `live::net` (the project's TCP proxy,
+//! with the full toxic set and the `Network`) was being built beside it,
+//! and is still a second forwarder: the processes reach it through their
+//! own `live::net` links. It should become `live::net` links (switched with
+//! `set_link_upstream`, lagged with a latency toxic, lost with a cut).
 //!
 //! - `switch`: new connections go to the new upstream; open ones are closed
 //!   (a client sees its connection drop, reconnects, and lands on the new
