@@ -837,7 +837,10 @@ fn side_problems(sc: &LiveScenario, i: usize, between: &[String; 2], any: bool, 
                 sc.processes.iter().any(|q| q.name == n)
                     || Fake::from_name(&n).is_some()
                     || n == "client"
-                    || (n == "postgres" && sc.database.is_some())
+                    // A standby pair is reached through the failover's own
+                    // stable link, not a `live::net` one: use a
+                    // `region_loss` or `replication_lag` there.
+                    || (n == "postgres" && sc.database.as_ref().is_some_and(|d| !d.standby))
             }
         };
         if !known {
@@ -846,7 +849,7 @@ fn side_problems(sc: &LiveScenario, i: usize, between: &[String; 2], any: bool, 
                 &field,
                 format!(
                     "`{side}` names nothing in this drill; use {star}`region:a`, `region:b`, a process (`NAME` or `NAME/REPLICA`), a fake (`payment`, `email`, `anthropic`, `openai`, `local`, `vector-a`, `vector-b`), `client`{}",
-                    if sc.database.is_some() { " or `postgres`" } else { "" }
+                    if sc.database.as_ref().is_some_and(|d| !d.standby) { " or `postgres`" } else { "" }
                 ),
             );
         }
