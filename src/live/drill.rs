@@ -954,7 +954,7 @@ async fn drive(
         let all_in = jobs.len() == sc.jobs.count as usize;
         let all_done = all_in && timed.is_empty() && jobs.values().all(|j| j.done_us.is_some());
         all_done_ms = if all_done { all_done_ms.or(Some(elapsed_ms)) } else { None };
-        if all_done_ms.is_some_and(|d| elapsed_ms >= d.max(last_fault_ms).saturating_add(sc.jobs.settle.ms())) {
+        if all_done_ms.is_some_and(|d| elapsed_ms >= d.max(last_fault_ms).saturating_add(sc.settle_ms())) {
             break;
         }
     }

@@ -194,12 +194,21 @@ pub struct JobsSpec {
     /// look done at the fakes before the stack's recovery re-sends one of
     /// its effects (a kill after the last effect committed), and a thawed
     /// zombie acts late. Give it the stack's lease plus its recovery scan.
-    #[serde(default = "default_settle")]
-    pub settle: Dur,
+    /// Default: [`DEFAULT_SETTLE_MS`], or half the horizon when that is
+    /// shorter (so a short drill stays valid without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<Dur>,
 }
 
-fn default_settle() -> Dur {
-    Dur(1_000)
+/// The default `[jobs] settle`, in milliseconds.
+pub const DEFAULT_SETTLE_MS: u64 = 1_000;
+
+impl LiveScenario {
+    /// `[jobs] settle` in milliseconds: as written, else
+    /// [`DEFAULT_SETTLE_MS`] capped at half the horizon.
+    pub fn settle_ms(&self) -> u64 {
+        self.jobs.settle.map_or(DEFAULT_SETTLE_MS.min(self.horizon.ms() / 2), |d| d.ms())
+    }
 }
 
 /// When a job is done, as seen at the fakes (ground truth, never the stack's
@@ -652,8 +661,10 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
     if sc.horizon.ms() == 0 || sc.horizon.ms() > MAX_HORIZON_MS {
         p("horizon", format!("{} is out of range; a live horizon is real time, between 1s and 10m", sc.horizon));
     }
-    if sc.jobs.settle.ms() >= sc.horizon.ms() {
-        p("jobs.settle", format!("{} is not below the horizon ({}); shorten it", sc.jobs.settle, sc.horizon));
+    if let Some(settle) = sc.jobs.settle
+        && settle.ms() >= sc.horizon.ms()
+    {
+        p("jobs.settle", format!("{settle} is not below the horizon ({}); shorten it", sc.horizon));
     }
     if sc.jobs.count == 0 || sc.jobs.count > MAX_JOBS {
         p("jobs.count", format!("{} is out of range; submit between 1 and {MAX_JOBS} jobs", sc.jobs.count));
