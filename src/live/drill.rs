@@ -1116,8 +1116,6 @@ fn measure(
     let attempts = lock(&shared.attempts).attempts.len() as u64;
     let wall_s = s_of(d.end_us.saturating_sub(d.base_us));
     let region = region_report(sc, &d);
-    let mut unmeasured =
-        vec!["replanned_steps", "stale_writes", "stale_actions", "corrupted_writes", "concurrent_runs"];
     if region.is_some() {
         // The live vector fakes ship no snapshots across regions yet.
         unmeasured.push("rpo_surfaces.vector_memory_s");
