@@ -57,8 +57,16 @@ fn run_drill(file: &str, runs: &Path) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), v["drills"][0].clone())
 }
 
+/// Live drills measure real time: one at a time, so one drill's processes
+/// are not another's CPU load (the region drills fail over in seconds).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn worker_killed_with_its_charge_in_flight_resumes_without_a_duplicate() {
+    let _serial = serial();
     let runs = run_root("pass");
     let (code, d) = run_drill("scenarios/live/python-worker-kill-after-commit.toml", &runs);
     assert_eq!(d["mode"], "live", "{d:#}");
@@ -84,6 +92,7 @@ fn worker_killed_with_its_charge_in_flight_resumes_without_a_duplicate() {
 
 #[test]
 fn the_live_reference_stack_over_postgres_resumes_a_killed_worker_and_its_anti_pattern_is_caught() {
+    let _serial = serial();
     // `agentdrill stack orchestrator|worker` (the simulator's components)
     // with the orchestrator's store in a PostgreSQL the drill starts itself
     // (`[database]`): PostgreSQL missing fails the drill with exit 2, naming
@@ -108,6 +117,7 @@ fn the_live_reference_stack_over_postgres_resumes_a_killed_worker_and_its_anti_p
 
 #[test]
 fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
+    let _serial = serial();
     let runs = run_root("catalogue");
     let out = Command::new(env!("CARGO_BIN_EXE_agentdrill"))
         .current_dir(root())
@@ -142,6 +152,7 @@ fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
 
 #[test]
 fn key_made_from_the_clock_and_resume_without_reconcile_is_caught() {
+    let _serial = serial();
     let runs = run_root("caught");
     let (code, d) = run_drill("scenarios/live/antipattern-key-from-clock.toml", &runs);
     assert!(d["duplicates"].as_u64().is_some_and(|n| n >= 1), "the re-issued charge is a duplicate: {d:#}");
@@ -151,6 +162,7 @@ fn key_made_from_the_clock_and_resume_without_reconcile_is_caught() {
 
 #[test]
 fn the_python_agent_reconciles_an_email_in_flight_and_checkpoint_after_step_is_caught() {
+    let _serial = serial();
     let runs = run_root("email");
     let (code, d) = run_drill("scenarios/live/python-non-dedupe-email-reconcile.toml", &runs);
     assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "{d:#}");
@@ -212,6 +224,7 @@ fn orphan_scenario(dir: &Path, python: &Path) -> PathBuf {
 
 #[test]
 fn a_harness_killed_mid_drill_leaves_no_orphans_after_the_next_start() {
+    let _serial = serial();
     let python = python();
     let runs = run_root("orphans");
     let work = runs.join("work");
@@ -275,6 +288,7 @@ fn a_harness_killed_mid_drill_leaves_no_orphans_after_the_next_start() {
 
 #[test]
 fn a_process_that_exits_on_its_own_is_quoted_with_its_log_and_restarted() {
+    let _serial = serial();
     let runs = run_root("unexpected");
     let sc = runs.join("crash.toml");
     std::fs::write(

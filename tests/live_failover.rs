@@ -150,8 +150,16 @@ fn compare_with_twin(live_file: &str, twin: &str, test: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Live drills measure real time: one at a time, so a drill's RTO is not
+/// another drill's CPU load (the twins are compared within 20 %).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn warm_standby_live_matches_its_simulated_twin() {
+    let _serial = serial();
     compare_with_twin(
         "scenarios/live/region-warm-standby-async.toml",
         &sim_twin("warm_standby", "{ mode = \"async\", lag_ms = 50, interval_ms = 50 }", "500ms", 1, "3s"),
@@ -161,6 +169,7 @@ fn warm_standby_live_matches_its_simulated_twin() {
 
 #[test]
 fn active_active_live_matches_its_simulated_twin() {
+    let _serial = serial();
     compare_with_twin(
         "scenarios/live/region-active-active-sync.toml",
         &sim_twin("active_active", "{ mode = \"sync\" }", "0s", 1, "3s"),
@@ -179,6 +188,7 @@ fn docker_answers() -> bool {
 
 #[test]
 fn sigkilled_harness_mid_failover_leaves_nothing_after_the_next_run() {
+    let _serial = serial();
     let dir = run_dir("sigkill-failover");
     let file = root().join("scenarios/live/region-warm-standby-async.toml");
     let mut child = Command::new(BIN)
