@@ -115,6 +115,11 @@ pub struct Orchestrator {
     parked_req: Vec<Option<(u32, Micros)>>,
     expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
     pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
+    /// Whether a `SyncDegrade` timer is pending. Timers are not
+    /// deduplicated by the runtime: arming one per empty-to-busy transition
+    /// while an earlier one still waits would grow a chain of timers that
+    /// each re-arm (without bound over a long horizon).
+    sync_degrade_armed: bool,
     replica_acked: u64,
     stale_accepted: u64,
     reorder: std::collections::BTreeMap<u64, crate::components::store::LogRec>,
@@ -137,6 +142,7 @@ impl Orchestrator {
             parked_req: Vec::new(),
             expiries: BinaryHeap::new(),
             pending_sync: VecDeque::new(),
+            sync_degrade_armed: false,
             replica_acked: 0,
             stale_accepted: 0,
             reorder: std::collections::BTreeMap::new(),
@@ -217,6 +223,7 @@ impl Orchestrator {
         self.parked_req.clear();
         self.expiries.clear();
         self.pending_sync.clear();
+        self.sync_degrade_armed = false; // the crash drops its timers
         self.reorder.clear();
     }
 
@@ -339,8 +346,11 @@ impl Orchestrator {
             && lsn > self.replica_acked
         {
             if let Some(ms) = degrade_after_ms
-                && self.pending_sync.is_empty()
+                && !self.sync_degrade_armed
             {
+                // The oldest pending write is this one (the queue is empty
+                // or an armed timer already covers an older one).
+                self.sync_degrade_armed = true;
                 env.set_timer(ms * US_PER_MS, Timer::SyncDegrade);
             }
             self.pending_sync.push_back((lsn, env.now_us(), to, msg));
@@ -606,6 +616,7 @@ impl Orchestrator {
             Timer::SyncDegrade => {
                 // Semi-synchronous fallback: release writes the replica has
                 // not confirmed within the limit.
+                self.sync_degrade_armed = false;
                 let Replication::Sync { degrade_after_ms: Some(ms) } = self.cfg.replication else { return };
                 let limit = ms * US_PER_MS;
                 let now = env.now_us();
@@ -622,6 +633,7 @@ impl Orchestrator {
                     env.note(Note::SyncDegraded);
                 }
                 if let Some(&(_, at, _, _)) = self.pending_sync.front() {
+                    self.sync_degrade_armed = true;
                     env.set_timer(at + limit - now, Timer::SyncDegrade);
                 }
             }
