@@ -12,7 +12,9 @@
 //! out-of-memory kill or the cap being hit fails the test and leaves the
 //! scenario file behind to reproduce it.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 16).
+//! `PROPTEST_CASES` sets the number of cases (default 16). What the
+//! generator once found is kept in `fixtures/in-range/` and run under the
+//! same caps every time.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -413,4 +415,24 @@ fn the_caps_catch_a_drill_that_needs_more() {
     let big = run_capped(&file, CPU_CAP_S, 64 << 20).expect_err("over the memory cap");
     assert!(big.contains("killed by signal") || big.contains("exit"), "{big}");
     let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn the_kept_in_range_finds_run_to_a_verdict_under_the_caps() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/in-range");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no kept finds in {}", dir.display());
+    for file in &files {
+        if let Err(e) = agentdrill::drill::loader::load(file) {
+            panic!("a kept in-range scenario was refused: {}: {e}", file.display());
+        }
+        if let Err(why) = run_capped(file, CPU_CAP_S, MEMORY_CAP_BYTES) {
+            panic!("{}: {why}", file.display());
+        }
+    }
 }

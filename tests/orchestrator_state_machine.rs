@@ -512,20 +512,7 @@ impl StateMachineTest for OrchTest {
                 sut.deliver(worker_host(w), msg);
             }
             Op::Call { .. } | Op::CrashWorker { .. } => {}
-            Op::Advance { ms } => {
-                let until = sut.env.now_us + ms * US_PER_MS;
-                loop {
-                    sut.env.timers.sort_by_key(|(at, _)| *at);
-                    let Some(&(at, timer)) = sut.env.timers.first() else { break };
-                    if at > until {
-                        break;
-                    }
-                    sut.env.timers.remove(0);
-                    sut.env.now_us = at;
-                    sut.orch.on_timer(&mut sut.env, timer);
-                }
-                sut.env.now_us = until;
-            }
+            Op::Advance { ms } => advance(&mut sut, ms),
             Op::CrashOrchestrator => {
                 sut.orch.crash();
                 sut.env.timers.clear(); // its timers die with the process
@@ -609,4 +596,83 @@ prop_state_machine! {
     })]
     #[test]
     fn the_orchestrator_follows_the_task_step_lease_model(sequential 1..60 => OrchTest);
+}
+
+/// A semi-synchronous primary keeps at most one degrade timer pending.
+///
+/// The runtime does not deduplicate timers. A replica that confirms each
+/// write before the degrade limit empties the queue of waiting replies
+/// while the degrade timer still waits; the next write must not arm a
+/// second one. Before the fix every round added a timer chain that re-armed
+/// itself, and an in-range drill spent over 120 s of CPU on them.
+#[test]
+fn a_semi_synchronous_primary_keeps_one_degrade_timer_pending() {
+    const REPLICA: HostId = HostId(3);
+    const DEGRADE_MS: u64 = 500;
+    let cfg = OrchConfig {
+        lease_ms: LEASE_MS,
+        recovery_scan_ms: SCAN_MS,
+        fencing: true,
+        replication: Replication::Sync { degrade_after_ms: Some(DEGRADE_MS) },
+        replica: Some(REPLICA),
+        client: CLIENT,
+        wall_clock_leases: false,
+        auto_rollback: true,
+        idempotent_create: true,
+    };
+    let mut sut = Sut {
+        orch: Orchestrator::new(cfg, true),
+        env: TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) },
+    };
+    sut.orch.start(&mut sut.env);
+    let degrade_timers = |env: &TestEnv| env.timers.iter().filter(|(_, t)| matches!(t, Timer::SyncDegrade)).count();
+    let mut acked = 0;
+    for job in 0..200u32 {
+        // A write whose reply waits for the replica…
+        sut.deliver(CLIENT, Msg::Submit { job: JobId(job), template: 0, steps: STEPS, probe: false, replay: false });
+        let lsn = sut
+            .env
+            .outbox
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Msg::Replicate { recs } if *to == REPLICA => recs.iter().map(|r| r.lsn).max(),
+                _ => None,
+            })
+            .max()
+            .expect("a synchronous write is shipped to the replica at once");
+        // …confirmed by the replica well before the limit on two rounds in
+        // three (the queue empties while the degrade timer still waits); on
+        // the third the replica is slow and the limit releases it.
+        if job % 3 != 0 {
+            sut.deliver(REPLICA, Msg::ReplicateAck { lsn });
+        }
+        acked += sut.env.outbox.iter().filter(|(_, m)| matches!(m, Msg::SubmitAck { .. })).count();
+        sut.env.outbox.clear();
+        assert!(degrade_timers(&sut.env) <= 1, "round {job}: {} degrade timers pending", degrade_timers(&sut.env));
+        // 100 ms pass (under the limit); the timers due fire.
+        advance(&mut sut, 100);
+        acked += sut.env.outbox.iter().filter(|(_, m)| matches!(m, Msg::SubmitAck { .. })).count();
+        sut.env.outbox.clear();
+    }
+    assert!(degrade_timers(&sut.env) <= 1);
+    // Every reply went out: confirmed, or released by the limit.
+    advance(&mut sut, DEGRADE_MS);
+    acked += sut.env.outbox.iter().filter(|(_, m)| matches!(m, Msg::SubmitAck { .. })).count();
+    assert_eq!(acked, 200, "every submission acknowledged");
+}
+
+/// Lets `ms` pass, firing each timer that falls due at its own time.
+fn advance(sut: &mut Sut, ms: u64) {
+    let until = sut.env.now_us + ms * US_PER_MS;
+    loop {
+        sut.env.timers.sort_by_key(|(at, _)| *at);
+        let Some(&(at, timer)) = sut.env.timers.first() else { break };
+        if at > until {
+            break;
+        }
+        sut.env.timers.remove(0);
+        sut.env.now_us = at;
+        sut.orch.on_timer(&mut sut.env, timer);
+    }
+    sut.env.now_us = until;
 }
