@@ -462,6 +462,7 @@ impl StateMachineTest for OrchTest {
             wall_clock_leases: false,
             auto_rollback: true,
             idempotent_create: true,
+            controller_silence_us: None,
         };
         let mut sut = Sut {
             orch: Orchestrator::new(cfg, true),
