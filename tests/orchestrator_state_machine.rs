@@ -462,6 +462,7 @@ impl StateMachineTest for OrchTest {
             wall_clock_leases: false,
             auto_rollback: true,
             idempotent_create: true,
+            controller_silence_us: None,
         };
         let mut sut = Sut {
             orch: Orchestrator::new(cfg, true),
@@ -619,6 +620,7 @@ fn a_semi_synchronous_primary_keeps_one_degrade_timer_pending() {
         wall_clock_leases: false,
         auto_rollback: true,
         idempotent_create: true,
+        controller_silence_us: None,
     };
     let mut sut = Sut {
         orch: Orchestrator::new(cfg, true),
@@ -675,4 +677,43 @@ fn advance(sut: &mut Sut, ms: u64) {
         sut.orch.on_timer(&mut sut.env, timer);
     }
     sut.env.now_us = until;
+}
+
+/// A primary that has not heard the failover controller for longer than
+/// its detection grants no lease (the standby may be primary already) and
+/// resumes, handing the parked worker its grant, on the next health check.
+#[test]
+fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
+    const SILENCE_US: Micros = 30_000_000;
+    let cfg = OrchConfig {
+        lease_ms: LEASE_MS,
+        recovery_scan_ms: SCAN_MS,
+        fencing: true,
+        replication: Replication::None,
+        replica: None,
+        client: CLIENT,
+        wall_clock_leases: false,
+        auto_rollback: false,
+        idempotent_create: true,
+        controller_silence_us: Some(SILENCE_US),
+    };
+    let mut orch = Orchestrator::new(cfg, true);
+    let mut env = TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) };
+    let controller = HostId(2);
+    orch.start(&mut env);
+    orch.on_msg(&mut env, controller, Msg::Ping { seq: 1 });
+    env.now_us = SILENCE_US + 1; // heard at 0: silent for longer than the detection
+    assert!(orch.self_fenced(&env));
+    orch.on_msg(
+        &mut env,
+        CLIENT,
+        Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false },
+    );
+    env.outbox.clear();
+    orch.on_msg(&mut env, worker_host(0), Msg::LeaseReq { req: 1 });
+    let granted = |out: &[(HostId, Msg)]| out.iter().any(|(_, m)| matches!(m, Msg::LeaseGrant { .. }));
+    assert!(!granted(&env.outbox), "a self-fenced primary grants nothing: {:?}", env.outbox);
+    orch.on_msg(&mut env, controller, Msg::Ping { seq: 2 });
+    assert!(!orch.self_fenced(&env));
+    assert!(granted(&env.outbox), "the parked worker gets its grant once the controller is heard");
 }

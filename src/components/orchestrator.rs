@@ -67,6 +67,14 @@ pub struct OrchConfig {
     pub auto_rollback: bool,
     /// Create at most one task per job (off: trust the queue's dedupe).
     pub idempotent_create: bool,
+    /// The failover controller's promotion path (failure threshold ×
+    /// health interval + health timeout) when a controller health-checks
+    /// this orchestrator, `None` when nothing does. A primary that has not
+    /// heard a health check for longer than this self-fences: the
+    /// controller may have declared it down and promoted the standby, so
+    /// it grants and renews no lease and takes no worker write until it
+    /// hears the controller again (a leader lease).
+    pub controller_silence_us: Option<Micros>,
 }
 
 /// A prompt/config version as workers receive it with their lease.
@@ -127,6 +135,9 @@ pub struct Orchestrator {
     prompt: Prompt,
     last_good: Prompt,
     watch: Option<DeployWatch>,
+    /// When the failover controller was last heard (a health check, or the
+    /// start-up that asked it who is primary).
+    heard_controller_us: Micros,
 }
 
 impl Orchestrator {
@@ -150,6 +161,7 @@ impl Orchestrator {
             prompt: Prompt::default(),
             last_good: Prompt::default(),
             watch: None,
+            heard_controller_us: 0,
         }
     }
 
@@ -250,6 +262,9 @@ impl Orchestrator {
 
     /// Start-up: rebuild the queues from the store; a primary serves at once.
     pub fn start(&mut self, env: &mut impl Env) {
+        // Start-up asks the controller who is primary (the harness's
+        // `start_host`): that answer counts as hearing it.
+        self.heard_controller_us = env.now_us();
         self.ready.clear();
         self.expiries.clear();
         for t in self.store.tasks() {
@@ -292,6 +307,18 @@ impl Orchestrator {
             (Replication::Sync { .. }, Some(_)) => env.set_timer(SYNC_RESHIP_US, Timer::ReplicationTick),
             _ => {}
         }
+    }
+
+    /// Whether this primary has self-fenced: it has not heard the failover
+    /// controller's health checks for longer than the controller takes to
+    /// declare it down, so the standby may be primary already (the
+    /// controller's `Demote` may never reach a primary cut from it). It
+    /// grants and renews no lease and takes no worker write until a health
+    /// check arrives again (the controller checks only the primary it still
+    /// watches, so a check means it is still primary).
+    pub fn self_fenced(&self, env: &impl Env) -> bool {
+        self.primary
+            && self.cfg.controller_silence_us.is_some_and(|s| env.now_us() > self.heard_controller_us.saturating_add(s))
     }
 
     /// Promotion of a standby: a new timeline, then serve after `Open`.
@@ -393,6 +420,9 @@ impl Orchestrator {
                 let Some(t) = self.store.task(task) else {
                     return;
                 };
+                if self.self_fenced(env) {
+                    return; // as unreachable: the holder's own deadline runs
+                }
                 let ok = self.serving && t.status == TaskStatus::Leased && t.lease.token == token;
                 if ok {
                     let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
@@ -438,7 +468,16 @@ impl Orchestrator {
                     env.send(to, m);
                 }
             }
-            Msg::Ping { seq } if self.serving => env.send(from, Msg::Pong { seq }),
+            Msg::Ping { seq } => {
+                let was_fenced = self.self_fenced(env);
+                self.heard_controller_us = env.now_us();
+                if self.serving {
+                    env.send(from, Msg::Pong { seq });
+                    if was_fenced {
+                        self.dispatch(env); // workers parked while fenced
+                    }
+                }
+            }
             Msg::OutputRejected { version } => {
                 // Telemetry for the health checks after a deploy: a model
                 // output under `version` failed validation.
@@ -498,8 +537,8 @@ impl Orchestrator {
     }
 
     fn on_write(&mut self, env: &mut impl Env, from: HostId, req: u32, token: u64, write: WorkerWrite) {
-        if !self.serving {
-            return;
+        if !self.serving || self.self_fenced(env) {
+            return; // the worker retries; a fenced primary may resume
         }
         let task = write.task();
         let Some(t) = self.store.task(task) else {
@@ -564,6 +603,9 @@ impl Orchestrator {
 
     /// Hands queued tasks to parked workers.
     fn dispatch(&mut self, env: &mut impl Env) {
+        if self.self_fenced(env) {
+            return; // the parked workers wait for a health check
+        }
         while !self.parked.is_empty() {
             let Some(task) = self.ready.pop_front() else {
                 return;

@@ -41,6 +41,15 @@ pub struct FailoverConfig {
     pub scale_up_ms: u64,
 }
 
+impl FailoverConfig {
+    /// How long the controller takes, from the last health check the
+    /// primary answered, to declare it down: `failure_threshold` checks one
+    /// `health_interval` apart, the last unanswered after `health_timeout`.
+    pub fn detection_us(&self) -> Micros {
+        (u64::from(self.failure_threshold) * self.health_interval_ms + self.health_timeout_ms).saturating_mul(US_PER_MS)
+    }
+}
+
 /// A DNS record as resolvers see it: the old target until the TTL of the
 /// change has passed (the worst case a cached resolver sees).
 #[derive(Clone, Copy, Debug)]

@@ -470,20 +470,18 @@ fn no_redo(g: &Ground<'_>, out: &mut Vec<Violation>) {
 ///
 /// Why a demoted primary's grants count. When a partition cuts the failover
 /// controller from region A, the standby is promoted while A, which cannot
-/// hear the controller, goes on granting leases to the workers that still
-/// reach it until the controller can demote it. That is not a split brain
-/// as long as the promoted standby grants nothing meanwhile, and it does
-/// not: it requeues every lease it inherited at promotion and grants only
-/// once the controller opens it to traffic, after the DNS TTL has passed,
-/// when every worker's cached route points at it. Until then A's grants are
-/// the only live ones, and a worker acting under the newest of them holds
-/// its lease. (The alternative, A fencing itself when it loses the
-/// controller, would take a healthy primary out of service for every
-/// controller-side partition, even one the controller calls off when A
-/// answers again, and would not protect anything this check does not
-/// already see.) A genuine split brain still shows: once the promoted
-/// standby grants the job, that grant is the newest, and a side effect from
-/// the old primary's holder after it is stale. Under fully synchronous
+/// hear the controller, may still grant leases to the workers that reach
+/// it, until it self-fences: a primary that has not heard a health check
+/// for longer than the controller's detection (threshold × interval +
+/// timeout) grants, renews and accepts nothing until a check arrives again
+/// (`OrchConfig::controller_silence_us`). Its grants before that are not a
+/// split brain as long as the promoted standby grants nothing meanwhile,
+/// and it does not: it requeues every lease it inherited at promotion and
+/// grants only once the controller opens it to traffic, after the DNS TTL.
+/// A genuine split brain (the old primary's holder acting after the
+/// promoted standby granted the job; seed 5005 case 10199, before
+/// self-fencing) still shows: that grant is the newest, and a side effect
+/// from the older holder after it is stale. Under fully synchronous
 /// replication a demoted primary's log adds no grant: every grant it
 /// released the replica had first, and one the promoted replica never
 /// confirmed was never sent (a lease A recorded while cut from the

@@ -492,7 +492,9 @@ fn service_nodes(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts, host_c
     let [orch_a, orch_b] = hosts.orch;
     let orch_cfg = orch_config(spec, hosts);
     nodes[slot(orch_a)] = Some(Node::Orchestrator(Orchestrator::new(orch_cfg, true)));
-    nodes[slot(orch_b)] = Some(Node::Orchestrator(Orchestrator::new(OrchConfig { replica: None, ..orch_cfg }, false)));
+    // The controller health-checks region A's orchestrator only.
+    let standby_cfg = OrchConfig { replica: None, controller_silence_us: None, ..orch_cfg };
+    nodes[slot(orch_b)] = Some(Node::Orchestrator(Orchestrator::new(standby_cfg, false)));
     let [vec_a, vec_b] = vector_nodes(spec, hosts);
     nodes[slot(hosts.vec[0])] = Some(Node::Vector(vec_a));
     nodes[slot(hosts.vec[1])] = Some(Node::Vector(vec_b));
@@ -535,6 +537,8 @@ fn orch_config(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts) -> OrchC
         wall_clock_leases: policy.wall_clock_leases,
         auto_rollback: policy.auto_rollback,
         idempotent_create: policy.idempotent_create,
+        // A primary silent for longer than the controller's detection self-fences.
+        controller_silence_us: two.then(|| failover_config(spec).detection_us()),
     }
 }
 

@@ -102,6 +102,7 @@ impl OrchestratorConfig {
             wall_clock_leases: self.policy.wall_clock_leases,
             auto_rollback: self.policy.auto_rollback,
             idempotent_create: self.policy.idempotent_create,
+            controller_silence_us: None, // the live controller checks the database, not this process
         }
     }
 }
