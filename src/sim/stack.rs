@@ -1252,10 +1252,10 @@ impl Client {
                 if !*at_grow(&mut self.acked, j) {
                     self.acked[j] = true;
                     *at_grow(&mut env.truth.accepted_us, j) = Some(env.now_us());
-                    if !self.spec(job).probe {
-                        if let Some(after_us) = self.resends.accepted(env.now_us(), job) {
-                            env.set_timer(after_us, Timer::ClientResubmit);
-                        }
+                    if !self.spec(job).probe
+                        && let Some(after_us) = self.resends.accepted(env.now_us(), job)
+                    {
+                        env.set_timer(after_us, Timer::ClientResubmit);
                     }
                 }
             }
