@@ -381,10 +381,14 @@ fn assert_clean_pass(file: &str) -> Value {
     for count in ["duplicates", "lost_effects", "stuck_tasks", "replanned_steps", "stale_writes"] {
         assert_eq!(d[count], 0, "{file}: {count}: {d:#}");
     }
+    assert_eq!(d["counts"]["corrupted_writes"], 0, "{file}: {d:#}");
     assert_eq!(d["counts"]["done_tasks"], 10, "{file}: {d:#}");
     assert_eq!(d["counts"]["side_effects"], 20, "{file}: one charge and one email per job: {d:#}");
     let unmeasured = d["unmeasured"].as_array().expect("unmeasured");
-    assert!(!unmeasured.iter().any(|u| u == "stale_writes"), "{file}: stale writes measured: {d:#}");
+    for count in ["stale_writes", "corrupted_writes"] {
+        assert!(!unmeasured.iter().any(|u| u == count), "{file}: {count} measured: {d:#}");
+        assert!(d["measured_from"][count].as_str().is_some_and(|s| s.contains("agentdrill.")), "{d:#}");
+    }
     assert!(d["measured_from"]["stale_writes"].as_str().is_some_and(|s| s.contains("agentdrill.writes")), "{d:#}");
     let f = &d["faults"][0];
     assert!(f["onset_s"].as_f64().is_some(), "{file}: the fault fired: {f:#}");

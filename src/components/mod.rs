@@ -14,6 +14,7 @@ pub mod policy;
 pub mod provider;
 pub mod queue;
 pub mod region;
+pub mod resend;
 pub mod router;
 pub mod store;
 pub mod vector;

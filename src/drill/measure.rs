@@ -319,12 +319,19 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         }
     }
     c.replanned_steps = replanned(stack);
-    c.corrupted_writes = store.log().iter().filter(|r| matches!(r.op, Op::Result { corrupt: true, .. })).count() as u64;
+    c.corrupted_writes = corrupted_writes(store.log().iter());
     let vec = &stack.vector(stack.serving_vector()).store;
     c.vector_points_lost =
         stack.truth.vec_acks.keys().filter(|p| vec.query(**p).is_none_or(|hit| hit.corrupted)).count() as u64;
     c.stale_writes = stack.hosts.orch.iter().map(|&h| stack.orch(h).stale_writes_accepted()).sum();
     c
+}
+
+/// Step results persisted from tool responses that failed the schema, in
+/// a store's log (the simulated serving store's, or the live reference
+/// stack's PostgreSQL event log).
+pub fn corrupted_writes<'a>(log: impl IntoIterator<Item = &'a LogRec>) -> u64 {
+    log.into_iter().filter(|r| matches!(r.op, Op::Result { corrupt: true, .. })).count() as u64
 }
 
 /// Plan steps decided differently after a resume, from what survived: the

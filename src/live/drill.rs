@@ -666,44 +666,127 @@ async fn wait_ready(sc: &LiveScenario, reps: &[Replica], sup: &Supervisor) -> Re
     })
 }
 
-/// Submits every job on schedule; each accepted job is sent on `accepted`.
+/// Submits every job on schedule and resends by the workload's rule
+/// ([`crate::components::resend`], the simulated client's): a submission
+/// not accepted within `[jobs] submit_retry` is sent again, and an accepted
+/// job not `done` (ground truth, from [`drive`]) within `resubmit_after` is
+/// submitted again with the same job number. Each job is sent on
+/// `accepted` once, at its first acceptance.
 async fn submitter(
     sc: LiveScenario,
     submit_url: Option<String>,
     env: Vec<(String, String)>,
     accepted: mpsc::UnboundedSender<u32>,
+    mut done: mpsc::UnboundedReceiver<u32>,
 ) {
-    let client = reqwest::Client::builder().timeout(Duration::from_millis(SUBMIT_TIMEOUT_MS)).build();
+    let client = reqwest::Client::builder().timeout(Duration::from_millis(SUBMIT_TIMEOUT_MS)).build().ok();
     let start = tokio::time::Instant::now();
+    let now_us = || Micros::try_from(start.elapsed().as_micros()).unwrap_or(Micros::MAX);
     let script = super::script::Script::new(sc.seed);
-    for k in 0..sc.jobs.count {
-        let job = sc.jobs.first + k;
-        tokio::time::sleep_until(start + Duration::from_millis(sc.jobs.every.ms() * u64::from(k))).await;
-        let workflow = sc.jobs.workflow.clone().unwrap_or_else(|| script.template_for(job).name.to_owned());
-        loop {
-            let ok = match (&submit_url, &sc.submit.command, &client) {
-                (Some(url), _, Ok(c)) => c
-                    .post(url)
-                    .json(&serde_json::json!({ "job": job, "workflow": workflow }))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
-                (None, Some(cmd), _) => {
-                    let sub = |s: &String| s.replace("{job}", &job.to_string()).replace("{workflow}", &workflow);
-                    let mut c = tokio::process::Command::new(sub(&cmd[0]));
-                    c.args(cmd[1..].iter().map(sub)).envs(env.iter().cloned()).kill_on_drop(true);
-                    c.status().await.is_ok_and(|s| s.success())
-                }
-                _ => false,
-            };
-            if ok {
-                break;
+    let send = Sender { sc: Arc::new(sc.clone()), url: submit_url, env: Arc::new(env), client, script };
+    let mut resends = sc.jobs.resends();
+    let (answer_tx, mut answers) = mpsc::unbounded_channel::<(u32, bool)>();
+    let (mut acked, mut finished) = (rustc_hash::FxHashSet::default(), rustc_hash::FxHashSet::default());
+    // Attempts waiting for their answer, per job.
+    let mut in_flight: FxHashMap<u32, u32> = FxHashMap::default();
+    let (mut retry_at, mut resubmit_at) = (None, None);
+    let at = |after_us: Micros| Some(start + Duration::from_micros(now_us().saturating_add(after_us)));
+    let mut next = 0u32;
+    loop {
+        let arrival =
+            (next < sc.jobs.count).then(|| start + Duration::from_millis(sc.jobs.every.ms() * u64::from(next)));
+        let mut due = Vec::new();
+        tokio::select! {
+            () = sleep_until_some(arrival) => {
+                due.push(sc.jobs.first + next);
+                next += 1;
             }
-            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+            () = sleep_until_some(retry_at) => {
+                retry_at = None;
+                due = resends.retry_fired(now_us(), |j| acked.contains(&j.0)).into_iter().map(|j| j.0).collect();
+            }
+            () = sleep_until_some(resubmit_at) => {
+                resubmit_at = None;
+                due = resends.resubmit_fired(now_us(), |j| finished.contains(&j.0)).into_iter().map(|j| j.0).collect();
+            }
+            Some((job, ok)) = answers.recv() => {
+                if let Some(n) = in_flight.get_mut(&job) {
+                    *n -= 1;
+                }
+                in_flight.retain(|_, n| *n > 0);
+                if ok && acked.insert(job) {
+                    if let Some(after_us) = resends.accepted(now_us(), JobId(job)) {
+                        resubmit_at = at(after_us);
+                    }
+                    if accepted.send(job).is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(job) = done.recv() => {
+                finished.insert(job);
+            }
         }
-        if accepted.send(job).is_err() {
-            return;
+        for job in due {
+            // An attempt still waiting for its answer is this send: the
+            // job waits one more `submit_retry` instead of a second one.
+            if !in_flight.contains_key(&job) {
+                *in_flight.entry(job).or_default() += 1;
+                tokio::spawn(send.clone().attempt(job, answer_tx.clone()));
+            }
+            if let Some(after_us) = resends.sent(now_us(), JobId(job)) {
+                retry_at = at(after_us);
+            }
         }
+        if let Some(after_us) = resends.arm_retry() {
+            retry_at = at(after_us);
+        }
+        if let Some(after_us) = resends.arm_resubmit() {
+            resubmit_at = at(after_us);
+        }
+    }
+}
+
+/// Sleeps until `t`, or forever when there is none.
+async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One submission attempt's means: the stack's endpoint or command.
+#[derive(Clone)]
+struct Sender {
+    sc: Arc<LiveScenario>,
+    url: Option<String>,
+    env: Arc<Vec<(String, String)>>,
+    client: Option<reqwest::Client>,
+    script: super::script::Script,
+}
+
+impl Sender {
+    /// Submits `job` once; its answer (accepted or not) goes to `answer`.
+    async fn attempt(self, job: u32, answer: mpsc::UnboundedSender<(u32, bool)>) {
+        let workflow = self.sc.jobs.workflow.clone().unwrap_or_else(|| self.script.template_for(job).name.to_owned());
+        let ok = match (&self.url, &self.sc.submit.command, &self.client) {
+            (Some(url), _, Some(c)) => c
+                .post(url)
+                .json(&serde_json::json!({ "job": job, "workflow": workflow }))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            (None, Some(cmd), _) => {
+                let sub = |s: &String| s.replace("{job}", &job.to_string()).replace("{workflow}", &workflow);
+                let mut c = tokio::process::Command::new(sub(&cmd[0]));
+                c.args(cmd[1..].iter().map(sub)).envs(self.env.iter().cloned()).kill_on_drop(true);
+                // A command that hangs is an attempt that never answers.
+                let limit = Duration::from_millis(SUBMIT_TIMEOUT_MS);
+                tokio::time::timeout(limit, c.status()).await.is_ok_and(|s| s.is_ok_and(|s| s.success()))
+            }
+            _ => false,
+        };
+        let _ = answer.send((job, ok));
     }
 }
 
@@ -808,9 +891,10 @@ async fn drive(
     });
     let env: Vec<(String, String)> = served.env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     let (acc_tx, mut acc_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let base_us = shared.now_us();
     let start = tokio::time::Instant::now();
-    let sub = tokio::spawn(submitter(sc.clone(), submit_url, env, acc_tx));
+    let sub = tokio::spawn(submitter(sc.clone(), submit_url, env, acc_tx, done_rx));
     let script = super::script::Script::new(shared.script.seed());
     let mut jobs: BTreeMap<u32, JobTruth> = BTreeMap::new();
     let mut onsets = vec![Onset::default(); sc.faults.len()];
@@ -821,6 +905,8 @@ async fn drive(
     // since the first submission): the drill ends `[jobs] settle` after both.
     let mut last_fault_ms = 0u64;
     let mut all_done_ms: Option<u64> = None;
+    // Jobs the submitter was told are done (it stops resubmitting them).
+    let mut told_done = rustc_hash::FxHashSet::default();
     loop {
         tokio::select! {
             Some(job) = acc_rx.recv() => {
@@ -951,6 +1037,11 @@ async fn drive(
             }
         }
         observe(shared, sc.jobs.done, &mut jobs);
+        for (&job, t) in &jobs {
+            if t.done_us.is_some() && told_done.insert(job) {
+                let _ = done_tx.send(job);
+            }
+        }
         let all_in = jobs.len() == sc.jobs.count as usize;
         let all_done = all_in && timed.is_empty() && jobs.values().all(|j| j.done_us.is_some());
         all_done_ms = if all_done { all_done_ms.or(Some(elapsed_ms)) } else { None };
@@ -1052,7 +1143,7 @@ fn measure(
     let (ledger, total_effects) = ledger_counts(shared);
     let mut counts = Counts { side_effects: total_effects, ..Counts::default() };
     counts.replanned_steps = replanned(shared, &d.jobs);
-    let mut unmeasured = vec!["stale_actions", "corrupted_writes", "concurrent_runs"];
+    let mut unmeasured = vec!["stale_actions", "concurrent_runs"];
     let mut measured_from = BTreeMap::from([
         ("duplicates", "the payment and email fakes' ledgers, per (job, step) of the script"),
         ("lost_effects", "the ledgers and the model fakes' final answers"),
@@ -1066,8 +1157,16 @@ fn measure(
                 "stale_writes",
                 "the stack's PostgreSQL: agentdrill.writes judged against the lease history of agentdrill.event_log",
             );
+            counts.corrupted_writes = a.corrupted_writes;
+            measured_from.insert(
+                "corrupted_writes",
+                "the stack's PostgreSQL: step results in agentdrill.event_log persisted from responses that failed the schema",
+            );
         }
-        None => unmeasured.insert(0, "stale_writes"),
+        None => {
+            unmeasured.insert(0, "corrupted_writes");
+            unmeasured.insert(0, "stale_writes");
+        }
     }
     for (&job, t) in &d.jobs {
         for (i, s) in t.expected.iter().enumerate() {

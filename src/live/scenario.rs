@@ -198,6 +198,36 @@ pub struct JobsSpec {
     /// shorter (so a short drill stays valid without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle: Option<Dur>,
+    /// Send a submission again when it was not accepted this long after it
+    /// was sent (refused, timed out, or no answer yet: an attempt still
+    /// waiting for its answer counts as sent again). The simulated
+    /// workload's `submit_retry`, the same rule
+    /// ([`crate::components::resend`]).
+    #[serde(default = "default_submit_retry")]
+    pub submit_retry: Dur,
+    /// Submit an accepted job again, with the same job number, when it is
+    /// not done (at the fakes) this long after its acceptance or its last
+    /// resubmission: its acknowledgement may have been lost with a region
+    /// or in a replication lag window. The stack must accept a job it
+    /// already has as a no-op (the reference orchestrator does). The
+    /// simulated workload's `resubmit_after`; at least 1s.
+    #[serde(default = "default_resubmit_after")]
+    pub resubmit_after: Dur,
+}
+
+impl JobsSpec {
+    /// The resend rule of these jobs' submitter.
+    pub fn resends(&self) -> crate::components::resend::Resends {
+        crate::components::resend::Resends::new(self.submit_retry.us(), self.resubmit_after.us())
+    }
+}
+
+fn default_submit_retry() -> Dur {
+    Dur(250)
+}
+
+fn default_resubmit_after() -> Dur {
+    Dur(5_000)
 }
 
 /// The default `[jobs] settle`, in milliseconds.
@@ -665,6 +695,12 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
         && settle.ms() >= sc.horizon.ms()
     {
         p("jobs.settle", format!("{settle} is not below the horizon ({}); shorten it", sc.horizon));
+    }
+    if sc.jobs.submit_retry.ms() == 0 {
+        p("jobs.submit_retry", "is 0; write at least \"1ms\" (default 250ms)".into());
+    }
+    if sc.jobs.resubmit_after.us() < crate::components::resend::MIN_RESUBMIT_US {
+        p("jobs.resubmit_after", format!("{} is below 1s; write at least \"1s\" (default 5s)", sc.jobs.resubmit_after));
     }
     if sc.jobs.count == 0 || sc.jobs.count > MAX_JOBS {
         p("jobs.count", format!("{} is out of range; submit between 1 and {MAX_JOBS} jobs", sc.jobs.count));

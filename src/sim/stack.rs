@@ -20,6 +20,7 @@ use crate::components::orchestrator::{OrchConfig, Orchestrator, Replication};
 use crate::components::provider::ProviderMock;
 use crate::components::queue::Queue;
 use crate::components::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
+use crate::components::resend::Resends;
 use crate::components::vector::{PointId, RetentionLadder, VectorConfig, VectorStore};
 use crate::components::wire::Msg;
 use crate::components::worker::{Worker, WorkerShared};
@@ -224,15 +225,10 @@ pub struct SearchApi {
 pub struct Client {
     jobs: Rc<Vec<JobSpec>>,
     next_arrival: usize,
-    pending: std::collections::VecDeque<(Micros, JobId)>,
     acked: Vec<bool>,
     done: Vec<bool>,
-    /// Accepted workload jobs not yet seen done, oldest first.
-    unfinished: std::collections::VecDeque<(Micros, JobId)>,
-    retry_armed: bool,
-    resubmit_armed: bool,
-    resubmit_after_us: Micros,
-    retry_after_us: Micros,
+    /// `submit_retry` and `resubmit_after`: the one resend rule.
+    resends: Resends,
     via_queue: bool,
     probe_since: Option<Micros>,
     probe_interval_us: Micros,
@@ -321,27 +317,6 @@ pub struct Hosts {
     pub controller: Option<HostId>,
     /// Queue nodes (active, replica), when the stack has a queue.
     pub queue: Option<[HostId; 2]>,
-}
-
-/// Pops, from a queue ordered by time, the jobs older than `after_us` that
-/// are not `settled` yet; settled ones are dropped on the way.
-fn due(
-    queue: &mut std::collections::VecDeque<(Micros, JobId)>,
-    now_us: Micros,
-    after_us: Micros,
-    settled: impl Fn(JobId) -> bool,
-) -> Vec<JobId> {
-    let mut out = Vec::new();
-    while let Some(&(at, job)) = queue.front() {
-        if !settled(job) && at + after_us > now_us {
-            break;
-        }
-        queue.pop_front();
-        if !settled(job) {
-            out.push(job);
-        }
-    }
-    out
 }
 
 /// The maximum number of probe jobs a drill may submit.
@@ -691,16 +666,11 @@ fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template
     let n = sc.workload.tasks;
     Client {
         next_arrival: 0,
-        pending: Default::default(),
         acked: vec![false; jobs.len()],
         done: vec![false; jobs.len()],
         jobs,
         probe_template: template_index(&templates, "probe"),
-        unfinished: Default::default(),
-        retry_armed: false,
-        resubmit_armed: false,
-        resubmit_after_us: sc.workload.resubmit_after.us().max(US_PER_S),
-        retry_after_us: sc.workload.submit_retry.us().max(US_PER_MS),
+        resends: Resends::new(sc.workload.submit_retry.us(), sc.workload.resubmit_after.us()),
         via_queue: sc.stack.queue.is_some(),
         probe_since: None,
         probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
@@ -1201,10 +1171,8 @@ impl Client {
         } else {
             env.send(to, Msg::Submit { job, template, steps, probe, replay });
         }
-        self.pending.push_back((env.now_us(), job));
-        if !self.retry_armed {
-            self.retry_armed = true;
-            env.set_timer(self.retry_after_us, Timer::ClientRetry);
+        if let Some(after_us) = self.resends.sent(env.now_us(), job) {
+            env.set_timer(after_us, Timer::ClientRetry);
         }
     }
 
@@ -1254,15 +1222,13 @@ impl Client {
                 self.arm_next_arrival(env);
             }
             Timer::ClientRetry => {
-                self.retry_armed = false;
                 let acked = &self.acked;
                 let is_acked = |j: JobId| acked.get(j.0 as usize).copied().unwrap_or(false);
-                for job in due(&mut self.pending, now, self.retry_after_us, is_acked) {
+                for job in self.resends.retry_fired(now, is_acked) {
                     self.submit(env, job);
                 }
-                if !self.pending.is_empty() && !self.retry_armed {
-                    self.retry_armed = true;
-                    env.set_timer(self.retry_after_us, Timer::ClientRetry);
+                if let Some(after_us) = self.resends.arm_retry() {
+                    env.set_timer(after_us, Timer::ClientRetry);
                 }
             }
             Timer::ProbeTick => self.probe(env),
@@ -1270,16 +1236,13 @@ impl Client {
                 // A job accepted long ago and never reported done may have
                 // been lost with a region: submit it again (idempotent on
                 // the job id where the orchestrator still knows it).
-                self.resubmit_armed = false;
                 let done = &self.done;
                 let is_done = |j: JobId| done.get(j.0 as usize).copied().unwrap_or(false);
-                for job in due(&mut self.unfinished, now, self.resubmit_after_us, is_done) {
+                for job in self.resends.resubmit_fired(now, is_done) {
                     self.submit(env, job);
-                    self.unfinished.push_back((now, job));
                 }
-                if !self.unfinished.is_empty() {
-                    self.resubmit_armed = true;
-                    env.set_timer(self.resubmit_after_us, Timer::ClientResubmit);
+                if let Some(after_us) = self.resends.arm_resubmit() {
+                    env.set_timer(after_us, Timer::ClientResubmit);
                 }
             }
             _ => {}
@@ -1293,12 +1256,10 @@ impl Client {
                 if !*at_grow(&mut self.acked, j) {
                     self.acked[j] = true;
                     *at_grow(&mut env.truth.accepted_us, j) = Some(env.now_us());
-                    if !self.spec(job).probe {
-                        self.unfinished.push_back((env.now_us(), job));
-                        if !self.resubmit_armed {
-                            self.resubmit_armed = true;
-                            env.set_timer(self.resubmit_after_us, Timer::ClientResubmit);
-                        }
+                    if !self.spec(job).probe
+                        && let Some(after_us) = self.resends.accepted(env.now_us(), job)
+                    {
+                        env.set_timer(after_us, Timer::ClientResubmit);
                     }
                 }
             }

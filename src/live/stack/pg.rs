@@ -316,6 +316,9 @@ pub struct Audit {
     /// token, that holder, the task leased) when they were committed: what
     /// fencing exists to refuse.
     pub stale_writes: u64,
+    /// Step results persisted from tool responses that failed the schema
+    /// ([`crate::drill::measure::corrupted_writes`] over the event log).
+    pub corrupted_writes: u64,
 }
 
 /// Reads the reference stack's event log and write records from the
@@ -356,7 +359,10 @@ async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
             (lsn as u64, Fence { task: TaskId(task as u64), token: token as u64, holder: HostId(holder as u32) })
         })
         .collect();
-    Ok(Some(judge(&read_log(client).await?, &writes)))
+    let log = read_log(client).await?;
+    let mut audit = judge(&log, &writes);
+    audit.corrupted_writes = crate::drill::measure::corrupted_writes(&log);
+    Ok(Some(audit))
 }
 
 /// Replays `log` and judges each write (at its first record's lsn) by the
