@@ -47,8 +47,8 @@ impl Drop for Proc {
 }
 
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
-    l.local_addr().expect("bound").to_string()
+    let port = agentdrill::live::free_loopback_port().expect("a free loopback port");
+    format!("127.0.0.1:{port}")
 }
 
 /// The stack: where each process listens and how to start it.

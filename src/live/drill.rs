@@ -170,7 +170,7 @@ struct Replica {
 
 /// A free loopback port (bound, read, released).
 fn free_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    Ok(SocketAddr::from(([127, 0, 0, 1], super::free_loopback_port()?)))
 }
 
 /// The replicas of the scenario, in slot order.

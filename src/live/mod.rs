@@ -53,6 +53,34 @@ use tokio::sync::{Notify, watch};
 
 use crate::components::ids::Micros;
 
+/// The loopback ports [`free_loopback_port`] hands out: below Linux's
+/// default ephemeral range (32768–60999), so the source port of some
+/// outgoing connection cannot take a port between its release here and its
+/// bind by the child it was handed to (a worker once failed 15 binds in a
+/// row with "Address already in use" and never started).
+pub const CHILD_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A loopback port free now, for a child process (a replica, PostgreSQL) to
+/// bind: tried in [`CHILD_PORTS`] from an offset that differs between
+/// harness processes and moves on with every call, so two drills side by
+/// side, or two replicas of one, are not handed the same port.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let span = u64::from(CHILD_PORTS.end - CHILD_PORTS.start);
+    let start = u64::from(std::process::id()).wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let offset = (start + CALLS.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = CHILD_PORTS.start + u16::try_from(offset).expect("offset < span <= u16::MAX");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrNotAvailable,
+        format!("no free loopback port in {}..{}", CHILD_PORTS.start, CHILD_PORTS.end),
+    ))
+}
+
 /// Most attempts the ledger of attempts keeps (the oldest are dropped and counted).
 pub const MAX_ATTEMPTS: usize = 200_000;
 

@@ -202,14 +202,11 @@ fn initdb(tools: &Tools, run_as: Option<RunAs>, data: &Path) -> Result<(), PgErr
 
 /// A free loopback port (bound, then released for the server to take).
 pub fn free_port() -> Result<u16, PgError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| PgError::Io {
+    crate::live::free_loopback_port().map_err(|source| PgError::Io {
         what: "finding a free loopback port",
-        path: "127.0.0.1:0".into(),
+        path: "127.0.0.1".into(),
         source,
-    })?;
-    let port =
-        l.local_addr().map_err(|source| PgError::Io { what: "reading a port", path: "127.0.0.1:0".into(), source })?;
-    Ok(port.port())
+    })
 }
 
 /// Starts a primary on a fresh data folder.
