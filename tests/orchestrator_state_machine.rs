@@ -482,7 +482,7 @@ impl StateMachineTest for OrchTest {
             }
             Op::LeaseReq { w } => {
                 let req = model.workers[w].next_req - 1;
-                sut.deliver(worker_host(w), Msg::LeaseReq { req });
+                sut.deliver(worker_host(w), Msg::LeaseReq { req, sent_us: 0 });
             }
             Op::Checkpoint { w } | Op::Result { w } | Op::Reconcile { w } | Op::Heartbeat { w } => {
                 let h = hold_before(w).expect("the op's precondition: the worker holds a task");
