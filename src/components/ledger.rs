@@ -258,11 +258,13 @@ impl SideEffectApi {
         }
     }
 
-    /// Who is making the effect behind `key` while it is being processed
-    /// (ground truth for concurrent runs of one step).
-    pub fn in_progress_by(&self, now_us: Micros, key: IdemKey) -> Option<HostId> {
+    /// Who is making the effect behind `key` while it is being processed,
+    /// and when the request reached the API (ground truth for concurrent
+    /// runs of one step).
+    pub fn in_progress_by(&self, now_us: Micros, key: IdemKey) -> Option<(HostId, Micros)> {
         let r = self.keys.get(&key)?;
-        (r.done_at_us > now_us).then(|| self.ledger[r.effect as usize].origin.host)
+        let e = &self.ledger[r.effect as usize];
+        (r.done_at_us > now_us).then_some((e.origin.host, e.at_us))
     }
 
     /// A breaking change for a period: responses (calls and lookups) stop

@@ -117,10 +117,11 @@ pub struct Orchestrator {
     ready: VecDeque<TaskId>,
     /// Workers waiting for work, in arrival order.
     parked: VecDeque<HostId>,
-    /// The request number of each parked worker's lease request and when
-    /// it arrived (lease clock), by host (`None`: not parked), so a repeated
-    /// request is found in O(1).
-    parked_req: Vec<Option<(u32, Micros)>>,
+    /// The request number of each parked worker's lease request, when it
+    /// arrived (lease clock) and the worker's `sent_us` (echoed in the
+    /// grant), by host (`None`: not parked), so a repeated request is found
+    /// in O(1).
+    parked_req: Vec<Option<(u32, Micros, Micros)>>,
     expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
     pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
     /// Whether a `SyncDegrade` timer is pending. Timers are not
@@ -401,14 +402,14 @@ impl Orchestrator {
                     self.dispatch(env);
                 }
             }
-            Msg::LeaseReq { req } => {
+            Msg::LeaseReq { req, sent_us } => {
                 let i = from.0 as usize;
                 if i >= self.parked_req.len() {
                     self.parked_req.resize(i + 1, None);
                 }
                 // A worker already waiting keeps its place with the new number.
                 let arrived_us = self.lease_clock(env);
-                if self.parked_req[i].replace((req, arrived_us)).is_none() {
+                if self.parked_req[i].replace((req, arrived_us, sent_us)).is_none() {
                     self.parked.push_back(from);
                 }
                 if self.serving {
@@ -617,7 +618,8 @@ impl Orchestrator {
                 continue;
             }
             let worker = self.parked.pop_front().expect("non-empty");
-            let (req, arrived_us) = self.parked_req[worker.0 as usize].take().expect("a parked worker has a request");
+            let (req, arrived_us, asked_us) =
+                self.parked_req[worker.0 as usize].take().expect("a parked worker has a request");
             let resumed = t.lease.token > 0;
             // A promoted store may not hold every lease its old primary
             // granted (asynchronous, or semi-synchronous after a cut): its
@@ -638,6 +640,7 @@ impl Orchestrator {
                 token,
                 lease_ms: self.cfg.lease_ms,
                 parked_us: now_us.saturating_sub(arrived_us),
+                asked_us,
                 cursor: t.cursor,
                 // A task never leased before has nothing recorded yet.
                 steps: if resumed { t.steps.clone() } else { Box::default() },

@@ -49,6 +49,13 @@ pub struct Grant {
     /// grant (its own clock): the lease started at least this long after
     /// the worker sent the request, and no later than the worker's receipt.
     pub parked_us: Micros,
+    /// The `sent_us` of the request this grant answers, echoed: the lease
+    /// runs from no later than `asked_us + parked_us` on the worker's lease
+    /// clock. Echoed rather than looked up by request number, whose count
+    /// starts over in a restarted worker process (a grant answering the
+    /// request of the process before it would otherwise be timed from the
+    /// new process's request).
+    pub asked_us: Micros,
     /// Next step.
     pub cursor: u16,
     /// Durable step records (checkpoints, decisions); empty for a task
@@ -159,6 +166,9 @@ pub enum Msg {
     LeaseReq {
         /// Request number (echoed).
         req: u32,
+        /// When the worker sent it, on its own lease clock (echoed in the
+        /// grant as `asked_us`).
+        sent_us: Micros,
     },
     /// Work.
     LeaseGrant {

@@ -35,10 +35,6 @@ use crate::components::workflow::{MAX_STEPS, StepKind, Template, args_for};
 /// (a long poll): an idle worker asks once per this period.
 pub const LEASE_POLL_US: Micros = 30 * US_PER_S;
 
-/// How many lease requests a worker remembers the send time of (a grant
-/// answering an older one is treated as already expired).
-const LEASE_ASKS: usize = 8;
-
 /// Everything workers of one stack share (read-only).
 pub struct WorkerShared {
     /// The policy switches.
@@ -160,9 +156,6 @@ pub struct Worker {
     out: Option<Outstanding>,
     /// When the earliest pending watchdog timer fires (`None`: none pending).
     watchdog_at_us: Option<Micros>,
-    /// The last lease requests sent: number and send time on the lease
-    /// clock. A grant's lease runs from no later than the request it answers.
-    lease_asks: [Option<(u32, Micros)>; LEASE_ASKS],
     heartbeat_armed: bool,
     wait_seq: u32,
     ctx: Option<TaskCtx>,
@@ -188,7 +181,6 @@ impl Worker {
             req_seq: 0,
             out: None,
             watchdog_at_us: None,
-            lease_asks: [None; LEASE_ASKS],
             heartbeat_armed: false,
             wait_seq: 0,
             ctx: None,
@@ -255,11 +247,6 @@ impl Worker {
             None => self.shared.request_timeout_us,
         };
         let deadline_us = env.now_us() + timeout;
-        if wait == Wait::Lease {
-            let asked_us = self.lease_clock(env);
-            self.lease_asks.rotate_right(1);
-            self.lease_asks[0] = Some((req, asked_us));
-        }
         self.out = Some(Outstanding { req, deadline_us, to, msg, wait });
         self.arm_watchdog(env, deadline_us);
     }
@@ -274,18 +261,11 @@ impl Worker {
         }
     }
 
-    /// When the lease of a grant answering request `req` was taken, at the
-    /// latest, on the lease clock: the request's send time (the orchestrator
-    /// cannot have granted before it asked); unknown requests count as
-    /// granted long ago.
-    fn lease_asked_us(&self, req: u32) -> Option<Micros> {
-        self.lease_asks.iter().flatten().find(|(r, _)| *r == req).map(|&(_, at)| at)
-    }
-
     fn request_lease(&mut self, env: &mut impl Env) {
         self.ctx = None;
         let to = self.orchestrator(env);
-        self.request(env, to, Wait::Lease, |req| Msg::LeaseReq { req });
+        let sent_us = self.lease_clock(env);
+        self.request(env, to, Wait::Lease, |req| Msg::LeaseReq { req, sent_us });
     }
 
     fn write(&mut self, env: &mut impl Env, wait: Wait, write: WorkerWrite) {
@@ -348,7 +328,12 @@ impl Worker {
                     (Msg::VecUpsert { .. } | Msg::VecQuery { .. }, _) => env.resolve(Service::Vector),
                     _ => o.to,
                 };
-                let msg = o.msg;
+                let msg = match o.msg {
+                    // A lease request resent is sent now: the lease of its
+                    // grant runs from no later than this send.
+                    Msg::LeaseReq { req, .. } => Msg::LeaseReq { req, sent_us: self.lease_clock(env) },
+                    msg => msg,
+                };
                 self.request(env, to, o.wait, |req| renumber(msg, req));
             }
             Timer::Heartbeat => {
@@ -378,7 +363,7 @@ impl Worker {
     #[allow(clippy::collapsible_match)]
     pub fn on_msg(&mut self, env: &mut impl Env, _from: HostId, msg: Msg) {
         match msg {
-            Msg::LeaseGrant { req, grant } => {
+            Msg::LeaseGrant { grant, .. } => {
                 // Any grant is taken while idle, even one answering an
                 // earlier long-poll: the orchestrator counts this worker as
                 // the holder either way. A busy worker lets it expire.
@@ -386,8 +371,7 @@ impl Worker {
                     if self.out.as_ref().is_some_and(|o| o.wait == Wait::Lease) {
                         self.out = None;
                     }
-                    let asked_us = self.lease_asked_us(req);
-                    self.begin(env, *grant, asked_us);
+                    self.begin(env, *grant);
                 }
             }
             Msg::WriteAck { req, ok } => {
@@ -477,7 +461,7 @@ impl Worker {
 
 fn renumber(msg: Msg, req: u32) -> Msg {
     match msg {
-        Msg::LeaseReq { .. } => Msg::LeaseReq { req },
+        Msg::LeaseReq { sent_us, .. } => Msg::LeaseReq { req, sent_us },
         Msg::Write { token, write, .. } => Msg::Write { req, token, write },
         Msg::ToolReq { api, key, params, origin, basis, .. } => Msg::ToolReq { req, api, key, params, origin, basis },
         Msg::LookupReq { api, key, origin, .. } => Msg::LookupReq { req, api, key, origin },
@@ -502,9 +486,9 @@ impl Worker {
         Origin { job: c.job, step, host: self.me, task: c.task, token: c.token }
     }
 
-    /// Starts a granted task; `asked_us` is when the request it answers was
-    /// sent (the lease runs from no later than that).
-    fn begin(&mut self, env: &mut impl Env, g: Grant, asked_us: Option<Micros>) {
+    /// Starts a granted task (its lease runs from no later than the request
+    /// it answers was sent plus the wait the grant reports).
+    fn begin(&mut self, env: &mut impl Env, g: Grant) {
         let policy = self.shared.policy;
         let session_end = policy.checkpointing == Checkpointing::SessionEnd;
         let mut decisions = [NO_DECISION; MAX_STEPS];
@@ -520,12 +504,12 @@ impl Worker {
             .filter(|s| !session_end && s.state == StepState::Intent)
             .map(|s| (s.key, s.args));
         let key_task = if policy.orchestrator_mints_task_id { g.uid } else { env.rng().next_u64() };
-        // The lease started no earlier than the request plus its wait at the
+        // The lease started no later than the request plus its wait at the
         // orchestrator, and no later than now: timing it from the receipt
         // would outlive the orchestrator's expiry for a worker paused while
-        // the grant waited for it.
-        let lease_until_us =
-            asked_us.map_or(0, |at| self.lease_clock(env).min(at + g.parked_us) + g.lease_ms * US_PER_MS * 9 / 10);
+        // the grant waited for it, or for a restarted process handed the
+        // grant of the process before it.
+        let lease_until_us = self.lease_clock(env).min(g.asked_us + g.parked_us) + g.lease_ms * US_PER_MS * 9 / 10;
         // A resume timer of the previous task must not fire in this one.
         self.wait_seq = self.wait_seq.wrapping_add(1);
         let durable =
@@ -1214,7 +1198,15 @@ mod tests {
         builtin().iter().position(|t| t.name == name).expect("built-in template") as u16
     }
 
-    fn grant(req: u32, task: u64, template: u16) -> Msg {
+    /// The number and `sent_us` of the last lease request sent.
+    fn last_lease_req(env: &TestEnv) -> (u32, Micros) {
+        match env.sent.iter().rev().find(|m| matches!(m, Msg::LeaseReq { .. })) {
+            Some(Msg::LeaseReq { req, sent_us }) => (*req, *sent_us),
+            other => panic!("no lease request sent: {other:?}"),
+        }
+    }
+
+    fn grant((req, asked_us): (u32, Micros), task: u64, template: u16) -> Msg {
         let grant = Grant {
             task: TaskId(task),
             job: JobId(task as u32),
@@ -1224,6 +1216,7 @@ mod tests {
             token: 1,
             lease_ms: 60_000,
             parked_us: 0,
+            asked_us,
             cursor: 0,
             steps: Box::default(),
             resumed: false,
@@ -1235,7 +1228,7 @@ mod tests {
     /// The request number of the last message sent, which must be `kind`.
     fn last_req(env: &TestEnv) -> u32 {
         match env.sent.last().expect("a message was sent") {
-            Msg::LeaseReq { req }
+            Msg::LeaseReq { req, .. }
             | Msg::Write { req, .. }
             | Msg::ModelReq { req, .. }
             | Msg::VecQuery { req, .. }
@@ -1251,7 +1244,7 @@ mod tests {
     fn a_shorter_request_gets_its_own_watchdog_while_a_long_one_is_pending() {
         let (mut w, mut env) = worker();
         w.start(&mut env);
-        let lease_req = last_req(&env);
+        let lease_req = last_lease_req(&env);
         env.now_us = 100_000;
         w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
         let checkpoint = last_req(&env);
@@ -1282,7 +1275,7 @@ mod tests {
     fn a_resume_timer_of_a_dropped_task_does_nothing_in_the_next_one() {
         let (mut w, mut env) = worker();
         w.start(&mut env);
-        let lease_req = last_req(&env);
+        let lease_req = last_lease_req(&env);
         w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("approve_refund")));
         let checkpoint = last_req(&env);
         w.on_msg(&mut env, ORCH, Msg::WriteAck { req: checkpoint, ok: true });
@@ -1297,7 +1290,7 @@ mod tests {
             ORCH,
             Msg::HeartbeatAck { task: TaskId(1), ok: false, lease_ms: 0, prompt: Prompt::default(), sent_us: 0 },
         );
-        let lease_req = last_req(&env);
+        let lease_req = last_lease_req(&env);
         w.on_msg(&mut env, ORCH, grant(lease_req, 2, template("approve_refund")));
         assert!(matches!(env.sent.last(), Some(Msg::Write { .. })), "the new task checkpoints first");
         let sent = env.sent.len();
@@ -1312,11 +1305,46 @@ mod tests {
     fn a_grant_received_late_times_its_lease_from_the_request() {
         let (mut w, mut env) = worker();
         w.start(&mut env);
-        let lease_req = last_req(&env);
+        let lease_req = last_lease_req(&env);
         // Granted at once (not parked), received 50 s later.
         env.now_us = 50 * US_PER_S;
         w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
         let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
         assert_eq!(lease_until_us, 60_000 * US_PER_MS * 9 / 10, "from the request at 0 s");
+    }
+    /// A restarted worker process numbers its requests from 1 again: a
+    /// grant answering the request of the process before it (held up, say,
+    /// behind a synchronous replica) is timed from that earlier request,
+    /// not from the new process's request with the same number.
+    #[test]
+    fn a_grant_for_an_earlier_process_is_timed_from_its_request() {
+        let (mut old, mut env) = worker();
+        old.start(&mut env);
+        let old_req = last_lease_req(&env);
+        env.now_us = 60 * US_PER_S;
+        let mut w = Worker::new(old.shared(), ME);
+        w.start(&mut env);
+        let new_req = last_lease_req(&env);
+        assert_eq!(new_req.0, old_req.0, "the numbers start over");
+        w.on_msg(&mut env, ORCH, grant(old_req, 1, template("book_flight")));
+        let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
+        assert_eq!(lease_until_us, 60_000 * US_PER_MS * 9 / 10, "from the earlier process's request at 0 s");
+        assert!(lease_until_us < env.now_us, "the lease is over on receipt");
+    }
+    /// A lease request resent after its long-poll timed out carries its
+    /// own send time: the grant it gets runs from then, not from the first
+    /// request's (whose wait at the orchestrator started over).
+    #[test]
+    fn a_resent_lease_request_carries_its_own_send_time() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        assert_eq!(last_lease_req(&env).1, 0);
+        env.now_us = LEASE_POLL_US;
+        w.on_timer(&mut env, Timer::Watchdog);
+        let resent = last_lease_req(&env);
+        assert_eq!(resent.1, LEASE_POLL_US, "sent at the resend");
+        w.on_msg(&mut env, ORCH, grant(resent, 1, template("book_flight")));
+        let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
+        assert_eq!(lease_until_us, LEASE_POLL_US + 60_000 * US_PER_MS * 9 / 10);
     }
 }

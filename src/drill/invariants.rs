@@ -728,10 +728,15 @@ fn other_region_back_us(
 
 /// Whether an earlier queue or region loss than fault `i` (at `t_us`) is
 /// permanent or not over yet by then: one of the queue's two nodes is gone.
+/// At one instant the simulation runs fault events in the order they were
+/// scheduled: each fault's onset then its end, fault by fault. So a loss
+/// ending at `t_us` exactly is over by then only when it comes before fault
+/// `i` in the schedule; otherwise its node is still down when fault `i`
+/// strikes (was seed 30 case 6043).
 fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
     sc.faults.iter().enumerate().any(|(j, f)| match f {
         FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. } => {
-            j != i && (at.us(), j) < (t_us, i) && duration.is_none_or(|d| at.us() + d.us() > t_us)
+            j != i && (at.us(), j) < (t_us, i) && duration.is_none_or(|d| (at.us() + d.us(), j) > (t_us, i))
         }
         _ => false,
     })

@@ -941,7 +941,7 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
     match msg {
         Msg::ToolReq { req, key, params, origin, basis, .. } => {
             env.truth.side_request(origin, now);
-            if api.in_progress_by(now, key).is_some_and(|h| h != from) {
+            if api.in_progress_by(now, key).is_some_and(|(h, _)| h != from) {
                 env.truth.concurrent_runs += 1;
             }
             let (outcome, done_at) = api.call(now, Some(key), params, origin);
@@ -956,9 +956,12 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
             }
         }
         Msg::LookupReq { req, key, .. } => {
-            if api.in_progress_by(now, key).is_some_and(|h| h != from) {
+            if api.in_progress_by(now, key).is_some_and(|(h, at)| h != from && still_running(env.rt, h, at, now)) {
                 // Another worker is making this very effect right now: two
-                // workers are running the same step.
+                // workers are running the same step. A lookup that meets
+                // the call of a worker frozen (paused) or killed since it
+                // sent it is the reconciliation safeguard doing its job
+                // after a stall no lease can outlast, not a second run.
                 env.truth.concurrent_runs += 1;
             }
             let found = api.lookup(now, key);
@@ -967,6 +970,13 @@ fn api_on_msg(api: &mut SideEffectApi, env: &mut SimEnv<'_>, from: HostId, msg: 
         }
         _ => {}
     }
+}
+
+/// Whether the process on host `h` that sent a request reaching an API at
+/// `sent_at_us` still runs at `now_us`: up, not crashed since, not paused.
+fn still_running(rt: &Runtime<Msg, Timer>, h: HostId, sent_at_us: Micros, now_us: Micros) -> bool {
+    let host = rt.host(h);
+    host.up && host.crashed_at_us <= sent_at_us && host.paused_until_us <= now_us
 }
 
 impl VectorNode {

@@ -195,7 +195,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut env = LiveEnv::new(worker_host(0), "worker", 1, 2, tx);
         env.set_timer(1_000, Timer::Heartbeat);
-        env.send(ORCHESTRATOR, Msg::LeaseReq { req: 1 });
+        env.send(ORCHESTRATOR, Msg::LeaseReq { req: 1, sent_us: 0 });
         assert_eq!(env.outbox.len(), 1);
         assert_eq!(rx.recv().await, Some(Timer::Heartbeat));
     }
