@@ -710,7 +710,8 @@ fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
         Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false },
     );
     env.outbox.clear();
-    orch.on_msg(&mut env, worker_host(0), Msg::LeaseReq { req: 1, sent_us: env.now_us });
+    let sent_us = env.now_us;
+    orch.on_msg(&mut env, worker_host(0), Msg::LeaseReq { req: 1, sent_us });
     let granted = |out: &[(HostId, Msg)]| out.iter().any(|(_, m)| matches!(m, Msg::LeaseGrant { .. }));
     assert!(!granted(&env.outbox), "a self-fenced primary grants nothing: {:?}", env.outbox);
     orch.on_msg(&mut env, controller, Msg::Ping { seq: 2 });
