@@ -516,7 +516,7 @@ impl<'a> LogSlice<'a> {
     /// The records `from..to` (clamped to the view), in order.
     pub fn range(self, from: usize, to: usize) -> LogIter<'a> {
         let to = to.min(self.len);
-        LogIter { view: self, next: from.min(to), end: to }
+        LogIter { view: self, next: from.min(to), end: to, cur: Run::Whole([].iter()) }
     }
 
     /// The index of the first record in `from..` for which `pred` is false,
@@ -581,28 +581,81 @@ impl<'a> IntoIterator for LogSlice<'a> {
     }
 }
 
-/// Records of a [`LogSlice`], in order, by value.
+/// Records of a [`LogSlice`], in order, by value: a sealed chunk is
+/// decoded record after record, with no lookup per record.
 #[derive(Clone, Debug)]
 pub struct LogIter<'a> {
     view: LogSlice<'a>,
+    /// Position of the first record after `cur`.
     next: usize,
     end: usize,
+    cur: Run<'a>,
+}
+
+/// The part of one chunk a [`LogIter`] is reading.
+#[derive(Clone, Debug)]
+enum Run<'a> {
+    Packed { recs: std::slice::Iter<'a, Packed>, chunk: &'a Sealed, lsn: u64 },
+    Whole(std::slice::Iter<'a, LogRec>),
+}
+
+impl Run<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Run::Packed { recs, .. } => recs.len(),
+            Run::Whole(it) => it.len(),
+        }
+    }
+}
+
+impl LogIter<'_> {
+    /// Moves `cur` to the chunk holding position `next`; None at the end.
+    fn refill(&mut self) -> Option<()> {
+        if self.next >= self.end {
+            return None;
+        }
+        let k = self.next >> CHUNK_SHIFT;
+        let off = self.next & (CHUNK_RECS - 1);
+        match self.view.sealed.get(k) {
+            Some(c) => {
+                let stop = (self.end - k * CHUNK_RECS).min(CHUNK_RECS);
+                self.cur = Run::Packed { recs: c.recs[off..stop].iter(), chunk: c, lsn: c.first_lsn + off as u64 };
+                self.next = k * CHUNK_RECS + stop;
+            }
+            None => {
+                let t0 = self.view.sealed.len() * CHUNK_RECS;
+                self.cur = Run::Whole(self.view.tail[self.next - t0..self.end - t0].iter());
+                self.next = self.end;
+            }
+        }
+        Some(())
+    }
 }
 
 impl Iterator for LogIter<'_> {
     type Item = LogRec;
     #[inline]
     fn next(&mut self) -> Option<LogRec> {
-        if self.next >= self.end {
-            return None;
+        loop {
+            match &mut self.cur {
+                Run::Packed { recs, chunk, lsn } => {
+                    if let Some(p) = recs.next() {
+                        *lsn += 1;
+                        return Some(p.decode(chunk.base_us, *lsn - 1, &chunk.whole));
+                    }
+                }
+                Run::Whole(it) => {
+                    if let Some(r) = it.next() {
+                        return Some(*r);
+                    }
+                }
+            }
+            self.refill()?;
         }
-        let r = self.view.get(self.next);
-        self.next += 1;
-        r
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.end - self.next;
+        let n = self.end - self.next + self.cur.len();
         (n, Some(n))
     }
 }
@@ -777,8 +830,8 @@ mod tests {
         p.commit(4, Op::Result { task: t, ordinal: 0, decision: 2, reconciled: false, corrupt: false });
         let mut r = Store::new();
         for rec in p.log() {
-            r.apply_replicated(rec);
-            r.apply_replicated(rec); // re-shipped: ignored
+            r.apply_replicated(&rec);
+            r.apply_replicated(&rec); // re-shipped: ignored
         }
         assert_eq!(r.tasks(), p.tasks());
         assert_eq!(r.task(t).unwrap().cursor, 1);
