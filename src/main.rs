@@ -229,6 +229,9 @@ enum Command {
         /// The catalogue to time.
         #[arg(long, default_value = "scenarios")]
         catalogue: PathBuf,
+        /// Also run 10M tasks (scaling_10m_*: minutes, about 15 GiB).
+        #[arg(long)]
+        ten_million: bool,
     },
     /// Serve the fakes over HTTP on 127.0.0.1 for a real agent: payment
     /// (Stripe-shaped), email (Resend-shaped), Anthropic Messages, OpenAI Chat
@@ -452,10 +455,10 @@ fn main() -> ExitCode {
         Command::Fuzz(args) => agentdrill::fuzz::cli(args),
         Command::Gameday(args) => gameday_cli::gameday(args),
         Command::History { path, drill } => gameday_cli::history(&path, drill.as_deref()),
-        Command::Bench { format, quick, catalogue } => {
+        Command::Bench { format, quick, catalogue, ten_million } => {
             let bar = indicatif::ProgressBar::new_spinner();
             let loadgen_exe = std::env::current_exe().ok();
-            let opts = agentdrill::bench::Options { quick, catalogue, loadgen_exe };
+            let opts = agentdrill::bench::Options { quick, catalogue, loadgen_exe, ten_million };
             let r = agentdrill::bench::run(&opts, |what| bar.set_message(what.to_owned()));
             bar.finish_and_clear();
             match format {

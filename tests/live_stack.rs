@@ -312,7 +312,7 @@ async fn postgres_refuses_a_stale_fencing_token() {
     let (a, b) = (HostId(100), HostId(101));
     let step = |store: &mut Store, op| {
         let lsn = store.commit(1, op);
-        store.log()[lsn as usize - 1]
+        store.log().get(lsn as usize - 1).expect("just committed")
     };
     let create =
         step(&mut store, Op::Create { task, job: JobId(1), template: 0, steps: 3, probe: false, replay: false });

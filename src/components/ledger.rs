@@ -16,8 +16,6 @@
 //! happened, attributed to the logical `(job, step)` that issued it. The
 //! stack never reads it.
 
-use std::collections::VecDeque;
-
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +122,9 @@ pub enum Lookup {
 struct KeyRec {
     params: u64,
     effect: u32,
+    /// When the first request with the key is done; the key expires
+    /// `key_retention_us` later.
     done_at_us: Micros,
-    expires_at_us: Micros,
 }
 
 /// Counters of requests, for reports and retry-storm detection.
@@ -178,7 +177,11 @@ impl SchemaBreaks {
 pub struct SideEffectApi {
     cfg: ApiConfig,
     keys: FxHashMap<IdemKey, KeyRec>,
-    expiry: VecDeque<(Micros, IdemKey)>,
+    /// The next ledger entry whose key has not been considered for expiry:
+    /// every keyed entry is a key's expiry at `at_us + processing_us +
+    /// key_retention_us`, and the ledger is in time order, so it is also
+    /// the expiry queue (no copy of the keys).
+    expiry_next: usize,
     ledger: Vec<LedgerEntry>,
     stats: ApiStats,
     schema_breaks: SchemaBreaks,
@@ -190,7 +193,7 @@ impl SideEffectApi {
         SideEffectApi {
             cfg,
             keys: FxHashMap::default(),
-            expiry: VecDeque::new(),
+            expiry_next: 0,
             ledger: Vec::new(),
             stats: ApiStats::default(),
             schema_breaks: SchemaBreaks::default(),
@@ -203,12 +206,18 @@ impl SideEffectApi {
     }
 
     fn prune(&mut self, now_us: Micros) {
-        while let Some(&(at, key)) = self.expiry.front() {
-            if at > now_us {
+        let retention_us = self.cfg.key_retention_us;
+        let keep_us = self.cfg.processing_us.saturating_add(retention_us);
+        while let Some(e) = self.ledger.get(self.expiry_next) {
+            let Some(key) = e.key else {
+                self.expiry_next += 1;
+                continue;
+            };
+            if e.at_us.saturating_add(keep_us) > now_us {
                 break;
             }
-            self.expiry.pop_front();
-            if self.keys.get(&key).is_some_and(|r| r.expires_at_us <= now_us) {
+            self.expiry_next += 1;
+            if self.keys.get(&key).is_some_and(|r| r.done_at_us.saturating_add(retention_us) <= now_us) {
                 self.keys.remove(&key);
             }
         }
@@ -239,10 +248,9 @@ impl SideEffectApi {
         let effect = u32::try_from(self.ledger.len()).expect("ledger under 2^32 entries");
         self.ledger.push(LedgerEntry { at_us: now_us, origin, key, params });
         if let Some(k) = key {
-            let expires = done_at + self.cfg.key_retention_us;
-            // Without dedupe the key is metadata: the first effect stays findable.
-            self.keys.entry(k).or_insert(KeyRec { params, effect, done_at_us: done_at, expires_at_us: expires });
-            self.expiry.push_back((expires, k));
+            // Without dedupe the key is metadata: the first effect stays
+            // findable. Its expiry is queued by the ledger entry (`prune`).
+            self.keys.entry(k).or_insert(KeyRec { params, effect, done_at_us: done_at });
         }
         (CallOutcome::Ok { effect, replayed: false }, done_at)
     }

@@ -729,7 +729,7 @@ impl Orchestrator {
         let mut start = from;
         while start < upto {
             let end = (start + REPLICATE_BATCH_RECORDS).min(upto);
-            env.send(replica, Msg::Replicate { recs: log.range(start, end).copied().collect() });
+            env.send(replica, Msg::Replicate { recs: log.range(start, end).collect() });
             start = end;
         }
     }

@@ -21,6 +21,8 @@ use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId};
 pub const NO_DECISION: u32 = u32::MAX;
 const TIMELINE_SHIFT: u32 = 40;
 const INDEX_MASK: u64 = (1 << TIMELINE_SHIFT) - 1;
+/// `Store::by_job`'s "no task": not a task id (its index is past any task).
+const NO_TASK: u64 = u64::MAX;
 
 /// Where a task is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -212,7 +214,9 @@ pub struct Store {
     timeline: u64,
     promoted_at_us: Option<Micros>,
     tasks: Vec<TaskRec>,
-    by_job: Vec<Option<TaskId>>,
+    /// The task of each job, [`NO_TASK`] for none (8 bytes a job, where an
+    /// `Option<TaskId>` takes 16).
+    by_job: Vec<u64>,
     log: Log,
 }
 
@@ -220,9 +224,171 @@ pub struct Store {
 const CHUNK_RECS: usize = 1 << 10;
 const CHUNK_SHIFT: u32 = CHUNK_RECS.trailing_zeros();
 
+/// A log record in 32 bytes instead of [`LogRec`]'s 56, as kept in a
+/// sealed chunk: the LSN is implied by the position, the commit time is
+/// relative to the chunk's first record, and each op's fields are packed
+/// into two words. A record that does not fit (a commit time 71 minutes or
+/// more past the chunk's first, a lease that expires that far out or
+/// earlier than its commit, a key whose low word is not the step ordinal,
+/// an LSN that is not its position) is kept whole in the chunk's `whole`
+/// list and `a` is its index there ([`Packed::WHOLE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed {
+    task: u64,
+    a: u64,
+    b: u64,
+    dt_us: u32,
+    ordinal: u16,
+    tag: u8,
+    flags: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<Packed>() == 32);
+
+impl Packed {
+    const CREATE: u8 = 0;
+    const LEASE: u8 = 1;
+    const RENEW: u8 = 2;
+    const INTENT: u8 = 3;
+    const RESULT: u8 = 4;
+    const COMPLETE: u8 = 5;
+    const FAIL: u8 = 6;
+    const REQUEUE: u8 = 7;
+    const WHOLE: u8 = u8::MAX;
+
+    /// `rec` packed against the chunk's base time, at LSN `lsn`; None when
+    /// it does not fit.
+    fn encode(rec: &LogRec, base_us: Micros, lsn: u64) -> Option<Packed> {
+        if rec.lsn != lsn {
+            return None;
+        }
+        let dt_us = u32::try_from(rec.at_us.checked_sub(base_us)?).ok()?;
+        let p = Packed { task: rec.op.task().0, a: 0, b: 0, dt_us, ordinal: 0, tag: 0, flags: 0 };
+        Some(match rec.op {
+            Op::Create { job, template, steps, probe, replay, .. } => Packed {
+                tag: Self::CREATE,
+                a: u64::from(job.0) | u64::from(template) << 32 | u64::from(steps) << 48,
+                flags: u8::from(probe) | u8::from(replay) << 1,
+                ..p
+            },
+            Op::Lease { lease, .. } => {
+                let ahead_us = u32::try_from(lease.expires_us.checked_sub(rec.at_us)?).ok()?;
+                Packed {
+                    tag: Self::LEASE,
+                    a: lease.token,
+                    b: u64::from(lease.holder.0) | u64::from(ahead_us) << 32,
+                    ..p
+                }
+            }
+            Op::Renew { expires_us, .. } => Packed { tag: Self::RENEW, a: expires_us, ..p },
+            Op::Intent { ordinal, key, args, .. } => {
+                if key.lo != u64::from(ordinal) {
+                    return None;
+                }
+                Packed { tag: Self::INTENT, a: key.hi, b: args, ordinal, ..p }
+            }
+            Op::Result { ordinal, decision, reconciled, corrupt, .. } => Packed {
+                tag: Self::RESULT,
+                a: u64::from(decision),
+                ordinal,
+                flags: u8::from(reconciled) | u8::from(corrupt) << 1,
+                ..p
+            },
+            Op::Complete { .. } => Packed { tag: Self::COMPLETE, ..p },
+            Op::Fail { ordinal, .. } => Packed { tag: Self::FAIL, ordinal, ..p },
+            Op::Requeue { .. } => Packed { tag: Self::REQUEUE, ..p },
+        })
+    }
+
+    /// The record back, given the chunk's base time and whole records.
+    #[inline]
+    fn decode(&self, base_us: Micros, lsn: u64, whole: &[LogRec]) -> LogRec {
+        let task = TaskId(self.task);
+        let op = match self.tag {
+            Self::CREATE => Op::Create {
+                task,
+                job: JobId(self.a as u32),
+                template: (self.a >> 32) as u16,
+                steps: (self.a >> 48) as u16,
+                probe: self.flags & 1 != 0,
+                replay: self.flags & 2 != 0,
+            },
+            Self::LEASE => Op::Lease {
+                task,
+                lease: Lease {
+                    holder: HostId(self.b as u32),
+                    token: self.a,
+                    expires_us: base_us + u64::from(self.dt_us) + (self.b >> 32),
+                },
+            },
+            Self::RENEW => Op::Renew { task, expires_us: self.a },
+            Self::INTENT => Op::Intent {
+                task,
+                ordinal: self.ordinal,
+                key: IdemKey { hi: self.a, lo: u64::from(self.ordinal) },
+                args: self.b,
+            },
+            Self::RESULT => Op::Result {
+                task,
+                ordinal: self.ordinal,
+                decision: self.a as u32,
+                reconciled: self.flags & 1 != 0,
+                corrupt: self.flags & 2 != 0,
+            },
+            Self::COMPLETE => Op::Complete { task },
+            Self::FAIL => Op::Fail { task, ordinal: self.ordinal },
+            Self::REQUEUE => Op::Requeue { task },
+            _ => return whole[self.a as usize],
+        };
+        LogRec { lsn, at_us: base_us + u64::from(self.dt_us), op }
+    }
+}
+
+/// A full chunk of a log, packed: immutable once sealed.
+#[derive(Debug, PartialEq, Eq)]
+struct Sealed {
+    base_us: Micros,
+    /// LSN of the first record.
+    first_lsn: u64,
+    recs: Box<[Packed]>,
+    whole: Box<[LogRec]>,
+}
+
+impl Sealed {
+    fn pack(first_lsn: u64, recs: &[LogRec]) -> Sealed {
+        let base_us = recs.first().map_or(0, |r| r.at_us);
+        let mut whole = Vec::new();
+        let packed = recs
+            .iter()
+            .zip(first_lsn..)
+            .map(|(r, lsn)| {
+                Packed::encode(r, base_us, lsn).unwrap_or_else(|| {
+                    whole.push(*r);
+                    Packed {
+                        task: 0,
+                        a: (whole.len() - 1) as u64,
+                        b: 0,
+                        dt_us: 0,
+                        ordinal: 0,
+                        tag: Packed::WHOLE,
+                        flags: 0,
+                    }
+                })
+            })
+            .collect();
+        Sealed { base_us, first_lsn, recs: packed, whole: whole.into_boxed_slice() }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Option<LogRec> {
+        let p = self.recs.get(i)?;
+        Some(p.decode(self.base_us, self.first_lsn + i as u64, &self.whole))
+    }
+}
+
 /// A sealed (full, immutable) chunk of a log, shared by every store whose
 /// log holds the same records at the same position.
-type Chunk = Rc<Vec<LogRec>>;
+type Chunk = Rc<Sealed>;
 
 thread_local! {
     /// Sealed chunks by chunk index, weakly held: a replica's log is a
@@ -230,12 +396,13 @@ thread_local! {
     /// another store of this thread sealed at the same index, it keeps that
     /// one and frees its own copy. Content equality only, so sharing is
     /// invisible to the simulation (a drill never crosses threads).
-    static SEALED: RefCell<Vec<Vec<Weak<Vec<LogRec>>>>> = const { RefCell::new(Vec::new()) };
+    static SEALED: RefCell<Vec<Vec<Weak<Sealed>>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Seals chunk `index`: an equal chunk sealed earlier on this thread and
 /// still alive is shared instead of keeping `chunk`.
-fn seal(index: usize, chunk: Vec<LogRec>) -> Chunk {
+fn seal(index: usize, chunk: &[LogRec]) -> Chunk {
+    let chunk = Sealed::pack((index * CHUNK_RECS) as u64 + 1, chunk);
     SEALED.with_borrow_mut(|sealed| {
         if sealed.len() <= index {
             sealed.resize_with(index + 1, Vec::new);
@@ -251,13 +418,15 @@ fn seal(index: usize, chunk: Vec<LogRec>) -> Chunk {
     })
 }
 
-/// A store's event log: full chunks of [`CHUNK_RECS`] records, sealed and
-/// shared between stores that hold the same records (a replica and its
-/// primary), and the open tail chunk, owned.
+/// A store's event log: full chunks of [`CHUNK_RECS`] records, packed,
+/// sealed and shared between stores that hold the same records (a replica
+/// and its primary), and the open tail chunk, owned and whole.
 #[derive(Clone, Debug, Default)]
 struct Log {
     sealed: Vec<Chunk>,
     tail: Vec<LogRec>,
+    /// The last record, whole (it may sit in a packed chunk).
+    last: Option<LogRec>,
 }
 
 impl Log {
@@ -270,9 +439,12 @@ impl Log {
             self.tail.reserve_exact(CHUNK_RECS);
         }
         self.tail.push(rec);
+        self.last = Some(rec);
         if self.tail.len() == CHUNK_RECS {
-            let full = std::mem::take(&mut self.tail);
-            self.sealed.push(seal(self.sealed.len(), full));
+            let c = seal(self.sealed.len(), &self.tail);
+            self.sealed.push(c);
+            // The buffer is reused for the next chunk.
+            self.tail.clear();
         }
     }
 
@@ -283,6 +455,7 @@ impl Log {
 
 /// A read-only view of a log or of a prefix of it: what [`Store::log`]
 /// returns, and what a plain slice of records converts into (`.into()`).
+/// Records are handed out by value (a sealed chunk keeps them packed).
 #[derive(Clone, Copy, Debug)]
 pub struct LogSlice<'a> {
     sealed: &'a [Chunk],
@@ -315,18 +488,18 @@ impl<'a> LogSlice<'a> {
 
     /// The record at position `i` (LSN `i + 1` for a whole store log).
     #[inline]
-    pub fn get(self, i: usize) -> Option<&'a LogRec> {
+    pub fn get(self, i: usize) -> Option<LogRec> {
         if i >= self.len {
             return None;
         }
         match self.sealed.get(i >> CHUNK_SHIFT) {
             Some(c) => c.get(i & (CHUNK_RECS - 1)),
-            None => self.tail.get(i - self.sealed.len() * CHUNK_RECS),
+            None => self.tail.get(i - self.sealed.len() * CHUNK_RECS).copied(),
         }
     }
 
     /// The last record.
-    pub fn last(self) -> Option<&'a LogRec> {
+    pub fn last(self) -> Option<LogRec> {
         self.len.checked_sub(1).and_then(|i| self.get(i))
     }
 
@@ -335,26 +508,15 @@ impl<'a> LogSlice<'a> {
         LogSlice { len: n.min(self.len), ..self }
     }
 
-    /// Run `k` of the view's contiguous runs: its sealed chunks, then the
-    /// part of the tail it covers; None past the end.
-    fn run(self, k: usize) -> Option<&'a [LogRec]> {
-        let sealed = self.sealed.len().min(self.len.div_ceil(CHUNK_RECS));
-        match k.cmp(&sealed) {
-            std::cmp::Ordering::Less => Some(&self.sealed[k][..(self.len - k * CHUNK_RECS).min(CHUNK_RECS)]),
-            std::cmp::Ordering::Equal => Some(&self.tail[..self.len.saturating_sub(sealed * CHUNK_RECS)]),
-            std::cmp::Ordering::Greater => None,
-        }
-    }
-
     /// The records, in order.
     pub fn iter(self) -> LogIter<'a> {
-        LogIter { view: self, next_run: 0, cur: [].iter() }
+        self.range(0, self.len)
     }
 
     /// The records `from..to` (clamped to the view), in order.
-    pub fn range(self, from: usize, to: usize) -> impl Iterator<Item = &'a LogRec> + 'a {
+    pub fn range(self, from: usize, to: usize) -> LogIter<'a> {
         let to = to.min(self.len);
-        (from.min(to)..to).map(move |i| self.get(i).expect("in range"))
+        LogIter { view: self, next: from.min(to), end: to, cur: Run::Whole([].iter()) }
     }
 
     /// The index of the first record in `from..` for which `pred` is false,
@@ -364,7 +526,7 @@ impl<'a> LogSlice<'a> {
         let (mut lo, mut hi) = (from.min(self.len), self.len);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if pred(&self[mid]) {
+            if pred(&self.get(mid).expect("in range")) {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -381,71 +543,124 @@ impl<'a> LogSlice<'a> {
     /// The records, copied out.
     pub fn to_vec(self) -> Vec<LogRec> {
         let mut v = Vec::with_capacity(self.len);
-        let mut k = 0;
-        while let Some(run) = self.run(k) {
-            v.extend_from_slice(run);
-            k += 1;
-        }
+        v.extend(self.iter());
         v
     }
 }
 
-/// The records of several logs as contiguous runs, skipping a full chunk
-/// an earlier log of the list shares (a replica's log and its primary's):
-/// its records were already yielded. For consumers that ignore repeats
-/// (they collect, sort and dedup, or fill a set).
-pub fn distinct_runs<'a>(logs: impl IntoIterator<Item = LogSlice<'a>>) -> Vec<&'a [LogRec]> {
-    let mut seen: rustc_hash::FxHashSet<*const Vec<LogRec>> = rustc_hash::FxHashSet::default();
+/// The records of several logs as runs, skipping a full chunk an earlier
+/// log of the list shares (a replica's log and its primary's): its records
+/// were already yielded. For consumers that ignore repeats (they collect,
+/// sort and dedup, or fill a set).
+pub fn distinct_runs<'a>(logs: impl IntoIterator<Item = LogSlice<'a>>) -> Vec<LogIter<'a>> {
+    let mut seen: rustc_hash::FxHashSet<*const Sealed> = rustc_hash::FxHashSet::default();
     let mut runs = Vec::new();
     for log in logs {
-        let mut k = 0;
-        while let Some(run) = log.run(k) {
-            let shared = log.sealed.get(k).filter(|_| run.len() == CHUNK_RECS);
-            if shared.is_none_or(|c| seen.insert(Rc::as_ptr(c))) {
-                runs.push(run);
+        let mut from = 0;
+        let full = log.sealed.len().min(log.len / CHUNK_RECS);
+        for (k, c) in log.sealed[..full].iter().enumerate() {
+            if !seen.insert(Rc::as_ptr(c)) {
+                if from < k * CHUNK_RECS {
+                    runs.push(log.range(from, k * CHUNK_RECS));
+                }
+                from = (k + 1) * CHUNK_RECS;
             }
-            k += 1;
+        }
+        if from < log.len {
+            runs.push(log.range(from, log.len));
         }
     }
     runs
 }
 
-impl std::ops::Index<usize> for LogSlice<'_> {
-    type Output = LogRec;
-    fn index(&self, i: usize) -> &LogRec {
-        self.get(i).expect("log index out of range")
-    }
-}
-
 impl<'a> IntoIterator for LogSlice<'a> {
-    type Item = &'a LogRec;
+    type Item = LogRec;
     type IntoIter = LogIter<'a>;
     fn into_iter(self) -> LogIter<'a> {
         self.iter()
     }
 }
 
-/// The records of a [`LogSlice`], in order.
+/// Records of a [`LogSlice`], in order, by value: a sealed chunk is
+/// decoded record after record, with no lookup per record.
 #[derive(Clone, Debug)]
 pub struct LogIter<'a> {
     view: LogSlice<'a>,
-    next_run: usize,
-    cur: std::slice::Iter<'a, LogRec>,
+    /// Position of the first record after `cur`.
+    next: usize,
+    end: usize,
+    cur: Run<'a>,
 }
 
-impl<'a> Iterator for LogIter<'a> {
-    type Item = &'a LogRec;
-    #[inline]
-    fn next(&mut self) -> Option<&'a LogRec> {
-        loop {
-            if let Some(r) = self.cur.next() {
-                return Some(r);
-            }
-            self.cur = self.view.run(self.next_run)?.iter();
-            self.next_run += 1;
+/// The part of one chunk a [`LogIter`] is reading.
+#[derive(Clone, Debug)]
+enum Run<'a> {
+    Packed { recs: std::slice::Iter<'a, Packed>, chunk: &'a Sealed, lsn: u64 },
+    Whole(std::slice::Iter<'a, LogRec>),
+}
+
+impl Run<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Run::Packed { recs, .. } => recs.len(),
+            Run::Whole(it) => it.len(),
         }
     }
 }
+
+impl LogIter<'_> {
+    /// Moves `cur` to the chunk holding position `next`; None at the end.
+    fn refill(&mut self) -> Option<()> {
+        if self.next >= self.end {
+            return None;
+        }
+        let k = self.next >> CHUNK_SHIFT;
+        let off = self.next & (CHUNK_RECS - 1);
+        match self.view.sealed.get(k) {
+            Some(c) => {
+                let stop = (self.end - k * CHUNK_RECS).min(CHUNK_RECS);
+                self.cur = Run::Packed { recs: c.recs[off..stop].iter(), chunk: c, lsn: c.first_lsn + off as u64 };
+                self.next = k * CHUNK_RECS + stop;
+            }
+            None => {
+                let t0 = self.view.sealed.len() * CHUNK_RECS;
+                self.cur = Run::Whole(self.view.tail[self.next - t0..self.end - t0].iter());
+                self.next = self.end;
+            }
+        }
+        Some(())
+    }
+}
+
+impl Iterator for LogIter<'_> {
+    type Item = LogRec;
+    #[inline]
+    fn next(&mut self) -> Option<LogRec> {
+        loop {
+            match &mut self.cur {
+                Run::Packed { recs, chunk, lsn } => {
+                    if let Some(p) = recs.next() {
+                        *lsn += 1;
+                        return Some(p.decode(chunk.base_us, *lsn - 1, &chunk.whole));
+                    }
+                }
+                Run::Whole(it) => {
+                    if let Some(r) = it.next() {
+                        return Some(*r);
+                    }
+                }
+            }
+            self.refill()?;
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end - self.next + self.cur.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for LogIter<'_> {}
 
 impl Store {
     /// An empty store on timeline 0.
@@ -491,7 +706,7 @@ impl Store {
 
     /// The last committed record.
     pub fn last_rec(&self) -> Option<&LogRec> {
-        self.log.tail.last().or_else(|| self.log.sealed.last().and_then(|c| c.last()))
+        self.log.last.as_ref()
     }
 
     /// All tasks.
@@ -508,7 +723,7 @@ impl Store {
 
     /// The task created for a job, if any.
     pub fn task_for_job(&self, job: JobId) -> Option<TaskId> {
-        self.by_job.get(job.0 as usize).copied().flatten()
+        self.by_job.get(job.0 as usize).copied().filter(|&t| t != NO_TASK).map(TaskId)
     }
 
     /// Appends and applies a write committed at `at_us`; returns its LSN.
@@ -549,9 +764,10 @@ impl Store {
                 });
                 let j = job.0 as usize;
                 if self.by_job.len() <= j {
-                    self.by_job.resize(j + 1, None);
+                    self.by_job.resize(j + 1, NO_TASK);
                 }
-                self.by_job[j] = Some(task);
+                assert_ne!(task.0, NO_TASK, "task id reserved for no task");
+                self.by_job[j] = task.0;
             }
             Op::Lease { task, lease } => {
                 let t = self.task_mut(task);
@@ -614,8 +830,8 @@ mod tests {
         p.commit(4, Op::Result { task: t, ordinal: 0, decision: 2, reconciled: false, corrupt: false });
         let mut r = Store::new();
         for rec in p.log() {
-            r.apply_replicated(rec);
-            r.apply_replicated(rec); // re-shipped: ignored
+            r.apply_replicated(&rec);
+            r.apply_replicated(&rec); // re-shipped: ignored
         }
         assert_eq!(r.tasks(), p.tasks());
         assert_eq!(r.task(t).unwrap().cursor, 1);
@@ -644,13 +860,13 @@ mod tests {
         assert!(Rc::ptr_eq(&primary.sealed[1], &replica.sealed[1]));
         // The views read exactly the records, whole or as a prefix.
         let view = primary.view();
-        assert_eq!(view.iter().copied().collect::<Vec<_>>(), recs);
+        assert_eq!(view.iter().collect::<Vec<_>>(), recs);
         assert_eq!(view.to_vec(), recs);
         for cut in [0, 1, CHUNK_RECS - 1, CHUNK_RECS, CHUNK_RECS + 1, n - 1, n] {
             let p = view.prefix(cut);
             assert_eq!(p.len(), cut);
-            assert_eq!(p.iter().copied().collect::<Vec<_>>(), recs[..cut]);
-            assert_eq!(p.last(), recs[..cut].last());
+            assert_eq!(p.iter().collect::<Vec<_>>(), recs[..cut]);
+            assert_eq!(p.last(), recs[..cut].last().copied());
             assert_eq!(
                 p.partition_point(|r| r.at_us <= 10 * cut as u64 / 2),
                 recs[..cut].partition_point(|r| r.at_us <= 10 * cut as u64 / 2)
@@ -658,7 +874,7 @@ mod tests {
         }
         assert_eq!(view.get(n), None);
         assert_eq!(
-            view.range(CHUNK_RECS - 2, CHUNK_RECS + 3).copied().collect::<Vec<_>>(),
+            view.range(CHUNK_RECS - 2, CHUNK_RECS + 3).collect::<Vec<_>>(),
             recs[CHUNK_RECS - 2..CHUNK_RECS + 3]
         );
         assert_eq!(view.partition_point_from(CHUNK_RECS + 4, |r| r.lsn < 3), CHUNK_RECS + 4);
@@ -673,6 +889,40 @@ mod tests {
         let runs = distinct_runs([view, replica.view(), diverged.view()]);
         let total: usize = runs.iter().map(|r| r.len()).sum();
         assert_eq!(total, n + 5 + CHUNK_RECS);
+    }
+
+    #[test]
+    fn every_op_reads_back_from_a_packed_chunk_and_what_does_not_fit_is_kept_whole() {
+        let t = TaskId(3 << TIMELINE_SHIFT | 12_345);
+        let lease = |expires_us| Lease { holder: HostId(u32::MAX - 1), token: u64::MAX - 7, expires_us };
+        let base = 1_000_000;
+        let ops = [
+            (0, Op::Create { task: t, job: JobId(u32::MAX), template: 9, steps: u16::MAX, probe: true, replay: false }),
+            (1, Op::Create { task: t, job: JobId(0), template: u16::MAX, steps: 1, probe: false, replay: true }),
+            (2, Op::Lease { task: t, lease: lease(base + 2 + u64::from(u32::MAX)) }),
+            (3, Op::Lease { task: t, lease: lease(base + 3 + u64::from(u32::MAX) + 1) }), // too far: whole
+            (4, Op::Lease { task: t, lease: lease(base + 3) }), // expires before its commit: whole
+            (5, Op::Renew { task: t, expires_us: u64::MAX }),
+            (6, Op::Intent { task: t, ordinal: 4, key: IdemKey::for_slot(TaskId(u64::MAX), 4), args: u64::MAX }),
+            (7, Op::Intent { task: t, ordinal: 4, key: IdemKey { hi: 1, lo: 5 }, args: 0 }), // whole
+            (8, Op::Result { task: t, ordinal: 4, decision: NO_DECISION, reconciled: true, corrupt: false }),
+            (9, Op::Result { task: t, ordinal: u16::MAX, decision: 0, reconciled: false, corrupt: true }),
+            (10, Op::Complete { task: TaskId(u64::MAX) }),
+            (11, Op::Fail { task: t, ordinal: 2 }),
+            (12, Op::Requeue { task: t }),
+            (u64::from(u32::MAX), Op::Requeue { task: t }),
+            (u64::from(u32::MAX) + 1, Op::Complete { task: t }), // 71 minutes past the chunk's first: whole
+        ];
+        let recs: Vec<LogRec> =
+            ops.iter().zip(1..).map(|(&(dt, op), lsn)| LogRec { lsn, at_us: base + dt, op }).collect();
+        let chunk = Sealed::pack(1, &recs);
+        assert_eq!(chunk.whole.len(), 4);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(chunk.get(i), Some(*r), "record {i}");
+        }
+        // A record whose LSN is not its position is kept whole too.
+        let shifted = Sealed::pack(2, &recs[..1]);
+        assert_eq!((shifted.whole.len(), shifted.get(0)), (1, Some(recs[0])));
     }
 
     #[test]

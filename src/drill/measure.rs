@@ -486,7 +486,7 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
         // LSN). A primary that came back with its store and serves again
         // lost nothing; a promoted standby lacks what it never received.
         let serving = store.log();
-        let survived = |rec: &LogRec| rec.lsn >= 1 && serving.get((rec.lsn - 1) as usize) == Some(rec);
+        let survived = |rec: &LogRec| rec.lsn >= 1 && serving.get((rec.lsn - 1) as usize) == Some(*rec);
         if let Some(first_lost) = lost.log.iter().find(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r)) {
             r.structured_state_s = age(first_lost.at_us);
         }

@@ -319,7 +319,7 @@ impl Outbound {
         write: Option<Fence>,
         enforce: bool,
     ) -> anyhow::Result<()> {
-        let recs: Vec<_> = orch.store().log().range(before as usize, usize::MAX).copied().collect();
+        let recs: Vec<_> = orch.store().log().range(before as usize, usize::MAX).collect();
         if let (Some(pg), false) = (pg.as_mut(), recs.is_empty()) {
             pg.commit_write(&recs, orch.store(), write, enforce).await?;
         }
