@@ -1006,6 +1006,12 @@ impl VectorNode {
             env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
             self.arm_integrity_check(env);
         }
+        // A point-in-time restore a crash cut short starts over: its timer
+        // died with the host, and until it finishes the store is read-only
+        // and its integrity check waits for it.
+        if let Some(s) = &self.restoring {
+            env.set_timer(self.store.restore_duration_us(s), Timer::RestoreDone);
+        }
     }
 
     fn arm_integrity_check(&self, env: &mut impl Env) {
