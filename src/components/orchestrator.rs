@@ -493,6 +493,7 @@ impl Orchestrator {
                 self.promote(env);
                 env.send(from, Msg::PromoteAck);
             }
+            Msg::PromotedQuery if self.primary => env.send(from, Msg::PromoteAck),
             Msg::Demote if self.primary => {
                 self.demote();
                 self.crash(); // drop volatile queues; the store stays

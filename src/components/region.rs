@@ -273,6 +273,13 @@ impl Controller {
         // The pending stage and resend timers belong to this attempt.
         self.attempt += 1;
         env.note(Note::FailoverCancelled);
+        // The standby may have taken the promotion with every answer lost
+        // (a one-way cut from its region): ask it until it says so, or
+        // the next failover begins. Left alone, it would stay a second
+        // primary that takes no replication, and a synchronous primary's
+        // writes would wait for it for good.
+        env.send(self.standby_orch, Msg::PromotedQuery);
+        env.set_timer(RESEND_US, Timer::FailoverResend { attempt: self.attempt });
     }
 
     /// Handles a timer.
@@ -304,6 +311,10 @@ impl Controller {
             Timer::FailoverResend { attempt } if !self.acked && attempt == self.attempt => {
                 if matches!(self.stage, Stage::Promoting | Stage::Hydrating | Stage::Opening) {
                     self.send_stage(env);
+                    env.set_timer(RESEND_US, Timer::FailoverResend { attempt });
+                } else if self.stage == Stage::Watching {
+                    // After a cancelled failover (see `cancel_failover`).
+                    env.send(self.standby_orch, Msg::PromotedQuery);
                     env.set_timer(RESEND_US, Timer::FailoverResend { attempt });
                 }
             }
@@ -337,7 +348,8 @@ impl Controller {
                 }
             }
             // A promotion the standby took after the failover was called
-            // off (the acknowledgement was late or lost): the standby is
+            // off (the acknowledgement was late or lost, then answered to a
+            // `PromotedQuery`): the standby is
             // primary now, so the failover goes on (the old primary is
             // fenced next) rather than leave two primaries.
             Msg::PromoteAck if self.stage == Stage::Watching && self.attempt > 0 => {

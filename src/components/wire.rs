@@ -352,6 +352,10 @@ pub enum Msg {
     Promote,
     /// The standby is the primary now.
     PromoteAck,
+    /// Did you take the promotion? (The controller asks the standby after
+    /// calling a failover off; a primary answers `PromoteAck`, a standby
+    /// nothing.)
+    PromotedQuery,
     /// Stop serving: another region was promoted (fencing a primary the
     /// controller believed lost).
     Demote,

@@ -1661,9 +1661,25 @@ impl Budget {
     /// during it, that provider's retry budget on each model step of the
     /// work ahead (an outage slows every model step of the recovery for as
     /// long as it lasts).
+    ///
+    /// A cut (or a lossy link) holds work up for its whole duration, and
+    /// the client, probing every 30 s meanwhile, queues a probe each time:
+    /// those probes wait ahead of the in-flight work, one model step each,
+    /// so ⌈probes / workers⌉ more rounds pay the outage's retries. A cut
+    /// of 522 s (18 probes, 4 workers: 5 rounds) under anthropic answering
+    /// 429 with a 41 s retry-after (3 × 0.8 s + 2 × 41 s = 84.4 s a call)
+    /// adds 422 s: the job in flight at the outage resumed 336 s after the
+    /// cut healed, behind four rounds of probes.
     fn span_us(&self, sc: &Scenario, j: usize, s: Micros) -> Micros {
         let own = self.own_us(sc, j) + self.work_us();
         let end = s + own;
+        let held_probes = match &sc.faults[j] {
+            FaultSpec::Partition { duration, .. } | FaultSpec::LinkDegradation { duration, .. } => {
+                duration.us() / PROBE_CADENCE_US + 1
+            }
+            _ => 0,
+        };
+        let probe_rounds = held_probes.div_ceil(u64::from(sc.stack.workers.max(1)));
         let slowdown: Micros = sc
             .faults
             .iter()
@@ -1672,7 +1688,7 @@ impl Budget {
                 FaultSpec::ProviderOutage { provider, mode, at, duration }
                     if k != j && at.us() < end && at.us() + duration.us() > s =>
                 {
-                    Some(Budget::provider_us(sc, provider, *mode) * (1 + self.model_steps * self.rounds))
+                    Some(Budget::provider_us(sc, provider, *mode) * (1 + self.model_steps * self.rounds + probe_rounds))
                 }
                 _ => None,
             })

@@ -237,6 +237,9 @@ pub struct Client {
     first_probe_job: u32,
     templates: Rc<Vec<Template>>,
     probe_template: u16,
+    /// The standby orchestrator: after its promotion, the old primary's
+    /// completions are no recovery (see `on_msg`).
+    standby_orch: HostId,
 }
 
 /// A host's component. Workers are most hosts and the largest variant, so
@@ -662,7 +665,7 @@ fn workload(sc: &Scenario, rt: &mut Runtime<Msg, Timer>, templates: &[Template])
 }
 
 /// The client that submits the workload and, after a fault, health probes.
-fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template>>) -> Client {
+fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template>>, standby_orch: HostId) -> Client {
     let n = sc.workload.tasks;
     Client {
         next_arrival: 0,
@@ -678,6 +681,7 @@ fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template
         last_probe: None,
         first_probe_job: n,
         templates,
+        standby_orch,
     }
 }
 
@@ -691,7 +695,8 @@ impl Stack {
         let mut nodes = service_nodes(spec, &hosts, rt.hosts().len());
         let worker_shared = add_workers(&mut rt, spec, &templates, &mut hosts, &mut nodes);
         let jobs = Rc::new(workload(sc, &mut rt, &templates));
-        nodes[hosts.client.0 as usize] = Some(Node::Client(client_node(sc, jobs.clone(), templates.clone())));
+        nodes[hosts.client.0 as usize] =
+            Some(Node::Client(client_node(sc, jobs.clone(), templates.clone(), hosts.orch[1])));
 
         let ttl = spec.failover.dns_ttl.us();
         let [orch_a, _] = hosts.orch;
@@ -984,6 +989,12 @@ impl VectorNode {
         if self.serving {
             env.set_timer(self.snapshot_interval_us, Timer::SnapshotTick);
             self.arm_integrity_check(env);
+        }
+        // A point-in-time restore a crash cut short starts over: its timer
+        // died with the host, and until it finishes the store is read-only
+        // and its integrity check waits for it.
+        if let Some(s) = &self.restoring {
+            env.set_timer(self.store.restore_duration_us(s), Timer::RestoreDone);
         }
     }
 
@@ -1280,11 +1291,17 @@ impl Client {
                 // authoritative DNS record names: one finished by an old
                 // primary that was failed away from (a stale resolver sent
                 // it there, and it was not fenced yet) is not the serving
-                // region's recovery, so the client probes on.
+                // region's recovery, so the client probes on. Nor is one the
+                // old primary finished after the standby's promotion, before
+                // the DNS record changed: the standby is the primary then
+                // (the measurement reads the old primary's log only up to
+                // the promotion).
+                let promoted_away = env.truth.promoted_at.is_some_and(|(_, p)| p < env.now_us());
                 if let (Some(since), Some((last, at))) = (self.probe_since, self.last_probe)
                     && job == last
                     && at >= since
                     && from == env.dns.orchestrator.target()
+                    && (from == self.standby_orch || !promoted_away)
                 {
                     self.probe_since = None;
                 }
