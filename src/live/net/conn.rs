@@ -1,8 +1,8 @@
 //! One link's accept loop and its proxied connections.
 //!
 //! Each connection is one task (owned by the accept loop's `JoinSet`, so it
-//! ends with it): a reader and a writer per direction joined by a bounded
-//! channel (latency delays chunks without limiting throughput), and a watch
+//! ends with it): a reader and a writer per direction joined by a channel
+//! bounded in bytes (latency delays chunks without limiting throughput), and a watch
 //! on the link's fate (a `loss` or `reset_peer` toxic that applies to it).
 
 use std::io;
@@ -15,12 +15,12 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::toxic::{self, Dir, TcpToxicKind};
-use super::{CHUNK_BYTES, CONNECT_TIMEOUT_MS, Link, PIPE_CHUNKS};
+use super::{CHUNK_BYTES, CONNECT_TIMEOUT_MS, Link, PIPE_BYTES};
 use crate::live::lock;
 
 /// Accepts on `listener` until `stop` turns true (or its sender is gone),
@@ -247,12 +247,20 @@ impl Ctl {
     /// Forwards one direction: a reader stamps each chunk with its due time
     /// (latency), a writer delivers it when due and the way is open.
     async fn pump(&self, dir: Dir, src: &mut ReadHalf<'_>, dst: &mut WriteHalf<'_>) -> io::Result<()> {
-        let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(PIPE_CHUNKS);
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Vec<u8>>)>();
+        // Bytes the channel may still take: the reader takes them for each
+        // chunk it queues, the writer gives them back once it is written.
+        let room = Semaphore::new(PIPE_BYTES);
         let read = async {
             let mut last_due = Instant::now();
             loop {
                 let mut buf = vec![0u8; CHUNK_BYTES];
                 let n = src.read(&mut buf).await?;
+                let bytes = u32::try_from(n).expect("a chunk is at most CHUNK_BYTES");
+                match room.acquire_many(bytes).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Ok(()),
+                }
                 let due = (Instant::now() + Duration::from_micros(self.delay_us(dir))).max(last_due);
                 last_due = due;
                 let chunk = (n > 0).then(|| {
@@ -260,7 +268,7 @@ impl Ctl {
                     buf
                 });
                 let eof = chunk.is_none();
-                if tx.send((due, chunk)).await.is_err() || eof {
+                if tx.send((due, chunk)).is_err() || eof {
                     return Ok::<(), io::Error>(());
                 }
             }
@@ -275,6 +283,7 @@ impl Ctl {
                     return Ok(());
                 };
                 self.write_paced(dir, dst, &bytes).await?;
+                room.add_permits(bytes.len());
                 let i = if dir == Dir::Up { 0 } else { 1 };
                 self.link.bytes[i].fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
