@@ -79,7 +79,7 @@ pub struct LiveInfo {
 /// submission) and what the promoted standby lacks.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RegionReport {
-    /// `async` or `sync`.
+    /// `async`, `sync` or `base_backup` (a cold standby).
     pub replication: &'static str,
     /// `harness` or `stack`.
     pub failover_by: &'static str,
@@ -558,7 +558,9 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
         for spec in &mut specs {
             spec.env.push(("DATABASE_URL".into(), pair.url()));
             spec.env.push(("AGENTDRILL_DB_PRIMARY_URL".into(), pair.primary.lock().await.url()));
-            spec.env.push(("AGENTDRILL_DB_STANDBY_URL".into(), pair.standby.url()));
+            if let Some(standby) = pair.standby() {
+                spec.env.push(("AGENTDRILL_DB_STANDBY_URL".into(), standby.url()));
+            }
         }
     }
     let stable_submit = match stable_services(sc, &shared.net, &reps, &mut specs, &mut regions).await {
@@ -599,7 +601,8 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
 /// dead primary's copy started isolated and compared with the standby.
 async fn measure_rpo(sc: &LiveScenario, pair: &failover::DbPair, d: &mut Driven) {
     let Some(at) = d.loss_at else { return };
-    let promoted = pair.is_promoted().await || !pair.standby.is_standby().await.unwrap_or(true);
+    let Some(standby) = pair.standby() else { return };
+    let promoted = pair.is_promoted().await || !standby.is_standby().await.unwrap_or(true);
     if !promoted {
         return;
     }
@@ -615,7 +618,7 @@ async fn measure_rpo(sc: &LiveScenario, pair: &failover::DbPair, d: &mut Driven)
         // A stack that failed over by itself left it up: stop it first.
         let _ = old.kill();
     }
-    match super::pg::rpo::measure(&mut old, &pair.standby, &tables, at).await {
+    match super::pg::rpo::measure(&mut old, standby, &tables, at).await {
         Ok(r) => d.rpo = Some(r),
         Err(e) => d.rpo_error = Some(e.to_string()),
     }
@@ -1223,6 +1226,7 @@ fn region_report(sc: &LiveScenario, d: &Driven) -> Option<RegionReport> {
     Some(RegionReport {
         replication: match db.map(|d| d.replication) {
             Some(super::scenario::DbReplication::Sync) => "sync",
+            Some(super::scenario::DbReplication::BaseBackup) => "base_backup",
             _ => "async",
         },
         failover_by: match sc.failover.by {

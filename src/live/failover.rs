@@ -98,8 +98,8 @@ impl NetLink {
         &self.name
     }
 
-    /// New connections go to `to`, now in `region` (open ones end with
-    /// their server: the old one was killed with its region).
+    /// New connections go to `to`, now in `region`; open ones are closed
+    /// (the client reconnects to `to`, as after a DNS switch).
     pub fn switch(&self, to: SocketAddr, region: &str) {
         if let Err(e) = self.net.move_link(&self.name, to, Some(region)) {
             tracing::error!(error = %e, "switching a failover link");
@@ -125,12 +125,29 @@ impl NetLink {
     }
 }
 
+/// The default cadence of a cold standby's base backups.
+pub const DEFAULT_BACKUP_EVERY_MS: u64 = 2_000;
+
+/// A cold standby's base backups: the latest one, taken periodically
+/// through the replication link by a task of the pair.
+struct Backups {
+    opts: PgOptions,
+    latest: Mutex<Option<pg::BaseBackup>>,
+    /// No backup is kept once region `a` is lost (one finishing late would
+    /// not be what region `b` had at the fault).
+    frozen: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
 /// The drill's PostgreSQL pair and its links.
 pub struct DbPair {
     /// Region `a`'s primary (killed at the loss, fenced after the promotion).
     pub primary: tokio::sync::Mutex<PgNode>,
-    /// Region `b`'s hot standby, promoted by the failover.
-    pub standby: PgNode,
+    /// Region `b`'s node: the hot standby from the start, or a cold
+    /// standby's node restored from the latest base backup at the promotion.
+    standby: tokio::sync::OnceCell<PgNode>,
+    /// A cold standby's backups (`replication = "base_backup"`).
+    backups: Option<Arc<Backups>>,
     /// The stable address the processes use as `DATABASE_URL`.
     pub stable: NetLink,
     /// The standby's replication stream from the primary.
@@ -162,11 +179,19 @@ impl DbPair {
         let standby_end = Endpoint::component("postgres-standby", Some("b"));
         let replication =
             NetLink::add(net, standby_end, to_primary.clone(), primary.addr()).await.map_err(link_error)?;
-        let mode = match spec.replication {
-            DbReplication::Async => Replication::Asynchronous,
-            DbReplication::Sync => Replication::Synchronous,
+        let (mode, standby, backups) = match spec.replication {
+            DbReplication::BaseBackup => {
+                let every_ms = spec.backup_every.map_or(DEFAULT_BACKUP_EVERY_MS, |d| d.ms());
+                let b = start_backups(opts, replication.addr(), every_ms).await?;
+                (Replication::Asynchronous, tokio::sync::OnceCell::new(), Some(b))
+            }
+            r => {
+                let mode = if r == DbReplication::Sync { Replication::Synchronous } else { Replication::Asynchronous };
+                let node =
+                    Cluster::start_standby(&opts.named("standby", "b"), &primary, replication.addr(), mode).await?;
+                (mode, tokio::sync::OnceCell::new_with(Some(node)), None)
+            }
         };
-        let standby = Cluster::start_standby(&opts.named("standby", "b"), &primary, replication.addr(), mode).await?;
         if let Some(l) = spec.replication_latency {
             replication.set_latency_ms(l.ms());
         }
@@ -177,6 +202,7 @@ impl DbPair {
             primary_addr: primary.addr(),
             primary: tokio::sync::Mutex::new(primary),
             standby,
+            backups,
             stable,
             replication,
             health_a,
@@ -196,14 +222,28 @@ impl DbPair {
     /// The serving node's own URL (the standby once promoted, else the
     /// primary), for the harness's reads after the network is shut down.
     pub fn direct_url(&self) -> String {
-        if self.promoted.load(Ordering::SeqCst) {
-            return self.standby.url();
+        match self.standby() {
+            Some(s) if self.promoted.load(Ordering::SeqCst) => s.url(),
+            _ => pg::url_for(self.primary_addr),
         }
-        pg::url_for(self.primary_addr)
+    }
+
+    /// Region `b`'s node: the hot standby, or a cold standby's restored
+    /// node once the failover started it (None before).
+    pub fn standby(&self) -> Option<&PgNode> {
+        self.standby.get()
+    }
+
+    /// Whether region `b` is a cold standby (base backups, nothing running).
+    pub fn is_cold(&self) -> bool {
+        self.backups.is_some()
     }
 
     /// Region `a` lost: every link to the primary cut, the primary SIGKILLed.
     pub async fn lose_region_a(&self) {
+        if let Some(b) = &self.backups {
+            b.frozen.store(true, Ordering::SeqCst);
+        }
         let cut = self.net.cut(Selector::Component(PRIMARY_COMPONENT.into()), Selector::Any);
         if let Some(old) = super::lock(&self.lost).replace(cut) {
             self.net.heal(old);
@@ -221,13 +261,30 @@ impl DbPair {
         }
     }
 
-    /// Promotes the standby once (a resent `Promote` is acknowledged again).
+    /// Promotes the standby once (a resent `Promote` is acknowledged
+    /// again); a cold standby's node is first started from the latest base
+    /// backup.
     pub async fn promote_once(&self) -> Result<(), PgError> {
         let _one = self.promoting.lock().await;
-        if !self.promoted.load(Ordering::SeqCst) {
-            self.standby.promote().await?;
-            self.promoted.store(true, Ordering::SeqCst);
+        if self.promoted.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        match &self.backups {
+            Some(b) => {
+                if self.standby.get().is_none() {
+                    let latest = super::lock(&b.latest).clone();
+                    let latest = latest.ok_or_else(|| PgError::Invalid("no base backup reached region b".into()))?;
+                    tracing::info!(backup = latest.no, "restoring region b's database from its latest base backup");
+                    let node = Cluster::start_restored(&b.opts.named("standby", "b"), &latest).await?;
+                    let _ = self.standby.set(node);
+                }
+            }
+            None => {
+                let node = self.standby.get().expect("a hot standby starts with the pair");
+                node.promote().await?;
+            }
+        }
+        self.promoted.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -250,6 +307,50 @@ impl DbPair {
         };
         matches!(tokio::time::timeout(Duration::from_millis(timeout_ms), check).await, Ok(Some(true)))
     }
+}
+
+impl Drop for DbPair {
+    fn drop(&mut self) {
+        if let Some(b) = &self.backups
+            && let Some(t) = super::lock(&b.task).take()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// Takes a first base backup now (a cold standby always has one), then one
+/// every `every_ms` on a task, each replacing the previous one.
+async fn start_backups(opts: &PgOptions, upstream: SocketAddr, every_ms: u64) -> Result<Arc<Backups>, PgError> {
+    let held = opts.named("backups", "b");
+    let first = Cluster::base_backup(&held, upstream, 1).await?;
+    let b = Arc::new(Backups {
+        opts: opts.clone(),
+        latest: Mutex::new(Some(first)),
+        frozen: AtomicBool::new(false),
+        task: Mutex::new(None),
+    });
+    let bt = b.clone();
+    let task = tokio::spawn(async move {
+        for no in 2u32.. {
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            if bt.frozen.load(Ordering::SeqCst) {
+                return;
+            }
+            match Cluster::base_backup(&held, upstream, no).await {
+                Ok(next) if !bt.frozen.load(Ordering::SeqCst) => {
+                    let old = super::lock(&bt.latest).replace(next);
+                    if let Some(old) = old.and_then(|o| o.data.parent().map(std::path::Path::to_path_buf)) {
+                        let _ = std::fs::remove_dir_all(old);
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, no, "a base backup failed (the previous one is kept)"),
+            }
+        }
+    });
+    *super::lock(&b.task) = Some(task);
+    Ok(b)
 }
 
 /// When each stage of a failover happened, on the fakes' clock (µs).
@@ -423,7 +524,10 @@ fn on_note(t: &Targets, timeline: &Mutex<Timeline>, note: Note) {
         Note::FailoverCancelled => tl.cancelled += 1,
         Note::RoutingEffective => {
             tl.routed_us = Some(now);
-            t.db.stable.switch(t.db.standby.addr(), "b");
+            match t.db.standby() {
+                Some(s) => t.db.stable.switch(s.addr(), "b"),
+                None => tracing::error!("the routing switched before region b's database was up"),
+            }
             for (link, to) in &t.services {
                 link.switch(*to, "b");
             }

@@ -61,6 +61,8 @@ enum End {
     Lost,
     /// A `reset_peer` toxic (RST both ways).
     Reset,
+    /// The link was moved to another upstream (FIN both ways).
+    Moved,
     /// The network stopped.
     Stopped,
 }
@@ -78,7 +80,8 @@ async fn serve(mut client: TcpStream, link: Arc<Link>, no: u64, mut stop: watch:
     link.open.fetch_add(1, Ordering::Relaxed);
     let _guard = OpenGuard(link.clone());
     let _ = client.set_nodelay(true);
-    let ctl = Ctl { link, no, opened: Instant::now(), seen: std::sync::Mutex::new(FxHashMap::default()) };
+    let generation = link.generation.load(Ordering::SeqCst);
+    let ctl = Ctl { link, no, generation, opened: Instant::now(), seen: std::sync::Mutex::new(FxHashMap::default()) };
     let mut server: Option<TcpStream> = None;
     let end = tokio::select! {
         biased;
@@ -106,6 +109,8 @@ struct Seen {
 struct Ctl {
     link: Arc<Link>,
     no: u64,
+    /// The link's generation when the connection opened.
+    generation: u64,
     opened: Instant,
     seen: std::sync::Mutex<FxHashMap<u64, Seen>>,
 }
@@ -191,6 +196,9 @@ impl Ctl {
         let mut rx = self.link.changed.subscribe();
         loop {
             rx.borrow_and_update();
+            if self.link.generation.load(Ordering::SeqCst) != self.generation {
+                return End::Moved;
+            }
             let (lost, reset_at) = self.doom();
             if lost {
                 return End::Lost;

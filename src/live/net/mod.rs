@@ -198,6 +198,8 @@ pub(crate) struct Link {
     changed: watch::Sender<u64>,
     accepted: AtomicU64,
     open: AtomicU64,
+    /// Bumped by [`Network::move_link`]: connections opened before end.
+    generation: AtomicU64,
     /// Bytes forwarded: [up, down].
     bytes: [AtomicU64; 2],
 }
@@ -296,6 +298,7 @@ impl Network {
             changed,
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         });
         {
@@ -346,13 +349,17 @@ impl Network {
         Ok(())
     }
 
-    /// Switches one link to `upstream`, now in `region` (cuts in force are
-    /// applied to the moved endpoint); new connections only, as
-    /// [`Network::set_upstream`].
+    /// Moves one link to `upstream`, now in `region` (cuts in force are
+    /// applied to the moved endpoint), as a DNS switch a client sees: its
+    /// open connections are closed (FIN both ways), and it reconnects to the
+    /// new upstream. (An open connection to the old address may be one the
+    /// kernel accepted on a listener nobody serves: it would hang.)
     pub fn move_link(&self, link: &str, upstream: SocketAddr, region: Option<&str>) -> Result<(), NetError> {
         let l = self.find(link).ok_or_else(|| NetError::NoLink(link.into()))?;
         *lock(&l.upstream) = upstream;
         lock(&l.to).region = region.map(str::to_owned);
+        l.generation.fetch_add(1, Ordering::SeqCst);
+        l.bump();
         self.apply_rules();
         tracing::info!(link, %upstream, ?region, "link moved");
         Ok(())
