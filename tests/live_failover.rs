@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use agentdrill::live::failover::link::Link;
+use agentdrill::live::failover::NetLink;
+use agentdrill::live::net::{Endpoint, Network, Selector};
 use agentdrill::live::pg::{self, Cluster, PgOptions, Replication, RpoTable};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agentdrill");
@@ -38,7 +39,10 @@ async fn async_standby_rpo_is_the_known_replication_lag() {
     let dir = run_dir("rpo-lag");
     let opts = PgOptions::local(&dir, "test-rpo-lag");
     let mut primary = Cluster::start_primary(&opts).await.unwrap_or_else(|e| panic!("{e}"));
-    let link = Link::start("replication", primary.addr()).await.expect("link");
+    let net = Network::new(1);
+    let (standby_end, primary_end) =
+        (Endpoint::component("postgres-standby", Some("b")), Endpoint::component("postgres-primary", Some("a")));
+    let link = NetLink::add(&net, standby_end, primary_end, primary.addr()).await.expect("link");
     let standby = Cluster::start_standby(&opts.named("standby", "b"), &primary, link.addr(), Replication::Asynchronous)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -59,8 +63,9 @@ async fn async_standby_rpo_is_the_known_replication_lag() {
         db.execute("INSERT INTO t VALUES ($1)", &[&i]).await.expect("insert (acknowledged)");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Region loss: the link cut (what it held never arrives), the primary killed.
-    link.blackhole(true);
+    // Region loss: the regions cut apart (what the link held never arrives),
+    // the primary killed.
+    net.cut(Selector::Region("a".into()), Selector::Region("b".into()));
     primary.kill().expect("kill");
     let fault_at = SystemTime::now();
     standby.promote().await.expect("promote");
@@ -78,7 +83,63 @@ async fn async_standby_rpo_is_the_known_replication_lag() {
     let mut keys: Vec<i32> = report.tables[0].lost_keys.iter().map(|k| k.parse().expect("int key")).collect();
     keys.sort();
     assert_eq!(keys, ((80 - lost as i32)..80).collect::<Vec<_>>(), "{report:?}");
+    net.shutdown().await;
     drop((standby, primary));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_standby_restored_from_a_base_backup_lacks_what_came_after_it() {
+    let dir = run_dir("cold-restore");
+    let opts = PgOptions::local(&dir, "test-cold-restore");
+    let mut primary = Cluster::start_primary(&opts).await.unwrap_or_else(|e| panic!("{e}"));
+    // The backups cross the regions through a harness link.
+    let net = Network::new(1);
+    let (backups_end, primary_end) =
+        (Endpoint::component("postgres-backups", Some("b")), Endpoint::component("postgres-primary", Some("a")));
+    let link = NetLink::add(&net, backups_end, primary_end, primary.addr()).await.expect("link");
+    let db = primary.connect().await.expect("connect");
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)").await.expect("create");
+    for i in 0..20 {
+        db.execute("INSERT INTO t VALUES ($1, 0)", &[&i]).await.expect("insert before the backup");
+    }
+    let held = opts.named("backups", "b");
+    let first = Cluster::base_backup(&held, link.addr(), 1).await.unwrap_or_else(|e| panic!("{e}"));
+    // After the backup: new rows, and an update of a backed-up row.
+    for i in 20..40 {
+        db.execute("INSERT INTO t VALUES ($1, 0)", &[&i]).await.expect("insert after the backup");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.execute("UPDATE t SET v = 1 WHERE id = 3", &[]).await.expect("update after the backup");
+    net.cut(Selector::Region("a".into()), Selector::Region("b".into()));
+    primary.kill().expect("kill");
+    let fault_at = SystemTime::now();
+    let restored = Cluster::start_restored(&opts.named("standby", "b"), &first).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(!restored.is_standby().await.expect("is_standby"), "a restored node is a primary");
+    let rdb = restored.connect().await.expect("connect restored");
+    rdb.execute("INSERT INTO t VALUES (1000, 0)", &[]).await.expect("the restored node takes writes");
+    let rows: i64 = rdb.query_one("SELECT count(*) FROM t WHERE id < 1000", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 20, "the restored node has exactly the rows of the backup");
+    let report = pg::rpo::measure(&mut primary, &restored, &[RpoTable::new("t", "id")], fault_at)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut keys: Vec<i32> = report.tables[0].lost_keys.iter().map(|k| k.parse().expect("int key")).collect();
+    keys.sort();
+    let mut want: Vec<i32> = (20..40).collect();
+    want.push(3);
+    want.sort();
+    assert_eq!(keys, want, "lost: every commit after the backup and none before: {report:?}");
+    // The oldest lost commit came after the backup ended: the RPO is at
+    // most the backup's age at the fault.
+    let backup_age_ms =
+        fault_at.duration_since(first.taken_at).expect("the fault is after the backup").as_secs_f64() * 1e3;
+    assert!(
+        report.rpo_ms > 0.0 && report.rpo_ms <= backup_age_ms,
+        "RPO {} ms, backup age {backup_age_ms} ms",
+        report.rpo_ms
+    );
+    net.shutdown().await;
+    drop((restored, primary));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -101,10 +162,22 @@ fn run_json(file: &Path, env: &[(&str, &Path)]) -> serde_json::Value {
 /// The simulated twin of a live region drill: the same stack shape (workers
 /// per region, scale-up), failover timings, lease, workload and fault, with
 /// model and API latencies as small as the live fakes'.
-fn sim_twin(pattern: &str, replication: &str, scale_up: &str, standby_workers: u32, loss_at: &str) -> String {
+/// The stack's shape and timings a live region drill and its twin share.
+struct Twin<'a> {
+    tier: &'a str,
+    pattern: &'a str,
+    replication: &'a str,
+    promotion: &'a str,
+    scale_up: &'a str,
+    standby_workers: u32,
+    loss_at: &'a str,
+}
+
+fn sim_twin(t: &Twin) -> String {
+    let Twin { tier, pattern, replication, promotion, scale_up, standby_workers, loss_at } = t;
     format!(
         r#"purpose = "simulated twin of a live region drill"
-tier = "customer-facing"
+tier = "{tier}"
 seed = 11
 horizon = "120s"
 
@@ -114,7 +187,7 @@ workers = 2
 standby_workers = {standby_workers}
 policy = {{ lease_ms = 2000 }}
 replication = {replication}
-failover = {{ health_interval = "1s", health_timeout = "500ms", failure_threshold = 2, promotion = "0s", dns_ttl = "2s", scale_up = "{scale_up}" }}
+failover = {{ health_interval = "1s", health_timeout = "500ms", failure_threshold = 2, promotion = "{promotion}", dns_ttl = "2s", scale_up = "{scale_up}" }}
 recovery_scan = "500ms"
 request_timeout = "2s"
 vector = {{ streaming_replica = true, restore_base = "0s", restore_per_point_us = 0 }}
@@ -162,7 +235,15 @@ fn warm_standby_live_matches_its_simulated_twin() {
     let _serial = serial();
     compare_with_twin(
         "scenarios/live/region-warm-standby-async.toml",
-        &sim_twin("warm_standby", "{ mode = \"async\", lag_ms = 50, interval_ms = 50 }", "500ms", 1, "3s"),
+        &sim_twin(&Twin {
+            tier: "customer-facing",
+            pattern: "warm_standby",
+            replication: "{ mode = \"async\", lag_ms = 50, interval_ms = 50 }",
+            promotion: "0s",
+            scale_up: "500ms",
+            standby_workers: 1,
+            loss_at: "3s",
+        }),
         "twin-warm",
     );
 }
@@ -172,7 +253,15 @@ fn active_active_live_matches_its_simulated_twin() {
     let _serial = serial();
     compare_with_twin(
         "scenarios/live/region-active-active-sync.toml",
-        &sim_twin("active_active", "{ mode = \"sync\" }", "0s", 1, "3s"),
+        &sim_twin(&Twin {
+            tier: "customer-facing",
+            pattern: "active_active",
+            replication: "{ mode = \"sync\" }",
+            promotion: "0s",
+            scale_up: "0s",
+            standby_workers: 1,
+            loss_at: "3s",
+        }),
         "twin-aa",
     );
 }

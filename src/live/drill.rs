@@ -79,7 +79,7 @@ pub struct LiveInfo {
 /// submission) and what the promoted standby lacks.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RegionReport {
-    /// `async` or `sync`.
+    /// `async`, `sync` or `base_backup` (a cold standby).
     pub replication: &'static str,
     /// `harness` or `stack`.
     pub failover_by: &'static str,
@@ -339,7 +339,7 @@ impl Database {
     fn url(&self) -> String {
         match self {
             Database::Single(n) => n.url(),
-            Database::Pair(p) => p.url(),
+            Database::Pair(p) => p.direct_url(),
         }
     }
 }
@@ -349,7 +349,7 @@ impl Database {
 struct Regions {
     pair: Option<Arc<failover::DbPair>>,
     /// Stable addresses of taken-over processes, and their new upstream.
-    services: Vec<(failover::link::Link, SocketAddr)>,
+    services: Vec<(failover::NetLink, SocketAddr)>,
     /// Slots of region `a`'s running processes.
     region_a: Vec<usize>,
     /// Slots of the standby processes (started by the scale-up).
@@ -383,10 +383,11 @@ impl Regions {
 /// switched to the standby after the TTL.
 async fn stable_services(
     sc: &LiveScenario,
+    net: &super::net::Network,
     reps: &[Replica],
     specs: &mut [Spec],
     regions: &mut Regions,
-) -> std::io::Result<Option<SocketAddr>> {
+) -> Result<Option<SocketAddr>, super::net::NetError> {
     regions.listens = reps.iter().map(|r| r.listen).collect();
     for (i, r) in reps.iter().enumerate() {
         let p = sc.processes.iter().find(|p| p.name == r.process).expect("replicas come from processes");
@@ -401,7 +402,7 @@ async fn stable_services(
     for p in sc.processes.iter().filter(|p| p.takes_over.is_some()) {
         let target = p.takes_over.as_deref().expect("filtered");
         let (Some(from), Some(to)) = (slot_of(reps, target, 0), slot_of(reps, &p.name, 0)) else { continue };
-        let link = failover::link::Link::start(&format!("service-{target}"), reps[from].listen).await?;
+        let link = failover::NetLink::stable(net, target, "a", reps[from].listen).await?;
         let var = format!("AGENTDRILL_PEER_{}_URL", env_name(target));
         for spec in specs.iter_mut() {
             for (k, v) in &mut spec.env {
@@ -508,7 +509,6 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
         Err(e) => tracing::warn!(error = %e, "cleaning up a dead run's PostgreSQL failed"),
     }
     supervisor::clean_leftovers(&root);
-    let database = start_database(sc, &root).await?;
     let reps = replicas(sc).map_err(|source| {
         LiveRunError::Fakes(super::LiveError::Bind { port: 0, what: "a replica's listen address", source })
     })?;
@@ -524,6 +524,14 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     };
     let served = super::start(cfg).await?;
     let shared = served.shared.clone();
+    // After the fakes: a standby pair's links are in their network.
+    let database = match start_database(sc, &root, &shared.net).await {
+        Ok(d) => d,
+        Err(e) => {
+            served.shutdown().await;
+            return Err(e);
+        }
+    };
     let state_root = Supervisor::run_dir_in(&root).join("state");
     for p in &sc.processes {
         let dir = state_root.join(&p.name);
@@ -550,12 +558,18 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
         for spec in &mut specs {
             spec.env.push(("DATABASE_URL".into(), pair.url()));
             spec.env.push(("AGENTDRILL_DB_PRIMARY_URL".into(), pair.primary.lock().await.url()));
-            spec.env.push(("AGENTDRILL_DB_STANDBY_URL".into(), pair.standby.url()));
+            if let Some(standby) = pair.standby() {
+                spec.env.push(("AGENTDRILL_DB_STANDBY_URL".into(), standby.url()));
+            }
         }
     }
-    let stable_submit = stable_services(sc, &reps, &mut specs, &mut regions).await.map_err(|source| {
-        LiveRunError::Fakes(super::LiveError::Bind { port: 0, what: "a stable service address", source })
-    })?;
+    let stable_submit = match stable_services(sc, &shared.net, &reps, &mut specs, &mut regions).await {
+        Ok(s) => s,
+        Err(source) => {
+            served.shutdown().await;
+            return Err(LiveRunError::Net { scenario: sc.name.clone(), source });
+        }
+    };
     let sup = Arc::new(Supervisor::start(&root, specs)?);
     let outcome = drive(sc, &served, &reps, &sup, &regions, stable_submit.or(wiring.submit)).await;
     let sup = Arc::try_unwrap(sup).expect("the drill holds the only handle");
@@ -587,7 +601,8 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
 /// dead primary's copy started isolated and compared with the standby.
 async fn measure_rpo(sc: &LiveScenario, pair: &failover::DbPair, d: &mut Driven) {
     let Some(at) = d.loss_at else { return };
-    let promoted = pair.is_promoted().await || !pair.standby.is_standby().await.unwrap_or(true);
+    let Some(standby) = pair.standby() else { return };
+    let promoted = pair.is_promoted().await || !standby.is_standby().await.unwrap_or(true);
     if !promoted {
         return;
     }
@@ -603,7 +618,7 @@ async fn measure_rpo(sc: &LiveScenario, pair: &failover::DbPair, d: &mut Driven)
         // A stack that failed over by itself left it up: stop it first.
         let _ = old.kill();
     }
-    match super::pg::rpo::measure(&mut old, &pair.standby, &tables, at).await {
+    match super::pg::rpo::measure(&mut old, standby, &tables, at).await {
         Ok(r) => d.rpo = Some(r),
         Err(e) => d.rpo_error = Some(e.to_string()),
     }
@@ -612,7 +627,11 @@ async fn measure_rpo(sc: &LiveScenario, pair: &failover::DbPair, d: &mut Driven)
 /// Starts the scenario's PostgreSQL (`[database]`): a primary, or with
 /// `standby = true` the pair behind its harness links, in this run's folder
 /// under `root`, on the backend the scenario names.
-async fn start_database(sc: &LiveScenario, root: &std::path::Path) -> Result<Option<Database>, LiveRunError> {
+async fn start_database(
+    sc: &LiveScenario,
+    root: &std::path::Path,
+    net: &super::net::Network,
+) -> Result<Option<Database>, LiveRunError> {
     let Some(spec) = &sc.database else { return Ok(None) };
     let run_dir = Supervisor::run_dir_in(root);
     let run_id = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -625,7 +644,7 @@ async fn start_database(sc: &LiveScenario, root: &std::path::Path) -> Result<Opt
     };
     let err = |source| LiveRunError::Database { scenario: sc.name.clone(), source };
     if spec.standby {
-        let pair = failover::DbPair::start(&opts, spec).await.map_err(err)?;
+        let pair = failover::DbPair::start(&opts, spec, net).await.map_err(err)?;
         return Ok(Some(Database::Pair(Arc::new(pair))));
     }
     super::pg::Cluster::start_primary(&opts).await.map(|n| Some(Database::Single(n))).map_err(err)
@@ -1306,6 +1325,7 @@ fn region_report(sc: &LiveScenario, d: &Driven) -> Option<RegionReport> {
     Some(RegionReport {
         replication: match db.map(|d| d.replication) {
             Some(super::scenario::DbReplication::Sync) => "sync",
+            Some(super::scenario::DbReplication::BaseBackup) => "base_backup",
             _ => "async",
         },
         failover_by: match sc.failover.by {

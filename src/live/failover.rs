@@ -15,21 +15,26 @@
 //! | note `RoutingEffective` (the TTL after the switch request) | the stable database address and every taken-over process's stable address switched to region `b` |
 //! | request `ScaleUp` | the standby processes started |
 //!
-//! Links ([`link::Link`]): `database` (the stable `DATABASE_URL`),
-//! `replication` (the standby's stream from the primary; latency there is a
-//! replication lag), `health-a` (the controller's view of region `a`), and one
-//! stable address per process a standby takes over.
-
-pub mod link;
+//! Links, all in the drill's [`Network`] (`live::net`, the one harness TCP
+//! proxy), each wrapped in a [`NetLink`]: `stable-to-postgres` (the stable
+//! `DATABASE_URL`: the processes dial it directly, one hop, and it is moved
+//! to region `b` at the switch), `postgres-standby-to-postgres-primary` (the
+//! standby's replication stream: a lag is a latency toxic there, and a cut
+//! between the regions cuts it), `failover-to-postgres-primary` (the
+//! controller's health checks of region `a`), and `stable-to-<process>` for
+//! each process a standby takes over. At the region loss every link to the
+//! primary is cut (a blackhole both ways: the standby's stream and the health
+//! checks stall, as across a real partition).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use self::link::Link;
+use super::net::{CutId, Endpoint, NetError, Network, Selector, Stream, TcpToxic, TcpToxicKind};
 use super::pg::{self, Cluster, PgError, PgNode, PgOptions, Replication};
 use super::scenario::{DatabaseSpec, DbReplication};
 use super::stack::env::LiveEnv;
@@ -47,52 +52,165 @@ const STANDBY: HostId = HostId(3);
 /// The standby's vector store.
 const STANDBY_VECTOR: HostId = HostId(4);
 
+/// The component name of region `a`'s primary in the network.
+pub const PRIMARY_COMPONENT: &str = "postgres-primary";
+/// The component name of the serving database behind the stable address.
+pub const SERVING_COMPONENT: &str = "postgres";
+/// The name of the latency toxic a replication lag installs.
+const LAG_TOXIC: &str = "replication-lag";
+
+/// One harness link of the failover: a link of the drill's [`Network`],
+/// named, with the address its clients dial.
+#[derive(Clone, Debug)]
+pub struct NetLink {
+    net: Network,
+    name: String,
+    addr: SocketAddr,
+}
+
+impl NetLink {
+    /// Adds the link `from → to` forwarding to `upstream` in `net`.
+    pub async fn add(net: &Network, from: Endpoint, to: Endpoint, upstream: SocketAddr) -> Result<NetLink, NetError> {
+        let name = format!("{}-to-{}", from.label(), to.label());
+        let addr = net.add_link(from, to, upstream).await?;
+        Ok(NetLink { net: net.clone(), name, addr })
+    }
+
+    /// A stable address for `component` (region `region`): the link
+    /// `stable-to-<component>`, moved to the standby at the switch.
+    pub async fn stable(
+        net: &Network,
+        component: &str,
+        region: &str,
+        upstream: SocketAddr,
+    ) -> Result<NetLink, NetError> {
+        let from = Endpoint::component("stable", None);
+        NetLink::add(net, from, Endpoint::component(component, Some(region)), upstream).await
+    }
+
+    /// Where clients connect (`127.0.0.1:PORT`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The link's name in the network (`GET /proxies`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// New connections go to `to`, now in `region`; open ones are closed
+    /// (the client reconnects to `to`, as after a DNS switch).
+    pub fn switch(&self, to: SocketAddr, region: &str) {
+        if let Err(e) = self.net.move_link(&self.name, to, Some(region)) {
+            tracing::error!(error = %e, "switching a failover link");
+        }
+    }
+
+    /// Holds every chunk `ms` more each way (open and new connections);
+    /// 0 removes the delay.
+    pub fn set_latency_ms(&self, ms: u64) {
+        let _ = self.net.remove_toxic(&self.name, LAG_TOXIC);
+        if ms == 0 {
+            return;
+        }
+        let toxic = TcpToxic {
+            name: LAG_TOXIC.into(),
+            kind: TcpToxicKind::Latency { latency_ms: ms, jitter_ms: 0 },
+            stream: Stream::Both,
+            toxicity: 1.0,
+        };
+        if let Err(e) = self.net.add_toxic(&self.name, toxic) {
+            tracing::error!(error = %e, link = %self.name, "the replication lag toxic was refused");
+        }
+    }
+}
+
+/// The default cadence of a cold standby's base backups.
+pub const DEFAULT_BACKUP_EVERY_MS: u64 = 2_000;
+
+/// A cold standby's base backups: the latest one, taken periodically
+/// through the replication link by a task of the pair.
+struct Backups {
+    opts: PgOptions,
+    latest: Mutex<Option<pg::BaseBackup>>,
+    /// No backup is kept once region `a` is lost (one finishing late would
+    /// not be what region `b` had at the fault).
+    frozen: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
 /// The drill's PostgreSQL pair and its links.
 pub struct DbPair {
     /// Region `a`'s primary (killed at the loss, fenced after the promotion).
     pub primary: tokio::sync::Mutex<PgNode>,
-    /// Region `b`'s hot standby, promoted by the failover.
-    pub standby: PgNode,
+    /// Region `b`'s node: the hot standby from the start, or a cold
+    /// standby's node restored from the latest base backup at the promotion.
+    standby: tokio::sync::OnceCell<PgNode>,
+    /// A cold standby's backups (`replication = "base_backup"`).
+    backups: Option<Arc<Backups>>,
     /// The stable address the processes use as `DATABASE_URL`.
-    pub stable: Link,
+    pub stable: NetLink,
     /// The standby's replication stream from the primary.
-    pub replication: Link,
+    pub replication: NetLink,
     /// The controller's health checks of region `a`.
-    pub health_a: Link,
+    pub health_a: NetLink,
     /// How commits wait for the standby.
     pub mode: Replication,
-    promoted: tokio::sync::Mutex<bool>,
+    net: Network,
+    primary_addr: SocketAddr,
+    /// The cut of region `a`'s primary while the region is lost.
+    lost: Mutex<Option<CutId>>,
+    promoting: tokio::sync::Mutex<()>,
+    promoted: AtomicBool,
 }
 
-fn link_error(what: &str, e: std::io::Error) -> PgError {
-    PgError::Invalid(format!("cannot start the harness link `{what}` on 127.0.0.1: {e}"))
+fn link_error(e: NetError) -> PgError {
+    PgError::Invalid(format!("cannot start a failover link: {e}"))
 }
 
 impl DbPair {
-    /// Starts the primary (`opts`, region `a`), its links, and the standby
-    /// (node `standby`, region `b`) streaming through the replication link;
-    /// `spec.replication_latency` is set on that link once the standby is up.
-    pub async fn start(opts: &PgOptions, spec: &DatabaseSpec) -> Result<DbPair, PgError> {
+    /// Starts the primary (`opts`, region `a`), its links in `net`, and the
+    /// standby (node `standby`, region `b`) streaming through the
+    /// replication link; `spec.replication_latency` is set on that link once
+    /// the standby is up.
+    pub async fn start(opts: &PgOptions, spec: &DatabaseSpec, net: &Network) -> Result<DbPair, PgError> {
         let primary = Cluster::start_primary(opts).await?;
-        let replication = Link::start("replication", primary.addr()).await.map_err(|e| link_error("replication", e))?;
-        let mode = match spec.replication {
-            DbReplication::Async => Replication::Asynchronous,
-            DbReplication::Sync => Replication::Synchronous,
+        let to_primary = Endpoint::component(PRIMARY_COMPONENT, Some("a"));
+        let standby_end = Endpoint::component("postgres-standby", Some("b"));
+        let replication =
+            NetLink::add(net, standby_end, to_primary.clone(), primary.addr()).await.map_err(link_error)?;
+        let (mode, standby, backups) = match spec.replication {
+            DbReplication::BaseBackup => {
+                let every_ms = spec.backup_every.map_or(DEFAULT_BACKUP_EVERY_MS, |d| d.ms());
+                let b = start_backups(opts, replication.addr(), every_ms).await?;
+                (Replication::Asynchronous, tokio::sync::OnceCell::new(), Some(b))
+            }
+            r => {
+                let mode = if r == DbReplication::Sync { Replication::Synchronous } else { Replication::Asynchronous };
+                let node =
+                    Cluster::start_standby(&opts.named("standby", "b"), &primary, replication.addr(), mode).await?;
+                (mode, tokio::sync::OnceCell::new_with(Some(node)), None)
+            }
         };
-        let standby = Cluster::start_standby(&opts.named("standby", "b"), &primary, replication.addr(), mode).await?;
         if let Some(l) = spec.replication_latency {
             replication.set_latency_ms(l.ms());
         }
-        let stable = Link::start("database", primary.addr()).await.map_err(|e| link_error("database", e))?;
-        let health_a = Link::start("health-a", primary.addr()).await.map_err(|e| link_error("health-a", e))?;
+        let stable = NetLink::stable(net, SERVING_COMPONENT, "a", primary.addr()).await.map_err(link_error)?;
+        let controller = Endpoint::component("failover", None);
+        let health_a = NetLink::add(net, controller, to_primary, primary.addr()).await.map_err(link_error)?;
         Ok(DbPair {
+            primary_addr: primary.addr(),
             primary: tokio::sync::Mutex::new(primary),
             standby,
+            backups,
             stable,
             replication,
             health_a,
             mode,
-            promoted: tokio::sync::Mutex::new(false),
+            net: net.clone(),
+            lost: Mutex::new(None),
+            promoting: tokio::sync::Mutex::new(()),
+            promoted: AtomicBool::new(false),
         })
     }
 
@@ -101,10 +219,35 @@ impl DbPair {
         pg::url_for(self.stable.addr())
     }
 
-    /// Region `a` lost: the primary SIGKILLed, region `a`'s links cut.
+    /// The serving node's own URL (the standby once promoted, else the
+    /// primary), for the harness's reads after the network is shut down.
+    pub fn direct_url(&self) -> String {
+        match self.standby() {
+            Some(s) if self.promoted.load(Ordering::SeqCst) => s.url(),
+            _ => pg::url_for(self.primary_addr),
+        }
+    }
+
+    /// Region `b`'s node: the hot standby, or a cold standby's restored
+    /// node once the failover started it (None before).
+    pub fn standby(&self) -> Option<&PgNode> {
+        self.standby.get()
+    }
+
+    /// Whether region `b` is a cold standby (base backups, nothing running).
+    pub fn is_cold(&self) -> bool {
+        self.backups.is_some()
+    }
+
+    /// Region `a` lost: every link to the primary cut, the primary SIGKILLed.
     pub async fn lose_region_a(&self) {
-        self.replication.blackhole(true);
-        self.health_a.blackhole(true);
+        if let Some(b) = &self.backups {
+            b.frozen.store(true, Ordering::SeqCst);
+        }
+        let cut = self.net.cut(Selector::Component(PRIMARY_COMPONENT.into()), Selector::Any);
+        if let Some(old) = super::lock(&self.lost).replace(cut) {
+            self.net.heal(old);
+        }
         if let Err(e) = self.primary.lock().await.kill() {
             tracing::error!(error = %e, "killing the primary at the region loss");
         }
@@ -113,23 +256,41 @@ impl DbPair {
     /// Region `a` back: its links mended (the old primary stays down: it was
     /// killed, and is fenced once the standby is promoted).
     pub fn region_a_back(&self) {
-        self.replication.blackhole(false);
-        self.health_a.blackhole(false);
+        if let Some(cut) = super::lock(&self.lost).take() {
+            self.net.heal(cut);
+        }
     }
 
-    /// Promotes the standby once (a resent `Promote` is acknowledged again).
+    /// Promotes the standby once (a resent `Promote` is acknowledged
+    /// again); a cold standby's node is first started from the latest base
+    /// backup.
     pub async fn promote_once(&self) -> Result<(), PgError> {
-        let mut done = self.promoted.lock().await;
-        if !*done {
-            self.standby.promote().await?;
-            *done = true;
+        let _one = self.promoting.lock().await;
+        if self.promoted.load(Ordering::SeqCst) {
+            return Ok(());
         }
+        match &self.backups {
+            Some(b) => {
+                if self.standby.get().is_none() {
+                    let latest = super::lock(&b.latest).clone();
+                    let latest = latest.ok_or_else(|| PgError::Invalid("no base backup reached region b".into()))?;
+                    tracing::info!(backup = latest.no, "restoring region b's database from its latest base backup");
+                    let node = Cluster::start_restored(&b.opts.named("standby", "b"), &latest).await?;
+                    let _ = self.standby.set(node);
+                }
+            }
+            None => {
+                let node = self.standby.get().expect("a hot standby starts with the pair");
+                node.promote().await?;
+            }
+        }
+        self.promoted.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Whether the standby was promoted.
     pub async fn is_promoted(&self) -> bool {
-        *self.promoted.lock().await
+        self.promoted.load(Ordering::SeqCst)
     }
 
     /// One health check of region `a`'s primary: `SELECT 1` through the
@@ -146,6 +307,50 @@ impl DbPair {
         };
         matches!(tokio::time::timeout(Duration::from_millis(timeout_ms), check).await, Ok(Some(true)))
     }
+}
+
+impl Drop for DbPair {
+    fn drop(&mut self) {
+        if let Some(b) = &self.backups
+            && let Some(t) = super::lock(&b.task).take()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// Takes a first base backup now (a cold standby always has one), then one
+/// every `every_ms` on a task, each replacing the previous one.
+async fn start_backups(opts: &PgOptions, upstream: SocketAddr, every_ms: u64) -> Result<Arc<Backups>, PgError> {
+    let held = opts.named("backups", "b");
+    let first = Cluster::base_backup(&held, upstream, 1).await?;
+    let b = Arc::new(Backups {
+        opts: opts.clone(),
+        latest: Mutex::new(Some(first)),
+        frozen: AtomicBool::new(false),
+        task: Mutex::new(None),
+    });
+    let bt = b.clone();
+    let task = tokio::spawn(async move {
+        for no in 2u32.. {
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+            if bt.frozen.load(Ordering::SeqCst) {
+                return;
+            }
+            match Cluster::base_backup(&held, upstream, no).await {
+                Ok(next) if !bt.frozen.load(Ordering::SeqCst) => {
+                    let old = super::lock(&bt.latest).replace(next);
+                    if let Some(old) = old.and_then(|o| o.data.parent().map(std::path::Path::to_path_buf)) {
+                        let _ = std::fs::remove_dir_all(old);
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, no, "a base backup failed (the previous one is kept)"),
+            }
+        }
+    });
+    *super::lock(&b.task) = Some(task);
+    Ok(b)
 }
 
 /// When each stage of a failover happened, on the fakes' clock (µs).
@@ -169,8 +374,8 @@ pub struct Timeline {
 pub struct Targets {
     /// The database pair.
     pub db: Arc<DbPair>,
-    /// Stable service addresses and where they go after the TTL.
-    pub services: Vec<(Link, SocketAddr)>,
+    /// Stable service addresses and where they go (in region `b`) after the TTL.
+    pub services: Vec<(NetLink, SocketAddr)>,
     /// Starts the standby processes (the supervisor's slots).
     pub scale_up: Box<dyn Fn() + Send + Sync>,
     /// The fakes' clock, µs.
@@ -319,9 +524,12 @@ fn on_note(t: &Targets, timeline: &Mutex<Timeline>, note: Note) {
         Note::FailoverCancelled => tl.cancelled += 1,
         Note::RoutingEffective => {
             tl.routed_us = Some(now);
-            t.db.stable.switch(t.db.standby.addr());
+            match t.db.standby() {
+                Some(s) => t.db.stable.switch(s.addr(), "b"),
+                None => tracing::error!("the routing switched before region b's database was up"),
+            }
             for (link, to) in &t.services {
-                link.switch(*to);
+                link.switch(*to, "b");
             }
         }
         _ => {}

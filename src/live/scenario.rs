@@ -348,6 +348,10 @@ pub struct DatabaseSpec {
     /// `async` (default) or `sync` (`synchronous_standby_names`).
     #[serde(default)]
     pub replication: DbReplication,
+    /// With `replication = "base_backup"`: how often region `b` takes a
+    /// base backup of the primary (default 2 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_every: Option<Dur>,
     /// Latency added to the replication link from the start (a standby
     /// that lags by about this much), e.g. `"1500ms"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +375,10 @@ pub enum DbReplication {
     Async,
     /// Each commit waits for the standby.
     Sync,
+    /// A cold standby: nothing runs in region `b`; it holds the primary's
+    /// latest base backup (`pg_basebackup` every `backup_every`), and a
+    /// failover starts a new primary from it.
+    BaseBackup,
 }
 
 /// Who runs the failover on a region loss.
@@ -765,8 +773,14 @@ pub fn problems(sc: &LiveScenario) -> Vec<(String, String)> {
                 );
             }
         }
-        if !db.standby && (db.replication == DbReplication::Sync || db.replication_latency.is_some()) {
+        if !db.standby && (db.replication != DbReplication::Async || db.replication_latency.is_some()) {
             p("database.standby", "replication settings need a standby: set standby = true".into());
+        }
+        if db.backup_every.is_some() && db.replication != DbReplication::BaseBackup {
+            p("database.backup_every", "backups are for replication = \"base_backup\" (a cold standby)".into());
+        }
+        if db.backup_every.is_some_and(|d| d.ms() < 100) {
+            p("database.backup_every", "a base backup takes a while: write at least \"100ms\"".into());
         }
     }
     if sc.failover.failure_threshold == 0 || sc.failover.health_interval.ms() < 50 {

@@ -1,8 +1,8 @@
 //! One link's accept loop and its proxied connections.
 //!
 //! Each connection is one task (owned by the accept loop's `JoinSet`, so it
-//! ends with it): a reader and a writer per direction joined by a bounded
-//! channel (latency delays chunks without limiting throughput), and a watch
+//! ends with it): a reader and a writer per direction joined by a channel
+//! bounded in bytes (latency delays chunks without limiting throughput), and a watch
 //! on the link's fate (a `loss` or `reset_peer` toxic that applies to it).
 
 use std::io;
@@ -15,12 +15,12 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::toxic::{self, Dir, TcpToxicKind};
-use super::{CHUNK_BYTES, CONNECT_TIMEOUT_MS, Link, PIPE_CHUNKS};
+use super::{CHUNK_BYTES, CONNECT_TIMEOUT_MS, Link, PIPE_BYTES};
 use crate::live::lock;
 
 /// Accepts on `listener` until `stop` turns true (or its sender is gone),
@@ -61,6 +61,8 @@ enum End {
     Lost,
     /// A `reset_peer` toxic (RST both ways).
     Reset,
+    /// The link was moved to another upstream (FIN both ways).
+    Moved,
     /// The network stopped.
     Stopped,
 }
@@ -78,7 +80,8 @@ async fn serve(mut client: TcpStream, link: Arc<Link>, no: u64, mut stop: watch:
     link.open.fetch_add(1, Ordering::Relaxed);
     let _guard = OpenGuard(link.clone());
     let _ = client.set_nodelay(true);
-    let ctl = Ctl { link, no, opened: Instant::now(), seen: std::sync::Mutex::new(FxHashMap::default()) };
+    let generation = link.generation.load(Ordering::SeqCst);
+    let ctl = Ctl { link, no, generation, opened: Instant::now(), seen: std::sync::Mutex::new(FxHashMap::default()) };
     let mut server: Option<TcpStream> = None;
     let end = tokio::select! {
         biased;
@@ -106,6 +109,8 @@ struct Seen {
 struct Ctl {
     link: Arc<Link>,
     no: u64,
+    /// The link's generation when the connection opened.
+    generation: u64,
     opened: Instant,
     seen: std::sync::Mutex<FxHashMap<u64, Seen>>,
 }
@@ -191,6 +196,9 @@ impl Ctl {
         let mut rx = self.link.changed.subscribe();
         loop {
             rx.borrow_and_update();
+            if self.link.generation.load(Ordering::SeqCst) != self.generation {
+                return End::Moved;
+            }
             let (lost, reset_at) = self.doom();
             if lost {
                 return End::Lost;
@@ -247,12 +255,20 @@ impl Ctl {
     /// Forwards one direction: a reader stamps each chunk with its due time
     /// (latency), a writer delivers it when due and the way is open.
     async fn pump(&self, dir: Dir, src: &mut ReadHalf<'_>, dst: &mut WriteHalf<'_>) -> io::Result<()> {
-        let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(PIPE_CHUNKS);
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Option<Vec<u8>>)>();
+        // Bytes the channel may still take: the reader takes them for each
+        // chunk it queues, the writer gives them back once it is written.
+        let room = Semaphore::new(PIPE_BYTES);
         let read = async {
             let mut last_due = Instant::now();
             loop {
                 let mut buf = vec![0u8; CHUNK_BYTES];
                 let n = src.read(&mut buf).await?;
+                let bytes = u32::try_from(n).expect("a chunk is at most CHUNK_BYTES");
+                match room.acquire_many(bytes).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return Ok(()),
+                }
                 let due = (Instant::now() + Duration::from_micros(self.delay_us(dir))).max(last_due);
                 last_due = due;
                 let chunk = (n > 0).then(|| {
@@ -260,7 +276,7 @@ impl Ctl {
                     buf
                 });
                 let eof = chunk.is_none();
-                if tx.send((due, chunk)).await.is_err() || eof {
+                if tx.send((due, chunk)).is_err() || eof {
                     return Ok::<(), io::Error>(());
                 }
             }
@@ -275,6 +291,7 @@ impl Ctl {
                     return Ok(());
                 };
                 self.write_paced(dir, dst, &bytes).await?;
+                room.add_permits(bytes.len());
                 let i = if dir == Dir::Up { 0 } else { 1 };
                 self.link.bytes[i].fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }

@@ -29,9 +29,13 @@
 //! seed, the link's name and the toxic's name.
 //!
 //! Resources are bounded: per connection and direction at most
-//! [`PIPE_CHUNKS`] chunks of [`CHUNK_BYTES`] are buffered (then TCP
-//! back-pressure); every connection task belongs to its link's accept loop
-//! and ends with it ([`Network::shutdown`], or the network dropped).
+//! [`PIPE_BYTES`] bytes wait in the proxy (then TCP back-pressure), plus the
+//! one chunk being read; every connection task belongs to its link's accept
+//! loop and ends with it ([`Network::shutdown`], or the network dropped).
+//! The bound is in bytes, not chunks: a latency toxic holds every chunk for
+//! its delay, and a count of chunks would cap a chatty connection (many small
+//! writes, as PostgreSQL's replication stream) at that many chunks per delay,
+//! adding a queueing delay of its own on top of the toxic's.
 
 mod conn;
 pub mod toxic;
@@ -49,8 +53,8 @@ pub use toxic::{Dir, Stream, TcpToxic, TcpToxicError, TcpToxicKind};
 
 /// Bytes read per chunk.
 pub const CHUNK_BYTES: usize = 16 * 1024;
-/// Chunks buffered per connection and direction (toxics hold them).
-pub const PIPE_CHUNKS: usize = 8;
+/// Bytes buffered per connection and direction (toxics hold them).
+pub const PIPE_BYTES: usize = 8 * CHUNK_BYTES;
 /// Most time an upstream connect may take before the client is reset, in ms.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Most links one network holds.
@@ -194,6 +198,8 @@ pub(crate) struct Link {
     changed: watch::Sender<u64>,
     accepted: AtomicU64,
     open: AtomicU64,
+    /// Bumped by [`Network::move_link`]: connections opened before end.
+    generation: AtomicU64,
     /// Bytes forwarded: [up, down].
     bytes: [AtomicU64; 2],
 }
@@ -292,6 +298,7 @@ impl Network {
             changed,
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         });
         {
@@ -339,6 +346,22 @@ impl Network {
     pub fn set_link_upstream(&self, link: &str, upstream: SocketAddr) -> Result<(), NetError> {
         let l = self.find(link).ok_or_else(|| NetError::NoLink(link.into()))?;
         *lock(&l.upstream) = upstream;
+        Ok(())
+    }
+
+    /// Moves one link to `upstream`, now in `region` (cuts in force are
+    /// applied to the moved endpoint), as a DNS switch a client sees: its
+    /// open connections are closed (FIN both ways), and it reconnects to the
+    /// new upstream. (An open connection to the old address may be one the
+    /// kernel accepted on a listener nobody serves: it would hang.)
+    pub fn move_link(&self, link: &str, upstream: SocketAddr, region: Option<&str>) -> Result<(), NetError> {
+        let l = self.find(link).ok_or_else(|| NetError::NoLink(link.into()))?;
+        *lock(&l.upstream) = upstream;
+        lock(&l.to).region = region.map(str::to_owned);
+        l.generation.fetch_add(1, Ordering::SeqCst);
+        l.bump();
+        self.apply_rules();
+        tracing::info!(link, %upstream, ?region, "link moved");
         Ok(())
     }
 

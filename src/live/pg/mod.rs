@@ -38,8 +38,11 @@
 //! - [`pair`]: the streaming standby, promotion, fencing, replication lag;
 //! - [`rpo`]: RPO from the data (the dead primary's copy started isolated
 //!   and compared with the promoted standby);
+//! - [`backup`]: base backups of the primary and a node restored from one
+//!   (a cold standby region);
 //! - [`stale`]: the node records and [`cleanup_stale`].
 
+pub mod backup;
 pub mod docker;
 pub mod doctor;
 pub mod local;
@@ -52,6 +55,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use backup::BaseBackup;
 pub use pair::{Promotion, Replication, ReplicationLag, SenderState};
 pub use rpo::{RpoReport, RpoTable, TableLoss};
 pub use stale::{CleanupReport, cleanup_stale};
