@@ -330,8 +330,10 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
 /// Step results persisted from tool responses that failed the schema, in
 /// a store's log (the simulated serving store's, or the live reference
 /// stack's PostgreSQL event log).
-pub fn corrupted_writes<'a>(log: impl IntoIterator<Item = &'a LogRec>) -> u64 {
-    log.into_iter().filter(|r| matches!(r.op, Op::Result { corrupt: true, .. })).count() as u64
+pub fn corrupted_writes(log: impl IntoIterator<Item = impl std::borrow::Borrow<LogRec>>) -> u64 {
+    log.into_iter()
+        .filter(|r| matches!(std::borrow::Borrow::<LogRec>::borrow(r).op, Op::Result { corrupt: true, .. }))
+        .count() as u64
 }
 
 /// Plan steps decided differently after a resume, from what survived: the
