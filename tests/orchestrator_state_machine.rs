@@ -409,7 +409,34 @@ struct Sut {
     env: TestEnv,
 }
 
+/// The orchestrator's settings in these tests: no replication, no
+/// controller watch; `fencing` as the case says.
+fn config(fencing: bool) -> OrchConfig {
+    OrchConfig {
+        lease_ms: LEASE_MS,
+        recovery_scan_ms: SCAN_MS,
+        fencing,
+        replication: Replication::None,
+        replica: None,
+        client: CLIENT,
+        wall_clock_leases: false,
+        auto_rollback: true,
+        idempotent_create: true,
+        controller_silence_us: None,
+    }
+}
+
 impl Sut {
+    /// A primary with `cfg`, started at time 0.
+    fn started(cfg: OrchConfig) -> Sut {
+        let mut sut = Sut {
+            orch: Orchestrator::new(cfg, true),
+            env: TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) },
+        };
+        sut.orch.start(&mut sut.env);
+        sut
+    }
+
     fn deliver(&mut self, from: HostId, msg: Msg) {
         self.orch.on_msg(&mut self.env, from, msg);
     }
@@ -452,23 +479,7 @@ impl StateMachineTest for OrchTest {
     type Reference = OrchModel;
 
     fn init_test(model: &Model) -> Sut {
-        let cfg = OrchConfig {
-            lease_ms: LEASE_MS,
-            recovery_scan_ms: SCAN_MS,
-            fencing: model.fencing,
-            replication: Replication::None,
-            replica: None,
-            client: CLIENT,
-            wall_clock_leases: false,
-            auto_rollback: true,
-            idempotent_create: true,
-            controller_silence_us: None,
-        };
-        let mut sut = Sut {
-            orch: Orchestrator::new(cfg, true),
-            env: TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) },
-        };
-        sut.orch.start(&mut sut.env);
+        let sut = Sut::started(config(model.fencing));
         track_holds(model);
         sut
     }
@@ -610,23 +621,11 @@ prop_state_machine! {
 fn a_semi_synchronous_primary_keeps_one_degrade_timer_pending() {
     const REPLICA: HostId = HostId(3);
     const DEGRADE_MS: u64 = 500;
-    let cfg = OrchConfig {
-        lease_ms: LEASE_MS,
-        recovery_scan_ms: SCAN_MS,
-        fencing: true,
+    let mut sut = Sut::started(OrchConfig {
         replication: Replication::Sync { degrade_after_ms: Some(DEGRADE_MS) },
         replica: Some(REPLICA),
-        client: CLIENT,
-        wall_clock_leases: false,
-        auto_rollback: true,
-        idempotent_create: true,
-        controller_silence_us: None,
-    };
-    let mut sut = Sut {
-        orch: Orchestrator::new(cfg, true),
-        env: TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) },
-    };
-    sut.orch.start(&mut sut.env);
+        ..config(true)
+    });
     let degrade_timers = |env: &TestEnv| env.timers.iter().filter(|(_, t)| matches!(t, Timer::SyncDegrade)).count();
     let mut acked = 0;
     for job in 0..200u32 {
@@ -685,18 +684,7 @@ fn advance(sut: &mut Sut, ms: u64) {
 #[test]
 fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
     const SILENCE_US: Micros = 30_000_000;
-    let cfg = OrchConfig {
-        lease_ms: LEASE_MS,
-        recovery_scan_ms: SCAN_MS,
-        fencing: true,
-        replication: Replication::None,
-        replica: None,
-        client: CLIENT,
-        wall_clock_leases: false,
-        auto_rollback: false,
-        idempotent_create: true,
-        controller_silence_us: Some(SILENCE_US),
-    };
+    let cfg = OrchConfig { auto_rollback: false, controller_silence_us: Some(SILENCE_US), ..config(true) };
     let mut orch = Orchestrator::new(cfg, true);
     let mut env = TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) };
     let controller = HostId(2);
