@@ -15,17 +15,15 @@
 //! - [`peer`]: the same small workload on agentdrill's runtime and on
 //!   turmoil.
 //!
-//! Peak memory comes from [`CountingAlloc`], a global allocator that wraps
-//! the system allocator and counts the bytes currently allocated and their
-//! peak. The `agentdrill` binary installs it; a program that does not
-//! reports no peak.
+//! Peak memory comes from [`crate::heap::CountingAlloc`], a global
+//! allocator that wraps the system allocator and counts the bytes currently
+//! allocated and their peak. The `agentdrill` binary installs it; a program
+//! that does not reports no peak.
 
 pub mod fakes;
 pub mod peer;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Instant;
 
 use rand::{RngExt, SeedableRng};
@@ -38,114 +36,8 @@ use crate::components::provider::ErrorMode;
 use crate::components::wire::Msg;
 use crate::drill;
 use crate::drill::scenario::{self, Dur, FaultSpec, RegionName, Scenario, When, WorkerTarget};
+use crate::heap::{peak_during, start_counting};
 use crate::sim::{Event, NetConfig, Runtime};
-
-// ---------------------------------------------------------------- memory
-
-static CURRENT: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-/// Whether allocations are counted: off until [`start_counting`], so that
-/// commands that measure no memory (`run`, `fuzz` on every core) pay only
-/// a read of a flag no one writes, and their threads do not contend for
-/// the counters' cache line.
-static COUNTING: AtomicBool = AtomicBool::new(false);
-/// Whether [`start_counting`] saw an allocation counted.
-static COUNTED: AtomicBool = AtomicBool::new(false);
-
-/// A global allocator that forwards to [`System`] and, once
-/// [`start_counting`] is called, counts the bytes allocated now and their
-/// peak. Install it in a binary with
-/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
-/// Counting costs two relaxed atomic operations per allocation.
-pub struct CountingAlloc;
-
-#[inline]
-fn grew(bytes: usize) {
-    if !COUNTING.load(Ordering::Relaxed) {
-        return;
-    }
-    let bytes = isize::try_from(bytes).unwrap_or(isize::MAX);
-    let now = CURRENT.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    if now > PEAK.load(Ordering::Relaxed) {
-        PEAK.fetch_max(now, Ordering::Relaxed);
-    }
-}
-
-#[inline]
-fn shrank(bytes: usize) {
-    if !COUNTING.load(Ordering::Relaxed) {
-        return;
-    }
-    CURRENT.fetch_sub(isize::try_from(bytes).unwrap_or(isize::MAX), Ordering::Relaxed);
-}
-
-/// Starts counting allocations (`bench::run` calls it first) and says
-/// whether [`CountingAlloc`] is the global allocator. Memory allocated
-/// before and freed after counts as negative, so only differences
-/// ([`peak_during`]) mean anything.
-pub fn start_counting() -> bool {
-    COUNTING.store(true, Ordering::Relaxed);
-    let before = CURRENT.load(Ordering::Relaxed);
-    let probe = std::hint::black_box(Box::new([0u8; 64]));
-    let counted = CURRENT.load(Ordering::Relaxed) != before;
-    drop(probe);
-    COUNTED.store(counted, Ordering::Relaxed);
-    counted
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged; the counters do not affect the memory handed out.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded as is.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            shrank(layout.size());
-            grew(new_size);
-        }
-        p
-    }
-}
-
-/// Bytes allocated through [`CountingAlloc`] since [`start_counting`],
-/// less those freed (0 when it is not installed or not counting).
-pub fn heap_bytes() -> usize {
-    usize::try_from(CURRENT.load(Ordering::Relaxed)).unwrap_or(0)
-}
-
-/// Runs `f` and returns its result with the peak of heap bytes allocated
-/// during it above what was allocated when it started (`None` when
-/// [`CountingAlloc`] is not the global allocator, or [`start_counting`]
-/// was not called).
-pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let r = f();
-    let peak = PEAK.load(Ordering::Relaxed);
-    let installed = COUNTED.load(Ordering::Relaxed);
-    (r, installed.then(|| u64::try_from(peak - base).unwrap_or(0)))
-}
 
 // ---------------------------------------------------------------- workloads
 
@@ -505,7 +397,7 @@ fn machine() -> Machine {
     Machine {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_model,
-        counting_allocator: COUNTED.load(Ordering::Relaxed),
+        counting_allocator: crate::heap::installed(),
     }
 }
 

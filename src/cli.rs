@@ -113,7 +113,16 @@ pub(crate) fn print_table(entries: &[Entry]) {
 
 /// `agentdrill run` with `jobs` simulated drills at once (live drills run one
 /// after another, after them: they own real processes and ports).
-pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<PathBuf>, jobs: usize) -> ExitCode {
+/// A simulated drill that needs more than `budget` is stopped and named on
+/// stderr; the others are reported, and the exit code is 2.
+pub fn run(
+    paths: &[PathBuf],
+    seed: Option<u64>,
+    format: Format,
+    out: Option<PathBuf>,
+    jobs: usize,
+    budget: &drill::Budget,
+) -> ExitCode {
     let (loaded, live) = match load_any(paths, false, &mut |_, _| {}, &mut |_, _| {}) {
         Ok(l) => l,
         Err(code) => return code,
@@ -129,7 +138,7 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
     });
     let started = Instant::now();
     // One drill per thread; the entries come back in file order.
-    let mut entries = agentdrill::par::map_in_order(loaded.len(), jobs, |i| {
+    let outcomes = agentdrill::par::map_in_order(loaded.len(), jobs, |i| {
         let (file, l) = &loaded[i];
         let sc = &l.scenario;
         if let Some(b) = &bar {
@@ -138,16 +147,25 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         let seed = seed.unwrap_or(sc.seed);
         tracing::info!(scenario = %sc.name, seed, file = %file.display(), "running");
         let t0 = Instant::now();
-        let result = drill::run(sc, seed);
+        let result = drill::try_run(sc, seed, budget);
         let wall = t0.elapsed();
-        tracing::info!(scenario = %sc.name, verdict = result.verdict, wall_ms = wall.as_secs_f64() * 1e3, "done");
         if let Some(b) = &bar {
             b.inc(1);
         }
-        Entry { result, file: Some(file.clone()), hash: Some(l.hash.clone()), wall: Some(wall) }
+        let result = result.map_err(|e| format!("{}: {e}", file.display()))?;
+        tracing::info!(scenario = %sc.name, verdict = result.verdict, wall_ms = wall.as_secs_f64() * 1e3, "done");
+        Ok(Entry { result, file: Some(file.clone()), hash: Some(l.hash.clone()), wall: Some(wall) })
     });
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    let mut entries = Vec::with_capacity(outcomes.len());
+    let mut over_budget: Vec<String> = Vec::new();
+    for o in outcomes {
+        match o {
+            Ok(e) => entries.push(e),
+            Err(e) => over_budget.push(e),
+        }
     }
     for (file, l) in live {
         let sc = &l.scenario;
@@ -167,6 +185,13 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
         entries.push(Entry { result, file: Some(file), hash: Some(l.hash), wall: Some(wall) });
     }
     tracing::info!(drills = entries.len(), wall_ms = started.elapsed().as_secs_f64() * 1e3, "catalogue done");
+    if entries.is_empty() {
+        // Every drill was stopped by its budget: nothing to report.
+        for e in &over_budget {
+            eprintln!("error: {e}");
+        }
+        return ExitCode::from(2);
+    }
     match format {
         Format::Table => print_table(&entries),
         Format::Json => emit(&(report::json_entries(&entries) + "\n")),
@@ -184,7 +209,16 @@ pub fn run(paths: &[PathBuf], seed: Option<u64>, format: Format, out: Option<Pat
             Err(code) => return code,
         }
     }
-    if entries.iter().all(|e| e.result.verdict == "pass") { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    for e in &over_budget {
+        eprintln!("error: {e}");
+    }
+    if !over_budget.is_empty() {
+        ExitCode::from(2)
+    } else if entries.iter().all(|e| e.result.verdict == "pass") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Writes the reports into a new `dir/<UTC timestamp>/` (the HTML one
@@ -444,7 +478,7 @@ pub fn validate(paths: &[PathBuf]) -> ExitCode {
 }
 
 /// `agentdrill explain`.
-pub fn explain(file: &Path, seed: Option<u64>) -> ExitCode {
+pub fn explain(file: &Path, seed: Option<u64>, budget: &drill::Budget) -> ExitCode {
     if live_scenario::is_live_file(file) {
         return match live_scenario::load(file) {
             Ok(l) => {
@@ -470,7 +504,13 @@ pub fn explain(file: &Path, seed: Option<u64>) -> ExitCode {
     };
     let sc = &l.scenario;
     let t0 = Instant::now();
-    let result = drill::run(sc, seed.unwrap_or(sc.seed));
+    let result = match drill::try_run(sc, seed.unwrap_or(sc.seed), budget) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
     let entry = Entry { result, file: Some(file.to_owned()), hash: Some(l.hash.clone()), wall: Some(t0.elapsed()) };
     let text = report::explain::narrative(&entry, sc);
     emit(&if colour() { paint(&text) } else { text });

@@ -805,12 +805,21 @@ fn horizon_for(sc: &Scenario) -> Dur {
 // -------------------------------------------------------------------- runner
 
 /// Runs one drill (with its faults) and checks every invariant. A panic in
-/// the simulation is caught and reported as a `no_panic` violation.
+/// the simulation, or a run past the default [`crate::drill::Budget`] (a
+/// generated drill is small: only a runaway in the engine gets there), is
+/// reported as a `no_panic` violation.
 pub fn check_case(sc: &Scenario) -> Vec<Violation> {
     IN_CHECK.with(|c| c.set(true));
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let run = crate::drill::simulate(sc, sc.seed, true);
-        invariants::check(sc, &run)
+        match crate::drill::simulate_within(sc, sc.seed, true, &crate::drill::Budget::default()) {
+            Ok(run) => invariants::check(sc, &run),
+            Err(e) => vec![Violation {
+                invariant: Invariant::NoPanic,
+                job: None,
+                step: None,
+                detail: format!("the simulation ran away: {e}"),
+            }],
+        }
     }));
     IN_CHECK.with(|c| c.set(false));
     match checked {

@@ -242,10 +242,11 @@ pub fn load(path: &Path) -> Result<Programme, Vec<ProgrammeError>> {
     if errors.is_empty() { Ok(Programme { name: raw.name, file: path.to_owned(), drills }) } else { Err(errors) }
 }
 
-/// Runs one drill of a programme and applies the programme's own target.
-pub fn run_drill(pd: &ProgrammeDrill, seed: Option<u64>) -> Entry {
+/// Runs one drill of a programme within the default budget
+/// ([`crate::drill::Budget`]) and applies the programme's own target.
+pub fn run_drill(pd: &ProgrammeDrill, seed: Option<u64>) -> Result<Entry, crate::drill::OverBudget> {
     let sc = &pd.loaded.scenario;
-    let mut result = crate::drill::run(sc, seed.unwrap_or(sc.seed));
+    let mut result = crate::drill::try_run(sc, seed.unwrap_or(sc.seed), &crate::drill::Budget::default())?;
     if let Some(limit) = pd.rto_within_s {
         let missed = match result.rto_s {
             Some(r) if r < limit => None,
@@ -258,7 +259,7 @@ pub fn run_drill(pd: &ProgrammeDrill, seed: Option<u64>) -> Entry {
             result.verdict = if sc.expect == crate::drill::scenario::Expect::Fail { "pass" } else { "fail" };
         }
     }
-    Entry { result, file: Some(pd.scenario.clone()), hash: Some(pd.loaded.hash.clone()), wall: None }
+    Ok(Entry { result, file: Some(pd.scenario.clone()), hash: Some(pd.loaded.hash.clone()), wall: None })
 }
 
 /// What a responder typed.

@@ -150,16 +150,23 @@ fn programme(path: &Path, cadence: Option<Cadence>, out: &Path) -> ExitCode {
         Ok(i) => i,
         Err(c) => return c,
     };
-    let entries: Vec<Entry> = idx
-        .iter()
-        .map(|&i| {
-            let d = &p.drills[i];
-            tracing::info!(drill = %d.loaded.scenario.name, cadence = d.cadence.name(), "running");
-            gameday::run_drill(d, None)
-        })
-        .collect();
+    let mut entries: Vec<Entry> = Vec::with_capacity(idx.len());
+    for &i in &idx {
+        let d = &p.drills[i];
+        tracing::info!(drill = %d.loaded.scenario.name, cadence = d.cadence.name(), "running");
+        match gameday::run_drill(d, None) {
+            Ok(e) => entries.push(e),
+            Err(e) => return over_budget(d, &e),
+        }
+    }
     print_table(&entries);
     finish(out, &entries, "gameday", extras(&p, cadence, Vec::new()))
+}
+
+/// Names the drill that went past its budget; exit 2.
+fn over_budget(d: &gameday::ProgrammeDrill, e: &agentdrill::drill::OverBudget) -> ExitCode {
+    eprintln!("error: {}: {e}", d.scenario.display());
+    ExitCode::from(2)
 }
 
 /// Writes the reports, appends to the history and gives the exit code.
@@ -221,7 +228,10 @@ fn blind(path: &Path, cadence: Option<Cadence>, out: &Path) -> ExitCode {
         Err(c) => return c,
     };
     let state = BlindState::draw(path, &idx, rand::random::<u64>(), now_unix_ms());
-    let entry = gameday::run_drill(&p.drills[state.drill], Some(state.seed));
+    let entry = match gameday::run_drill(&p.drills[state.drill], Some(state.seed)) {
+        Ok(e) => e,
+        Err(e) => return over_budget(&p.drills[state.drill], &e),
+    };
     if let Err(e) = std::fs::create_dir_all(out) {
         eprintln!("error: {}: cannot create: {e}", out.display());
         return ExitCode::from(2);
@@ -287,7 +297,10 @@ fn resolved(out: &Path) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let entry = gameday::run_drill(pd, Some(s.seed));
+    let entry = match gameday::run_drill(pd, Some(s.seed)) {
+        Ok(e) => e,
+        Err(e) => return over_budget(pd, &e),
+    };
     let sc = &pd.loaded.scenario;
     let mut outcome = s.outcome();
     outcome.drill = format!("{} ({}, hidden seed {})", sc.name, pd.scenario.display(), s.seed);

@@ -17,6 +17,7 @@
 //! - [`report`]: tables, JSON, JUnit, Markdown, `explain` and the HTML report;
 //! - [`gameday`]: drill programmes by cadence and the blind exercise;
 //! - [`history`]: the drill history and its trends;
+//! - [`heap`]: the counting allocator (drill memory budgets, bench peaks);
 //! - [`bench`]: `agentdrill bench`.
 
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod components;
 pub mod drill;
 pub mod fuzz;
 pub mod gameday;
+pub mod heap;
 pub mod history;
 pub mod live;
 pub mod par;

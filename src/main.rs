@@ -10,11 +10,11 @@ mod cli;
 mod cli_live;
 mod gameday_cli;
 
-/// Counts heap bytes so `bench` can report peak memory (two relaxed atomic
-/// operations per allocation once `bench` starts counting; other commands
-/// only read a flag; see `agentdrill::bench::CountingAlloc`).
+/// Counts heap bytes per thread, so a drill's memory budget holds, and
+/// process-wide once `bench` starts counting, so it can report peak memory
+/// (see `agentdrill::heap`).
 #[global_allocator]
-static ALLOC: agentdrill::bench::CountingAlloc = agentdrill::bench::CountingAlloc;
+static ALLOC: agentdrill::heap::CountingAlloc = agentdrill::heap::CountingAlloc;
 
 /// Chaos and disaster-recovery drills for AI-agent stacks: RTO, RPO and
 /// duplicate side effects measured from ground truth.
@@ -23,6 +23,33 @@ static ALLOC: agentdrill::bench::CountingAlloc = agentdrill::bench::CountingAllo
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// What one simulated drill may spend before it is stopped (exit 2).
+#[derive(Clone, Copy, clap::Args)]
+struct BudgetArgs {
+    /// Most simulated events one drill may handle, its fault-free baseline
+    /// included (about 4 million a second on one core).
+    #[arg(long, value_name = "N", default_value_t = agentdrill::drill::limits::MAX_DRILL_EVENTS)]
+    max_events: u64,
+    /// Most heap one run of a drill may hold, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = agentdrill::drill::limits::MAX_DRILL_HEAP_BYTES >> 20)]
+    max_memory_mib: u64,
+}
+
+impl BudgetArgs {
+    fn budget(&self) -> agentdrill::drill::Budget {
+        agentdrill::drill::Budget {
+            max_events: self.max_events,
+            max_heap_bytes: self.max_memory_mib.saturating_mul(1 << 20),
+        }
+    }
+}
+
+/// Names the stack whose matrix drill went past its budget; exit 2.
+fn matrix_over_budget(stack: &std::path::Path, e: &agentdrill::drill::OverBudget) -> ExitCode {
+    eprintln!("error: {}: a drill of the matrix stopped: {e}", stack.display());
+    ExitCode::from(2)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,6 +140,8 @@ enum Command {
         /// cores). Results and reports are in file order for every N.
         #[arg(long, value_parser = agentdrill::par::parse_jobs, default_value_t = agentdrill::par::default_jobs())]
         jobs: usize,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     /// Run every disruption type (worker, provider, network, region, data
     /// corruption) against a stack over several seeds and print which tiers
@@ -152,6 +181,8 @@ enum Command {
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     /// Print the JSON Schema of scenario files (generated from the types).
     ///
@@ -425,6 +456,10 @@ fn main() -> ExitCode {
             let out = if patterns {
                 let ms = agentdrill::drill::matrix::patterns(&sc, seeds, tick);
                 bar.finish_and_clear();
+                let ms = match ms {
+                    Ok(ms) => ms,
+                    Err(e) => return matrix_over_budget(&stack, &e),
+                };
                 match format {
                     TableOrJson::Table => agentdrill::drill::matrix::render_patterns(&ms),
                     TableOrJson::Json => serde_json::to_string_pretty(&ms).expect("serialises") + "\n",
@@ -432,6 +467,10 @@ fn main() -> ExitCode {
             } else {
                 let m = agentdrill::drill::matrix::matrix(&sc, seeds, tick);
                 bar.finish_and_clear();
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => return matrix_over_budget(&stack, &e),
+                };
                 match format {
                     TableOrJson::Table => agentdrill::drill::matrix::render(&m),
                     TableOrJson::Json => serde_json::to_string_pretty(&m).expect("serialises") + "\n",
@@ -440,8 +479,10 @@ fn main() -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Command::Run { paths, seed, format, out, jobs } => cli::run(&paths, seed, format, out, jobs),
-        Command::Explain { file, seed } => cli::explain(&file, seed),
+        Command::Run { paths, seed, format, out, jobs, budget } => {
+            cli::run(&paths, seed, format, out, jobs, &budget.budget())
+        }
+        Command::Explain { file, seed, budget } => cli::explain(&file, seed, &budget.budget()),
         Command::Schema { live } => {
             if live {
                 println!("{}", agentdrill::drill::schema::render_live());

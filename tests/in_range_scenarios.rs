@@ -12,6 +12,10 @@
 //! out-of-memory kill or the cap being hit fails the test and leaves the
 //! scenario file behind to reproduce it.
 //!
+//! A drill whose sources of work multiply past the drill's budget
+//! (`drill::Budget`: events and heap) may instead stop with exit 2 and the
+//! budget's error; the count of those is printed.
+//!
 //! `PROPTEST_CASES` sets the number of cases (default 16). What the
 //! generator once found is kept in `fixtures/in-range/` and run under the
 //! same caps every time.
@@ -303,8 +307,22 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     })
 }
 
+/// How a drill under the caps ended, when it ended well.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// A verdict (exit 0 or 1).
+    Verdict,
+    /// Stopped by the drill's own budget (`drill::Budget`), with exit 2 and
+    /// the budget's error: sources of work that multiply each other are in
+    /// range on every static bound, and the budget refuses them cleanly.
+    OverBudget,
+}
+
+/// The words of `drill::OverBudget`'s message that say the budget ran out.
+const OVER_BUDGET: &str = "the budget of one drill";
+
 /// Runs `agentdrill run FILE` under the caps; `Err` says what went wrong.
-fn run_capped(file: &Path, cpu_cap_s: u64, memory_cap_bytes: u64) -> Result<(), String> {
+fn run_capped(file: &Path, cpu_cap_s: u64, memory_cap_bytes: u64) -> Result<Ended, String> {
     let bin = env!("CARGO_BIN_EXE_agentdrill");
     let mut child = Command::new("prlimit")
         .arg(format!("--cpu={cpu_cap_s}"))
@@ -344,8 +362,11 @@ fn run_capped(file: &Path, cpu_cap_s: u64, memory_cap_bytes: u64) -> Result<(), 
         return Err(format!("panicked: {err}"));
     }
     match status.code() {
-        Some(0 | 1) => Ok(()),
-        Some(code) => Err(format!("exit {code} (a valid drill gives a verdict, 0 or 1): {err}")),
+        Some(0 | 1) => Ok(Ended::Verdict),
+        Some(2) if err.contains(OVER_BUDGET) && err.lines().all(|l| l.contains(OVER_BUDGET)) => Ok(Ended::OverBudget),
+        Some(code) => {
+            Err(format!("exit {code} (a valid drill gives a verdict, 0 or 1, or stops on its budget): {err}"))
+        }
         None => {
             #[cfg(unix)]
             {
@@ -374,6 +395,7 @@ fn every_in_range_scenario_runs_to_a_verdict_under_a_time_and_memory_cap() {
     let mut runner = TestRunner::new(config);
     let dir = scratch();
     let n = std::sync::atomic::AtomicU32::new(0);
+    let over_budget = std::sync::atomic::AtomicU32::new(0);
     let result = runner.run(&scenario(), |sc| {
         let n = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let file = dir.join(format!("case-{n}.toml"));
@@ -384,7 +406,10 @@ fn every_in_range_scenario_runs_to_a_verdict_under_a_time_and_memory_cap() {
             return Err(TestCaseError::fail(format!("an in-range scenario was refused: {e}\n{text}")));
         }
         match run_capped(&file, CPU_CAP_S, MEMORY_CAP_BYTES) {
-            Ok(()) => {
+            Ok(ended) => {
+                if ended == Ended::OverBudget {
+                    over_budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let _ = std::fs::remove_file(&file);
                 Ok(())
             }
@@ -394,6 +419,11 @@ fn every_in_range_scenario_runs_to_a_verdict_under_a_time_and_memory_cap() {
     if let Err(e) = result {
         panic!("{e}");
     }
+    eprintln!(
+        "{} in-range drills: {} stopped by their budget, the others gave a verdict",
+        n.into_inner(),
+        over_budget.into_inner()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -431,8 +461,31 @@ fn the_kept_in_range_finds_run_to_a_verdict_under_the_caps() {
         if let Err(e) = agentdrill::drill::loader::load(file) {
             panic!("a kept in-range scenario was refused: {}: {e}", file.display());
         }
-        if let Err(why) = run_capped(file, CPU_CAP_S, MEMORY_CAP_BYTES) {
-            panic!("{}: {why}", file.display());
+        match run_capped(file, CPU_CAP_S, MEMORY_CAP_BYTES) {
+            Ok(ended) => eprintln!("{}: {ended:?}", file.display()),
+            Err(why) => panic!("{}: {why}", file.display()),
         }
+    }
+}
+
+#[test]
+fn a_drill_past_its_budget_stops_with_a_located_error_well_under_the_caps() {
+    // Sixteen thousand queue messages redelivered every 30 s for a day while
+    // the client resubmits them: in range on every static bound, and hours
+    // of CPU and tens of gigabytes without the budget.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/in-range/queue-redelivery-storm.toml");
+    let ended = run_capped(&file, CPU_CAP_S, MEMORY_CAP_BYTES).unwrap_or_else(|why| panic!("{why}"));
+    assert_eq!(ended, Ended::OverBudget);
+    // A small event budget stops it at once, naming the file, the flag and
+    // what to change.
+    let out = Command::new(env!("CARGO_BIN_EXE_agentdrill"))
+        .args(["run", "--max-events", "100000"])
+        .arg(&file)
+        .output()
+        .expect("agentdrill runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for words in ["queue-redelivery-storm.toml", "100,000 simulated events", "--max-events", "ack_wait_ms"] {
+        assert!(err.contains(words), "no {words:?} in: {err}");
     }
 }

@@ -99,7 +99,7 @@ fn each_pattern_loses_what_its_replication_and_snapshots_allow() {
 
 #[test]
 fn the_matrix_shows_each_pattern_meeting_its_tier_and_not_the_next() {
-    let ms = matrix::patterns(&reference(), 2, || {});
+    let ms = matrix::patterns(&reference(), 2, || {}).expect("within the budget");
     let meets = |i: usize| matrix::strictest(&ms[i].tiers_met);
     assert_eq!(meets(0), "customer-facing", "{}", matrix::render(&ms[0]));
     assert_eq!(meets(1), "internal-ops", "{}", matrix::render(&ms[1]));
@@ -116,7 +116,7 @@ fn the_catalogue_stacks_meet_their_tiers_and_no_stricter() {
     {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/stacks/{file}.toml"));
         let sc = scenario::load(&p).expect("loads");
-        let m = matrix::matrix(&sc, 2, || {});
+        let m = matrix::matrix(&sc, 2, || {}).expect("within the budget");
         assert_eq!(matrix::strictest(&m.tiers_met), tier, "{}", matrix::render(&m));
     }
 }

@@ -83,8 +83,9 @@ use crate::sim::stack::{Node, Stack};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Invariant {
-    /// The simulation runs to the horizon without a panic (checked by
-    /// `fuzz::check_case`, which catches it: a panic is an engine bug).
+    /// The simulation runs to the horizon without a panic and within its
+    /// budget (checked by `fuzz::check_case`, which catches both: either is
+    /// an engine bug).
     NoPanic,
     /// 0 duplicates and 0 lost side effects per (job, step).
     ExactlyOnce,
@@ -140,7 +141,9 @@ impl Invariant {
     /// One line: what it demands.
     pub fn describe(self) -> &'static str {
         match self {
-            Invariant::NoPanic => "the simulation runs to the horizon without a panic (a panic is an engine bug)",
+            Invariant::NoPanic => {
+                "the simulation runs to the horizon without a panic and within its budget (either is an engine bug)"
+            }
             Invariant::ExactlyOnce => "exactly-once side effects: 0 duplicates and 0 lost per (job, step)",
             Invariant::NoRedo => {
                 "recovery continues, never redoes: no side effect after its persisted result, no step decided twice"

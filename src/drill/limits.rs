@@ -26,7 +26,12 @@
 //!   period;
 //! - idle workers' lease polls: at most [`MAX_WORKER_POLLS`] over the
 //!   horizon (2 × workers × horizon / 30 s), since every idle worker asks
-//!   for work again every 30 s, busy or not, for the whole horizon.
+//!   for work again every 30 s, busy or not, for the whole horizon;
+//! - what the bounds above cannot see, sources of work multiplying each
+//!   other (a queue redelivering thousands of unacknowledged messages while
+//!   the client resubmits the same jobs): a budget of
+//!   [`MAX_DRILL_EVENTS`] and [`MAX_DRILL_HEAP_BYTES`] that the running
+//!   drill checks ([`crate::drill::Budget`]), stopping with a clean error.
 
 /// A day, in milliseconds.
 const DAY_MS: u64 = 86_400_000;
@@ -97,6 +102,18 @@ pub const MAX_CLIENT_RESENDS: u64 = 20_000_000;
 /// most about 40 million events (3 s) on idle polling: 1,024 workers run for
 /// up to 3 days 9 h, 256 workers (the bench) for up to 13 days 13 h.
 pub const MAX_WORKER_POLLS: u64 = 20_000_000;
+
+/// The most simulated events one drill may handle, over its fault-free
+/// baseline and the drill itself. `agentdrill bench`'s largest drill (a
+/// million tasks over 12 hours, no faults) handles 40 million; a drill
+/// handles about 4 million a second on one core, so this is about 40 CPU
+/// seconds.
+pub const MAX_DRILL_EVENTS: u64 = 160_000_000;
+
+/// The most heap one run of a drill may hold: 3 GiB, in bytes. The
+/// million-task drill peaks at 1.9 GiB; a growing vector doubles, so the
+/// process stays below twice this.
+pub const MAX_DRILL_HEAP_BYTES: u64 = 3 << 30;
 
 /// The shortest vector snapshot interval: 10 s, in milliseconds. The
 /// retention ladder keeps every snapshot of the last hour (at most 360 at

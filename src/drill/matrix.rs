@@ -234,9 +234,11 @@ pub fn faults_for(sc: &Scenario, d: Disruption) -> Vec<Vec<FaultSpec>> {
     }
 }
 
-/// Runs the matrix of one stack over `seeds` seeds (1..=seeds), reporting
-/// progress through `tick` after every drill.
-pub fn matrix(stack: &Scenario, seeds: u64, mut tick: impl FnMut()) -> Matrix {
+/// Runs the matrix of one stack over `seeds` seeds (1..=seeds), each drill
+/// within the default [`drill::Budget`], reporting progress through `tick`
+/// after every drill.
+pub fn matrix(stack: &Scenario, seeds: u64, mut tick: impl FnMut()) -> Result<Matrix, drill::OverBudget> {
+    let budget = drill::Budget::default();
     let sc0 = base(stack);
     let mut rows = Vec::new();
     for d in Disruption::ALL {
@@ -247,7 +249,7 @@ pub fn matrix(stack: &Scenario, seeds: u64, mut tick: impl FnMut()) -> Matrix {
             let mut sc = sc0.clone();
             sc.faults = faults;
             for seed in 1..=seeds {
-                let r = drill::run(&sc, seed);
+                let r = drill::try_run(&sc, seed, &budget)?;
                 worst_rto = match (worst_rto, r.rto_s) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     _ => None,
@@ -274,17 +276,17 @@ pub fn matrix(stack: &Scenario, seeds: u64, mut tick: impl FnMut()) -> Matrix {
     }
     let tiers_met =
         Tier::ALL.iter().map(|t| t.name()).filter(|t| rows.iter().all(|r| r.tiers_met.contains(t))).collect();
-    Matrix {
+    Ok(Matrix {
         stack: stack.name.clone(),
         pattern: stack.stack.pattern,
         rows,
         tiers_met,
         standby_usd_per_month: standby_usd_per_month(stack),
-    }
+    })
 }
 
 /// The matrix of the three failover patterns built from one stack.
-pub fn patterns(stack: &Scenario, seeds: u64, mut tick: impl FnMut()) -> Vec<Matrix> {
+pub fn patterns(stack: &Scenario, seeds: u64, mut tick: impl FnMut()) -> Result<Vec<Matrix>, drill::OverBudget> {
     [Pattern::ActiveActive, Pattern::WarmStandby, Pattern::ColdStandby]
         .into_iter()
         .map(|p| {

@@ -2,6 +2,7 @@
 //! to the horizon, measures from ground truth, runs the same drill without
 //! faults for the cost baseline, and gives a verdict against the tier.
 
+pub mod budget;
 pub mod invariants;
 pub mod lanes;
 pub mod limits;
@@ -20,6 +21,7 @@ use crate::components::ids::{HostId, JobId, us_to_s};
 use crate::components::orchestrator::Replication;
 use crate::components::region::Request;
 use crate::components::store::TaskStatus;
+pub use crate::drill::budget::{Budget, OverBudget};
 use crate::drill::measure::{Counts, FaultObs, FaultResult, LostLog, RpoSurfaces, RtoParts};
 use crate::drill::scenario::{Expect, FaultSpec, RegionName, Scenario, When, WorkerTarget};
 use crate::drill::tier::Invariant;
@@ -132,9 +134,22 @@ pub struct Run {
     pub faults: Vec<FaultObs>,
 }
 
-/// Runs the simulation once, with or without the scenario's faults.
+/// Runs the simulation once, with or without the scenario's faults, with
+/// no budget (built-in and test scenarios; a scenario from a file goes
+/// through [`simulate_within`]).
 pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
+    match simulate_within(sc, seed, with_faults, &Budget::UNLIMITED) {
+        Ok(run) => run,
+        Err(e) => unreachable!("an unlimited budget is never spent: {e}"),
+    }
+}
+
+/// Runs the simulation once, with or without the scenario's faults, and
+/// stops it with [`OverBudget`] once it has handled more events or holds
+/// more heap than `budget` allows.
+pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Budget) -> Result<Run, OverBudget> {
     let horizon_us = sc.horizon.us();
+    let mut meter = budget::Meter::start(budget, horizon_us, !with_faults);
     let mut stack = Stack::build(sc, seed);
     let mut obs: Vec<FaultObs> = sc.faults.iter().map(|f| FaultObs { kind: f.kind(), ..FaultObs::default() }).collect();
     if with_faults {
@@ -146,6 +161,7 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
     let controller = stack.hosts.controller;
     let mut region_down: Vec<(u16, HostId)> = Vec::new();
     while let Some(ev) = stack.rt.step(horizon_us) {
+        meter.check(stack.rt.stats().events, stack.rt.now_us())?;
         let from_controller = match &ev {
             crate::sim::Event::Timer { host, .. } | crate::sim::Event::Deliver { to: host, .. } => {
                 Some(*host) == controller
@@ -200,7 +216,7 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
             stack.truth.promoted_at = Some((lsn, stack.rt.now_us()));
         }
     }
-    Run { stack, faults: obs }
+    Ok(Run { stack, faults: obs })
 }
 
 /// Sets a fault up before the run: hooks for event triggers, windows on the
@@ -479,14 +495,32 @@ fn cost(stack: &Stack) -> Cost {
     c
 }
 
-/// Runs a drill (with its faults, then the baseline) and gives the verdict.
+/// Runs a drill with no budget (built-in and test scenarios; a scenario
+/// from a file goes through [`try_run`]) and gives the verdict.
 pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
+    match try_run(sc, seed, &Budget::UNLIMITED) {
+        Ok(r) => r,
+        Err(e) => unreachable!("an unlimited budget is never spent: {e}"),
+    }
+}
+
+/// Runs a drill (the baseline without faults, for its cost, then the drill
+/// with them) within `budget`, and gives the verdict. The baseline's events
+/// count against the drill's; its memory is freed before the drill starts.
+pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult, OverBudget> {
     let horizon_us = sc.horizon.us();
-    let run = simulate(sc, seed, true);
-    let baseline = if sc.faults.is_empty() { None } else { Some(simulate(sc, seed, false)) };
+    let mut left = *budget;
+    let baseline_cost = if sc.faults.is_empty() {
+        None
+    } else {
+        let b = simulate_within(sc, seed, false, &left)?;
+        left.max_events = left.max_events.saturating_sub(b.stack.rt.stats().events);
+        Some(cost(&b.stack))
+    };
+    let mut run = simulate_within(sc, seed, true, &left)?;
     let (faults, counts) = measure::measure(&run.stack, &run.faults, horizon_us);
     let cost_now = cost(&run.stack);
-    let baseline_cost = baseline.as_ref().map_or(cost_now, |b| cost(&b.stack));
+    let baseline_cost = baseline_cost.unwrap_or(cost_now);
 
     let targets = sc.tier.targets();
     let (target_rto_s, target_rpo_s) = (targets.rto_s, targets.rpo_s);
@@ -517,7 +551,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
     let stats = stack.rt.stats();
     let (job_lanes, lanes_more) =
         lanes::lanes(stack.orch(stack.serving_orch()).store().log(), &stack.truth.trace, &run.faults);
-    DrillResult {
+    let mut result = DrillResult {
         scenario: sc.name.clone(),
         purpose: sc.purpose.clone(),
         seed,
@@ -548,12 +582,15 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillResult {
         events: stats.events,
         calls: stack.truth.calls,
         event_digest: format!("{:016x}", stack.rt.digest()),
-        trace: stack.truth.trace.clone(),
+        trace: Vec::new(),
         host_names: stack.rt.hosts().iter().map(|h| h.name.clone()).collect(),
         lanes: job_lanes,
         lanes_more,
         live: None,
-    }
+    };
+    // Moved, not copied: the timeline can be the largest thing a drill holds.
+    result.trace = std::mem::take(&mut run.stack.truth.trace);
+    Ok(result)
 }
 
 /// The worst RTO over the faults (None: one did not recover) with its
