@@ -522,16 +522,12 @@ pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult,
     let cost_now = cost(&run.stack);
     let baseline_cost = baseline_cost.unwrap_or(cost_now);
 
-    let targets = sc.tier.targets();
-    let (target_rto_s, target_rpo_s) = (targets.rto_s, targets.rpo_s);
-    let (rto_s, rto_parts, rpo) = worst(&faults);
-    let rpo_s = rpo.max_s();
-    let mut violations = target_violations(&targets, rto_s, rpo_s, &counts, horizon_us);
+    let mut extra = Vec::new();
     for f in faults.iter().filter(|f| f.kind == "bad_deploy" && f.onset_s.is_some()) {
         match f.rollback_s {
-            None => violations.push(format!("bad deploy never rolled back; target < {ROLLBACK_TARGET_S:.0} s")),
+            None => extra.push(format!("bad deploy never rolled back; target < {ROLLBACK_TARGET_S:.0} s")),
             Some(s) if s >= ROLLBACK_TARGET_S => {
-                violations.push(format!("rollback took {s:.1} s ≥ target {ROLLBACK_TARGET_S:.0} s"))
+                extra.push(format!("rollback took {s:.1} s ≥ target {ROLLBACK_TARGET_S:.0} s"))
             }
             _ => {}
         }
@@ -541,56 +537,105 @@ pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult,
     {
         let pct = (cost_now.usd - baseline_cost.usd) / baseline_cost.usd * 100.0;
         if pct > limit {
-            violations.push(format!("cost +{pct:.0}% over the fault-free run, limit +{limit:.0}%"));
+            extra.push(format!("cost +{pct:.0}% over the fault-free run, limit +{limit:.0}%"));
         }
     }
     // The recovery invariants (`invariants`), so a `fuzz` reproducer fails here too.
-    violations.extend(crate::drill::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
-    let met_targets = violations.is_empty();
+    extra.extend(crate::drill::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
+    let step_events = steps::step_log(&run.stack, &run.faults);
+    let header = Header { scenario: &sc.name, purpose: &sc.purpose, seed, tier: &sc.tier, expect: sc.expect };
+    let mut result = DrillResult::judged(header, faults, counts, horizon_us, extra);
     let stack = &run.stack;
     let stats = stack.rt.stats();
     let (job_lanes, lanes_more) =
         lanes::lanes(stack.orch(stack.serving_orch()).store().log(), &stack.truth.trace, &run.faults);
-    let mut result = DrillResult {
-        scenario: sc.name.clone(),
-        purpose: sc.purpose.clone(),
-        seed,
-        tier: sc.tier.name().to_owned(),
-        expect: sc.expect,
-        verdict: verdict(sc.expect, met_targets),
-        met_targets,
-        rto_s,
-        rpo_s,
-        rpo_surfaces: rpo,
-        rto_parts,
-        duplicates: counts.duplicates,
-        lost_effects: counts.lost_effects,
-        stuck_tasks: counts.stuck_tasks,
-        replanned_steps: counts.replanned_steps,
-        stale_writes: counts.stale_writes,
-        target_rto_s,
-        target_rpo_s,
-        invariants: targets.invariants,
-        violations,
-        step_events: steps::step_log(stack, &run.faults),
-        faults,
-        counts,
-        cost: cost_now,
-        baseline_cost,
-        standby_usd_per_month: crate::drill::matrix::standby_usd_per_month(sc),
-        simulated_s: us_to_s(horizon_us),
-        events: stats.events,
-        calls: stack.truth.calls,
-        event_digest: format!("{:016x}", stack.rt.digest()),
-        trace: Vec::new(),
-        host_names: stack.rt.hosts().iter().map(|h| h.name.clone()).collect(),
-        lanes: job_lanes,
-        lanes_more,
-        live: None,
-    };
+    result.step_events = step_events;
+    result.cost = cost_now;
+    result.baseline_cost = baseline_cost;
+    result.standby_usd_per_month = crate::drill::matrix::standby_usd_per_month(sc);
+    result.simulated_s = us_to_s(horizon_us);
+    result.events = stats.events;
+    result.calls = stack.truth.calls;
+    result.event_digest = format!("{:016x}", stack.rt.digest());
+    result.host_names = stack.rt.hosts().iter().map(|h| h.name.clone()).collect();
+    result.lanes = job_lanes;
+    result.lanes_more = lanes_more;
     // Moved, not copied: the timeline can be the largest thing a drill holds.
     result.trace = std::mem::take(&mut run.stack.truth.trace);
     Ok(result)
+}
+
+/// Which drill a result is of: the scenario's own words and the seed.
+pub struct Header<'a> {
+    /// Scenario name.
+    pub scenario: &'a str,
+    /// One-line purpose.
+    pub purpose: &'a str,
+    /// Seed.
+    pub seed: u64,
+    /// The tier it claims.
+    pub tier: &'a tier::TierSpec,
+    /// Expected outcome.
+    pub expect: Expect,
+}
+
+impl DrillResult {
+    /// A drill's result from what it measured, simulated or live alike: the
+    /// worst RTO and RPO, the tier's targets, the violations (the tier's,
+    /// then `extra`), the verdict. What only one runtime has (cost, events,
+    /// the timeline, the step log, live records) is empty, for the caller
+    /// to fill.
+    pub fn judged(
+        h: Header<'_>,
+        faults: Vec<FaultResult>,
+        counts: Counts,
+        horizon_us: crate::components::ids::Micros,
+        extra: Vec<String>,
+    ) -> DrillResult {
+        let targets = h.tier.targets();
+        let (rto_s, rto_parts, rpo) = worst(&faults);
+        let rpo_s = rpo.max_s();
+        let mut violations = target_violations(&targets, rto_s, rpo_s, &counts, horizon_us);
+        violations.extend(extra);
+        let met_targets = violations.is_empty();
+        DrillResult {
+            scenario: h.scenario.to_owned(),
+            purpose: h.purpose.to_owned(),
+            seed: h.seed,
+            tier: h.tier.name().to_owned(),
+            expect: h.expect,
+            verdict: verdict(h.expect, met_targets),
+            met_targets,
+            rto_s,
+            rpo_s,
+            rpo_surfaces: rpo,
+            rto_parts,
+            duplicates: counts.duplicates,
+            lost_effects: counts.lost_effects,
+            stuck_tasks: counts.stuck_tasks,
+            replanned_steps: counts.replanned_steps,
+            stale_writes: counts.stale_writes,
+            target_rto_s: targets.rto_s,
+            target_rpo_s: targets.rpo_s,
+            invariants: targets.invariants,
+            violations,
+            faults,
+            step_events: steps::StepLog::default(),
+            counts,
+            cost: Cost::default(),
+            baseline_cost: Cost::default(),
+            standby_usd_per_month: 0.0,
+            simulated_s: 0.0,
+            events: 0,
+            calls: 0,
+            event_digest: String::new(),
+            trace: Vec::new(),
+            host_names: Vec::new(),
+            lanes: Vec::new(),
+            lanes_more: 0,
+            live: None,
+        }
+    }
 }
 
 /// The worst RTO over the faults (None: one did not recover) with its

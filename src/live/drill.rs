@@ -41,7 +41,7 @@ use super::toxics::{Toxic, ToxicKind};
 use super::{Fake, LiveConfig, Served, Shared, lock};
 use crate::components::ids::{JobId, Micros};
 use crate::drill::measure::{Counts, FaultResult, RpoSurfaces, RtoParts};
-use crate::drill::{Cost, DrillResult};
+use crate::drill::{Cost, DrillResult, Header};
 
 /// Environment variable that overrides every scenario's `[database]
 /// backend` (`local` or `docker`), e.g. to run the catalogue on both in CI.
@@ -1217,12 +1217,6 @@ fn measure(
         }
     }
     let faults: Vec<FaultResult> = sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d)).collect();
-    let targets = sc.tier.targets();
-    let (rto_s, rto_parts, rpo) = crate::drill::worst(&faults);
-    let rpo_s = rpo.max_s();
-    let horizon_us = sc.horizon.us();
-    let violations = crate::drill::target_violations(&targets, rto_s, rpo_s, &counts, horizon_us);
-    let met_targets = violations.is_empty();
     let models = [&shared.models[0], &shared.models[1], &shared.models[2]];
     let mut cost = Cost::default();
     for m in models {
@@ -1238,51 +1232,23 @@ fn measure(
         // The live vector fakes ship no snapshots across regions yet.
         unmeasured.push("rpo_surfaces.vector_memory_s");
     }
-    DrillResult {
-        scenario: sc.name.clone(),
-        purpose: sc.purpose.clone(),
-        seed,
-        tier: sc.tier.name().to_owned(),
-        expect: sc.expect,
-        verdict: crate::drill::verdict(sc.expect, met_targets),
-        met_targets,
-        rto_s,
-        rpo_s,
-        rpo_surfaces: rpo,
-        rto_parts,
-        duplicates: counts.duplicates,
-        lost_effects: counts.lost_effects,
-        stuck_tasks: counts.stuck_tasks,
-        replanned_steps: counts.replanned_steps,
-        stale_writes: counts.stale_writes,
-        target_rto_s: targets.rto_s,
-        target_rpo_s: targets.rpo_s,
-        invariants: targets.invariants,
-        violations,
-        faults,
-        step_events: crate::drill::steps::StepLog::default(),
-        counts,
-        cost,
-        baseline_cost: cost,
-        standby_usd_per_month: 0.0,
-        simulated_s: wall_s,
-        events: attempts,
-        calls: cost.model_calls + total_effects,
-        event_digest: String::new(),
-        trace: Vec::new(),
-        host_names: Vec::new(),
-        lanes: Vec::new(),
-        lanes_more: 0,
-        live: Some(LiveInfo {
-            mode: "live",
-            wall_s,
-            jobs_submitted: u32::try_from(d.jobs.len()).unwrap_or(u32::MAX),
-            process_exits: exits,
-            unmeasured,
-            measured_from,
-            region,
-        }),
-    }
+    let header = Header { scenario: &sc.name, purpose: &sc.purpose, seed, tier: &sc.tier, expect: sc.expect };
+    let mut result = DrillResult::judged(header, faults, counts, sc.horizon.us(), Vec::new());
+    result.cost = cost;
+    result.baseline_cost = cost;
+    result.simulated_s = wall_s;
+    result.events = attempts;
+    result.calls = cost.model_calls + total_effects;
+    result.live = Some(LiveInfo {
+        mode: "live",
+        wall_s,
+        jobs_submitted: u32::try_from(d.jobs.len()).unwrap_or(u32::MAX),
+        process_exits: exits,
+        unmeasured,
+        measured_from,
+        region,
+    });
+    result
 }
 
 /// Fields of an effect's object the script's tool input also names: equal
