@@ -1513,3 +1513,56 @@ impl Stack {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn pid(job: u32, step: u16) -> PointId {
+        PointId { job: JobId(job), step }
+    }
+
+    /// Hands `msg` to vector host `to`, as the network would.
+    fn deliver(stack: &mut Stack, to: HostId, msg: Msg) {
+        let Stack { rt, nodes, dns, truth, hosts, .. } = stack;
+        let mut env = SimEnv { rt, me: to, dns, truth };
+        match &mut nodes[to.0 as usize] {
+            Node::Vector(v) => v.on_msg(&mut env, hosts.vec[0], msg),
+            _ => panic!("not a vector host"),
+        }
+    }
+
+    fn values(stack: &Stack, h: HostId) -> Vec<(PointId, u64)> {
+        stack.vector(h).store.points_iter().map(|(p, s)| (p, s.value)).collect()
+    }
+
+    /// The replica follows its primary's restore, keeps a write the primary
+    /// took after it that the network delivered first, and ignores a
+    /// restore older than one it followed.
+    #[test]
+    fn a_streamed_replica_follows_its_primarys_restore() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/regressions/reference-streamed-replica-follows-the-primarys-restore-seed5-case51763.toml");
+        let sc = crate::drill::scenario::load(&path).expect("scenario");
+        let mut stack = Stack::build(&sc, 1);
+        let b = stack.hosts.vec[1];
+        let replicate = |point, value, at_us, restores| Msg::VecReplicate { point, value, at_us, restores };
+        // The primary's store: a snapshot, then a write its restore drops.
+        let mut a = VectorStore::new(VectorConfig::default());
+        a.upsert(10, pid(0, 0), 1);
+        let snap = a.snapshot(20);
+        for msg in [replicate(pid(0, 0), 1, 10, 0), replicate(pid(0, 1), 2, 30, 0), replicate(pid(0, 2), 3, 50, 1)] {
+            deliver(&mut stack, b, msg);
+        }
+        assert_eq!(values(&stack, b).len(), 3);
+        let restored = Msg::VecRestored { snapshot: Some(Box::new(snap.clone())), restores: 1 };
+        deliver(&mut stack, b, restored);
+        assert_eq!(values(&stack, b), vec![(pid(0, 0), 1), (pid(0, 2), 3)]);
+        deliver(&mut stack, b, Msg::VecRestored { snapshot: None, restores: 1 });
+        assert_eq!(values(&stack, b).len(), 2, "a restore already followed is not followed again");
+        deliver(&mut stack, b, Msg::VecRestored { snapshot: None, restores: 2 });
+        assert!(values(&stack, b).is_empty(), "no clean snapshot: the primary was emptied");
+    }
+}
