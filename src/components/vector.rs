@@ -458,12 +458,18 @@ impl VectorStore {
         self.view.points.iter().map(|(id, s)| (*id, s))
     }
 
+    /// Drops every point (a restore with no snapshot to restore), keeping
+    /// the snapshot list. Starts a new log, as [`VectorStore::restore`] does.
+    pub fn empty(&mut self) {
+        self.log = OpLog::default();
+        self.view = View::default();
+    }
+
     /// The region's store was lost: contents and local snapshot list are
     /// gone. Snapshots already shipped elsewhere are unaffected. Snapshot ids
     /// keep counting so names stay unique for this origin.
     pub fn clear(&mut self) {
-        self.log = OpLog::default();
-        self.view = View::default();
+        self.empty();
         self.snapshots.clear();
     }
 }

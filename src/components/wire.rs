@@ -332,6 +332,19 @@ pub enum Msg {
         value: u64,
         /// When the primary acknowledged it.
         at_us: Micros,
+        /// How many point-in-time restores the primary had made when it
+        /// took the write (see [`Msg::VecRestored`]).
+        restores: u32,
+    },
+    /// Vector streaming replication: the primary replaced its contents
+    /// with a point-in-time restore of `snapshot` (`None`: it held no clean
+    /// snapshot and was emptied), its `restores`-th; the replica follows.
+    #[serde(skip)]
+    VecRestored {
+        /// The snapshot restored.
+        snapshot: Option<Box<Snapshot>>,
+        /// The primary's restore count, this one included.
+        restores: u32,
     },
     /// A vector snapshot arrives at another region's storage.
     #[serde(skip)]

@@ -21,7 +21,7 @@ use crate::components::provider::ProviderMock;
 use crate::components::queue::Queue;
 use crate::components::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
 use crate::components::resend::Resends;
-use crate::components::vector::{PointId, RetentionLadder, VectorConfig, VectorStore};
+use crate::components::vector::{PointId, RetentionLadder, Snapshot, VectorConfig, VectorStore};
 use crate::components::wire::Msg;
 use crate::components::worker::{Worker, WorkerShared};
 use crate::components::workflow::{self, Template};
@@ -198,19 +198,26 @@ pub struct VectorNode {
     ship_delay_us: Micros,
     snapshots_local_only: bool,
     controller: HostId,
-    hydrate_from: Option<crate::components::vector::Snapshot>,
+    hydrate_from: Option<Snapshot>,
     restore_base_us: Micros,
     streamed: bool,
     integrity_check_us: Micros,
     hydrating: bool,
     /// Snapshots uploading to the other region.
-    shipping: std::collections::VecDeque<crate::components::vector::Snapshot>,
+    shipping: std::collections::VecDeque<Snapshot>,
     /// Point-in-time restore in progress after corruption was found: the
     /// store is read-only (and briefly unavailable).
-    restoring: Option<crate::components::vector::Snapshot>,
+    restoring: Option<Snapshot>,
     /// Traffic was routed to the other store while this one served: it
     /// takes and ships no more snapshots.
     stood_down: bool,
+    /// Point-in-time restores made (a streaming primary) or followed (its
+    /// replica).
+    restores: u32,
+    /// Streamed writes the primary took after a restore this replica has
+    /// not followed yet (the network may deliver them first): replayed once
+    /// it has, as `(restores, point, value, at_us)`.
+    early: Vec<(u32, PointId, u64, Micros)>,
 }
 
 /// The read-only search tool.
@@ -573,6 +580,8 @@ fn vector_node(
         shipping: Default::default(),
         restoring: None,
         stood_down: false,
+        restores: 0,
+        early: Vec::new(),
     }
 }
 
@@ -1022,7 +1031,7 @@ impl VectorNode {
                 if self.stream
                     && let Some(peer) = self.peer
                 {
-                    env.send(peer, Msg::VecReplicate { point, value, at_us: now });
+                    env.send(peer, Msg::VecReplicate { point, value, at_us: now, restores: self.restores });
                 }
                 env.send_after(5 * US_PER_MS, from, Msg::VecResp { req, unavailable: false });
                 env.truth.calls += 1;
@@ -1036,10 +1045,14 @@ impl VectorNode {
                     env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                 }
             }
-            Msg::VecReplicate { point, value, at_us } => {
+            Msg::VecReplicate { point, value, at_us, restores } => {
                 self.streamed = true;
                 self.store.upsert(at_us, point, value);
+                if restores > self.restores && !self.serving {
+                    self.early.push((restores, point, value, at_us));
+                }
             }
+            Msg::VecRestored { snapshot, restores } => self.follow_restore(snapshot.as_deref(), restores),
             Msg::ShipSnapshot(snap) => {
                 self.store.receive_snapshot(*snap);
                 self.store.prune(now, RetentionLadder::default());
@@ -1067,6 +1080,51 @@ impl VectorNode {
             }
             _ => {}
         }
+    }
+
+    /// A streaming primary replaced its contents with a point-in-time
+    /// restore: tells its replica, which follows (the replica is its copy:
+    /// had it kept the writes the restore dropped, a later restore of the
+    /// replica, promoted by a failover, from the primary's snapshots would
+    /// drop them again, charged to a fault long after the one they were
+    /// lost to).
+    fn stream_restore(&mut self, env: &mut SimEnv<'_>, snapshot: Option<&Snapshot>) {
+        if self.stream
+            && let Some(peer) = self.peer
+        {
+            self.restores += 1;
+            let snapshot = snapshot.map(|s| Box::new(s.clone()));
+            env.send(peer, Msg::VecRestored { snapshot, restores: self.restores });
+        }
+    }
+
+    /// A replica follows its primary's `restores`-th restore: the
+    /// snapshot's contents (none: empty), then the writes the primary took
+    /// since that arrived first. A serving store follows no other (a
+    /// primary cut off or failed away from), nor an older restore than one
+    /// it followed.
+    fn follow_restore(&mut self, snapshot: Option<&Snapshot>, restores: u32) {
+        if self.serving {
+            self.early.clear();
+            return;
+        }
+        if restores <= self.restores {
+            return;
+        }
+        self.restores = restores;
+        self.streamed = true;
+        match snapshot {
+            Some(s) => {
+                self.store.restore(0, s);
+            }
+            None => self.store.empty(),
+        }
+        for &(r, point, value, at_us) in &self.early {
+            if r >= restores {
+                self.store.upsert(at_us, point, value);
+            }
+        }
+        self.early.retain(|&(r, ..)| r > restores);
     }
 
     /// Stops taking snapshots and checking integrity (once).
@@ -1102,6 +1160,7 @@ impl VectorNode {
                 self.restoring = snap;
                 if self.restoring.is_none() {
                     self.store.clear();
+                    self.stream_restore(env, None);
                 }
                 env.set_timer(dur, Timer::RestoreDone);
             }
@@ -1112,6 +1171,7 @@ impl VectorNode {
                         // Verify the restored count against the snapshot's.
                         assert_eq!(n, s.point_count, "restore verification");
                         assert_eq!(self.store.len() as u64, s.point_count, "restore verification");
+                        self.stream_restore(env, Some(&s));
                         (n, s.taken_at_us)
                     }
                     None => (0, 0),
@@ -1451,5 +1511,58 @@ impl Stack {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn pid(job: u32, step: u16) -> PointId {
+        PointId { job: JobId(job), step }
+    }
+
+    /// Hands `msg` to vector host `to`, as the network would.
+    fn deliver(stack: &mut Stack, to: HostId, msg: Msg) {
+        let Stack { rt, nodes, dns, truth, hosts, .. } = stack;
+        let mut env = SimEnv { rt, me: to, dns, truth };
+        match &mut nodes[to.0 as usize] {
+            Node::Vector(v) => v.on_msg(&mut env, hosts.vec[0], msg),
+            _ => panic!("not a vector host"),
+        }
+    }
+
+    fn values(stack: &Stack, h: HostId) -> Vec<(PointId, u64)> {
+        stack.vector(h).store.points_iter().map(|(p, s)| (p, s.value)).collect()
+    }
+
+    /// The replica follows its primary's restore, keeps a write the primary
+    /// took after it that the network delivered first, and ignores a
+    /// restore older than one it followed.
+    #[test]
+    fn a_streamed_replica_follows_its_primarys_restore() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/regressions/reference-streamed-replica-follows-the-primarys-restore-seed5-case51763.toml");
+        let sc = crate::drill::scenario::load(&path).expect("scenario");
+        let mut stack = Stack::build(&sc, 1);
+        let b = stack.hosts.vec[1];
+        let replicate = |point, value, at_us, restores| Msg::VecReplicate { point, value, at_us, restores };
+        // The primary's store: a snapshot, then a write its restore drops.
+        let mut a = VectorStore::new(VectorConfig::default());
+        a.upsert(10, pid(0, 0), 1);
+        let snap = a.snapshot(20);
+        for msg in [replicate(pid(0, 0), 1, 10, 0), replicate(pid(0, 1), 2, 30, 0), replicate(pid(0, 2), 3, 50, 1)] {
+            deliver(&mut stack, b, msg);
+        }
+        assert_eq!(values(&stack, b).len(), 3);
+        let restored = Msg::VecRestored { snapshot: Some(Box::new(snap.clone())), restores: 1 };
+        deliver(&mut stack, b, restored);
+        assert_eq!(values(&stack, b), vec![(pid(0, 0), 1), (pid(0, 2), 3)]);
+        deliver(&mut stack, b, Msg::VecRestored { snapshot: None, restores: 1 });
+        assert_eq!(values(&stack, b).len(), 2, "a restore already followed is not followed again");
+        deliver(&mut stack, b, Msg::VecRestored { snapshot: None, restores: 2 });
+        assert!(values(&stack, b).is_empty(), "no clean snapshot: the primary was emptied");
     }
 }
