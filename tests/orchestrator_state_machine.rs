@@ -679,8 +679,10 @@ fn advance(sut: &mut Sut, ms: u64) {
 }
 
 /// A primary that has not heard the failover controller for longer than
-/// its detection grants no lease (the standby may be primary already) and
-/// resumes, handing the parked worker its grant, on the next health check.
+/// its detection grants no lease and accepts no job (the standby may be
+/// primary already, and a job accepted here would be lost with this log)
+/// and resumes, handing the parked worker its grant, on the next health
+/// check.
 #[test]
 fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
     const SILENCE_US: Micros = 30_000_000;
@@ -688,16 +690,15 @@ fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
     let mut orch = Orchestrator::new(cfg, true);
     let mut env = TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) };
     let controller = HostId(2);
+    let submit = |job| Msg::Submit { job: JobId(job), template: 0, steps: STEPS, probe: false, replay: false };
     orch.start(&mut env);
     orch.on_msg(&mut env, controller, Msg::Ping { seq: 1 });
+    orch.on_msg(&mut env, CLIENT, submit(0));
     env.now_us = SILENCE_US + 1; // heard at 0: silent for longer than the detection
     assert!(orch.self_fenced(&env));
-    orch.on_msg(
-        &mut env,
-        CLIENT,
-        Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false },
-    );
     env.outbox.clear();
+    orch.on_msg(&mut env, CLIENT, submit(1));
+    assert!(env.outbox.is_empty(), "a self-fenced primary acknowledges no job: {:?}", env.outbox);
     let sent_us = env.now_us;
     orch.on_msg(&mut env, worker_host(0), Msg::LeaseReq { req: 1, sent_us });
     let granted = |out: &[(HostId, Msg)]| out.iter().any(|(_, m)| matches!(m, Msg::LeaseGrant { .. }));
@@ -705,4 +706,33 @@ fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
     orch.on_msg(&mut env, controller, Msg::Ping { seq: 2 });
     assert!(!orch.self_fenced(&env));
     assert!(granted(&env.outbox), "the parked worker gets its grant once the controller is heard");
+}
+
+/// The health checks after a deploy judge a whole window of traffic, from
+/// the version's first output: a check that finds only the first few
+/// outputs (traffic held up since the deploy) waits out the window. Seed 1
+/// case 49196: one valid output just before a check passed a version 90 %
+/// of whose outputs failed validation.
+#[test]
+fn a_deploy_watch_waits_a_whole_window_from_its_first_output() {
+    use agentdrill::components::orchestrator::{DEPLOY_WINDOW_US, ROLLBACK_US};
+    let mut sut = Sut::started(config(true));
+    sut.orch.deploy(&mut sut.env, 900);
+    let version = sut.orch.prompt().version;
+    let fire_check = |sut: &mut Sut, at_us: Micros| {
+        sut.env.now_us = at_us;
+        sut.env.timers.clear();
+        sut.orch.on_timer(&mut sut.env, Timer::DeployCheck);
+    };
+    fire_check(&mut sut, DEPLOY_WINDOW_US); // no traffic yet
+    let first_us = 2 * DEPLOY_WINDOW_US - 1_000;
+    sut.env.now_us = first_us;
+    sut.deliver(worker_host(0), Msg::OutputRejected { version });
+    fire_check(&mut sut, 2 * DEPLOY_WINDOW_US);
+    let checks: Vec<Micros> =
+        sut.env.timers.iter().filter(|(_, t)| matches!(t, Timer::DeployCheck)).map(|(at, _)| *at).collect();
+    assert_eq!(checks, vec![first_us + DEPLOY_WINDOW_US], "one output is no window of traffic");
+    assert!(!sut.env.timers.iter().any(|(_, t)| matches!(t, Timer::RollbackDone)), "not judged yet");
+    fire_check(&mut sut, first_us + DEPLOY_WINDOW_US);
+    assert_eq!(sut.env.timers, vec![(first_us + DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
 }

@@ -91,7 +91,8 @@ pub struct Prompt {
 /// after this long (a replica that was down or partitioned catches up).
 pub const SYNC_RESHIP_US: Micros = crate::components::ids::US_PER_S;
 
-/// How long the health checks after a deploy watch before deciding.
+/// How long the health checks after a deploy watch model outputs before
+/// deciding: the window runs from the first output under the version.
 pub const DEPLOY_WINDOW_US: Micros = 60 * crate::components::ids::US_PER_S;
 /// Error rate (per mille of model outputs) above which a deploy is bad.
 pub const DEPLOY_MAX_ERROR_PERMILLE: u64 = 200;
@@ -102,8 +103,31 @@ pub const ROLLBACK_US: Micros = 30 * crate::components::ids::US_PER_S;
 struct DeployWatch {
     outputs: u64,
     invalid: u64,
+    /// When the first output under the watched version was counted.
+    first_output_us: Option<Micros>,
     /// The health checks found the version bad; the rollback is under way.
     rolling_back: bool,
+}
+
+impl DeployWatch {
+    /// Counts one model output under the watched version.
+    fn count(&mut self, now_us: Micros, invalid: bool) {
+        self.first_output_us.get_or_insert(now_us);
+        self.outputs += 1;
+        self.invalid += u64::from(invalid);
+    }
+
+    /// How long the check at `now_us` must still wait: the window runs
+    /// from the first output, so a version is judged on a whole window of
+    /// traffic, not on the few outputs that happen to precede a check
+    /// (traffic held up since the deploy, say by a cut, and then a single
+    /// lucky output, judged a 90 %-defective version healthy).
+    fn wait_us(&self, now_us: Micros) -> Option<Micros> {
+        match self.first_output_us {
+            None => Some(DEPLOY_WINDOW_US), // no traffic yet
+            Some(first) => (first + DEPLOY_WINDOW_US).checked_sub(now_us).filter(|&w| w > 0),
+        }
+    }
 }
 
 /// The orchestrator component.
@@ -485,8 +509,7 @@ impl Orchestrator {
                 if let Some(w) = self.watch.as_mut()
                     && version == self.prompt.version
                 {
-                    w.outputs += 1;
-                    w.invalid += 1;
+                    w.count(env.now_us(), true);
                 }
             }
             Msg::Promote => {
@@ -526,8 +549,12 @@ impl Orchestrator {
         probe: bool,
         replay: bool,
     ) -> Option<u64> {
-        if !self.serving {
-            return None; // not serving: the sender retries
+        // Not serving, or self-fenced (the standby may be primary already,
+        // and a job accepted here would be lost with this log when the
+        // region is failed away from): the sender retries, and finds the
+        // serving region once DNS names it.
+        if !self.serving || self.self_fenced(env) {
+            return None;
         }
         if self.cfg.idempotent_create && self.store.task_for_job(job).is_some() {
             return Some(self.store.last_lsn());
@@ -568,7 +595,7 @@ impl Orchestrator {
                     && decision != NO_DECISION
                     && version == Some(self.prompt.version)
                 {
-                    w.outputs += 1;
+                    w.count(env.now_us(), false);
                 }
                 let already = self.store.task(task).is_some_and(|t| t.status == TaskStatus::Done);
                 let mut lsn = self.commit(env, Op::Result { task, ordinal, decision, reconciled, corrupt });
@@ -688,8 +715,8 @@ impl Orchestrator {
                 if w.rolling_back {
                     return; // decided before a restart; the rollback is pending
                 }
-                if w.outputs == 0 {
-                    env.set_timer(DEPLOY_WINDOW_US, Timer::DeployCheck); // no traffic yet
+                if let Some(wait_us) = w.wait_us(env.now_us()) {
+                    env.set_timer(wait_us, Timer::DeployCheck);
                 } else if w.invalid * 1_000 > w.outputs * DEPLOY_MAX_ERROR_PERMILLE {
                     w.rolling_back = true;
                     env.note(Note::RollbackStarted { version: self.prompt.version });
