@@ -68,7 +68,11 @@ impl Resends {
     }
 
     /// The retry timer fired: the sends to repeat now, oldest first. Call
-    /// [`Resends::sent`] for each, then [`Resends::arm_retry`].
+    /// [`Resends::sent`] for each, then [`Resends::arm_retry`]. `acked`
+    /// tells whether a job's latest send was acknowledged: a resubmission
+    /// is retried until acknowledged like a first submission (one lost to
+    /// a region that was down is sent again once it is back, not a whole
+    /// `resubmit_after` later).
     pub fn retry_fired(&mut self, now_us: Micros, acked: impl Fn(JobId) -> bool) -> Vec<JobId> {
         self.retry_armed = false;
         due(&mut self.pending, now_us, self.retry_after_us, acked)

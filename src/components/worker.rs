@@ -640,7 +640,7 @@ impl Worker {
     /// already happened before deciding or acting: before a model step, the
     /// first side effect it governs (adopting the decision it was made with);
     /// before a side effect, the effect itself. Returns `true` when a lookup
-    /// went out.
+    /// went out (or the task was dropped, its lease gone).
     fn replay_reconcile(&mut self, env: &mut impl Env, ordinal: u16) -> bool {
         let policy = self.shared.policy;
         let c = self.ctx.as_ref().expect("task");
@@ -669,6 +669,9 @@ impl Worker {
             let c = self.ctx();
             c.key = key;
             c.args = args;
+        }
+        if self.dropped_past_lease(env) {
+            return true;
         }
         let origin = self.origin(s);
         let c = self.ctx();
@@ -728,7 +731,7 @@ impl Worker {
         let key = c.key;
         let origin = self.origin(c.cursor);
         let (api, to) = self.api_for(spec.kind);
-        if self.tool_degraded(env, api, Again::Lookup) {
+        if self.dropped_past_lease(env) || self.tool_degraded(env, api, Again::Lookup) {
             return;
         }
         self.request(env, to, Wait::Lookup, |req| Msg::LookupReq { req, api, key, origin });
@@ -796,16 +799,26 @@ impl Worker {
         self.wait_then_resume(env, 5 * US_PER_S);
     }
 
+    /// The worker's own lease check before it asks an API about, or acts
+    /// on, the task (a side effect or a lookup by key): with fencing, a
+    /// lease it may have lost (it ran out on the worker's clock, say during
+    /// a pause) drops the task instead. Returns `true` when it dropped it.
+    fn dropped_past_lease(&mut self, env: &mut impl Env) -> bool {
+        let now = self.lease_clock(env);
+        let lost = self.ctx.as_ref().is_some_and(|c| now >= c.lease_until_us);
+        if self.shared.policy.fencing && lost {
+            self.abandon(env);
+            return true;
+        }
+        false
+    }
+
     /// Sends the current step's call (model, tool or memory).
     fn issue_call(&mut self, env: &mut impl Env) {
-        let now = self.lease_clock(env);
-        let policy = self.shared.policy;
         let c = self.ctx.as_ref().expect("task");
         let (ordinal, key, args, job) = (c.cursor, c.key, c.args, c.job);
         let spec = self.template().steps[ordinal as usize];
-        if spec.kind.is_side_effect() && policy.fencing && now >= c.lease_until_us {
-            // The worker's own lease check: never act on a lease it may have lost.
-            self.abandon(env);
+        if spec.kind.is_side_effect() && self.dropped_past_lease(env) {
             return;
         }
         self.ctx().transcript += 1;
@@ -1346,5 +1359,37 @@ mod tests {
         w.on_msg(&mut env, ORCH, grant(resent, 1, template("book_flight")));
         let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
         assert_eq!(lease_until_us, LEASE_POLL_US + 60_000 * US_PER_MS * 9 / 10);
+    }
+
+    /// A replayed task resumed before a model step asks the API about the
+    /// side effect the step governs, but only while the worker's lease
+    /// holds: a worker whose lease ran out (it woke from a pause past it)
+    /// drops the task instead of asking (was seed 509 case 18377: its
+    /// lookup met the next holder's call of the same step).
+    #[test]
+    fn a_replay_lookup_waits_for_a_lease_that_still_holds() {
+        let replayed = |req: (u32, Micros)| match grant(req, 13, template("research_report")) {
+            Msg::LeaseGrant { req, mut grant } => {
+                grant.cursor = 3;
+                grant.replay = true;
+                Msg::LeaseGrant { req, grant }
+            }
+            _ => unreachable!("a grant"),
+        };
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_lease_req(&env);
+        w.on_msg(&mut env, ORCH, replayed(lease_req));
+        assert!(matches!(env.sent.last(), Some(Msg::LookupReq { .. })), "{:?}", env.sent.last());
+
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_lease_req(&env);
+        // Received 70 s after the request: the 60 s lease is over.
+        env.now_us = 70 * US_PER_S;
+        w.on_msg(&mut env, ORCH, replayed(lease_req));
+        assert!(!env.sent.iter().any(|m| matches!(m, Msg::LookupReq { .. })), "{:?}", env.sent);
+        assert!(w.ctx.is_none(), "the task is dropped");
+        assert!(matches!(env.sent.last(), Some(Msg::LeaseReq { .. })), "{:?}", env.sent.last());
     }
 }

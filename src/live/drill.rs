@@ -706,6 +706,9 @@ async fn submitter(
     let mut resends = sc.jobs.resends();
     let (answer_tx, mut answers) = mpsc::unbounded_channel::<(u32, bool)>();
     let (mut acked, mut finished) = (rustc_hash::FxHashSet::default(), rustc_hash::FxHashSet::default());
+    // Jobs whose latest send was acknowledged (a resubmission is retried
+    // until acknowledged, like a first submission).
+    let mut answered = rustc_hash::FxHashSet::default();
     // Attempts waiting for their answer, per job.
     let mut in_flight: FxHashMap<u32, u32> = FxHashMap::default();
     let (mut retry_at, mut resubmit_at) = (None, None);
@@ -722,7 +725,7 @@ async fn submitter(
             }
             () = sleep_until_some(retry_at) => {
                 retry_at = None;
-                due = resends.retry_fired(now_us(), |j| acked.contains(&j.0)).into_iter().map(|j| j.0).collect();
+                due = resends.retry_fired(now_us(), |j| answered.contains(&j.0)).into_iter().map(|j| j.0).collect();
             }
             () = sleep_until_some(resubmit_at) => {
                 resubmit_at = None;
@@ -733,6 +736,9 @@ async fn submitter(
                     *n -= 1;
                 }
                 in_flight.retain(|_, n| *n > 0);
+                if ok {
+                    answered.insert(job);
+                }
                 if ok && acked.insert(job) {
                     if let Some(after_us) = resends.accepted(now_us(), JobId(job)) {
                         resubmit_at = at(after_us);
@@ -747,6 +753,7 @@ async fn submitter(
             }
         }
         for job in due {
+            answered.remove(&job);
             // An attempt still waiting for its answer is this send: the
             // job waits one more `submit_retry` instead of a second one.
             if !in_flight.contains_key(&job) {

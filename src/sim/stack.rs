@@ -233,6 +233,9 @@ pub struct Client {
     jobs: Rc<Vec<JobSpec>>,
     next_arrival: usize,
     acked: Vec<bool>,
+    /// Per job, whether its latest send was acknowledged (a resubmission
+    /// is a send like the first: retried until acknowledged).
+    answered: Vec<bool>,
     done: Vec<bool>,
     /// `submit_retry` and `resubmit_after`: the one resend rule.
     resends: Resends,
@@ -679,6 +682,7 @@ fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template
     Client {
         next_arrival: 0,
         acked: vec![false; jobs.len()],
+        answered: vec![false; jobs.len()],
         done: vec![false; jobs.len()],
         jobs,
         probe_template: template_index(&templates, "probe"),
@@ -1252,6 +1256,7 @@ impl Client {
         } else {
             env.send(to, Msg::Submit { job, template, steps, probe, replay });
         }
+        *at_grow(&mut self.answered, job.0 as usize) = false;
         if let Some(after_us) = self.resends.sent(env.now_us(), job) {
             env.set_timer(after_us, Timer::ClientRetry);
         }
@@ -1303,8 +1308,8 @@ impl Client {
                 self.arm_next_arrival(env);
             }
             Timer::ClientRetry => {
-                let acked = &self.acked;
-                let is_acked = |j: JobId| acked.get(j.0 as usize).copied().unwrap_or(false);
+                let answered = &self.answered;
+                let is_acked = |j: JobId| answered.get(j.0 as usize).copied().unwrap_or(false);
                 for job in self.resends.retry_fired(now, is_acked) {
                     self.submit(env, job);
                 }
@@ -1334,6 +1339,7 @@ impl Client {
         match msg {
             Msg::SubmitAck { job } => {
                 let j = job.0 as usize;
+                *at_grow(&mut self.answered, j) = true;
                 if !*at_grow(&mut self.acked, j) {
                     self.acked[j] = true;
                     *at_grow(&mut env.truth.accepted_us, j) = Some(env.now_us());
