@@ -350,11 +350,24 @@ impl Worker {
         }
     }
 
+    /// Arms the next renewal: every third of the lease, and sooner while
+    /// less of the lease is left than that schedule assumes (a grant that
+    /// reached the worker late, after waiting for a synchronous replica or
+    /// a pause): after two thirds of what is left, so the renewal's round
+    /// trip has the last third. A lease already over on the worker's clock
+    /// keeps the plain schedule (the orchestrator says whether it holds).
     fn arm_heartbeat(&mut self, env: &mut impl Env) {
-        if self.shared.policy.heartbeat && !self.heartbeat_armed && self.ctx.is_some() {
-            self.heartbeat_armed = true;
-            env.set_timer(self.shared.policy.lease_ms * US_PER_MS / 3, Timer::Heartbeat);
+        let Some(c) = &self.ctx else { return };
+        if !self.shared.policy.heartbeat || self.heartbeat_armed {
+            return;
         }
+        let every_us = self.shared.policy.lease_ms * US_PER_MS / 3;
+        let left_us = c.lease_until_us.saturating_sub(self.lease_clock(env));
+        // At least 1 µs: what is left shrinks at every renewal sent, so the
+        // sooner schedule ends (at most about 40 renewals per lease).
+        let after_us = if left_us == 0 { every_us } else { every_us.min(left_us * 2 / 3).max(1) };
+        self.heartbeat_armed = true;
+        env.set_timer(after_us, Timer::Heartbeat);
     }
 
     /// Handles a message. (Replies are matched by request number first:
@@ -1325,6 +1338,32 @@ mod tests {
         let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
         assert_eq!(lease_until_us, 60_000 * US_PER_MS * 9 / 10, "from the request at 0 s");
     }
+    /// A grant that reaches a worker late renews the lease before what is
+    /// left of it runs out, not a full third of a lease later (seed 11 case
+    /// 44007: a grant held 29 s behind a synchronous replica left 8 s of a
+    /// 41 s lease, and the first renewal was due 14 s later).
+    #[test]
+    fn a_grant_received_late_renews_before_its_lease_runs_out() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_lease_req(&env);
+        // A 60 s lease held 48 s: 6 s of the worker's 54 s are left.
+        env.now_us = 48 * US_PER_S;
+        let before = env.timers.len();
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
+        let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
+        let renewal = env.timers[before..].iter().find(|(_, t)| *t == Timer::Heartbeat).map(|(at, _)| *at);
+        assert_eq!(renewal, Some(48 * US_PER_S + 4 * US_PER_S), "after two thirds of the 6 s left");
+        assert!(renewal.is_some_and(|at| at < lease_until_us));
+        // On time, the plain schedule: a third of the policy's lease.
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let lease_req = last_lease_req(&env);
+        w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
+        let renewal = env.timers.iter().find(|(_, t)| *t == Timer::Heartbeat).map(|(at, _)| *at);
+        assert_eq!(renewal, Some(w.shared.policy.lease_ms * US_PER_MS / 3));
+    }
+
     /// A restarted worker process numbers its requests from 1 again: a
     /// grant answering the request of the process before it (held up, say,
     /// behind a synchronous replica) is timed from that earlier request,
