@@ -736,3 +736,67 @@ fn a_deploy_watch_waits_a_whole_window_from_its_first_output() {
     fire_check(&mut sut, first_us + DEPLOY_WINDOW_US);
     assert_eq!(sut.env.timers, vec![(first_us + DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
 }
+
+/// A promoted standby (asynchronous replication) grants none of the tasks
+/// it inherited until a whole lease after it starts serving; a job
+/// submitted after the promotion is granted at once. The old primary may
+/// have renewed a holder's lease after the last record that reached the
+/// standby, up to its demotion, and the holder may be calling an API under
+/// that lease. Seed 18 case 20852: the promoted standby requeued job 2 at
+/// once and its new holder looked the email step up by key while the old
+/// holder's call, sent under a lease renewed 1 s before the promotion, was
+/// still being processed (`no_concurrent_runs`).
+#[test]
+fn a_promoted_standby_holds_its_inherited_tasks_back_for_a_lease_after_it_serves() {
+    const REPLICA: HostId = HostId(3);
+    const CONTROLLER: HostId = HostId(2);
+    let submit = |job| Msg::Submit { job: JobId(job), template: 0, steps: STEPS, probe: false, replay: false };
+    let grants = |out: &mut Vec<(HostId, Msg)>| -> Vec<(HostId, u32, bool)> {
+        std::mem::take(out)
+            .into_iter()
+            .filter_map(|(to, m)| match m {
+                Msg::LeaseGrant { grant, .. } => Some((to, grant.job.0, grant.resumed)),
+                _ => None,
+            })
+            .collect()
+    };
+    let cfg = OrchConfig {
+        replication: Replication::Async { lag_ms: 0, interval_ms: 100 },
+        replica: Some(REPLICA),
+        auto_rollback: false,
+        ..config(true)
+    };
+    // The primary leases job 0 to worker 0 and ships its log.
+    let mut primary = Sut::started(cfg);
+    primary.deliver(CLIENT, submit(0));
+    primary.deliver(worker_host(0), Msg::LeaseReq { req: 1, sent_us: 0 });
+    assert_eq!(grants(&mut primary.env.outbox), vec![(worker_host(0), 0, false)]);
+    advance(&mut primary, 200);
+    let shipped: Vec<Msg> = std::mem::take(&mut primary.env.outbox)
+        .into_iter()
+        .filter(|(to, m)| *to == REPLICA && matches!(m, Msg::Replicate { .. }))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(!shipped.is_empty(), "the primary ships its log");
+    let mut standby = Sut {
+        orch: Orchestrator::new(OrchConfig { replica: None, ..cfg }, false),
+        env: TestEnv { now_us: 1_000_000, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(2) },
+    };
+    standby.orch.start(&mut standby.env);
+    for m in shipped {
+        standby.deliver(ORCH, m);
+    }
+    standby.deliver(CONTROLLER, Msg::Promote);
+    standby.deliver(CONTROLLER, Msg::Open);
+    standby.env.outbox.clear();
+    let now = standby.env.now_us;
+    standby.deliver(worker_host(1), Msg::LeaseReq { req: 1, sent_us: now });
+    assert_eq!(grants(&mut standby.env.outbox), vec![], "job 0's old holder may still hold a lease");
+    standby.deliver(CLIENT, submit(1));
+    assert_eq!(grants(&mut standby.env.outbox), vec![(worker_host(1), 1, false)], "a new job is granted at once");
+    standby.deliver(worker_host(2), Msg::LeaseReq { req: 1, sent_us: now });
+    advance(&mut standby, LEASE_MS - SCAN_MS);
+    assert_eq!(grants(&mut standby.env.outbox), vec![], "held back until a lease after serving");
+    advance(&mut standby, 2 * SCAN_MS);
+    assert_eq!(grants(&mut standby.env.outbox), vec![(worker_host(2), 0, true)], "then resumed");
+}

@@ -147,6 +147,11 @@ pub struct Orchestrator {
     /// in O(1).
     parked_req: Vec<Option<(u32, Micros, Micros)>>,
     expiries: BinaryHeap<Reverse<(Micros, TaskId)>>,
+    /// Until when a promoted store grants none of the tasks it inherited
+    /// (see [`Orchestrator::inherited_held`]); 0 when it holds none back.
+    hold_inherited_until_us: Micros,
+    /// Inherited tasks taken off `ready` while held back, in queue order.
+    held: Vec<TaskId>,
     pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
     /// Whether a `SyncDegrade` timer is pending. Timers are not
     /// deduplicated by the runtime: arming one per empty-to-busy transition
@@ -177,6 +182,8 @@ impl Orchestrator {
             parked: VecDeque::new(),
             parked_req: Vec::new(),
             expiries: BinaryHeap::new(),
+            hold_inherited_until_us: 0,
+            held: Vec::new(),
             pending_sync: VecDeque::new(),
             sync_degrade_armed: false,
             replica_acked: 0,
@@ -259,6 +266,7 @@ impl Orchestrator {
         self.parked.clear();
         self.parked_req.clear();
         self.expiries.clear();
+        self.held.clear();
         self.pending_sync.clear();
         self.sync_degrade_armed = false; // the crash drops its timers
         self.reorder.clear();
@@ -291,7 +299,14 @@ impl Orchestrator {
         // `start_host`): that answer counts as hearing it.
         self.heard_controller_us = env.now_us();
         self.ready.clear();
+        self.held.clear();
         self.expiries.clear();
+        // A restarted promoted store holds its inherited tasks back for a
+        // lease from its promotion (when it started serving is not durable).
+        self.hold_inherited_until_us = match self.store.promoted_at_us() {
+            Some(p) if !self.strictly_synchronous() => p + self.cfg.lease_ms * US_PER_MS,
+            _ => 0,
+        };
         for t in self.store.tasks() {
             match t.status {
                 TaskStatus::Queued => self.ready.push_back(t.id),
@@ -369,7 +384,7 @@ impl Orchestrator {
     /// it. The task is requeued and its next holder reconciles (the record
     /// may be stale).
     fn fence_inherited_leases(&mut self, env: &mut impl Env) {
-        if matches!(self.cfg.replication, Replication::Sync { degrade_after_ms: None }) {
+        if self.strictly_synchronous() {
             return;
         }
         let leased: Vec<TaskId> =
@@ -377,6 +392,39 @@ impl Orchestrator {
         for task in leased {
             self.commit(env, Op::Requeue { task });
             self.ready.push_back(task);
+        }
+    }
+
+    /// Whether every write this store acknowledges is on its replica first
+    /// (synchronous replication that never degrades): a promoted replica
+    /// then holds every lease its old primary granted or renewed.
+    fn strictly_synchronous(&self) -> bool {
+        matches!(self.cfg.replication, Replication::Sync { degrade_after_ms: None })
+    }
+
+    /// Whether task `t` is held back: a promoted store (unless replication
+    /// was strictly synchronous) grants no task it inherited — one that
+    /// predates the promotion, or a replay of a job the old primary may
+    /// still be running — until a whole lease has passed since it started
+    /// serving. The old primary may have granted or renewed such a task's
+    /// lease after the last record this store received, up to when it was
+    /// demoted or self-fenced (about when this store was told to serve),
+    /// and its holder, cut off from no API, may be calling one under that
+    /// lease: a new holder's lookup or call by the same key would run the
+    /// step a second time at once. Fencing rejects the old holder's writes
+    /// from the promotion on; this keeps its calls from overlapping.
+    fn inherited_held(&self, env: &impl Env, t: &crate::components::store::TaskRec) -> bool {
+        env.now_us() < self.hold_inherited_until_us && self.store.may_be_stale(t)
+    }
+
+    /// Puts the held-back inherited tasks at the front of the queue once
+    /// their hold is over.
+    fn release_held(&mut self, env: &impl Env) {
+        if self.held.is_empty() || env.now_us() < self.hold_inherited_until_us {
+            return;
+        }
+        for task in self.held.drain(..).rev() {
+            self.ready.push_front(task);
         }
     }
 
@@ -534,6 +582,10 @@ impl Orchestrator {
             Msg::Open => {
                 if self.primary && !self.serving {
                     self.serving = true;
+                    if self.store.promoted_at_us().is_some() && !self.strictly_synchronous() {
+                        let until_us = env.now_us() + self.cfg.lease_ms * US_PER_MS;
+                        self.hold_inherited_until_us = self.hold_inherited_until_us.max(until_us);
+                    }
                     self.arm(env);
                     env.note(Note::Serving);
                     self.dispatch(env);
@@ -652,6 +704,10 @@ impl Orchestrator {
                 continue;
             };
             if t.status != TaskStatus::Queued {
+                continue;
+            }
+            if self.inherited_held(env, t) {
+                self.held.push(task);
                 continue;
             }
             let worker = self.parked.pop_front().expect("non-empty");
@@ -773,6 +829,7 @@ impl Orchestrator {
 
     /// The recovery service: requeue every task whose lease expired.
     fn recovery_scan(&mut self, env: &mut impl Env) {
+        self.release_held(env);
         let now = self.lease_clock(env);
         while let Some(&Reverse((expires, task))) = self.expiries.peek() {
             if expires > now {

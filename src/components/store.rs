@@ -675,6 +675,11 @@ impl Store {
         self.promoted_at_us = Some(now_us);
     }
 
+    /// When this store was last promoted (`None`: never).
+    pub fn promoted_at_us(&self) -> Option<Micros> {
+        self.promoted_at_us
+    }
+
     /// Whether a task's durable record may be missing progress: it was
     /// resubmitted after being lost, or it predates a promotion of this
     /// store (asynchronous replication may have lost its latest writes).
