@@ -792,6 +792,7 @@ fn a_promoted_standby_holds_its_inherited_tasks_back_for_a_lease_after_it_serves
     let now = standby.env.now_us;
     standby.deliver(worker_host(1), Msg::LeaseReq { req: 1, sent_us: now });
     assert_eq!(grants(&mut standby.env.outbox), vec![], "job 0's old holder may still hold a lease");
+    standby.env.now_us += 1_000;
     standby.deliver(CLIENT, submit(1));
     assert_eq!(grants(&mut standby.env.outbox), vec![(worker_host(1), 1, false)], "a new job is granted at once");
     standby.deliver(worker_host(2), Msg::LeaseReq { req: 1, sent_us: now });
