@@ -618,12 +618,16 @@ pub enum Restore {
 
 /// At a restore: judges the struck faults it resolves, not judged yet. A
 /// hydration resolves the faults that can fail over; any restore after
-/// which the serving store holds no corrupted point resolves the pending
-/// corruptions (a corruption is judged at its own point-in-time restore,
-/// not at a failover that hydrated the corrupted copy). Points lost here
+/// which the serving store serves and holds no corrupted point resolves
+/// the pending corruptions (a corruption is judged at its own
+/// point-in-time restore, not at a failover that hydrated the corrupted
+/// copy). A store traffic was routed to that has not finished hydrating
+/// holds no corruption only because it holds nothing yet: a corruption
+/// whose restore finishes then waits for that hydration. Points lost here
 /// and re-written later by replays were still lost.
 pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs], restore: Restore) {
-    let clean = stack.vector(stack.serving_vector()).store.corrupted_count() == 0;
+    let serving = stack.vector(stack.serving_vector());
+    let clean = serving.serving && serving.store.corrupted_count() == 0;
     let resolves = |f: &FaultObs| {
         f.onset_us.is_some()
             && f.vector_lost.is_none()
@@ -640,5 +644,46 @@ pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs], restore: Restore) {
     for (i, points) in judged.into_iter().zip(lost) {
         faults[i].vector_lost = Some(oldest_ack(stack, &points));
         faults[i].vector_lost_points = points.into_iter().collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::sim::stack::Node;
+
+    fn vector_mut(stack: &mut Stack, h: crate::components::ids::HostId) -> &mut crate::sim::stack::VectorNode {
+        match &mut stack.nodes[h.0 as usize] {
+            Node::Vector(v) => v,
+            _ => panic!("not a vector host"),
+        }
+    }
+
+    /// Seed 16 case 49941: the corrupted store's point-in-time restore
+    /// finished just after traffic was routed to the standby's store, which
+    /// was still hydrating (empty). A corruption waits for a serving store:
+    /// judged then, it would count every point as lost.
+    #[test]
+    fn a_corruption_is_not_judged_against_a_store_still_hydrating() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/regressions/reference-corruption-restored-as-traffic-moves-to-a-hydrating-store.toml");
+        let sc = crate::drill::scenario::load(&path).expect("scenario");
+        let mut stack = Stack::build(&sc, 1);
+        let [a, b] = stack.hosts.vec;
+        let p = PointId { job: JobId(0), step: 4 };
+        stack.truth.vec_acks.insert(p, 10);
+        vector_mut(&mut stack, a).store.upsert(10, p, 1);
+        vector_mut(&mut stack, b).serving = false;
+        stack.dns.vector.switch(900, b);
+        let mut faults = [FaultObs { kind: "vector_corruption", onset_us: Some(800), ..FaultObs::default() }];
+        judge_vector(&stack, &mut faults, Restore::PointInTime);
+        assert_eq!(faults[0].vector_lost, None, "not judged while the serving store hydrates");
+        let hydrated = vector_mut(&mut stack, b);
+        hydrated.store.upsert(950, p, 1);
+        hydrated.serving = true;
+        judge_vector(&stack, &mut faults, Restore::Hydration);
+        assert_eq!(faults[0].vector_lost, Some(None), "judged at the hydration: nothing lost");
     }
 }

@@ -236,6 +236,11 @@ pub struct Client {
     /// Per job, whether its latest send was acknowledged (a resubmission
     /// is a send like the first: retried until acknowledged).
     answered: Vec<bool>,
+    /// Per job, the orchestrator its first send was addressed to: a send
+    /// once traffic has moved to another one goes out as a replay,
+    /// acknowledged or not (the first may have been taken and run there,
+    /// and only its acknowledgement lost).
+    first_orch: Vec<Option<HostId>>,
     done: Vec<bool>,
     /// `submit_retry` and `resubmit_after`: the one resend rule.
     resends: Resends,
@@ -683,6 +688,7 @@ fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template
         next_arrival: 0,
         acked: vec![false; jobs.len()],
         answered: vec![false; jobs.len()],
+        first_orch: vec![None; jobs.len()],
         done: vec![false; jobs.len()],
         jobs,
         probe_template: template_index(&templates, "probe"),
@@ -1248,7 +1254,14 @@ impl Client {
         let spec = self.spec(job);
         let to = env.resolve(Service::Orchestrator);
         let steps = steps_of(&self.templates, spec.template);
-        let replay = self.acked.get(job.0 as usize).copied().unwrap_or(false);
+        // An acknowledged job sent again is a replay; so is one first sent
+        // while traffic went to another orchestrator, acknowledged or not:
+        // the stack there may have run it (its answer lost, say with a
+        // queue replica that never mirrored it), and the store serving now
+        // may not hold that run. A send that creates a task there must
+        // reconcile before it decides or acts rather than plan afresh.
+        let first = *at_grow(&mut self.first_orch, job.0 as usize).get_or_insert(to);
+        let replay = self.acked.get(job.0 as usize).copied().unwrap_or(false) || first != to;
         let (template, probe) = (spec.template, spec.probe);
         if self.via_queue {
             let to = env.resolve(Service::Queue);
@@ -1542,6 +1555,41 @@ mod tests {
 
     fn values(stack: &Stack, h: HostId) -> Vec<(PointId, u64)> {
         stack.vector(h).store.points_iter().map(|(p, s)| (p, s.value)).collect()
+    }
+
+    /// A job sent again after traffic moved to the other orchestrator is a
+    /// replay though no send of it was acknowledged (seed 13 case 7392: A
+    /// ran the job from the first publish, whose answer waited for a queue
+    /// replica that was down; the retry reached B's promoted store after
+    /// the queue's dedupe window and must not plan afresh). Sent again to
+    /// the same orchestrator, unacknowledged, it is not (a short dedupe
+    /// window's harm, anti-pattern 12, stays visible).
+    #[test]
+    fn a_send_after_traffic_moved_is_a_replay_acknowledged_or_not() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/regressions/reference-unacknowledged-publish-retried-after-the-dedupe-window-replays.toml");
+        let sc = crate::drill::scenario::load(&path).expect("scenario");
+        let mut stack = Stack::build(&sc, 1);
+        let client = stack.hosts.client;
+        let standby = stack.hosts.orch[1];
+        let mut replays = Vec::new();
+        for i in 0..3u64 {
+            if i == 2 {
+                let now = stack.rt.now_us();
+                stack.dns.orchestrator.switch(now, standby);
+            }
+            let Stack { rt, nodes, dns, truth, .. } = &mut stack;
+            let mut env = SimEnv { rt, me: client, dns, truth };
+            let Node::Client(c) = &mut nodes[client.0 as usize] else { panic!("client host") };
+            c.submit(&mut env, JobId(0));
+            // One send at a time: the network may reorder sends in flight.
+            while let Some(ev) = stack.rt.step((i + 1) * US_PER_S) {
+                if let Event::Deliver { msg: Msg::Publish { job: JobId(0), replay, .. }, .. } = ev {
+                    replays.push(replay);
+                }
+            }
+        }
+        assert_eq!(replays, vec![false, false, true], "a replay once traffic moved, not before");
     }
 
     /// The replica follows its primary's restore, keeps a write the primary
