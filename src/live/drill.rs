@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use super::failover;
 use super::killpoint::{Fired, Point};
 use super::net::{Endpoint, Selector, TcpToxic};
+use super::runs::{self, Stall};
 use super::scenario::{DoneWhen, LiveFault, LiveScenario, env_name, expand};
 use super::supervisor::{self, ExitRecord, Spec, Supervisor};
 use super::toxics::{Toxic, ToxicKind};
@@ -570,11 +571,15 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
             return Err(LiveRunError::Net { scenario: sc.name.clone(), source });
         }
     };
+    let hosts = worker_ids(&specs);
     let sup = Arc::new(Supervisor::start(&root, specs)?);
     let outcome = drive(sc, &served, &reps, &sup, &regions, stable_submit.or(wiring.submit)).await;
     let sup = Arc::try_unwrap(sup).expect("the drill holds the only handle");
     let run_dir = sup.run_dir.clone();
+    let stalls = sup.stalls();
     let exits = tokio::task::spawn_blocking(move || sup.stop_keeping_folder()).await.unwrap_or_default();
+    let stalls: Vec<Stall> =
+        stalls.into_iter().map(|(slot, kind, at)| Stall { slot, kind, at_us: shared.us_at(at) }).collect();
     served.shutdown().await;
     // What the stack's database committed, read before it is dropped.
     let audit = match &database {
@@ -594,7 +599,30 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     drop(database);
     let _ = std::fs::remove_dir_all(&run_dir);
     let driven = driven?;
-    Ok(measure(sc, seed, &shared, driven, exits, audit))
+    let senders = Senders { stalls, hosts };
+    Ok(measure(sc, seed, &shared, driven, exits, audit, &senders))
+}
+
+/// What the harness knows of the senders: every slot's kills, exits,
+/// stops and continues (the supervisor's records, on the fakes' clock),
+/// and the reference stack's worker id of each slot.
+struct Senders {
+    stalls: Vec<Stall>,
+    hosts: Vec<Option<crate::components::ids::HostId>>,
+}
+
+/// Each slot's worker id in the reference stack's lease records: host
+/// `100 + AGENTDRILL_REPLICA` (its process contract; the scenario's own
+/// `AGENTDRILL_REPLICA` wins over the harness's, as the process sees it).
+fn worker_ids(specs: &[Spec]) -> Vec<Option<crate::components::ids::HostId>> {
+    use super::stack::env::{MAX_REPLICAS, worker_host};
+    specs
+        .iter()
+        .map(|s| {
+            let replica = s.env.iter().rev().find(|(k, _)| k == "AGENTDRILL_REPLICA")?.1.parse::<u32>().ok()?;
+            (replica < MAX_REPLICAS).then(|| worker_host(replica))
+        })
+        .collect()
 }
 
 /// RPO from the data, after a region loss whose standby was promoted: the
@@ -1165,12 +1193,19 @@ fn measure(
     d: Driven,
     exits: Vec<ExitRecord>,
     audit: Option<super::stack::pg::Audit>,
+    senders: &Senders,
 ) -> DrillResult {
     let (ledger, total_effects) = ledger_counts(shared);
     let mut counts = Counts { side_effects: total_effects, ..Counts::default() };
     counts.replanned_steps = replanned(shared, &d.jobs);
-    let mut unmeasured = vec!["stale_actions", "concurrent_runs"];
+    let requests = lock(&shared.requests).clone();
+    counts.concurrent_runs = runs::concurrent_runs(&requests, &senders.stalls);
+    let mut unmeasured = Vec::new();
     let mut measured_from = BTreeMap::from([
+        (
+            "concurrent_runs",
+            "the payment and email fakes' requests by sender port: a call, or a lookup of a running sender, meeting another sender's call for the step while it was processed",
+        ),
         ("duplicates", "the payment and email fakes' ledgers, per (job, step) of the script"),
         ("lost_effects", "the ledgers and the model fakes' final answers"),
         ("stuck_tasks", "the ledgers and the model fakes' final answers"),
@@ -1178,6 +1213,12 @@ fn measure(
     ]);
     match audit {
         Some(a) => {
+            let host_of = |slot: u16| senders.hosts.get(usize::from(slot)).copied().flatten();
+            counts.stale_actions = runs::stale_actions(&requests, &a.grants, host_of);
+            measured_from.insert(
+                "stale_actions",
+                "the fakes' side-effect requests by sender port against the lease grants of the stack's agentdrill.event_log",
+            );
             counts.stale_writes = a.stale_writes;
             measured_from.insert(
                 "stale_writes",
@@ -1190,8 +1231,9 @@ fn measure(
             );
         }
         None => {
-            unmeasured.insert(0, "corrupted_writes");
-            unmeasured.insert(0, "stale_writes");
+            // No lease history to judge the requests by (a foreign stack
+            // without the reference stack's agentdrill.event_log).
+            unmeasured.extend(["stale_writes", "stale_actions", "corrupted_writes"]);
         }
     }
     for (&job, t) in &d.jobs {
