@@ -525,6 +525,8 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     };
     let served = super::start(cfg).await?;
     let shared = served.shared.clone();
+    // The reference stack's clock (the boot clock) against the fakes'.
+    let boot_offset_us = super::stack::env::monotonic_us().saturating_sub(shared.now_us());
     // After the fakes: a standby pair's links are in their network.
     let database = match start_database(sc, &root, &shared.net).await {
         Ok(d) => d,
@@ -599,7 +601,7 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     drop(database);
     let _ = std::fs::remove_dir_all(&run_dir);
     let driven = driven?;
-    let senders = Senders { stalls, hosts };
+    let senders = Senders { stalls, hosts, boot_offset_us };
     Ok(measure(sc, seed, &shared, driven, exits, audit, &senders))
 }
 
@@ -609,6 +611,8 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
 struct Senders {
     stalls: Vec<Stall>,
     hosts: Vec<Option<crate::components::ids::HostId>>,
+    /// The boot clock minus the fakes' clock (µs).
+    boot_offset_us: Micros,
 }
 
 /// Each slot's worker id in the reference stack's lease records: host
@@ -1211,6 +1215,7 @@ fn measure(
         ("stuck_tasks", "the ledgers and the model fakes' final answers"),
         ("replanned_steps", "each effect's parameters at the fakes against the script's tool input"),
     ]);
+    let audit_requeues = audit.as_ref().map(|a| a.requeues_us.clone()).unwrap_or_default();
     match audit {
         Some(a) => {
             let host_of = |slot: u16| senders.hosts.get(usize::from(slot)).copied().flatten();
@@ -1265,7 +1270,11 @@ fn measure(
             counts.done_tasks += 1;
         }
     }
-    let faults: Vec<FaultResult> = sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d)).collect();
+    // When the stack noticed a holder was gone (its event log's requeues),
+    // on the fakes' clock.
+    let requeues: Vec<Micros> = audit_requeues.iter().map(|t| t.saturating_sub(senders.boot_offset_us)).collect();
+    let faults: Vec<FaultResult> =
+        sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d, &requeues)).collect();
     let models = [&shared.models[0], &shared.models[1], &shared.models[2]];
     let mut cost = Cost::default();
     for m in models {
@@ -1379,8 +1388,10 @@ fn region_parts(onset: Micros, rto_s: f64, tl: &failover::Timeline) -> RtoParts 
 }
 
 /// One fault's RTO: onset → the jobs in flight at it, and the first job
-/// submitted after it, done.
-fn fault_result(f: &LiveFault, o: &Onset, d: &Driven) -> FaultResult {
+/// submitted after it, done. A partition's parts: detection until the
+/// stack's first requeue after the onset (`requeues_us`, the fakes' clock:
+/// a lease found expired), resume the rest.
+fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, requeues_us: &[Micros]) -> FaultResult {
     let mut r = FaultResult {
         kind: f.kind(),
         onset_s: None,
@@ -1418,6 +1429,12 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven) -> FaultResult {
         if let (Some(rto), Some(tl)) = (r.rto_s, &d.failover) {
             r.rto_parts = region_parts(onset, rto, tl);
         }
+        return r;
+    }
+    if let (LiveFault::Partition { .. }, Some(rto)) = (f, r.rto_s) {
+        let noticed = requeues_us.iter().copied().filter(|&t| t >= onset).min();
+        r.rto_parts.detection_s = noticed.map_or(0.0, |t| s_of(t - onset)).min(rto);
+        r.rto_parts.resume_s = rto - r.rto_parts.detection_s;
         return r;
     }
     if let Some(rto) = r.rto_s {

@@ -322,6 +322,10 @@ pub struct Audit {
     /// Every lease grant of the event log (the lease history the
     /// fakes' side-effect requests are judged against: stale actions).
     pub grants: Vec<crate::live::runs::Grant>,
+    /// When each task was requeued (a lease found expired by the recovery
+    /// scan, or taken back at a promotion), on the boot clock (µs): when
+    /// the stack noticed a holder was gone.
+    pub requeues_us: Vec<crate::components::ids::Micros>,
 }
 
 /// Reads the reference stack's event log and write records from the
@@ -366,6 +370,7 @@ async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
     let mut audit = judge(&log, &writes);
     audit.corrupted_writes = crate::drill::measure::corrupted_writes(&log);
     audit.grants = grants(&log);
+    audit.requeues_us = log.iter().filter(|r| matches!(r.op, Op::Requeue { .. })).map(|r| r.at_us).collect();
     Ok(Some(audit))
 }
 
