@@ -141,8 +141,16 @@ fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
             assert!(rpo_s > Some(0.0), "{}: caught by RPO measured from the data: {d:#}", d["scenario"]);
             assert!(d["region"]["rpo"].is_object(), "{}: the RPO report is there: {d:#}", d["scenario"]);
         } else if d["expect"] == "fail" {
-            let caught = d["duplicates"].as_u64() > Some(0) || d["stale_writes"].as_u64() > Some(0);
-            assert!(caught, "{}: caught by its duplicates or stale writes: {d:#}", d["scenario"]);
+            let caught = d["duplicates"].as_u64() > Some(0)
+                || d["stale_writes"].as_u64() > Some(0)
+                || d["counts"]["stale_actions"].as_u64() > Some(0)
+                || d["counts"]["concurrent_runs"].as_u64() > Some(0);
+            assert!(caught, "{}: caught by duplicates, stale writes or two workers on a step: {d:#}", d["scenario"]);
+        } else {
+            // Passing drills: two workers never ran one step, measured at
+            // the fakes whatever the stack.
+            assert_eq!(d["counts"]["concurrent_runs"], 0, "{}: {d:#}", d["scenario"]);
+            assert_eq!(d["counts"]["stale_actions"], 0, "{}: {d:#}", d["scenario"]);
             assert_eq!(d["stuck_tasks"], 0, "{}: not caught by accident: {d:#}", d["scenario"]);
         }
     }

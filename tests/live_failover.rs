@@ -171,10 +171,12 @@ struct Twin<'a> {
     scale_up: &'a str,
     standby_workers: u32,
     loss_at: &'a str,
+    /// The live drill's `[jobs] resubmit_after`, the client's.
+    resubmit_after: &'a str,
 }
 
 fn sim_twin(t: &Twin) -> String {
-    let Twin { tier, pattern, replication, promotion, scale_up, standby_workers, loss_at } = t;
+    let Twin { tier, pattern, replication, promotion, scale_up, standby_workers, loss_at, resubmit_after } = t;
     format!(
         r#"purpose = "simulated twin of a live region drill"
 tier = "{tier}"
@@ -198,6 +200,7 @@ apis = {{ payment_latency = "50ms", email_latency = "50ms" }}
 templates = ["book_flight"]
 tasks = 24
 interval = "250ms"
+resubmit_after = "{resubmit_after}"
 
 [[faults]]
 kind = "region_loss"
@@ -243,6 +246,7 @@ fn warm_standby_live_matches_its_simulated_twin() {
             scale_up: "500ms",
             standby_workers: 1,
             loss_at: "3s",
+            resubmit_after: "300s",
         }),
         "twin-warm",
     );
@@ -261,8 +265,34 @@ fn active_active_live_matches_its_simulated_twin() {
             scale_up: "0s",
             standby_workers: 1,
             loss_at: "3s",
+            resubmit_after: "300s",
         }),
         "twin-aa",
+    );
+}
+
+#[test]
+#[ignore = "not yet within 20 %: live RTO measured 6.9 s, 9.7 s (docker) and 13.9 s (loaded machine) against the simulated 9.4 s; the restore's time and the resubmissions vary (run with --ignored)"]
+fn cold_standby_live_matches_its_simulated_twin() {
+    let _serial = serial();
+    // Region b's database restored from the latest base backup (every 2 s):
+    // the simulator ships the state every 2 s; the restore takes about 1 s
+    // live (a copy of the backup and a server start), the twin's promotion.
+    // The jobs acknowledged after the latest backup are resubmitted by the
+    // client after 3 s, in both.
+    compare_with_twin(
+        "scenarios/live/region-cold-standby-restore.toml",
+        &sim_twin(&Twin {
+            tier: "customer-facing",
+            pattern: "cold_standby",
+            replication: "{ mode = \"async\", lag_ms = 0, interval_ms = 2000 }",
+            promotion: "1s",
+            scale_up: "500ms",
+            standby_workers: 0,
+            loss_at: "3s",
+            resubmit_after: "3s",
+        }),
+        "twin-cold",
     );
 }
 

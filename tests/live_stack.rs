@@ -385,10 +385,16 @@ fn assert_clean_pass(file: &str) -> Value {
     assert_eq!(d["counts"]["done_tasks"], 10, "{file}: {d:#}");
     assert_eq!(d["counts"]["side_effects"], 20, "{file}: one charge and one email per job: {d:#}");
     let unmeasured = d["unmeasured"].as_array().expect("unmeasured");
-    for count in ["stale_writes", "corrupted_writes"] {
+    for count in ["stale_writes", "corrupted_writes", "stale_actions"] {
         assert!(!unmeasured.iter().any(|u| u == count), "{file}: {count} measured: {d:#}");
         assert!(d["measured_from"][count].as_str().is_some_and(|s| s.contains("agentdrill.")), "{d:#}");
     }
+    // Two workers on one step: measured at the fakes, none in a passing drill.
+    for count in ["stale_actions", "concurrent_runs"] {
+        assert_eq!(d["counts"][count], 0, "{file}: {count}: {d:#}");
+        assert!(!unmeasured.iter().any(|u| u == count), "{file}: {count} measured: {d:#}");
+    }
+    assert!(d["measured_from"]["concurrent_runs"].as_str().is_some_and(|s| s.contains("sender port")), "{d:#}");
     assert!(d["measured_from"]["stale_writes"].as_str().is_some_and(|s| s.contains("agentdrill.writes")), "{d:#}");
     let f = &d["faults"][0];
     assert!(f["onset_s"].as_f64().is_some(), "{file}: the fault fired: {f:#}");
@@ -403,7 +409,8 @@ fn assert_caught_by(file: &str, count: &str, violation: &str) -> Value {
     let (code, d) = drill(file);
     assert_eq!(d["met_targets"], false, "{file}: {d:#}");
     assert_eq!((code, d["verdict"].as_str()), (0, Some("pass")), "{file}: caught: {d:#}");
-    assert!(d[count].as_u64().is_some_and(|n| n >= 1), "{file}: caught by {count}: {d:#}");
+    let n = d[count].as_u64().or_else(|| d["counts"][count].as_u64());
+    assert!(n.is_some_and(|n| n >= 1), "{file}: caught by {count}: {d:#}");
     let violations = d["violations"].as_array().expect("violations");
     assert!(violations.iter().any(|v| v.as_str().is_some_and(|v| v.starts_with(violation))), "{file}: {d:#}");
     for other in ["lost_effects", "stuck_tasks"] {
@@ -442,6 +449,31 @@ fn reference_zombie_paused_past_its_lease_is_fenced_and_no_fencing_is_caught_as_
         "stale writes (fencing)",
     );
     assert_eq!(d["faults"][0]["kind"], "pause_at_call", "{d:#}");
+}
+
+#[test]
+fn reference_short_lease_is_caught_as_concurrent_runs_and_with_no_fencing_as_stale_actions() {
+    // A 1 s lease without renewal under 1.5 s tool calls: a second worker
+    // takes the step while the first one's call is being processed (the
+    // fakes see both senders' requests by port). Keys from the task keep
+    // the effects single, so only the concurrent runs show; the first
+    // holder drops the task when its call returns (its lease check).
+    let d = assert_caught_by(
+        "scenarios/live/reference-antipattern-short-lease.toml",
+        "concurrent_runs",
+        "concurrent runs (two workers on one step at once)",
+    );
+    assert_eq!(d["counts"]["stale_actions"], 0, "the first holder stops at its lease check: {d:#}");
+    assert_eq!(d["duplicates"], 0, "{d:#}");
+    // Without fencing it carries on: its next side effects are sent under
+    // a lease the event log shows granted to another.
+    let d = assert_caught_by(
+        "scenarios/live/reference-antipattern-short-lease-no-fencing.toml",
+        "stale_actions",
+        "stale actions (two workers ran a step)",
+    );
+    assert!(d["measured_from"]["stale_actions"].as_str().is_some_and(|s| s.contains("agentdrill.event_log")), "{d:#}");
+    assert!(d["stale_writes"].as_u64().is_some_and(|n| n >= 1), "{d:#}");
 }
 
 #[test]

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use super::failover;
 use super::killpoint::{Fired, Point};
 use super::net::{Endpoint, Selector, TcpToxic};
+use super::runs::{self, Stall};
 use super::scenario::{DoneWhen, LiveFault, LiveScenario, env_name, expand};
 use super::supervisor::{self, ExitRecord, Spec, Supervisor};
 use super::toxics::{Toxic, ToxicKind};
@@ -524,6 +525,8 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     };
     let served = super::start(cfg).await?;
     let shared = served.shared.clone();
+    // The reference stack's clock (the boot clock) against the fakes'.
+    let boot_offset_us = super::stack::env::monotonic_us().saturating_sub(shared.now_us());
     // After the fakes: a standby pair's links are in their network.
     let database = match start_database(sc, &root, &shared.net).await {
         Ok(d) => d,
@@ -570,11 +573,15 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
             return Err(LiveRunError::Net { scenario: sc.name.clone(), source });
         }
     };
+    let hosts = worker_ids(&specs);
     let sup = Arc::new(Supervisor::start(&root, specs)?);
     let outcome = drive(sc, &served, &reps, &sup, &regions, stable_submit.or(wiring.submit)).await;
     let sup = Arc::try_unwrap(sup).expect("the drill holds the only handle");
     let run_dir = sup.run_dir.clone();
+    let stalls = sup.stalls();
     let exits = tokio::task::spawn_blocking(move || sup.stop_keeping_folder()).await.unwrap_or_default();
+    let stalls: Vec<Stall> =
+        stalls.into_iter().map(|(slot, kind, at)| Stall { slot, kind, at_us: shared.us_at(at) }).collect();
     served.shutdown().await;
     // What the stack's database committed, read before it is dropped.
     let audit = match &database {
@@ -594,7 +601,32 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     drop(database);
     let _ = std::fs::remove_dir_all(&run_dir);
     let driven = driven?;
-    Ok(measure(sc, seed, &shared, driven, exits, audit))
+    let senders = Senders { stalls, hosts, boot_offset_us };
+    Ok(measure(sc, seed, &shared, driven, exits, audit, &senders))
+}
+
+/// What the harness knows of the senders: every slot's kills, exits,
+/// stops and continues (the supervisor's records, on the fakes' clock),
+/// and the reference stack's worker id of each slot.
+struct Senders {
+    stalls: Vec<Stall>,
+    hosts: Vec<Option<crate::components::ids::HostId>>,
+    /// The boot clock minus the fakes' clock (µs).
+    boot_offset_us: Micros,
+}
+
+/// Each slot's worker id in the reference stack's lease records: host
+/// `100 + AGENTDRILL_REPLICA` (its process contract; the scenario's own
+/// `AGENTDRILL_REPLICA` wins over the harness's, as the process sees it).
+fn worker_ids(specs: &[Spec]) -> Vec<Option<crate::components::ids::HostId>> {
+    use super::stack::env::{MAX_REPLICAS, worker_host};
+    specs
+        .iter()
+        .map(|s| {
+            let replica = s.env.iter().rev().find(|(k, _)| k == "AGENTDRILL_REPLICA")?.1.parse::<u32>().ok()?;
+            (replica < MAX_REPLICAS).then(|| worker_host(replica))
+        })
+        .collect()
 }
 
 /// RPO from the data, after a region loss whose standby was promoted: the
@@ -1165,19 +1197,33 @@ fn measure(
     d: Driven,
     exits: Vec<ExitRecord>,
     audit: Option<super::stack::pg::Audit>,
+    senders: &Senders,
 ) -> DrillResult {
     let (ledger, total_effects) = ledger_counts(shared);
     let mut counts = Counts { side_effects: total_effects, ..Counts::default() };
     counts.replanned_steps = replanned(shared, &d.jobs);
-    let mut unmeasured = vec!["stale_actions", "concurrent_runs"];
+    let requests = lock(&shared.requests).clone();
+    counts.concurrent_runs = runs::concurrent_runs(&requests, &senders.stalls);
+    let mut unmeasured = Vec::new();
     let mut measured_from = BTreeMap::from([
+        (
+            "concurrent_runs",
+            "the payment and email fakes' requests by sender port: a call, or a lookup of a running sender, meeting another sender's call for the step while it was processed",
+        ),
         ("duplicates", "the payment and email fakes' ledgers, per (job, step) of the script"),
         ("lost_effects", "the ledgers and the model fakes' final answers"),
         ("stuck_tasks", "the ledgers and the model fakes' final answers"),
         ("replanned_steps", "each effect's parameters at the fakes against the script's tool input"),
     ]);
+    let audit_requeues = audit.as_ref().map(|a| a.requeues_us.clone()).unwrap_or_default();
     match audit {
         Some(a) => {
+            let host_of = |slot: u16| senders.hosts.get(usize::from(slot)).copied().flatten();
+            counts.stale_actions = runs::stale_actions(&requests, &a.grants, host_of);
+            measured_from.insert(
+                "stale_actions",
+                "the fakes' side-effect requests by sender port against the lease grants of the stack's agentdrill.event_log",
+            );
             counts.stale_writes = a.stale_writes;
             measured_from.insert(
                 "stale_writes",
@@ -1190,8 +1236,9 @@ fn measure(
             );
         }
         None => {
-            unmeasured.insert(0, "corrupted_writes");
-            unmeasured.insert(0, "stale_writes");
+            // No lease history to judge the requests by (a foreign stack
+            // without the reference stack's agentdrill.event_log).
+            unmeasured.extend(["stale_writes", "stale_actions", "corrupted_writes"]);
         }
     }
     for (&job, t) in &d.jobs {
@@ -1223,7 +1270,11 @@ fn measure(
             counts.done_tasks += 1;
         }
     }
-    let faults: Vec<FaultResult> = sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d)).collect();
+    // When the stack noticed a holder was gone (its event log's requeues),
+    // on the fakes' clock.
+    let requeues: Vec<Micros> = audit_requeues.iter().map(|t| t.saturating_sub(senders.boot_offset_us)).collect();
+    let faults: Vec<FaultResult> =
+        sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d, &requeues)).collect();
     let models = [&shared.models[0], &shared.models[1], &shared.models[2]];
     let mut cost = Cost::default();
     for m in models {
@@ -1337,8 +1388,10 @@ fn region_parts(onset: Micros, rto_s: f64, tl: &failover::Timeline) -> RtoParts 
 }
 
 /// One fault's RTO: onset → the jobs in flight at it, and the first job
-/// submitted after it, done.
-fn fault_result(f: &LiveFault, o: &Onset, d: &Driven) -> FaultResult {
+/// submitted after it, done. A partition's parts: detection until the
+/// stack's first requeue after the onset (`requeues_us`, the fakes' clock:
+/// a lease found expired), resume the rest.
+fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, requeues_us: &[Micros]) -> FaultResult {
     let mut r = FaultResult {
         kind: f.kind(),
         onset_s: None,
@@ -1376,6 +1429,12 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven) -> FaultResult {
         if let (Some(rto), Some(tl)) = (r.rto_s, &d.failover) {
             r.rto_parts = region_parts(onset, rto, tl);
         }
+        return r;
+    }
+    if let (LiveFault::Partition { .. }, Some(rto)) = (f, r.rto_s) {
+        let noticed = requeues_us.iter().copied().filter(|&t| t >= onset).min();
+        r.rto_parts.detection_s = noticed.map_or(0.0, |t| s_of(t - onset)).min(rto);
+        r.rto_parts.resume_s = rto - r.rto_parts.detection_s;
         return r;
     }
     if let Some(rto) = r.rto_s {

@@ -15,7 +15,8 @@ use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
 use super::LiveConfig;
-use super::http::{Applied, Ctx, Note, fnv, header, idem_key, json_response, noted, sleep_until_us};
+use super::http::{Applied, Ctx, Note, Sender, fnv, header, idem_key, json_response, noted, sleep_until_us};
+use super::payment::{record_call, record_lookup, slot};
 use crate::components::ids::{IdemKey, JobId, US_PER_MS};
 use crate::components::ledger::{ApiConfig, CallOutcome, SideEffectApi};
 
@@ -92,6 +93,7 @@ fn tag<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
 async fn send(
     State(ctx): State<Ctx>,
     Extension(applied): Extension<Applied>,
+    sender: Option<Extension<Sender>>,
     h: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
@@ -104,7 +106,9 @@ async fn send(
         }
     }
     let hash = fnv(canonical(&body).as_bytes(), 0xcbf2_9ce4_8422_2325);
-    let origin = super::payment::origin(tag(&body, "job_id"), tag(&body, "step"));
+    let sender = slot(sender);
+    let mut origin = super::payment::origin(tag(&body, "job_id"), tag(&body, "step"));
+    origin.host = super::runs::sender_host(sender);
     let key_text = header(&h, "idempotency-key").map(str::to_owned);
     let key = key_text.as_deref().map(idem_key);
     let shared = &ctx.shared;
@@ -112,6 +116,7 @@ async fn send(
     let (outcome, done_at, reply, malformed) = {
         let mut st = super::lock(&shared.email);
         let now = shared.now_us();
+        record_call(shared, &st.api, sender, origin, now);
         let (outcome, done_at) = st.api.call(now, key, hash, origin);
         if applied.schema_change() {
             st.api.set_schema_break(now, done_at + 1);
@@ -165,16 +170,21 @@ async fn retrieve(State(ctx): State<Ctx>, h: HeaderMap, Path(id): Path<String>) 
     }
 }
 
-async fn list(State(ctx): State<Ctx>, h: HeaderMap, Query(q): Query<FxHashMap<String, String>>) -> Response {
+async fn list(
+    State(ctx): State<Ctx>,
+    sender: Option<Extension<Sender>>,
+    h: HeaderMap,
+    Query(q): Query<FxHashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_auth(&h) {
         return r;
     }
     let filter = q.get("tag").map(|t| t.split_once(':').unwrap_or((t.as_str(), "")));
     let st = super::lock(&ctx.shared.email);
-    let data: Vec<&Value> = st
-        .objects
-        .iter()
-        .filter(|o| filter.is_none_or(|(n, v)| tag(o, n).is_some_and(|x| v.is_empty() || x == v)))
+    let rows: Vec<usize> = (0..st.objects.len())
+        .filter(|&i| filter.is_none_or(|(n, v)| tag(&st.objects[i], n).is_some_and(|x| v.is_empty() || x == v)))
         .collect();
+    record_lookup(&ctx.shared, &st.api, slot(sender), rows.clone());
+    let data: Vec<&Value> = rows.into_iter().map(|i| &st.objects[i]).collect();
     json_response(200, &json!({ "object": "list", "data": data }))
 }

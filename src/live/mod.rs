@@ -35,6 +35,7 @@ pub mod model;
 pub mod net;
 pub mod payment;
 pub mod pg;
+pub mod runs;
 pub mod scenario;
 pub mod script;
 pub mod stack;
@@ -277,6 +278,10 @@ pub struct Shared {
     pub finals: Mutex<rustc_hash::FxHashMap<u32, Micros>>,
     /// The TCP proxies between components (live drills add their links).
     pub net: net::Network,
+    /// Every side-effect request and lookup the payment and email fakes
+    /// served, with the sender and the call of another it met (at most
+    /// [`MAX_ATTEMPTS`]; kept when the ledger of attempts is).
+    pub requests: Mutex<Vec<runs::EffectRequest>>,
     next_id: AtomicU64,
 }
 
@@ -302,6 +307,21 @@ impl Shared {
         if self.cfg.record_attempts {
             lock(&self.attempts).push(a);
         }
+    }
+
+    /// Records a side-effect request or lookup (when attempts are kept).
+    pub fn record_request(&self, r: runs::EffectRequest) {
+        if self.cfg.record_attempts {
+            let mut g = lock(&self.requests);
+            if g.len() < MAX_ATTEMPTS {
+                g.push(r);
+            }
+        }
+    }
+
+    /// `t` on the fakes' clock (µs since start; 0 before it).
+    pub fn us_at(&self, t: Instant) -> Micros {
+        u64::try_from(t.saturating_duration_since(self.start).as_micros()).unwrap_or(Micros::MAX)
     }
 
     /// The fake listening on `port`, if any.
@@ -338,6 +358,7 @@ impl Shared {
         }
         self.vector.reset();
         *lock(&self.attempts) = Attempts::default();
+        lock(&self.requests).clear();
         lock(&self.finals).clear();
     }
 }
@@ -433,6 +454,7 @@ pub async fn start(cfg: LiveConfig) -> Result<Served, LiveError> {
         killpoints: killpoint::Table::default(),
         finals: Mutex::new(rustc_hash::FxHashMap::default()),
         net: net::Network::new(cfg.seed),
+        requests: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(1),
         cfg,
     });

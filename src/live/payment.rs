@@ -20,7 +20,8 @@ use rustc_hash::FxHashMap;
 use serde_json::{Map, Value, json};
 
 use super::LiveConfig;
-use super::http::{Applied, Ctx, Note, fnv, header, idem_key, json_response, json_text, noted, sleep_until_us};
+use super::http::{Applied, Ctx, Note, Sender, fnv, header, idem_key, json_response, json_text, noted, sleep_until_us};
+use super::runs::{EffectRequest, RequestKind, in_progress_for, meeting, sender_host};
 use crate::components::ids::{HostId, IdemKey, JobId, Origin, TaskId, US_PER_MS};
 use crate::components::ledger::{ApiConfig, CallOutcome, LedgerEntry, SideEffectApi};
 
@@ -187,15 +188,18 @@ pub fn unix_now() -> u64 {
 type Make = Box<dyn FnOnce(String) -> Value + Send>;
 
 /// Runs one side-effecting request through [`SideEffectApi::call`].
+#[allow(clippy::too_many_arguments)]
 async fn effect(
     ctx: &Ctx,
     h: &HeaderMap,
     applied: &Applied,
+    sender: Option<u16>,
     hash: u64,
-    origin: Origin,
+    mut origin: Origin,
     prefix: &str,
     make: Make,
 ) -> Response {
+    origin.host = sender_host(sender);
     let key_text = header(h, "idempotency-key").map(str::to_owned);
     let key = key_text.as_deref().map(idem_key);
     let shared = &ctx.shared;
@@ -205,6 +209,7 @@ async fn effect(
     let (outcome, done_at, text, malformed) = {
         let mut st = super::lock(&shared.payment);
         let now = shared.now_us();
+        record_call(shared, &st.api, sender, origin, now);
         let (outcome, done_at) = st.api.call(now, key, hash, origin);
         if applied.schema_change() {
             st.api.set_schema_break(now, done_at + 1);
@@ -244,6 +249,58 @@ async fn effect(
     noted(resp, Note { job, replayed })
 }
 
+/// Records a side-effect call for the concurrent-run and stale-action
+/// counts ([`super::runs`]): who sent it, and another sender's call for the
+/// same (job, step) it met while that one was being processed.
+pub fn record_call(
+    shared: &super::Shared,
+    api: &crate::components::ledger::SideEffectApi,
+    sender: Option<u16>,
+    origin: Origin,
+    now: u64,
+) {
+    let named = (origin.job.0 != u32::MAX && origin.step != u16::MAX).then_some((origin.job.0, origin.step));
+    let processing_us = api.config().processing_us;
+    let met = named.and_then(|(job, step)| {
+        meeting(api.ledger(), processing_us, now, sender, in_progress_for(api.ledger(), processing_us, now, job, step))
+    });
+    shared.record_request(EffectRequest {
+        at_us: now,
+        boot_us: super::stack::env::monotonic_us(),
+        slot: sender,
+        kind: RequestKind::Call,
+        job: named.map(|n| n.0),
+        step: named.map(|n| n.1),
+        met,
+    });
+}
+
+/// Records a lookup whose answer holds the effects at ledger indices
+/// `rows` (see [`record_call`]).
+pub fn record_lookup(
+    shared: &super::Shared,
+    api: &crate::components::ledger::SideEffectApi,
+    sender: Option<u16>,
+    rows: Vec<usize>,
+) {
+    let now = shared.now_us();
+    let met = meeting(api.ledger(), api.config().processing_us, now, sender, rows);
+    shared.record_request(EffectRequest {
+        at_us: now,
+        boot_us: super::stack::env::monotonic_us(),
+        slot: sender,
+        kind: RequestKind::Lookup,
+        job: None,
+        step: None,
+        met,
+    });
+}
+
+/// The sender slot of a request ([`Sender`], absent outside a served listener).
+pub fn slot(sender: Option<Extension<Sender>>) -> Option<u16> {
+    sender.and_then(|Extension(Sender(s))| s)
+}
+
 /// A response that no longer matches the documented schema (a breaking change).
 fn break_schema(text: &[u8]) -> Vec<u8> {
     let mut v: Value = serde_json::from_slice(text).expect("the fake's own JSON");
@@ -260,6 +317,7 @@ fn break_schema(text: &[u8]) -> Vec<u8> {
 async fn create_intent(
     State(ctx): State<Ctx>,
     Extension(applied): Extension<Applied>,
+    sender: Option<Extension<Sender>>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -284,12 +342,13 @@ async fn create_intent(
                 "client_secret": format!("{id}_secret_agentdrill"), "created": unix_now(), "livemode": false,
                 "description": description, "metadata": meta, "latest_charge": if confirm { Some(id.replace("pi_", "ch_")) } else { None } })
     });
-    effect(&ctx, &h, &applied, hash, origin, "pi", make).await
+    effect(&ctx, &h, &applied, slot(sender), hash, origin, "pi", make).await
 }
 
 async fn create_refund(
     State(ctx): State<Ctx>,
     Extension(applied): Extension<Applied>,
+    sender: Option<Extension<Sender>>,
     h: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -318,7 +377,7 @@ async fn create_refund(
         json!({ "id": id, "object": "refund", "amount": amount, "currency": currency, "payment_intent": pi,
                 "status": "succeeded", "created": unix_now(), "metadata": meta })
     });
-    effect(&ctx, &h, &applied, hash, origin, "re", make).await
+    effect(&ctx, &h, &applied, slot(sender), hash, origin, "re", make).await
 }
 
 /// A PaymentIntent by id: one the fake created, or a `pi_hist_*` one.
@@ -361,18 +420,26 @@ async fn retrieve_refund(State(ctx): State<Ctx>, h: HeaderMap, Path(id): Path<St
 /// `GET /v1/refunds[?payment_intent=pi_…]`: Stripe's list of refunds, newest
 /// first, optionally of one PaymentIntent (what reconciliation of a refund
 /// reads: refunds are not searchable).
-async fn list_refunds(State(ctx): State<Ctx>, h: HeaderMap, Query(q): Query<FxHashMap<String, String>>) -> Response {
+async fn list_refunds(
+    State(ctx): State<Ctx>,
+    sender: Option<Extension<Sender>>,
+    h: HeaderMap,
+    Query(q): Query<FxHashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_auth(&h) {
         return r;
     }
     let st = super::lock(&ctx.shared.payment);
     let pi = q.get("payment_intent");
-    let data: Vec<&Value> = st
-        .objects
-        .iter()
+    let rows: Vec<usize> = (0..st.objects.len())
         .rev()
-        .filter(|o| o["object"] == "refund" && pi.is_none_or(|p| o["payment_intent"] == p.as_str()))
+        .filter(|&i| {
+            let o = &st.objects[i];
+            o["object"] == "refund" && pi.is_none_or(|p| o["payment_intent"] == p.as_str())
+        })
         .collect();
+    record_lookup(&ctx.shared, &st.api, slot(sender), rows.clone());
+    let data: Vec<&Value> = rows.into_iter().map(|i| &st.objects[i]).collect();
     json_response(200, &json!({ "object": "list", "url": "/v1/refunds", "has_more": false, "data": data }))
 }
 
@@ -387,7 +454,12 @@ fn clause(c: &str) -> Option<(Vec<String>, String)> {
     ["status", "currency", "amount"].contains(&field).then(|| (vec![field.to_owned()], value))
 }
 
-async fn search(State(ctx): State<Ctx>, h: HeaderMap, Query(q): Query<FxHashMap<String, String>>) -> Response {
+async fn search(
+    State(ctx): State<Ctx>,
+    sender: Option<Extension<Sender>>,
+    h: HeaderMap,
+    Query(q): Query<FxHashMap<String, String>>,
+) -> Response {
     if let Err(r) = check_auth(&h) {
         return r;
     }
@@ -406,7 +478,11 @@ async fn search(State(ctx): State<Ctx>, h: HeaderMap, Query(q): Query<FxHashMap<
             got.as_str().map_or_else(|| got.as_u64().is_some_and(|n| v.parse() == Ok(n)), |s| s == v)
         })
     };
-    let data: Vec<&Value> = st.objects.iter().filter(|o| o["object"] == "payment_intent" && matches(o)).collect();
+    let rows: Vec<usize> = (0..st.objects.len())
+        .filter(|&i| st.objects[i]["object"] == "payment_intent" && matches(&st.objects[i]))
+        .collect();
+    record_lookup(&ctx.shared, &st.api, slot(sender), rows.clone());
+    let data: Vec<&Value> = rows.into_iter().map(|i| &st.objects[i]).collect();
     json_response(
         200,
         &json!({ "object": "search_result", "url": "/v1/payment_intents/search", "has_more": false,

@@ -34,6 +34,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::lock;
+use super::runs::StallKind;
 
 /// Environment variable that marks a process as started by a run.
 pub const RUN_ID_ENV: &str = "AGENTDRILL_RUN_ID";
@@ -230,6 +231,12 @@ struct Seen {
     pids: Vec<Option<u32>>,
     starts: Vec<u32>,
     exits: Vec<ExitRecord>,
+    stalls: Vec<(usize, StallKind, Instant)>,
+}
+
+/// Notes that slot `i` was killed, exited, stopped or continued at `at`.
+fn stalled(seen: &Mutex<Seen>, i: usize, kind: StallKind, at: Instant) {
+    lock(seen).stalls.push((i, kind, at));
 }
 
 /// A running supervisor. Dropping it stops every replica.
@@ -262,6 +269,7 @@ impl Supervisor {
             pids: vec![None; specs.len()],
             starts: vec![0; specs.len()],
             exits: Vec::new(),
+            stalls: Vec::new(),
         }));
         let (tx, rx) = std_mpsc::channel();
         let (ready_tx, ready_rx) = std_mpsc::channel();
@@ -353,6 +361,14 @@ impl Supervisor {
     /// How many times slot `i` was started.
     pub fn starts(&self, i: usize) -> u32 {
         lock(&self.seen).starts.get(i).copied().unwrap_or(0)
+    }
+
+    /// Every kill, exit, stop (SIGSTOP) and continue (SIGCONT) of a slot so
+    /// far, with when it happened (the signal sent, or the exit reaped): what
+    /// tells a lookup meeting a stalled worker's call from a concurrent run
+    /// ([`super::runs::still_running`]).
+    pub fn stalls(&self) -> Vec<(usize, StallKind, Instant)> {
+        lock(&self.seen).stalls.clone()
     }
 
     /// Every exit so far.
@@ -502,6 +518,7 @@ fn run_loop(
                 if let Some(slot) = slots.get_mut(i)
                     && let Some(mut child) = slot.child.take()
                 {
+                    stalled(seen, i, StallKind::Killed, Instant::now());
                     let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
                     let status = child.wait();
                     slot.child = Some(child);
@@ -515,6 +532,7 @@ fn run_loop(
             Ok(Cmd::Hold(i, done)) => {
                 if let Some(slot) = slots.get_mut(i) {
                     if let Some(mut child) = slot.child.take() {
+                        stalled(seen, i, StallKind::Killed, Instant::now());
                         let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
                         let status = child.wait();
                         slot.child = Some(child);
@@ -538,6 +556,8 @@ fn run_loop(
             }
             Ok(Cmd::Signal(i, sig, done)) => {
                 if let Some(child) = slots.get(i).and_then(|s| s.child.as_ref()) {
+                    let kind = if sig == Signal::SIGSTOP { StallKind::Stopped } else { StallKind::Continued };
+                    stalled(seen, i, kind, Instant::now());
                     let _ = killpg(Pid::from_raw(child.id() as i32), sig);
                     if sig == Signal::SIGSTOP {
                         wait_stopped(child.id());
@@ -562,6 +582,7 @@ fn run_loop(
         for (i, slot) in slots.iter_mut().enumerate() {
             let exited = slot.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             if let Some(st) = exited {
+                stalled(seen, i, StallKind::Killed, now);
                 record(slot, i, seen, started, st, false);
                 slot.restart_at = Some(now + Duration::from_millis(slot.spec.restart_delay_ms));
             }

@@ -80,8 +80,15 @@ impl super::Cluster {
         };
         let dir = local::fresh_node_dir(opts, run_as)?;
         let (from, to) = (backup.data.clone(), dir.join("data"));
+        let docker = opts.backend == Backend::Docker;
         tokio::task::spawn_blocking(move || {
             local::run_tool(None, Command::new("cp").arg("-a").arg(&from).arg(&to))?;
+            if docker {
+                // The backup was taken by the harness (root): the container's
+                // server runs as the image's postgres user and must own it.
+                let owner = format!("{0}:{0}", super::docker::IMAGE_UID);
+                local::run_tool(None, Command::new("chown").arg("-R").arg(owner).arg(&to))?;
+            }
             // A backup of a node that had a standby may name it.
             super::pair::append_auto_conf(
                 &to,

@@ -308,7 +308,7 @@ async fn read_log(client: &Client) -> Result<Vec<LogRec>, PgError> {
 }
 
 /// What the durable event log of a reference stack shows after a drill.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
     /// Worker writes committed.
     pub writes: u64,
@@ -319,6 +319,13 @@ pub struct Audit {
     /// Step results persisted from tool responses that failed the schema
     /// ([`crate::drill::measure::corrupted_writes`] over the event log).
     pub corrupted_writes: u64,
+    /// Every lease grant of the event log (the lease history the
+    /// fakes' side-effect requests are judged against: stale actions).
+    pub grants: Vec<crate::live::runs::Grant>,
+    /// When each task was requeued (a lease found expired by the recovery
+    /// scan, or taken back at a promotion), on the boot clock (µs): when
+    /// the stack noticed a holder was gone.
+    pub requeues_us: Vec<crate::components::ids::Micros>,
 }
 
 /// Reads the reference stack's event log and write records from the
@@ -362,7 +369,30 @@ async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
     let log = read_log(client).await?;
     let mut audit = judge(&log, &writes);
     audit.corrupted_writes = crate::drill::measure::corrupted_writes(&log);
+    audit.grants = grants(&log);
+    audit.requeues_us = log.iter().filter(|r| matches!(r.op, Op::Requeue { .. })).map(|r| r.at_us).collect();
     Ok(Some(audit))
+}
+
+/// The lease grants of `log`, each with its task's job.
+pub fn grants(log: &[LogRec]) -> Vec<crate::live::runs::Grant> {
+    let mut jobs = rustc_hash::FxHashMap::default();
+    let mut out = Vec::new();
+    for rec in log {
+        match rec.op {
+            Op::Create { task, job, .. } => {
+                jobs.insert(task, job.0);
+            }
+            Op::Lease { task, lease } => {
+                if let Some(&job) = jobs.get(&task) {
+                    let (token, holder, at_us) = (lease.token, lease.holder, rec.at_us);
+                    out.push(crate::live::runs::Grant { job, task: task.0, token, holder, at_us });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Replays `log` and judges each write (at its first record's lsn) by the
