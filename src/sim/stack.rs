@@ -132,6 +132,10 @@ pub struct Truth {
     /// Side-effect requests of tasks that saw two lease tokens: checked
     /// after the run against the lease history (two workers ran a step?).
     pub suspect_requests: Vec<(Origin, Micros)>,
+    /// When a provider first answered a model request made under each
+    /// prompt/config version (the version's first model output), by
+    /// version.
+    pub first_output_us: std::collections::BTreeMap<u32, Micros>,
 }
 
 impl Truth {
@@ -853,6 +857,7 @@ impl Stack {
                             env.send_after(outcome.latency_us, from, Msg::ModelResp { req, outcome });
                             env.truth.calls += 1;
                             if outcome.result.is_ok() {
+                                env.truth.first_output_us.entry(request.version).or_insert(now + outcome.latency_us);
                                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                             }
                         }
