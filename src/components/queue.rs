@@ -338,6 +338,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pull_delivers_at_once_and_the_superseded_ack_wait_is_ignored() {
+        let cfg = QueueConfig { replicated: false, ..QueueConfig::default() };
+        let mut q = Queue::new(cfg, None, true);
+        let mut e = env();
+        q.on_msg(&mut e, HostId(1), publish(5));
+        let Timer::Redeliver { seq, delivery } = e.timers[0].1 else { panic!("AckWait timer") };
+        e.now = 1_000;
+        q.on_msg(&mut e, HostId(9), Msg::QueuePull { seqs: Box::new([seq, 99]) });
+        assert_eq!(deliveries(&e), 2, "the pull delivers the held message now; an unknown one is skipped");
+        q.on_timer(&mut e, Timer::Redeliver { seq, delivery });
+        assert_eq!(deliveries(&e), 2, "the first delivery's AckWait was superseded by the pull's");
+        let Timer::Redeliver { delivery: pulled, .. } = e.timers[1].1 else { panic!("the pull's AckWait") };
+        q.on_timer(&mut e, Timer::Redeliver { seq, delivery: pulled });
+        assert_eq!(deliveries(&e), 3);
+    }
+
+    #[test]
     fn an_acknowledged_message_is_gone_and_a_replica_answers_the_publisher() {
         let mut q = Queue::new(QueueConfig::default(), Some(HostId(5)), true);
         let mut e = env();
