@@ -857,7 +857,10 @@ impl Stack {
                             env.send_after(outcome.latency_us, from, Msg::ModelResp { req, outcome });
                             env.truth.calls += 1;
                             if outcome.result.is_ok() {
-                                env.truth.first_output_us.entry(request.version).or_insert(now + outcome.latency_us);
+                                // The earliest answer (a later request may be answered sooner).
+                                let at = now + outcome.latency_us;
+                                let first = env.truth.first_output_us.entry(request.version).or_insert(at);
+                                *first = (*first).min(at);
                                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                             }
                         }
