@@ -113,6 +113,10 @@ pub enum Timer {
     Redeliver {
         /// Queue sequence.
         seq: u64,
+        /// Which delivery of the message armed it (the message's delivery
+        /// count then): a delivery made since (a consumer's pull) armed
+        /// its own, and this one is stale.
+        delivery: u32,
     },
     /// Vector store: run the integrity check.
     IntegrityCheck,

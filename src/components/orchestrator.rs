@@ -7,7 +7,7 @@
 //! what a restart or a promotion runs.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -168,6 +168,9 @@ pub struct Orchestrator {
     /// When the failover controller was last heard (a health check, or the
     /// start-up that asked it who is primary).
     heard_controller_us: Micros,
+    /// Queue deliveries refused while not serving or self-fenced: the queue
+    /// node and the sequences, pulled once this serves (volatile).
+    refused: Option<(HostId, BTreeSet<u64>)>,
 }
 
 impl Orchestrator {
@@ -194,6 +197,7 @@ impl Orchestrator {
             last_good: Prompt::default(),
             watch: None,
             heard_controller_us: 0,
+            refused: None,
         }
     }
 
@@ -270,6 +274,7 @@ impl Orchestrator {
         self.pending_sync.clear();
         self.sync_degrade_armed = false; // the crash drops its timers
         self.reorder.clear();
+        self.refused = None;
     }
 
     /// A returning old primary that was failed away from: it must not serve.
@@ -472,6 +477,8 @@ impl Orchestrator {
                 if let Some(lsn) = self.create(env, job, template, steps, probe, replay) {
                     self.reply_at(env, lsn, from, Msg::QueueAck { seq });
                     self.dispatch(env);
+                } else {
+                    self.refuse(from, seq);
                 }
             }
             Msg::LeaseReq { req, sent_us } => {
@@ -557,6 +564,7 @@ impl Orchestrator {
                     env.send(from, Msg::Pong { seq });
                     if was_fenced {
                         self.dispatch(env); // workers parked while fenced
+                        self.pull_refused(env);
                     }
                 }
             }
@@ -589,12 +597,33 @@ impl Orchestrator {
                     self.arm(env);
                     env.note(Note::Serving);
                     self.dispatch(env);
+                    self.pull_refused(env);
                 }
                 if self.serving {
                     env.send(from, Msg::Opened);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Remembers a queue delivery refused while not serving or self-fenced
+    /// (the deliveries of one queue node: the active one).
+    fn refuse(&mut self, queue: HostId, seq: u64) {
+        match &mut self.refused {
+            Some((q, seqs)) if *q == queue => {
+                seqs.insert(seq);
+            }
+            _ => self.refused = Some((queue, BTreeSet::from([seq]))),
+        }
+    }
+
+    /// Now serving: asks the queue for the deliveries it refused, as a
+    /// consumer that attaches fetches what is pending (otherwise each would
+    /// wait out its AckWait after this serves).
+    fn pull_refused(&mut self, env: &mut impl Env) {
+        if let Some((queue, seqs)) = self.refused.take() {
+            env.send(queue, Msg::QueuePull { seqs: seqs.into_iter().collect() });
         }
     }
 

@@ -255,6 +255,12 @@ pub struct ModelRequest {
     /// prompt; the provider then draws nothing extra.
     #[serde(default)]
     pub defect_permille: u16,
+    /// The prompt/config version the request is made under (0: the
+    /// initial one). The provider ignores it; the harness records when each
+    /// version first produced an output (a bad deploy's rollback is timed
+    /// from it).
+    #[serde(default)]
+    pub version: u32,
 }
 
 /// An injected failure shape, active during an outage window.
@@ -670,7 +676,15 @@ mod tests {
     /// A request with prefix `hash` (4000 of 5000 input tokens cacheable).
     fn req(hash: u64, output_tokens: u32) -> ModelRequest {
         let (input_tokens, prefix_tokens, options) = (5_000, 4_000, 4);
-        ModelRequest { prefix_hash: hash, input_tokens, prefix_tokens, output_tokens, options, defect_permille: 0 }
+        ModelRequest {
+            prefix_hash: hash,
+            input_tokens,
+            prefix_tokens,
+            output_tokens,
+            options,
+            defect_permille: 0,
+            version: 0,
+        }
     }
 
     fn rng(seed: u64) -> ChaCha8Rng {

@@ -187,7 +187,8 @@ impl Queue {
         // it reconciles before it decides or acts (a replay).
         let replay = m.replay || m.deliveries > 1;
         env.send(to, Msg::Deliver { seq, job: m.job, template: m.template, steps: m.steps, probe: m.probe, replay });
-        env.set_timer(self.cfg.ack_wait_ms.saturating_mul(US_PER_MS), Timer::Redeliver { seq });
+        let delivery = m.deliveries;
+        env.set_timer(self.cfg.ack_wait_ms.saturating_mul(US_PER_MS), Timer::Redeliver { seq, delivery });
     }
 
     /// Handles a message.
@@ -223,6 +224,14 @@ impl Queue {
                 env.send(from, Msg::MirrorAck { job, publisher });
             }
             Msg::MirrorAck { job, publisher } => env.send(publisher, Msg::SubmitAck { job }),
+            // The consumer refused these while it could not serve and
+            // serves now: deliver what is still held at once (each
+            // delivery arms its own AckWait; the older timer is stale).
+            Msg::QueuePull { seqs } if self.active => {
+                for seq in seqs.iter().copied() {
+                    self.deliver(env, seq);
+                }
+            }
             Msg::QueueAck { seq } => {
                 self.messages.remove(&seq);
                 if let Some(r) = self.replica {
@@ -235,9 +244,9 @@ impl Queue {
 
     /// Handles a timer.
     pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
-        if let Timer::Redeliver { seq } = timer
+        if let Timer::Redeliver { seq, delivery } = timer
             && self.active
-            && self.messages.contains_key(&seq)
+            && self.messages.get(&seq).is_some_and(|m| m.deliveries == delivery)
         {
             let job = self.messages[&seq].job;
             env.note(Note::Redelivered { job });
@@ -321,11 +330,28 @@ mod tests {
         let mut q = Queue::new(cfg, None, true);
         let mut e = env();
         q.on_msg(&mut e, HostId(1), publish(3));
-        let Timer::Redeliver { seq } = e.timers[0].1 else { panic!("AckWait timer") };
-        q.on_timer(&mut e, Timer::Redeliver { seq });
-        q.on_timer(&mut e, Timer::Redeliver { seq });
+        let Timer::Redeliver { seq, delivery } = e.timers[0].1 else { panic!("AckWait timer") };
+        q.on_timer(&mut e, Timer::Redeliver { seq, delivery });
+        q.on_timer(&mut e, Timer::Redeliver { seq, delivery: delivery + 1 });
         assert_eq!(deliveries(&e), 2);
         assert_eq!((q.dead_lettered, q.messages().count()), (1, 0));
+    }
+
+    #[test]
+    fn a_pull_delivers_at_once_and_the_superseded_ack_wait_is_ignored() {
+        let cfg = QueueConfig { replicated: false, ..QueueConfig::default() };
+        let mut q = Queue::new(cfg, None, true);
+        let mut e = env();
+        q.on_msg(&mut e, HostId(1), publish(5));
+        let Timer::Redeliver { seq, delivery } = e.timers[0].1 else { panic!("AckWait timer") };
+        e.now = 1_000;
+        q.on_msg(&mut e, HostId(9), Msg::QueuePull { seqs: Box::new([seq, 99]) });
+        assert_eq!(deliveries(&e), 2, "the pull delivers the held message now; an unknown one is skipped");
+        q.on_timer(&mut e, Timer::Redeliver { seq, delivery });
+        assert_eq!(deliveries(&e), 2, "the first delivery's AckWait was superseded by the pull's");
+        let Timer::Redeliver { delivery: pulled, .. } = e.timers[1].1 else { panic!("the pull's AckWait") };
+        q.on_timer(&mut e, Timer::Redeliver { seq, delivery: pulled });
+        assert_eq!(deliveries(&e), 3);
     }
 
     #[test]

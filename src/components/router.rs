@@ -622,8 +622,15 @@ mod tests {
     /// Drives one call to the end; returns the (time, step) log.
     fn drive(router: &mut Router, mocks: &mut [ProviderMock], now: &mut Micros) -> Vec<(Micros, Step)> {
         let (input_tokens, prefix_tokens, output_tokens) = (2_000, 1_500, 200);
-        let req =
-            ModelRequest { prefix_hash: 1, input_tokens, prefix_tokens, output_tokens, options: 3, defect_permille: 0 };
+        let req = ModelRequest {
+            prefix_hash: 1,
+            input_tokens,
+            prefix_tokens,
+            output_tokens,
+            options: 3,
+            defect_permille: 0,
+            version: 0,
+        };
         let rng = &mut ChaCha8Rng::seed_from_u64(11);
         let mut call = router.start(*now);
         let (mut last, mut log) = (None, Vec::new());

@@ -125,6 +125,14 @@ pub enum Msg {
         /// Queue sequence.
         seq: u64,
     },
+    /// A consumer that refused deliveries while it could not take them
+    /// (not serving yet, or self-fenced) asks for them once it serves, as a
+    /// JetStream pull consumer fetches on attach: the queue delivers those
+    /// it still holds now, not an AckWait later.
+    QueuePull {
+        /// Queue sequences of the refused deliveries.
+        seqs: Box<[u64]>,
+    },
     /// The active queue node mirrors a publish to its replica.
     Mirror {
         /// Queue sequence.

@@ -895,6 +895,7 @@ impl Worker {
                     output_tokens,
                     options,
                     defect_permille: self.ctx.as_ref().expect("task").prompt.defect_permille,
+                    version: self.ctx.as_ref().expect("task").prompt.version,
                 };
                 self.ctx().decided_under = Some(self.ctx().prompt.version);
                 let origin = self.origin(ordinal);

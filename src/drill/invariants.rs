@@ -1636,11 +1636,11 @@ impl Budget {
         let mut spans: Vec<(Micros, Micros)> = (0..sc.faults.len())
             .filter_map(|j| {
                 let s = onsets[j]?;
-                Some((s, s + self.span_us(sc, j, s)))
+                Some((s, s + self.span_us(sc, onsets, j, s)))
             })
             .collect();
         spans.sort_unstable();
-        let mut end = t0 + self.span_us(sc, i, t0);
+        let mut end = t0 + self.span_us(sc, onsets, i, t0);
         let mut start = t0;
         // Grow the cluster until it no longer changes.
         loop {
@@ -1673,8 +1673,15 @@ impl Budget {
     /// 429 with a 41 s retry-after (3 × 0.8 s + 2 × 41 s = 84.4 s a call)
     /// adds 422 s: the job in flight at the outage resumed 336 s after the
     /// cut healed, behind four rounds of probes.
-    fn span_us(&self, sc: &Scenario, j: usize, s: Micros) -> Micros {
-        let own = self.own_us(sc, j) + self.work_us();
+    ///
+    /// A bad deploy's recovery starts only once a region serves (see
+    /// [`Budget::serving_again_us`]).
+    fn span_us(&self, sc: &Scenario, onsets: &[Option<Micros>], j: usize, s: Micros) -> Micros {
+        let wait = match &sc.faults[j] {
+            FaultSpec::BadDeploy { .. } => self.serving_again_us(sc, onsets, s) - s,
+            _ => 0,
+        };
+        let own = wait.saturating_add(self.own_us(sc, j)) + self.work_us();
         let end = s + own;
         let held_probes = match &sc.faults[j] {
             FaultSpec::Partition { duration, .. } | FaultSpec::LinkDegradation { duration, .. } => {
@@ -1697,6 +1704,22 @@ impl Budget {
             })
             .sum();
         own + slowdown
+    }
+
+    /// When a region serves again after `s`: the end of the own budget of
+    /// every region loss under way at `s` (its failover), else `s`. A bad
+    /// deploy's health watch judges a window from the version's first
+    /// output, and none can come while no region serves, so its own budget
+    /// runs from then: a deploy 10.4 s into a failover whose own budget is
+    /// 136.1 s (the standby's 109 s scale-up) waits 125.7 s, then takes its
+    /// two windows, the rollback and a lease (171.1 s).
+    fn serving_again_us(&self, sc: &Scenario, onsets: &[Option<Micros>], s: Micros) -> Micros {
+        (0..sc.faults.len())
+            .filter(|&k| matches!(sc.faults[k], FaultSpec::RegionLoss { .. }))
+            .filter_map(|k| onsets.get(k).copied().flatten().map(|sk| (sk, k)))
+            .filter(|&(sk, _)| sk <= s)
+            .map(|(sk, k)| sk.saturating_add(self.own_us(sc, k)))
+            .fold(s, Micros::max)
     }
 
     /// By when every job must be done: the last fault's end (or the last

@@ -18,6 +18,12 @@
 //!   counts as finished; the lost record shows in the RPO).
 //! - **Replanned** = plan steps whose decision differed between side
 //!   effects that acted on it.
+//! - **Rollback** (a bad deploy) = from the bad version's first model
+//!   output (the provider's first answer to a request made under it; the
+//!   deploy itself when there was none) until the last good version is live
+//!   again: a rollback is judged on outputs, so time in which nothing could
+//!   run under the version (no region serving, the only worker held up) is
+//!   not the rollback's. Target < 5 min (DOMAIN.md).
 
 use std::collections::BTreeMap;
 
@@ -135,8 +141,9 @@ pub struct FaultResult {
     pub rpo: RpoSurfaces,
     /// Tasks in flight at onset.
     pub in_flight_tasks: usize,
-    /// For a bad deploy: onset → the last good version live again (None:
-    /// never rolled back).
+    /// For a bad deploy: from the bad version's first model output (the
+    /// deploy's onset when it produced none) until the last good version
+    /// is live again (None: never rolled back). See [`rollback_us`].
     pub rollback_s: Option<f64>,
 }
 
@@ -428,8 +435,30 @@ fn fault_result(
         rto_parts: parts,
         rpo,
         in_flight_tasks: f.in_flight.len(),
-        rollback_s: (f.kind == "bad_deploy").then(|| good_version_live(stack, t0)).flatten().map(|at| us_to_s(at - t0)),
+        rollback_s: (f.kind == "bad_deploy").then(|| rollback_us(stack, t0)).flatten().map(us_to_s),
     }
+}
+
+/// How long the bad deploy at `t0` took to roll back: from the deployed
+/// version's first model output until the last good version was live
+/// again ([`good_version_live`]). A rollback is judged on outputs: until a
+/// model answers a request made under the version (ground truth: the
+/// provider's first answer, `Truth::first_output_us`), no health check
+/// can tell it is bad, so time with no output under it (no region
+/// serving, the only worker held up elsewhere) is not rollback time. With
+/// no output under it before the good version is back (a failover to a
+/// standby that never ran it), the time runs from the deploy.
+fn rollback_us(stack: &Stack, t0: Micros) -> Option<Micros> {
+    let live = good_version_live(stack, t0)?;
+    let deployed = stack.truth.trace.iter().filter(|e| e.at_us >= t0).find_map(|e| match e.note {
+        Note::Deployed { version } => Some(version),
+        _ => None,
+    });
+    let first_output = deployed
+        .and_then(|v| stack.truth.first_output_us.get(&v).copied())
+        .filter(|&at| at >= t0 && at <= live)
+        .unwrap_or(t0);
+    Some(live - first_output)
 }
 
 /// When the last good prompt version was live again after a bad deploy at

@@ -188,6 +188,7 @@ impl Script {
             output_tokens,
             options,
             defect_permille: 0,
+            version: 0,
         }
     }
 

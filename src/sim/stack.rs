@@ -132,6 +132,10 @@ pub struct Truth {
     /// Side-effect requests of tasks that saw two lease tokens: checked
     /// after the run against the lease history (two workers ran a step?).
     pub suspect_requests: Vec<(Origin, Micros)>,
+    /// When a provider first answered a model request made under each
+    /// prompt/config version (the version's first model output), by
+    /// version.
+    pub first_output_us: std::collections::BTreeMap<u32, Micros>,
 }
 
 impl Truth {
@@ -859,6 +863,10 @@ impl Stack {
                             env.send_after(outcome.latency_us, from, Msg::ModelResp { req, outcome });
                             env.truth.calls += 1;
                             if outcome.result.is_ok() {
+                                // The earliest answer (a later request may be answered sooner).
+                                let at = now + outcome.latency_us;
+                                let first = env.truth.first_output_us.entry(request.version).or_insert(at);
+                                *first = (*first).min(at);
                                 env.reach(origin.host, origin.job, origin.step, Phase::InFlight);
                             }
                         }
