@@ -320,6 +320,13 @@ impl Worker {
                     self.lookup(env);
                     return;
                 }
+                // A resent call or lookup asks the API about the task: the
+                // worker's own lease check first, as for the first send (a
+                // timeout that fires as the worker wakes from a pause past
+                // its lease would otherwise reach the next holder's call).
+                if matches!(o.msg, Msg::ToolReq { .. } | Msg::LookupReq { .. }) && self.dropped_past_lease(env) {
+                    return;
+                }
                 // Resend the same request (same key, same write: idempotent
                 // where the receiver deduplicates), to wherever the service
                 // is now.
@@ -1431,5 +1438,33 @@ mod tests {
         assert!(!env.sent.iter().any(|m| matches!(m, Msg::LookupReq { .. })), "{:?}", env.sent);
         assert!(w.ctx.is_none(), "the task is dropped");
         assert!(matches!(env.sent.last(), Some(Msg::LeaseReq { .. })), "{:?}", env.sent.last());
+    }
+
+    /// A lookup that timed out is resent only while the worker's lease
+    /// holds: a worker that wakes from a pause past its lease drops the
+    /// task instead (was seed 701 case 11460: the resent lookup met the
+    /// next holder's call of the same step).
+    #[test]
+    fn a_timed_out_lookup_is_resent_only_under_a_lease_that_holds() {
+        let replayed = |req: (u32, Micros)| match grant(req, 13, template("research_report")) {
+            Msg::LeaseGrant { req, mut grant } => {
+                grant.cursor = 3;
+                grant.replay = true;
+                Msg::LeaseGrant { req, grant }
+            }
+            _ => unreachable!("a grant"),
+        };
+        let lookups = |env: &TestEnv| env.sent.iter().filter(|m| matches!(m, Msg::LookupReq { .. })).count();
+        for (woke_at_us, resent) in [(40 * US_PER_S, 1), (70 * US_PER_S, 0)] {
+            let (mut w, mut env) = worker();
+            w.start(&mut env);
+            let lease_req = last_lease_req(&env);
+            w.on_msg(&mut env, ORCH, replayed(lease_req));
+            assert_eq!(lookups(&env), 1, "{:?}", env.sent);
+            env.now_us = woke_at_us;
+            w.on_timer(&mut env, Timer::Watchdog);
+            assert_eq!(lookups(&env), 1 + resent, "woke at {woke_at_us} us: {:?}", env.sent);
+            assert_eq!(w.ctx.is_some(), resent == 1, "the task is kept only under a lease that holds");
+        }
     }
 }
