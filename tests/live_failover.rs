@@ -272,7 +272,7 @@ fn active_active_live_matches_its_simulated_twin() {
 }
 
 #[test]
-#[ignore = "not yet within 20 %: live RTO measured 6.9 s, 9.7 s (docker) and 13.9 s (loaded machine) against the simulated 9.4 s; the restore's time and the resubmissions vary (run with --ignored)"]
+#[ignore = "not yet within 20 %, an open gap of issue 12: live RTO measured 6.9 s (twice), 9.7 s (docker) and 13.9 s (loaded machine) against the simulated 11.3 s, whose promoted store holds inherited tasks back a lease (resume 6.2 s simulated, 2.6 s live); run with --ignored"]
 fn cold_standby_live_matches_its_simulated_twin() {
     let _serial = serial();
     // Region b's database restored from the latest base backup (every 2 s):
