@@ -1408,6 +1408,19 @@ mod tests {
         assert_eq!(lease_until_us, LEASE_POLL_US + 60_000 * US_PER_MS * 9 / 10);
     }
 
+    /// A grant of job 13 replayed from its cursor at step 3 (a model step
+    /// whose side effect the worker must look up first).
+    fn replayed_grant(req: (u32, Micros)) -> Msg {
+        match grant(req, 13, template("research_report")) {
+            Msg::LeaseGrant { req, mut grant } => {
+                grant.cursor = 3;
+                grant.replay = true;
+                Msg::LeaseGrant { req, grant }
+            }
+            _ => unreachable!("a grant"),
+        }
+    }
+
     /// A replayed task resumed before a model step asks the API about the
     /// side effect the step governs, but only while the worker's lease
     /// holds: a worker whose lease ran out (it woke from a pause past it)
@@ -1415,18 +1428,10 @@ mod tests {
     /// lookup met the next holder's call of the same step).
     #[test]
     fn a_replay_lookup_waits_for_a_lease_that_still_holds() {
-        let replayed = |req: (u32, Micros)| match grant(req, 13, template("research_report")) {
-            Msg::LeaseGrant { req, mut grant } => {
-                grant.cursor = 3;
-                grant.replay = true;
-                Msg::LeaseGrant { req, grant }
-            }
-            _ => unreachable!("a grant"),
-        };
         let (mut w, mut env) = worker();
         w.start(&mut env);
         let lease_req = last_lease_req(&env);
-        w.on_msg(&mut env, ORCH, replayed(lease_req));
+        w.on_msg(&mut env, ORCH, replayed_grant(lease_req));
         assert!(matches!(env.sent.last(), Some(Msg::LookupReq { .. })), "{:?}", env.sent.last());
 
         let (mut w, mut env) = worker();
@@ -1434,7 +1439,7 @@ mod tests {
         let lease_req = last_lease_req(&env);
         // Received 70 s after the request: the 60 s lease is over.
         env.now_us = 70 * US_PER_S;
-        w.on_msg(&mut env, ORCH, replayed(lease_req));
+        w.on_msg(&mut env, ORCH, replayed_grant(lease_req));
         assert!(!env.sent.iter().any(|m| matches!(m, Msg::LookupReq { .. })), "{:?}", env.sent);
         assert!(w.ctx.is_none(), "the task is dropped");
         assert!(matches!(env.sent.last(), Some(Msg::LeaseReq { .. })), "{:?}", env.sent.last());
@@ -1446,20 +1451,12 @@ mod tests {
     /// next holder's call of the same step).
     #[test]
     fn a_timed_out_lookup_is_resent_only_under_a_lease_that_holds() {
-        let replayed = |req: (u32, Micros)| match grant(req, 13, template("research_report")) {
-            Msg::LeaseGrant { req, mut grant } => {
-                grant.cursor = 3;
-                grant.replay = true;
-                Msg::LeaseGrant { req, grant }
-            }
-            _ => unreachable!("a grant"),
-        };
         let lookups = |env: &TestEnv| env.sent.iter().filter(|m| matches!(m, Msg::LookupReq { .. })).count();
         for (woke_at_us, resent) in [(40 * US_PER_S, 1), (70 * US_PER_S, 0)] {
             let (mut w, mut env) = worker();
             w.start(&mut env);
             let lease_req = last_lease_req(&env);
-            w.on_msg(&mut env, ORCH, replayed(lease_req));
+            w.on_msg(&mut env, ORCH, replayed_grant(lease_req));
             assert_eq!(lookups(&env), 1, "{:?}", env.sent);
             env.now_us = woke_at_us;
             w.on_timer(&mut env, Timer::Watchdog);
