@@ -827,10 +827,19 @@ fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
 /// For a loss of a region that an earlier, still ongoing loss already took
 /// down (or that came back from one less than a replication window
 /// `window_us` before, too soon to replicate anything): how long since that
-/// loss began. RPO is measured from each fault's own
-/// onset, so a second loss of a lost region re-measures the first loss's
-/// data, aged by the time between them.
-fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Micros {
+/// loss began, plus that loss's own exposure ([`exposure_us`]). RPO is
+/// measured from each fault's own onset, so a second loss of a lost region
+/// re-measures the first loss's data, aged by the time between them; the
+/// down region wrote nothing since, so what its replica lacked then (the
+/// replica's absence chained at the first loss, which may have ended since)
+/// is what it lacks now.
+/// Example (seed 808 case 15461): region B lost over [338.7 s, 530.7 s),
+/// A lost at 531.1 s (B back 0.4 s before, no 1.1 s tick between) and
+/// again, for good, at 535.9 s: A's writes since 338.7 s never left A. At
+/// the first loss B's absence chains (192.4 s); at the second it ended
+/// more than a window before, so only the first loss carries it: 4.8 s +
+/// 192.4 s.
+fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
     let mut extra = 0;
     for (j, f) in sc.faults.iter().enumerate() {
@@ -840,10 +849,21 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
             && (s, j) < (t0, i)
             && duration.is_none_or(|d| s + d.us() + window_us > t0)
         {
-            extra = extra.max(t0 - s);
+            extra = extra.max(t0 - s + exposure_us(sc, onsets, j, window_us, service));
         }
     }
     extra
+}
+
+/// How far back before region loss `i` the lost region's writes may not
+/// have reached the replica, beyond one replication window: the replica's
+/// chained absence ([`replica_down_us`]) or, when the region was already
+/// down, what its earlier loss exposed aged since ([`already_down_us`]).
+/// The lost data is one or the other (written before the earlier loss, or
+/// after the region came back), so the larger bounds both. Recurses only
+/// into losses earlier in (onset, index) order, so it ends.
+fn exposure_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
+    replica_down_us(sc, onsets, i, window_us, service).max(already_down_us(sc, onsets, i, window_us, service))
 }
 
 fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
@@ -1282,7 +1302,8 @@ impl Budget {
     /// memory), given the onsets: the configured bounds, extended when the
     /// replica's region was down before it (writes made meanwhile cannot
     /// have reached it), when the same region had already been lost (RPO is
-    /// measured from each loss's own onset), and, for vector memory, when
+    /// measured from each loss's own onset, and the earlier loss's exposure
+    /// carries over: the down region wrote nothing since), and, for vector memory, when
     /// the region came back from a temporary loss too recently for its
     /// restarted snapshot schedule to have shipped a snapshot (the newest
     /// one the other region holds then predates that loss).
@@ -1292,9 +1313,7 @@ impl Budget {
         onsets: &[Option<Micros>],
         i: usize,
     ) -> (Option<Micros>, Option<Micros>) {
-        let extend = |b: Micros, service: &str| {
-            b + replica_down_us(sc, onsets, i, b, service) + already_down_us(sc, onsets, i, b)
-        };
+        let extend = |b: Micros, service: &str| b + exposure_us(sc, onsets, i, b, service);
         // A replication-lag spike under way at the loss adds its lag.
         let spike = onsets[i].map_or(0, |t0| {
             sc.faults
@@ -1801,6 +1820,62 @@ fn all_providers_down_until(sc: &Scenario, from: Micros, until: Micros) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A warm standby replicating every 1.1 s (0 lag) and snapshotting
+    /// every 30 s, with region losses `(at_s, region, duration_s)` (None:
+    /// for good), and their onsets.
+    fn losses(faults: &[(f64, &str, Option<f64>)]) -> (Scenario, Vec<Option<Micros>>) {
+        let mut text = String::from(
+            "tier = \"batch\"\nhorizon = \"30m\"\n[stack]\npattern = \"warm_standby\"\n\
+             replication = { mode = \"async\", lag_ms = 0, interval_ms = 1100 }\n\
+             vector = { snapshot_interval = \"30s\", ship_delay = \"1s\", snapshot_location = \"other_region\" }\n",
+        );
+        for (at_s, region, duration_s) in faults {
+            text += &format!("[[faults]]\nkind = \"region_loss\"\nat = \"{}ms\"\nregion = \"{region}\"\n", at_s * 1e3);
+            if let Some(d) = duration_s {
+                text += &format!("duration = \"{}ms\"\n", d * 1e3);
+            }
+        }
+        let sc = crate::drill::scenario::parse(std::path::Path::new("t.toml"), &text).expect("a valid scenario");
+        let onsets = faults.iter().map(|f| Some((f.0 * 1e6).round() as Micros)).collect();
+        (sc, onsets)
+    }
+
+    /// The structured-state bound of loss `i`, in ms.
+    fn structured_ms(faults: &[(f64, &str, Option<f64>)], i: usize) -> Micros {
+        let (sc, onsets) = losses(faults);
+        Budget::new(&sc).rpo_bounds_us(&sc, &onsets, i).0.expect("replicated") / US_PER_MS
+    }
+
+    #[test]
+    fn a_second_loss_of_a_down_region_keeps_what_the_first_loss_exposed() {
+        // One window: 1.1 s + 40 ms.
+        assert_eq!(structured_ms(&[(100.0, "a", None)], 0), 1_140);
+        // Seed 808 case 15461: B away over [338.7 s, 530.7 s), back 0.4 s
+        // before A's loss (no tick between), A lost again for good 4.8 s
+        // later. A's writes since 338.7 s never left it: the first loss
+        // allows 192.4 s + a window, the second 4.8 s more.
+        let seed808 = [(531.1, "a", Some(149.0)), (338.7, "b", Some(192.0)), (535.9, "a", None)];
+        assert_eq!(structured_ms(&seed808, 0), 1_140 + 192_400);
+        assert_eq!(structured_ms(&seed808, 2), 1_140 + 192_400 + 4_800);
+        // Seed 802 case 75267: B away over [0 s, 600 s), A lost at 594.1 s
+        // (B still away) and for good at 770.9 s, after B came back: A's
+        // writes since 0 s never left it; vector memory likewise (a 31.04 s
+        // snapshot cycle).
+        let seed802 = [(594.1, "a", Some(219.0)), (770.9, "a", None), (0.0, "b", Some(600.0))];
+        assert_eq!(structured_ms(&seed802, 1), 1_140 + 770_900);
+        let (sc, onsets) = losses(&seed802);
+        assert_eq!(Budget::new(&sc).rpo_bounds_us(&sc, &onsets, 1).1, Some((31_040 + 770_900) * US_PER_MS));
+        // Three overlapping losses of A: down from 590 s through 660 s, B
+        // away until 600 s, so A's writes since 0 s are exposed.
+        let three = [(0.0, "b", Some(600.0)), (590.0, "a", Some(30.0)), (610.0, "a", Some(60.0)), (660.0, "a", None)];
+        assert_eq!(structured_ms(&three, 3), 1_140 + 660_000);
+        // The larger exposure, not the sum: B away over [0 s, 119.5 s)
+        // chains at A's second loss (120 s) as at its first (50 s), but A,
+        // down since 50 s, wrote nothing after: 120 s, not 120 s + 70 s.
+        let both = [(0.0, "b", Some(119.5)), (50.0, "a", Some(100.0)), (120.0, "a", None)];
+        assert_eq!(structured_ms(&both, 2), 1_140 + 120_000);
+    }
 
     #[test]
     fn sort_by_job_orders_as_a_comparison_sort() {
