@@ -44,7 +44,8 @@
 //!   replication or with same-region snapshots. For each vector corruption
 //!   restored by the horizon, its own vector RPO ≤ the integrity-check
 //!   interval + snapshot cycle, plus the time since a failover under way at
-//!   it began ([`Budget::corruption_rpo_us`]).
+//!   it began, or since an earlier corruption whose restore it shares plus
+//!   that one's bound ([`Budget::corruption_rpo_us`]).
 //! - **`rto_bound`**: each fault's measured RTO ≤ its own budget from the
 //!   stack's configuration ([`Budget::rto_bound_us`]): detection, promotion
 //!   and DNS TTL, scale-up, hydration, lease expiry and recovery scan, the
@@ -788,7 +789,7 @@ fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
             }
             // The lost region's own earlier outage: it shipped nothing
             // while down. Only a link of the chain (it ended more than a
-            // window before `t0`, else `already_down_us` counts it).
+            // window before `t0`, else `already_down_by` names it).
             (FaultSpec::RegionLoss { region: r, duration: Some(d), .. }, Some(s))
                 if r == region && s < t0 && s.saturating_add(d.us()).saturating_add(window_us) <= t0 =>
             {
@@ -826,22 +827,13 @@ fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
 
 /// For a loss of a region that an earlier, still ongoing loss already took
 /// down (or that came back from one less than a replication window
-/// `window_us` before, too soon to replicate anything): how long since that
-/// loss began, plus that loss's own exposure ([`exposure_us`]). RPO is
-/// measured from each fault's own onset, so a second loss of a lost region
-/// re-measures the first loss's data, aged by the time between them; the
-/// down region wrote nothing since, so what its replica lacked then (the
-/// replica's absence chained at the first loss, which may have ended since)
-/// is what it lacks now.
-/// Example (seed 808 case 15461): region B lost over [338.7 s, 530.7 s),
-/// A lost at 531.1 s (B back 0.4 s before, no 1.1 s tick between) and
-/// again, for good, at 535.9 s: A's writes since 338.7 s never left A. At
-/// the first loss B's absence chains (192.4 s); at the second it ended
-/// more than a window before, so only the first loss carries it: 4.8 s +
-/// 192.4 s.
-fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
-    let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
-    let mut extra = 0;
+/// `window_us` before, too soon to replicate anything): the latest such
+/// loss, in (onset, index) order. It is the one that counts: every earlier
+/// one also took the region down at its onset, so its exposure already
+/// carries theirs ([`exposure_us`]).
+fn already_down_by(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros) -> Option<usize> {
+    let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return None };
+    let mut latest: Option<(Micros, usize)> = None;
     for (j, f) in sc.faults.iter().enumerate() {
         if let (FaultSpec::RegionLoss { region: r, duration, .. }, Some(s)) = (f, onsets[j])
             && j != i
@@ -849,21 +841,38 @@ fn already_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us
             && (s, j) < (t0, i)
             && duration.is_none_or(|d| s + d.us() + window_us > t0)
         {
-            extra = extra.max(t0 - s + exposure_us(sc, onsets, j, window_us, service));
+            latest = latest.max(Some((s, j)));
         }
     }
-    extra
+    latest.map(|(_, j)| j)
 }
 
 /// How far back before region loss `i` the lost region's writes may not
 /// have reached the replica, beyond one replication window: the replica's
-/// chained absence ([`replica_down_us`]) or, when the region was already
-/// down, what its earlier loss exposed aged since ([`already_down_us`]).
-/// The lost data is one or the other (written before the earlier loss, or
-/// after the region came back), so the larger bounds both. Recurses only
-/// into losses earlier in (onset, index) order, so it ends.
+/// chained absence ([`replica_down_us`]) or, when an earlier loss had
+/// already taken the region down ([`already_down_by`]), the time since
+/// that loss plus its own exposure. RPO is measured from each fault's own
+/// onset, so a second loss of a lost region re-measures the first loss's
+/// data, aged by the time between them; the down region wrote nothing
+/// since, so what its replica lacked then (the replica's absence chained
+/// at the first loss, which may have ended since) is what it lacks now.
+/// The lost data was written before the earlier loss or after the region
+/// came back, so the larger of the two bounds both.
+/// Example (seed 808 case 15461): region B lost over [338.7 s, 530.7 s),
+/// A lost at 531.1 s (B back 0.4 s before, no 1.1 s tick between) and
+/// again, for good, at 535.9 s: A's writes since 338.7 s never left A. At
+/// the first loss B's absence chains (192.4 s); at the second it ended
+/// more than a window before, so only the first loss carries it: 4.8 s +
+/// 192.4 s.
 fn exposure_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
-    replica_down_us(sc, onsets, i, window_us, service).max(already_down_us(sc, onsets, i, window_us, service))
+    let (mut best, mut since_us, mut at) = (0, 0, i);
+    loop {
+        best = best.max(since_us + replica_down_us(sc, onsets, at, window_us, service));
+        let Some(j) = already_down_by(sc, onsets, at, window_us) else { return best };
+        // Both onsets are known: `already_down_by` only names a struck loss.
+        since_us += onsets[at].unwrap_or(0) - onsets[j].unwrap_or(0);
+        at = j;
+    }
 }
 
 fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mut Vec<Violation>) {
@@ -1200,6 +1209,43 @@ fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micro
         .unwrap_or(0)
 }
 
+/// The own RPO bound and restore deadline of a vector corruption at `t0`
+/// ([`Budget::corruption_rpo_us`] without the earlier corruptions whose
+/// restore it shares), given the failovers (onset, RTO bound) by onset.
+fn own_corruption_rpo_us(sc: &Scenario, failovers: &[(Micros, Micros)], t0: Micros) -> (Micros, Micros) {
+    let vs = &sc.stack.vector;
+    let check_us = vs.integrity_check_interval.us();
+    let base_us = check_us + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+    let mut bound_us = base_us;
+    let mut restored_by_us = t0 + check_us + RESTORE_SLACK_US;
+    for &(s, recovery_us) in failovers {
+        if s <= t0 && t0 <= s.saturating_add(recovery_us) {
+            bound_us = bound_us.max(t0 - s + base_us);
+        }
+        if s <= restored_by_us {
+            restored_by_us = restored_by_us.max(s.saturating_add(recovery_us) + check_us + RESTORE_SLACK_US);
+        }
+    }
+    (bound_us, restored_by_us)
+}
+
+/// The latest vector corruption before corruption `i`, in (onset, index)
+/// order, whose restore is not due yet at `i`'s onset.
+fn restore_pending_at(
+    sc: &Scenario,
+    onsets: &[Option<Micros>],
+    failovers: &[(Micros, Micros)],
+    i: usize,
+) -> Option<usize> {
+    let t0 = onsets[i]?;
+    (0..sc.faults.len())
+        .filter(|&j| matches!(sc.faults[j], FaultSpec::VectorCorruption { .. }))
+        .filter_map(|j| Some((onsets[j]?, j)))
+        .filter(|&(c, j)| (c, j) < (t0, i) && t0 <= own_corruption_rpo_us(sc, failovers, c).1)
+        .max()
+        .map(|(_, j)| j)
+}
+
 /// Time after an integrity check for the point-in-time restore to finish
 /// (restores of generated sizes take seconds to a few minutes).
 const RESTORE_SLACK_US: Micros = 5 * 60 * US_PER_S;
@@ -1434,11 +1480,33 @@ impl Budget {
     /// - The promoted store checks its integrity one interval after it
     ///   serves: a failover starting before the check is due postpones the
     ///   restore to the end of that failover's recovery plus an interval.
+    ///
+    /// A corruption striking before an earlier one's restore is due shares
+    /// that restore, which goes back to a snapshot from before the earlier
+    /// corruption: it loses the earlier corruption's points too, aged by
+    /// the time between (RPO is measured from each fault's own onset). The
+    /// latest such corruption counts (it carries any earlier one's). Seed
+    /// 811 case 60957: corrupted at 306.1 s and 670.8 s, checked every
+    /// 5 min, snapshots every 103 s; the restore found at 600 s and done at
+    /// 671 s went back to the snapshot of 206 s: 364.7 s + 404.04 s allowed,
+    /// 464.7 s lost.
     pub fn corruption_rpo_us(&self, sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Option<(Micros, Micros)> {
-        let t0 = onsets[i]?;
-        let vs = &sc.stack.vector;
-        let check_us = vs.integrity_check_interval.us();
-        let base_us = check_us + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+        let failovers = self.failover_spans_us(sc, onsets);
+        let (mut bound_us, restored_by_us) = own_corruption_rpo_us(sc, &failovers, onsets[i]?);
+        let (mut since_us, mut at) = (0, i);
+        while let Some(j) = restore_pending_at(sc, onsets, &failovers, at) {
+            // Both onsets are known: `restore_pending_at` names a struck one.
+            let (t_at, t_j) = (onsets[at].unwrap_or(0), onsets[j].unwrap_or(0));
+            since_us += t_at - t_j;
+            bound_us = bound_us.max(since_us + own_corruption_rpo_us(sc, &failovers, t_j).0);
+            at = j;
+        }
+        Some((bound_us, restored_by_us))
+    }
+
+    /// The faults that may fail over (region losses, cuts, lossy links), as
+    /// (onset, RTO bound), by onset.
+    fn failover_spans_us(&self, sc: &Scenario, onsets: &[Option<Micros>]) -> Vec<(Micros, Micros)> {
         let mut failovers: Vec<(Micros, Micros)> = (0..sc.faults.len())
             .filter(|&j| {
                 matches!(
@@ -1449,17 +1517,7 @@ impl Budget {
             .filter_map(|j| Some((onsets[j]?, self.rto_bound_us(sc, onsets, j)?)))
             .collect();
         failovers.sort_unstable();
-        let mut bound_us = base_us;
-        let mut restored_by_us = t0 + check_us + RESTORE_SLACK_US;
-        for &(s, recovery_us) in &failovers {
-            if s <= t0 && t0 <= s.saturating_add(recovery_us) {
-                bound_us = bound_us.max(t0 - s + base_us);
-            }
-            if s <= restored_by_us {
-                restored_by_us = restored_by_us.max(s.saturating_add(recovery_us) + check_us + RESTORE_SLACK_US);
-            }
-        }
-        Some((bound_us, restored_by_us))
+        failovers
     }
 
     /// Failover of the serving region, from the loss until the standby serves
@@ -1845,6 +1903,38 @@ mod tests {
     fn structured_ms(faults: &[(f64, &str, Option<f64>)], i: usize) -> Micros {
         let (sc, onsets) = losses(faults);
         Budget::new(&sc).rpo_bounds_us(&sc, &onsets, i).0.expect("replicated") / US_PER_MS
+    }
+
+    /// The RPO bound of vector corruption `i` among corruptions at `at_s`,
+    /// in ms (snapshots every 103 s shipped in 1 s, checks every 5 min).
+    fn corruption_ms(at_s: &[f64], i: usize) -> Micros {
+        let mut text = String::from(
+            "tier = \"batch\"\nhorizon = \"1h\"\n[stack]\npattern = \"warm_standby\"\n\
+             vector = { snapshot_interval = \"103s\", ship_delay = \"1s\", snapshot_location = \"other_region\", \
+             integrity_check_interval = \"5m\" }\n",
+        );
+        for at in at_s {
+            text += &format!("[[faults]]\nkind = \"vector_corruption\"\nat = \"{}ms\"\nfraction = 0.01\n", at * 1e3);
+        }
+        let sc = crate::drill::scenario::parse(std::path::Path::new("t.toml"), &text).expect("a valid scenario");
+        let onsets: Vec<Option<Micros>> = at_s.iter().map(|a| Some((a * 1e6).round() as Micros)).collect();
+        Budget::new(&sc).corruption_rpo_us(&sc, &onsets, i).expect("struck").0 / US_PER_MS
+    }
+
+    #[test]
+    fn a_corruption_before_an_earlier_ones_restore_shares_its_loss() {
+        // Alone: a check interval and a snapshot cycle, 404.04 s.
+        assert_eq!(corruption_ms(&[306.1], 0), 404_040);
+        // Seed 811 case 60957: the restore of the corruption at 306.1 s
+        // (found at 600 s, done at 671 s) went back to the snapshot of
+        // 206 s and took the one at 670.8 s with it: 364.7 s more.
+        assert_eq!(corruption_ms(&[670.8, 306.1], 0), 364_700 + 404_040);
+        assert_eq!(corruption_ms(&[670.8, 306.1], 1), 404_040);
+        // A chain: each shares the restore of the one before.
+        assert_eq!(corruption_ms(&[306.1, 500.0, 700.0], 2), 393_900 + 404_040);
+        // Past the earlier restore's deadline (a check and 5 min of
+        // restore), its own again.
+        assert_eq!(corruption_ms(&[306.1, 906.2], 1), 404_040);
     }
 
     #[test]
