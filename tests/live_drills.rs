@@ -5,8 +5,9 @@
 //! mid-drill leaves nothing running after the next start.
 //!
 //! They need the official Python SDKs in `target/sdk-venv` (`cargo xtask
-//! test` installs them and sets `AGENTDRILL_PYTHON`); without them they fail
-//! and say so.
+//! test` installs them and sets `AGENTDRILL_PYTHON`), and Node.js for the
+//! node agent's drills (`examples/node-agent/`, run with the catalogue;
+//! `cargo xtask test` installs `nodejs`); without them they fail and say so.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,6 +29,23 @@ fn python() -> PathBuf {
         ok,
         "the official Python SDKs are not installed at {}: run the tests with `cargo xtask test` \
          (it installs stripe, anthropic, openai and qdrant-client into target/sdk-venv)",
+        p.display()
+    );
+    p
+}
+
+/// Node.js (18 or later: built-in `fetch`) for the node agent's drills
+/// (`examples/node-agent/`, `scenarios/live/node-*.toml`), or a failure that
+/// names the command to run.
+fn node() -> PathBuf {
+    let p = std::env::var_os("AGENTDRILL_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let out = Command::new(&p).arg("--version").output();
+    let version = out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let major = version.as_deref().and_then(|v| v.trim_start_matches('v').split('.').next()?.parse::<u32>().ok());
+    assert!(
+        major.is_some_and(|m| m >= 18),
+        "Node.js 18 or later is needed for the node agent's live drills (examples/node-agent/), found {version:?} \
+         at `{}`: run the tests with `cargo xtask test` (it installs the `nodejs` apt package), or set AGENTDRILL_NODE",
         p.display()
     );
     p
@@ -123,6 +141,7 @@ fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
         .current_dir(root())
         .args(["run", "scenarios/live/", "--format", "json"])
         .env("AGENTDRILL_PYTHON", python())
+        .env("AGENTDRILL_NODE", node())
         .env("AGENTDRILL_RUN_DIR", &runs)
         .env("RUST_LOG", "warn")
         .output()
@@ -155,7 +174,84 @@ fn the_live_catalogue_passes_with_every_anti_pattern_caught() {
         }
     }
     assert!(drills.iter().filter(|d| d["expect"] == "fail").count() >= 7);
+    node_drills_match_their_python_twins(drills);
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// The node agent (`scenarios/live/node-*.toml`, run with the catalogue)
+/// under the same schedules as the python agent: the same verdict and the
+/// same catch, every job done with one effect per step where it passes; a
+/// SIGKILL at the kill point; and the drill of its own leases (two
+/// replicas, one frozen past its lease) passing with no concurrent run.
+fn node_drills_match_their_python_twins(drills: &[Value]) {
+    let named = |n: &str| drills.iter().find(|d| d["scenario"] == n).unwrap_or_else(|| panic!("{n} ran"));
+    let node: Vec<&Value> =
+        drills.iter().filter(|d| d["scenario"].as_str().is_some_and(|s| s.starts_with("live-node-"))).collect();
+    assert!(node.len() >= 10, "the node drills ran with the catalogue: {}", node.len());
+    for d in &node {
+        let name = d["scenario"].as_str().expect("name");
+        assert!(d["wall_s"].as_f64() < Some(15.0), "{name}: a node drill stays short: {d:#}");
+        if d["expect"] == "pass" {
+            assert_eq!(d["counts"]["done_tasks"], 10, "{name}: {d:#}");
+            assert_eq!(d["counts"]["side_effects"], 20, "{name}: a charge and an email per job: {d:#}");
+            assert_eq!(d["duplicates"], 0, "{name}: {d:#}");
+            assert_eq!(d["lost_effects"], 0, "{name}: {d:#}");
+        }
+        let exits = d["process_exits"].as_array().expect("exit records");
+        assert!(exits.iter().all(|x| x["by_harness"] == true), "{name}: no unexpected exit: {exits:#?}");
+        if d["faults"][0]["kind"] == "kill_at_call" {
+            assert!(d["faults"][0]["onset_s"].as_f64().is_some(), "{name}: the kill point fired: {d:#}");
+            assert!(exits.iter().any(|x| x["signal"] == 9), "{name}: the agent was SIGKILLed: {exits:#?}");
+        }
+    }
+    let pause = named("live-node-worker-pause-past-lease");
+    assert_eq!(pause["counts"]["concurrent_runs"], 0, "the zombie stopped itself: {pause:#}");
+    assert!(pause["faults"][0]["onset_s"].as_f64().is_some(), "the pause point fired: {pause:#}");
+    for (twin, python) in [
+        ("worker-kill-before-commit", "live-python-worker-kill-before-commit"),
+        ("worker-kill-after-commit", "live-python-worker-kill-after-commit"),
+        ("worker-kill-after-response", "live-python-worker-kill-after-response"),
+        ("non-dedupe-email-reconcile", "live-python-non-dedupe-email-reconcile"),
+        ("antipattern-key-from-clock", "live-python-antipattern-key-from-clock"),
+        ("antipattern-checkpoint-after-step", "live-python-antipattern-checkpoint-after-step"),
+        ("worker-kill-at-model-call", "live-python-worker-kill-at-model-call"),
+        ("provider-outage-fallback", "live-python-provider-outage-fallback"),
+        ("antipattern-resume-without-reconcile", "live-python-antipattern-resume-without-reconcile"),
+    ] {
+        let (n, p) = (named(&format!("live-node-{twin}")), named(python));
+        for field in ["expect", "verdict", "met_targets"] {
+            assert_eq!(n[field], p[field], "{twin}: {field} as the python agent's: node {n:#}\npython {p:#}");
+        }
+        let caught = |d: &Value| d["duplicates"].as_u64() > Some(0);
+        assert_eq!(caught(n), caught(p), "{twin}: caught as the python agent's: node {n:#}\npython {p:#}");
+    }
+}
+
+#[test]
+fn node_drills_run_the_python_agents_schedules() {
+    // The twins differ in the agent they start, nothing else: the same
+    // faults, fakes, jobs, seed and expectation.
+    let strip = |file: &str| -> String {
+        let text = std::fs::read_to_string(root().join("scenarios/live").join(file)).expect("read scenario");
+        let mut t: toml::Table = toml::from_str(&text).expect("TOML");
+        for k in ["name", "purpose", "processes"] {
+            t.remove(k);
+        }
+        toml::to_string(&t).expect("TOML")
+    };
+    for (node, python) in [
+        ("node-worker-kill-before-commit.toml", "python-worker-kill-before-commit.toml"),
+        ("node-worker-kill-after-commit.toml", "python-worker-kill-after-commit.toml"),
+        ("node-worker-kill-after-response.toml", "python-worker-kill-after-response.toml"),
+        ("node-non-dedupe-email-reconcile.toml", "python-non-dedupe-email-reconcile.toml"),
+        ("node-antipattern-key-from-clock.toml", "antipattern-key-from-clock.toml"),
+        ("node-antipattern-checkpoint-after-step.toml", "antipattern-checkpoint-after-step.toml"),
+        ("node-worker-kill-at-model-call.toml", "python-worker-kill-at-model-call.toml"),
+        ("node-provider-outage-fallback.toml", "python-provider-outage-fallback.toml"),
+        ("node-antipattern-resume-without-reconcile.toml", "antipattern-resume-without-reconcile.toml"),
+    ] {
+        assert_eq!(strip(node), strip(python), "{node} runs {python}'s schedule");
+    }
 }
 
 #[test]

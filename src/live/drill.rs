@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::failover;
-use super::killpoint::{Fired, Point};
+use super::killpoint::{ANSWER_FLUSH_MS, Fired, KillPhase, Point};
 use super::net::{Endpoint, Selector, TcpToxic};
 use super::runs::{self, Stall};
 use super::scenario::{DoneWhen, LiveFault, LiveScenario, env_name, expand};
@@ -161,6 +161,16 @@ pub enum LiveRunError {
     Runtime(std::io::Error),
 }
 
+/// The API keys every replica is handed (test keys the fakes accept, in the
+/// variables the official SDKs read); a scenario's `env` may override them.
+pub const FAKE_KEYS: [(&str, &str); 5] = [
+    ("ANTHROPIC_API_KEY", "sk-ant-agentdrill"),
+    ("OPENAI_API_KEY", "sk-agentdrill"),
+    ("STRIPE_API_KEY", "sk_test_agentdrill"),
+    ("STRIPE_SECRET_KEY", "sk_test_agentdrill"),
+    ("RESEND_API_KEY", "re_agentdrill"),
+];
+
 /// One replica's place: process, replica, sender slot, listen address.
 #[derive(Clone, Debug)]
 struct Replica {
@@ -277,6 +287,10 @@ fn specs(sc: &LiveScenario, served: &Served, reps: &[Replica], state_root: &std:
             let p = sc.processes.iter().find(|p| p.name == r.process).expect("replicas come from processes");
             let mut env: Vec<(String, String)> =
                 served.env_via(|f| w.fakes[slot][f.index()]).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            // Test keys the fakes accept: an official SDK (any language)
+            // refuses to start without its key variable, and a real key in
+            // the harness's environment must not reach the stack.
+            env.extend(FAKE_KEYS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
             // Peers (replica 0 of each process) through the links; a
             // replica 0 reaches itself directly.
             let peer = |q: &str| {
@@ -993,7 +1007,18 @@ async fn drive(
                         onsets[i].slot = Some(slot);
                         onsets[i].starts_before = sup.starts(slot);
                         let s = sup.clone();
-                        let _ = tokio::task::spawn_blocking(move || s.kill(slot)).await;
+                        if f.phase == KillPhase::AfterResponse {
+                            // Frozen now, killed once its answer left: it
+                            // never reads it (`killpoint`'s table).
+                            let _ = tokio::task::spawn_blocking(move || s.pause(slot)).await;
+                            let s = sup.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(ANSWER_FLUSH_MS)).await;
+                                let _ = tokio::task::spawn_blocking(move || s.kill(slot)).await;
+                            });
+                        } else {
+                            let _ = tokio::task::spawn_blocking(move || s.kill(slot)).await;
+                        }
                         tracing::info!(fault = i, slot, job = ?f.job, phase = f.phase.name(), "killed the sender");
                     }
                     (None, _) => tracing::warn!(fault = i, "the request came on a shared port: no sender to kill (does the process use the AGENTDRILL_* / *_BASE_URL environment?)"),

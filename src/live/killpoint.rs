@@ -12,7 +12,14 @@
 //! |---|---|---|
 //! | `before_commit` | never happens | never sent (connection dropped) |
 //! | `after_commit` | happens | never sent (connection dropped) |
-//! | `after_response` | happens | sent; the kill follows it |
+//! | `after_response` | happens | sent to the frozen sender, which is then killed |
+//!
+//! With `after_response` the harness freezes the sender (SIGSTOP) when told,
+//! the answer leaves into its socket, and the harness SIGKILLs it
+//! [`ANSWER_FLUSH_MS`] later: it never reads the answer, however fast it is.
+//! (A kill a few milliseconds after the answer left was late for a Node
+//! agent, which read and persisted its charge's answer first: the drill
+//! exercised nothing.)
 //!
 //! A pause point (`pause_at_call`) freezes the sender (SIGSTOP) instead,
 //! before anything leaves: with `after_response` the answer then waits in
@@ -45,6 +52,10 @@ pub const MAX_POINTS: usize = 64;
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// How long a held request waits for the harness's ack, in ms.
 pub const ACK_TIMEOUT_MS: u64 = 10_000;
+/// After an `after_response` point fired (the sender frozen), how long the
+/// harness waits for the answer to leave into the sender's socket before
+/// the SIGKILL, in ms.
+pub const ANSWER_FLUSH_MS: u64 = 50;
 
 /// Where, relative to the effect and the response, the sender dies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -198,6 +209,16 @@ fn step_of(body: &[u8]) -> Option<u16> {
     tags.iter().find(|t| t["name"] == "step")?["value"].as_str()?.parse().ok()
 }
 
+/// The job a request names (`job-<N>`): in the body as sent, or in a form
+/// body's decoded values (an encoder may escape `-` as `%2D`, as
+/// `application/x-www-form-urlencoded` allows).
+fn job_of(body: &[u8]) -> Option<u32> {
+    super::script::find_job(&String::from_utf8_lossy(body)).or_else(|| {
+        let pairs = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).ok()?;
+        pairs.iter().find_map(|(_, v)| super::script::find_job(v))
+    })
+}
+
 /// Tells the harness and waits for its ack (or the timeout).
 async fn fire(
     hit: (usize, KillPhase, bool, mpsc::UnboundedSender<Fired>),
@@ -224,7 +245,7 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return json_response(413, &serde_json::json!({ "error": "agentdrill: request body too large or unreadable" }));
     };
-    let job = super::script::find_job(&String::from_utf8_lossy(&bytes));
+    let job = job_of(&bytes);
     let hit = ctx.shared.killpoints.hit(ctx.fake, job, step_of(&bytes));
     let req = Request::from_parts(parts, Body::from(bytes));
     let Some(hit) = hit else { return next.run(req).await };
@@ -245,13 +266,10 @@ pub async fn layer(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
             next.run(req).await
         }
         KillPhase::AfterResponse => {
+            // The effect commits; the harness freezes the sender before
+            // the answer leaves, and kills it once it has left.
             let resp = next.run(req).await;
-            tokio::spawn(async move {
-                // The response is on its way once the handler returns; give
-                // it a moment to leave before the kill.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                fire(hit, slot, job, at_us).await;
-            });
+            fire(hit, slot, job, at_us).await;
             resp
         }
     }
@@ -290,5 +308,13 @@ mod tests {
         assert_eq!(step_of(b"amount=5&metadata%5Bjob_id%5D=job-3&metadata%5Bstep%5D=2"), Some(2));
         assert_eq!(step_of(br#"{"tags":[{"name":"job_id","value":"job-3"},{"name":"step","value":"4"}]}"#), Some(4));
         assert_eq!(step_of(b"{}"), None);
+    }
+
+    #[test]
+    fn the_job_is_read_from_a_form_body_whatever_its_encoder_escaped() {
+        assert_eq!(job_of(b"amount=5&metadata%5Bjob_id%5D=job-3"), Some(3));
+        assert_eq!(job_of(b"amount=5&metadata%5Bjob_id%5D=job%2D7&metadata%5Bstep%5D=2"), Some(7));
+        assert_eq!(job_of(br#"{"messages":[{"role":"user","content":"Run job-12 (book_flight)"}]}"#), Some(12));
+        assert_eq!(job_of(b"amount=5"), None);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Installs what the tests need and is missing, then runs `cargo test
 //! --release`:
-//! - the apt packages of [`APT_PACKAGES`] (each checked by a command first);
+//! - the apt packages of [`APT_PACKAGES`] (each checked by a command first;
+//!   `nodejs` among them, for the node agent's live drills);
 //! - when a Docker daemon answers, the PostgreSQL image of the live drills'
 //!   docker backend, built offline by `scripts/build-pg-image.sh` (a no-op
 //!   when its tag exists);
@@ -24,6 +25,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("test -d /usr/share/fonts/truetype/liberation", "fonts-liberation"),
     // tests/pg.rs and the live drills start PostgreSQL 15 (the local backend).
     ("command -v initdb || test -x /usr/lib/postgresql/15/bin/initdb", "postgresql-15"),
+    // tests/live_drills.rs runs the node agent (examples/node-agent/, built-in fetch: Node 18+).
+    ("command -v node", "nodejs"),
 ];
 
 /// The official SDKs the SDK tests drive, pinned.
@@ -44,7 +47,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask test [cargo test arguments…]\n\ninstalls the apt packages (PostgreSQL 15 among them) and the Python SDKs the tests need (into target/sdk-venv), builds the PostgreSQL image when Docker answers (scripts/build-pg-image.sh), then runs cargo test --release\n\nexample: cargo xtask test --test pg"
+                "usage: cargo xtask test [cargo test arguments…]\n\ninstalls the apt packages (PostgreSQL 15 and Node.js among them) and the Python SDKs the tests need (into target/sdk-venv), builds the PostgreSQL image when Docker answers (scripts/build-pg-image.sh), then runs cargo test --release\n\nexample: cargo xtask test --test pg"
             );
             ExitCode::from(2)
         }
