@@ -130,6 +130,54 @@ impl DeployWatch {
     }
 }
 
+/// A periodic timer armed only while a firing could find work. Its firings
+/// fall where a timer re-armed on every firing would fire (`phase_us` plus
+/// whole periods), so a firing it skips is one that would have found
+/// nothing, and the work it does happens at the same times.
+#[derive(Clone, Copy, Debug, Default)]
+struct LazyTimer {
+    /// When the schedule started or last fired.
+    phase_us: Micros,
+    /// When the armed timer fires (`None`: none armed). Timers cannot be
+    /// cancelled, so a firing before this (one armed before a demotion, or
+    /// before an earlier re-arm) is stale and ignored.
+    due_us: Option<Micros>,
+}
+
+impl LazyTimer {
+    /// The schedule starts now, with no timer armed.
+    fn restart(&mut self, now_us: Micros) {
+        *self = LazyTimer { phase_us: now_us, due_us: None };
+    }
+
+    /// Whether a firing at `now_us` is the armed timer's. If so, none is
+    /// armed any more and the schedule goes on from now (a firing a pause
+    /// deferred shifts it, as it shifts a timer re-armed on firing).
+    fn fired(&mut self, now_us: Micros) -> bool {
+        match self.due_us {
+            Some(due_us) if now_us >= due_us => {
+                self.restart(now_us);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Arms the timer for the schedule's first firing after `now_us` and
+    /// at or after `not_before_us`, unless the armed one fires no later.
+    /// Returns the delay to set a timer for, if one is needed.
+    fn arm(&mut self, period_us: Micros, now_us: Micros, not_before_us: Micros) -> Option<Micros> {
+        let period_us = period_us.max(1);
+        let target_us = not_before_us.max(now_us + 1);
+        let due_us = self.phase_us + target_us.saturating_sub(self.phase_us).div_ceil(period_us) * period_us;
+        if self.due_us.is_some_and(|d| d <= due_us) {
+            return None;
+        }
+        self.due_us = Some(due_us);
+        Some(due_us - now_us)
+    }
+}
+
 /// The orchestrator component.
 pub struct Orchestrator {
     cfg: OrchConfig,
@@ -159,6 +207,14 @@ pub struct Orchestrator {
     /// each re-arm (without bound over a long horizon).
     sync_degrade_armed: bool,
     replica_acked: u64,
+    /// The recovery scan, armed while a lease is outstanding or a task held.
+    scan: LazyTimer,
+    /// The replication tick, armed while records are not acknowledged.
+    tick: LazyTimer,
+    /// The last `Replicate` batch shipped (first and end index, records),
+    /// sent again as long as the replica has not acknowledged more and the
+    /// cut-off has not moved.
+    shipped: Option<(usize, usize, std::sync::Arc<[crate::components::store::LogRec]>)>,
     stale_accepted: u64,
     reorder: std::collections::BTreeMap<u64, crate::components::store::LogRec>,
     extra_lag_us: Micros,
@@ -190,6 +246,9 @@ impl Orchestrator {
             pending_sync: VecDeque::new(),
             sync_degrade_armed: false,
             replica_acked: 0,
+            scan: LazyTimer::default(),
+            tick: LazyTimer::default(),
+            shipped: None,
             stale_accepted: 0,
             reorder: std::collections::BTreeMap::new(),
             extra_lag_us: 0,
@@ -273,6 +332,9 @@ impl Orchestrator {
         self.held.clear();
         self.pending_sync.clear();
         self.sync_degrade_armed = false; // the crash drops its timers
+        self.scan.due_us = None; // (a demotion's are stale once re-armed)
+        self.tick.due_us = None;
+        self.shipped = None;
         self.reorder.clear();
         self.refused = None;
     }
@@ -341,16 +403,55 @@ impl Orchestrator {
         }
     }
 
-    fn arm(&self, env: &mut impl Env) {
-        env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
-        match (self.cfg.replication, self.cfg.replica) {
-            (Replication::Async { interval_ms, .. }, Some(_)) => {
-                env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
-            }
-            // Synchronous replication ships each write as it commits; the
-            // tick re-ships what a replica that was away has not confirmed.
-            (Replication::Sync { .. }, Some(_)) => env.set_timer(SYNC_RESHIP_US, Timer::ReplicationTick),
-            _ => {}
+    /// Starts the recovery scan's and the replication tick's schedules
+    /// (serving starts); each is armed only while it has work.
+    fn arm(&mut self, env: &mut impl Env) {
+        let now_us = env.now_us();
+        self.scan.restart(now_us);
+        self.tick.restart(now_us);
+        self.arm_scan(env);
+        self.arm_tick(env);
+    }
+
+    /// Arms the recovery scan for the first firing that can find work: an
+    /// outstanding lease expired (the earliest expiry; every period when
+    /// leases run on the wall clock, which a skew moves) or the held-back
+    /// inherited tasks released. A scan in between would find nothing.
+    fn arm_scan(&mut self, env: &mut impl Env) {
+        if !self.serving {
+            return;
+        }
+        let now_us = env.now_us();
+        let expiry_us = match self.expiries.peek() {
+            None => None,
+            Some(_) if self.cfg.wall_clock_leases => Some(now_us),
+            Some(&Reverse((expires_us, _))) => Some(expires_us),
+        };
+        let held_us = (!self.held.is_empty()).then_some(self.hold_inherited_until_us);
+        let Some(not_before_us) = expiry_us.into_iter().chain(held_us).min() else { return };
+        if let Some(after_us) = self.scan.arm(self.cfg.recovery_scan_ms * US_PER_MS, now_us, not_before_us) {
+            env.set_timer(after_us, Timer::RecoveryScan);
+        }
+    }
+
+    /// Arms the replication tick for the first firing that ships: the
+    /// oldest record the replica has not acknowledged is old enough (the
+    /// base lag; a lag spike only delays, and that firing re-arms).
+    /// Synchronous replication ships each write as it commits; its tick
+    /// re-ships what a replica that was away has not confirmed after
+    /// [`SYNC_RESHIP_US`].
+    fn arm_tick(&mut self, env: &mut impl Env) {
+        let (period_us, lag_us) = match (self.cfg.replication, self.cfg.replica) {
+            (Replication::Async { lag_ms, interval_ms }, Some(_)) => (interval_ms * US_PER_MS, lag_ms * US_PER_MS),
+            (Replication::Sync { .. }, Some(_)) => (SYNC_RESHIP_US, SYNC_RESHIP_US),
+            _ => return,
+        };
+        if !self.primary {
+            return;
+        }
+        let Some(oldest) = self.store.log().get(self.replica_acked as usize) else { return };
+        if let Some(after_us) = self.tick.arm(period_us, env.now_us(), oldest.at_us.saturating_add(lag_us)) {
+            env.set_timer(after_us, Timer::ReplicationTick);
         }
     }
 
@@ -439,7 +540,10 @@ impl Orchestrator {
             && let Some(r) = self.cfg.replica
         {
             let rec = *self.store.last_rec().expect("just committed");
-            env.send(r, Msg::Replicate { recs: Box::new([rec]) });
+            env.send(r, Msg::Replicate { recs: std::sync::Arc::new([rec]) });
+        }
+        if self.tick.due_us.is_none() {
+            self.arm_tick(env); // a record to ship
         }
         lsn
     }
@@ -508,6 +612,7 @@ impl Orchestrator {
                     let expires_us = self.lease_clock(env) + self.cfg.lease_ms * US_PER_MS;
                     let lsn = self.commit(env, Op::Renew { task, expires_us });
                     self.expiries.push(Reverse((expires_us, task)));
+                    self.arm_scan(env);
                     let prompt = self.prompt;
                     self.reply_at(
                         env,
@@ -737,6 +842,7 @@ impl Orchestrator {
             }
             if self.inherited_held(env, t) {
                 self.held.push(task);
+                self.arm_scan(env); // releases it
                 continue;
             }
             let worker = self.parked.pop_front().expect("non-empty");
@@ -752,6 +858,7 @@ impl Orchestrator {
             let lease = Lease { holder: worker, token, expires_us };
             let lsn = self.commit(env, Op::Lease { task, lease });
             self.expiries.push(Reverse((expires_us, task)));
+            self.arm_scan(env); // finds it expired
             let t = self.store.task(task).expect("exists");
             let grant = Grant {
                 task,
@@ -776,9 +883,11 @@ impl Orchestrator {
     /// Handles a timer.
     pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
         match timer {
-            Timer::RecoveryScan if self.serving => {
-                self.recovery_scan(env);
-                env.set_timer(self.cfg.recovery_scan_ms * US_PER_MS, Timer::RecoveryScan);
+            Timer::RecoveryScan if self.scan.fired(env.now_us()) => {
+                if self.serving {
+                    self.recovery_scan(env);
+                }
+                self.arm_scan(env);
             }
             Timer::SyncDegrade => {
                 // Semi-synchronous fallback: release writes the replica has
@@ -824,18 +933,18 @@ impl Orchestrator {
                 self.prompt = Prompt { version: self.prompt.version + 1, ..self.last_good };
                 env.note(Note::RolledBack { version: self.prompt.version });
             }
-            Timer::ReplicationTick if self.primary => match (self.cfg.replication, self.cfg.replica) {
-                (Replication::Async { lag_ms, interval_ms }, Some(replica)) => {
-                    self.ship(env, replica, lag_ms * US_PER_MS + self.extra_lag_us);
-                    env.set_timer(interval_ms * US_PER_MS, Timer::ReplicationTick);
-                }
-                (Replication::Sync { .. }, Some(replica)) => {
+            Timer::ReplicationTick if self.tick.fired(env.now_us()) => {
+                match (self.cfg.replication, self.cfg.replica) {
+                    _ if !self.primary => {}
+                    (Replication::Async { lag_ms, .. }, Some(replica)) => {
+                        self.ship(env, replica, lag_ms * US_PER_MS + self.extra_lag_us);
+                    }
                     // Only what has waited a full tick: the rest is in flight.
-                    self.ship(env, replica, SYNC_RESHIP_US);
-                    env.set_timer(SYNC_RESHIP_US, Timer::ReplicationTick);
+                    (Replication::Sync { .. }, Some(replica)) => self.ship(env, replica, SYNC_RESHIP_US),
+                    _ => {}
                 }
-                _ => {}
-            },
+                self.arm_tick(env);
+            }
             _ => {}
         }
     }
@@ -851,7 +960,22 @@ impl Orchestrator {
         let mut start = from;
         while start < upto {
             let end = (start + REPLICATE_BATCH_RECORDS).min(upto);
-            env.send(replica, Msg::Replicate { recs: log.range(start, end).collect() });
+            let recs = match &self.shipped {
+                // The same batch as last time (nothing acknowledged since,
+                // nothing newer old enough): shared, not copied again.
+                Some((f, e, recs)) if (*f, *e) == (start, end) => recs.clone(),
+                _ => {
+                    // Collected from a range of known length, straight
+                    // into the shared allocation (no intermediate `Vec`).
+                    let recs: std::sync::Arc<[_]> =
+                        (start..end).map(|i| log.get(i).expect("below the log's end")).collect();
+                    if start == from {
+                        self.shipped = Some((start, end, recs.clone()));
+                    }
+                    recs
+                }
+            };
+            env.send(replica, Msg::Replicate { recs });
             start = end;
         }
     }
@@ -888,4 +1012,36 @@ pub fn task_uid(job: crate::components::ids::JobId) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LazyTimer;
+
+    #[test]
+    fn a_lazy_timer_fires_on_its_schedule_and_ignores_stale_firings() {
+        let mut t = LazyTimer::default();
+        t.restart(0);
+        // Work at 7 that is due at once: the next point of the 5 µs schedule.
+        assert_eq!(t.arm(5, 7, 0), Some(3));
+        // Work due later needs no earlier timer.
+        assert_eq!(t.arm(5, 8, 23), None);
+        // Work due at 10 exactly fires at 10, not 15.
+        let mut u = LazyTimer::default();
+        u.restart(0);
+        assert_eq!(u.arm(5, 1, 10), Some(9));
+        // An earlier need re-arms; the later timer's firing is then stale.
+        let mut v = LazyTimer::default();
+        v.restart(0);
+        assert_eq!(v.arm(5, 1, 23), Some(24)); // due 25
+        assert_eq!(v.arm(5, 2, 6), Some(8)); // due 10
+        assert!(!v.fired(9), "before its due time a firing is stale");
+        assert!(v.fired(10));
+        assert!(!v.fired(10), "a second firing at the same instant is stale");
+        assert!(!v.fired(25), "the timer replaced by an earlier one is stale");
+        // A firing a pause deferred shifts the schedule, as a re-armed timer's would.
+        assert_eq!(v.arm(5, 10, 0), Some(5)); // due 15
+        assert!(v.fired(17));
+        assert_eq!(v.arm(5, 17, 0), Some(5)); // due 22
+    }
 }

@@ -325,7 +325,7 @@ pub enum Msg {
     /// Structured-state replication: a batch of log records.
     Replicate {
         /// Records in LSN order.
-        recs: Box<[LogRec]>,
+        recs: std::sync::Arc<[LogRec]>,
     },
     /// The replica applied up to this LSN.
     ReplicateAck {
