@@ -300,6 +300,34 @@ fn cold_standby_live_matches_its_simulated_twin() {
     );
 }
 
+/// A partition between the regions: its RTO splits into detection (the
+/// onset until the event log's first requeue, a lease found expired) and
+/// resume (the rest), measured on the live drill.
+#[test]
+fn partition_between_regions_reports_detection_and_resume() {
+    let _serial = serial();
+    let dir = run_dir("partition");
+    let live = run_json(
+        &root().join("scenarios/live/reference-partition-between-regions.toml"),
+        &[("AGENTDRILL_RUN_DIR", &dir)],
+    );
+    assert_eq!(live["verdict"], "pass", "{live:#}");
+    let rto = live["rto_s"].as_f64().expect("recovered");
+    let parts = &live["rto_parts"];
+    let (detection, resume) = (parts["detection_s"].as_f64().unwrap(), parts["resume_s"].as_f64().unwrap());
+    eprintln!("partition: RTO {rto:.2} s, detection {detection:.2} s, resume {resume:.2} s");
+    // No lease can be found expired before it runs out: a lease of 2 s,
+    // renewed every third of it, outlives the cut's onset by 4/3 s at least
+    // (less the last renewal's own delay, hence 1 s).
+    assert!(detection >= 1.0, "detection {detection} s is shorter than a lease can expire: {parts}");
+    assert!(resume > 0.0, "the requeued tasks still had to finish: {parts}");
+    assert!((detection + resume - rto).abs() < 1e-3, "the parts add up to the RTO {rto}: {parts}");
+    for other in ["routing_s", "scale_up_s", "hydration_s"] {
+        assert_eq!(parts[other].as_f64(), Some(0.0), "no failover in a partition: {parts}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn docker_answers() -> bool {
     Command::new("docker")
         .args(["info"])
