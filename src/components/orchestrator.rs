@@ -266,6 +266,12 @@ impl Orchestrator {
         Orchestrator { store, ..Orchestrator::new(cfg, true) }
     }
 
+    /// A standby on the store replication gave it (a live process on a
+    /// database PostgreSQL has just promoted), to be promoted by `Promote`.
+    pub fn standby_with_store(cfg: OrchConfig, store: Store) -> Self {
+        Orchestrator { store, ..Orchestrator::new(cfg, false) }
+    }
+
     /// The durable store (ground truth of what is recorded).
     pub fn store(&self) -> &Store {
         &self.store

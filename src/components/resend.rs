@@ -11,6 +11,8 @@
 //!   the task's uid, and so the idempotency keys, from the job id, so a
 //!   re-created task re-issues its steps under the same keys.
 //!
+//! [`is_replay`] says whether a send goes out as a replay.
+//!
 //! Each rule is a timer: armed at the first entry while disarmed, and on
 //! firing it releases every entry that is due (or settled) in age order,
 //! then re-arms while entries are left. The caller owns the clock and the
@@ -103,6 +105,17 @@ impl Resends {
     }
 }
 
+/// Whether a send of a job is a replay: a send of it was acknowledged
+/// before, or its first send went to another orchestrator than the one
+/// the client's routing names now (`first_to`, `now_to`), acknowledged or
+/// not. The stack there may have run the job with only its answer lost,
+/// and the store serving now may not hold that run: a task created from a
+/// replay reconciles before it decides or acts. The simulated client and
+/// the live submitter both ask this.
+pub fn is_replay<D: PartialEq>(acked_before: bool, first_to: &D, now_to: &D) -> bool {
+    acked_before || first_to != now_to
+}
+
 /// Pops the entries of `queue` that are due at `now_us` (older than
 /// `after_us`) or already settled, oldest first; returns the unsettled ones.
 /// Stops at the first entry that is neither.
@@ -158,5 +171,12 @@ mod tests {
         let mut r = Resends::new(0, 0);
         assert_eq!(r.sent(0, JobId(1)), Some(MIN_RETRY_US));
         assert_eq!(r.accepted(0, JobId(1)), Some(MIN_RESUBMIT_US));
+    }
+
+    #[test]
+    fn a_send_is_a_replay_once_acknowledged_or_once_traffic_moved() {
+        assert!(!is_replay(false, &"a", &"a"), "a first send, or a retry to the same orchestrator");
+        assert!(is_replay(true, &"a", &"a"), "acknowledged before");
+        assert!(is_replay(false, &"a", &"b"), "traffic moved since the first send, acknowledged or not");
     }
 }

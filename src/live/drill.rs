@@ -737,9 +737,15 @@ async fn wait_ready(sc: &LiveScenario, reps: &[Replica], sup: &Supervisor) -> Re
 /// job not `done` (ground truth, from [`drive`]) within `resubmit_after` is
 /// submitted again with the same job number. Each job is sent on
 /// `accepted` once, at its first acceptance.
+///
+/// A send goes out as a replay by the simulated client's rule
+/// ([`crate::components::resend::is_replay`]): acknowledged before, or
+/// first sent while the submit address led elsewhere than now (`route`:
+/// the stable link the failover moves; without one it never moves).
 async fn submitter(
     sc: LiveScenario,
     submit_url: Option<String>,
+    route: Option<failover::NetLink>,
     env: Vec<(String, String)>,
     accepted: mpsc::UnboundedSender<u32>,
     mut done: mpsc::UnboundedReceiver<u32>,
@@ -757,6 +763,8 @@ async fn submitter(
     let mut answered = rustc_hash::FxHashSet::default();
     // Attempts waiting for their answer, per job.
     let mut in_flight: FxHashMap<u32, u32> = FxHashMap::default();
+    // Where each job's first send went (the submit link's upstream then).
+    let mut first_to: FxHashMap<u32, String> = FxHashMap::default();
     let (mut retry_at, mut resubmit_at) = (None, None);
     let at = |after_us: Micros| Some(start + Duration::from_micros(now_us().saturating_add(after_us)));
     let mut next = 0u32;
@@ -804,7 +812,10 @@ async fn submitter(
             // job waits one more `submit_retry` instead of a second one.
             if !in_flight.contains_key(&job) {
                 *in_flight.entry(job).or_default() += 1;
-                tokio::spawn(send.clone().attempt(job, answer_tx.clone()));
+                let to = route.as_ref().and_then(failover::NetLink::upstream).unwrap_or_default();
+                let first = first_to.entry(job).or_insert_with(|| to.clone());
+                let replay = crate::components::resend::is_replay(acked.contains(&job), first, &to);
+                tokio::spawn(send.clone().attempt(job, replay, answer_tx.clone()));
             }
             if let Some(after_us) = resends.sent(now_us(), JobId(job)) {
                 retry_at = at(after_us);
@@ -838,13 +849,14 @@ struct Sender {
 }
 
 impl Sender {
-    /// Submits `job` once; its answer (accepted or not) goes to `answer`.
-    async fn attempt(self, job: u32, answer: mpsc::UnboundedSender<(u32, bool)>) {
+    /// Submits `job` once (as a replay: the body says so); its answer
+    /// (accepted or not) goes to `answer`.
+    async fn attempt(self, job: u32, replay: bool, answer: mpsc::UnboundedSender<(u32, bool)>) {
         let workflow = self.sc.jobs.workflow.clone().unwrap_or_else(|| self.script.template_for(job).name.to_owned());
         let ok = match (&self.url, &self.sc.submit.command, &self.client) {
             (Some(url), _, Some(c)) => c
                 .post(url)
-                .json(&serde_json::json!({ "job": job, "workflow": workflow }))
+                .json(&serde_json::json!({ "job": job, "workflow": workflow, "replay": replay }))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success()),
@@ -953,6 +965,9 @@ async fn drive(
         }
     }
     let mut cuts: FxHashMap<usize, super::net::CutId> = FxHashMap::default();
+    if let Some(p) = &regions.pair {
+        p.start_backup_schedule();
+    }
     let controller = start_controller(sc, served, sup, regions);
     let mut loss_at = None;
     timed.sort_by_key(|t| t.0);
@@ -966,7 +981,8 @@ async fn drive(
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let base_us = shared.now_us();
     let start = tokio::time::Instant::now();
-    let sub = tokio::spawn(submitter(sc.clone(), submit_url, env, acc_tx, done_rx));
+    let route = regions.services.iter().find(|(l, _)| Some(l.addr()) == submit_addr).map(|(l, _)| l.clone());
+    let sub = tokio::spawn(submitter(sc.clone(), submit_url, route, env, acc_tx, done_rx));
     let script = super::script::Script::new(shared.script.seed());
     let mut jobs: BTreeMap<u32, JobTruth> = BTreeMap::new();
     let mut onsets = vec![Onset::default(); sc.faults.len()];

@@ -93,6 +93,12 @@ impl NetLink {
         self.addr
     }
 
+    /// Where new connections go now (`None` once the link is gone): what
+    /// the stable address names, as a DNS answer would.
+    pub fn upstream(&self) -> Option<String> {
+        self.net.link(&self.name).map(|l| l.upstream)
+    }
+
     /// The link's name in the network (`GET /proxies`).
     pub fn name(&self) -> &str {
         &self.name
@@ -137,6 +143,10 @@ struct Backups {
     /// not be what region `b` had at the fault).
     frozen: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where backups are taken from (the replication link).
+    upstream: SocketAddr,
+    /// The period.
+    every_ms: u64,
 }
 
 /// The drill's PostgreSQL pair and its links.
@@ -319,38 +329,54 @@ impl Drop for DbPair {
     }
 }
 
-/// Takes a first base backup now (a cold standby always has one), then one
-/// every `every_ms` on a task, each replacing the previous one.
+/// Takes a first base backup now (a cold standby always has one); the
+/// periodic ones start with [`DbPair::start_backup_schedule`].
 async fn start_backups(opts: &PgOptions, upstream: SocketAddr, every_ms: u64) -> Result<Arc<Backups>, PgError> {
-    let held = opts.named("backups", "b");
-    let first = Cluster::base_backup(&held, upstream, 1).await?;
-    let b = Arc::new(Backups {
+    let first = Cluster::base_backup(&opts.named("backups", "b"), upstream, 1).await?;
+    Ok(Arc::new(Backups {
         opts: opts.clone(),
         latest: Mutex::new(Some(first)),
         frozen: AtomicBool::new(false),
         task: Mutex::new(None),
-    });
-    let bt = b.clone();
-    let task = tokio::spawn(async move {
-        for no in 2u32.. {
-            tokio::time::sleep(Duration::from_millis(every_ms)).await;
-            if bt.frozen.load(Ordering::SeqCst) {
-                return;
-            }
-            match Cluster::base_backup(&held, upstream, no).await {
-                Ok(next) if !bt.frozen.load(Ordering::SeqCst) => {
-                    let old = super::lock(&bt.latest).replace(next);
-                    if let Some(old) = old.and_then(|o| o.data.parent().map(std::path::Path::to_path_buf)) {
-                        let _ = std::fs::remove_dir_all(old);
-                    }
-                }
-                Ok(_) => return,
-                Err(e) => tracing::warn!(error = %e, no, "a base backup failed (the previous one is kept)"),
-            }
+        upstream,
+        every_ms,
+    }))
+}
+
+impl DbPair {
+    /// A cold standby's periodic base backups start now (the drill's
+    /// start: one every `backup_every` from it, as the simulator ships a
+    /// cold standby's state every interval from its start, whatever the
+    /// set-up before took), each replacing the previous one. Once only;
+    /// nothing for a hot standby.
+    pub fn start_backup_schedule(&self) {
+        let Some(b) = &self.backups else { return };
+        let mut task = super::lock(&b.task);
+        if task.is_some() {
+            return;
         }
-    });
-    *super::lock(&b.task) = Some(task);
-    Ok(b)
+        let (bt, held) = (b.clone(), b.opts.named("backups", "b"));
+        *task = Some(tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for no in 2u32.. {
+                let due = start + Duration::from_millis(bt.every_ms * u64::from(no - 1));
+                tokio::time::sleep_until(due).await;
+                if bt.frozen.load(Ordering::SeqCst) {
+                    return;
+                }
+                match Cluster::base_backup(&held, bt.upstream, no).await {
+                    Ok(next) if !bt.frozen.load(Ordering::SeqCst) => {
+                        let old = super::lock(&bt.latest).replace(next);
+                        if let Some(old) = old.and_then(|o| o.data.parent().map(std::path::Path::to_path_buf)) {
+                            let _ = std::fs::remove_dir_all(old);
+                        }
+                    }
+                    Ok(_) => return,
+                    Err(e) => tracing::warn!(error = %e, no, "a base backup failed (the previous one is kept)"),
+                }
+            }
+        }));
+    }
 }
 
 /// When each stage of a failover happened, on the fakes' clock (µs).

@@ -20,7 +20,7 @@ use crate::components::orchestrator::{OrchConfig, Orchestrator, Replication};
 use crate::components::provider::ProviderMock;
 use crate::components::queue::Queue;
 use crate::components::region::{Controller, Dns, FailoverConfig, Pattern, Record, Request};
-use crate::components::resend::Resends;
+use crate::components::resend::{Resends, is_replay};
 use crate::components::vector::{PointId, RetentionLadder, Snapshot, VectorConfig, VectorStore};
 use crate::components::wire::Msg;
 use crate::components::worker::{Worker, WorkerShared};
@@ -1269,7 +1269,7 @@ impl Client {
         // may not hold that run. A send that creates a task there must
         // reconcile before it decides or acts rather than plan afresh.
         let first = *at_grow(&mut self.first_orch, job.0 as usize).get_or_insert(to);
-        let replay = self.acked.get(job.0 as usize).copied().unwrap_or(false) || first != to;
+        let replay = is_replay(self.acked.get(job.0 as usize).copied().unwrap_or(false), &first, &to);
         let (template, probe) = (spec.template, spec.probe);
         if self.via_queue {
             let to = env.resolve(Service::Queue);

@@ -5,7 +5,8 @@
 //! caller gives, which may be a harness link crossing the regions), and on
 //! a region loss a new primary is started from a copy of it. What the
 //! primary committed after the backup ended is lost; the backup's WAL is
-//! replayed by crash recovery, so the restored node has exactly the commits
+//! replayed by archive recovery (`recovery.signal`, no archive), which ends
+//! on a new timeline, so the restored node has exactly the commits
 //! up to the backup's end (RPO from the data, [`super::rpo::measure`], is
 //! the age of the oldest commit after that at the fault).
 //!
@@ -20,6 +21,9 @@ use std::time::SystemTime;
 
 use super::local::{self, RunAs, Tools};
 use super::{Backend, PgError, PgNode, PgOptions};
+
+/// How long a restored node may take to leave recovery.
+const RECOVERY_TIMEOUT_MS: u64 = 30_000;
 
 /// One base backup of the primary, kept in region `b`'s folder.
 #[derive(Clone, Debug)]
@@ -70,8 +74,10 @@ impl super::Cluster {
     }
 
     /// Starts node `opts.name` as a primary from a copy of `backup` (the
-    /// backup itself is kept): crash recovery replays the backup's WAL, and
-    /// the node accepts writes once it answers.
+    /// backup itself is kept): archive recovery replays the backup's WAL
+    /// and ends on a new timeline (as a point-in-time restore does; the
+    /// stack reads the timeline to learn its store was promoted), and the
+    /// node is returned once it accepts writes.
     pub async fn start_restored(opts: &PgOptions, backup: &BaseBackup) -> Result<PgNode, PgError> {
         opts.validate()?;
         let run_as = match opts.backend {
@@ -89,17 +95,34 @@ impl super::Cluster {
                 let owner = format!("{0}:{0}", super::docker::IMAGE_UID);
                 local::run_tool(None, Command::new("chown").arg("-R").arg(owner).arg(&to))?;
             }
-            // A backup of a node that had a standby may name it.
+            // A backup of a node that had a standby may name it. Archive
+            // recovery (no archive: the backup's own WAL) ends on a new
+            // timeline, as a restore does: the stack sees it was promoted.
             super::pair::append_auto_conf(
                 &to,
-                "\n# agentdrill: restored from a base backup\nprimary_conninfo = ''\nsynchronous_standby_names = ''\n",
-            )
+                "\n# agentdrill: restored from a base backup\nprimary_conninfo = ''\nsynchronous_standby_names = ''\nrestore_command = 'false'\n",
+            )?;
+            let signal = to.join("recovery.signal");
+            std::fs::write(&signal, "").map_err(PgError::io("writing recovery.signal", &signal))
         })
         .await
         .map_err(|e| PgError::Invalid(format!("the restore copy task failed: {e}")))??;
-        match opts.backend {
-            Backend::Local => local::start_on(opts, &Tools::find()?, run_as, dir).await,
-            Backend::Docker => super::docker::start_existing(opts, dir).await,
+        let node = match opts.backend {
+            Backend::Local => local::start_on(opts, &Tools::find()?, run_as, dir).await?,
+            Backend::Docker => super::docker::start_existing(opts, dir).await?,
+        };
+        let start = std::time::Instant::now();
+        while node.is_standby().await? {
+            if start.elapsed() > std::time::Duration::from_millis(RECOVERY_TIMEOUT_MS) {
+                return Err(PgError::Invalid(format!(
+                    "node {} restored from backup {} was still in recovery after {RECOVERY_TIMEOUT_MS} ms; see {}",
+                    node.name(),
+                    backup.no,
+                    node.log_path().display()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        Ok(node)
     }
 }

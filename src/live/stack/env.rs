@@ -31,6 +31,11 @@ pub const SEARCH: HostId = HostId(5);
 pub const PROVIDERS: [HostId; 3] = [HostId(6), HostId(7), HostId(8)];
 /// The vector store (Qdrant-shaped, `QDRANT_URL`).
 pub const VECTOR: HostId = HostId(9);
+/// The failover controller, as the orchestrator names it: a process that
+/// starts on a database PostgreSQL has promoted takes `Promote` and `Open`
+/// from it (its answers go nowhere: the harness's controller watches
+/// PostgreSQL, not this process).
+pub const CONTROLLER: HostId = HostId(10);
 /// Worker replica `r` is host `FIRST_WORKER + r`.
 pub const FIRST_WORKER: u32 = 100;
 /// Most worker replicas one stack may run.

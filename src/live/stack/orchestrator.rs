@@ -3,8 +3,9 @@
 //!
 //! HTTP on `AGENTDRILL_LISTEN_ADDR`:
 //! - `POST /jobs` `{"job": N, "workflow": "book_flight"}`: submit (idempotent
-//!   on the job); 200 once the task is durable, 503 when not acknowledged
-//!   within [`SUBMIT_WAIT_MS`];
+//!   on the job; `"replay": true` when the client sends it as a replay, see
+//!   [`crate::components::resend::is_replay`]); 200 once the task is
+//!   durable, 503 when not acknowledged within [`SUBMIT_WAIT_MS`];
 //! - `POST /msg`: an [`Envelope`] from a worker;
 //! - `GET /jobs/{job}`: the stack's own record of the job (its belief, not
 //!   ground truth: measurements read the fakes' ledgers);
@@ -28,9 +29,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::env::{CLIENT, Envelope, FIRST_WORKER, LiveEnv, ORCHESTRATOR, monotonic_us};
-use super::pg::{Fence, PgStore};
+use super::env::{CLIENT, CONTROLLER, Envelope, FIRST_WORKER, LiveEnv, ORCHESTRATOR, monotonic_us};
+use super::pg::{Fence, Lineage, PgStore, TimelineRow};
 use super::{ConfigError, optional};
+use crate::components::env::Env;
 use crate::components::ids::{HostId, JobId};
 use crate::components::orchestrator::{OrchConfig, Orchestrator, Replication};
 use crate::components::policy::Policy;
@@ -91,12 +93,20 @@ impl OrchestratorConfig {
         })
     }
 
-    fn orch_config(&self) -> OrchConfig {
+    /// The component's settings; `inherited_synchronously`: the store was
+    /// promoted from a primary whose every acknowledged commit it holds
+    /// (see [`Lineage::inherited_synchronously`]), which is what the
+    /// simulator's synchronous replication means to a promoted store.
+    fn orch_config(&self, inherited_synchronously: bool) -> OrchConfig {
         OrchConfig {
             lease_ms: self.policy.lease_ms,
             recovery_scan_ms: self.recovery_scan_ms,
             fencing: self.policy.fencing,
-            replication: Replication::None,
+            replication: if inherited_synchronously {
+                Replication::Sync { degrade_after_ms: None }
+            } else {
+                Replication::None
+            },
             replica: None,
             client: CLIENT,
             wall_clock_leases: self.policy.wall_clock_leases,
@@ -110,7 +120,7 @@ impl OrchestratorConfig {
 /// What the HTTP side hands the loop.
 enum Inbound {
     Peer(Envelope),
-    Submit { job: JobId, template: u16, steps: u16, acked: oneshot::Sender<()> },
+    Submit { job: JobId, template: u16, steps: u16, replay: bool, acked: oneshot::Sender<()> },
     Status { job: JobId, reply: oneshot::Sender<serde_json::Value> },
     Health { reply: oneshot::Sender<bool> },
 }
@@ -121,6 +131,10 @@ type Tx = mpsc::UnboundedSender<Inbound>;
 struct SubmitBody {
     job: u64,
     workflow: String,
+    /// The client's word that this send is a replay (`components::resend::is_replay`):
+    /// the task it creates reconciles before it decides or acts.
+    #[serde(default)]
+    replay: bool,
 }
 
 fn error(status: StatusCode, msg: String) -> Response {
@@ -149,7 +163,7 @@ async fn submit(State(tx): State<Tx>, body: axum::body::Bytes) -> Response {
     let steps = templates[template].steps.len() as u16;
     let (acked, wait) = oneshot::channel();
     let job = JobId(b.job as u32);
-    if tx.send(Inbound::Submit { job, template: template as u16, steps, acked }).is_err() {
+    if tx.send(Inbound::Submit { job, template: template as u16, steps, replay: b.replay, acked }).is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the orchestrator is stopping".into());
     }
     match tokio::time::timeout(std::time::Duration::from_millis(SUBMIT_WAIT_MS), wait).await {
@@ -216,11 +230,11 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let store = match &pg {
-        Some(p) => p.load().await?,
-        None => Store::new(),
+    let (store, lineage) = match &pg {
+        Some(p) => (p.load().await?, p.lineage().await?),
+        None => (Store::new(), Lineage::default()),
     };
-    tracing::info!(records = store.last_lsn(), tasks = store.tasks().len(), "store loaded");
+    tracing::info!(records = store.last_lsn(), tasks = store.tasks().len(), timeline = lineage.current, "store loaded");
     let (tx, mut rx) = mpsc::unbounded_channel::<Inbound>();
     let (timer_tx, mut timer_rx) = mpsc::unbounded_channel();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -237,13 +251,26 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
             tracing::error!(error = %e, "orchestrator listener stopped");
         }
     });
-    let mut orch = Orchestrator::with_store(cfg.orch_config(), store);
     let mut env = LiveEnv::new(ORCHESTRATOR, "orchestrator", cfg.seed, incarnation, timer_tx);
     let mut out =
         Outbound { peers: FxHashMap::default(), pending: FxHashMap::default(), client: reqwest::Client::new() };
-    let before = orch.store().last_lsn();
-    orch.start(&mut env);
+    let before = store.last_lsn();
+    let mut orch = take_store(cfg.orch_config(lineage.inherited_synchronously()), store, &lineage, &mut env);
     out.flush(&mut env, &orch, &mut pg, before, None, true).await?;
+    if let Some(p) = &pg
+        && !lineage.recorded.iter().any(|r| r.pg_timeline == lineage.current)
+    {
+        // After the promotion's own writes (its requeues) are durable: a
+        // crash before this line promotes again on restart, which finds
+        // nothing left to requeue.
+        let started_us = orch.store().promoted_at_us().filter(|_| lineage.newly_promoted()).unwrap_or(env.now_us());
+        p.record_timeline(TimelineRow {
+            pg_timeline: lineage.current,
+            started_us,
+            synchronous: lineage.synchronous_now,
+        })
+        .await?;
+    }
     tracing::info!(listen = %cfg.listen, serving = orch.is_serving(), "orchestrator started");
     loop {
         let before = orch.store().last_lsn();
@@ -257,9 +284,9 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
                     fence = f;
                     orch.on_msg(&mut env, e.from, msg);
                 }
-                Inbound::Submit { job, template, steps, acked } => {
+                Inbound::Submit { job, template, steps, replay, acked } => {
                     out.pending.entry(job).or_default().push(acked);
-                    orch.on_msg(&mut env, CLIENT, Msg::Submit { job, template, steps, probe: false, replay: false });
+                    orch.on_msg(&mut env, CLIENT, Msg::Submit { job, template, steps, probe: false, replay });
                 }
                 Inbound::Status { job, reply } => {
                     let store = orch.store();
@@ -274,6 +301,31 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
         }
         out.flush(&mut env, &orch, &mut pg, before, fence, cfg.policy.fencing).await?;
     }
+}
+
+/// The orchestrator on the loaded `store`, started. On a database
+/// PostgreSQL promoted since an orchestrator last started on it, it takes
+/// over as the simulator's standby does: `Promote` (a new timeline, the
+/// promotion time kept in the store, inherited leases taken back unless
+/// the store was inherited synchronously) and then `Open` (serving, its
+/// inherited tasks held back a lease). A restart on a promoted store
+/// replays the recorded promotions into it (the event log does not hold
+/// them), so [`Orchestrator::start`] holds the inherited tasks back a lease
+/// from the promotion, as a restarted simulated orchestrator does.
+fn take_store(cfg: OrchConfig, mut store: Store, lineage: &Lineage, env: &mut LiveEnv) -> Orchestrator {
+    for at_us in lineage.promotions_us() {
+        store.new_timeline(at_us);
+    }
+    if !lineage.newly_promoted() {
+        let mut orch = Orchestrator::with_store(cfg, store);
+        orch.start(env);
+        return orch;
+    }
+    tracing::info!(timeline = lineage.current, "the database was promoted: taking over its store");
+    let mut orch = Orchestrator::standby_with_store(cfg, store);
+    orch.on_msg(env, CONTROLLER, Msg::Promote);
+    orch.on_msg(env, CONTROLLER, Msg::Open);
+    orch
 }
 
 /// Where the orchestrator's messages go.
@@ -324,6 +376,9 @@ impl Outbound {
             pg.commit_write(&recs, orch.store(), write, enforce).await?;
         }
         for (to, msg) in env.outbox.drain(..) {
+            if to == CONTROLLER {
+                continue; // `PromoteAck`, `Opened`: see `take_store`
+            }
             if to == CLIENT {
                 if let Msg::SubmitAck { job } = msg {
                     for acked in self.pending.remove(&job).unwrap_or_default() {

@@ -24,13 +24,27 @@
 //! `writes (first_lsn, task, holder, token)`: one row per worker write
 //! committed, with the lease it claimed, so that [`audit`] can judge every
 //! write against the lease history after a drill (stale writes, measured
-//! from what PostgreSQL holds).
+//! from what PostgreSQL holds); `timelines (pg_timeline, started_us,
+//! synchronous)`: one row per PostgreSQL timeline an orchestrator served
+//! on (see [`Lineage`]).
+//!
+//! **Promotions.** The event log does not say that the store was promoted:
+//! PostgreSQL does. A promotion (`pg_promote()`, or a restore from a base
+//! backup by archive recovery) starts a new WAL timeline. An orchestrator
+//! that starts on a timeline past the first that `timelines` does not list
+//! yet serves a newly promoted store: it takes over by the simulator's own
+//! promotion path and records the timeline with its start time, which is
+//! the promotion time its [`Store`] keeps (a restart replays the recorded
+//! promotions into the loaded store, [`Lineage::promotions_us`]). Each row
+//! also says whether commits on that timeline waited for a synchronous
+//! standby, so the next timeline knows whether it inherited every
+//! acknowledged write ([`Lineage::inherited_synchronously`]).
 
 use std::collections::BTreeSet;
 
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::components::ids::{HostId, TaskId};
+use crate::components::ids::{HostId, Micros, TaskId};
 use crate::components::store::{LogRec, Op, StepState, Store, TaskStatus};
 
 /// Most log records one load reads (a bound on start-up memory).
@@ -130,7 +144,63 @@ CREATE TABLE IF NOT EXISTS agentdrill.writes (
     holder BIGINT NOT NULL,
     token BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agentdrill.timelines (
+    pg_timeline BIGINT PRIMARY KEY,
+    started_us BIGINT NOT NULL,
+    synchronous BOOLEAN NOT NULL
+);
 ";
+
+/// One row of `agentdrill.timelines`: a PostgreSQL timeline an
+/// orchestrator served on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineRow {
+    /// The timeline's id (1: the cluster as `initdb` made it; each
+    /// promotion adds one).
+    pub pg_timeline: u64,
+    /// When the first orchestrator on it started, on the boot clock (µs):
+    /// for a promoted timeline, the promotion time of the store.
+    pub started_us: Micros,
+    /// Whether commits on it waited for a synchronous standby
+    /// (`synchronous_standby_names` set).
+    pub synchronous: bool,
+}
+
+/// What the database says about the promotions of the store it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The timeline PostgreSQL writes on now.
+    pub current: u64,
+    /// Whether commits wait for a synchronous standby now.
+    pub synchronous_now: bool,
+    /// The timelines recorded so far, in order.
+    pub recorded: Vec<TimelineRow>,
+}
+
+impl Lineage {
+    /// Whether the store was promoted since an orchestrator last started
+    /// on it: PostgreSQL is on a timeline past the first that no
+    /// orchestrator has recorded yet.
+    pub fn newly_promoted(&self) -> bool {
+        self.current > 1 && !self.recorded.iter().any(|r| r.pg_timeline == self.current)
+    }
+
+    /// The recorded promotions of the store (timelines past the first, up
+    /// to the current one), oldest first, as their start times.
+    pub fn promotions_us(&self) -> Vec<Micros> {
+        self.recorded.iter().filter(|r| (2..=self.current).contains(&r.pg_timeline)).map(|r| r.started_us).collect()
+    }
+
+    /// Whether the current timeline inherited every write acknowledged
+    /// before its promotion: the timeline before it committed
+    /// synchronously. False when that timeline is not recorded (a restore
+    /// from a backup taken before any orchestrator started: assume the
+    /// worst) and on the first timeline (nothing was inherited).
+    pub fn inherited_synchronously(&self) -> bool {
+        let before = self.recorded.iter().filter(|r| r.pg_timeline < self.current).max_by_key(|r| r.pg_timeline);
+        self.current > 1 && before.is_some_and(|r| r.synchronous)
+    }
+}
 
 /// A connection to the stack's database.
 pub struct PgStore {
@@ -216,6 +286,52 @@ impl PgStore {
             store.apply_replicated(&rec);
         }
         Ok(store)
+    }
+
+    /// The database's timeline now, whether it commits synchronously, and
+    /// the timelines recorded (PostgreSQL's own account of promotions:
+    /// the timeline is the WAL file's, `pg_walfile_name`).
+    pub async fn lineage(&self) -> Result<Lineage, PgError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_walfile_name(pg_current_wal_lsn()), current_setting('synchronous_standby_names') <> ''",
+                &[],
+            )
+            .await
+            .map_err(db("read the timeline"))?;
+        let (file, synchronous_now): (String, bool) = (row.get(0), row.get(1));
+        let current = file.get(..8).and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or_else(|| PgError::Damaged {
+            lsn: 0,
+            why: format!("pg_walfile_name returned {file:?}, not a WAL file name"),
+        })?;
+        let rows = self
+            .client
+            .query("SELECT pg_timeline, started_us, synchronous FROM agentdrill.timelines ORDER BY pg_timeline", &[])
+            .await
+            .map_err(db("read agentdrill.timelines"))?;
+        let recorded = rows
+            .iter()
+            .map(|r| TimelineRow {
+                pg_timeline: r.get::<_, i64>(0) as u64,
+                started_us: r.get::<_, i64>(1) as u64,
+                synchronous: r.get(2),
+            })
+            .collect();
+        Ok(Lineage { current, synchronous_now, recorded })
+    }
+
+    /// Records `row` (kept if the timeline is recorded already).
+    pub async fn record_timeline(&self, row: TimelineRow) -> Result<(), PgError> {
+        self.client
+            .execute(
+                "INSERT INTO agentdrill.timelines (pg_timeline, started_us, synchronous) VALUES ($1, $2, $3)
+                 ON CONFLICT (pg_timeline) DO NOTHING",
+                &[&bits(row.pg_timeline), &bits(row.started_us), &row.synchronous],
+            )
+            .await
+            .map_err(db("record the timeline"))?;
+        Ok(())
     }
 
     /// Makes `recs` (the records a handler just committed to `store`)
@@ -421,4 +537,37 @@ pub fn judge(log: &[LogRec], writes: &[(u64, Fence)]) -> Audit {
         store.apply_replicated(rec);
     }
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pg_timeline: u64, started_us: Micros, synchronous: bool) -> TimelineRow {
+        TimelineRow { pg_timeline, started_us, synchronous }
+    }
+
+    #[test]
+    fn a_timeline_past_the_first_that_no_orchestrator_recorded_is_a_new_promotion() {
+        let first = Lineage { current: 1, synchronous_now: false, recorded: vec![] };
+        assert!(!first.newly_promoted() && first.promotions_us().is_empty(), "initdb's timeline is no promotion");
+        let promoted = Lineage { current: 2, synchronous_now: false, recorded: vec![row(1, 10, false)] };
+        assert!(promoted.newly_promoted());
+        assert!(promoted.promotions_us().is_empty(), "not recorded yet: the orchestrator promotes it");
+        let restarted = Lineage { recorded: vec![row(1, 10, false), row(2, 50, false)], ..promoted };
+        assert!(!restarted.newly_promoted());
+        assert_eq!(restarted.promotions_us(), vec![50], "a restart replays the promotion into its store");
+    }
+
+    #[test]
+    fn a_store_was_inherited_synchronously_only_from_a_recorded_synchronous_timeline() {
+        let sync = Lineage { current: 2, synchronous_now: false, recorded: vec![row(1, 10, true)] };
+        assert!(sync.inherited_synchronously());
+        let not = Lineage { recorded: vec![row(1, 10, false)], ..sync.clone() };
+        assert!(!not.inherited_synchronously());
+        let unknown = Lineage { recorded: vec![], ..sync.clone() };
+        assert!(!unknown.inherited_synchronously(), "a backup older than any record: assume the worst");
+        let first = Lineage { current: 1, recorded: vec![row(1, 10, true)], ..sync };
+        assert!(!first.inherited_synchronously(), "nothing inherited on the first timeline");
+    }
 }
