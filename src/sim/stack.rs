@@ -1341,7 +1341,7 @@ impl Client {
                 for job in self.resends.retry_fired(now, is_acked) {
                     self.submit(env, job);
                 }
-                if let Some(after_us) = self.resends.arm_retry() {
+                if let Some(after_us) = self.resends.arm_retry(now) {
                     env.set_timer(after_us, Timer::ClientRetry);
                 }
             }
@@ -1355,7 +1355,7 @@ impl Client {
                 for job in self.resends.resubmit_fired(now, is_done) {
                     self.submit(env, job);
                 }
-                if let Some(after_us) = self.resends.arm_resubmit() {
+                if let Some(after_us) = self.resends.arm_resubmit(now) {
                     env.set_timer(after_us, Timer::ClientResubmit);
                 }
             }
