@@ -15,8 +15,11 @@
 //!
 //! Each rule is a timer: armed at the first entry while disarmed, and on
 //! firing it releases every entry that is due (or settled) in age order,
-//! then re-arms while entries are left. The caller owns the clock and the
-//! timers; this type only decides.
+//! then re-arms, while entries are left, for when the oldest of them is due
+//! (not a whole period after the firing: a job accepted 36 s after the
+//! first one was resubmitted 300 s late, at 600 s instead of 336 s, seed
+//! 905 case 28220). The caller owns the clock and the timers; this type
+//! only decides.
 
 use std::collections::VecDeque;
 
@@ -58,7 +61,7 @@ impl Resends {
     /// `job` was sent at `now_us`. `Some(delay)`: arm the retry timer.
     pub fn sent(&mut self, now_us: Micros, job: JobId) -> Option<Micros> {
         self.pending.push_back((now_us, job));
-        self.arm_retry()
+        self.arm_retry(now_us)
     }
 
     /// `job` was acknowledged for the first time at `now_us` (a workload
@@ -66,7 +69,7 @@ impl Resends {
     /// timer.
     pub fn accepted(&mut self, now_us: Micros, job: JobId) -> Option<Micros> {
         self.unfinished.push_back((now_us, job));
-        self.arm_resubmit()
+        self.arm_resubmit(now_us)
     }
 
     /// The retry timer fired: the sends to repeat now, oldest first. Call
@@ -90,18 +93,16 @@ impl Resends {
         out
     }
 
-    /// Arms the retry timer if a send is waiting and it is disarmed.
-    pub fn arm_retry(&mut self) -> Option<Micros> {
-        let arm = !self.pending.is_empty() && !self.retry_armed;
-        self.retry_armed |= arm;
-        arm.then_some(self.retry_after_us)
+    /// Arms the retry timer at `now_us` if a send is waiting and it is
+    /// disarmed: `Some(delay)` until the oldest send is due.
+    pub fn arm_retry(&mut self, now_us: Micros) -> Option<Micros> {
+        arm(&mut self.retry_armed, &self.pending, now_us, self.retry_after_us)
     }
 
-    /// Arms the resubmit timer if a job is unfinished and it is disarmed.
-    pub fn arm_resubmit(&mut self) -> Option<Micros> {
-        let arm = !self.unfinished.is_empty() && !self.resubmit_armed;
-        self.resubmit_armed |= arm;
-        arm.then_some(self.resubmit_after_us)
+    /// Arms the resubmit timer at `now_us` if a job is unfinished and it is
+    /// disarmed: `Some(delay)` until the oldest job is due.
+    pub fn arm_resubmit(&mut self, now_us: Micros) -> Option<Micros> {
+        arm(&mut self.resubmit_armed, &self.unfinished, now_us, self.resubmit_after_us)
     }
 }
 
@@ -114,6 +115,17 @@ impl Resends {
 /// the live submitter both ask this.
 pub fn is_replay<D: PartialEq>(acked_before: bool, first_to: &D, now_to: &D) -> bool {
     acked_before || first_to != now_to
+}
+
+/// Arms a disarmed timer over a non-empty `queue`: the delay from `now_us`
+/// until its oldest entry is `after_us` old (at least 1 µs).
+fn arm(armed: &mut bool, queue: &VecDeque<(Micros, JobId)>, now_us: Micros, after_us: Micros) -> Option<Micros> {
+    if *armed {
+        return None;
+    }
+    let &(at, _) = queue.front()?;
+    *armed = true;
+    Some((at + after_us).saturating_sub(now_us).max(1))
 }
 
 /// Pops the entries of `queue` that are due at `now_us` (older than
@@ -150,9 +162,9 @@ mod tests {
         assert_eq!(r.sent(2 * US_PER_S, JobId(3)), None);
         let acked = |j: JobId| j == JobId(2);
         assert_eq!(r.retry_fired(5 * US_PER_S, acked), vec![JobId(1)], "job 3 is not due yet");
-        assert_eq!(r.arm_retry(), Some(5 * US_PER_S), "job 3 still waits");
-        assert_eq!(r.retry_fired(10 * US_PER_S, acked), vec![JobId(3)]);
-        assert_eq!(r.arm_retry(), None, "nothing left");
+        assert_eq!(r.arm_retry(5 * US_PER_S), Some(2 * US_PER_S), "job 3 still waits, due at 7 s");
+        assert_eq!(r.retry_fired(7 * US_PER_S, acked), vec![JobId(3)]);
+        assert_eq!(r.arm_retry(7 * US_PER_S), None, "nothing left");
     }
 
     #[test]
@@ -160,10 +172,31 @@ mod tests {
         let mut r = Resends::new(US_PER_S, 10 * US_PER_S);
         assert_eq!(r.accepted(0, JobId(7)), Some(10 * US_PER_S));
         assert_eq!(r.resubmit_fired(10 * US_PER_S, |_| false), vec![JobId(7)]);
-        assert_eq!(r.arm_resubmit(), Some(10 * US_PER_S), "it waits a period again");
+        assert_eq!(r.arm_resubmit(10 * US_PER_S), Some(10 * US_PER_S), "it waits a period again");
         assert_eq!(r.resubmit_fired(15 * US_PER_S, |_| false), Vec::<JobId>::new(), "not due");
         assert_eq!(r.resubmit_fired(20 * US_PER_S, |_| true), Vec::<JobId>::new(), "done: dropped");
-        assert_eq!(r.arm_resubmit(), None);
+        assert_eq!(r.arm_resubmit(20 * US_PER_S), None);
+    }
+
+    /// A job accepted after the first is resubmitted when it is due, not a
+    /// whole period after the timer last fired (seed 905 case 28220: job 6,
+    /// accepted at 36 s, was resubmitted at 600 s, the horizon, instead of
+    /// 336 s; the job its acknowledgement came from was failed away from).
+    #[test]
+    fn a_later_job_is_resubmitted_when_due_not_a_period_after_the_firing() {
+        let s = US_PER_S;
+        let mut r = Resends::new(5 * s, 300 * s);
+        assert_eq!(r.accepted(0, JobId(0)), Some(300 * s));
+        assert_eq!(r.accepted(36 * s, JobId(6)), None, "armed already");
+        let done = |j: JobId| j == JobId(0);
+        assert_eq!(r.resubmit_fired(300 * s, done), Vec::<JobId>::new(), "job 6 is not due yet");
+        assert_eq!(r.arm_resubmit(300 * s), Some(36 * s), "job 6 is due at 336 s");
+        assert_eq!(r.resubmit_fired(336 * s, done), vec![JobId(6)]);
+        // The same for sends waiting for their acknowledgement.
+        assert_eq!(r.sent(0, JobId(1)), Some(5 * s));
+        assert_eq!(r.sent(3 * s, JobId(2)), None);
+        assert_eq!(r.retry_fired(5 * s, |_| false), vec![JobId(1)]);
+        assert_eq!(r.arm_retry(5 * s), Some(3 * s), "job 2 is due at 8 s");
     }
 
     #[test]

@@ -821,10 +821,10 @@ async fn submitter(
                 retry_at = at(after_us);
             }
         }
-        if let Some(after_us) = resends.arm_retry() {
+        if let Some(after_us) = resends.arm_retry(now_us()) {
             retry_at = at(after_us);
         }
-        if let Some(after_us) = resends.arm_resubmit() {
+        if let Some(after_us) = resends.arm_resubmit(now_us()) {
             resubmit_at = at(after_us);
         }
     }

@@ -204,6 +204,9 @@ pub struct VectorNode {
     controller: HostId,
     hydrate_from: Option<Snapshot>,
     restore_base_us: Micros,
+    /// A streaming replica: its primary streams every write to it, so it is
+    /// in sync and hydrates at once (from the start, when both are empty;
+    /// a replica built without a stream becomes one when writes arrive).
     streamed: bool,
     integrity_check_us: Micros,
     hydrating: bool,
@@ -559,7 +562,11 @@ fn vector_nodes(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts) -> [Vec
     let local_only = spec.vector.snapshot_location == SnapshotLocation::SameRegion || !two;
     let stream = two && spec.vector.streaming_replica;
     let primary = vector_node(spec, hosts, true, two.then_some(hosts.vec[1]), stream, local_only);
-    let standby = vector_node(spec, hosts, false, None, false, true);
+    let mut standby = vector_node(spec, hosts, false, None, false, true);
+    // In sync from the start (both empty), as `Budget::hydration_us` counts
+    // it, not only once a write has streamed: a workload without memory
+    // writes would otherwise hydrate `restore_base` at failover.
+    standby.streamed = stream;
     [primary, standby]
 }
 
@@ -1334,7 +1341,7 @@ impl Client {
                 for job in self.resends.retry_fired(now, is_acked) {
                     self.submit(env, job);
                 }
-                if let Some(after_us) = self.resends.arm_retry() {
+                if let Some(after_us) = self.resends.arm_retry(now) {
                     env.set_timer(after_us, Timer::ClientRetry);
                 }
             }
@@ -1348,7 +1355,7 @@ impl Client {
                 for job in self.resends.resubmit_fired(now, is_done) {
                     self.submit(env, job);
                 }
-                if let Some(after_us) = self.resends.arm_resubmit() {
+                if let Some(after_us) = self.resends.arm_resubmit(now) {
                     env.set_timer(after_us, Timer::ClientResubmit);
                 }
             }
@@ -1598,6 +1605,26 @@ mod tests {
             }
         }
         assert_eq!(replays, vec![false, false, true], "a replay once traffic moved, not before");
+    }
+
+    /// A streaming replica that never received a write (a workload without
+    /// memory writes) is still in sync with its primary: it hydrates at once
+    /// at failover, as the RTO bound counts it (it restored for
+    /// `restore_base`, 10 min here: RTO 649.7 s against 161.1 s).
+    #[test]
+    fn an_idle_streaming_replica_hydrates_at_once() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/regressions/reference-idle-streaming-replica-hydrates-at-once.toml");
+        let sc = crate::drill::scenario::load(&path).expect("scenario");
+        assert!(sc.stack.vector.streaming_replica && sc.stack.vector.restore_base.us() > 0);
+        let mut stack = Stack::build(&sc, 1);
+        let b = stack.hosts.vec[1];
+        deliver(&mut stack, b, Msg::Hydrate);
+        let mut done = false;
+        while let Some(ev) = stack.rt.step(0) {
+            done |= matches!(ev, Event::Timer { host, timer: Timer::HydrationDone } if host == b);
+        }
+        assert!(done, "the idle replica's hydration ends at once");
     }
 
     /// The replica follows its primary's restore, keeps a write the primary
