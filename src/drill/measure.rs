@@ -511,6 +511,15 @@ fn rto_parts(stack: &Stack, t0: Micros, end: Micros, rto_us: Option<Micros>) -> 
 fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micros) -> RpoSurfaces {
     let mut r = RpoSurfaces::default();
     let age = |at: Micros| us_to_s(t0.saturating_sub(at));
+    // A write acknowledged before a promotion that came before this fault
+    // (a false failover away from a primary still alive) was lost at that
+    // promotion, when the standby took over without it: it is aged then,
+    // not at this fault's onset (seed 903 case 31092).
+    let promoted_before_us = stack.truth.promoted_at.map(|(_, at)| at).filter(|&at| at < t0);
+    let age_at_loss = |at: Micros| {
+        let lost_us = promoted_before_us.filter(|&p| at <= p).unwrap_or(t0);
+        us_to_s(lost_us.saturating_sub(at))
+    };
     if let Some(lost) = &f.lost_log {
         // Structured state: acknowledged records of the lost primary that
         // the serving store does not hold (the same record at the same
@@ -518,8 +527,13 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
         // lost nothing; a promoted standby lacks what it never received.
         let serving = store.log();
         let survived = |rec: &LogRec| rec.lsn >= 1 && serving.get((rec.lsn - 1) as usize) == Some(*rec);
-        if let Some(first_lost) = lost.log.iter().find(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r)) {
-            r.structured_state_s = age(first_lost.at_us);
+        let lost_ages = lost
+            .log
+            .iter()
+            .filter(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r))
+            .map(|r| age_at_loss(r.at_us));
+        if let Some(oldest_s) = lost_ages.reduce(f64::max) {
+            r.structured_state_s = oldest_s;
         }
         // Queue: jobs the client was told were accepted that the lost
         // primary held (acknowledged, by the onset) and the serving store
@@ -537,10 +551,10 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
             .enumerate()
             .filter(|(j, at)| at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none())
             .filter(|(j, _)| held(JobId(*j as u32)))
-            .filter_map(|(_, at)| *at)
-            .min();
-        if let Some(at) = oldest_job {
-            r.queue_s = age(at);
+            .filter_map(|(_, at)| at.map(age_at_loss))
+            .reduce(f64::max);
+        if let Some(oldest_s) = oldest_job {
+            r.queue_s = oldest_s;
         }
     }
     if let Some(oldest) = f.lost_messages.iter().map(|&(_, at)| at).filter(|&at| at <= t0).min() {
