@@ -441,6 +441,13 @@ impl Sut {
         self.orch.on_msg(&mut self.env, from, msg);
     }
 
+    /// Fires the deploy watch's check at `at_us`, with no timer left from before.
+    fn fire_deploy_check(&mut self, at_us: Micros) {
+        self.env.now_us = at_us;
+        self.env.timers.clear();
+        self.orch.on_timer(&mut self.env, Timer::DeployCheck);
+    }
+
     /// The orchestrator's messages since the last call, in the model's words.
     fn sent(&mut self) -> Vec<Out> {
         let worker_of = |h: HostId| (h.0 - 10) as usize;
@@ -719,22 +726,66 @@ fn a_deploy_watch_waits_a_whole_window_from_its_first_output() {
     let mut sut = Sut::started(config(true));
     sut.orch.deploy(&mut sut.env, 900);
     let version = sut.orch.prompt().version;
-    let fire_check = |sut: &mut Sut, at_us: Micros| {
-        sut.env.now_us = at_us;
-        sut.env.timers.clear();
-        sut.orch.on_timer(&mut sut.env, Timer::DeployCheck);
-    };
-    fire_check(&mut sut, DEPLOY_WINDOW_US); // no traffic yet
+    sut.fire_deploy_check(DEPLOY_WINDOW_US); // no traffic yet
     let first_us = 2 * DEPLOY_WINDOW_US - 1_000;
     sut.env.now_us = first_us;
     sut.deliver(worker_host(0), Msg::OutputRejected { version });
-    fire_check(&mut sut, 2 * DEPLOY_WINDOW_US);
+    sut.fire_deploy_check(2 * DEPLOY_WINDOW_US);
     let checks: Vec<Micros> =
         sut.env.timers.iter().filter(|(_, t)| matches!(t, Timer::DeployCheck)).map(|(at, _)| *at).collect();
     assert_eq!(checks, vec![first_us + DEPLOY_WINDOW_US], "one output is no window of traffic");
     assert!(!sut.env.timers.iter().any(|(_, t)| matches!(t, Timer::RollbackDone)), "not judged yet");
-    fire_check(&mut sut, first_us + DEPLOY_WINDOW_US);
+    sut.fire_deploy_check(first_us + DEPLOY_WINDOW_US);
     assert_eq!(sut.env.timers, vec![(first_us + DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
+}
+
+/// The health checks pass a version only on a sample that could show its
+/// error rate: a window with fewer outputs is extended, and the version is
+/// failed once the sample shows the rate. Seed 821 case 88989: anthropic's
+/// 429s (29 s retry-after) left one valid output in the window, which
+/// passed a version 70 % of whose outputs failed validation; it was never
+/// rolled back.
+#[test]
+fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
+    use agentdrill::components::orchestrator::{DEPLOY_MIN_OUTPUTS, DEPLOY_WINDOW_US, ROLLBACK_US};
+    let mut sut = Sut::started(config(true));
+    sut.deliver(CLIENT, Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false });
+    sut.deliver(worker_host(0), Msg::LeaseReq { req: 1, sent_us: 0 });
+    let (task, token) = sut
+        .env
+        .outbox
+        .iter()
+        .find_map(|(_, m)| match m {
+            Msg::LeaseGrant { grant, .. } => Some((grant.task, grant.token)),
+            _ => None,
+        })
+        .expect("job 0 leased");
+    sut.orch.deploy(&mut sut.env, 700);
+    let version = sut.orch.prompt().version;
+    let first_us = 1_000_000;
+    sut.env.now_us = first_us;
+    let valid = WorkerWrite::Result {
+        task,
+        ordinal: 0,
+        decision: 1,
+        reconciled: false,
+        last: false,
+        corrupt: false,
+        adopt: None,
+        version: Some(version),
+    };
+    sut.deliver(worker_host(0), Msg::Write { req: 2, token, write: valid });
+    sut.fire_deploy_check(first_us + DEPLOY_WINDOW_US);
+    const { assert!(DEPLOY_MIN_OUTPUTS > 1) };
+    assert_eq!(
+        sut.env.timers,
+        vec![(first_us + 2 * DEPLOY_WINDOW_US, Timer::DeployCheck)],
+        "one valid output passes no version"
+    );
+    sut.env.now_us = first_us + DEPLOY_WINDOW_US + 1_000;
+    sut.deliver(worker_host(0), Msg::OutputRejected { version });
+    sut.fire_deploy_check(first_us + 2 * DEPLOY_WINDOW_US);
+    assert_eq!(sut.env.timers, vec![(first_us + 2 * DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
 }
 
 /// A promoted standby (asynchronous replication) grants none of the tasks

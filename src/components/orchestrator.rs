@@ -96,6 +96,13 @@ pub const SYNC_RESHIP_US: Micros = crate::components::ids::US_PER_S;
 pub const DEPLOY_WINDOW_US: Micros = 60 * crate::components::ids::US_PER_S;
 /// Error rate (per mille of model outputs) above which a deploy is bad.
 pub const DEPLOY_MAX_ERROR_PERMILLE: u64 = 200;
+/// Fewest model outputs on which the health checks pass a version: with
+/// fewer, one invalid output cannot lift the measured rate above
+/// [`DEPLOY_MAX_ERROR_PERMILLE`], so a window that saw fewer is extended by
+/// another window (a version is still failed on any sample above the rate).
+/// Seed 821 case 88989: under a provider's 29 s retry-after a window held
+/// one valid output and passed a version 70 % of whose outputs failed.
+pub const DEPLOY_MIN_OUTPUTS: u64 = 1_000 / DEPLOY_MAX_ERROR_PERMILLE;
 /// How long a rollback takes once decided.
 pub const ROLLBACK_US: Micros = 30 * crate::components::ids::US_PER_S;
 
@@ -930,6 +937,8 @@ impl Orchestrator {
                     w.rolling_back = true;
                     env.note(Note::RollbackStarted { version: self.prompt.version });
                     env.set_timer(ROLLBACK_US, Timer::RollbackDone);
+                } else if w.outputs < DEPLOY_MIN_OUTPUTS {
+                    env.set_timer(DEPLOY_WINDOW_US, Timer::DeployCheck); // too few to pass
                 } else {
                     self.watch = None; // healthy
                 }
