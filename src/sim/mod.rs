@@ -140,7 +140,7 @@ impl Queue {
         self.heap.len() - usize::from(self.dead_root)
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, e: Entry) {
         if self.dead_root {
             self.dead_root = false;
@@ -173,7 +173,7 @@ impl Queue {
     }
 
     /// Moves `e` up from the hole at `i` to its place.
-    #[inline]
+    #[inline(always)]
     fn sift_up(&mut self, mut i: usize, e: Entry) {
         while i > 0 {
             let parent = (i - 1) / 2;
@@ -317,7 +317,7 @@ impl<M, T> Runtime<M, T> {
         self.queue.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, at_us: Micros, payload: Payload<M, T>) {
         debug_assert!(at_us >= self.now_us, "scheduling into the past");
         self.seq += 1;
@@ -343,13 +343,13 @@ impl<M, T> Runtime<M, T> {
 
     /// The time a host acts at: now, or its wake-up time while it is paused
     /// (a frozen process sends nothing and sets no timer until it wakes).
-    #[inline]
+    #[inline(always)]
     fn local_now(&self, h: HostId) -> Micros {
         self.now_us.max(self.hosts[h.0 as usize].paused_until_us)
     }
 
     /// Sends `msg` after the sender spent `delay_us` processing it.
-    #[inline]
+    #[inline(always)]
     pub fn send_after(&mut self, from: HostId, delay_us: Micros, to: HostId, msg: M) {
         let depart = self.local_now(from) + delay_us;
         let (fr, tr) = (self.hosts[from.0 as usize].region, self.hosts[to.0 as usize].region);
@@ -366,7 +366,7 @@ impl<M, T> Runtime<M, T> {
 
     /// Sets a timer on `host`, firing after `after_us` unless the host
     /// crashes first.
-    #[inline]
+    #[inline(always)]
     pub fn set_timer(&mut self, host: HostId, after_us: Micros, timer: T) {
         let incarnation = self.hosts[host.0 as usize].incarnation;
         let at = self.local_now(host) + after_us;

@@ -118,7 +118,7 @@ impl Network {
     }
 
     /// Latency of a message sent now, or `None` when it is lost.
-    #[inline]
+    #[inline(always)]
     pub fn route(
         &mut self,
         now_us: Micros,
