@@ -232,10 +232,15 @@ pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec
     let g = Ground::new(sc, run);
     let budget = Budget::new(sc);
     let mut out = Vec::new();
-    exactly_once(&g, &mut out);
-    no_redo(&g, &mut out);
+    // Fencing first: its lease list is dropped before the steps and the
+    // log scan below are built (a million-task drill's peak is here).
+    // Violations are sorted at the end, so the order of checks is free.
     fencing(&g, &mut out);
-    log_truth(&g, &mut out);
+    let steps = LedgerSteps::new(&g);
+    exactly_once(&g, &steps, &mut out);
+    let scan = scan_logs(&g, &steps);
+    no_redo(&g, &steps, &scan, &mut out);
+    log_truth(&g, scan, &mut out);
     liveness(&g, &budget, &mut out);
     rpo_bound(&g, &budget, measured, &mut out);
     rto_bound(&g, &budget, measured, &mut out);
@@ -352,14 +357,29 @@ impl<'a> Ground<'a> {
     }
 }
 
-fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
-    // (job, step, ledger index), sorted: each step's entries together, in
-    // ledger order (one flat vector, not a map of vectors: a million-task
-    // drill has millions of steps).
-    let mut per_step: Vec<(JobId, u16, usize)> =
-        g.ledger.iter().enumerate().map(|(i, e)| (e.origin.job, e.origin.step, i)).collect();
-    sort_by_job(&mut per_step, |x| x.0);
-    for entries in per_step.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+/// Every ledger entry's step as `(job, step, ledger index)`, sorted: each
+/// step's entries together, in ledger order (one flat vector, not a map of
+/// vectors: a million-task drill has millions of steps).
+struct LedgerSteps(Vec<(JobId, u16, usize)>);
+
+impl LedgerSteps {
+    fn new(g: &Ground<'_>) -> Self {
+        let mut per_step: Vec<(JobId, u16, usize)> =
+            g.ledger.iter().enumerate().map(|(i, e)| (e.origin.job, e.origin.step, i)).collect();
+        sort_by_job(&mut per_step, |x| x.0);
+        LedgerSteps(per_step)
+    }
+
+    /// The position of the step's first ledger entry in the list (by ledger
+    /// order), or None when no API has a side effect of the step.
+    fn first(&self, job: JobId, step: u16) -> Option<usize> {
+        let i = self.0.partition_point(|&(j, s, _)| (j, s) < (job, step));
+        self.0.get(i).filter(|&&(j, s, _)| (j, s) == (job, step)).map(|_| i)
+    }
+}
+
+fn exactly_once(g: &Ground<'_>, steps: &LedgerSteps, out: &mut Vec<Violation>) {
+    for entries in steps.0.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
         let (job, step, _) = entries[0];
         if entries.len() > 1 {
             let times: Vec<String> =
@@ -373,7 +393,7 @@ fn exactly_once(g: &Ground<'_>, out: &mut Vec<Violation>) {
             ));
         }
     }
-    let has_effect = |job: JobId, step: u16| per_step.binary_search_by_key(&(job, step), |&(j, s, _)| (j, s)).is_ok();
+    let has_effect = |job: JobId, step: u16| steps.first(job, step).is_some();
     let store = g.stack.orch(g.stack.serving_orch()).store();
     for t in store.tasks().iter().filter(|t| !t.probe) {
         for (i, s) in t.steps.iter().enumerate() {
@@ -423,28 +443,104 @@ fn sort_by_job<T: Ord + Copy>(v: &mut Vec<T>, job: impl Fn(&T) -> JobId) {
     *v = out;
 }
 
-/// First `Result` commit time per (job, step) in a log.
-fn first_results(g: &Ground<'_>, log: LogSlice<'_>) -> BTreeMap<(JobId, u16), Micros> {
-    let mut m = BTreeMap::new();
-    for r in log {
-        if let Op::Result { task, ordinal, .. } = r.op
-            && let Some(&job) = g.job_of.get(&task)
-        {
-            m.entry((job, ordinal)).or_insert(r.at_us);
-        }
-    }
-    m
+/// [`LogScan::first_result_us`] of a step whose result the serving log
+/// does not record.
+const NO_RESULT: Micros = Micros::MAX;
+
+/// What the invariants need from the records of every log, read in one
+/// pass ([`scan_logs`]).
+struct LogScan {
+    /// Every intent's step and key, any log, sorted and deduplicated
+    /// (collected only when the policy writes intents).
+    intents: Vec<((JobId, u16), IdemKey)>,
+    /// Every step with a result, any log, sorted and deduplicated
+    /// (collected only when the policy writes no intent).
+    any_result: Vec<(JobId, u16)>,
+    /// When the serving log first recorded each ledger step's result
+    /// (indexed like [`LedgerSteps::first`]; [`NO_RESULT`]: it did not).
+    first_result_us: Vec<Micros>,
+    /// Log-truth violations: a side-effect step's result in the serving
+    /// log before any API had its side effect (the first such record of
+    /// each step, in log order).
+    unbacked: Vec<Violation>,
 }
 
-fn no_redo(g: &Ground<'_>, out: &mut Vec<Violation>) {
-    let results = first_results(g, g.serving_log);
+/// One pass over every log's records for `no_redo` and `log_truth`. A
+/// chunk the replica shares with its primary is read once (the vectors are
+/// deduplicated anyway). The serving log is the first log of the pass and
+/// is read whole (`distinct_runs` skips only a chunk that an *earlier* log
+/// shares), so its records are the first `serving_log.len()` of the pass,
+/// in log order.
+fn scan_logs(g: &Ground<'_>, steps: &LedgerSteps) -> LogScan {
+    let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
+    // Sorted flat vectors, searched by bisection: a map of vectors costs an
+    // allocation per step of a million-task drill.
+    let mut intents: Vec<((JobId, u16), IdemKey)> = Vec::new();
+    let mut any_result: Vec<(JobId, u16)> = Vec::new();
+    let mut first_result_us = vec![NO_RESULT; steps.0.len()];
+    let mut unbacked = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let serving_len = g.serving_log.len();
+    let runs = distinct_runs(g.all_logs().chain(g.demoted_logs.iter().copied()));
+    for (pos, r) in runs.into_iter().flatten().enumerate() {
+        match r.op {
+            Op::Intent { task, ordinal, key, .. } if writes_intent => {
+                if let Some(&job) = g.job_of.get(&task) {
+                    intents.push(((job, ordinal), key));
+                }
+            }
+            Op::Result { task, ordinal, .. } => {
+                let serving = pos < serving_len;
+                if !serving && writes_intent {
+                    continue;
+                }
+                let Some(&job) = g.job_of.get(&task) else { continue };
+                if !writes_intent {
+                    any_result.push((job, ordinal));
+                }
+                if !serving {
+                    continue;
+                }
+                let first = steps.first(job, ordinal);
+                if let Some(i) = first
+                    && first_result_us[i] == NO_RESULT
+                {
+                    first_result_us[i] = r.at_us;
+                }
+                // Results of side-effect steps are backed by a ledger entry.
+                let effect_at = first.map(|i| g.ledger[steps.0[i].2].at_us);
+                if g.is_side_effect(job, ordinal)
+                    && effect_at.is_none_or(|at| at > r.at_us)
+                    && seen.insert((job, ordinal))
+                {
+                    unbacked.push(v(
+                        Invariant::LogTruth,
+                        Some(job.0),
+                        Some(ordinal),
+                        format!(
+                            "the event log records the step's result at {:.3} s but no side effect had happened by then",
+                            us_to_s(r.at_us)
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    sort_by_job(&mut intents, |x| x.0.0);
+    intents.dedup();
+    sort_by_job(&mut any_result, |x| x.0);
+    any_result.dedup();
+    LogScan { intents, any_result, first_result_us, unbacked }
+}
+
+fn no_redo(g: &Ground<'_>, steps: &LedgerSteps, scan: &LogScan, out: &mut Vec<Violation>) {
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let k = (e.origin.job, e.origin.step);
-        if let Some(&at) = results.get(&k)
-            && e.at_us > at
-            && seen.insert(k)
-        {
+        // The first result in the serving log (every ledger step is listed).
+        let at = steps.first(k.0, k.1).map_or(NO_RESULT, |i| scan.first_result_us[i]);
+        if at != NO_RESULT && e.at_us > at && seen.insert(k) {
             out.push(v(
                 Invariant::NoRedo,
                 Some(k.0.0),
@@ -552,33 +648,9 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
     }
 }
 
-fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
+fn log_truth(g: &Ground<'_>, scan: LogScan, out: &mut Vec<Violation>) {
     let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
-    // Sorted flat vectors, searched by bisection: a map of vectors costs an
-    // allocation per step of a million-task drill.
-    let mut intents: Vec<((JobId, u16), IdemKey)> = Vec::new();
-    let mut any_result: Vec<(JobId, u16)> = Vec::new();
-    // A chunk the replica shares with its primary is read once (the
-    // vectors are deduplicated anyway).
-    for r in distinct_runs(g.all_logs().chain(g.demoted_logs.iter().copied())).into_iter().flatten() {
-        match r.op {
-            Op::Intent { task, ordinal, key, .. } => {
-                if let Some(&job) = g.job_of.get(&task) {
-                    intents.push(((job, ordinal), key));
-                }
-            }
-            Op::Result { task, ordinal, .. } => {
-                if let Some(&job) = g.job_of.get(&task) {
-                    any_result.push((job, ordinal));
-                }
-            }
-            _ => {}
-        }
-    }
-    sort_by_job(&mut intents, |x| x.0.0);
-    intents.dedup();
-    sort_by_job(&mut any_result, |x| x.0);
-    any_result.dedup();
+    let LogScan { intents, any_result, unbacked, .. } = scan;
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let k = (e.origin.job, e.origin.step);
@@ -600,30 +672,9 @@ fn log_truth(g: &Ground<'_>, out: &mut Vec<Violation>) {
             out.push(v(Invariant::LogTruth, Some(k.0.0), Some(k.1), what));
         }
     }
-    // Results of side-effect steps are backed by a ledger entry.
-    let mut first_effect: BTreeMap<(JobId, u16), Micros> = BTreeMap::new();
-    for e in &g.ledger {
-        first_effect.entry((e.origin.job, e.origin.step)).or_insert(e.at_us);
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for r in g.serving_log {
-        if let Op::Result { task, ordinal, .. } = r.op
-            && let Some(&job) = g.job_of.get(&task)
-            && g.is_side_effect(job, ordinal)
-            && first_effect.get(&(job, ordinal)).is_none_or(|&at| at > r.at_us)
-            && seen.insert((job, ordinal))
-        {
-            out.push(v(
-                Invariant::LogTruth,
-                Some(job.0),
-                Some(ordinal),
-                format!(
-                    "the event log records the step's result at {:.3} s but no side effect had happened by then",
-                    us_to_s(r.at_us)
-                ),
-            ));
-        }
-    }
+    // Results of side-effect steps are backed by a ledger entry (found by
+    // the scan, after the checks above for the same steps).
+    out.extend(unbacked);
 }
 
 fn liveness(g: &Ground<'_>, budget: &Budget, out: &mut Vec<Violation>) {

@@ -292,14 +292,17 @@ impl Progress {
 
 fn counts(stack: &Stack, store: &Store) -> Counts {
     let mut c = Counts::default();
-    let mut per_step: BTreeMap<(u32, u16), u64> = BTreeMap::new();
-    for api in [stack.hosts.payment, stack.hosts.email] {
-        for e in stack.api(api).ledger() {
-            *per_step.entry((e.origin.job.0, e.origin.step)).or_default() += 1;
-        }
-    }
-    c.side_effects = per_step.values().sum();
-    c.duplicates = per_step.values().map(|n| n - 1).sum();
+    // Every ledger entry's step, sorted (a flat vector: a tree node per
+    // step costs more than the sort): entries beyond a step's first are
+    // duplicates.
+    let mut per_step: Vec<(u32, u16)> = [stack.hosts.payment, stack.hosts.email]
+        .iter()
+        .flat_map(|&api| stack.api(api).ledger().iter().map(|e| (e.origin.job.0, e.origin.step)))
+        .collect();
+    per_step.sort_unstable();
+    c.side_effects = per_step.len() as u64;
+    per_step.dedup();
+    c.duplicates = c.side_effects - per_step.len() as u64;
     for t in store.tasks() {
         if t.probe {
             continue;
@@ -308,7 +311,7 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         for (i, s) in t.steps.iter().enumerate() {
             if s.state == StepState::Done
                 && tpl.steps[i].kind.is_side_effect()
-                && !per_step.contains_key(&(t.job.0, i as u16))
+                && per_step.binary_search(&(t.job.0, i as u16)).is_err()
             {
                 c.lost_effects += 1;
             }

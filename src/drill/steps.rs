@@ -116,6 +116,11 @@ pub struct StepLog {
 /// The step events of the affected workload jobs.
 pub fn step_log(stack: &Stack, faults: &[FaultObs]) -> StepLog {
     let affected = affected_jobs(stack, faults);
+    if affected.is_empty() {
+        // No job to list (a drill without faults or recovery notes): the
+        // logs need not be read at all.
+        return StepLog::default();
+    }
     let listed: FxHashSet<JobId> = affected.iter().take(MAX_JOBS).copied().collect();
     let mut raw: Vec<(Micros, JobId, HostId, StepEventKind, Option<u16>)> = Vec::new();
     from_logs(&all_logs(stack, faults), &listed, &mut raw);
