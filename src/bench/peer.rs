@@ -99,19 +99,30 @@ pub struct PeerOutcome {
     pub finished_us: Micros,
 }
 
-fn api_config(p: &PeerParams) -> ApiConfig {
-    ApiConfig { processing_us: p.processing_us, ..ApiConfig::payment() }
+/// The payment API both sides call, sized up front for the workload's
+/// calls (both sides alike: its growth is the API's cost, not the
+/// simulator's).
+fn payment_api(p: &PeerParams) -> SideEffectApi {
+    let mut api = SideEffectApi::new(ApiConfig { processing_us: p.processing_us, ..ApiConfig::payment() });
+    api.reserve(p.tasks as usize * p.calls as usize);
+    api
 }
 
+/// What the API's ledger shows (both sides call this on their own API).
 fn outcome(api: &SideEffectApi, finished_us: Micros) -> PeerOutcome {
-    let mut seen = std::collections::BTreeSet::new();
+    // One flag per (task, call) pair, both dense: an effect whose pair is
+    // already flagged is a duplicate.
+    let ledger = api.ledger();
+    let calls = ledger.iter().map(|e| usize::from(e.origin.step) + 1).max().unwrap_or(0);
+    let tasks = ledger.iter().map(|e| e.origin.job.0 as usize + 1).max().unwrap_or(0);
+    let mut seen = vec![false; tasks * calls];
     let mut duplicates = 0;
-    for e in api.ledger() {
-        if !seen.insert((e.origin.job, e.origin.step)) {
-            duplicates += 1;
-        }
+    for e in ledger {
+        let flag = &mut seen[e.origin.job.0 as usize * calls + usize::from(e.origin.step)];
+        duplicates += u64::from(*flag);
+        *flag = true;
     }
-    PeerOutcome { effects: api.ledger().len() as u64, duplicates, requests: api.stats().calls, finished_us }
+    PeerOutcome { effects: ledger.len() as u64, duplicates, requests: api.stats().calls, finished_us }
 }
 
 fn key(task: u32, call: u32) -> IdemKey {
@@ -128,17 +139,32 @@ enum PMsg {
 /// Timers and harness events of the peer workload.
 #[derive(Clone, Copy, Debug)]
 enum PTimer {
-    Timeout { req: u32 },
+    /// A worker's one request timer (see [`PWorker::deadline_us`]).
+    Watchdog,
     Retry,
     Crash,
     Restart,
 }
 
 /// A worker's volatile state (its durable progress lives outside).
+///
+/// The request timeout is one watchdog timer per worker, not a timer per
+/// request: the runtime cannot cancel a timer, so a timer per request
+/// would leave every answered request's timer in the queue until it fired
+/// for nothing (turmoil's side cancels its `tokio::time::timeout` when the
+/// answer arrives). The watchdog is armed for the current request's
+/// deadline when none is armed; when it fires before the deadline (an
+/// earlier request's), it is re-armed for the rest. So a request still
+/// times out exactly at its send time plus the timeout, as the stack's
+/// worker's watchdog does it.
 #[derive(Clone, Copy, Debug, Default)]
 struct PWorker {
     req: u32,
     waiting: bool,
+    /// When the current request times out.
+    deadline_us: Micros,
+    /// A watchdog timer is queued for this incarnation.
+    armed: bool,
 }
 
 /// Runs the workload on agentdrill's runtime ([`Runtime`], the engine the
@@ -148,7 +174,7 @@ pub fn run_agentdrill(p: &PeerParams) -> PeerOutcome {
     let mut rt: Runtime<PMsg, PTimer> = Runtime::new(1, NetConfig { intra_region: link, cross_region: link });
     let api_host = rt.add_host("api", RegionId(0));
     let workers: Vec<HostId> = (0..p.workers).map(|w| rt.add_host(format!("w{w}"), RegionId(0))).collect();
-    let mut api = SideEffectApi::new(api_config(p));
+    let mut api = payment_api(p);
     let mut volatile = vec![PWorker::default(); p.workers as usize];
     // Durable progress per worker: calls completed, over all its tasks.
     let mut disk = vec![0u32; p.workers as usize];
@@ -161,14 +187,21 @@ pub fn run_agentdrill(p: &PeerParams) -> PeerOutcome {
         }
         v.req = v.req.wrapping_add(1);
         v.waiting = true;
+        v.deadline_us = rt.now_us() + p.timeout_us;
         let (task, call) = (p.task(w, done / p.calls), done % p.calls);
         let h = workers[w as usize];
         rt.send(h, api_host, PMsg::Req { req: v.req, task, call });
-        rt.set_timer(h, p.timeout_us, PTimer::Timeout { req: v.req });
+        if !v.armed {
+            v.armed = true;
+            rt.set_timer(h, p.timeout_us, PTimer::Watchdog);
+        }
         true
     };
+    // Workers with calls left: the run ends when the last one finishes, as
+    // turmoil's does (what is still queued then is no work).
+    let mut busy = 0;
     for w in 0..p.workers {
-        send(&mut rt, &mut volatile[w as usize], w, 0);
+        busy += u32::from(send(&mut rt, &mut volatile[w as usize], w, 0));
     }
     rt.schedule_control(p.crash_at_us, PTimer::Crash);
     rt.schedule_control(p.crash_at_us + p.restart_after_us, PTimer::Restart);
@@ -193,17 +226,26 @@ pub fn run_agentdrill(p: &PeerParams) -> PeerOutcome {
                     disk[w as usize] += 1;
                     if !send(&mut rt, v, w, disk[w as usize]) {
                         finished_us = finished_us.max(rt.now_us());
+                        busy -= 1;
+                        if busy == 0 {
+                            break;
+                        }
                     }
                 } else {
                     v.waiting = false;
                     rt.set_timer(to, US_PER_S, PTimer::Retry);
                 }
             }
-            Event::Timer { host, timer: PTimer::Timeout { req } } => {
+            Event::Timer { host, timer: PTimer::Watchdog } => {
                 let w = host.0 - workers[0].0;
                 let v = &mut volatile[w as usize];
-                if v.waiting && v.req == req {
+                v.armed = false;
+                let now = rt.now_us();
+                if v.waiting && v.deadline_us <= now {
                     send(&mut rt, v, w, disk[w as usize]);
+                } else if v.waiting {
+                    v.armed = true;
+                    rt.set_timer(host, v.deadline_us - now, PTimer::Watchdog);
                 }
             }
             Event::Timer { host, timer: PTimer::Retry } => {
@@ -245,7 +287,7 @@ pub fn run_turmoil(p: &PeerParams) -> PeerOutcome {
         .max_message_latency(latency)
         .rng_seed(1)
         .build();
-    let api = Rc::new(RefCell::new(SideEffectApi::new(api_config(p))));
+    let api = Rc::new(RefCell::new(payment_api(p)));
     let tasks_done = Rc::new(Cell::new(0u32));
     let finished_us = Rc::new(Cell::new(0u64));
     let now_us = || turmoil::sim_elapsed().map_or(0, |d| d.as_micros() as u64);

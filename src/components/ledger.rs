@@ -287,6 +287,14 @@ impl SideEffectApi {
         self.schema_breaks.active(now_us)
     }
 
+    /// Makes room for `calls` more keyed calls (their ledger entries and
+    /// keys) at once, for a caller that knows its workload's size (the
+    /// bench's peer workload): no growth, no rehash, same behaviour.
+    pub fn reserve(&mut self, calls: usize) {
+        self.keys.reserve(calls);
+        self.ledger.reserve(calls);
+    }
+
     /// The ledger: every effect that really happened, in order.
     pub fn ledger(&self) -> &[LedgerEntry] {
         &self.ledger
