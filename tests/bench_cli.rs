@@ -32,6 +32,7 @@ fn bench_quick_json_names_every_figure() {
         "scaling_100k_cost_per_task_us",
         "scaling_1m_cost_per_task_us",
         "scaling_cost_ratio_largest_over_10k",
+        "scaling_cost_ratio_1m_over_10k",
         "stack_over_floor",
         "speedup_vs_turmoil",
         "fake_payment_rps",

@@ -563,7 +563,7 @@ impl StateMachineTest for OrchTest {
                 assert_eq!(t.lease.expires_us, m.expires_us, "task {i}: expiry");
             }
             assert_eq!(t.cursor, m.cursor, "task {i}: cursor");
-            let steps: Vec<StepState> = t.steps.iter().map(|s| s.state).collect();
+            let steps: Vec<StepState> = t.step_states().collect();
             assert_eq!(steps, m.steps, "task {i}: steps");
         }
         assert_eq!(sut.orch.stale_writes_accepted(), model.stale_accepted, "stale writes");

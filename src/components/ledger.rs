@@ -16,7 +16,6 @@
 //! happened, attributed to the logical `(job, step)` that issued it. The
 //! stack never reads it.
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::components::ids::{HostId, IdemKey, Micros, Origin, US_PER_MS, US_PER_S};
@@ -118,13 +117,126 @@ pub enum Lookup {
     NotFound,
 }
 
+/// What the API remembers of a key: its first request, read from the
+/// ledger entry it made (`params`, and `at_us + processing_us`, when that
+/// request is done; the key expires `key_retention_us` after that).
 #[derive(Clone, Copy, Debug)]
 struct KeyRec {
     params: u64,
     effect: u32,
-    /// When the first request with the key is done; the key expires
-    /// `key_retention_us` later.
     done_at_us: Micros,
+}
+
+/// The live keys of an API: an open-addressing table (linear probing,
+/// backward-shift deletion) of 8-byte slots, each a ledger index and 32
+/// bits of the key's hash. The key itself and what the API remembers of it
+/// are in the ledger entry, so a slot is 8 bytes where a hash map of key
+/// to record took 40 (and a million keys about 86 MB). Lookups are exact,
+/// so the table's layout never shows in a run.
+#[derive(Debug, Default)]
+struct KeyTable {
+    /// `tag << 32 | effect`, or [`KeyTable::EMPTY`].
+    slots: Vec<u64>,
+    len: usize,
+}
+
+impl KeyTable {
+    const EMPTY: u64 = u64::MAX;
+    const MIN_SLOTS: usize = 16;
+
+    /// 32 well-mixed bits of `key`; a slot's home is their top bits.
+    #[inline]
+    fn tag(key: IdemKey) -> u32 {
+        let h = (key.hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.lo).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (h >> 32) as u32
+    }
+
+    #[inline]
+    fn home(&self, tag: u32) -> usize {
+        // The table has 2^k slots, 4 <= k <= 32: the tag's top k bits.
+        ((u64::from(tag) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The slot holding `key`, if any.
+    #[inline]
+    fn find(&self, key: IdemKey, ledger: &[LedgerEntry]) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        let tag = Self::tag(key);
+        let mut i = self.home(tag);
+        loop {
+            let s = self.slots[i];
+            if s == Self::EMPTY {
+                return None;
+            }
+            if (s >> 32) as u32 == tag && ledger[s as u32 as usize].key == Some(key) {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    /// The ledger index of `key`'s first request, if the key is live.
+    #[inline]
+    fn get(&self, key: IdemKey, ledger: &[LedgerEntry]) -> Option<u32> {
+        self.find(key, ledger).map(|i| self.slots[i] as u32)
+    }
+
+    /// Adds `key` (not in the table) for ledger entry `effect`.
+    fn insert(&mut self, key: IdemKey, effect: u32) {
+        assert!(effect != u32::MAX, "ledger under 2^32 - 1 entries");
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        self.place(u64::from(Self::tag(key)) << 32 | u64::from(effect));
+        self.len += 1;
+    }
+
+    fn place(&mut self, slot: u64) {
+        let mut i = self.home((slot >> 32) as u32);
+        while self.slots[i] != Self::EMPTY {
+            i = (i + 1) & self.mask();
+        }
+        self.slots[i] = slot;
+    }
+
+    fn grow(&mut self) {
+        let n = (self.slots.len() * 2).max(Self::MIN_SLOTS);
+        assert!(n <= 1 << 32, "key table under 2^32 slots");
+        let old = std::mem::replace(&mut self.slots, vec![Self::EMPTY; n]);
+        for s in old.into_iter().filter(|&s| s != Self::EMPTY) {
+            self.place(s);
+        }
+    }
+
+    /// Empties slot `i`, moving back the entries after it that probed
+    /// past it, so every entry stays reachable from its home.
+    fn remove_at(&mut self, mut i: usize) {
+        let mask = self.mask();
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.slots[j];
+            if s == Self::EMPTY {
+                break;
+            }
+            let home = self.home((s >> 32) as u32);
+            // The entry at `j` may move to `i` unless its home lies in (i, j].
+            let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
+            if !stays {
+                self.slots[i] = s;
+                i = j;
+            }
+        }
+        self.slots[i] = Self::EMPTY;
+        self.len -= 1;
+    }
 }
 
 /// Counters of requests, for reports and retry-storm detection.
@@ -176,7 +288,7 @@ impl SchemaBreaks {
 #[derive(Debug)]
 pub struct SideEffectApi {
     cfg: ApiConfig,
-    keys: FxHashMap<IdemKey, KeyRec>,
+    keys: KeyTable,
     /// The next ledger entry whose key has not been considered for expiry:
     /// every keyed entry is a key's expiry at `at_us + processing_us +
     /// key_retention_us`, and the ledger is in time order, so it is also
@@ -192,7 +304,7 @@ impl SideEffectApi {
     pub fn new(cfg: ApiConfig) -> Self {
         SideEffectApi {
             cfg,
-            keys: FxHashMap::default(),
+            keys: KeyTable::default(),
             expiry_next: 0,
             ledger: Vec::new(),
             stats: ApiStats::default(),
@@ -203,6 +315,20 @@ impl SideEffectApi {
     /// Configuration.
     pub fn config(&self) -> ApiConfig {
         self.cfg
+    }
+
+    /// What the API remembers of the key of ledger entry `effect` (its
+    /// first request).
+    #[inline]
+    fn rec(&self, effect: u32) -> KeyRec {
+        let e = &self.ledger[effect as usize];
+        KeyRec { params: e.params, effect, done_at_us: e.at_us + self.cfg.processing_us }
+    }
+
+    /// The live key `key`'s record.
+    #[inline]
+    fn key_rec(&self, key: IdemKey) -> Option<KeyRec> {
+        self.keys.get(key, &self.ledger).map(|e| self.rec(e))
     }
 
     fn prune(&mut self, now_us: Micros) {
@@ -217,8 +343,10 @@ impl SideEffectApi {
                 break;
             }
             self.expiry_next += 1;
-            if self.keys.get(&key).is_some_and(|r| r.done_at_us.saturating_add(retention_us) <= now_us) {
-                self.keys.remove(&key);
+            if let Some(i) = self.keys.find(key, &self.ledger)
+                && self.rec(self.keys.slots[i] as u32).done_at_us.saturating_add(retention_us) <= now_us
+            {
+                self.keys.remove_at(i);
             }
         }
     }
@@ -229,9 +357,8 @@ impl SideEffectApi {
         self.stats.calls += 1;
         self.prune(now_us);
         let done_at = now_us + self.cfg.processing_us;
-        if let Some(k) = key
-            && let Some(rec) = self.keys.get(&k).copied()
-        {
+        let known = key.and_then(|k| self.key_rec(k));
+        if let Some(rec) = known {
             if rec.done_at_us > now_us && self.cfg.dedupe {
                 self.stats.in_use += 1;
                 return (CallOutcome::KeyInUse, now_us);
@@ -247,10 +374,12 @@ impl SideEffectApi {
         }
         let effect = u32::try_from(self.ledger.len()).expect("ledger under 2^32 entries");
         self.ledger.push(LedgerEntry { at_us: now_us, origin, key, params });
-        if let Some(k) = key {
+        if let Some(k) = key
+            && known.is_none()
+        {
             // Without dedupe the key is metadata: the first effect stays
             // findable. Its expiry is queued by the ledger entry (`prune`).
-            self.keys.entry(k).or_insert(KeyRec { params, effect, done_at_us: done_at });
+            self.keys.insert(k, effect);
         }
         (CallOutcome::Ok { effect, replayed: false }, done_at)
     }
@@ -259,7 +388,7 @@ impl SideEffectApi {
     pub fn lookup(&mut self, now_us: Micros, key: IdemKey) -> Lookup {
         self.stats.lookups += 1;
         self.prune(now_us);
-        match self.keys.get(&key) {
+        match self.key_rec(key) {
             None => Lookup::NotFound,
             Some(r) if r.done_at_us > now_us => Lookup::InProgress,
             Some(r) => Lookup::Found { effect: r.effect, params: r.params },
@@ -270,7 +399,7 @@ impl SideEffectApi {
     /// and when the request reached the API (ground truth for concurrent
     /// runs of one step).
     pub fn in_progress_by(&self, now_us: Micros, key: IdemKey) -> Option<(HostId, Micros)> {
-        let r = self.keys.get(&key)?;
+        let r = self.key_rec(key)?;
         let e = &self.ledger[r.effect as usize];
         (r.done_at_us > now_us).then_some((e.origin.host, e.at_us))
     }
@@ -343,6 +472,53 @@ mod tests {
         let mut api = SideEffectApi::new(cfg);
         let (_, done) = api.call(0, Some(K), 1, origin(0));
         assert_eq!(api.call(done + 1_000, Some(K), 1, origin(0)).0, CallOutcome::Ok { effect: 1, replayed: false });
+    }
+
+    #[test]
+    fn the_key_table_finds_what_a_hash_map_finds_through_growth_and_removals() {
+        // Keys colliding on purpose (few distinct tags' homes in a small
+        // table) and spread ones; removals in an order unrelated to
+        // insertion exercise the backward shift.
+        let mut ledger = Vec::new();
+        let mut table = KeyTable::default();
+        let mut model = std::collections::HashMap::new();
+        let mut x: u64 = 0x1234_5678;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..20_000u64 {
+            let r = next();
+            let key = IdemKey { hi: r % 3_000, lo: r >> 60 };
+            match (r >> 20) % 3 {
+                0 | 1 => {
+                    if table.get(key, &ledger).is_none() {
+                        let effect = ledger.len() as u32;
+                        ledger.push(LedgerEntry { at_us: step, origin: origin(0), key: Some(key), params: r });
+                        table.insert(key, effect);
+                        assert!(model.insert(key, effect).is_none(), "the table lost {key:?}");
+                    }
+                }
+                _ => {
+                    if let Some(i) = table.find(key, &ledger) {
+                        table.remove_at(i);
+                        assert!(model.remove(&key).is_some(), "the table kept {key:?} past its removal");
+                    }
+                }
+            }
+            if step % 1_000 == 0 {
+                for (k, e) in &model {
+                    assert_eq!(table.get(*k, &ledger), Some(*e), "step {step}");
+                }
+            }
+        }
+        assert_eq!(table.len, model.len());
+        for (k, e) in &model {
+            assert_eq!(table.get(*k, &ledger), Some(*e));
+        }
+        assert!(table.slots.len() * 3 >= table.len * 4, "load factor at most 3/4");
     }
 
     #[test]

@@ -99,10 +99,24 @@ pub struct TaskRec {
     pub lease: Lease,
     /// Next step to run: every step below it has a persisted result.
     pub cursor: u16,
-    /// Durable step records.
+    /// Durable step records. Empty once the task completed with every
+    /// step `Done` (released: see [`TaskRec::step_states`]); a finished
+    /// task is never resumed, so nothing reads its checkpoints again.
     pub steps: Box<[StepRec]>,
     /// Created at.
     pub created_us: Micros,
+    /// The number of steps whose records were released at completion (all
+    /// of them were `Done`), 0 while `steps` holds them.
+    released_steps: u16,
+}
+
+impl TaskRec {
+    /// The state of each step, in order, whether its record is held or
+    /// was released at completion (then every step is `Done`).
+    pub fn step_states(&self) -> impl Iterator<Item = StepState> + '_ {
+        let released = std::iter::repeat_n(StepState::Done, usize::from(self.released_steps));
+        self.steps.iter().map(|s| s.state).chain(released)
+    }
 }
 
 /// A write. Applied identically on the primary and its replicas.
@@ -194,6 +208,56 @@ impl Op {
             | Op::Fail { task, .. }
             | Op::Requeue { task } => task,
         }
+    }
+}
+
+/// Task → job for the task ids stores mint (an index dense on each
+/// timeline): a vector per timeline, where a hash map of a million tasks
+/// misses the cache on nearly every insert and lookup. An id far past the
+/// dense range (not minted by a store) is kept in a small hash map.
+#[derive(Clone, Debug, Default)]
+pub struct TaskJobs {
+    timelines: Vec<(u64, Vec<Option<JobId>>)>,
+    sparse: rustc_hash::FxHashMap<TaskId, JobId>,
+}
+
+impl TaskJobs {
+    /// An empty map.
+    pub fn new() -> Self {
+        TaskJobs::default()
+    }
+
+    /// Maps `task` to `job` (replacing an earlier job).
+    pub fn insert(&mut self, task: TaskId, job: JobId) {
+        let (timeline, i) = (task.0 >> TIMELINE_SHIFT, (task.0 & INDEX_MASK) as usize);
+        let p = match self.timelines.iter().position(|(t, _)| *t == timeline) {
+            Some(p) => p,
+            None => {
+                self.timelines.push((timeline, Vec::new()));
+                self.timelines.len() - 1
+            }
+        };
+        let v = &mut self.timelines[p].1;
+        if i >= v.len() {
+            if i > 2 * v.len() + 4_096 {
+                self.sparse.insert(task, job);
+                return;
+            }
+            v.resize(i + 1, None);
+        }
+        v[i] = Some(job);
+    }
+
+    /// The job of `task`, if mapped.
+    #[inline]
+    pub fn get(&self, task: &TaskId) -> Option<&JobId> {
+        let timeline = task.0 >> TIMELINE_SHIFT;
+        let dense = self
+            .timelines
+            .iter()
+            .find(|(t, _)| *t == timeline)
+            .and_then(|(_, v)| v.get((task.0 & INDEX_MASK) as usize)?.as_ref());
+        dense.or_else(|| if self.sparse.is_empty() { None } else { self.sparse.get(task) })
     }
 }
 
@@ -766,6 +830,7 @@ impl Store {
                     cursor: 0,
                     steps: vec![StepRec::EMPTY; steps as usize].into_boxed_slice(),
                     created_us: rec.at_us,
+                    released_steps: 0,
                 });
                 let j = job.0 as usize;
                 if self.by_job.len() <= j {
@@ -784,7 +849,14 @@ impl Store {
             }
             Op::Renew { task, expires_us } => self.task_mut(task).lease.expires_us = expires_us,
             Op::Intent { task, ordinal, key, args } => {
-                let s = &mut self.task_mut(task).steps[ordinal as usize];
+                let t = self.task_mut(task);
+                if t.released_steps > 0 {
+                    // A write after completion (a stale holder, no fencing):
+                    // logged; the finished task's checkpoints are gone.
+                    self.log.push(*rec);
+                    return;
+                }
+                let s = &mut t.steps[ordinal as usize];
                 if s.state != StepState::Done {
                     s.state = StepState::Intent;
                 }
@@ -793,15 +865,25 @@ impl Store {
             }
             Op::Result { task, ordinal, decision, .. } => {
                 let t = self.task_mut(task);
-                let s = &mut t.steps[ordinal as usize];
-                s.state = StepState::Done;
-                s.decision = decision;
+                if t.released_steps == 0 {
+                    let s = &mut t.steps[ordinal as usize];
+                    s.state = StepState::Done;
+                    s.decision = decision;
+                }
                 t.cursor = t.cursor.max(ordinal + 1);
             }
             Op::Complete { task } => {
                 let t = self.task_mut(task);
                 t.status = TaskStatus::Done;
-                t.cursor = t.steps.len() as u16;
+                if t.released_steps == 0 {
+                    t.cursor = t.steps.len() as u16;
+                    // A finished task is never resumed: with every step
+                    // done, its state is the count (176 bytes a task).
+                    if !t.steps.is_empty() && t.steps.iter().all(|s| s.state == StepState::Done) {
+                        t.released_steps = t.cursor;
+                        t.steps = Box::default();
+                    }
+                }
             }
             Op::Fail { task, .. } => self.task_mut(task).status = TaskStatus::Failed,
             Op::Requeue { task } => {
@@ -841,6 +923,51 @@ mod tests {
         assert_eq!(r.tasks(), p.tasks());
         assert_eq!(r.task(t).unwrap().cursor, 1);
         assert_eq!(r.task_for_job(JobId(4)), Some(t));
+    }
+
+    #[test]
+    fn a_task_completed_with_every_step_done_keeps_only_the_count() {
+        let mut p = Store::new();
+        let (a, b) = (p.next_task_id(), TaskId(1));
+        p.commit(1, Op::Create { task: a, job: JobId(0), template: 0, steps: 2, probe: false, replay: false });
+        p.commit(2, Op::Create { task: b, job: JobId(1), template: 0, steps: 2, probe: false, replay: false });
+        for t in [a, b] {
+            p.commit(3, Op::Result { task: t, ordinal: 0, decision: 1, reconciled: false, corrupt: false });
+        }
+        p.commit(4, Op::Result { task: a, ordinal: 1, decision: 1, reconciled: false, corrupt: false });
+        p.commit(5, Op::Complete { task: a });
+        p.commit(5, Op::Complete { task: b }); // step 1 never ran: kept whole
+        let (ta, tb) = (p.task(a).unwrap(), p.task(b).unwrap());
+        assert!(ta.steps.is_empty());
+        assert_eq!(ta.step_states().collect::<Vec<_>>(), [StepState::Done; 2]);
+        assert_eq!(ta.cursor, 2);
+        assert_eq!(tb.steps.len(), 2);
+        assert_eq!(tb.step_states().collect::<Vec<_>>(), [StepState::Done, StepState::Empty]);
+        // A stale holder's writes after completion are logged, not applied.
+        p.commit(6, Op::Intent { task: a, ordinal: 1, key: IdemKey::for_slot(a, 1), args: 9 });
+        p.commit(7, Op::Result { task: a, ordinal: 1, decision: 2, reconciled: false, corrupt: false });
+        p.commit(8, Op::Complete { task: a });
+        assert_eq!(p.task(a).unwrap().step_states().collect::<Vec<_>>(), [StepState::Done; 2]);
+        assert_eq!(p.last_lsn(), 10);
+        let mut r = Store::new();
+        for rec in p.log() {
+            r.apply_replicated(&rec);
+        }
+        assert_eq!(r.tasks(), p.tasks());
+    }
+
+    #[test]
+    fn task_jobs_reads_what_a_hash_map_reads() {
+        let mut m = TaskJobs::new();
+        let mut model = std::collections::HashMap::new();
+        let ids = [0, 1, 5, 4_000, 3 << TIMELINE_SHIFT | 2, 1 << TIMELINE_SHIFT, 7, u64::MAX >> 1, 5];
+        for (n, &id) in ids.iter().enumerate() {
+            m.insert(TaskId(id), JobId(n as u32));
+            model.insert(TaskId(id), JobId(n as u32));
+        }
+        for id in ids.iter().copied().chain([2, 3 << TIMELINE_SHIFT, 4 << TIMELINE_SHIFT, 9_999_999]) {
+            assert_eq!(m.get(&TaskId(id)), model.get(&TaskId(id)), "task {id}");
+        }
     }
 
     fn rec(lsn: u64) -> LogRec {

@@ -63,7 +63,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS, US_PER_S, us_to_s};
@@ -72,7 +71,7 @@ use crate::components::policy::{Checkpointing, Policy};
 use crate::components::provider::ErrorMode;
 use crate::components::region::Pattern;
 use crate::components::router::{DEFAULT_BACKOFF_BASE_MS, MAX_BACKOFF_MS, MAX_RETRY_AFTER_MS};
-use crate::components::store::{LogSlice, Op, StepState, TaskStatus, distinct_runs};
+use crate::components::store::{LogSlice, Op, StepState, TaskJobs, TaskStatus, distinct_runs};
 use crate::components::workflow::{StepKind, Template};
 use crate::drill::Run;
 use crate::drill::measure::{FaultResult, measure};
@@ -271,7 +270,7 @@ struct Ground<'a> {
     before_promotion: Vec<LogSlice<'a>>,
     /// Task → job over every log (point lookups only, several per log
     /// record: a hash map, not a tree).
-    job_of: FxHashMap<TaskId, JobId>,
+    job_of: TaskJobs,
     /// Fault onsets (None: never triggered).
     onsets: Vec<Option<Micros>>,
 }
@@ -314,7 +313,7 @@ impl<'a> Ground<'a> {
                 .collect(),
             None => Vec::new(),
         };
-        let mut job_of = FxHashMap::default();
+        let mut job_of = TaskJobs::new();
         for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
             for r in log {
                 if let Op::Create { task, job, .. } = r.op {
@@ -396,9 +395,9 @@ fn exactly_once(g: &Ground<'_>, steps: &LedgerSteps, out: &mut Vec<Violation>) {
     let has_effect = |job: JobId, step: u16| steps.first(job, step).is_some();
     let store = g.stack.orch(g.stack.serving_orch()).store();
     for t in store.tasks().iter().filter(|t| !t.probe) {
-        for (i, s) in t.steps.iter().enumerate() {
+        for (i, state) in t.step_states().enumerate() {
             let step = i as u16;
-            if s.state == StepState::Done && g.is_side_effect(t.job, step) && !has_effect(t.job, step) {
+            if state == StepState::Done && g.is_side_effect(t.job, step) && !has_effect(t.job, step) {
                 out.push(v(
                     Invariant::ExactlyOnce,
                     Some(t.job.0),
@@ -592,7 +591,7 @@ fn grants(g: &Ground<'_>) -> Vec<(JobId, Micros, HostId, u64)> {
     let fully_sync = matches!(g.sc.stack.replication, Replication::Sync { degrade_after_ms: None });
     let demoted: &[LogSlice<'_>] = if fully_sync { &[] } else { &g.demoted_logs };
     for log in g.all_logs().chain(demoted.iter().copied()) {
-        let mut job_of: FxHashMap<TaskId, JobId> = FxHashMap::default();
+        let mut job_of = TaskJobs::new();
         for r in log {
             match r.op {
                 Op::Create { task, job, .. } => {

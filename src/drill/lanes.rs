@@ -10,8 +10,8 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::components::env::Note;
-use crate::components::ids::{HostId, JobId, TaskId, us_to_s};
-use crate::components::store::{LogSlice, Op};
+use crate::components::ids::{HostId, TaskId, us_to_s};
+use crate::components::store::{LogSlice, Op, TaskJobs};
 use crate::drill::measure::FaultObs;
 use crate::sim::stack::TraceEvent;
 
@@ -74,7 +74,7 @@ pub fn lanes(log: LogSlice<'_>, trace: &[TraceEvent], faults: &[FaultObs]) -> (V
             affected.entry(j.0).or_default();
         }
     }
-    let mut job_of: FxHashMap<TaskId, JobId> = FxHashMap::default();
+    let mut job_of = TaskJobs::new();
     let mut probes: Vec<TaskId> = Vec::new();
     for r in log {
         if let Op::Create { task, job, probe, .. } = r.op {
@@ -173,6 +173,7 @@ fn held_at(leases: &[(TaskId, HostId, u64, u64)], host: HostId, at_us: u64) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::components::ids::JobId;
     use crate::components::store::{Lease, LogRec};
 
     fn rec(lsn: u64, at_s: u64, op: Op) -> LogRec {

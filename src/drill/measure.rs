@@ -308,8 +308,8 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
             continue;
         }
         let tpl = &stack.templates[t.template as usize];
-        for (i, s) in t.steps.iter().enumerate() {
-            if s.state == StepState::Done
+        for (i, state) in t.step_states().enumerate() {
+            if state == StepState::Done
                 && tpl.steps[i].kind.is_side_effect()
                 && per_step.binary_search(&(t.job.0, i as u16)).is_err()
             {
