@@ -207,8 +207,21 @@ impl KeyTable {
     }
 
     fn grow(&mut self) {
-        let n = (self.slots.len() * 2).max(Self::MIN_SLOTS);
-        assert!(n <= 1 << 32, "key table under 2^32 slots");
+        self.resize((self.slots.len() * 2).max(Self::MIN_SLOTS));
+    }
+
+    /// Room for `additional` more keys without growing (the same load
+    /// limit as `insert`: at most three quarters full).
+    fn reserve(&mut self, additional: usize) {
+        let need = (self.len + additional).saturating_mul(4).div_ceil(3);
+        if need > self.slots.len() {
+            self.resize(need.next_power_of_two().max(Self::MIN_SLOTS));
+        }
+    }
+
+    /// Rehashes every key into a table of `n` slots (a power of two).
+    fn resize(&mut self, n: usize) {
+        assert!(n.is_power_of_two() && n <= 1 << 32, "key table: a power of two under 2^32 slots");
         let old = std::mem::replace(&mut self.slots, vec![Self::EMPTY; n]);
         for s in old.into_iter().filter(|&s| s != Self::EMPTY) {
             self.place(s);
