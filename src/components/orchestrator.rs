@@ -980,10 +980,13 @@ impl Orchestrator {
                 // nothing newer old enough): shared, not copied again.
                 Some((f, e, recs)) if (*f, *e) == (start, end) => recs.clone(),
                 _ => {
-                    // Collected from a range of known length, straight
-                    // into the shared allocation (no intermediate `Vec`).
-                    let recs: std::sync::Arc<[_]> =
-                        (start..end).map(|i| log.get(i).expect("below the log's end")).collect();
+                    // Copied at once from the open tail chunk (whole
+                    // records), else collected from a range of known
+                    // length, straight into the shared allocation.
+                    let recs: std::sync::Arc<[_]> = match log.whole(start, end) {
+                        Some(tail) => tail.into(),
+                        None => (start..end).map(|i| log.get(i).expect("below the log's end")).collect(),
+                    };
                     if start == from {
                         self.shipped = Some((start, end, recs.clone()));
                     }
