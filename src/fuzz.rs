@@ -1227,11 +1227,11 @@ pub fn cli(args: FuzzArgs) -> ExitCode {
     // The rate is the count over the time printed beside it; shrinking a
     // find is timed on its own.
     let shrinking = match &report.finding {
-        Some(_) => format!("; shrinking took {:.1} s", (report.elapsed - report.search_elapsed).as_secs_f64()),
+        Some(_) => format!("; shrinking took {:.2} s", (report.elapsed - report.search_elapsed).as_secs_f64()),
         None => String::new(),
     };
     println!(
-        "fuzz --policy {} --seed {}: {} case(s) run (shard {shard}/{shards}) in {:.1} s, {:.1} cases/s{shrinking}",
+        "fuzz --policy {} --seed {}: {} case(s) run (shard {shard}/{shards}) in {:.2} s, {:.1} cases/s{shrinking}",
         opts.policy.name(),
         opts.seed,
         report.cases_run,

@@ -980,11 +980,12 @@ impl Orchestrator {
                 // nothing newer old enough): shared, not copied again.
                 Some((f, e, recs)) if (*f, *e) == (start, end) => recs.clone(),
                 _ => {
-                    // Copied at once from the open tail chunk (whole
-                    // records), else collected from a range of known
-                    // length, straight into the shared allocation.
+                    // From the open tail chunk's whole records as a slice
+                    // (no lookup per record), else from a range of known
+                    // length: either way straight into the shared
+                    // allocation, copied once.
                     let recs: std::sync::Arc<[_]> = match log.whole(start, end) {
-                        Some(tail) => tail.into(),
+                        Some(tail) => tail.iter().copied().collect(),
                         None => (start..end).map(|i| log.get(i).expect("below the log's end")).collect(),
                     };
                     if start == from {
