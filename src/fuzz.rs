@@ -923,16 +923,21 @@ pub struct Finding {
 pub struct FuzzReport {
     /// Cases run.
     pub cases_run: u64,
-    /// Wall time.
+    /// Wall time of the whole run: the cases, then shrinking a find and
+    /// writing its reproducer.
     pub elapsed: Duration,
+    /// Wall time of running the cases alone (up to the find, or to the
+    /// last case): what [`FuzzReport::cases_per_s`] divides by.
+    pub search_elapsed: Duration,
     /// The violation found, if any (the run stops at the first).
     pub finding: Option<Finding>,
 }
 
 impl FuzzReport {
-    /// Cases per second.
+    /// Cases per second: the cases run ÷ the wall time they took
+    /// ([`FuzzReport::search_elapsed`]; shrinking a find is not a case).
     pub fn cases_per_s(&self) -> f64 {
-        self.cases_run as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.cases_run as f64 / self.search_elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -950,11 +955,32 @@ fn case_seed(seed: u64, i: u64) -> [u8; 32] {
     out
 }
 
+/// [`scenario_with`] as a boxed strategy, built once per thread for each
+/// `(policy, switch_on)` and shared by every case the thread generates.
+/// Building it draws nothing from the runner's RNG, so a case's value tree
+/// is the one a freshly built strategy gives; the cache only saves building
+/// and dropping the strategy's combinators for each case.
+fn cached_strategy(policy: PolicyChoice, switch_on: bool) -> BoxedStrategy<Scenario> {
+    thread_local! {
+        static BUILT: std::cell::RefCell<Vec<(PolicyChoice, bool, BoxedStrategy<Scenario>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUILT.with(|built| {
+        let mut built = built.borrow_mut();
+        if let Some((_, _, s)) = built.iter().find(|(p, on, _)| (*p, *on) == (policy, switch_on)) {
+            return s.clone();
+        }
+        let s = scenario_with(policy, switch_on).boxed();
+        built.push((policy, switch_on, s.clone()));
+        s
+    })
+}
+
 /// Generates case `i` of a run: the value tree (for shrinking).
 pub fn case_tree(policy: PolicyChoice, seed: u64, i: u64) -> impl ValueTree<Value = Scenario> {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario_with(policy, true).new_tree(&mut runner).expect("generation does not reject")
+    cached_strategy(policy, true).new_tree(&mut runner).expect("generation does not reject")
 }
 
 /// Generates case `i` of a run.
@@ -967,7 +993,7 @@ pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
 pub fn reference_case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    scenario_with(policy, false).new_tree(&mut runner).expect("generation does not reject").current()
+    cached_strategy(policy, false).new_tree(&mut runner).expect("generation does not reject").current()
 }
 
 /// Shrinks a failing case while `invariant` stays the first one it breaks. Returns the
@@ -1064,6 +1090,7 @@ pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
             broken.into_iter().next()
         },
     );
+    let search_elapsed = start.elapsed();
     let mut finding = None;
     if let Some((p, first)) = run.find {
         let i = shard - 1 + p * shards;
@@ -1078,7 +1105,7 @@ pub fn fuzz(opts: &FuzzOptions) -> std::io::Result<FuzzReport> {
         finding = Some(f);
     }
     bar.finish_and_clear();
-    Ok(FuzzReport { cases_run: run.ran, elapsed: start.elapsed(), finding })
+    Ok(FuzzReport { cases_run: run.ran, elapsed: start.elapsed(), search_elapsed, finding })
 }
 
 /// The reproducer's text: a comment naming the invariant, then the drill.
@@ -1197,12 +1224,18 @@ pub fn cli(args: FuzzArgs) -> ExitCode {
         }
     };
     let (shard, shards) = opts.shard;
+    // The rate is the count over the time printed beside it; shrinking a
+    // find is timed on its own.
+    let shrinking = match &report.finding {
+        Some(_) => format!("; shrinking took {:.2} s", (report.elapsed - report.search_elapsed).as_secs_f64()),
+        None => String::new(),
+    };
     println!(
-        "fuzz --policy {} --seed {}: {} case(s) run (shard {shard}/{shards}) in {:.1} s, {:.1} cases/s",
+        "fuzz --policy {} --seed {}: {} case(s) run (shard {shard}/{shards}) in {:.2} s, {:.1} cases/s{shrinking}",
         opts.policy.name(),
         opts.seed,
         report.cases_run,
-        report.elapsed.as_secs_f64(),
+        report.search_elapsed.as_secs_f64(),
         report.cases_per_s()
     );
     match &report.finding {

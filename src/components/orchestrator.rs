@@ -980,10 +980,14 @@ impl Orchestrator {
                 // nothing newer old enough): shared, not copied again.
                 Some((f, e, recs)) if (*f, *e) == (start, end) => recs.clone(),
                 _ => {
-                    // Collected from a range of known length, straight
-                    // into the shared allocation (no intermediate `Vec`).
-                    let recs: std::sync::Arc<[_]> =
-                        (start..end).map(|i| log.get(i).expect("below the log's end")).collect();
+                    // From the open tail chunk's whole records as a slice
+                    // (no lookup per record), else from a range of known
+                    // length: either way straight into the shared
+                    // allocation, copied once.
+                    let recs: std::sync::Arc<[_]> = match log.whole(start, end) {
+                        Some(tail) => tail.iter().copied().collect(),
+                        None => (start..end).map(|i| log.get(i).expect("below the log's end")).collect(),
+                    };
                     if start == from {
                         self.shipped = Some((start, end, recs.clone()));
                     }

@@ -137,16 +137,11 @@ fn due(
     after_us: Micros,
     settled: impl Fn(JobId) -> bool,
 ) -> Vec<JobId> {
-    let mut out = Vec::new();
-    while let Some(&(at, job)) = queue.front() {
-        if !settled(job) && at + after_us > now_us {
-            break;
-        }
-        queue.pop_front();
-        if !settled(job) {
-            out.push(job);
-        }
-    }
+    // The prefix that goes, counted first so that the answer is sized once
+    // (a retry storm releases many sends at a time).
+    let ready = queue.iter().take_while(|&&(at, job)| settled(job) || at + after_us <= now_us).count();
+    let mut out = Vec::with_capacity(ready);
+    out.extend(queue.drain(..ready).map(|(_, job)| job).filter(|&job| !settled(job)));
     out
 }
 

@@ -562,6 +562,15 @@ impl<'a> LogSlice<'a> {
         }
     }
 
+    /// The records `from..to` as one slice of whole records, when they all
+    /// lie in the open tail chunk (a sealed chunk keeps its records packed:
+    /// `None` then, read them with [`LogSlice::range`]).
+    #[inline]
+    pub fn whole(self, from: usize, to: usize) -> Option<&'a [LogRec]> {
+        let t0 = self.sealed.len() * CHUNK_RECS;
+        (t0 <= from && from <= to && to <= self.len).then(|| &self.tail[from - t0..to - t0])
+    }
+
     /// The last record.
     pub fn last(self) -> Option<LogRec> {
         self.len.checked_sub(1).and_then(|i| self.get(i))

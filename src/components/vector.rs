@@ -246,12 +246,22 @@ pub struct VectorStore {
     /// Local and received snapshots, sorted by `(taken_at_us, name)`.
     snapshots: Vec<Snapshot>,
     next_snapshot_id: u32,
+    /// [`VectorStore::prune`]'s marks, one per snapshot, kept between calls
+    /// so that a prune (one per snapshot taken) does not allocate.
+    keep: Vec<bool>,
 }
 
 impl VectorStore {
     /// An empty store with the given restore timing.
     pub fn new(cfg: VectorConfig) -> Self {
-        VectorStore { cfg, log: OpLog::default(), view: View::default(), snapshots: Vec::new(), next_snapshot_id: 0 }
+        VectorStore {
+            cfg,
+            log: OpLog::default(),
+            view: View::default(),
+            snapshots: Vec::new(),
+            next_snapshot_id: 0,
+            keep: Vec::new(),
+        }
     }
 
     /// Writes `value` to `point` at `now_us` (insert or replace). Replacing a
@@ -421,7 +431,9 @@ impl VectorStore {
     pub fn prune(&mut self, now_us: Micros, ladder: RetentionLadder) -> usize {
         let _ = now_us;
         let n = self.snapshots.len();
-        let mut keep = vec![false; n];
+        let mut keep = std::mem::take(&mut self.keep);
+        keep.clear();
+        keep.resize(n, false);
         if let Some(newest) = self.snapshots.last().map(|s| s.taken_at_us) {
             for (k, s) in keep.iter_mut().zip(&self.snapshots) {
                 *k = s.taken_at_us + ladder.recent_us >= newest;
@@ -450,6 +462,7 @@ impl VectorStore {
             i += 1;
             keep[i - 1]
         });
+        self.keep = keep;
         n - self.snapshots.len()
     }
 
