@@ -1270,7 +1270,7 @@ fn measure(
                 "stale_writes",
                 "the stack's PostgreSQL: agentdrill.writes judged against the lease history of agentdrill.event_log",
             );
-            counts.corrupted_writes = a.corrupted_writes;
+            counts.corrupted_writes = crate::drill::measure::corrupted_writes(&a.log);
             measured_from.insert(
                 "corrupted_writes",
                 "the stack's PostgreSQL: step results in agentdrill.event_log persisted from responses that failed the schema",

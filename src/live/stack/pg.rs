@@ -432,9 +432,9 @@ pub struct Audit {
     /// token, that holder, the task leased) when they were committed: what
     /// fencing exists to refuse.
     pub stale_writes: u64,
-    /// Step results persisted from tool responses that failed the schema
-    /// ([`crate::drill::measure::corrupted_writes`] over the event log).
-    pub corrupted_writes: u64,
+    /// The event log as committed, for the measurements the harness takes
+    /// from it (corrupted writes: `drill::measure::corrupted_writes`).
+    pub log: Vec<LogRec>,
     /// Every lease grant of the event log (the lease history the
     /// fakes' side-effect requests are judged against: stale actions).
     pub grants: Vec<crate::live::runs::Grant>,
@@ -484,9 +484,9 @@ async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
         .collect();
     let log = read_log(client).await?;
     let mut audit = judge(&log, &writes);
-    audit.corrupted_writes = crate::drill::measure::corrupted_writes(&log);
     audit.grants = grants(&log);
     audit.requeues_us = log.iter().filter(|r| matches!(r.op, Op::Requeue { .. })).map(|r| r.at_us).collect();
+    audit.log = log;
     Ok(Some(audit))
 }
 
