@@ -405,6 +405,22 @@ impl PgStore {
     }
 }
 
+/// The reference stack's event log at `client`'s database, in lsn order;
+/// `None` when it holds no `agentdrill.event_log` (not the reference
+/// stack). The live drill reads the dead primary's copy with it after a
+/// region loss (RTO's in-flight tasks and progress).
+pub async fn event_log(client: &Client) -> Result<Option<Vec<LogRec>>, PgError> {
+    let present: bool = client
+        .query_one("SELECT to_regclass('agentdrill.event_log') IS NOT NULL", &[])
+        .await
+        .map_err(db("look for agentdrill.event_log"))?
+        .get(0);
+    if !present {
+        return Ok(None);
+    }
+    read_log(client).await.map(Some)
+}
+
 /// The event log in lsn order, checked for holes.
 async fn read_log(client: &Client) -> Result<Vec<LogRec>, PgError> {
     let rows = client
