@@ -20,7 +20,9 @@
 //!   PostgreSQL event log (the serving node's and, after a region loss,
 //!   the dead primary's): onset → every task leased at the onset made
 //!   progress again (a step result or completion committed after it) and
-//!   the first task created at or after the onset completed. Fallback for
+//!   the first task created at or after the onset completed (when the
+//!   client submitted a job after the onset: the simulator's health probe
+//!   has no live counterpart). Fallback for
 //!   a stack without that log (the SDK agents under `examples/`): onset →
 //!   every job submitted before the onset and not done, and the first job
 //!   submitted after it, done end to end (the client's truth). None: not
@@ -1514,7 +1516,12 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, logs: Option<&EventLogs>, 
         Some(logs) => {
             let in_flight = logs.in_flight(onset);
             r.in_flight_tasks = in_flight.len();
-            logs.progress.rto_us(onset, &in_flight)
+            // The simulator offers new work at every onset (its health
+            // probe); the live client offers the jobs it submits after it.
+            // Offered none, there is no new work to wait for.
+            let offered = d.jobs.values().any(|j| j.submitted_us.is_some_and(|s| s > onset));
+            let new_work = logs.progress.new_work_done(onset).or((!offered).then_some(onset));
+            rto_us(onset, in_flight.iter().map(|&job| logs.progress.after(job, onset)), new_work)
         }
         // A stack without our event log: the client's truth, the fallback
         // (every job submitted before the onset and not done is done end
