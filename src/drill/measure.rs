@@ -243,9 +243,12 @@ pub fn all_logs<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<LogSlice<'a
 }
 
 /// Progress over every log: per job, the commit times of its results and
-/// completions; and the completion times of tasks by creation time.
+/// completions; and the completion times of tasks by creation time. The
+/// inputs of [`rto_us`] for both runtimes: the simulated drill builds it
+/// from its stores' logs, the live drill from the reference stack's
+/// PostgreSQL event log (the same [`LogRec`] format).
 #[derive(Default)]
-struct Progress {
+pub struct Progress {
     /// For each job, the commit times of its results and completions (any
     /// log, unsorted across logs).
     by_job: BTreeMap<JobId, Vec<Micros>>,
@@ -254,7 +257,8 @@ struct Progress {
 }
 
 impl Progress {
-    fn of(logs: &[LogSlice<'_>]) -> Progress {
+    /// Progress in `logs` (task ids are mapped to jobs within each log).
+    pub fn of(logs: &[LogSlice<'_>]) -> Progress {
         let mut by_job: BTreeMap<JobId, Vec<Micros>> = BTreeMap::new();
         let mut done = Vec::new();
         for log in logs {
@@ -280,14 +284,51 @@ impl Progress {
     }
 
     /// The first progress of `job` after `t0`, in any log.
-    fn after(&self, job: JobId, t0: Micros) -> Option<Micros> {
+    pub fn after(&self, job: JobId, t0: Micros) -> Option<Micros> {
         self.by_job.get(&job)?.iter().copied().filter(|&at| at > t0).min()
     }
 
     /// The first completion of a task created at or after `t0`.
-    fn new_work_done(&self, t0: Micros) -> Option<Micros> {
+    pub fn new_work_done(&self, t0: Micros) -> Option<Micros> {
         self.done.iter().filter(|&&(created, _)| created >= t0).map(|&(_, at)| at).min()
     }
+
+    /// The RTO of a fault at `t0` whose in-flight jobs are `in_flight`
+    /// ([`rto_us`] over this progress).
+    pub fn rto_us(&self, t0: Micros, in_flight: &[JobId]) -> Option<Micros> {
+        rto_us(t0, in_flight.iter().map(|&job| self.after(job, t0)), self.new_work_done(t0))
+    }
+}
+
+/// RTO (DOMAIN.md), for the simulated and the live drill alike: from the
+/// onset `t0` until every task in flight at the onset has made progress
+/// again (`in_flight_progress`: each one's first progress after `t0`,
+/// `None` if it never progressed) and new work created at or after `t0`
+/// completed (`new_work_done`). `None` when either never happened.
+pub fn rto_us(
+    t0: Micros,
+    in_flight_progress: impl IntoIterator<Item = Option<Micros>>,
+    new_work_done: Option<Micros>,
+) -> Option<Micros> {
+    let resumed_at = in_flight_progress.into_iter().try_fold(t0, |acc, at| at.map(|at| acc.max(at)))?;
+    Some(resumed_at.max(new_work_done?) - t0)
+}
+
+/// The workload jobs whose tasks `store` holds leased: the tasks in flight
+/// when a fault starts (probes are the harness's, not the workload's).
+pub fn leased_jobs(store: &Store) -> Vec<JobId> {
+    store.tasks().iter().filter(|t| t.status == TaskStatus::Leased && !t.probe).map(|t| t.job).collect()
+}
+
+/// [`leased_jobs`] of the store `log` describes at `t_us`: its records
+/// committed at or before `t_us` replayed (the live drill's in-flight set,
+/// from the reference stack's event log).
+pub fn leased_jobs_at(log: &[LogRec], t_us: Micros) -> Vec<JobId> {
+    let mut store = Store::new();
+    for rec in log.iter().take_while(|r| r.at_us <= t_us) {
+        store.apply_replicated(rec);
+    }
+    leased_jobs(&store)
 }
 
 fn counts(stack: &Stack, store: &Store) -> Counts {
@@ -413,22 +454,10 @@ fn fault_result(
             rollback_s: None,
         };
     };
-    // In-flight work progresses again.
-    let mut resumed_at = Some(t0);
-    for job in &f.in_flight {
-        let next = progress.after(*job, t0);
-        resumed_at = match (resumed_at, next) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            _ => None,
-        };
-    }
-    // New work: the first probe or job accepted after onset that completed
-    // (in any store: a completion on a store lost later still happened).
-    let new_work = progress.new_work_done(t0);
-    let rto_us = match (resumed_at, new_work) {
-        (Some(a), Some(b)) => Some(a.max(b) - t0),
-        _ => None,
-    };
+    // In-flight work progresses again, and new work (the first probe or
+    // job accepted after onset) completed, in any store: a completion on a
+    // store lost later still happened.
+    let rto_us = progress.rto_us(t0, &f.in_flight);
     let parts = rto_parts(stack, t0, window_end_us, rto_us);
     let rpo = rpo(stack, store, f, faults, t0);
     FaultResult {
@@ -705,6 +734,56 @@ mod tests {
             Node::Vector(v) => v,
             _ => panic!("not a vector host"),
         }
+    }
+
+    #[test]
+    fn rto_waits_for_every_in_flight_task_and_for_new_work() {
+        assert_eq!(rto_us(100, [Some(150), Some(130)], Some(140)), Some(50));
+        assert_eq!(rto_us(100, [Some(150)], Some(190)), Some(90));
+        assert_eq!(rto_us(100, [], Some(120)), Some(20), "nothing in flight: new work alone");
+        assert_eq!(rto_us(100, [Some(150), None], Some(120)), None, "an in-flight task never progressed");
+        assert_eq!(rto_us(100, [Some(150)], None), None, "no new work completed");
+    }
+
+    /// The live drill's path: the in-flight set from a log replayed up to
+    /// the onset, progress from the same log. A job only queued at the
+    /// onset (created, never leased) does not hold the RTO back.
+    #[test]
+    fn a_log_gives_the_tasks_leased_at_the_onset_and_their_progress() {
+        use crate::components::ids::HostId;
+        use crate::components::store::Lease;
+        let create = |task: u64, job: u32| Op::Create {
+            task: TaskId(task),
+            job: JobId(job),
+            template: 0,
+            steps: 1,
+            probe: false,
+            replay: false,
+        };
+        let lease = |task: u64| Op::Lease {
+            task: TaskId(task),
+            lease: Lease { holder: HostId(100), token: 1, expires_us: 1_000 },
+        };
+        let ops = [
+            (10, create(0, 0)),
+            (20, lease(0)),
+            (30, create(1, 1)),
+            (45, create(2, 2)),
+            (50, lease(2)),
+            (60, Op::Result { task: TaskId(0), ordinal: 0, decision: 0, reconciled: false, corrupt: false }),
+            (80, Op::Complete { task: TaskId(2) }),
+            (90, Op::Complete { task: TaskId(0) }),
+            (95, lease(1)),
+            (200, Op::Complete { task: TaskId(1) }),
+        ];
+        let log: Vec<LogRec> =
+            ops.into_iter().enumerate().map(|(i, (at_us, op))| LogRec { lsn: i as u64 + 1, at_us, op }).collect();
+        let in_flight = leased_jobs_at(&log, 40);
+        assert_eq!(in_flight, vec![JobId(0)], "job 1 was queued, job 2 not yet created");
+        let progress = Progress::of(&[LogSlice::from(&log)]);
+        assert_eq!(progress.after(JobId(0), 40), Some(60));
+        assert_eq!(progress.new_work_done(40), Some(80));
+        assert_eq!(progress.rto_us(40, &in_flight), Some(40), "the queued job's completion at 200 is not waited for");
     }
 
     /// Seed 16 case 49941: the corrupted store's point-in-time restore

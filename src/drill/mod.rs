@@ -288,7 +288,7 @@ fn onset(stack: &mut Stack, obs: &mut [FaultObs], i: usize) {
     let now = stack.rt.now_us();
     f.onset_us = Some(now);
     let store = stack.orch(stack.serving_orch()).store();
-    f.in_flight = store.tasks().iter().filter(|t| t.status == TaskStatus::Leased && !t.probe).map(|t| t.job).collect();
+    f.in_flight = measure::leased_jobs(store);
     stack.start_probing();
 }
 

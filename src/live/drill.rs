@@ -15,10 +15,19 @@
 //!   a later step's effect is in a ledger;
 //! - stuck: jobs that did not end by the horizon: no final answer served
 //!   (with `last_effect`: the last step's effect missing);
-//! - RTO of a fault: onset → every job in flight at the onset, and the
-//!   first job submitted after it, done (None: not by the horizon). Its
-//!   parts: `scale_up_s` until the killed process runs again, `resume_s`
-//!   the rest.
+//! - RTO of a fault: DOMAIN.md's, the simulator's own function
+//!   (`drill::measure::rto_us`). For the reference stack, from its
+//!   PostgreSQL event log (the serving node's and, after a region loss,
+//!   the dead primary's): onset → every task leased at the onset made
+//!   progress again (a step result or completion committed after it) and
+//!   the first task created at or after the onset completed (when the
+//!   client submitted a job after the onset: the simulator's health probe
+//!   has no live counterpart). Fallback for
+//!   a stack without that log (the SDK agents under `examples/`): onset →
+//!   every job submitted before the onset and not done, and the first job
+//!   submitted after it, done end to end (the client's truth). None: not
+//!   by the horizon. Its parts: `scale_up_s` until the killed process runs
+//!   again, `resume_s` the rest.
 //!
 //! Every time is on the fakes' clock (µs since they started), reported
 //! from the first submission.
@@ -41,7 +50,8 @@ use super::supervisor::{self, ExitRecord, Spec, Supervisor};
 use super::toxics::{Toxic, ToxicKind};
 use super::{Fake, LiveConfig, Served, Shared, lock};
 use crate::components::ids::{JobId, Micros};
-use crate::drill::measure::{Counts, FaultResult, RpoSurfaces, RtoParts};
+use crate::components::store::{LogRec, LogSlice};
+use crate::drill::measure::{Counts, FaultResult, Progress, RpoSurfaces, RtoParts, leased_jobs_at, rto_us};
 use crate::drill::{Cost, DrillResult, Header};
 
 /// Environment variable that overrides every scenario's `[database]
@@ -1257,6 +1267,15 @@ fn measure(
         ("replanned_steps", "each effect's parameters at the fakes against the script's tool input"),
     ]);
     let audit_requeues = audit.as_ref().map(|a| a.requeues_us.clone()).unwrap_or_default();
+    let event_logs = audit.as_ref().map(|a| {
+        let old_primary = d.rpo.as_ref().map_or(&[][..], |r| &r.old_primary_log[..]);
+        let loss_us = sc
+            .faults
+            .iter()
+            .zip(&d.onsets)
+            .find_map(|(f, o)| matches!(f, LiveFault::RegionLoss { .. }).then_some(o.at_us).flatten());
+        EventLogs::new(&a.log, old_primary, senders.boot_offset_us, loss_us)
+    });
     match audit {
         Some(a) => {
             let host_of = |slot: u16| senders.hosts.get(usize::from(slot)).copied().flatten();
@@ -1270,7 +1289,7 @@ fn measure(
                 "stale_writes",
                 "the stack's PostgreSQL: agentdrill.writes judged against the lease history of agentdrill.event_log",
             );
-            counts.corrupted_writes = a.corrupted_writes;
+            counts.corrupted_writes = crate::drill::measure::corrupted_writes(&a.log);
             measured_from.insert(
                 "corrupted_writes",
                 "the stack's PostgreSQL: step results in agentdrill.event_log persisted from responses that failed the schema",
@@ -1315,7 +1334,7 @@ fn measure(
     // on the fakes' clock.
     let requeues: Vec<Micros> = audit_requeues.iter().map(|t| t.saturating_sub(senders.boot_offset_us)).collect();
     let faults: Vec<FaultResult> =
-        sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d, &requeues)).collect();
+        sc.faults.iter().zip(&d.onsets).map(|(f, o)| fault_result(f, o, &d, event_logs.as_ref(), &requeues)).collect();
     let models = [&shared.models[0], &shared.models[1], &shared.models[2]];
     let mut cost = Cost::default();
     for m in models {
@@ -1428,11 +1447,53 @@ fn region_parts(onset: Micros, rto_s: f64, tl: &failover::Timeline) -> RtoParts 
     RtoParts { detection_s, routing_s, scale_up_s, hydration_s: 0.0, resume_s: left }
 }
 
-/// One fault's RTO: onset → the jobs in flight at it, and the first job
-/// submitted after it, done. A partition's parts: detection until the
-/// stack's first requeue after the onset (`requeues_us`, the fakes' clock:
-/// a lease found expired), resume the rest.
-fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, requeues_us: &[Micros]) -> FaultResult {
+/// The reference stack's event logs, on the fakes' clock: what the live
+/// RTO is read from, by the simulator's definition (DOMAIN.md,
+/// [`crate::drill::measure::rto_us`]).
+struct EventLogs {
+    /// The log of the node serving at the end (read by the audit).
+    serving: Vec<LogRec>,
+    /// After a region loss with a promoted standby: the dead primary's log
+    /// as it committed it (empty otherwise).
+    old_primary: Vec<LogRec>,
+    /// When region `a` was lost (fakes' clock), if it was.
+    loss_us: Option<Micros>,
+    /// Results and completions in both logs.
+    progress: Progress,
+}
+
+impl EventLogs {
+    /// The logs on the fakes' clock. Clocks: the reference stack stamps
+    /// `at_us` with the boot clock (`stack::env::monotonic_us`, the same
+    /// clock for every process on the machine, PostgreSQL's node included
+    /// since the orchestrator writes the stamp), while the onsets, `base_us`
+    /// and the client's truth are on the fakes' clock (`Shared::now_us`);
+    /// `boot_offset_us` (boot minus fakes', read once at the drill's start:
+    /// both are monotonic and advance together) maps one onto the other.
+    fn new(serving: &[LogRec], old_primary: &[LogRec], boot_offset_us: Micros, loss_us: Option<Micros>) -> EventLogs {
+        let fakes_clock = |log: &[LogRec]| -> Vec<LogRec> {
+            log.iter().map(|r| LogRec { at_us: r.at_us.saturating_sub(boot_offset_us), ..*r }).collect()
+        };
+        let (serving, old_primary) = (fakes_clock(serving), fakes_clock(old_primary));
+        let progress = Progress::of(&[LogSlice::from(&serving), LogSlice::from(&old_primary)]);
+        EventLogs { serving, old_primary, loss_us, progress }
+    }
+
+    /// The jobs in flight at `t0`: leased then by the log of the node that
+    /// was the primary (the dead one up to the region loss, as the
+    /// simulator reads its serving store at the onset).
+    fn in_flight(&self, t0: Micros) -> Vec<JobId> {
+        let was_primary = !self.old_primary.is_empty() && self.loss_us.is_none_or(|l| t0 <= l);
+        leased_jobs_at(if was_primary { &self.old_primary } else { &self.serving }, t0)
+    }
+}
+
+/// One fault's RTO by DOMAIN.md's definition from the event `logs`, or
+/// the client's truth without them (see the module docs). A partition's
+/// parts: detection until the stack's first requeue after the onset
+/// (`requeues_us`, the fakes' clock: a lease found expired), resume the
+/// rest.
+fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, logs: Option<&EventLogs>, requeues_us: &[Micros]) -> FaultResult {
     let mut r = FaultResult {
         kind: f.kind(),
         onset_s: None,
@@ -1448,15 +1509,37 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, requeues_us: &[Micros]) ->
         return r;
     };
     r.onset_s = Some(s_of(onset.saturating_sub(d.base_us)));
-    let in_flight: Vec<&JobTruth> = d
-        .jobs
-        .values()
-        .filter(|j| j.submitted_us.is_some_and(|s| s <= onset) && j.done_us.is_none_or(|t| t > onset))
-        .collect();
-    r.in_flight_tasks = in_flight.len();
-    let next = d.jobs.values().filter(|j| j.submitted_us.is_some_and(|s| s > onset)).min_by_key(|j| j.submitted_us);
-    let watched: Vec<&JobTruth> = in_flight.into_iter().chain(next).collect();
-    let rto_us = watched.iter().try_fold(0, |acc: Micros, j| j.done_us.map(|t| acc.max(t.saturating_sub(onset))));
+    let rto_us = match logs {
+        // The reference stack: DOMAIN.md's definition from its event log
+        // (the tasks leased at the onset made progress again, and a task
+        // created at or after it completed).
+        Some(logs) => {
+            let in_flight = logs.in_flight(onset);
+            r.in_flight_tasks = in_flight.len();
+            // The simulator offers new work at every onset (its health
+            // probe); the live client offers the jobs it submits after it.
+            // Offered none, there is no new work to wait for.
+            let offered = d.jobs.values().any(|j| j.submitted_us.is_some_and(|s| s > onset));
+            let new_work = logs.progress.new_work_done(onset).or((!offered).then_some(onset));
+            rto_us(onset, in_flight.iter().map(|&job| logs.progress.after(job, onset)), new_work)
+        }
+        // A stack without our event log: the client's truth, the fallback
+        // (every job submitted before the onset and not done is done end
+        // to end, and the first job submitted after it done).
+        None => {
+            let in_flight: Vec<Option<Micros>> = d
+                .jobs
+                .values()
+                .filter(|j| j.submitted_us.is_some_and(|s| s <= onset) && j.done_us.is_none_or(|t| t > onset))
+                .map(|j| j.done_us)
+                .collect();
+            r.in_flight_tasks = in_flight.len();
+            let next =
+                d.jobs.values().filter(|j| j.submitted_us.is_some_and(|s| s > onset)).min_by_key(|j| j.submitted_us);
+            // No job submitted after the onset: nothing new to wait for.
+            rto_us(onset, in_flight, next.map_or(Some(onset), |j| j.done_us))
+        }
+    };
     r.rto_s = rto_us.map(s_of);
     if let LiveFault::ReplicationLag { .. } = f {
         // A lag stops nothing: its cost shows in the region loss's RPO.

@@ -1080,7 +1080,7 @@ pub fn explain(sc: &LiveScenario) -> String {
     }
     let _ = writeln!(
         o,
-        "\nMeasured from the fakes' ledgers and the script: duplicates and lost effects per (job, step), RTO from each fault's onset until the jobs in flight and the next job are done end to end, stuck jobs at the horizon ({}).",
+        "\nMeasured from the fakes' ledgers and the script: duplicates and lost effects per (job, step), RTO from each fault's onset until the tasks in flight have progressed and new work is done (the reference stack's event log; other stacks: the jobs in flight and the next job done end to end), stuck jobs at the horizon ({}).",
         sc.horizon
     );
     o

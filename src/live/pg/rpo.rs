@@ -78,6 +78,11 @@ pub struct RpoReport {
     /// The last commit the standby replayed before promotion (microseconds
     /// since the Unix epoch), the cut-off below which versions reached it.
     pub replayed_until_unix_us: Option<i64>,
+    /// The old primary's `agentdrill.event_log` as it committed it (empty
+    /// when the stack keeps none): the live drill's RTO reads the tasks in
+    /// flight at the loss, and their progress before it, from it.
+    #[serde(skip)]
+    pub old_primary_log: Vec<crate::components::store::LogRec>,
 }
 
 /// Microseconds since the Unix epoch.
@@ -208,7 +213,13 @@ async fn compare(
         oldest_lost_commit_unix_us: None,
         rpo_ms: 0.0,
         replayed_until_unix_us: replayed_until,
+        old_primary_log: Vec::new(),
     };
+    let old_db = old.connect().await?;
+    report.old_primary_log = crate::live::stack::pg::event_log(&old_db).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the old primary's event log could not be read: RTO falls back to the serving log");
+        None
+    }).unwrap_or_default();
     for t in tables {
         let theirs = versions(old, t).await?;
         let ours = versions(promoted, t).await?;

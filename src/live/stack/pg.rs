@@ -405,6 +405,22 @@ impl PgStore {
     }
 }
 
+/// The reference stack's event log at `client`'s database, in lsn order;
+/// `None` when it holds no `agentdrill.event_log` (not the reference
+/// stack). The live drill reads the dead primary's copy with it after a
+/// region loss (RTO's in-flight tasks and progress).
+pub async fn event_log(client: &Client) -> Result<Option<Vec<LogRec>>, PgError> {
+    let present: bool = client
+        .query_one("SELECT to_regclass('agentdrill.event_log') IS NOT NULL", &[])
+        .await
+        .map_err(db("look for agentdrill.event_log"))?
+        .get(0);
+    if !present {
+        return Ok(None);
+    }
+    read_log(client).await.map(Some)
+}
+
 /// The event log in lsn order, checked for holes.
 async fn read_log(client: &Client) -> Result<Vec<LogRec>, PgError> {
     let rows = client
@@ -432,9 +448,9 @@ pub struct Audit {
     /// token, that holder, the task leased) when they were committed: what
     /// fencing exists to refuse.
     pub stale_writes: u64,
-    /// Step results persisted from tool responses that failed the schema
-    /// ([`crate::drill::measure::corrupted_writes`] over the event log).
-    pub corrupted_writes: u64,
+    /// The event log as committed, for the measurements the harness takes
+    /// from it (corrupted writes: `drill::measure::corrupted_writes`).
+    pub log: Vec<LogRec>,
     /// Every lease grant of the event log (the lease history the
     /// fakes' side-effect requests are judged against: stale actions).
     pub grants: Vec<crate::live::runs::Grant>,
@@ -484,9 +500,9 @@ async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
         .collect();
     let log = read_log(client).await?;
     let mut audit = judge(&log, &writes);
-    audit.corrupted_writes = crate::drill::measure::corrupted_writes(&log);
     audit.grants = grants(&log);
     audit.requeues_us = log.iter().filter(|r| matches!(r.op, Op::Requeue { .. })).map(|r| r.at_us).collect();
+    audit.log = log;
     Ok(Some(audit))
 }
 
