@@ -89,9 +89,10 @@ use crate::components::policy::AntiPattern;
 use crate::components::provider::ErrorMode;
 use crate::components::region::Pattern;
 use crate::drill::invariants::{self, Budget, Invariant, Violation};
+use crate::drill::limits;
 use crate::drill::scenario::{
-    Arrival, Dur, Expect, FailoverSpec, FaultSpec, RegionName, Scenario, Skew, SnapshotLocation, StackSpec, ToolApi,
-    VectorSpec, When, WorkerTarget, Workload,
+    Arrival, Dur, Expect, FailoverSpec, FaultSpec, NetworkSpec, RegionName, Scenario, Skew, SnapshotLocation,
+    StackSpec, ToolApi, VectorSpec, When, WorkerTarget, Workload,
 };
 use crate::drill::tier::Tier;
 
@@ -561,6 +562,23 @@ pub fn workload() -> impl Strategy<Value = Workload> + Clone {
         })
 }
 
+/// The standing network: the default two cloud regions most of the time,
+/// else links anywhere from loopback-fast to the slowest allowed
+/// ([`limits::MAX_LINK_US`] per link, latency plus jitter).
+pub fn network() -> impl Strategy<Value = NetworkSpec> + Clone {
+    let max = limits::MAX_LINK_US;
+    let link = (0..=max).prop_flat_map(move |latency| (Just(latency), 0..=(max - latency).min(50_000)));
+    prop_oneof![
+        3 => Just(NetworkSpec::default()),
+        1 => (link.clone(), link).prop_map(|((intra, intra_jitter), (cross, cross_jitter))| NetworkSpec {
+            intra_region_latency_us: intra.min(cross),
+            intra_region_jitter_us: intra_jitter,
+            cross_region_latency_us: cross,
+            cross_region_jitter_us: cross_jitter,
+        }),
+    ]
+}
+
 /// A two-region stack under the reference policy: pattern, workers,
 /// replication, failover timings, vector snapshots, API behaviour, lease and
 /// recovery scan, breaker. (Set an anti-pattern up with
@@ -593,11 +611,19 @@ pub fn stack() -> impl Strategy<Value = StackSpec> + Clone {
     );
     let apis = (any::<bool>(), dur_ms(50, 8_000), dur_ms(100, 3_000));
     let knobs = (1..=5u32, 10..=60u64, dur_ms(1_100, 10_000), 1..=3u32);
-    (pattern, replication, failover, vector, apis, knobs).prop_map(
-        |(pattern, replication, failover, vector, (email_dedupe, email_latency, payment_latency), knobs)| {
+    (pattern, replication, failover, vector, apis, knobs, network()).prop_map(
+        |(pattern, replication, failover, vector, (email_dedupe, email_latency, payment_latency), knobs, network)| {
             let (workers, lease_s, recovery_scan, breaker_threshold) = knobs;
-            let mut s =
-                StackSpec { pattern, workers, replication, failover, vector, recovery_scan, ..StackSpec::default() };
+            let mut s = StackSpec {
+                pattern,
+                workers,
+                replication,
+                failover,
+                vector,
+                recovery_scan,
+                network,
+                ..StackSpec::default()
+            };
             s.standby_workers = s.standby_workers.min(workers);
             s.apis.email_dedupe = !email_dedupe;
             s.apis.email_latency = email_latency;

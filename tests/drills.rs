@@ -241,3 +241,29 @@ fn host_names_match_the_built_stack() {
         assert_eq!(agentdrill::sim::stack::host_names(&sc.stack), built, "{}", f.display());
     }
 }
+
+/// `[stack.network]` shapes the simulated links: the same killed job ends
+/// seconds later over 250 ms links than over loopback-fast ones (each step
+/// crosses to the external APIs and back), both clean, because the bounds
+/// read the same spec (a hop of 250 ms, not the default 40 ms).
+#[test]
+fn the_stack_network_sets_the_simulated_links_and_the_bounds_follow_it() {
+    let job0_ends_s = |network: &str| {
+        let sc = parse(&format!(
+            "tier = \"internal-ops\"\nhorizon = \"2h\"\n[stack]\nnetwork = {network}\n\
+             replication = {{ mode = \"async\", lag_ms = 500, interval_ms = 500 }}\n\
+             [workload]\ntasks = 6\ntemplates = [\"book_flight\"]\n\
+             [[faults]]\nkind = \"worker_kill\"\nat = {{ job = 0, step = 3, phase = \"after_checkpoint\" }}\n\
+             [[faults]]\nkind = \"region_loss\"\nat = \"20m\"\nregion = \"a\"\n"
+        ));
+        let r = drill::run(&sc, 5);
+        assert_clean(&r, network);
+        let job0 = r.step_events.jobs.iter().find(|j| j.job == 0).expect("the killed job is listed");
+        job0.events.last().expect("job 0 has step events").at_s
+    };
+    let near = job0_ends_s(
+        "{ intra_region_latency_us = 0, intra_region_jitter_us = 0, cross_region_latency_us = 100, cross_region_jitter_us = 0 }",
+    );
+    let far = job0_ends_s("{ cross_region_latency_us = 240000, cross_region_jitter_us = 10000 }");
+    assert!(far > near + 1.0, "job 0 ended at {far:.3} s over 250 ms links, {near:.3} s over loopback-fast ones");
+}

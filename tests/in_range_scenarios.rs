@@ -31,7 +31,7 @@ use agentdrill::components::queue::QueueConfig;
 use agentdrill::components::region::Pattern;
 use agentdrill::drill::limits;
 use agentdrill::drill::scenario::{
-    self, Arrival, Dur, FaultSpec, RegionName, Scenario, Skew, StackSpec, When, WorkerTarget, Workload,
+    self, Arrival, Dur, FaultSpec, NetworkSpec, RegionName, Scenario, Skew, StackSpec, When, WorkerTarget, Workload,
 };
 use agentdrill::drill::tier::{Tier, TierSpec};
 use proptest::prelude::*;
@@ -138,10 +138,21 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
         log_uniform(0, span),
         log_uniform(0, span),
     );
-    (pattern, replication, queue, providers, timings, counts).prop_map(
-        |(pattern, replication, queue, (a, o, l), (failover, vector, apis), counts)| {
+    // Each link's latency and jitter up to half the limit: their sum in range.
+    let half = limits::MAX_LINK_US / 2;
+    let network = (log_uniform(0, half), log_uniform(0, half), log_uniform(0, half), log_uniform(0, half)).prop_map(
+        |(intra, intra_jitter, cross, cross_jitter)| NetworkSpec {
+            intra_region_latency_us: intra,
+            intra_region_jitter_us: intra_jitter,
+            cross_region_latency_us: cross,
+            cross_region_jitter_us: cross_jitter,
+        },
+    );
+    (pattern, replication, queue, providers, timings, counts, network).prop_map(
+        |(pattern, replication, queue, (a, o, l), (failover, vector, apis), counts, network)| {
             let (workers, lease_ms, breaker_threshold, window_ms, open_ms) = counts;
-            let mut s = StackSpec { pattern, replication, queue, providers: vec![a, o, l], ..StackSpec::default() };
+            let mut s =
+                StackSpec { pattern, replication, queue, providers: vec![a, o, l], network, ..StackSpec::default() };
             s.workers = workers as u32;
             s.standby_workers = s.standby_workers.min(s.workers);
             s.policy.lease_ms = lease_ms;

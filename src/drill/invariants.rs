@@ -75,7 +75,7 @@ use crate::components::store::{LogSlice, Op, StepState, TaskJobs, TaskStatus, di
 use crate::components::workflow::{StepKind, Template};
 use crate::drill::Run;
 use crate::drill::measure::{FaultResult, measure};
-use crate::drill::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation};
+use crate::drill::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation, StackSpec};
 use crate::sim::stack::{Node, Stack};
 
 /// One invariant. The order is the order of precedence when a drill breaks
@@ -1244,14 +1244,14 @@ fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micro
         (covers(a, "orchestrator-a", "a") && covers(b, "orchestrator-b", "b"))
             || (covers(a, "orchestrator-b", "b") && covers(b, "orchestrator-a", "a"))
     };
-    let catch_up = crate::components::orchestrator::SYNC_RESHIP_US + 2 * CROSS_REGION_US;
+    let catch_up = crate::components::orchestrator::SYNC_RESHIP_US + 2 * hop_us(&sc.stack);
     sc.faults
         .iter()
         .filter_map(|f| match f {
             FaultSpec::Partition { at, duration, a, b, .. } | FaultSpec::LinkDegradation { at, duration, a, b, .. }
                 if between(a, b) && at.us() <= t0 && t0 < at.us() + duration.us() + catch_up =>
             {
-                Some(t0 - at.us() + CROSS_REGION_US)
+                Some(t0 - at.us() + hop_us(&sc.stack))
             }
             _ => None,
         })
@@ -1265,7 +1265,7 @@ fn semi_sync_cut_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize) -> Micro
 fn own_corruption_rpo_us(sc: &Scenario, failovers: &[(Micros, Micros)], t0: Micros) -> (Micros, Micros) {
     let vs = &sc.stack.vector;
     let check_us = vs.integrity_check_interval.us();
-    let base_us = check_us + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+    let base_us = check_us + vs.snapshot_interval.us() + vs.ship_delay.us() + hop_us(&sc.stack);
     let mut bound_us = base_us;
     let mut restored_by_us = t0 + check_us + RESTORE_SLACK_US;
     for &(s, recovery_us) in failovers {
@@ -1308,8 +1308,17 @@ fn cuts_vector_stores(a: &str, b: &str) -> bool {
         || (covers(a, "vector-b", "b") && covers(b, "vector-a", "a"))
 }
 
-/// Worst one-way cross-region latency of the default network (35 ms + 5 ms).
-const CROSS_REGION_US: Micros = 40_000;
+/// Worst one-way cross-region trip of the scenario's network (latency +
+/// jitter: 40 ms by default).
+fn hop_us(s: &StackSpec) -> Micros {
+    s.network.cross_region_worst_us()
+}
+
+/// One-way trips a step may take besides its slowest call: the lease and
+/// heartbeat, a checkpoint before and after the call (each a commit that
+/// may wait for a synchronous standby: two more), the call itself and the
+/// report. Their sum is allowed, or a second when that is more.
+const HOPS_PER_STEP: u64 = 12;
 /// The client submits a new probe at most this often while probing.
 const PROBE_CADENCE_US: Micros = 30 * US_PER_S;
 
@@ -1352,7 +1361,7 @@ impl Budget {
             .min(req_timeout);
         let a = s.apis;
         let tool_us = a.email_latency.us().max(a.payment_latency.us()).max(a.search_latency.us());
-        let step_us = model_us.max(tool_us) + US_PER_S;
+        let step_us = model_us.max(tool_us) + US_PER_S.max(HOPS_PER_STEP.saturating_mul(hop_us(s)));
         let steps = used.iter().map(|t| t.steps.len() as u64).max().unwrap_or(0);
         let task_us = steps * step_us;
         let rounds = u64::from(sc.workload.tasks).div_ceil(u64::from(s.workers.max(1)));
@@ -1366,17 +1375,15 @@ impl Budget {
         let two = s.pattern != Pattern::SingleRegion;
         let structured_rpo_us = match s.replication {
             Replication::Sync { .. } if two => Some(0),
-            Replication::Async { lag_ms, interval_ms } if two => {
-                Some((lag_ms + interval_ms) * US_PER_MS + CROSS_REGION_US)
-            }
+            Replication::Async { lag_ms, interval_ms } if two => Some((lag_ms + interval_ms) * US_PER_MS + hop_us(s)),
             _ => None,
         };
         let vector_rpo_us = if !two || s.vector.snapshot_location == SnapshotLocation::SameRegion {
             None
         } else if s.vector.streaming_replica {
-            Some(CROSS_REGION_US)
+            Some(hop_us(s))
         } else {
-            Some(s.vector.snapshot_interval.us() + s.vector.ship_delay.us() + CROSS_REGION_US)
+            Some(s.vector.snapshot_interval.us() + s.vector.ship_delay.us() + hop_us(s))
         };
         Budget {
             detection_us,
@@ -1429,7 +1436,7 @@ impl Budget {
             self.structured_rpo_us.map(|b| extend(b + spike + semi_sync_cut_us(sc, onsets, i), "orchestrator"));
         let mut vector = self.vector_rpo_us.map(|b| extend(b, "vector"));
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { region, .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
-            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
+            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + hop_us(&sc.stack);
             for (j, f) in sc.faults.iter().enumerate() {
                 if let (FaultSpec::RegionLoss { region: r, duration: Some(d), .. }, Some(s)) = (f, onsets[j])
                     && j != i
@@ -1449,7 +1456,7 @@ impl Budget {
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
             let vs = &sc.stack.vector;
             let found =
-                vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + CROSS_REGION_US;
+                vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + hop_us(&sc.stack);
             for (j, f) in sc.faults.iter().enumerate() {
                 if let (FaultSpec::VectorCorruption { .. }, Some(c)) = (f, onsets[j]) {
                     *v = (*v).max(t0.saturating_sub(c) + found);
@@ -1478,7 +1485,7 @@ impl Budget {
                     // was still on its way (B lost at 88.0 s, A at 89.1 s:
                     // a point streamed at 87.964 s never arrived, 1.136 s
                     // old at the loss; 1.1 s + 0.04 s allows it).
-                    *v = (*v).max(t0 - s + CROSS_REGION_US);
+                    *v = (*v).max(t0 - s + hop_us(&sc.stack));
                 }
             }
         }
@@ -1492,7 +1499,7 @@ impl Budget {
         if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i])
             && !sc.stack.vector.streaming_replica
         {
-            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + CROSS_REGION_US;
+            let cycle = sc.stack.vector.snapshot_interval.us() + sc.stack.vector.ship_delay.us() + hop_us(&sc.stack);
             for f in &sc.faults {
                 if let FaultSpec::Partition { at, duration, a, b, .. }
                 | FaultSpec::LinkDegradation { at, duration, a, b, .. } = f

@@ -48,6 +48,11 @@ pub const MAX_SPAN_MS: u64 = 30 * DAY_MS;
 /// token, the vector restore time per point): 1 s, in microseconds.
 pub const MAX_PER_UNIT_US: u64 = 1_000_000;
 
+/// The slowest standing network link (one-way latency plus jitter, within
+/// or between regions): 250 ms, in microseconds. Slower than the farthest
+/// pair of cloud regions; a worse link is a `link_degradation` fault.
+pub const MAX_LINK_US: u64 = 250_000;
+
 /// The most workers per serving region.
 pub const MAX_WORKERS: u32 = 1_024;
 

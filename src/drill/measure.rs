@@ -575,10 +575,10 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
         // jobs against a log of millions ran for hours).
         let mut held_jobs = vec![false; stack.truth.accepted_us.len()];
         for r in lost.log.iter().filter(|r| r.lsn <= lost.acked_upto && r.at_us <= t0) {
-            if let Op::Create { job, .. } = r.op {
-                if let Some(held) = held_jobs.get_mut(job.0 as usize) {
-                    *held = true;
-                }
+            if let Op::Create { job, .. } = r.op
+                && let Some(held) = held_jobs.get_mut(job.0 as usize)
+            {
+                *held = true;
             }
         }
         let held = |job: JobId| held_jobs[job.0 as usize];

@@ -190,6 +190,9 @@ pub struct StackSpec {
     pub recovery_scan: Dur,
     /// Worker request timeout.
     pub request_timeout: Dur,
+    /// The simulated network's standing links (the live runtime's links
+    /// are real sockets; this shapes the simulator only).
+    pub network: NetworkSpec,
 }
 
 impl Default for StackSpec {
@@ -209,6 +212,7 @@ impl Default for StackSpec {
             queue: None,
             recovery_scan: Dur::secs(5),
             request_timeout: Dur::secs(10),
+            network: NetworkSpec::default(),
         }
     }
 }
@@ -297,6 +301,50 @@ impl Default for VectorSpec {
             restore_per_point_us: 0,
             integrity_check_interval: Dur::secs(300),
         }
+    }
+}
+
+/// The simulator's standing network: one-way latency and jitter within a
+/// region and between regions. The external APIs (payment, email, search,
+/// the model providers) sit outside both regions, so every call a worker
+/// makes to them crosses a cross-region link. A live drill's twin sets both
+/// near zero (its fakes answer on loopback); the defaults model two cloud
+/// regions (0.5 ms ± 0.2 ms inside one, 35 ms ± 5 ms between them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// One-way latency between two hosts of one region, in microseconds.
+    pub intra_region_latency_us: u64,
+    /// Uniform extra latency in `[0, this]` within a region, in microseconds.
+    pub intra_region_jitter_us: u64,
+    /// One-way latency between regions and to the external APIs, in
+    /// microseconds.
+    pub cross_region_latency_us: u64,
+    /// Uniform extra latency in `[0, this]` between regions, in microseconds.
+    pub cross_region_jitter_us: u64,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            intra_region_latency_us: 500,
+            intra_region_jitter_us: 200,
+            cross_region_latency_us: 35_000,
+            cross_region_jitter_us: 5_000,
+        }
+    }
+}
+
+impl NetworkSpec {
+    /// The slowest one-way trip between regions (latency + jitter), in
+    /// microseconds: what the RPO and RTO bounds allow for a hop.
+    pub fn cross_region_worst_us(&self) -> Micros {
+        self.cross_region_latency_us.saturating_add(self.cross_region_jitter_us)
+    }
+
+    /// The slowest one-way trip within a region, in microseconds.
+    pub fn intra_region_worst_us(&self) -> Micros {
+        self.intra_region_latency_us.saturating_add(self.intra_region_jitter_us)
     }
 }
 
@@ -1077,6 +1125,7 @@ fn stack_limit_problems(stack: &StackSpec, out: &mut Problems) {
     // it would resend at the same instant for ever.
     out.positive("stack.request_timeout", stack.request_timeout, &[]);
     out.per_unit_at_most("stack.vector.restore_per_point_us", v.restore_per_point_us);
+    network_problems(&stack.network, out);
     out.ms_at_most("stack.policy.lease_ms", stack.effective_policy().lease_ms);
     match stack.replication {
         Replication::Async { lag_ms, interval_ms } => {
@@ -1102,6 +1151,21 @@ fn stack_limit_problems(stack: &StackSpec, out: &mut Problems) {
     }
     for (i, p) in stack.providers.iter().enumerate() {
         provider_limit_problems(i, p, out);
+    }
+}
+
+/// The network's links against [`limits::MAX_LINK_US`]: a slower standing
+/// link is a partition, which `faults` model.
+fn network_problems(n: &NetworkSpec, out: &mut Problems) {
+    let max = limits::MAX_LINK_US;
+    for (side, worst) in [("intra_region", n.intra_region_worst_us()), ("cross_region", n.cross_region_worst_us())] {
+        if worst > max {
+            out.bad(
+                format!("stack.network.{side}_latency_us"),
+                format!("{side}_latency_us + {side}_jitter_us is {worst} µs, above the limit of {max} µs (MAX_LINK_US: a slower link is a fault; use a link_degradation fault); write at most {max} in all"),
+                &[],
+            );
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::components::ids::{HostId, Micros, RegionId};
+use crate::drill::scenario::NetworkSpec;
 
 /// Which kind of link a message crosses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +40,27 @@ pub struct NetConfig {
 }
 
 impl Default for NetConfig {
+    /// The scenario's default network ([`NetworkSpec::default`]).
     fn default() -> Self {
+        NetConfig::from(&NetworkSpec::default())
+    }
+}
+
+impl From<&NetworkSpec> for NetConfig {
+    /// The scenario's `[stack.network]`: lossless links (loss comes from
+    /// faults).
+    fn from(n: &NetworkSpec) -> Self {
         NetConfig {
-            intra_region: LinkConfig { latency_us: 500, jitter_us: 200, loss: 0.0 },
-            cross_region: LinkConfig { latency_us: 35_000, jitter_us: 5_000, loss: 0.0 },
+            intra_region: LinkConfig {
+                latency_us: n.intra_region_latency_us,
+                jitter_us: n.intra_region_jitter_us,
+                loss: 0.0,
+            },
+            cross_region: LinkConfig {
+                latency_us: n.cross_region_latency_us,
+                jitter_us: n.cross_region_jitter_us,
+                loss: 0.0,
+            },
         }
     }
 }

@@ -719,7 +719,7 @@ impl Stack {
     /// Builds the stack, the workload and the DNS of a scenario.
     pub fn build(sc: &Scenario, seed: u64) -> Stack {
         let spec = &sc.stack;
-        let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::default());
+        let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::from(&spec.network));
         let templates: Rc<Vec<Template>> = Rc::new(workflow::builtin());
         let mut hosts = add_service_hosts(&mut rt, spec);
         let mut nodes = service_nodes(spec, &hosts, rt.hosts().len());
