@@ -294,6 +294,22 @@ pub trait Env {
     fn send(&mut self, to: HostId, msg: Msg);
     /// Sends a message after a processing delay (the sender's work time).
     fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg);
+    /// Sends `copies` copies of a probe to `to` at once (a health check
+    /// sent from several locations) where the receiver needs only one:
+    /// `make(n)` builds the message for `n` copies. The simulation routes
+    /// each copy and delivers the first to arrive, built with `n` = the
+    /// copies that made it; this default sends `copies` messages built
+    /// with `n = 1`.
+    fn send_copies(&mut self, to: HostId, copies: u32, make: impl FnOnce(u32) -> Msg)
+    where
+        Self: Sized,
+    {
+        let msg = make(1);
+        for _ in 1..copies {
+            self.send(to, msg.clone());
+        }
+        self.send(to, msg);
+    }
     /// Sets a timer on this host.
     fn set_timer(&mut self, after_us: Micros, timer: Timer);
     /// The seeded RNG.

@@ -676,10 +676,13 @@ impl Orchestrator {
                 }
             }
             Msg::Ping { seq } => {
+                // One delivery may stand for several copies of the check:
+                // each is answered (see `region::ping_seq`).
+                let (seq, copies) = crate::components::region::split_ping_seq(seq);
                 let was_fenced = self.self_fenced(env);
                 self.heard_controller_us = env.now_us();
                 if self.serving {
-                    env.send(from, Msg::Pong { seq });
+                    env.send_copies(from, copies, |_| Msg::Pong { seq });
                     if was_fenced {
                         self.dispatch(env); // workers parked while fenced
                         self.pull_refused(env);

@@ -166,6 +166,27 @@ pub struct Controller {
 /// packet on a lossy link does not count as a failure (a checker in several
 /// locations, as Route 53 does).
 pub const PINGS_PER_CHECK: u32 = 3;
+/// Bit of a `Ping`'s `seq` above which the number of its copies that
+/// arrived, less one, is carried (see [`ping_seq`]).
+const COPIES_SHIFT: u32 = 30;
+
+/// The `seq` word of a `Ping` for check `seq` of which `copies` copies
+/// arrived (see [`Env::send_copies`]): the primary answers each copy, so a
+/// check passes when any one round trip of the [`PINGS_PER_CHECK`] survives,
+/// whether the copies travel as messages of their own (`copies` = 1 each)
+/// or as one delivery. A word with no copy bits is one copy.
+pub fn ping_seq(seq: u32, copies: u32) -> u32 {
+    assert!(seq < 1 << COPIES_SHIFT, "health check number {seq} out of range");
+    assert!((1..=4).contains(&copies), "{copies} copies of a ping");
+    seq | (copies - 1) << COPIES_SHIFT
+}
+
+/// The check number and copy count of a `Ping`'s `seq` word (the inverse of
+/// [`ping_seq`]).
+pub fn split_ping_seq(word: u32) -> (u32, u32) {
+    (word & ((1 << COPIES_SHIFT) - 1), (word >> COPIES_SHIFT) + 1)
+}
+
 /// How often a failover step is sent again until the standby acknowledges
 /// it (it may be down, or the message lost).
 pub const RESEND_US: Micros = 5 * crate::components::ids::US_PER_S;
@@ -287,9 +308,8 @@ impl Controller {
         match timer {
             Timer::HealthTick if self.checking_health() => {
                 self.seq += 1;
-                for _ in 0..PINGS_PER_CHECK {
-                    env.send(self.primary, Msg::Ping { seq: self.seq });
-                }
+                let seq = self.seq;
+                env.send_copies(self.primary, PINGS_PER_CHECK, |arrived| Msg::Ping { seq: ping_seq(seq, arrived) });
                 env.set_timer(self.cfg.health_timeout_ms * US_PER_MS, Timer::HealthTimeout { seq: self.seq });
                 env.set_timer(self.cfg.health_interval_ms * US_PER_MS, Timer::HealthTick);
             }
@@ -394,5 +414,12 @@ mod tests {
         assert_eq!(r.resolve(159), HostId(1));
         assert_eq!(r.resolve(160), HostId(2));
         assert_eq!(r.effective_at_us(), 160);
+    }
+
+    #[test]
+    fn a_ping_word_carries_its_check_and_copies() {
+        assert_eq!(split_ping_seq(ping_seq(7, 1)), (7, 1));
+        assert_eq!(ping_seq(7, 1), 7, "one copy is the plain number");
+        assert_eq!(split_ping_seq(ping_seq((1 << 30) - 1, PINGS_PER_CHECK)), ((1 << 30) - 1, PINGS_PER_CHECK));
     }
 }

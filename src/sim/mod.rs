@@ -364,6 +364,36 @@ impl<M, T> Runtime<M, T> {
         }
     }
 
+    /// Sends `copies` copies of a message from `from` to `to`, each routed
+    /// as a send of its own (the same random draws as `copies` calls of
+    /// [`Runtime::send`]: jitter and loss per copy), and queues only the
+    /// first copy to arrive: a probe sent from several places at once whose
+    /// receiver acts on the first copy (a health check). `make(n)` builds
+    /// the message knowing that `n` copies (at least 1) made it; nothing is
+    /// queued when none did. Returns `n` (0 when all were lost).
+    pub fn send_copies(&mut self, from: HostId, to: HostId, copies: u32, make: impl FnOnce(u32) -> M) -> u32 {
+        let depart = self.local_now(from);
+        let (fr, tr) = (self.hosts[from.0 as usize].region, self.hosts[to.0 as usize].region);
+        let mut first_us: Option<Micros> = None;
+        let mut arrived = 0;
+        for _ in 0..copies {
+            match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
+                Some(latency_us) => {
+                    arrived += 1;
+                    first_us = Some(first_us.map_or(latency_us, |f| f.min(latency_us)));
+                }
+                None => self.stats.dropped += 1,
+            }
+        }
+        if let Some(latency_us) = first_us {
+            let incarnation = self.hosts[to.0 as usize].incarnation;
+            let sent_by = self.hosts[from.0 as usize].incarnation;
+            let msg = make(arrived);
+            self.push(depart + latency_us, Payload::Deliver { from, to, incarnation, sent_by, depart_us: depart, msg });
+        }
+        arrived
+    }
+
     /// Sets a timer on `host`, firing after `after_us` unless the host
     /// crashes first.
     #[inline(always)]
@@ -533,6 +563,29 @@ mod tests {
         let ev = r.step(u64::MAX);
         assert!(matches!(ev, Some(Event::Timer { timer: 1, .. })));
         assert_eq!(r.now_us(), 1_000);
+    }
+
+    #[test]
+    fn copies_arrive_once_at_the_first_arrival_and_count_the_survivors() {
+        let mut r = rt();
+        let a = r.add_host("a", RegionId(0));
+        let b = r.add_host("b", RegionId(1));
+        assert_eq!(r.send_copies(a, b, 3, |n| n), 3);
+        let Some(Event::Deliver { msg, .. }) = r.step(u64::MAX) else { panic!("one copy is delivered") };
+        assert_eq!(msg, 3);
+        assert!(r.step(u64::MAX).is_none(), "only the first copy is queued");
+        r.net_mut().add_partition(Partition {
+            a: Endpoint::Host(a),
+            b: Endpoint::Host(b),
+            from_us: 0,
+            until_us: u64::MAX,
+            one_way: false,
+            extra_latency_us: 0,
+            loss: 1.0,
+        });
+        assert_eq!(r.send_copies(a, b, 3, |n| n), 0);
+        assert!(r.step(u64::MAX).is_none());
+        assert_eq!(r.stats().dropped, 3);
     }
 
     #[test]

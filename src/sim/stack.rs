@@ -377,6 +377,10 @@ impl Env for SimEnv<'_> {
         self.rt.send_after(self.me, delay_us, to, msg);
     }
     #[inline]
+    fn send_copies(&mut self, to: HostId, copies: u32, make: impl FnOnce(u32) -> Msg) {
+        self.rt.send_copies(self.me, to, copies, make);
+    }
+    #[inline]
     fn set_timer(&mut self, after_us: Micros, timer: Timer) {
         self.rt.set_timer(self.me, after_us, timer);
     }
