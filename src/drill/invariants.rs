@@ -228,13 +228,13 @@ pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
 
 /// [`check`] with the measurements already made.
 pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec<Violation> {
-    let g = Ground::new(sc, run);
+    let (g, leases) = Ground::new(sc, run);
     let budget = Budget::new(sc);
     let mut out = Vec::new();
     // Fencing first: its lease list is dropped before the steps and the
     // log scan below are built (a million-task drill's peak is here).
     // Violations are sorted at the end, so the order of checks is free.
-    fencing(&g, &mut out);
+    fencing(&g, leases, &mut out);
     let steps = LedgerSteps::new(&g);
     exactly_once(&g, &steps, &mut out);
     let scan = scan_logs(&g, &steps);
@@ -276,7 +276,9 @@ struct Ground<'a> {
 }
 
 impl<'a> Ground<'a> {
-    fn new(sc: &'a Scenario, run: &'a Run) -> Self {
+    /// The ground truth, and every lease grant of the run (see
+    /// [`jobs_and_grants`]; only [`fencing`] reads them, and drops them).
+    fn new(sc: &'a Scenario, run: &'a Run) -> (Self, Grants) {
         let stack = &run.stack;
         let mut ledger: Vec<_> =
             [stack.hosts.payment, stack.hosts.email].iter().flat_map(|&h| stack.api(h).ledger().iter()).collect();
@@ -292,7 +294,7 @@ impl<'a> Ground<'a> {
         // recovery).
         let serving = stack.serving_orch();
         // So does one whose storage a permanent loss of its region destroyed.
-        let demoted_logs = stack
+        let demoted_logs: Vec<LogSlice<'_>> = stack
             .hosts
             .orch
             .iter()
@@ -313,16 +315,9 @@ impl<'a> Ground<'a> {
                 .collect(),
             None => Vec::new(),
         };
-        let mut job_of = TaskJobs::new();
-        for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
-            for r in log {
-                if let Op::Create { task, job, .. } = r.op {
-                    job_of.insert(task, job);
-                }
-            }
-        }
+        let (job_of, leases) = jobs_and_grants(sc, &lost_logs, &demoted_logs, serving_log);
         let onsets = run.faults.iter().map(|f| f.onset_us).collect();
-        Ground {
+        let g = Ground {
             sc,
             run,
             stack,
@@ -334,7 +329,8 @@ impl<'a> Ground<'a> {
             before_promotion,
             job_of,
             onsets,
-        }
+        };
+        (g, leases)
     }
 
     fn template(&self, job: JobId) -> Option<&Template> {
@@ -634,33 +630,60 @@ fn no_redo(g: &Ground<'_>, steps: &LedgerSteps, scan: &LogScan, out: &mut Vec<Vi
 /// released the replica had first, and one the promoted replica never
 /// confirmed was never sent (a lease A recorded while cut from the
 /// controller but never delivered must not make its old holder stale).
-/// Task ids are mapped to jobs within each log (each store mints its own).
-fn grants(g: &Ground<'_>) -> Vec<(JobId, Micros, HostId, u64)> {
-    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
-    let fully_sync = matches!(g.sc.stack.replication, Replication::Sync { degrade_after_ms: None });
-    let demoted: &[LogSlice<'_>] = if fully_sync { &[] } else { &g.demoted_logs };
-    for log in g.all_logs().chain(demoted.iter().copied()) {
-        let mut job_of = TaskJobs::new();
+/// Task ids are mapped to jobs within each log (each store mints its own):
+/// a grant's task by the log's creations before it, else by
+/// [`Ground::job_of`].
+///
+/// Both come from one pass over each log (a million-task drill's logs hold
+/// millions of records; reading them twice, for the map and then for the
+/// grants, cost a second trip through memory): the map takes every log's
+/// creations in [`Ground::job_of`]'s order (lost primaries', demoted ones',
+/// then the serving log: the last mapping wins), and a grant whose task its
+/// own log had not created by then waits for the whole map.
+fn jobs_and_grants(
+    sc: &Scenario,
+    lost_logs: &[LogSlice<'_>],
+    demoted_logs: &[LogSlice<'_>],
+    serving_log: LogSlice<'_>,
+) -> (TaskJobs, Grants) {
+    let fully_sync = matches!(sc.stack.replication, Replication::Sync { degrade_after_ms: None });
+    let mut job_of = TaskJobs::new();
+    let mut leases: Grants = Vec::new();
+    let mut pending: Vec<(TaskId, Micros, HostId, u64)> = Vec::new();
+    let logs = lost_logs.iter().map(|&l| (l, true)).chain(demoted_logs.iter().map(|&l| (l, !fully_sync)));
+    for (log, grants_count) in logs.chain([(serving_log, true)]) {
+        let mut own = TaskJobs::new();
         for r in log {
             match r.op {
                 Op::Create { task, job, .. } => {
                     job_of.insert(task, job);
-                }
-                Op::Lease { task, lease } => {
-                    if let Some(&job) = job_of.get(&task).or_else(|| g.job_of.get(&task)) {
-                        leases.push((job, r.at_us, lease.holder, lease.token));
+                    if grants_count {
+                        own.insert(task, job);
                     }
                 }
+                Op::Lease { task, lease } if grants_count => match own.get(&task) {
+                    Some(&job) => leases.push((job, r.at_us, lease.holder, lease.token)),
+                    None => pending.push((task, r.at_us, lease.holder, lease.token)),
+                },
                 _ => {}
             }
         }
     }
+    for (task, at_us, holder, token) in pending {
+        if let Some(&job) = job_of.get(&task) {
+            leases.push((job, at_us, holder, token));
+        }
+    }
     sort_by_job(&mut leases, |x| x.0);
     leases.dedup();
-    leases
+    (job_of, leases)
 }
 
-fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
+/// Every lease grant as `(job, at, holder, token)`, sorted (a job's grants
+/// together, in commit order).
+type Grants = Vec<(JobId, Micros, HostId, u64)>;
+
+fn fencing(g: &Ground<'_>, leases: Grants, out: &mut Vec<Violation>) {
     let stale: u64 = g.stack.hosts.orch.iter().map(|&h| g.stack.orch(h).stale_writes_accepted()).sum();
     if stale > 0 {
         out.push(v(
@@ -670,7 +693,6 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
             format!("{stale} write(s) accepted from a worker whose lease had moved on"),
         ));
     }
-    let leases = grants(g);
     let by_job = JobIndex::new(&leases, |x| x.0);
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
@@ -2088,6 +2110,27 @@ mod tests {
             let mut got = v;
             sort_by_job(&mut got, |e| e.0);
             assert_eq!(got, expected, "{n} elements, job ids below {spread}");
+        }
+    }
+
+    #[test]
+    fn job_index_finds_what_bisection_finds() {
+        let mut x: u64 = 11;
+        let mut next = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) as u32
+        };
+        // Dense ids, sparse ids (bisection behind the index) and the empty vector.
+        for (n, spread) in [(0, 1), (1, 1), (2_000, 700), (300, u32::MAX)] {
+            let mut v: Vec<(JobId, u16)> = (0..n).map(|_| (JobId(next() % spread), (next() % 6) as u16)).collect();
+            sort_by_job(&mut v, |e| e.0);
+            v.dedup();
+            let index = JobIndex::new(&v, |e| e.0);
+            let probes = v.iter().map(|e| e.0).chain((0..50).map(|_| JobId(next() % spread.saturating_add(10))));
+            for job in probes.chain([JobId(u32::MAX)]) {
+                let expected = v.partition_point(|e| e.0 < job)..v.partition_point(|e| e.0 <= job);
+                assert_eq!(index.range(&v, job, |e| e.0), expected, "{n} elements, job {job:?}");
+            }
         }
     }
 }

@@ -1654,6 +1654,41 @@ mod tests {
         PointId { job: JobId(job), step }
     }
 
+    #[test]
+    fn acted_map_and_task_slots_answer_as_hash_maps() {
+        use crate::components::ids::TaskId;
+        let mut x: u64 = 5;
+        let mut next = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x >> 33
+        };
+        let (mut acted, mut acted_ref) = (ActedMap::default(), FxHashMap::default());
+        let (mut slots, mut slots_ref) = (TaskSlots::default(), FxHashMap::default());
+        for i in 0..20_000u64 {
+            let (job, step, d) = (JobId((next() % 3_000) as u32), (next() % 4) as u16, next() as u32);
+            assert_eq!(acted.get(job, step), acted_ref.get(&(job, step)).copied());
+            if acted.get(job, step).is_none() {
+                acted.insert(job, step, d);
+                acted_ref.insert((job, step), d);
+            }
+            // Two timelines, dense ids, and now and then an id far away.
+            let index = if i % 97 == 0 { next() << 20 } else { next() % 5_000 };
+            let task = TaskId((next() % 2) << 40 | index);
+            match (slots.get_mut(task), slots_ref.get_mut(&task)) {
+                (Some(a), Some(b)) => {
+                    assert_eq!(*a, *b);
+                    *a += 1;
+                    *b += 1;
+                }
+                (None, None) => {
+                    slots.insert(task, i);
+                    slots_ref.insert(task, i);
+                }
+                (a, b) => panic!("task {task:?}: {a:?} against {b:?}"),
+            }
+        }
+    }
+
     /// Hands `msg` to vector host `to`, as the network would.
     fn deliver(stack: &mut Stack, to: HostId, msg: Msg) {
         let Stack { rt, nodes, dns, truth, hosts, .. } = stack;
