@@ -2093,15 +2093,19 @@ mod tests {
         assert_eq!(structured_ms(&both, 2), 1_140 + 120_000);
     }
 
-    #[test]
-    fn sort_by_job_orders_as_a_comparison_sort() {
-        // A fixed pseudo-random sequence (an LCG): dense and sparse job ids,
-        // repeats, and the empty vector.
-        let mut x: u64 = 7;
-        let mut next = move || {
+    /// A fixed pseudo-random sequence (an LCG) from `seed`.
+    fn lcg(seed: u64) -> impl FnMut() -> u32 {
+        let mut x = seed;
+        move || {
             x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (x >> 33) as u32
-        };
+        }
+    }
+
+    #[test]
+    fn sort_by_job_orders_as_a_comparison_sort() {
+        // Dense and sparse job ids, repeats, and the empty vector.
+        let mut next = lcg(7);
         for (n, spread) in [(0, 1), (1, 1), (500, 100), (5_000, 3_000), (300, u32::MAX)] {
             let v: Vec<(JobId, u16, u32)> =
                 (0..n).map(|_| (JobId(next() % spread), (next() % 6) as u16, next() % 4)).collect();
@@ -2115,11 +2119,7 @@ mod tests {
 
     #[test]
     fn job_index_finds_what_bisection_finds() {
-        let mut x: u64 = 11;
-        let mut next = move || {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (x >> 33) as u32
-        };
+        let mut next = lcg(11);
         // Dense ids, sparse ids (bisection behind the index) and the empty vector.
         for (n, spread) in [(0, 1), (1, 1), (2_000, 700), (300, u32::MAX)] {
             let mut v: Vec<(JobId, u16)> = (0..n).map(|_| (JobId(next() % spread), (next() % 6) as u16)).collect();
