@@ -228,13 +228,13 @@ pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
 
 /// [`check`] with the measurements already made.
 pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec<Violation> {
-    let g = Ground::new(sc, run);
+    let (g, leases) = Ground::new(sc, run);
     let budget = Budget::new(sc);
     let mut out = Vec::new();
     // Fencing first: its lease list is dropped before the steps and the
     // log scan below are built (a million-task drill's peak is here).
     // Violations are sorted at the end, so the order of checks is free.
-    fencing(&g, &mut out);
+    fencing(&g, leases, &mut out);
     let steps = LedgerSteps::new(&g);
     exactly_once(&g, &steps, &mut out);
     let scan = scan_logs(&g, &steps);
@@ -276,7 +276,9 @@ struct Ground<'a> {
 }
 
 impl<'a> Ground<'a> {
-    fn new(sc: &'a Scenario, run: &'a Run) -> Self {
+    /// The ground truth, and every lease grant of the run (see
+    /// [`jobs_and_grants`]; only [`fencing`] reads them, and drops them).
+    fn new(sc: &'a Scenario, run: &'a Run) -> (Self, Grants) {
         let stack = &run.stack;
         let mut ledger: Vec<_> =
             [stack.hosts.payment, stack.hosts.email].iter().flat_map(|&h| stack.api(h).ledger().iter()).collect();
@@ -292,7 +294,7 @@ impl<'a> Ground<'a> {
         // recovery).
         let serving = stack.serving_orch();
         // So does one whose storage a permanent loss of its region destroyed.
-        let demoted_logs = stack
+        let demoted_logs: Vec<LogSlice<'_>> = stack
             .hosts
             .orch
             .iter()
@@ -313,16 +315,9 @@ impl<'a> Ground<'a> {
                 .collect(),
             None => Vec::new(),
         };
-        let mut job_of = TaskJobs::new();
-        for log in lost_logs.iter().chain(&demoted_logs).copied().chain([serving_log]) {
-            for r in log {
-                if let Op::Create { task, job, .. } = r.op {
-                    job_of.insert(task, job);
-                }
-            }
-        }
+        let (job_of, leases) = jobs_and_grants(sc, &lost_logs, &demoted_logs, serving_log);
         let onsets = run.faults.iter().map(|f| f.onset_us).collect();
-        Ground {
+        let g = Ground {
             sc,
             run,
             stack,
@@ -334,7 +329,8 @@ impl<'a> Ground<'a> {
             before_promotion,
             job_of,
             onsets,
-        }
+        };
+        (g, leases)
     }
 
     fn template(&self, job: JobId) -> Option<&Template> {
@@ -359,21 +355,26 @@ impl<'a> Ground<'a> {
 /// Every ledger entry's step as `(job, step, ledger index)`, sorted: each
 /// step's entries together, in ledger order (one flat vector, not a map of
 /// vectors: a million-task drill has millions of steps).
-struct LedgerSteps(Vec<(JobId, u16, usize)>);
+struct LedgerSteps(Vec<(JobId, u16, usize)>, JobIndex);
 
 impl LedgerSteps {
     fn new(g: &Ground<'_>) -> Self {
         let mut per_step: Vec<(JobId, u16, usize)> =
             g.ledger.iter().enumerate().map(|(i, e)| (e.origin.job, e.origin.step, i)).collect();
         sort_by_job(&mut per_step, |x| x.0);
-        LedgerSteps(per_step)
+        let index = JobIndex::new(&per_step, |x| x.0);
+        LedgerSteps(per_step, index)
     }
 
     /// The position of the step's first ledger entry in the list (by ledger
     /// order), or None when no API has a side effect of the step.
     fn first(&self, job: JobId, step: u16) -> Option<usize> {
-        let i = self.0.partition_point(|&(j, s, _)| (j, s) < (job, step));
-        self.0.get(i).filter(|&&(j, s, _)| (j, s) == (job, step)).map(|_| i)
+        // The job's few entries by its index (a bisection of the whole list
+        // misses the cache at every probe in a million-task drill), then the
+        // first at or after the step, as `partition_point` would find it.
+        let r = self.1.range(&self.0, job, |x| x.0);
+        let i = r.start + self.0[r.clone()].partition_point(|&(_, s, _)| s < step);
+        (i < r.end && self.0[i].1 == step).then_some(i)
     }
 }
 
@@ -413,7 +414,7 @@ fn exactly_once(g: &Ground<'_>, steps: &LedgerSteps, out: &mut Vec<Violation>) {
 /// order starts with a job id: jobs are dense, so a counting sort by job
 /// (linear) and then each job's few elements sorted, instead of a
 /// comparison sort of the whole vector. Sparse ids fall back to the latter.
-fn sort_by_job<T: Ord + Copy>(v: &mut Vec<T>, job: impl Fn(&T) -> JobId) {
+pub(crate) fn sort_by_job<T: Ord + Copy>(v: &mut Vec<T>, job: impl Fn(&T) -> JobId) {
     let Some(max) = v.iter().map(|x| job(x).0 as usize).max() else { return };
     if max > v.len().saturating_mul(4).max(1_024) {
         v.sort_unstable();
@@ -440,6 +441,50 @@ fn sort_by_job<T: Ord + Copy>(v: &mut Vec<T>, job: impl Fn(&T) -> JobId) {
         out[w[0] as usize..w[1] as usize].sort_unstable();
     }
     *v = out;
+}
+
+/// Where each job's elements are in a vector sorted by job (by
+/// [`sort_by_job`], deduplicated or not): `start[j]..start[j + 1]`, so a
+/// lookup reads two adjacent counters and the job's few elements instead of
+/// bisecting the whole vector (about 22 cache misses a lookup at a million
+/// tasks). Sparse job ids (above [`sort_by_job`]'s dense bound) fall back to
+/// bisection. It answers for the vector it was built on, unchanged.
+pub(crate) struct JobIndex(Option<Vec<u32>>);
+
+impl JobIndex {
+    /// The index of `v`, which must be sorted by `job`.
+    pub(crate) fn new<T>(v: &[T], job: impl Fn(&T) -> JobId) -> JobIndex {
+        let Some(max) = v.iter().map(|x| job(x).0 as usize).max() else { return JobIndex(Some(Vec::new())) };
+        if max > v.len().saturating_mul(4).max(1_024) || u32::try_from(v.len()).is_err() {
+            return JobIndex(None);
+        }
+        let mut start = vec![0u32; max + 2];
+        for x in v {
+            start[job(x).0 as usize + 1] += 1;
+        }
+        let mut sum = 0;
+        for c in start.iter_mut() {
+            sum += *c;
+            *c = sum;
+        }
+        debug_assert!(v.windows(2).all(|w| job(&w[0]) <= job(&w[1])), "JobIndex over a vector not sorted by job");
+        JobIndex(Some(start))
+    }
+
+    /// Where `j`'s elements are in `v` (the vector the index was built on).
+    #[inline]
+    pub(crate) fn range<T>(&self, v: &[T], j: JobId, job: impl Fn(&T) -> JobId) -> std::ops::Range<usize> {
+        match &self.0 {
+            Some(start) => {
+                let i = j.0 as usize;
+                match (start.get(i), start.get(i + 1)) {
+                    (Some(&a), Some(&b)) => a as usize..b as usize,
+                    _ => v.len()..v.len(),
+                }
+            }
+            None => v.partition_point(|x| job(x) < j)..v.partition_point(|x| job(x) <= j),
+        }
+    }
 }
 
 /// [`LogScan::first_result_us`] of a step whose result the serving log
@@ -585,33 +630,60 @@ fn no_redo(g: &Ground<'_>, steps: &LedgerSteps, scan: &LogScan, out: &mut Vec<Vi
 /// released the replica had first, and one the promoted replica never
 /// confirmed was never sent (a lease A recorded while cut from the
 /// controller but never delivered must not make its old holder stale).
-/// Task ids are mapped to jobs within each log (each store mints its own).
-fn grants(g: &Ground<'_>) -> Vec<(JobId, Micros, HostId, u64)> {
-    let mut leases: Vec<(JobId, Micros, HostId, u64)> = Vec::new();
-    let fully_sync = matches!(g.sc.stack.replication, Replication::Sync { degrade_after_ms: None });
-    let demoted: &[LogSlice<'_>] = if fully_sync { &[] } else { &g.demoted_logs };
-    for log in g.all_logs().chain(demoted.iter().copied()) {
-        let mut job_of = TaskJobs::new();
+/// Task ids are mapped to jobs within each log (each store mints its own):
+/// a grant's task by the log's creations before it, else by
+/// [`Ground::job_of`].
+///
+/// Both come from one pass over each log (a million-task drill's logs hold
+/// millions of records; reading them twice, for the map and then for the
+/// grants, cost a second trip through memory): the map takes every log's
+/// creations in [`Ground::job_of`]'s order (lost primaries', demoted ones',
+/// then the serving log: the last mapping wins), and a grant whose task its
+/// own log had not created by then waits for the whole map.
+fn jobs_and_grants(
+    sc: &Scenario,
+    lost_logs: &[LogSlice<'_>],
+    demoted_logs: &[LogSlice<'_>],
+    serving_log: LogSlice<'_>,
+) -> (TaskJobs, Grants) {
+    let fully_sync = matches!(sc.stack.replication, Replication::Sync { degrade_after_ms: None });
+    let mut job_of = TaskJobs::new();
+    let mut leases: Grants = Vec::new();
+    let mut pending: Vec<(TaskId, Micros, HostId, u64)> = Vec::new();
+    let logs = lost_logs.iter().map(|&l| (l, true)).chain(demoted_logs.iter().map(|&l| (l, !fully_sync)));
+    for (log, grants_count) in logs.chain([(serving_log, true)]) {
+        let mut own = TaskJobs::new();
         for r in log {
             match r.op {
                 Op::Create { task, job, .. } => {
                     job_of.insert(task, job);
-                }
-                Op::Lease { task, lease } => {
-                    if let Some(&job) = job_of.get(&task).or_else(|| g.job_of.get(&task)) {
-                        leases.push((job, r.at_us, lease.holder, lease.token));
+                    if grants_count {
+                        own.insert(task, job);
                     }
                 }
+                Op::Lease { task, lease } if grants_count => match own.get(&task) {
+                    Some(&job) => leases.push((job, r.at_us, lease.holder, lease.token)),
+                    None => pending.push((task, r.at_us, lease.holder, lease.token)),
+                },
                 _ => {}
             }
         }
     }
+    for (task, at_us, holder, token) in pending {
+        if let Some(&job) = job_of.get(&task) {
+            leases.push((job, at_us, holder, token));
+        }
+    }
     sort_by_job(&mut leases, |x| x.0);
     leases.dedup();
-    leases
+    (job_of, leases)
 }
 
-fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
+/// Every lease grant as `(job, at, holder, token)`, sorted (a job's grants
+/// together, in commit order).
+type Grants = Vec<(JobId, Micros, HostId, u64)>;
+
+fn fencing(g: &Ground<'_>, leases: Grants, out: &mut Vec<Violation>) {
     let stale: u64 = g.stack.hosts.orch.iter().map(|&h| g.stack.orch(h).stale_writes_accepted()).sum();
     if stale > 0 {
         out.push(v(
@@ -621,11 +693,11 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
             format!("{stale} write(s) accepted from a worker whose lease had moved on"),
         ));
     }
-    let leases = grants(g);
+    let by_job = JobIndex::new(&leases, |x| x.0);
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let job = e.origin.job;
-        let l = &leases[leases.partition_point(|x| x.0 < job)..leases.partition_point(|x| x.0 <= job)];
+        let l = &leases[by_job.range(&leases, job, |x| x.0)];
         let holder = l.iter().rev().find(|(_, at, _, _)| *at <= e.at_us).map(|(_, _, h, _)| *h);
         if let Some(h) = holder
             && h != e.origin.host
@@ -650,13 +722,17 @@ fn fencing(g: &Ground<'_>, out: &mut Vec<Violation>) {
 fn log_truth(g: &Ground<'_>, scan: LogScan, out: &mut Vec<Violation>) {
     let writes_intent = g.policy.checkpointing == Checkpointing::BeforeCall;
     let LogScan { intents, any_result, unbacked, .. } = scan;
+    let intents_by_job = JobIndex::new(&intents, |x| x.0.0);
+    let results_by_job = JobIndex::new(&any_result, |x| x.0);
     let mut seen = std::collections::BTreeSet::new();
     for e in &g.ledger {
         let k = (e.origin.job, e.origin.step);
         let recorded = if writes_intent {
-            e.key.is_some_and(|key| intents.binary_search(&(k, key)).is_ok())
+            e.key.is_some_and(|key| {
+                intents[intents_by_job.range(&intents, k.0, |x| x.0.0)].binary_search(&(k, key)).is_ok()
+            })
         } else {
-            any_result.binary_search(&k).is_ok()
+            any_result[results_by_job.range(&any_result, k.0, |x| x.0)].binary_search(&k).is_ok()
         };
         if !recorded && seen.insert(k) {
             let what = if writes_intent {
@@ -2024,15 +2100,19 @@ mod tests {
         assert_eq!(structured_ms(&both, 2), 1_140 + 120_000);
     }
 
-    #[test]
-    fn sort_by_job_orders_as_a_comparison_sort() {
-        // A fixed pseudo-random sequence (an LCG): dense and sparse job ids,
-        // repeats, and the empty vector.
-        let mut x: u64 = 7;
-        let mut next = move || {
+    /// A fixed pseudo-random sequence (an LCG) from `seed`.
+    fn lcg(seed: u64) -> impl FnMut() -> u32 {
+        let mut x = seed;
+        move || {
             x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (x >> 33) as u32
-        };
+        }
+    }
+
+    #[test]
+    fn sort_by_job_orders_as_a_comparison_sort() {
+        // Dense and sparse job ids, repeats, and the empty vector.
+        let mut next = lcg(7);
         for (n, spread) in [(0, 1), (1, 1), (500, 100), (5_000, 3_000), (300, u32::MAX)] {
             let v: Vec<(JobId, u16, u32)> =
                 (0..n).map(|_| (JobId(next() % spread), (next() % 6) as u16, next() % 4)).collect();
@@ -2041,6 +2121,23 @@ mod tests {
             let mut got = v;
             sort_by_job(&mut got, |e| e.0);
             assert_eq!(got, expected, "{n} elements, job ids below {spread}");
+        }
+    }
+
+    #[test]
+    fn job_index_finds_what_bisection_finds() {
+        let mut next = lcg(11);
+        // Dense ids, sparse ids (bisection behind the index) and the empty vector.
+        for (n, spread) in [(0, 1), (1, 1), (2_000, 700), (300, u32::MAX)] {
+            let mut v: Vec<(JobId, u16)> = (0..n).map(|_| (JobId(next() % spread), (next() % 6) as u16)).collect();
+            sort_by_job(&mut v, |e| e.0);
+            v.dedup();
+            let index = JobIndex::new(&v, |e| e.0);
+            let probes = v.iter().map(|e| e.0).chain((0..50).map(|_| JobId(next() % spread.saturating_add(10))));
+            for job in probes.chain([JobId(u32::MAX)]) {
+                let expected = v.partition_point(|e| e.0 < job)..v.partition_point(|e| e.0 <= job);
+                assert_eq!(index.range(&v, job, |e| e.0), expected, "{n} elements, job {job:?}");
+            }
         }
     }
 }

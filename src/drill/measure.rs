@@ -340,10 +340,14 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         .iter()
         .flat_map(|&api| stack.api(api).ledger().iter().map(|e| (e.origin.job.0, e.origin.step)))
         .collect();
-    per_step.sort_unstable();
+    // Jobs are dense: a counting sort by job gives `sort_unstable`'s order
+    // in linear time, and the job index below replaces a bisection of
+    // millions of steps per lookup.
+    crate::drill::invariants::sort_by_job(&mut per_step, |x| JobId(x.0));
     c.side_effects = per_step.len() as u64;
     per_step.dedup();
     c.duplicates = c.side_effects - per_step.len() as u64;
+    let by_job = crate::drill::invariants::JobIndex::new(&per_step, |x| JobId(x.0));
     for t in store.tasks() {
         if t.probe {
             continue;
@@ -352,7 +356,7 @@ fn counts(stack: &Stack, store: &Store) -> Counts {
         for (i, state) in t.step_states().enumerate() {
             if state == StepState::Done
                 && tpl.steps[i].kind.is_side_effect()
-                && per_step.binary_search(&(t.job.0, i as u16)).is_err()
+                && per_step[by_job.range(&per_step, t.job, |x| JobId(x.0))].binary_search(&(t.job.0, i as u16)).is_err()
             {
                 c.lost_effects += 1;
             }
@@ -398,7 +402,7 @@ fn replanned(stack: &Stack) -> u64 {
     for (point, &((g, d), value)) in &stack.truth.vec_basis {
         let survived = vec.query(*point).is_some_and(|hit| hit.value == value);
         if survived
-            && let Some(&acted) = stack.truth.acted.get(&(point.job, g))
+            && let Some(acted) = stack.truth.acted(point.job, g)
             && acted != d
         {
             steps.insert((point.job, g));

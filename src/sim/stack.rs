@@ -104,8 +104,8 @@ pub struct Truth {
     /// workload job, probes are added as they finish).
     pub completed: Vec<bool>,
     /// First decision a side effect (a ledger entry) acted upon, per (job,
-    /// governing step).
-    pub acted: FxHashMap<(JobId, u16), u32>,
+    /// governing step): read with [`Truth::acted`].
+    acted: ActedMap,
     /// (job, step) pairs whose side effects acted on two different decisions.
     pub replanned: Vec<(JobId, u16)>,
     /// First acknowledgement time of each vector point by the primary.
@@ -128,7 +128,7 @@ pub struct Truth {
     pub concurrent_runs: u64,
     /// First side-effect request seen per task, and whether the task has
     /// seen requests under two different lease tokens.
-    pub first_side_request: FxHashMap<crate::components::ids::TaskId, (Origin, Micros, bool)>,
+    first_side_request: TaskSlots<(Origin, Micros, bool)>,
     /// Side-effect requests of tasks that saw two lease tokens: checked
     /// after the run against the lease history (two workers ran a step?).
     pub suspect_requests: Vec<(Origin, Micros)>,
@@ -141,7 +141,7 @@ pub struct Truth {
 impl Truth {
     /// Records a side-effect request for the lease check after the run.
     pub fn side_request(&mut self, origin: Origin, at_us: Micros) {
-        match self.first_side_request.get_mut(&origin.task) {
+        match self.first_side_request.get_mut(origin.task) {
             None => {
                 self.first_side_request.insert(origin.task, (origin, at_us, false));
             }
@@ -162,17 +162,113 @@ impl Truth {
     /// earlier effect's for the same step means the plan was re-derived.
     pub fn acted_on(&mut self, job: JobId, basis: (u16, u32)) {
         let k = (job, basis.0);
-        match self.acted.get(&k) {
-            Some(&d) if d != basis.1 => {
+        match self.acted.get(job, basis.0) {
+            Some(d) if d != basis.1 => {
                 if !self.replanned.contains(&k) {
                     self.replanned.push(k);
                 }
             }
             Some(_) => {}
-            None => {
-                self.acted.insert(k, basis.1);
-            }
+            None => self.acted.insert(job, basis.0, basis.1),
         }
+    }
+
+    /// The first decision a side effect of `job` acted upon for plan step
+    /// `step` (see [`Truth::acted_on`]), if any did.
+    pub fn acted(&self, job: JobId, step: u16) -> Option<u32> {
+        self.acted.get(job, step)
+    }
+}
+
+/// [`Truth`]'s first decision per (job, plan step): jobs are dense and
+/// nearly every job acts on one step, so the first step acted upon sits in
+/// a vector indexed by job (8 bytes a job) and any later step of the same
+/// job in a small hash map. A hash map of a million (job, step) keys missed
+/// the cache on every insert and lookup.
+#[derive(Default)]
+struct ActedMap {
+    /// Per job: `(step + 1, decision)`, step 0 for none yet.
+    first: Vec<(u32, u32)>,
+    /// Every other (job, step).
+    more: FxHashMap<(JobId, u16), u32>,
+}
+
+impl ActedMap {
+    fn get(&self, job: JobId, step: u16) -> Option<u32> {
+        match self.first.get(job.0 as usize) {
+            Some(&(s, d)) if s == u32::from(step) + 1 => Some(d),
+            Some(&(0, _)) | None if self.more.is_empty() => None,
+            _ => self.more.get(&(job, step)).copied(),
+        }
+    }
+
+    /// Records `decision` for a (job, step) [`ActedMap::get`] has none for.
+    fn insert(&mut self, job: JobId, step: u16, decision: u32) {
+        debug_assert!(self.get(job, step).is_none(), "ActedMap::insert over a recorded step");
+        let slot = at_grow(&mut self.first, job.0 as usize);
+        if slot.0 == 0 {
+            *slot = (u32::from(step) + 1, decision);
+        } else {
+            self.more.insert((job, step), decision);
+        }
+    }
+}
+
+/// A map from the task ids stores mint (a timeline in the high bits, an
+/// index dense on each timeline in the low ones) to `V`: a vector per
+/// timeline, and a hash map for an id far past its timeline's dense range
+/// (a task id a worker made up under anti-pattern 7). Which bits make the
+/// timeline only decides where a value is kept, never what is found.
+struct TaskSlots<V> {
+    timelines: Vec<(u64, Vec<Option<V>>)>,
+    sparse: FxHashMap<crate::components::ids::TaskId, V>,
+}
+
+impl<V> Default for TaskSlots<V> {
+    fn default() -> Self {
+        TaskSlots { timelines: Vec::new(), sparse: FxHashMap::default() }
+    }
+}
+
+impl<V> TaskSlots<V> {
+    /// Bits of a task id below its timeline (as `components::store` mints them).
+    const SHIFT: u32 = 40;
+
+    fn split(task: crate::components::ids::TaskId) -> (u64, usize) {
+        (task.0 >> Self::SHIFT, (task.0 & ((1 << Self::SHIFT) - 1)) as usize)
+    }
+
+    fn get_mut(&mut self, task: crate::components::ids::TaskId) -> Option<&mut V> {
+        let (timeline, i) = Self::split(task);
+        if let Some((_, v)) = self.timelines.iter_mut().find(|(t, _)| *t == timeline)
+            && let Some(Some(x)) = v.get_mut(i)
+        {
+            return Some(x);
+        }
+        if self.sparse.is_empty() { None } else { self.sparse.get_mut(&task) }
+    }
+
+    /// Maps `task` to `value`; `task` must have no value yet.
+    fn insert(&mut self, task: crate::components::ids::TaskId, value: V) {
+        let (timeline, i) = Self::split(task);
+        let p = match self.timelines.iter().position(|(t, _)| *t == timeline) {
+            Some(p) => p,
+            None => {
+                self.timelines.push((timeline, Vec::new()));
+                self.timelines.len() - 1
+            }
+        };
+        let v = &mut self.timelines[p].1;
+        if i >= v.len() {
+            if i > 2 * v.len() + 4_096 {
+                let before = self.sparse.insert(task, value);
+                debug_assert!(before.is_none(), "TaskSlots::insert over a mapped task");
+                return;
+            }
+            v.resize_with(i + 1, || None);
+        }
+        debug_assert!(v[i].is_none(), "TaskSlots::insert over a mapped task");
+        v[i] = Some(value);
     }
 }
 
@@ -1560,6 +1656,41 @@ mod tests {
 
     fn pid(job: u32, step: u16) -> PointId {
         PointId { job: JobId(job), step }
+    }
+
+    #[test]
+    fn acted_map_and_task_slots_answer_as_hash_maps() {
+        use crate::components::ids::TaskId;
+        let mut x: u64 = 5;
+        let mut next = move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            x >> 33
+        };
+        let (mut acted, mut acted_ref) = (ActedMap::default(), FxHashMap::default());
+        let (mut slots, mut slots_ref) = (TaskSlots::default(), FxHashMap::default());
+        for i in 0..20_000u64 {
+            let (job, step, d) = (JobId((next() % 3_000) as u32), (next() % 4) as u16, next() as u32);
+            assert_eq!(acted.get(job, step), acted_ref.get(&(job, step)).copied());
+            if acted.get(job, step).is_none() {
+                acted.insert(job, step, d);
+                acted_ref.insert((job, step), d);
+            }
+            // Two timelines, dense ids, and now and then an id far away.
+            let index = if i % 97 == 0 { next() << 20 } else { next() % 5_000 };
+            let task = TaskId((next() % 2) << 40 | index);
+            match (slots.get_mut(task), slots_ref.get_mut(&task)) {
+                (Some(a), Some(b)) => {
+                    assert_eq!(*a, *b);
+                    *a += 1;
+                    *b += 1;
+                }
+                (None, None) => {
+                    slots.insert(task, i);
+                    slots_ref.insert(task, i);
+                }
+                (a, b) => panic!("task {task:?}: {a:?} against {b:?}"),
+            }
+        }
     }
 
     /// Hands `msg` to vector host `to`, as the network would.
