@@ -211,24 +211,35 @@ impl Op {
     }
 }
 
-/// Task → job for the task ids stores mint (an index dense on each
-/// timeline): a vector per timeline, where a hash map of a million tasks
+/// A map from the task ids stores mint (an index dense on each timeline)
+/// to `V`: a vector per timeline, where a hash map of a million tasks
 /// misses the cache on nearly every insert and lookup. An id far past the
-/// dense range (not minted by a store) is kept in a small hash map.
-#[derive(Clone, Debug, Default)]
-pub struct TaskJobs {
-    timelines: Vec<(u64, Vec<Option<JobId>>)>,
-    sparse: rustc_hash::FxHashMap<TaskId, JobId>,
+/// dense range (not minted by a store: a task id a worker made up under an
+/// anti-pattern) is kept in a small hash map. Where a value is kept never
+/// changes what is found.
+#[derive(Clone, Debug)]
+pub struct TaskMap<V> {
+    timelines: Vec<(u64, Vec<Option<V>>)>,
+    sparse: rustc_hash::FxHashMap<TaskId, V>,
 }
 
-impl TaskJobs {
+/// Task → job.
+pub type TaskJobs = TaskMap<JobId>;
+
+impl<V> Default for TaskMap<V> {
+    fn default() -> Self {
+        TaskMap { timelines: Vec::new(), sparse: rustc_hash::FxHashMap::default() }
+    }
+}
+
+impl<V> TaskMap<V> {
     /// An empty map.
     pub fn new() -> Self {
-        TaskJobs::default()
+        TaskMap::default()
     }
 
-    /// Maps `task` to `job` (replacing an earlier job).
-    pub fn insert(&mut self, task: TaskId, job: JobId) {
+    /// Maps `task` to `value` (replacing an earlier value).
+    pub fn insert(&mut self, task: TaskId, value: V) {
         let (timeline, i) = (task.0 >> TIMELINE_SHIFT, (task.0 & INDEX_MASK) as usize);
         let p = match self.timelines.iter().position(|(t, _)| *t == timeline) {
             Some(p) => p,
@@ -240,17 +251,17 @@ impl TaskJobs {
         let v = &mut self.timelines[p].1;
         if i >= v.len() {
             if i > 2 * v.len() + 4_096 {
-                self.sparse.insert(task, job);
+                self.sparse.insert(task, value);
                 return;
             }
-            v.resize(i + 1, None);
+            v.resize_with(i + 1, || None);
         }
-        v[i] = Some(job);
+        v[i] = Some(value);
     }
 
-    /// The job of `task`, if mapped.
+    /// The value of `task`, if mapped.
     #[inline]
-    pub fn get(&self, task: &TaskId) -> Option<&JobId> {
+    pub fn get(&self, task: &TaskId) -> Option<&V> {
         let timeline = task.0 >> TIMELINE_SHIFT;
         let dense = self
             .timelines
@@ -258,6 +269,23 @@ impl TaskJobs {
             .find(|(t, _)| *t == timeline)
             .and_then(|(_, v)| v.get((task.0 & INDEX_MASK) as usize)?.as_ref());
         dense.or_else(|| if self.sparse.is_empty() { None } else { self.sparse.get(task) })
+    }
+
+    /// The value of `task` to change, if mapped.
+    #[inline]
+    pub fn get_mut(&mut self, task: &TaskId) -> Option<&mut V> {
+        let timeline = task.0 >> TIMELINE_SHIFT;
+        let i = (task.0 & INDEX_MASK) as usize;
+        let dense = self
+            .timelines
+            .iter()
+            .position(|(t, _)| *t == timeline)
+            .filter(|&p| self.timelines[p].1.get(i).is_some_and(Option::is_some));
+        match dense {
+            Some(p) => self.timelines[p].1[i].as_mut(),
+            None if self.sparse.is_empty() => None,
+            None => self.sparse.get_mut(task),
+        }
     }
 }
 

@@ -128,7 +128,7 @@ pub struct Truth {
     pub concurrent_runs: u64,
     /// First side-effect request seen per task, and whether the task has
     /// seen requests under two different lease tokens.
-    first_side_request: TaskSlots<(Origin, Micros, bool)>,
+    first_side_request: crate::components::store::TaskMap<(Origin, Micros, bool)>,
     /// Side-effect requests of tasks that saw two lease tokens: checked
     /// after the run against the lease history (two workers ran a step?).
     pub suspect_requests: Vec<(Origin, Micros)>,
@@ -141,7 +141,7 @@ pub struct Truth {
 impl Truth {
     /// Records a side-effect request for the lease check after the run.
     pub fn side_request(&mut self, origin: Origin, at_us: Micros) {
-        match self.first_side_request.get_mut(origin.task) {
+        match self.first_side_request.get_mut(&origin.task) {
             None => {
                 self.first_side_request.insert(origin.task, (origin, at_us, false));
             }
@@ -211,64 +211,6 @@ impl ActedMap {
         } else {
             self.more.insert((job, step), decision);
         }
-    }
-}
-
-/// A map from the task ids stores mint (a timeline in the high bits, an
-/// index dense on each timeline in the low ones) to `V`: a vector per
-/// timeline, and a hash map for an id far past its timeline's dense range
-/// (a task id a worker made up under anti-pattern 7). Which bits make the
-/// timeline only decides where a value is kept, never what is found.
-struct TaskSlots<V> {
-    timelines: Vec<(u64, Vec<Option<V>>)>,
-    sparse: FxHashMap<crate::components::ids::TaskId, V>,
-}
-
-impl<V> Default for TaskSlots<V> {
-    fn default() -> Self {
-        TaskSlots { timelines: Vec::new(), sparse: FxHashMap::default() }
-    }
-}
-
-impl<V> TaskSlots<V> {
-    /// Bits of a task id below its timeline (as `components::store` mints them).
-    const SHIFT: u32 = 40;
-
-    fn split(task: crate::components::ids::TaskId) -> (u64, usize) {
-        (task.0 >> Self::SHIFT, (task.0 & ((1 << Self::SHIFT) - 1)) as usize)
-    }
-
-    fn get_mut(&mut self, task: crate::components::ids::TaskId) -> Option<&mut V> {
-        let (timeline, i) = Self::split(task);
-        if let Some((_, v)) = self.timelines.iter_mut().find(|(t, _)| *t == timeline)
-            && let Some(Some(x)) = v.get_mut(i)
-        {
-            return Some(x);
-        }
-        if self.sparse.is_empty() { None } else { self.sparse.get_mut(&task) }
-    }
-
-    /// Maps `task` to `value`; `task` must have no value yet.
-    fn insert(&mut self, task: crate::components::ids::TaskId, value: V) {
-        let (timeline, i) = Self::split(task);
-        let p = match self.timelines.iter().position(|(t, _)| *t == timeline) {
-            Some(p) => p,
-            None => {
-                self.timelines.push((timeline, Vec::new()));
-                self.timelines.len() - 1
-            }
-        };
-        let v = &mut self.timelines[p].1;
-        if i >= v.len() {
-            if i > 2 * v.len() + 4_096 {
-                let before = self.sparse.insert(task, value);
-                debug_assert!(before.is_none(), "TaskSlots::insert over a mapped task");
-                return;
-            }
-            v.resize_with(i + 1, || None);
-        }
-        debug_assert!(v[i].is_none(), "TaskSlots::insert over a mapped task");
-        v[i] = Some(value);
     }
 }
 
@@ -1659,7 +1601,7 @@ mod tests {
     }
 
     #[test]
-    fn acted_map_and_task_slots_answer_as_hash_maps() {
+    fn acted_map_and_task_map_answer_as_hash_maps() {
         use crate::components::ids::TaskId;
         let mut x: u64 = 5;
         let mut next = move || {
@@ -1667,7 +1609,7 @@ mod tests {
             x >> 33
         };
         let (mut acted, mut acted_ref) = (ActedMap::default(), FxHashMap::default());
-        let (mut slots, mut slots_ref) = (TaskSlots::default(), FxHashMap::default());
+        let (mut slots, mut slots_ref) = (crate::components::store::TaskMap::default(), FxHashMap::default());
         for i in 0..20_000u64 {
             let (job, step, d) = (JobId((next() % 3_000) as u32), (next() % 4) as u16, next() as u32);
             assert_eq!(acted.get(job, step), acted_ref.get(&(job, step)).copied());
@@ -1678,7 +1620,7 @@ mod tests {
             // Two timelines, dense ids, and now and then an id far away.
             let index = if i % 97 == 0 { next() << 20 } else { next() % 5_000 };
             let task = TaskId((next() % 2) << 40 | index);
-            match (slots.get_mut(task), slots_ref.get_mut(&task)) {
+            match (slots.get_mut(&task), slots_ref.get_mut(&task)) {
                 (Some(a), Some(b)) => {
                     assert_eq!(*a, *b);
                     *a += 1;
