@@ -537,11 +537,17 @@ impl Orchestrator {
     }
 
     /// Puts the held-back inherited tasks at the front of the queue once
-    /// their hold is over.
+    /// their hold is over, oldest submission first (by job id, the
+    /// client's submission order): the order they reached this store in
+    /// is a race between the client's retries after a failover (live, the
+    /// jobs in flight at the fault ran first or last by chance, 3 s apart
+    /// in RTO), and the oldest work is what has waited longest.
     fn release_held(&mut self, env: &impl Env) {
         if self.held.is_empty() || env.now_us() < self.hold_inherited_until_us {
             return;
         }
+        let store = &self.store;
+        self.held.sort_by_key(|&task| store.task(task).map(|t| t.job));
         for task in self.held.drain(..).rev() {
             self.ready.push_front(task);
         }

@@ -510,6 +510,10 @@ fn observe(shared: &Shared, done: DoneWhen, jobs: &mut BTreeMap<u32, JobTruth>) 
     }
 }
 
+/// Set to `1` to keep a live drill's run folder (each process's stdout and
+/// stderr, its timeline notes) after the drill, to read what the stack did.
+pub const KEEP_RUN_ENV: &str = "AGENTDRILL_KEEP_RUN";
+
 /// Runs a live drill with `seed` (the scenario's unless overridden).
 pub fn run(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -623,7 +627,11 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     // The stack is down: now the database (dropping the node kills the
     // server and removes its data folder), then the run folder it was in.
     drop(database);
-    let _ = std::fs::remove_dir_all(&run_dir);
+    if std::env::var_os(KEEP_RUN_ENV).is_some_and(|v| v == "1") {
+        eprintln!("kept the run folder (processes' logs) at {} ({KEEP_RUN_ENV}=1)", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
     let driven = driven?;
     let senders = Senders { stalls, hosts, boot_offset_us };
     Ok(measure(sc, seed, &shared, driven, exits, audit, &senders))
@@ -1516,12 +1524,24 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, logs: Option<&EventLogs>, 
         Some(logs) => {
             let in_flight = logs.in_flight(onset);
             r.in_flight_tasks = in_flight.len();
+            // A job the ground truth shows finished (its last effect in the
+            // fakes' ledgers, or its final answer served) made its progress
+            // then, whatever the stack's store kept: a store restored from
+            // a backup older than the job holds no record to resume, and the
+            // client, having seen the job done, does not submit it again.
+            let progressed = |job: JobId| {
+                let done = d.jobs.get(&job.0).and_then(|j| j.done_us).map(|t| t.max(onset));
+                match (logs.progress.after(job, onset), done) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
             // The simulator offers new work at every onset (its health
             // probe); the live client offers the jobs it submits after it.
             // Offered none, there is no new work to wait for.
             let offered = d.jobs.values().any(|j| j.submitted_us.is_some_and(|s| s > onset));
             let new_work = logs.progress.new_work_done(onset).or((!offered).then_some(onset));
-            rto_us(onset, in_flight.iter().map(|&job| logs.progress.after(job, onset)), new_work)
+            rto_us(onset, in_flight.iter().map(|&job| progressed(job)), new_work)
         }
         // A stack without our event log: the client's truth, the fallback
         // (every job submitted before the onset and not done is done end

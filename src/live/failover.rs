@@ -364,7 +364,16 @@ impl DbPair {
                 if bt.frozen.load(Ordering::SeqCst) {
                     return;
                 }
-                match Cluster::base_backup(&held, bt.upstream, no).await {
+                let began = std::time::Instant::now();
+                let taken = Cluster::base_backup(&held, bt.upstream, no).await;
+                tracing::info!(
+                    no,
+                    late_ms = began.duration_since(due.into_std()).as_millis() as u64,
+                    took_ms = began.elapsed().as_millis() as u64,
+                    ok = taken.is_ok(),
+                    "base backup taken"
+                );
+                match taken {
                     Ok(next) if !bt.frozen.load(Ordering::SeqCst) => {
                         let old = super::lock(&bt.latest).replace(next);
                         if let Some(old) = old.and_then(|o| o.data.parent().map(std::path::Path::to_path_buf)) {

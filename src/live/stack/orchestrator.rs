@@ -285,6 +285,7 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
                     orch.on_msg(&mut env, e.from, msg);
                 }
                 Inbound::Submit { job, template, steps, replay, acked } => {
+                    tracing::debug!(job = job.0, replay, "submission");
                     out.pending.entry(job).or_default().push(acked);
                     orch.on_msg(&mut env, CLIENT, Msg::Submit { job, template, steps, probe: false, replay });
                 }
