@@ -1496,6 +1496,18 @@ impl EventLogs {
     }
 }
 
+/// When a job in flight at `onset_us` made progress again: its first
+/// progress in the stack's event logs after the onset (`logged_us`), or
+/// when the ground truth shows it done (`done_us`; at the onset if it was
+/// done before), whichever is first. `None`: neither happened.
+fn progressed_at(onset_us: Micros, logged_us: Option<Micros>, done_us: Option<Micros>) -> Option<Micros> {
+    let done_us = done_us.map(|t| t.max(onset_us));
+    match (logged_us, done_us) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// One fault's RTO by DOMAIN.md's definition from the event `logs`, or
 /// the client's truth without them (see the module docs). A partition's
 /// parts: detection until the stack's first requeue after the onset
@@ -1530,11 +1542,8 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, logs: Option<&EventLogs>, 
             // a backup older than the job holds no record to resume, and the
             // client, having seen the job done, does not submit it again.
             let progressed = |job: JobId| {
-                let done = d.jobs.get(&job.0).and_then(|j| j.done_us).map(|t| t.max(onset));
-                match (logs.progress.after(job, onset), done) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                let done_us = d.jobs.get(&job.0).and_then(|j| j.done_us);
+                progressed_at(onset, logs.progress.after(job, onset), done_us)
             };
             // The simulator offers new work at every onset (its health
             // probe); the live client offers the jobs it submits after it.
@@ -1587,4 +1596,22 @@ fn fault_result(f: &LiveFault, o: &Onset, d: &Driven, logs: Option<&EventLogs>, 
         r.rto_parts.resume_s = rto - r.rto_parts.scale_up_s;
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progressed_at;
+
+    #[test]
+    fn a_job_the_ground_truth_shows_done_has_progressed() {
+        // Logged progress only, done only, both (the first wins), neither.
+        assert_eq!(progressed_at(100, Some(150), None), Some(150));
+        assert_eq!(progressed_at(100, None, Some(170)), Some(170));
+        assert_eq!(progressed_at(100, Some(150), Some(170)), Some(150));
+        assert_eq!(progressed_at(100, Some(190), Some(170)), Some(170));
+        assert_eq!(progressed_at(100, None, None), None);
+        // Done before the onset (the store lost its record of it): nothing
+        // left to recover, progress at the onset.
+        assert_eq!(progressed_at(100, None, Some(40)), Some(100));
+    }
 }
