@@ -760,6 +760,11 @@ mod tests {
         assert_eq!(rto_us(100, [Some(150)], None), None, "no new work completed");
     }
 
+    /// A one-step task's creation record.
+    fn create(task: u64, job: u32) -> Op {
+        Op::Create { task: TaskId(task), job: JobId(job), template: 0, steps: 1, probe: false, replay: false }
+    }
+
     /// The live drill's path: the in-flight set from a log replayed up to
     /// the onset, progress from the same log. A job only queued at the
     /// onset (created, never leased) does not hold the RTO back.
@@ -767,14 +772,6 @@ mod tests {
     fn a_log_gives_the_tasks_leased_at_the_onset_and_their_progress() {
         use crate::components::ids::HostId;
         use crate::components::store::Lease;
-        let create = |task: u64, job: u32| Op::Create {
-            task: TaskId(task),
-            job: JobId(job),
-            template: 0,
-            steps: 1,
-            probe: false,
-            replay: false,
-        };
         let lease = |task: u64| Op::Lease {
             task: TaskId(task),
             lease: Lease { holder: HostId(100), token: 1, expires_us: 1_000 },
@@ -807,14 +804,6 @@ mod tests {
     fn progress_after_is_the_first_progress_after_the_onset_in_any_log() {
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
-        let create = |task: u64, job: u32| Op::Create {
-            task: TaskId(task),
-            job: JobId(job),
-            template: 0,
-            steps: 1,
-            probe: false,
-            replay: false,
-        };
         let mut logs: Vec<Vec<LogRec>> = Vec::new();
         let mut model: Vec<(JobId, Micros)> = Vec::new();
         for l in 0..2u64 {
