@@ -29,11 +29,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
 use crate::components::env::Note;
-use crate::components::ids::{JobId, Micros, TaskId, us_to_s};
-use crate::components::store::{LogRec, LogSlice, Op, StepState, Store, TaskStatus};
+use crate::components::ids::{JobId, Micros, us_to_s};
+use crate::components::store::{LogRec, LogSlice, Op, StepState, Store, TaskMap, TaskStatus};
 use crate::components::vector::PointId;
 use crate::sim::stack::Stack;
 
@@ -249,9 +249,9 @@ pub fn all_logs<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<LogSlice<'a
 /// PostgreSQL event log (the same [`LogRec`] format).
 #[derive(Default)]
 pub struct Progress {
-    /// For each job, the commit times of its results and completions (any
-    /// log, unsorted across logs).
-    by_job: BTreeMap<JobId, Vec<Micros>>,
+    /// The commit times of every job's results and completions (any log),
+    /// sorted by job (then time): one flat vector, not a vector per job.
+    by_job: Vec<(JobId, Micros)>,
     /// Tasks that completed: (created at, completed at), from any log.
     done: Vec<(Micros, Micros)>,
 }
@@ -259,11 +259,11 @@ pub struct Progress {
 impl Progress {
     /// Progress in `logs` (task ids are mapped to jobs within each log).
     pub fn of(logs: &[LogSlice<'_>]) -> Progress {
-        let mut by_job: BTreeMap<JobId, Vec<Micros>> = BTreeMap::new();
+        let mut by_job: Vec<(JobId, Micros)> = Vec::new();
         let mut done = Vec::new();
         for log in logs {
             // Task ids are per store: map them within each log.
-            let mut tasks: FxHashMap<TaskId, (JobId, Micros)> = FxHashMap::default();
+            let mut tasks: TaskMap<(JobId, Micros)> = TaskMap::new();
             for rec in log.iter() {
                 match rec.op {
                     Op::Create { task, job, .. } => {
@@ -271,7 +271,7 @@ impl Progress {
                     }
                     Op::Result { task, .. } | Op::Complete { task } => {
                         let Some(&(job, created)) = tasks.get(&task) else { continue };
-                        by_job.entry(job).or_default().push(rec.at_us);
+                        by_job.push((job, rec.at_us));
                         if matches!(rec.op, Op::Complete { .. }) {
                             done.push((created, rec.at_us));
                         }
@@ -280,12 +280,15 @@ impl Progress {
                 }
             }
         }
+        by_job.sort_unstable();
         Progress { by_job, done }
     }
 
     /// The first progress of `job` after `t0`, in any log.
     pub fn after(&self, job: JobId, t0: Micros) -> Option<Micros> {
-        self.by_job.get(&job)?.iter().copied().filter(|&at| at > t0).min()
+        // The job's entries are sorted by time: the first one after `t0`.
+        let from = self.by_job.partition_point(|&(j, at)| j < job || (j == job && at <= t0));
+        self.by_job.get(from).filter(|&&(j, _)| j == job).map(|&(_, at)| at)
     }
 
     /// The first completion of a task created at or after `t0`.
@@ -736,6 +739,8 @@ pub fn judge_vector(stack: &Stack, faults: &mut [FaultObs], restore: Restore) {
 mod tests {
     use std::path::Path;
 
+    use crate::components::ids::TaskId;
+
     use super::*;
     use crate::sim::stack::Node;
 
@@ -755,6 +760,11 @@ mod tests {
         assert_eq!(rto_us(100, [Some(150)], None), None, "no new work completed");
     }
 
+    /// A one-step task's creation record.
+    fn create(task: u64, job: u32) -> Op {
+        Op::Create { task: TaskId(task), job: JobId(job), template: 0, steps: 1, probe: false, replay: false }
+    }
+
     /// The live drill's path: the in-flight set from a log replayed up to
     /// the onset, progress from the same log. A job only queued at the
     /// onset (created, never leased) does not hold the RTO back.
@@ -762,14 +772,6 @@ mod tests {
     fn a_log_gives_the_tasks_leased_at_the_onset_and_their_progress() {
         use crate::components::ids::HostId;
         use crate::components::store::Lease;
-        let create = |task: u64, job: u32| Op::Create {
-            task: TaskId(task),
-            job: JobId(job),
-            template: 0,
-            steps: 1,
-            probe: false,
-            replay: false,
-        };
         let lease = |task: u64| Op::Lease {
             task: TaskId(task),
             lease: Lease { holder: HostId(100), token: 1, expires_us: 1_000 },
@@ -794,6 +796,35 @@ mod tests {
         assert_eq!(progress.after(JobId(0), 40), Some(60));
         assert_eq!(progress.new_work_done(40), Some(80));
         assert_eq!(progress.rto_us(40, &in_flight), Some(40), "the queued job's completion at 200 is not waited for");
+    }
+
+    /// `Progress::after` answers as the minimum over each job's progress
+    /// times after `t0`, across logs (task ids mapped per log).
+    #[test]
+    fn progress_after_is_the_first_progress_after_the_onset_in_any_log() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        let mut logs: Vec<Vec<LogRec>> = Vec::new();
+        let mut model: Vec<(JobId, Micros)> = Vec::new();
+        for l in 0..2u64 {
+            let mut ops: Vec<(Micros, Op)> = (0..8).map(|t| (0, create(t + l, (t % 5) as u32))).collect();
+            for _ in 0..60 {
+                let (task, at_us) = (rng.random_range(0..8u64) + l, rng.random_range(1..500u64));
+                ops.push((at_us, Op::Complete { task: TaskId(task) }));
+                model.push((JobId(((task - l) % 5) as u32), at_us));
+            }
+            logs.push(
+                ops.into_iter().enumerate().map(|(i, (at_us, op))| LogRec { lsn: i as u64 + 1, at_us, op }).collect(),
+            );
+        }
+        let slices: Vec<LogSlice<'_>> = logs.iter().map(LogSlice::from).collect();
+        let progress = Progress::of(&slices);
+        for job in (0..6).map(JobId) {
+            for t0 in [0, 1, 100, 250, 499, 500] {
+                let want = model.iter().filter(|&&(j, at)| j == job && at > t0).map(|&(_, at)| at).min();
+                assert_eq!(progress.after(job, t0), want, "{job:?} after {t0}");
+            }
+        }
     }
 
     /// Seed 16 case 49941: the corrupted store's point-in-time restore

@@ -106,6 +106,10 @@ struct Entry {
 }
 
 impl Entry {
+    /// Later than every queued entry (`seq` counts from 1 and never reaches
+    /// `u64::MAX`): a missing child in [`Queue::sift_down`].
+    const NEVER: Entry = Entry { at_us: Micros::MAX, seq: u64::MAX, slot: u32::MAX };
+
     /// Earlier time first, then the first scheduled (one 128-bit compare,
     /// without branches).
     #[inline(always)]
@@ -190,23 +194,21 @@ impl Queue {
     /// Moves `e` down from the hole at `i` to its place.
     #[inline]
     fn sift_down(&mut self, mut i: usize, e: Entry) {
-        let n = self.heap.len();
+        let heap = self.heap.as_mut_slice();
         loop {
             let first = 2 * i + 1;
-            if first >= n {
-                break;
-            }
-            // The earlier child, chosen without a branch.
-            let second = (first + 1).min(n - 1);
-            let child = first + usize::from(self.heap[second].before(&self.heap[first]));
-            let c = self.heap[child];
+            let Some(&a) = heap.get(first) else { break };
+            // The earlier child, chosen without a branch: a missing second
+            // child reads as `Entry::NEVER`, which no entry comes after.
+            let b = heap.get(first + 1).copied().unwrap_or(Entry::NEVER);
+            let (child, c) = if b.before(&a) { (first + 1, b) } else { (first, a) };
             if !c.before(&e) {
                 break;
             }
-            self.heap[i] = c;
+            heap[i] = c;
             i = child;
         }
-        self.heap[i] = e;
+        heap[i] = e;
     }
 }
 
