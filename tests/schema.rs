@@ -69,6 +69,21 @@ fn the_schema_refuses_what_the_loader_refuses() {
     }
 }
 
+/// Durations the loader takes, the schema takes too (and the reverse for
+/// the shapes it refuses).
+#[test]
+fn the_schema_takes_the_durations_the_loader_takes() {
+    let validator = jsonschema::validator_for(&schema::scenario_schema()).expect("the schema compiles");
+    for (d, loads) in
+        [("90s", true), ("3.5s", true), ("1h 30m", true), ("1.5h 30m", true), ("1.s", false), (".5s", false)]
+    {
+        assert_eq!(agentdrill::drill::scenario::parse_duration(d).is_ok(), loads, "{d}: the loader");
+        let text = format!("tier = \"batch\"\nhorizon = \"{d}\"\n");
+        let v = serde_json::to_value(toml::from_str::<toml::Value>(&text).expect("valid TOML")).expect("JSON");
+        assert_eq!(validator.is_valid(&v), loads, "{d}: the schema");
+    }
+}
+
 #[test]
 fn durations_and_when_are_documented() {
     let s = schema::scenario_schema();

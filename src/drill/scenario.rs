@@ -84,8 +84,9 @@ impl schemars::JsonSchema for Dur {
 }
 
 /// The shape of a duration, for the JSON Schema (numbers with units:
-/// ms, s, m, h, d and their long forms).
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+\s*[a-zA-Zµ]+\s*)+$";
+/// ms, s, m, h, d and their long forms; a number may have a fraction,
+/// `"3.5s"`, as [`parse_duration`] takes it).
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*[a-zA-Zµ]+\s*)+$";
 
 /// Parses `"90s"`, `"5m"`, `"1h 30m"`, `"250ms"` into milliseconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
