@@ -300,7 +300,7 @@ fn active_active_live_matches_its_simulated_twin() {
 // 3 s of jobs run again), and the jobs held back after the promotion ran
 // in the order the client's retries reached region b, so the jobs in
 // flight at the fault ran first or last by chance (the orchestrator now
-// releases them oldest submission first). 24 runs after the fixes: 8.1 to
+// releases them oldest submission first). 20 runs after both fixes: 8.1 to
 // 9.8 s, and 9.4 to 10.0 s with a build running beside them, against the
 // twin's 8.44 s (limit 10.13 s).
 #[test]
