@@ -242,7 +242,7 @@ pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec
     liveness(&g, &budget, &mut out);
     rpo_bound(&g, &budget, measured, &mut out);
     // Each fault's RTO over every log, once for both checks that read it.
-    let union_rto: Vec<Option<Micros>> = (0..g.onsets.len()).map(|i| union_rto_us(&g, i)).collect();
+    let union_rto = union_rto_us(&g);
     rto_bound(&g, &budget, measured, &union_rto, &mut out);
     tier(&g, measured, &union_rto, &mut out);
     retry_budget(&g, &mut out);
@@ -1099,47 +1099,12 @@ fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
 /// store alone: recovery that happened and was then lost with a region
 /// (RPO accounts for that loss) still counts as recovery, and so does work
 /// a primary failed away from committed before the standby's promotion
-/// (it was the primary then).
-fn union_rto_us(g: &Ground<'_>, i: usize) -> Option<Micros> {
-    let t0 = g.onsets[i]?;
-    // The in-flight jobs, sorted, each with its first result or completion
-    // after the onset in any log.
-    let mut jobs: Vec<JobId> = g.run.faults[i].in_flight.clone();
-    jobs.sort_unstable();
-    jobs.dedup();
-    let mut next: Vec<Option<Micros>> = vec![None; jobs.len()];
-    // The first completion of a task created from the onset on (in its log).
-    let mut new_work: Option<Micros> = None;
-    // One pass over each log (records are decoded as they are read).
-    let (mut created, mut completed) = (Vec::new(), Vec::new());
-    for log in g.all_logs().chain(g.before_promotion.iter().copied()) {
-        created.clear();
-        completed.clear();
-        for r in log {
-            match r.op {
-                Op::Create { task, .. } if r.at_us >= t0 => created.push(task),
-                Op::Complete { task } => completed.push((task, r.at_us)),
-                _ => {}
-            }
-            if jobs.is_empty() || r.at_us <= t0 || !matches!(r.op, Op::Result { .. } | Op::Complete { .. }) {
-                continue;
-            }
-            if let Some(k) = g.job_of.get(&r.op.task()).and_then(|job| jobs.binary_search(job).ok()) {
-                next[k] = Some(next[k].map_or(r.at_us, |n| n.min(r.at_us)));
-            }
-        }
-        created.sort_unstable();
-        for &(task, at_us) in &completed {
-            if created.binary_search(&task).is_ok() {
-                new_work = Some(new_work.map_or(at_us, |w| w.min(at_us)));
-            }
-        }
-    }
-    let mut resumed = t0;
-    for n in next {
-        resumed = resumed.max(n?);
-    }
-    Some(resumed.max(new_work?) - t0)
+/// (it was the primary then). Each fault's, by the one RTO rule
+/// ([`crate::drill::measure::Progress::rto_us`]) over all those logs.
+fn union_rto_us(g: &Ground<'_>) -> Vec<Option<Micros>> {
+    let logs: Vec<LogSlice<'_>> = g.all_logs().chain(g.before_promotion.iter().copied()).collect();
+    let progress = crate::drill::measure::Progress::of(&logs);
+    (0..g.onsets.len()).map(|i| progress.rto_us(g.onsets[i]?, &g.run.faults[i].in_flight)).collect()
 }
 
 fn rto_bound(
