@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Clone, Copy, clap::Args)]
 struct BudgetArgs {
     /// Most simulated events one drill may handle, its fault-free baseline
-    /// included (about 4 million a second on one core).
+    /// included, counting messages and timers the simulator dropped (a send
+    /// to a dead host); about 4 million a second on one core.
     #[arg(long, value_name = "N", default_value_t = agentdrill::drill::limits::MAX_DRILL_EVENTS)]
     max_events: u64,
     /// Most heap one run of a drill may hold, in MiB.

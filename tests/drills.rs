@@ -267,3 +267,43 @@ fn the_stack_network_sets_the_simulated_links_and_the_bounds_follow_it() {
     let far = job0_ends_s("{ cross_region_latency_us = 240000, cross_region_jitter_us = 10000 }");
     assert!(far > near + 1.0, "job 0 ended at {far:.3} s over 250 ms links, {near:.3} s over loopback-fast ones");
 }
+
+/// A single-region stack whose only region is lost for good: every send
+/// after the loss goes to a dead orchestrator.
+fn lost_for_good() -> Scenario {
+    parse(
+        "tier = \"sandbox\"\nhorizon = \"24h\"\n[stack]\npattern = \"single_region\"\n\
+         [workload]\ntasks = 10\narrival = \"poisson\"\ninterval = \"30m\"\nsubmit_retry = \"300ms\"\n\
+         [[faults]]\nkind = \"region_loss\"\nat = \"1h\"\n",
+    )
+}
+
+#[test]
+fn a_long_outage_retries_only_the_newest_probe() {
+    // The client probes every 30 s while nothing new completes: 2,760
+    // probes over 23 h. Retrying every one of them every 300 ms would be
+    // about 380 million sends (quadratic in the outage); retrying the
+    // newest and the jobs is about (10 + 1) × 23 h / 300 ms = 843,000.
+    let sc = lost_for_good();
+    let run = drill::simulate_within(&sc, sc.seed, true, &drill::Budget::default())
+        .unwrap_or_else(|e| panic!("the drill should fit its budget: {e}"));
+    let stats = run.stack.rt.stats();
+    let outage_s = 23 * 3_600;
+    let linear = (sc.workload.tasks as u64 + 1) * outage_s * 1_000 / 300;
+    assert!(stats.dropped <= linear + linear / 10, "{} sends dropped, more than {linear}", stats.dropped);
+    assert!(stats.dropped >= linear / 2, "the client kept resending: {} dropped", stats.dropped);
+}
+
+#[test]
+fn the_budget_counts_what_the_simulator_drops() {
+    // The client's resends to the dead orchestrator are dropped, not
+    // handed out as events; they are work all the same, and a budget that
+    // ignored them let a drill run for minutes under a small event count.
+    let sc = lost_for_good();
+    let stats = drill::simulate(&sc, sc.seed, true).stack.rt.stats();
+    assert!(stats.dropped > stats.events / 2, "{stats:?}");
+    let room = |max_events| drill::Budget { max_events, max_heap_bytes: u64::MAX };
+    let over = drill::simulate_within(&sc, sc.seed, true, &room(stats.events + stats.dropped / 2));
+    assert!(over.is_err(), "the dropped sends were not counted: {stats:?}");
+    assert!(drill::simulate_within(&sc, sc.seed, true, &room(stats.work() + 1)).is_ok());
+}

@@ -29,7 +29,9 @@ const HEAP_CHECK_EVERY_EVENTS: u64 = 1 << 16;
 /// What one drill may spend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
-    /// Events the simulator may hand out over the drill and its baseline.
+    /// Events the simulator may handle over the drill and its baseline:
+    /// those it hands out and the messages and timers it drops
+    /// ([`crate::sim::RuntimeStats::work`]).
     pub max_events: u64,
     /// Heap bytes one run of the simulation may hold above what its thread
     /// held when it started.

@@ -161,7 +161,7 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
     let controller = stack.hosts.controller;
     let mut region_down: Vec<(u16, HostId)> = Vec::new();
     while let Some(ev) = stack.rt.step(horizon_us) {
-        meter.check(stack.rt.stats().events, stack.rt.now_us())?;
+        meter.check(stack.rt.stats().work(), stack.rt.now_us())?;
         let from_controller = match &ev {
             crate::sim::Event::Timer { host, .. } | crate::sim::Event::Deliver { to: host, .. } => {
                 Some(*host) == controller
@@ -514,7 +514,7 @@ pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult,
         None
     } else {
         let b = simulate_within(sc, seed, false, &left)?;
-        left.max_events = left.max_events.saturating_sub(b.stack.rt.stats().events);
+        left.max_events = left.max_events.saturating_sub(b.stack.rt.stats().work());
         Some(cost(&b.stack))
     };
     let mut run = simulate_within(sc, seed, true, &left)?;

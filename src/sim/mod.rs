@@ -225,6 +225,15 @@ pub struct RuntimeStats {
     pub stale_timers: u64,
 }
 
+impl RuntimeStats {
+    /// Everything the runtime handled: events handed out, and messages and
+    /// timers it dropped. A drill's budget counts this, not `events`: a
+    /// client resending to a dead host does work that no event shows.
+    pub fn work(&self) -> u64 {
+        self.events + self.dropped + self.stale_timers
+    }
+}
+
 /// The simulation runtime. See the module docs.
 pub struct Runtime<M, T> {
     now_us: Micros,

@@ -1378,8 +1378,18 @@ impl Client {
                 self.arm_next_arrival(env);
             }
             Timer::ClientRetry => {
-                let answered = &self.answered;
-                let is_acked = |j: JobId| answered.get(j.0 as usize).copied().unwrap_or(false);
+                // A probe not acknowledged when the next one went out is
+                // given up, not retried: the newest probe stands for new
+                // work. Retrying every probe of a long outage would send
+                // probes × outage / submit_retry times, quadratic in the
+                // outage (a region lost for 51 h with a 290 ms retry: two
+                // billion sends to a dead orchestrator).
+                let (answered, first_probe) = (&self.answered, self.first_probe_job);
+                let newest_probe = self.last_probe.map(|(job, _)| job);
+                let is_acked = |j: JobId| {
+                    answered.get(j.0 as usize).copied().unwrap_or(false)
+                        || (j.0 >= first_probe && Some(j) != newest_probe)
+                };
                 for job in self.resends.retry_fired(now, is_acked) {
                     self.submit(env, job);
                 }
