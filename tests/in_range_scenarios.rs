@@ -126,13 +126,16 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
         (dur(limits::MIN_SNAPSHOT_INTERVAL_MS, span), dur(0, span), dur(0, span), 0..=limits::MAX_PER_UNIT_US),
         (dur(0, span), dur(0, span), dur(0, span), dur(period, span), dur(period, span)),
     );
-    // Idle workers poll for work every 30 s over the whole horizon, in both
-    // regions: at most MAX_WORKER_POLLS polls.
-    let poll_ms = agentdrill::components::worker::LEASE_POLL_US / 1_000;
-    let polls_per_worker = horizon_ms.div_ceil(poll_ms).saturating_mul(2).max(1);
-    let most_workers = (limits::MAX_WORKER_POLLS / polls_per_worker).clamp(1, u64::from(limits::MAX_WORKERS));
+    // Idle workers poll for work once a lease (1 to 30 s) over the whole
+    // horizon, in both regions: at most MAX_WORKER_POLLS polls. The count
+    // drawn here is cut to what the drawn lease allows.
+    let most_workers = move |lease_ms: u64| {
+        let poll_ms = agentdrill::components::worker::lease_poll_us(lease_ms) / 1_000;
+        let polls_per_worker = horizon_ms.div_ceil(poll_ms).saturating_mul(2).max(1);
+        (limits::MAX_WORKER_POLLS / polls_per_worker).clamp(1, u64::from(limits::MAX_WORKERS))
+    };
     let counts = (
-        log_uniform(1, most_workers),
+        log_uniform(1, most_workers(agentdrill::components::worker::LEASE_POLL_US / 1_000)),
         log_uniform(period.saturating_mul(3).max(1), span),
         1..=limits::MAX_FAILURE_THRESHOLD,
         log_uniform(0, span),
@@ -149,11 +152,11 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
         },
     );
     (pattern, replication, queue, providers, timings, counts, network).prop_map(
-        |(pattern, replication, queue, (a, o, l), (failover, vector, apis), counts, network)| {
+        move |(pattern, replication, queue, (a, o, l), (failover, vector, apis), counts, network)| {
             let (workers, lease_ms, breaker_threshold, window_ms, open_ms) = counts;
             let mut s =
                 StackSpec { pattern, replication, queue, providers: vec![a, o, l], network, ..StackSpec::default() };
-            s.workers = workers as u32;
+            s.workers = workers.min(most_workers(lease_ms)) as u32;
             s.standby_workers = s.standby_workers.min(s.workers);
             s.policy.lease_ms = lease_ms;
             s.breaker.failure_threshold = breaker_threshold;

@@ -31,9 +31,26 @@ use crate::components::vector::PointId;
 use crate::components::wire::{Api, Grant, Msg, WorkerWrite};
 use crate::components::workflow::{MAX_STEPS, StepKind, Template, args_for};
 
-/// How long an idle worker's lease request waits before it is sent again
-/// (a long poll): an idle worker asks once per this period.
+/// The longest an idle worker's lease request waits before it is sent
+/// again (a long poll): an idle worker asks at least once per this period.
 pub const LEASE_POLL_US: Micros = 30 * US_PER_S;
+
+/// The shortest wait of an idle worker's lease request.
+pub const MIN_LEASE_POLL_US: Micros = US_PER_S;
+
+/// How long an idle worker's lease request waits before it is sent again,
+/// to wherever the orchestrator is by then: one lease, within
+/// [`MIN_LEASE_POLL_US`]..=[`LEASE_POLL_US`]. The orchestrator parks the
+/// request until it has work, and never answers one that reached it just
+/// before it died (a crash, a region lost): nothing tells the worker, so
+/// its own wait bounds how long an idle worker serves a dead orchestrator.
+/// The orchestrator judges a worker on the lease; the worker judges the
+/// orchestrator on the same period. (A fixed 30 s left the idle region-b
+/// workers of an active-active stack with 2 s leases parked at the lost
+/// region for 30 s after the failover.)
+pub fn lease_poll_us(lease_ms: u64) -> Micros {
+    lease_ms.saturating_mul(US_PER_MS).clamp(MIN_LEASE_POLL_US, LEASE_POLL_US)
+}
 
 /// Everything workers of one stack share (read-only).
 pub struct WorkerShared {
@@ -243,7 +260,7 @@ impl Worker {
         env.send(to, msg.clone());
         let timeout = match self.next_timeout_us.take() {
             Some(t) => t,
-            None if wait == Wait::Lease => LEASE_POLL_US,
+            None if wait == Wait::Lease => lease_poll_us(self.shared.policy.lease_ms),
             None => self.shared.request_timeout_us,
         };
         let deadline_us = env.now_us() + timeout;
@@ -1211,8 +1228,12 @@ mod tests {
     }
 
     fn worker() -> (Worker, TestEnv) {
+        worker_with(Policy::default())
+    }
+
+    fn worker_with(policy: Policy) -> (Worker, TestEnv) {
         let shared = WorkerShared {
-            policy: Policy::default(),
+            policy,
             templates: builtin(),
             home: Some(ORCH),
             payment: HostId(3),
@@ -1406,6 +1427,25 @@ mod tests {
         w.on_msg(&mut env, ORCH, grant(resent, 1, template("book_flight")));
         let lease_until_us = w.ctx.as_ref().expect("task").lease_until_us;
         assert_eq!(lease_until_us, LEASE_POLL_US + 60_000 * US_PER_MS * 9 / 10);
+    }
+
+    /// An idle worker's long poll waits one lease (1 to 30 s), then asks
+    /// again: with a 2 s lease, a request parked at an orchestrator that
+    /// died is sent again after 2 s, not 30.
+    #[test]
+    fn an_idle_worker_asks_again_after_one_lease() {
+        assert_eq!(lease_poll_us(2_000), 2 * US_PER_S);
+        assert_eq!(lease_poll_us(0), MIN_LEASE_POLL_US, "at least 1 s");
+        assert_eq!(lease_poll_us(600_000), LEASE_POLL_US, "at most 30 s");
+        let (mut w, mut env) = worker_with(Policy { lease_ms: 2_000, ..Policy::default() });
+        w.start(&mut env);
+        let first = last_lease_req(&env);
+        assert!(env.timers.iter().any(|&(at, t)| t == Timer::Watchdog && at == 2 * US_PER_S), "{:?}", env.timers);
+        env.now_us = 2 * US_PER_S;
+        w.on_timer(&mut env, Timer::Watchdog);
+        let again = last_lease_req(&env);
+        assert_ne!(again.0, first.0, "a new request");
+        assert_eq!(again.1, 2 * US_PER_S, "sent after one lease");
     }
 
     /// A grant of job 13 replayed from its cursor at step 3 (a model step

@@ -25,8 +25,9 @@
 //!   (tasks × horizon / period), since each waiting job is sent again every
 //!   period;
 //! - idle workers' lease polls: at most [`MAX_WORKER_POLLS`] over the
-//!   horizon (2 × workers × horizon / 30 s), since every idle worker asks
-//!   for work again every 30 s, busy or not, for the whole horizon;
+//!   horizon (2 × workers × horizon / poll), since every idle worker asks
+//!   for work again once a lease (1 to 30 s), busy or not, for the whole
+//!   horizon;
 //! - what the bounds above cannot see, sources of work multiplying each
 //!   other (a queue redelivering thousands of unacknowledged messages while
 //!   the client resubmits the same jobs): a budget of
@@ -98,9 +99,10 @@ pub const MAX_TIMER_FIRINGS: u64 = 1_000_000;
 pub const MAX_CLIENT_RESENDS: u64 = 20_000_000;
 
 /// The most lease requests idle workers may send over the horizon, as
-/// `2 × workers × horizon / LEASE_POLL_US` (both regions at full size, the
-/// most a failover or active-active can run; an idle worker asks again every
-/// [`crate::components::worker::LEASE_POLL_US`], 30 s). Each poll is about
+/// `2 × workers × horizon / poll` (both regions at full size, the most a
+/// failover or active-active can run; an idle worker asks again every
+/// [`crate::components::worker::lease_poll_us`]: one lease, 1 to 30 s; the
+/// figures below are for 30 s). Each poll is about
 /// two simulated events (the request and its watchdog): 1,024 workers over
 /// 30 days would be 177 million events a run, 12 CPU seconds for the drill
 /// and its baseline even with no work to do. At this bound a drill spends at

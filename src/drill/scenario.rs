@@ -1237,12 +1237,13 @@ fn timer_problems(sc: &Scenario, out: &mut Problems) {
 }
 
 /// Every idle worker asks for work again every
-/// [`crate::components::worker::LEASE_POLL_US`]: at most
-/// [`limits::MAX_WORKER_POLLS`] requests over the horizon, counting both
-/// regions at full size.
+/// [`crate::components::worker::lease_poll_us`] (one lease, 1 to 30 s): at
+/// most [`limits::MAX_WORKER_POLLS`] requests over the horizon, counting
+/// both regions at full size.
 fn worker_poll_problems(sc: &Scenario, out: &mut Problems) {
     let workers = u64::from(sc.stack.workers);
-    let poll_ms = crate::components::worker::LEASE_POLL_US / crate::components::ids::US_PER_MS;
+    let lease_ms = sc.stack.effective_policy().lease_ms;
+    let poll_ms = crate::components::worker::lease_poll_us(lease_ms) / crate::components::ids::US_PER_MS;
     let polls = workers.saturating_mul(2).saturating_mul(sc.horizon.ms().div_ceil(poll_ms));
     let max = limits::MAX_WORKER_POLLS;
     // Past its own limit, `workers` has its own error.
@@ -1254,10 +1255,11 @@ fn worker_poll_problems(sc: &Scenario, out: &mut Problems) {
     out.bad(
         "stack.workers",
         format!(
-            "{workers} workers over the {} horizon poll for work up to {polls} times (2 regions × workers × horizon / 30 s), above the limit of {max} (MAX_WORKER_POLLS); write at most {most_workers} workers, or a horizon of at most \"{longest}\"",
-            sc.horizon
+            "{workers} workers over the {} horizon poll for work up to {polls} times (2 regions × workers × horizon / {}, the lease within 1 s to 30 s), above the limit of {max} (MAX_WORKER_POLLS); write at most {most_workers} workers, or a horizon of at most \"{longest}\"",
+            sc.horizon,
+            Dur(poll_ms)
         ),
-        &["horizon"],
+        &["horizon", "stack.policy.lease_ms"],
     );
 }
 
