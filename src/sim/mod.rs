@@ -84,15 +84,26 @@ enum Payload<M, T> {
         incarnation: u32,
         sent_by: u32,
         depart_us: Micros,
-        msg: M,
+        /// Taken (`None`) only as the event is handed out.
+        msg: Option<M>,
     },
     Timer {
         host: HostId,
         incarnation: u32,
-        timer: T,
+        timer: Option<T>,
     },
-    Control(T),
+    Control(Option<T>),
 }
+
+/// A slot of the payload slab: a queued event's payload, or a link of the
+/// free list (the next free slot, [`NO_SLOT`] at its end).
+enum Slot<M, T> {
+    Full(Payload<M, T>),
+    Free(u32),
+}
+
+/// The end of the slab's free list.
+const NO_SLOT: u32 = u32::MAX;
 
 /// A queue entry: the ordering key and where its payload is parked.
 ///
@@ -239,10 +250,11 @@ pub struct Runtime<M, T> {
     now_us: Micros,
     seq: u64,
     queue: Queue,
-    /// Payloads of queued events, indexed by `Entry::slot`.
-    slab: Vec<Option<Payload<M, T>>>,
-    /// Free slots of `slab`.
-    free: Vec<u32>,
+    /// Payloads of queued events, indexed by `Entry::slot`; the free
+    /// slots form a list threaded through the slab itself.
+    slab: Vec<Slot<M, T>>,
+    /// The first free slot of `slab` ([`NO_SLOT`]: none).
+    free: u32,
     hosts: Vec<Host>,
     net: Network,
     rng: ChaCha8Rng,
@@ -260,7 +272,7 @@ impl<M, T> Runtime<M, T> {
             seq: 0,
             queue: Queue::with_capacity(1024),
             slab: Vec::with_capacity(1024),
-            free: Vec::with_capacity(1024),
+            free: NO_SLOT,
             hosts: Vec::new(),
             net: Network::new(net),
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -331,18 +343,28 @@ impl<M, T> Runtime<M, T> {
     #[inline(always)]
     fn push(&mut self, at_us: Micros, payload: Payload<M, T>) {
         debug_assert!(at_us >= self.now_us, "scheduling into the past");
+        let slot = self.alloc_slot();
+        // The slot is free: there is nothing to drop (and the old value is
+        // never read).
+        std::mem::forget(std::mem::replace(&mut self.slab[slot as usize], Slot::Full(payload)));
         self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slab[slot as usize] = Some(payload);
-                slot
-            }
-            None => {
-                self.slab.push(Some(payload));
-                u32::try_from(self.slab.len() - 1).expect("fewer than 2^32 pending events")
-            }
-        };
         self.queue.push(Entry { at_us, seq: self.seq, slot });
+    }
+
+    /// A free slot of the slab, taken off the free list (or added).
+    #[inline(always)]
+    fn alloc_slot(&mut self) -> u32 {
+        let slot = self.free;
+        if slot != NO_SLOT {
+            let Slot::Free(next) = self.slab[slot as usize] else { unreachable!("the free list holds free slots") };
+            self.free = next;
+            slot
+        } else {
+            let slot = u32::try_from(self.slab.len()).ok().filter(|&s| s != NO_SLOT);
+            let slot = slot.expect("fewer than 2^32 - 1 pending events");
+            self.slab.push(Slot::Free(NO_SLOT));
+            slot
+        }
     }
 
     /// Sends `msg` from `from` to `to` over the network: it arrives after the
@@ -362,14 +384,18 @@ impl<M, T> Runtime<M, T> {
     /// Sends `msg` after the sender spent `delay_us` processing it.
     #[inline(always)]
     pub fn send_after(&mut self, from: HostId, delay_us: Micros, to: HostId, msg: M) {
-        let depart = self.local_now(from) + delay_us;
-        let (fr, tr) = (self.hosts[from.0 as usize].region, self.hosts[to.0 as usize].region);
+        // What the send needs of both hosts, read once.
+        let (sender, receiver) = (&self.hosts[from.0 as usize], &self.hosts[to.0 as usize]);
+        let depart = self.now_us.max(sender.paused_until_us) + delay_us;
+        let (fr, sent_by) = (sender.region, sender.incarnation);
+        let (tr, incarnation) = (receiver.region, receiver.incarnation);
         match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
             Some(latency_us) => {
-                let incarnation = self.hosts[to.0 as usize].incarnation;
-                let sent_by = self.hosts[from.0 as usize].incarnation;
                 let depart_us = depart;
-                self.push(depart + latency_us, Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg });
+                self.push(
+                    depart + latency_us,
+                    Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg: Some(msg) },
+                );
             }
             None => self.stats.dropped += 1,
         }
@@ -400,7 +426,10 @@ impl<M, T> Runtime<M, T> {
             let incarnation = self.hosts[to.0 as usize].incarnation;
             let sent_by = self.hosts[from.0 as usize].incarnation;
             let msg = make(arrived);
-            self.push(depart + latency_us, Payload::Deliver { from, to, incarnation, sent_by, depart_us: depart, msg });
+            self.push(
+                depart + latency_us,
+                Payload::Deliver { from, to, incarnation, sent_by, depart_us: depart, msg: Some(msg) },
+            );
         }
         arrived
     }
@@ -411,13 +440,13 @@ impl<M, T> Runtime<M, T> {
     pub fn set_timer(&mut self, host: HostId, after_us: Micros, timer: T) {
         let incarnation = self.hosts[host.0 as usize].incarnation;
         let at = self.local_now(host) + after_us;
-        self.push(at, Payload::Timer { host, incarnation, timer });
+        self.push(at, Payload::Timer { host, incarnation, timer: Some(timer) });
     }
 
     /// Schedules a harness event at an absolute time (clamped to now).
     pub fn schedule_control(&mut self, at_us: Micros, ev: T) {
         let at = at_us.max(self.now_us);
-        self.push(at, Payload::Control(ev));
+        self.push(at, Payload::Control(Some(ev)));
     }
 
     /// Crashes a host: it drops everything in memory (the caller resets the
@@ -461,53 +490,99 @@ impl<M, T> Runtime<M, T> {
                 return None;
             }
             let Entry { at_us, slot, .. } = self.queue.take();
-            let payload = self.slab[slot as usize].take().expect("a queued event has its payload");
-            self.free.push(slot);
             self.now_us = at_us;
-            match payload {
-                Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg } => {
+            // The checks read the parked payload in place; only what is
+            // handed out is moved out of the slab, and an event deferred by
+            // a pause keeps its slot.
+            match &self.slab[slot as usize] {
+                Slot::Full(Payload::Deliver { from, to, incarnation, sent_by, depart_us, .. }) => {
+                    let (from, to) = (*from, *to);
                     let sender = &self.hosts[from.0 as usize];
-                    if sender.incarnation != sent_by && sender.crashed_at_us < depart_us {
+                    if sender.incarnation != *sent_by && sender.crashed_at_us < *depart_us {
+                        self.release(slot);
                         self.stats.dropped += 1; // the sender died before it left
                         continue;
                     }
                     let host = &self.hosts[to.0 as usize];
-                    if !host.up || host.incarnation != incarnation {
+                    if !host.up || host.incarnation != *incarnation {
+                        self.release(slot);
                         self.stats.dropped += 1;
                         continue;
                     }
                     if host.paused_until_us > at_us {
                         let wake = host.paused_until_us;
-                        self.push(wake, Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg });
+                        self.requeue(wake, slot);
                         continue;
                     }
                     self.stats.events += 1;
                     self.stats.delivered += 1;
                     self.mix(at_us, 1, u64::from(from.0) << 32 | u64::from(to.0));
+                    let Slot::Full(Payload::Deliver { msg, .. }) = &mut self.slab[slot as usize] else {
+                        unreachable!("the slot holds this message")
+                    };
+                    let msg = msg.take().expect("a message is handed out once");
+                    self.vacate(slot);
                     return Some(Event::Deliver { from, to, msg });
                 }
-                Payload::Timer { host: h, incarnation, timer } => {
+                Slot::Full(Payload::Timer { host: h, incarnation, .. }) => {
+                    let h = *h;
                     let host = &self.hosts[h.0 as usize];
-                    if !host.up || host.incarnation != incarnation {
+                    if !host.up || host.incarnation != *incarnation {
+                        self.release(slot);
                         self.stats.stale_timers += 1;
                         continue;
                     }
                     if host.paused_until_us > at_us {
                         let wake = host.paused_until_us;
-                        self.push(wake, Payload::Timer { host: h, incarnation, timer });
+                        self.requeue(wake, slot);
                         continue;
                     }
                     self.stats.events += 1;
                     self.mix(at_us, 2, u64::from(h.0));
+                    let Slot::Full(Payload::Timer { timer, .. }) = &mut self.slab[slot as usize] else {
+                        unreachable!("the slot holds this timer")
+                    };
+                    let timer = timer.take().expect("a timer is handed out once");
+                    self.vacate(slot);
                     return Some(Event::Timer { host: h, timer });
                 }
-                Payload::Control(t) => {
+                Slot::Full(Payload::Control(_)) => {
                     self.stats.events += 1;
                     self.mix(at_us, 3, 0);
+                    let Slot::Full(Payload::Control(t)) = &mut self.slab[slot as usize] else {
+                        unreachable!("the slot holds this control event")
+                    };
+                    let t = t.take().expect("a control event is handed out once");
+                    self.vacate(slot);
                     return Some(Event::Control(t));
                 }
+                Slot::Free(_) => unreachable!("a queued event has its payload"),
             }
         }
+    }
+
+    /// Frees the slot of an event just handed out: its payload was taken,
+    /// so what is left holds nothing to drop (and is not read again).
+    #[inline(always)]
+    fn vacate(&mut self, slot: u32) {
+        std::mem::forget(std::mem::replace(&mut self.slab[slot as usize], Slot::Free(self.free)));
+        self.free = slot;
+    }
+
+    /// Drops a queued event's payload and frees its slot.
+    #[inline]
+    fn release(&mut self, slot: u32) {
+        self.slab[slot as usize] = Slot::Free(self.free);
+        self.free = slot;
+    }
+
+    /// Queues again, at `at_us`, the event whose payload is parked in
+    /// `slot` (a paused host's), as a new schedule (a fresh sequence
+    /// number, as a push of the same payload would take).
+    #[inline]
+    fn requeue(&mut self, at_us: Micros, slot: u32) {
+        self.seq += 1;
+        self.queue.push(Entry { at_us, seq: self.seq, slot });
     }
 
     #[inline]
