@@ -49,6 +49,16 @@ pub struct Host {
     pub crashed_at_us: Micros,
 }
 
+impl Host {
+    /// The time the host acts at, when the runtime's clock reads `now_us`:
+    /// then, or its wake-up time while it is paused (a frozen process sends
+    /// nothing and sets no timer until it wakes).
+    #[inline(always)]
+    pub fn acts_at(&self, now_us: Micros) -> Micros {
+        now_us.max(self.paused_until_us)
+    }
+}
+
 /// What the runtime hands back from [`Runtime::step`].
 #[derive(Debug)]
 pub enum Event<M, T> {
@@ -378,7 +388,7 @@ impl<M, T> Runtime<M, T> {
     /// (a frozen process sends nothing and sets no timer until it wakes).
     #[inline(always)]
     fn local_now(&self, h: HostId) -> Micros {
-        self.now_us.max(self.hosts[h.0 as usize].paused_until_us)
+        self.hosts[h.0 as usize].acts_at(self.now_us)
     }
 
     /// Sends `msg` after the sender spent `delay_us` processing it.
@@ -386,7 +396,7 @@ impl<M, T> Runtime<M, T> {
     pub fn send_after(&mut self, from: HostId, delay_us: Micros, to: HostId, msg: M) {
         // What the send needs of both hosts, read once.
         let (sender, receiver) = (&self.hosts[from.0 as usize], &self.hosts[to.0 as usize]);
-        let depart = self.now_us.max(sender.paused_until_us) + delay_us;
+        let depart = sender.acts_at(self.now_us) + delay_us;
         let (fr, sent_by) = (sender.region, sender.incarnation);
         let (tr, incarnation) = (receiver.region, receiver.incarnation);
         match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
