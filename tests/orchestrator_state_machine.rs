@@ -171,9 +171,10 @@ impl Model {
             .map(|(i, t)| (t.expires_us, i))
             .collect();
         expired.sort_unstable();
-        for (_, i) in expired {
+        // Expired tasks go to the front of the queue, in expiry order.
+        for &(_, i) in expired.iter().rev() {
             self.tasks[i].status = St::Queued;
-            self.ready.push_back(i);
+            self.ready.push_front(i);
         }
         self.dispatch();
     }

@@ -1008,10 +1008,12 @@ impl Orchestrator {
         }
     }
 
-    /// The recovery service: requeue every task whose lease expired.
+    /// The recovery service: requeue every task whose lease expired, at the
+    /// head of the queue.
     fn recovery_scan(&mut self, env: &mut impl Env) {
         self.release_held(env);
         let now = self.lease_clock(env);
+        let mut requeued = 0;
         while let Some(&Reverse((expires, task))) = self.expiries.peek() {
             if expires > now {
                 break;
@@ -1026,8 +1028,14 @@ impl Orchestrator {
             let job = t.job;
             self.commit(env, Op::Requeue { task });
             self.ready.push_back(task);
+            requeued += 1;
             env.note(Note::LeaseExpired { task, job });
         }
+        // The expired tasks go first, in expiry order: they are the oldest
+        // work in the queue, already late by a lease. At the tail they
+        // waited for every job submitted since (live, a partition's task
+        // came back 3.5 s after its requeue, behind the backlog).
+        self.ready.rotate_right(requeued);
         self.dispatch(env);
     }
 }

@@ -351,6 +351,7 @@ impl Outbound {
             tracing::debug!(from = e.from.0, "message from an earlier incarnation; dropped");
             return None;
         }
+        tracing::trace!(from = e.from.0, ?msg, "message in");
         if let Some(url) = &e.reply_to {
             self.peers.insert(e.from, Peer { url: url.clone(), incarnation: e.incarnation });
         }
@@ -394,6 +395,7 @@ impl Outbound {
                 tracing::debug!(to = to.0, "no address for this host yet; message dropped");
                 continue;
             };
+            tracing::trace!(to = to.0, ?msg, "message out");
             let envelope = Envelope::new(ORCHESTRATOR, p.incarnation, None, &msg);
             let rb = self
                 .client

@@ -203,6 +203,7 @@ async fn serve(cfg: WorkerConfig) -> anyhow::Result<()> {
             Some(timer) = timer_rx.recv() => worker.on_timer(&mut env, timer),
             Some(e) = http_rx.recv() => {
                 let Some(msg) = e.msg() else { continue };
+                tracing::trace!(?msg, "message in");
                 if let Msg::LeaseGrant { grant, .. } = &msg {
                     anyhow::ensure!(
                         (grant.template as usize) < out.templates.len(),
@@ -256,6 +257,7 @@ impl Outbound {
     fn deliver(&self, env: &mut LiveEnv, jobs: &FxHashMap<JobId, u16>) {
         for (to, msg) in env.outbox.drain(..) {
             if to == ORCHESTRATOR {
+                tracing::trace!(?msg, "message out");
                 let envelope = Envelope::new(self.me, self.incarnation, Some(self.my_url.clone()), &msg);
                 let rb = self
                     .client
