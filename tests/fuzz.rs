@@ -233,6 +233,28 @@ fn every_reproducer_in_the_corpus_still_fails_as_found() {
     }
 }
 
+/// A lossy link fails a health check by chance, at any time while it lasts:
+/// here 221 s into a 317 s link degradation, and a cold standby with a
+/// 285 s scale-up served 602 s after the onset, past the schema change's
+/// bound of 261 s when the link's budget took its duration or a failover,
+/// whichever was larger. Kept in `fixtures/findings/`, outside the corpus,
+/// because the same run also misses the verdict's rollback target (no
+/// invariant): the invariants are what this checks.
+#[test]
+fn a_lossy_link_may_fail_over_as_late_as_its_end() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/findings/reference-lossy-link-fails-over-late-cold-standby.toml");
+    let sc = scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+    let broken = fuzz::check_case(&sc);
+    assert!(broken.is_empty(), "{}: {broken:?}", f.display());
+    let r = drill::run(&sc, sc.seed);
+    let failover = r.faults.iter().find(|f| f.kind == "link_degradation").expect("the lossy link");
+    assert!(failover.rto_s.is_some(), "the stack recovered from the lossy link: {:?}", r.violations);
+    let schema = r.faults.iter().find(|f| f.kind == "tool_schema_change").expect("the schema change");
+    // It recovered only once the standby served, long after its own 261 s.
+    assert!(schema.rto_s.is_some_and(|s| s > 261.1), "the late failover held it up: {:?}", schema.rto_s);
+}
+
 /// Generated drills are valid scenarios, round-trip through TOML, shrink
 /// towards fewer faults, and fit their claimed tier's bounds.
 #[test]

@@ -873,6 +873,29 @@ fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
     })
 }
 
+/// When the queue node an earlier queue or region loss than fault `i`
+/// (at `t_us`) took down is back, if one is down then: a temporary loss at
+/// its end; a permanent one when the platform has replaced the node
+/// ([`crate::drill::QUEUE_REPLACE_US`] after the loss). The latest of them.
+fn queue_node_back_us(sc: &Scenario, i: usize, t_us: Micros) -> Option<Micros> {
+    if !queue_node_down_at(sc, i, t_us) {
+        return None;
+    }
+    sc.faults
+        .iter()
+        .enumerate()
+        .filter_map(|(j, f)| match f {
+            FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. }
+                if j != i && (at.us(), j) < (t_us, i) =>
+            {
+                let back = at.us() + duration.map_or(crate::drill::QUEUE_REPLACE_US, |d| d.us());
+                (back > t_us).then_some(back)
+            }
+            _ => None,
+        })
+        .max()
+}
+
 /// How long before `t0` the other region (the replica's) had been
 /// unreachable, when a loss of it overlaps the window that replication
 /// would otherwise have covered: writes made while the replica was down
@@ -1701,10 +1724,17 @@ impl Budget {
         match &sc.faults[i] {
             // A cut or degraded link holds work up for as long as it lasts;
             // a worker cut off from the store loses its lease.
-            // A cut (or a lossy link) can also look like a region loss to
-            // the failover controller: the failover then bounds it too.
-            FaultSpec::Partition { duration, .. } | FaultSpec::LinkDegradation { duration, .. } => {
+            // A cut can also look like a region loss to the failover
+            // controller: the failover then bounds it too.
+            FaultSpec::Partition { duration, .. } => {
                 (duration.us() + self.lease_us).max(self.failover_us()) + self.step_us
+            }
+            // A lossy link fails a health check by chance, at any time while
+            // it lasts: the failover may begin as late as its end. (A 17 %
+            // loss over 317 s failed a check 221 s in; a cold standby with
+            // a 285 s scale-up served 602 s after the onset.)
+            FaultSpec::LinkDegradation { duration, .. } => {
+                duration.us() + self.lease_us.max(self.failover_us()) + self.step_us
             }
             // Nothing stops: the stack only has to notice (a lease at most).
             FaultSpec::DiskLoss { .. } | FaultSpec::ClockSkew { .. } => self.lease_us,
@@ -1757,6 +1787,16 @@ impl Budget {
                     0
                 };
                 let mut b = self.failover_us() + resubmit_us;
+                // The queue's other node down (lost, or its loss not over):
+                // this loss may take the last copy, and the queue serves
+                // again when a node comes back or the platform replaces one.
+                if let (Some(q), FaultSpec::RegionLoss { at, .. }) = (s.queue, &sc.faults[i])
+                    && let Some(back_us) = queue_node_back_us(sc, i, at.us())
+                {
+                    let ack_wait = q.ack_wait_ms * US_PER_MS;
+                    let resubmit = 2 * sc.workload.resubmit_after.us() + sc.workload.submit_retry.us();
+                    b = b.max(back_us - at.us() + ack_wait + resubmit);
+                }
                 if let Some(d) = d {
                     b = b.max(d + self.lease_us);
                 }

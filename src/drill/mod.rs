@@ -17,7 +17,7 @@ pub mod tier;
 use serde::Serialize;
 
 use crate::components::env::{Note, Timer};
-use crate::components::ids::{HostId, JobId, us_to_s};
+use crate::components::ids::{HostId, JobId, RegionId, us_to_s};
 use crate::components::orchestrator::Replication;
 use crate::components::region::Request;
 use crate::components::store::TaskStatus;
@@ -318,6 +318,15 @@ fn lose_queue_node(stack: &mut Stack, f: &mut FaultObs, permanent: bool) -> Opti
     // unreplicated node (waited for, or replaced empty).
     if mirrors && stack.rt.host(other).up {
         stack.rt.schedule_control(stack.rt.now_us() + QUEUE_FAILOVER_US, Timer::QueueFailover(other));
+        if permanent {
+            // Its messages live on in the replica. The platform replaces
+            // the node, empty, as below; it rejoins as the replica, or takes
+            // over if the replica was lost too meanwhile (`take_over_queue`).
+            if let Some(q) = stack.queue_mut(active) {
+                q.wipe();
+            }
+            stack.rt.schedule_control(stack.rt.now_us() + QUEUE_REPLACE_US, Timer::Restart(active));
+        }
     } else if permanent {
         // Unreplicated and gone for good: what it held is lost. (A node that
         // comes back keeps its disk; its messages wait for it.)
@@ -329,6 +338,41 @@ fn lose_queue_node(stack: &mut Stack, f: &mut FaultObs, permanent: bool) -> Opti
         stack.rt.schedule_control(stack.rt.now_us() + QUEUE_REPLACE_US, Timer::Restart(active));
     }
     Some(active)
+}
+
+/// Region `r` is lost for good while the queue's active node elsewhere is
+/// down for good too (its election to `r`'s node pending, or nothing to
+/// elect): `r`'s node held the only copy of the messages, now lost
+/// (recorded for the queue RPO).
+fn lost_last_queue_copy(stack: &mut Stack, f: &mut FaultObs, down: &[(u16, HostId)], r: RegionId) {
+    let Some([qa, qb]) = stack.hosts.queue else { return };
+    let active = stack.dns.queue.target();
+    let Some(here) = [qa, qb].into_iter().find(|&q| q != active && stack.rt.host(q).region == r) else { return };
+    if stack.rt.host(active).up || down.iter().any(|&(_, g)| g == active) || !stack.rt.host(here).up {
+        return;
+    }
+    if let Some(q) = stack.queue_mut(here) {
+        f.lost_messages.extend(q.messages().map(|m| (m.job, m.published_us)));
+        q.wipe();
+    }
+}
+
+/// A queue node that comes back (from a temporary loss, or the platform's
+/// replacement) takes over when the active node is down and no temporary
+/// loss holds it, so it will not come back by itself: lost for good (its
+/// replacement pending), or an election's candidate that went down before
+/// it won (a queue loss, then the replica's region lost 2 s later). An
+/// active node a temporary loss holds is waited for: it comes back with
+/// its messages.
+fn take_over_queue(stack: &mut Stack, down: &[(u16, HostId)], h: HostId) {
+    let Some([qa, qb]) = stack.hosts.queue else { return };
+    let active = stack.dns.queue.target();
+    if (h != qa && h != qb) || h == active || !stack.rt.host(h).up {
+        return;
+    }
+    if !stack.rt.host(active).up && !down.iter().any(|&(_, g)| g == active) {
+        stack.activate_queue(h);
+    }
 }
 
 fn kill(stack: &mut Stack, h: HostId, restart_after: Option<crate::drill::scenario::Dur>) {
@@ -353,7 +397,10 @@ fn worker_target(stack: &Stack, t: Option<WorkerTarget>) -> Option<HostId> {
 /// that holds it: a host comes back when the last loss holding it ends.
 fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Vec<(u16, HostId)>, t: Timer) {
     match t {
-        Timer::Restart(h) => stack.restart_host(h),
+        Timer::Restart(h) => {
+            stack.restart_host(h);
+            take_over_queue(stack, down, h);
+        }
         Timer::FaultStart(i) => {
             let f = &sc.faults[i as usize];
             match f {
@@ -433,6 +480,8 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                     let active_queue = stack.dns.queue.target();
                     if stack.hosts.queue.is_some() && stack.rt.host(active_queue).region == r {
                         lose_queue_node(stack, &mut obs[i as usize], duration.is_none());
+                    } else if duration.is_none() {
+                        lost_last_queue_copy(stack, &mut obs[i as usize], down, r);
                     }
                     for &h in &hosts {
                         stack.crash_host(h);
@@ -456,7 +505,11 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 }
             }
         }
-        Timer::QueueFailover(h) => stack.activate_queue(h),
+        // An election whose only candidate went down meanwhile elects
+        // nobody: the old active node serves again when it returns, or a
+        // node that comes back takes over (`take_over_queue`).
+        Timer::QueueFailover(h) if stack.rt.host(h).up => stack.activate_queue(h),
+        Timer::QueueFailover(_) => {}
         Timer::FaultEnd(i) => match &sc.faults[i as usize] {
             FaultSpec::RegionLoss { .. } | FaultSpec::QueueLoss { .. } => {
                 // Only the hosts this loss took down, and of those only the
@@ -466,6 +519,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 for (_, h) in ended {
                     if !down.iter().any(|&(_, g)| g == h) {
                         stack.restart_host(h);
+                        take_over_queue(stack, down, h);
                     }
                 }
             }
