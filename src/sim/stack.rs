@@ -885,6 +885,7 @@ impl Stack {
 
     /// Hands one event to its component. Returns the controller's requests
     /// and the hooks hit, for the drill to act on.
+    #[inline(always)]
     pub fn dispatch(&mut self, ev: Event<Msg, Timer>) -> Option<Timer> {
         let Stack { rt, nodes, dns, truth, jobs, .. } = self;
         match ev {
