@@ -493,6 +493,7 @@ impl<M, T> Runtime<M, T> {
 
     /// Pops the next live event, advancing the clock to it. Returns `None`
     /// when nothing is left or the next event lies beyond `horizon_us`.
+    #[inline(always)]
     pub fn step(&mut self, horizon_us: Micros) -> Option<Event<M, T>> {
         loop {
             let head_at = self.queue.peek()?.at_us;

@@ -406,11 +406,11 @@ impl Env for SimEnv<'_> {
     fn me(&self) -> HostId {
         self.me
     }
-    #[inline]
+    #[inline(always)]
     fn send(&mut self, to: HostId, msg: Msg) {
         self.rt.send(self.me, to, msg);
     }
-    #[inline]
+    #[inline(always)]
     fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg) {
         self.rt.send_after(self.me, delay_us, to, msg);
     }
@@ -418,7 +418,7 @@ impl Env for SimEnv<'_> {
     fn send_copies(&mut self, to: HostId, copies: u32, make: impl FnOnce(u32) -> Msg) {
         self.rt.send_copies(self.me, to, copies, make);
     }
-    #[inline]
+    #[inline(always)]
     fn set_timer(&mut self, after_us: Micros, timer: Timer) {
         self.rt.set_timer(self.me, after_us, timer);
     }
@@ -885,6 +885,7 @@ impl Stack {
 
     /// Hands one event to its component. Returns the controller's requests
     /// and the hooks hit, for the drill to act on.
+    #[inline(always)]
     pub fn dispatch(&mut self, ev: Event<Msg, Timer>) -> Option<Timer> {
         let Stack { rt, nodes, dns, truth, jobs, .. } = self;
         match ev {
