@@ -248,8 +248,8 @@ fn a_lossy_link_may_fail_over_as_late_as_its_end() {
     let broken = fuzz::check_case(&sc);
     assert!(broken.is_empty(), "{}: {broken:?}", f.display());
     let r = drill::run(&sc, sc.seed);
-    let failover = r.faults.iter().find(|f| f.kind == "link_degradation").expect("the lossy link");
-    assert!(failover.rto_s.is_some(), "the stack recovered from the lossy link: {:?}", r.violations);
+    let link = r.faults.iter().find(|f| f.kind == "link_degradation").expect("the lossy link");
+    assert!(link.rto_s.is_some(), "the stack recovered from the lossy link: {:?}", r.violations);
     let schema = r.faults.iter().find(|f| f.kind == "tool_schema_change").expect("the schema change");
     // It recovered only once the standby served, long after its own 261 s.
     assert!(schema.rto_s.is_some_and(|s| s > 261.1), "the late failover held it up: {:?}", schema.rto_s);

@@ -865,11 +865,19 @@ fn other_region_back_us(
 /// `i` in the schedule; otherwise its node is still down when fault `i`
 /// strikes (was seed 30 case 6043).
 fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
-    sc.faults.iter().enumerate().any(|(j, f)| match f {
-        FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. } => {
-            j != i && (at.us(), j) < (t_us, i) && duration.is_none_or(|d| (at.us() + d.us(), j) > (t_us, i))
+    queue_losses_down_at(sc, i, t_us).next().is_some()
+}
+
+/// The onset and duration of each queue or region loss before fault `i`
+/// (at `t_us`) whose node is still down then (see [`queue_node_down_at`]).
+fn queue_losses_down_at(sc: &Scenario, i: usize, t_us: Micros) -> impl Iterator<Item = (Micros, Option<Micros>)> {
+    sc.faults.iter().enumerate().filter_map(move |(j, f)| match f {
+        FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. }
+            if j != i && (at.us(), j) < (t_us, i) && duration.is_none_or(|d| (at.us() + d.us(), j) > (t_us, i)) =>
+        {
+            Some((at.us(), duration.map(|d| d.us())))
         }
-        _ => false,
+        _ => None,
     })
 }
 
@@ -878,21 +886,9 @@ fn queue_node_down_at(sc: &Scenario, i: usize, t_us: Micros) -> bool {
 /// its end; a permanent one when the platform has replaced the node
 /// ([`crate::drill::QUEUE_REPLACE_US`] after the loss). The latest of them.
 fn queue_node_back_us(sc: &Scenario, i: usize, t_us: Micros) -> Option<Micros> {
-    if !queue_node_down_at(sc, i, t_us) {
-        return None;
-    }
-    sc.faults
-        .iter()
-        .enumerate()
-        .filter_map(|(j, f)| match f {
-            FaultSpec::QueueLoss { at, duration } | FaultSpec::RegionLoss { at, duration, .. }
-                if j != i && (at.us(), j) < (t_us, i) =>
-            {
-                let back = at.us() + duration.map_or(crate::drill::QUEUE_REPLACE_US, |d| d.us());
-                (back > t_us).then_some(back)
-            }
-            _ => None,
-        })
+    queue_losses_down_at(sc, i, t_us)
+        .map(|(at_us, duration_us)| at_us + duration_us.unwrap_or(crate::drill::QUEUE_REPLACE_US))
+        .filter(|&back_us| back_us > t_us)
         .max()
 }
 

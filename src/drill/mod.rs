@@ -348,7 +348,7 @@ fn lost_last_queue_copy(stack: &mut Stack, f: &mut FaultObs, down: &[(u16, HostI
     let Some([qa, qb]) = stack.hosts.queue else { return };
     let active = stack.dns.queue.target();
     let Some(here) = [qa, qb].into_iter().find(|&q| q != active && stack.rt.host(q).region == r) else { return };
-    if stack.rt.host(active).up || down.iter().any(|&(_, g)| g == active) || !stack.rt.host(here).up {
+    if !stays_down(stack, down, active) || !stack.rt.host(here).up {
         return;
     }
     if let Some(q) = stack.queue_mut(here) {
@@ -370,9 +370,20 @@ fn take_over_queue(stack: &mut Stack, down: &[(u16, HostId)], h: HostId) {
     if (h != qa && h != qb) || h == active || !stack.rt.host(h).up {
         return;
     }
-    if !stack.rt.host(active).up && !down.iter().any(|&(_, g)| g == active) {
+    if stays_down(stack, down, active) {
         stack.activate_queue(h);
     }
+}
+
+/// Whether host `h` is down and no temporary loss holds it: it will not come
+/// back by itself (lost for good, a replacement pending at most).
+fn stays_down(stack: &Stack, down: &[(u16, HostId)], h: HostId) -> bool {
+    !stack.rt.host(h).up && !held(down, h)
+}
+
+/// Whether a temporary loss in `down` holds host `h`.
+fn held(down: &[(u16, HostId)], h: HostId) -> bool {
+    down.iter().any(|&(_, g)| g == h)
 }
 
 fn kill(stack: &mut Stack, h: HostId, restart_after: Option<crate::drill::scenario::Dur>) {
@@ -517,7 +528,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                 let (ended, rest): (Vec<_>, Vec<_>) = std::mem::take(down).into_iter().partition(|&(j, _)| j == i);
                 *down = rest;
                 for (_, h) in ended {
-                    if !down.iter().any(|&(_, g)| g == h) {
+                    if !held(down, h) {
                         stack.restart_host(h);
                         take_over_queue(stack, down, h);
                     }
