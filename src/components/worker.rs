@@ -173,7 +173,8 @@ pub struct Worker {
     out: Option<Outstanding>,
     /// When the earliest pending watchdog timer fires (`None`: none pending).
     watchdog_at_us: Option<Micros>,
-    heartbeat_armed: bool,
+    /// When the earliest pending renewal timer fires (`None`: none pending).
+    heartbeat_at_us: Option<Micros>,
     wait_seq: u32,
     ctx: Option<TaskCtx>,
     scratch: BTreeMap<(JobId, u16), u32>,
@@ -198,7 +199,7 @@ impl Worker {
             req_seq: 0,
             out: None,
             watchdog_at_us: None,
-            heartbeat_armed: false,
+            heartbeat_at_us: None,
             wait_seq: 0,
             ctx: None,
             scratch: BTreeMap::new(),
@@ -361,7 +362,12 @@ impl Worker {
                 self.request(env, to, o.wait, |req| renumber(msg, req));
             }
             Timer::Heartbeat => {
-                self.heartbeat_armed = false;
+                // A later timer superseded by a sooner one (see
+                // `arm_heartbeat`) finds a renewal due after it: nothing to do.
+                if self.heartbeat_at_us.is_none_or(|at| at > env.now_us()) {
+                    return;
+                }
+                self.heartbeat_at_us = None;
                 if let Some(c) = &self.ctx {
                     let to = self.orchestrator(env);
                     let sent_us = self.lease_clock(env);
@@ -380,9 +386,11 @@ impl Worker {
     /// a pause): after two thirds of what is left, so the renewal's round
     /// trip has the last third. A lease already over on the worker's clock
     /// keeps the plain schedule (the orchestrator says whether it holds).
+    /// A timer already pending for later (armed for a task dropped since)
+    /// does not hold back a sooner one: the later one then does nothing.
     fn arm_heartbeat(&mut self, env: &mut impl Env) {
         let Some(c) = &self.ctx else { return };
-        if !self.shared.policy.heartbeat || self.heartbeat_armed {
+        if !self.shared.policy.heartbeat {
             return;
         }
         let every_us = self.shared.policy.lease_ms * US_PER_MS / 3;
@@ -390,7 +398,11 @@ impl Worker {
         // At least 1 µs: what is left shrinks at every renewal sent, so the
         // sooner schedule ends (at most about 40 renewals per lease).
         let after_us = if left_us == 0 { every_us } else { every_us.min(left_us * 2 / 3).max(1) };
-        self.heartbeat_armed = true;
+        let at_us = env.now_us() + after_us;
+        if self.heartbeat_at_us.is_some_and(|pending| pending <= at_us) {
+            return;
+        }
+        self.heartbeat_at_us = Some(at_us);
         env.set_timer(after_us, Timer::Heartbeat);
     }
 
@@ -1391,6 +1403,48 @@ mod tests {
         w.on_msg(&mut env, ORCH, grant(lease_req, 1, template("book_flight")));
         let renewal = env.timers.iter().find(|(_, t)| *t == Timer::Heartbeat).map(|(at, _)| *at);
         assert_eq!(renewal, Some(w.shared.policy.lease_ms * US_PER_MS / 3));
+    }
+
+    /// A renewal timer armed on the plain schedule for a grant whose lease
+    /// was already over (the worker dropped it) does not hold back the
+    /// sooner renewal of the next grant, received with little of its lease
+    /// left (seed 389715989 case 8014: grants released at once by a
+    /// synchronous replica back after 10 min; the one that held had 0.7 s
+    /// left, its first renewal was due 18 s later, and its 7.4 s email
+    /// outlived the lease into the next holder's lookup).
+    #[test]
+    fn a_stale_renewal_timer_does_not_delay_the_next_grants_renewal() {
+        let (mut w, mut env) = worker();
+        w.start(&mut env);
+        let first = last_lease_req(&env);
+        // Received 60 s after its request: over on receipt, plain schedule.
+        env.now_us = 60 * US_PER_S;
+        w.on_msg(&mut env, ORCH, grant(first, 1, template("book_flight")));
+        let plain_at = env.now_us + w.shared.policy.lease_ms * US_PER_MS / 3;
+        assert!(env.timers.iter().any(|&(at, t)| t == Timer::Heartbeat && at == plain_at), "{:?}", env.timers);
+        w.abandon(&mut env);
+        // The next grant: asked 48 s ago, 6 s of the worker's 54 s left.
+        let (req, _) = last_lease_req(&env);
+        let asked_us = env.now_us - 48 * US_PER_S;
+        w.on_msg(&mut env, ORCH, grant((req, asked_us), 2, template("book_flight")));
+        let soon_at = env.now_us + 4 * US_PER_S;
+        assert!(env.timers.iter().any(|&(at, t)| t == Timer::Heartbeat && at == soon_at), "{:?}", env.timers);
+        env.now_us = soon_at;
+        let sent = env.sent.len();
+        w.on_timer(&mut env, Timer::Heartbeat);
+        assert!(
+            matches!(env.sent[sent..], [Msg::Heartbeat { task: TaskId(2), .. }]),
+            "renewed at 4 s: {:?}",
+            &env.sent[sent..]
+        );
+        // The stale timer fires before the renewal now due: it sends nothing.
+        let next_at = w.heartbeat_at_us.expect("the next renewal is armed");
+        assert!(next_at > soon_at);
+        env.now_us = next_at - 1;
+        let sent = env.sent.len();
+        w.on_timer(&mut env, Timer::Heartbeat);
+        assert_eq!(env.sent.len(), sent, "a superseded timer sent {:?}", &env.sent[sent..]);
+        assert_eq!(w.heartbeat_at_us, Some(next_at));
     }
 
     /// A restarted worker process numbers its requests from 1 again: a
