@@ -193,11 +193,22 @@ struct Twin<'a> {
 /// scan requeues half a second later, which then run last (active-active:
 /// the twin's resume 3.31 s against live 6.5-8.6 s; with the live
 /// submitter's retry it is 8.8 s).
-fn sim_twin(live_file: &str, t: &Twin) -> String {
+///
+/// The store and the links are the live machine's too: the live regions
+/// are one machine's processes, every link a loopback socket through a
+/// harness proxy (1 ms a message in the twin, not the simulator's default
+/// 35 ms between regions), and the live orchestrator waits for each
+/// PostgreSQL commit before it handles the next message (`commit_ms`, the
+/// median the live drill measured from the commit timestamps; the
+/// simulator's default commits cost nothing). Before both (2026-12-01)
+/// the twins ran on 35 ms links with free commits, and matched the warm
+/// and cold drills only because one error made up for the other.
+fn sim_twin(live_file: &str, t: &Twin, commit_ms: f64) -> String {
     let loaded = agentdrill::live::scenario::load(&root().join(live_file)).unwrap_or_else(|e| panic!("{e}"));
     let jobs = &loaded.scenario.jobs;
     let (submit_retry, resubmit_after) = (jobs.submit_retry.ms(), jobs.resubmit_after.ms());
     let Twin { tier, pattern, replication, promotion, scale_up, standby_workers, loss_at } = t;
+    let commit_ms_int = commit_ms.round() as u64;
     format!(
         r#"purpose = "simulated twin of a live region drill"
 tier = "{tier}"
@@ -213,6 +224,8 @@ replication = {replication}
 failover = {{ health_interval = "1s", health_timeout = "500ms", failure_threshold = 2, promotion = "{promotion}", dns_ttl = "2s", scale_up = "{scale_up}" }}
 recovery_scan = "500ms"
 request_timeout = "2s"
+commit_latency = "{commit_ms_int}ms"
+network = {{ intra_region_latency_us = 1000, intra_region_jitter_us = 0, cross_region_latency_us = 1000, cross_region_jitter_us = 0 }}
 vector = {{ streaming_replica = true, restore_base = "0s", restore_per_point_us = 0 }}
 providers = [{{ name = "anthropic", kind = "anthropic", base_latency_ms = 20, latency_per_output_token_us = 0, cold_extra_latency_ms = 0 }}]
 apis = {{ payment_latency = "50ms", email_latency = "50ms", search_latency = "0s" }}
@@ -233,15 +246,22 @@ region = "a"
 }
 
 fn compare_with_twin(live_file: &str, twin: &Twin, test: &str) {
-    let twin = sim_twin(live_file, twin);
     let dir = run_dir(test);
+    let live = run_json(&root().join(live_file), &[("AGENTDRILL_RUN_DIR", &dir)]);
+    let commit_ms = live["store_commit"]["p50_ms"].as_f64();
+    let Some(commit_ms) = commit_ms.filter(|&ms| ms > 0.0) else {
+        panic!("the live drill reports its store's commit latency: {:#}", live["store_commit"])
+    };
+    let twin = sim_twin(live_file, twin, commit_ms);
     let twin_path = dir.join("twin.toml");
     std::fs::write(&twin_path, &twin).expect("write the twin");
-    let live = run_json(&root().join(live_file), &[("AGENTDRILL_RUN_DIR", &dir)]);
     let sim = run_json(&twin_path, &[]);
     let (l, s) = (live["rto_s"].as_f64(), sim["rto_s"].as_f64());
     let (Some(l), Some(s)) = (l, s) else { panic!("both must recover: live {l:?}, simulated {s:?}") };
-    eprintln!("{live_file}: live RTO {l:.2} s {:?}, simulated {s:.2} s {:?}", live["rto_parts"], sim["rto_parts"]);
+    eprintln!(
+        "{live_file}: live RTO {l:.2} s {:?}, simulated {s:.2} s {:?} (commits {commit_ms:.1} ms)",
+        live["rto_parts"], sim["rto_parts"]
+    );
     assert_eq!(live["verdict"], sim["verdict"], "live {live:#}\nsimulated {sim:#}");
     assert!((l - s).abs() <= 0.2 * s, "live RTO {l:.2} s is not within 20 % of the simulated {s:.2} s");
     assert_eq!(live["duplicates"], 0);
@@ -275,7 +295,7 @@ fn warm_standby_live_matches_its_simulated_twin() {
 }
 
 #[test]
-#[ignore = "an open gap of issue 12, not green: the twin's RTO follows how long a job takes, which its links set, and live's does not match it yet. Since expired tasks are requeued at the head of the queue (2026-12-01), live measures 5.60 s (detection 1.51 s + routing 2.12 s + resume 1.98 s) and the twin 7.81 s on the default links (35 +- 5 ms: a job 0.9 s against 0.65 s live; resume 4.12 s), outside 20 %. Before it: live 8.44-9.15 s, the twin 12.45 s (9.06 s at 10 ms, 4.64 s at 5 ms, 4.17 s at 0.3 ms links). The twin's job length on its links is the lead; run with --ignored"]
+#[ignore = "an open gap of issue 12, not green: on the live machine's links and store (1 ms loopback links, the measured 19 ms PostgreSQL commits, 2026-12-01) the warm and cold twins match their live drills within 3 %, but the active-active twin resumes in 0.69 s where live takes 1.9 s (RTO 4.19 s against 5.5 s); at 23 ms commits the twin jumps to 6.01 s: which job finishes first after the switch tips on the commit time, so a calibrated match would be luck. Run with --ignored"]
 fn active_active_live_matches_its_simulated_twin() {
     let _serial = serial();
     compare_with_twin(

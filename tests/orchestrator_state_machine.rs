@@ -373,6 +373,8 @@ impl ReferenceStateMachine for OrchModel {
 struct TestEnv {
     now_us: Micros,
     outbox: Vec<(HostId, Msg)>,
+    /// How long after its send each message of `outbox` departs.
+    delays_us: Vec<Micros>,
     timers: Vec<(Micros, Timer)>,
     rng: ChaCha8Rng,
 }
@@ -385,10 +387,11 @@ impl Env for TestEnv {
         ORCH
     }
     fn send(&mut self, to: HostId, msg: Msg) {
-        self.outbox.push((to, msg));
+        self.send_after(0, to, msg);
     }
-    fn send_after(&mut self, _delay_us: Micros, to: HostId, msg: Msg) {
+    fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg) {
         self.outbox.push((to, msg));
+        self.delays_us.push(delay_us);
     }
     fn set_timer(&mut self, after_us: Micros, timer: Timer) {
         self.timers.push((self.now_us + after_us, timer));
@@ -424,6 +427,7 @@ fn config(fencing: bool) -> OrchConfig {
         auto_rollback: true,
         idempotent_create: true,
         controller_silence_us: None,
+        commit_us: 0,
     }
 }
 
@@ -432,7 +436,13 @@ impl Sut {
     fn started(cfg: OrchConfig) -> Sut {
         let mut sut = Sut {
             orch: Orchestrator::new(cfg, true),
-            env: TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) },
+            env: TestEnv {
+                now_us: 0,
+                outbox: Vec::new(),
+                delays_us: Vec::new(),
+                timers: Vec::new(),
+                rng: ChaCha8Rng::seed_from_u64(1),
+            },
         };
         sut.orch.start(&mut sut.env);
         sut
@@ -691,12 +701,65 @@ fn advance(sut: &mut Sut, ms: u64) {
 /// primary already, and a job accepted here would be lost with this log)
 /// and resumes, handing the parked worker its grant, on the next health
 /// check.
+/// With a commit latency, a reply waits for its handler's transaction,
+/// and transactions run one at a time: two submissions and a grant at the
+/// same instant are acknowledged after one, two and three commits; a
+/// handler that commits twice (a last step's result and the completion)
+/// pays for one transaction.
+#[test]
+fn replies_wait_for_their_commits_which_run_one_at_a_time() {
+    const COMMIT_US: Micros = 20_000;
+    let mut sut = Sut::started(OrchConfig { commit_us: COMMIT_US, ..config(true) });
+    sut.deliver(CLIENT, Msg::Submit { job: JobId(0), template: 0, steps: 1, probe: false, replay: false });
+    sut.deliver(CLIENT, Msg::Submit { job: JobId(1), template: 0, steps: 1, probe: false, replay: false });
+    sut.deliver(worker_host(0), Msg::LeaseReq { req: 1, sent_us: 0 });
+    let replied: Vec<(&'static str, Micros)> = sut
+        .env
+        .outbox
+        .iter()
+        .zip(&sut.env.delays_us)
+        .map(|((_, m), d)| match m {
+            Msg::SubmitAck { .. } => ("ack", *d),
+            Msg::LeaseGrant { .. } => ("grant", *d),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(replied, vec![("ack", COMMIT_US), ("ack", 2 * COMMIT_US), ("grant", 3 * COMMIT_US)]);
+    let token = match &sut.env.outbox[2].1 {
+        Msg::LeaseGrant { grant, .. } => grant.token,
+        _ => unreachable!("the grant"),
+    };
+    // Long after: the store is idle again, one transaction for two records.
+    sut.env.now_us = 1_000_000;
+    sut.env.outbox.clear();
+    sut.env.delays_us.clear();
+    let result = WorkerWrite::Result {
+        task: TaskId(0),
+        ordinal: 0,
+        decision: NO_DECISION,
+        reconciled: false,
+        last: true,
+        corrupt: false,
+        adopt: None,
+        version: None,
+    };
+    sut.deliver(worker_host(0), Msg::Write { req: 2, token, write: result });
+    let ack = sut.env.outbox.iter().position(|(_, m)| matches!(m, Msg::WriteAck { ok: true, .. }));
+    assert_eq!(ack.map(|i| sut.env.delays_us[i]), Some(COMMIT_US), "{:?}", sut.env.outbox);
+}
+
 #[test]
 fn a_primary_silent_from_the_controller_self_fences_until_it_hears_it_again() {
     const SILENCE_US: Micros = 30_000_000;
     let cfg = OrchConfig { auto_rollback: false, controller_silence_us: Some(SILENCE_US), ..config(true) };
     let mut orch = Orchestrator::new(cfg, true);
-    let mut env = TestEnv { now_us: 0, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(1) };
+    let mut env = TestEnv {
+        now_us: 0,
+        outbox: Vec::new(),
+        delays_us: Vec::new(),
+        timers: Vec::new(),
+        rng: ChaCha8Rng::seed_from_u64(1),
+    };
     let controller = HostId(2);
     let submit = |job| Msg::Submit { job: JobId(job), template: 0, steps: STEPS, probe: false, replay: false };
     orch.start(&mut env);
@@ -832,7 +895,13 @@ fn a_promoted_standby_holds_its_inherited_tasks_back_for_a_lease_after_it_serves
     assert!(!shipped.is_empty(), "the primary ships its log");
     let mut standby = Sut {
         orch: Orchestrator::new(OrchConfig { replica: None, ..cfg }, false),
-        env: TestEnv { now_us: 1_000_000, outbox: Vec::new(), timers: Vec::new(), rng: ChaCha8Rng::seed_from_u64(2) },
+        env: TestEnv {
+            now_us: 1_000_000,
+            outbox: Vec::new(),
+            delays_us: Vec::new(),
+            timers: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(2),
+        },
     };
     standby.orch.start(&mut standby.env);
     for m in shipped {

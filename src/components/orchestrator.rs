@@ -75,6 +75,11 @@ pub struct OrchConfig {
     /// it grants and renews no lease and takes no worker write until it
     /// hears the controller again (a leader lease).
     pub controller_silence_us: Option<Micros>,
+    /// How long the store takes to commit one handler's writes (a database
+    /// transaction): commits run one at a time and a reply waits for its
+    /// own. 0: free (the simulator's default; the live process waits for
+    /// PostgreSQL instead).
+    pub commit_us: Micros,
 }
 
 /// A prompt/config version as workers receive it with their lease.
@@ -207,7 +212,15 @@ pub struct Orchestrator {
     hold_inherited_until_us: Micros,
     /// Inherited tasks taken off `ready` while held back, in queue order.
     held: Vec<TaskId>,
-    pending_sync: VecDeque<(u64, Micros, HostId, Msg)>,
+    /// Replies waiting for the synchronous replica: the record's LSN, when
+    /// it was committed, the addressee, the reply, and when its commit ends
+    /// (see `commit_us`).
+    pending_sync: VecDeque<(u64, Micros, HostId, Msg, Micros)>,
+    /// When the store finishes the commits queued so far (`commit_us`).
+    store_free_at_us: Micros,
+    /// Whether the running handler already opened its transaction: its
+    /// further commits join it (`commit_us`).
+    in_txn: bool,
     /// Whether a `SyncDegrade` timer is pending. Timers are not
     /// deduplicated by the runtime: arming one per empty-to-busy transition
     /// while an earlier one still waits would grow a chain of timers that
@@ -251,6 +264,8 @@ impl Orchestrator {
             hold_inherited_until_us: 0,
             held: Vec::new(),
             pending_sync: VecDeque::new(),
+            store_free_at_us: 0,
+            in_txn: false,
             sync_degrade_armed: false,
             replica_acked: 0,
             scan: LazyTimer::default(),
@@ -344,6 +359,7 @@ impl Orchestrator {
         self.expiries.clear();
         self.held.clear();
         self.pending_sync.clear();
+        self.store_free_at_us = 0; // the commits under way die with it
         self.sync_degrade_armed = false; // the crash drops its timers
         self.scan.due_us = None; // (a demotion's are stale once re-armed)
         self.tick.due_us = None;
@@ -375,6 +391,7 @@ impl Orchestrator {
 
     /// Start-up: rebuild the queues from the store; a primary serves at once.
     pub fn start(&mut self, env: &mut impl Env) {
+        self.in_txn = false; // a new handler: a new transaction
         // Start-up asks the controller who is primary (the harness's
         // `start_host`): that answer counts as hearing it.
         self.heard_controller_us = env.now_us();
@@ -555,6 +572,11 @@ impl Orchestrator {
 
     fn commit(&mut self, env: &mut impl Env, op: Op) -> u64 {
         let lsn = self.store.commit(env.now_us(), op);
+        if self.cfg.commit_us > 0 && !self.in_txn {
+            // This handler's transaction queues behind the ones before it.
+            self.in_txn = true;
+            self.store_free_at_us = self.store_free_at_us.max(env.now_us()) + self.cfg.commit_us;
+        }
         if matches!(self.cfg.replication, Replication::Sync { .. })
             && let Some(r) = self.cfg.replica
         {
@@ -581,14 +603,24 @@ impl Orchestrator {
                 self.sync_degrade_armed = true;
                 env.set_timer(ms * US_PER_MS, Timer::SyncDegrade);
             }
-            self.pending_sync.push_back((lsn, env.now_us(), to, msg));
+            self.pending_sync.push_back((lsn, env.now_us(), to, msg, self.store_free_at_us));
         } else {
-            env.send(to, msg);
+            self.send_committed(env, self.store_free_at_us, to, msg);
+        }
+    }
+
+    /// Sends a reply whose commit ends at `committed_at_us` (now, or later
+    /// while the store is still committing it: `commit_us`).
+    fn send_committed(&mut self, env: &mut impl Env, committed_at_us: Micros, to: HostId, msg: Msg) {
+        match committed_at_us.saturating_sub(env.now_us()) {
+            0 => env.send(to, msg),
+            wait_us => env.send_after(wait_us, to, msg),
         }
     }
 
     /// Handles a message.
     pub fn on_msg(&mut self, env: &mut impl Env, from: HostId, msg: Msg) {
+        self.in_txn = false; // a new handler: a new transaction
         match msg {
             Msg::Submit { job, template, steps, probe, replay } => {
                 if let Some(lsn) = self.create(env, job, template, steps, probe, replay) {
@@ -673,12 +705,12 @@ impl Orchestrator {
             }
             Msg::ReplicateAck { lsn } => {
                 self.replica_acked = self.replica_acked.max(lsn);
-                while let Some((l, _, _, _)) = self.pending_sync.front() {
+                while let Some((l, _, _, _, _)) = self.pending_sync.front() {
                     if *l > self.replica_acked {
                         break;
                     }
-                    let (_, _, to, m) = self.pending_sync.pop_front().expect("front");
-                    env.send(to, m);
+                    let (_, _, to, m, committed_at_us) = self.pending_sync.pop_front().expect("front");
+                    self.send_committed(env, committed_at_us, to, m);
                 }
             }
             Msg::Ping { seq } => {
@@ -904,6 +936,7 @@ impl Orchestrator {
 
     /// Handles a timer.
     pub fn on_timer(&mut self, env: &mut impl Env, timer: Timer) {
+        self.in_txn = false; // a new handler: a new transaction
         match timer {
             Timer::RecoveryScan if self.scan.fired(env.now_us()) => {
                 if self.serving {
@@ -919,18 +952,18 @@ impl Orchestrator {
                 let limit = ms * US_PER_MS;
                 let now = env.now_us();
                 let mut released = false;
-                while let Some(&(_, at, _, _)) = self.pending_sync.front() {
+                while let Some(&(_, at, _, _, _)) = self.pending_sync.front() {
                     if at + limit > now {
                         break;
                     }
-                    let (_, _, to, m) = self.pending_sync.pop_front().expect("front");
-                    env.send(to, m);
+                    let (_, _, to, m, committed_at_us) = self.pending_sync.pop_front().expect("front");
+                    self.send_committed(env, committed_at_us, to, m);
                     released = true;
                 }
                 if released {
                     env.note(Note::SyncDegraded);
                 }
-                if let Some(&(_, at, _, _)) = self.pending_sync.front() {
+                if let Some(&(_, at, _, _, _)) = self.pending_sync.front() {
                     self.sync_degrade_armed = true;
                     env.set_timer(at + limit - now, Timer::SyncDegrade);
                 }

@@ -41,6 +41,10 @@ impl Dur {
     pub fn us(self) -> Micros {
         self.0.saturating_mul(US_PER_MS)
     }
+    /// Whether it is zero (`"0s"`).
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
     /// From seconds.
     pub const fn secs(s: u64) -> Self {
         Dur(s.saturating_mul(1_000))
@@ -191,6 +195,13 @@ pub struct StackSpec {
     pub recovery_scan: Dur,
     /// Worker request timeout.
     pub request_timeout: Dur,
+    /// How long the orchestrator's store takes to commit what one handler
+    /// wrote (a database transaction and its flush to disk). Commits run one
+    /// at a time, and a reply waits for its commit, as the live reference
+    /// orchestrator does with PostgreSQL (a live drill reports its measured
+    /// `store_commit`). `"0s"` (the default): commits cost nothing.
+    #[serde(skip_serializing_if = "Dur::is_zero")]
+    pub commit_latency: Dur,
     /// The simulated network's standing links (the live runtime's links
     /// are real sockets; this shapes the simulator only).
     pub network: NetworkSpec,
@@ -213,6 +224,7 @@ impl Default for StackSpec {
             queue: None,
             recovery_scan: Dur::secs(5),
             request_timeout: Dur::secs(10),
+            commit_latency: Dur(0),
             network: NetworkSpec::default(),
         }
     }
@@ -1109,6 +1121,7 @@ fn stack_limit_problems(stack: &StackSpec, out: &mut Problems) {
         ("apis.search_latency", a.search_latency),
         ("recovery_scan", stack.recovery_scan),
         ("request_timeout", stack.request_timeout),
+        ("commit_latency", stack.commit_latency),
     ] {
         out.span_at_most(format!("stack.{name}"), d);
     }

@@ -84,6 +84,36 @@ pub struct LiveInfo {
     /// A region loss's failover and its RPO from the data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<RegionReport>,
+    /// The stack's store commits as PostgreSQL timed them (the reference
+    /// stack's event log; absent for another stack).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_commit: Option<StoreCommit>,
+}
+
+/// How long the reference stack's store took to commit, per transaction
+/// (see [`super::stack::pg::Audit::commit_us`]): what a simulated twin of
+/// the drill gives its orchestrator as `[stack] commit_latency`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreCommit {
+    /// Transactions timed.
+    pub transactions: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 90th percentile, ms.
+    pub p90_ms: f64,
+}
+
+impl StoreCommit {
+    /// The figures of `commit_us`; `None` when it is empty.
+    pub fn of(commit_us: &[Micros]) -> Option<StoreCommit> {
+        if commit_us.is_empty() {
+            return None;
+        }
+        let mut sorted = commit_us.to_vec();
+        sorted.sort_unstable();
+        let at = |q: usize| sorted[(sorted.len() - 1) * q / 100] as f64 / 1e3;
+        Some(StoreCommit { transactions: sorted.len() as u64, p50_ms: at(50), p90_ms: at(90) })
+    }
 }
 
 /// A live region loss: the failover's stages (seconds from the first
@@ -1275,6 +1305,7 @@ fn measure(
         ("replanned_steps", "each effect's parameters at the fakes against the script's tool input"),
     ]);
     let audit_requeues = audit.as_ref().map(|a| a.requeues_us.clone()).unwrap_or_default();
+    let store_commit = audit.as_ref().and_then(|a| StoreCommit::of(&a.commit_us));
     let event_logs = audit.as_ref().map(|a| {
         let old_primary = d.rpo.as_ref().map_or(&[][..], |r| &r.old_primary_log[..]);
         let loss_us = sc
@@ -1373,6 +1404,7 @@ fn measure(
         unmeasured,
         measured_from,
         region,
+        store_commit,
     });
     result
 }

@@ -581,6 +581,7 @@ fn orch_config(spec: &crate::drill::scenario::StackSpec, hosts: &Hosts) -> OrchC
         idempotent_create: policy.idempotent_create,
         // A primary silent for longer than the controller's detection self-fences.
         controller_silence_us: two.then(|| failover_config(spec).detection_us()),
+        commit_us: spec.commit_latency.us(),
     }
 }
 

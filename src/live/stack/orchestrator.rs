@@ -113,6 +113,7 @@ impl OrchestratorConfig {
             auto_rollback: self.policy.auto_rollback,
             idempotent_create: self.policy.idempotent_create,
             controller_silence_us: None, // the live controller checks the database, not this process
+            commit_us: 0,                // PostgreSQL takes the real time: `flush` waits for it
         }
     }
 }
