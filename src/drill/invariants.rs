@@ -1123,7 +1123,12 @@ fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
 fn union_rto_us(g: &Ground<'_>) -> Vec<Option<Micros>> {
     let logs: Vec<LogSlice<'_>> = g.all_logs().chain(g.before_promotion.iter().copied()).collect();
     let progress = crate::drill::measure::Progress::of(&logs);
-    (0..g.onsets.len()).map(|i| progress.rto_us(g.onsets[i]?, &g.run.faults[i].in_flight)).collect()
+    (0..g.onsets.len())
+        .map(|i| {
+            let t0 = g.onsets[i]?;
+            progress.rto_us(t0, &g.run.faults[i].in_flight, crate::drill::measure::new_work_offered(g.stack, t0))
+        })
+        .collect()
 }
 
 fn rto_bound(
@@ -1447,7 +1452,12 @@ impl Budget {
             .map(|t| t.steps.iter().filter(|s| matches!(s.kind, StepKind::Model { .. })).count() as u64)
             .max()
             .unwrap_or(0);
-        let probe_us = PROBE_CADENCE_US + sc.workload.probe_interval.us() + sc.workload.submit_retry.us();
+        // Without probes the new work is a workload job: one more task.
+        let probe_us = if sc.workload.probes {
+            PROBE_CADENCE_US + sc.workload.probe_interval.us() + sc.workload.submit_retry.us()
+        } else {
+            task_us + sc.workload.submit_retry.us()
+        };
         let two = s.pattern != Pattern::SingleRegion;
         let structured_rpo_us = match s.replication {
             Replication::Sync { .. } if two => Some(0),

@@ -298,8 +298,11 @@ impl Progress {
 
     /// The RTO of a fault at `t0` whose in-flight jobs are `in_flight`
     /// ([`rto_us`] over this progress).
-    pub fn rto_us(&self, t0: Micros, in_flight: &[JobId]) -> Option<Micros> {
-        rto_us(t0, in_flight.iter().map(|&job| self.after(job, t0)), self.new_work_done(t0))
+    /// `offered`: whether new work was offered at or after `t0` (none
+    /// offered: none to wait for).
+    pub fn rto_us(&self, t0: Micros, in_flight: &[JobId], offered: bool) -> Option<Micros> {
+        let new_work = self.new_work_done(t0).or((!offered).then_some(t0));
+        rto_us(t0, in_flight.iter().map(|&job| self.after(job, t0)), new_work)
     }
 }
 
@@ -443,6 +446,13 @@ fn stale_actions(stack: &Stack, store: &Store, faults: &[FaultObs]) -> u64 {
         .count() as u64
 }
 
+/// Whether new work was offered at or after `t0`: the harness's probe, or
+/// without probes (`[workload] probes = false`, as a live drill) a
+/// workload job arriving then. Offered none, an RTO has none to wait for.
+pub fn new_work_offered(stack: &Stack, t0: Micros) -> bool {
+    stack.probes || stack.jobs.iter().any(|j| j.at_us >= t0)
+}
+
 fn fault_result(
     stack: &Stack,
     store: &Store,
@@ -464,7 +474,7 @@ fn fault_result(
     // In-flight work progresses again, and new work (the first probe or
     // job accepted after onset) completed, in any store: a completion on a
     // store lost later still happened.
-    let rto_us = progress.rto_us(t0, &f.in_flight);
+    let rto_us = progress.rto_us(t0, &f.in_flight, new_work_offered(stack, t0));
     let parts = rto_parts(stack, t0, window_end_us, rto_us);
     let rpo = rpo(stack, store, f, faults, t0);
     FaultResult {
@@ -795,7 +805,15 @@ mod tests {
         let progress = Progress::of(&[LogSlice::from(&log)]);
         assert_eq!(progress.after(JobId(0), 40), Some(60));
         assert_eq!(progress.new_work_done(40), Some(80));
-        assert_eq!(progress.rto_us(40, &in_flight), Some(40), "the queued job's completion at 200 is not waited for");
+        assert_eq!(
+            progress.rto_us(40, &in_flight, true),
+            Some(40),
+            "the queued job's completion at 200 is not waited for"
+        );
+        // Nothing created after 100: new work offered then never completed;
+        // none offered (no probes, no later job), none to wait for.
+        assert_eq!(progress.rto_us(100, &[], true), None);
+        assert_eq!(progress.rto_us(100, &[], false), Some(0));
     }
 
     /// `Progress::after` answers as the minimum over each job's progress

@@ -158,6 +158,10 @@ pub struct Scenario {
     pub max_cost_increase_pct: Option<f64>,
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn default_seed() -> u64 {
     1
 }
@@ -415,6 +419,13 @@ pub struct Workload {
     pub interval: Dur,
     /// Health-probe interval after each fault.
     pub probe_interval: Dur,
+    /// Whether the harness probes after each fault (a one-step job: the
+    /// new work an RTO waits for). `false`: the RTO's new work is the
+    /// first workload job created after the onset (none offered after it:
+    /// none to wait for), as a live drill measures it; a live drill's
+    /// simulated twin sets it.
+    #[serde(skip_serializing_if = "is_true")]
+    pub probes: bool,
     /// The client (or the upstream queue) submits again a job it was told
     /// was accepted but has not seen finish after this long.
     pub resubmit_after: Dur,
@@ -431,6 +442,7 @@ impl Default for Workload {
             arrival: Arrival::Uniform,
             interval: Dur::secs(5),
             probe_interval: Dur::secs(2),
+            probes: true,
             resubmit_after: Dur::secs(300),
             submit_retry: Dur::secs(5),
         }

@@ -84,14 +84,14 @@ pub struct LiveInfo {
     /// A region loss's failover and its RPO from the data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<RegionReport>,
-    /// The stack's store commits as PostgreSQL timed them (the reference
-    /// stack's event log; absent for another stack).
+    /// How long the reference orchestrator's store commits took, as its
+    /// processes logged them (absent for another stack).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_commit: Option<StoreCommit>,
 }
 
-/// How long the reference stack's store took to commit, per transaction
-/// (see [`super::stack::pg::Audit::commit_us`]): what a simulated twin of
+/// How long the reference orchestrator was busy with each commit (see
+/// [`super::stack::orchestrator::commit_times`]): what a simulated twin of
 /// the drill gives its orchestrator as `[stack] commit_latency`.
 #[derive(Clone, Debug, Serialize)]
 pub struct StoreCommit {
@@ -657,13 +657,14 @@ async fn run_async(sc: &LiveScenario, seed: u64) -> Result<DrillResult, LiveRunE
     // The stack is down: now the database (dropping the node kills the
     // server and removes its data folder), then the run folder it was in.
     drop(database);
+    let commit_us = logged_commit_times(&run_dir);
     if std::env::var_os(KEEP_RUN_ENV).is_some_and(|v| v == "1") {
         eprintln!("kept the run folder (processes' logs) at {} ({KEEP_RUN_ENV}=1)", run_dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     let driven = driven?;
-    let senders = Senders { stalls, hosts, boot_offset_us };
+    let senders = Senders { stalls, hosts, boot_offset_us, commit_us };
     Ok(measure(sc, seed, &shared, driven, exits, audit, &senders))
 }
 
@@ -675,6 +676,21 @@ struct Senders {
     hosts: Vec<Option<crate::components::ids::HostId>>,
     /// The boot clock minus the fakes' clock (µs).
     boot_offset_us: Micros,
+    /// The reference orchestrators' commit times, from their logs.
+    commit_us: Vec<Micros>,
+}
+
+/// Every commit time the processes of `run_dir` logged (the reference
+/// orchestrator's, see [`super::stack::orchestrator::commit_times`]).
+fn logged_commit_times(run_dir: &std::path::Path) -> Vec<Micros> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("logs")) else { return Vec::new() };
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    paths
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|log| super::stack::orchestrator::commit_times(&log))
+        .collect()
 }
 
 /// Each slot's worker id in the reference stack's lease records: host
@@ -1305,7 +1321,7 @@ fn measure(
         ("replanned_steps", "each effect's parameters at the fakes against the script's tool input"),
     ]);
     let audit_requeues = audit.as_ref().map(|a| a.requeues_us.clone()).unwrap_or_default();
-    let store_commit = audit.as_ref().and_then(|a| StoreCommit::of(&a.commit_us));
+    let store_commit = StoreCommit::of(&senders.commit_us);
     let event_logs = audit.as_ref().map(|a| {
         let old_primary = d.rpo.as_ref().map_or(&[][..], |r| &r.old_primary_log[..]);
         let loss_us = sc

@@ -349,6 +349,8 @@ pub struct Stack {
     pub templates: Rc<Vec<Template>>,
     /// The pattern.
     pub pattern: Pattern,
+    /// Whether the client probes after a fault (`[workload] probes`).
+    pub probes: bool,
 }
 
 /// Where things are.
@@ -782,7 +784,9 @@ impl Stack {
         truth.trace.reserve(64);
         let workload_jobs = sc.workload.tasks;
         let pattern = spec.pattern;
-        let mut stack = Stack { rt, nodes, dns, truth, hosts, jobs, worker_shared, workload_jobs, templates, pattern };
+        let probes = sc.workload.probes;
+        let mut stack =
+            Stack { rt, nodes, dns, truth, hosts, jobs, worker_shared, workload_jobs, templates, pattern, probes };
         // Scale-up workers are not running yet.
         for h in stack.hosts.scale_up_b.clone() {
             stack.rt.crash(h);
@@ -1575,8 +1579,12 @@ impl Stack {
         }
     }
 
-    /// Tells the client to probe from now on (a fault began).
+    /// Tells the client to probe from now on (a fault began), unless the
+    /// workload says it does not probe.
     pub fn start_probing(&mut self) {
+        if !self.probes {
+            return;
+        }
         let Stack { rt, nodes, dns, truth, hosts, .. } = self;
         let mut env = SimEnv { rt, me: hosts.client, dns, truth };
         if let Node::Client(c) = &mut nodes[hosts.client.0 as usize] {

@@ -301,8 +301,38 @@ async fn serve(cfg: OrchestratorConfig) -> anyhow::Result<()> {
             },
             else => anyhow::bail!("the orchestrator's channels closed"),
         }
+        // The handler itself takes microseconds: the loop's time is the flush.
+        let handled_at = std::time::Instant::now();
         out.flush(&mut env, &orch, &mut pg, before, fence, cfg.policy.fencing).await?;
+        if pg.is_some() && orch.store().last_lsn() > before {
+            commit_line(handled_at);
+        }
     }
+}
+
+/// The line a handler that committed prints (stdout, the process's log):
+/// how long the loop was busy with its flush (the PostgreSQL transaction,
+/// then the outbox handed over), µs: what the next message waited for.
+/// See [`commit_times`].
+#[derive(serde::Serialize, Deserialize)]
+struct CommitLine {
+    commit_us: u64,
+}
+
+fn commit_line(handled_at: std::time::Instant) {
+    let commit_us = u64::try_from(handled_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+    println!("{}", serde_json::to_string(&CommitLine { commit_us }).expect("serialises"));
+}
+
+/// The commit times an orchestrator process printed in its `log` (see
+/// [`CommitLine`]), in order: a live drill's `store_commit`, what a
+/// simulated twin gives `[stack] commit_latency`.
+pub fn commit_times(log: &str) -> Vec<crate::components::ids::Micros> {
+    log.lines()
+        .filter(|l| l.starts_with("{\"commit_us\""))
+        .filter_map(|l| serde_json::from_str::<CommitLine>(l).ok())
+        .map(|c| c.commit_us)
+        .collect()
 }
 
 /// The orchestrator on the loaded `store`, started. On a database

@@ -458,12 +458,6 @@ pub struct Audit {
     /// scan, or taken back at a promotion), on the boot clock (µs): when
     /// the stack noticed a holder was gone.
     pub requeues_us: Vec<crate::components::ids::Micros>,
-    /// How long each transaction of the event log took to commit, µs:
-    /// PostgreSQL's commit time (`track_commit_timestamp`) less the boot-clock
-    /// time of its first record (when the orchestrator's handler ran), in
-    /// log order. What a reply of the live orchestrator waits for: the
-    /// simulator's `[stack] commit_latency`.
-    pub commit_us: Vec<Micros>,
 }
 
 /// Reads the reference stack's event log and write records from the
@@ -509,33 +503,7 @@ async fn audit_with(client: &Client) -> Result<Option<Audit>, PgError> {
     audit.grants = grants(&log);
     audit.requeues_us = log.iter().filter(|r| matches!(r.op, Op::Requeue { .. })).map(|r| r.at_us).collect();
     audit.log = log;
-    audit.commit_us = commit_times(client).await?;
     Ok(Some(audit))
-}
-
-/// Each event-log transaction's commit time less its first record's time
-/// (see [`Audit::commit_us`]). Both clocks are this machine's: the boot
-/// clock of the records is put on the wall clock of the commit timestamps
-/// by their offset, read here back to back.
-async fn commit_times(client: &Client) -> Result<Vec<Micros>, PgError> {
-    let rows = client
-        .query(
-            "SELECT min(lsn), min(at_us), max(c) FROM (SELECT lsn, at_us, xmin::text AS x, \
-             (extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::int8 AS c \
-             FROM agentdrill.event_log ORDER BY lsn LIMIT $1) t WHERE c IS NOT NULL GROUP BY x ORDER BY 1",
-            &[&MAX_LOG_RECORDS],
-        )
-        .await
-        .map_err(db("read the event log's commit times"))?;
-    let offset_us = i64::try_from(super::env::wall_us()).unwrap_or(i64::MAX)
-        - i64::try_from(super::env::monotonic_us()).unwrap_or(i64::MAX);
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let (at_us, committed_unix_us): (i64, i64) = (r.get(1), r.get(2));
-            u64::try_from(committed_unix_us - (at_us + offset_us)).ok()
-        })
-        .collect())
 }
 
 /// The lease grants of `log`, each with its task's job.
