@@ -611,9 +611,12 @@ pub fn stack() -> impl Strategy<Value = StackSpec> + Clone {
     );
     let apis = (any::<bool>(), dur_ms(50, 8_000), dur_ms(100, 3_000));
     let knobs = (1..=5u32, 10..=60u64, dur_ms(1_100, 10_000), 1..=3u32);
-    (pattern, replication, failover, vector, apis, knobs, network()).prop_map(
+    // A quarter of the stacks take up to 50 ms a store commit (the rest
+    // commit for free, the default: slower commits make a case longer).
+    let commit = prop_oneof![3 => Just(Dur(0)), 1 => dur_ms(1, 50)];
+    (pattern, replication, failover, vector, apis, (knobs, commit), network()).prop_map(
         |(pattern, replication, failover, vector, (email_dedupe, email_latency, payment_latency), knobs, network)| {
-            let (workers, lease_s, recovery_scan, breaker_threshold) = knobs;
+            let ((workers, lease_s, recovery_scan, breaker_threshold), commit_latency) = knobs;
             let mut s = StackSpec {
                 pattern,
                 workers,
@@ -621,6 +624,7 @@ pub fn stack() -> impl Strategy<Value = StackSpec> + Clone {
                 failover,
                 vector,
                 recovery_scan,
+                commit_latency,
                 network,
                 ..StackSpec::default()
             };

@@ -198,18 +198,20 @@ fn workload(horizon_ms: u64) -> impl Strategy<Value = Workload> {
             (dur(1, span), dur(period, span), dur(resend, span), dur(resend, span)),
             any::<bool>(),
         )
-            .prop_map(move |(templates, arrival, (interval, probe_interval, resubmit_after, submit_retry), probes)| {
-                Workload {
-                    templates: templates.into_iter().map(str::to_owned).collect(),
-                    tasks: tasks as u32,
-                    arrival,
-                    interval,
-                    probe_interval,
-                    probes,
-                    resubmit_after,
-                    submit_retry,
-                }
-            })
+            .prop_map(
+                move |(templates, arrival, (interval, probe_interval, resubmit_after, submit_retry), probes)| {
+                    Workload {
+                        templates: templates.into_iter().map(str::to_owned).collect(),
+                        tasks: tasks as u32,
+                        arrival,
+                        interval,
+                        probe_interval,
+                        probes,
+                        resubmit_after,
+                        submit_retry,
+                    }
+                },
+            )
     })
 }
 

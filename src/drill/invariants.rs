@@ -303,19 +303,7 @@ impl<'a> Ground<'a> {
             .map(|&h| stack.orch(h).store().log())
             .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_ref().map(LogSlice::from)))
             .collect();
-        let before_promotion = match stack.truth.promoted_at {
-            Some((_, at)) => stack
-                .hosts
-                .orch
-                .iter()
-                .filter(|&&h| h != serving)
-                .map(|&h| {
-                    let log = stack.orch(h).store().log();
-                    log.prefix(log.partition_point(|r| r.at_us <= at))
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let before_promotion = crate::drill::measure::before_promotion(stack, &run.faults);
         let (job_of, leases) = jobs_and_grants(sc, &lost_logs, &demoted_logs, serving_log);
         let onsets = run.faults.iter().map(|f| f.onset_us).collect();
         let g = Ground {

@@ -193,6 +193,25 @@ impl Counts {
     }
 }
 
+/// What the orchestrators other than the serving one committed up to the
+/// standby's promotion (none without one): each one's log as it stands, and
+/// the log of one whose storage a permanent region loss destroyed as it
+/// was then (an old primary that had stood down: seed 1774212409 case
+/// 66585, whose only record of an in-flight job's progress was there).
+pub fn before_promotion<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<LogSlice<'a>> {
+    let Some((_, at)) = stack.truth.promoted_at else { return Vec::new() };
+    let serving = stack.serving_orch();
+    let upto = |log: LogSlice<'a>| log.prefix(log.partition_point(|r| r.at_us <= at));
+    stack
+        .hosts
+        .orch
+        .iter()
+        .filter(|&&h| h != serving)
+        .map(|&h| upto(stack.orch(h).store().log()))
+        .chain(faults.iter().filter_map(|f| f.wiped_log.as_ref().map(|l| upto(LogSlice::from(l)))))
+        .collect()
+}
+
 /// Measures a finished drill.
 pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<FaultResult>, Counts) {
     let serving = stack.serving_orch();
@@ -206,15 +225,9 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
     // So is what the orchestrator failed away from committed before the
     // standby's promotion: it was the primary then.
     let serving_log = store.log();
-    let before_promotion = stack.truth.promoted_at.map(|(_, at)| {
-        stack.hosts.orch.iter().filter(|&&h| h != serving).map(move |&h| {
-            let log = stack.orch(h).store().log();
-            log.prefix(log.partition_point(|r| r.at_us <= at))
-        })
-    });
     let logs: Vec<LogSlice<'_>> = std::iter::once(serving_log)
         .chain(faults.iter().filter_map(|f| f.lost_log.as_ref().map(|l| LogSlice::from(&l.log))))
-        .chain(before_promotion.into_iter().flatten())
+        .chain(before_promotion(stack, faults))
         .collect();
     // Progress only feeds the faults' results: a drill without faults
     // skips it (a map over every job, the largest measurement temporary).
