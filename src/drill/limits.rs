@@ -127,6 +127,11 @@ pub const MAX_DRILL_HEAP_BYTES: u64 = 3 << 30;
 /// this bound) and prunes over all of them at each snapshot.
 pub const MIN_SNAPSHOT_INTERVAL_MS: u64 = 10_000;
 
+/// The longest store commit (`[stack] commit_latency`): 1 min, in
+/// milliseconds. A database that takes longer to commit is down, not slow:
+/// a fault, not a latency.
+pub const MAX_COMMIT_LATENCY_MS: u64 = 60_000;
+
 /// The shortest queue redelivery wait (`ack_wait_ms`): 1 ms. At 0 a
 /// message would be redelivered at the same instant for ever.
 pub const MIN_ACK_WAIT_MS: u64 = 1;

@@ -1146,6 +1146,14 @@ fn stack_limit_problems(stack: &StackSpec, out: &mut Problems) {
             &[],
         );
     }
+    if stack.commit_latency.ms() > limits::MAX_COMMIT_LATENCY_MS {
+        let max = Dur(limits::MAX_COMMIT_LATENCY_MS);
+        out.bad(
+            "stack.commit_latency",
+            format!("{} is longer than the limit of {max} (MAX_COMMIT_LATENCY_MS: a database that slow is down, not slow); write at most \"{max}\", or a region_loss fault for an outage", stack.commit_latency),
+            &[],
+        );
+    }
     out.positive("stack.recovery_scan", stack.recovery_scan, &[]);
     // A worker sends a request again when no answer came within this: at 0
     // it would resend at the same instant for ever.
@@ -1689,6 +1697,7 @@ mod tests {
             ("[stack]\nqueue = { ack_wait_ms = 0 }\n", "stack.queue.ack_wait_ms: must be at least 1 ms"),
             ("[stack]\nrecovery_scan = \"0s\"\n", "stack.recovery_scan: must be longer than 0"),
             ("[stack]\nrequest_timeout = \"0s\"\n", "stack.request_timeout: must be longer than 0"),
+            ("[stack]\ncommit_latency = \"2m\"\n", "stack.commit_latency: 2m is longer than the limit of 1m"),
             (
                 "[[stack.providers]]\nname = \"a\"\ncache_read_discount = 1.5\n",
                 "cache_read_discount: 1.5 is not a fraction",
