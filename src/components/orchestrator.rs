@@ -605,13 +605,13 @@ impl Orchestrator {
             }
             self.pending_sync.push_back((lsn, env.now_us(), to, msg, self.store_free_at_us));
         } else {
-            self.send_committed(env, self.store_free_at_us, to, msg);
+            Self::send_committed(env, self.store_free_at_us, to, msg);
         }
     }
 
     /// Sends a reply whose commit ends at `committed_at_us` (now, or later
     /// while the store is still committing it: `commit_us`).
-    fn send_committed(&mut self, env: &mut impl Env, committed_at_us: Micros, to: HostId, msg: Msg) {
+    fn send_committed(env: &mut impl Env, committed_at_us: Micros, to: HostId, msg: Msg) {
         match committed_at_us.saturating_sub(env.now_us()) {
             0 => env.send(to, msg),
             wait_us => env.send_after(wait_us, to, msg),
@@ -710,7 +710,7 @@ impl Orchestrator {
                         break;
                     }
                     let (_, _, to, m, committed_at_us) = self.pending_sync.pop_front().expect("front");
-                    self.send_committed(env, committed_at_us, to, m);
+                    Self::send_committed(env, committed_at_us, to, m);
                 }
             }
             Msg::Ping { seq } => {
@@ -957,7 +957,7 @@ impl Orchestrator {
                         break;
                     }
                     let (_, _, to, m, committed_at_us) = self.pending_sync.pop_front().expect("front");
-                    self.send_committed(env, committed_at_us, to, m);
+                    Self::send_committed(env, committed_at_us, to, m);
                     released = true;
                 }
                 if released {

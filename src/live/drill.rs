@@ -111,8 +111,8 @@ impl StoreCommit {
         }
         let mut sorted = commit_us.to_vec();
         sorted.sort_unstable();
-        let at = |q: usize| sorted[(sorted.len() - 1) * q / 100] as f64 / 1e3;
-        Some(StoreCommit { transactions: sorted.len() as u64, p50_ms: at(50), p90_ms: at(90) })
+        let at = |p: f64| super::loadgen::percentile_ms(&sorted, p);
+        Some(StoreCommit { transactions: sorted.len() as u64, p50_ms: at(0.50), p90_ms: at(0.90) })
     }
 }
 

@@ -101,8 +101,7 @@ pub async fn run(base: &str, workload: Workload, requests: u64, concurrency: usi
         _ => 0.0,
     };
     lat_us.sort_unstable();
-    let pct =
-        |p: f64| lat_us.get(((lat_us.len() as f64 - 1.0) * p).round() as usize).map_or(0.0, |&u| u as f64 / 1_000.0);
+    let pct = |p: f64| percentile_ms(&lat_us, p);
     let ok = lat_us.len() as u64;
     Ok(LoadReport {
         ok,
@@ -113,6 +112,12 @@ pub async fn run(base: &str, workload: Workload, requests: u64, concurrency: usi
         p99_ms: pct(0.99),
         client_cpu_us_per_req,
     })
+}
+
+/// The `p` quantile (0 to 1, nearest rank) of `sorted_us`, in ms; 0 when empty.
+pub fn percentile_ms<T: Copy + Into<u64>>(sorted_us: &[T], p: f64) -> f64 {
+    let rank = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us.get(rank).map_or(0.0, |&u| u.into() as f64 / 1_000.0)
 }
 
 /// `http://127.0.0.1:PORT` as a socket address (the fakes listen on loopback).
