@@ -852,6 +852,56 @@ fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
     assert_eq!(sut.env.timers, vec![(first_us + 2 * DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
 }
 
+/// A result the worker sends again (its acknowledgement was lost) is one
+/// output, not one per copy. Found by the fuzz (seed 2335910577 case
+/// 66029): a 42 %-loss link dropped the rejections' telemetry and made the
+/// worker resend its one valid result five times; the window counted five
+/// valid outputs and passed a version 90 % of whose outputs failed, which
+/// was never rolled back, and a one-worker stack missed its settle deadline.
+#[test]
+fn a_deploy_watch_counts_a_resent_result_once() {
+    use agentdrill::components::orchestrator::{DEPLOY_MIN_OUTPUTS, DEPLOY_WINDOW_US, ROLLBACK_US};
+    let mut sut = Sut::started(config(true));
+    sut.deliver(CLIENT, Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false });
+    sut.deliver(worker_host(0), Msg::LeaseReq { req: 1, sent_us: 0 });
+    let (task, token) = sut
+        .env
+        .outbox
+        .iter()
+        .find_map(|(_, m)| match m {
+            Msg::LeaseGrant { grant, .. } => Some((grant.task, grant.token)),
+            _ => None,
+        })
+        .expect("job 0 leased");
+    sut.orch.deploy(&mut sut.env, 900);
+    let version = sut.orch.prompt().version;
+    let first_us = 1_000_000;
+    sut.env.now_us = first_us;
+    let valid = WorkerWrite::Result {
+        task,
+        ordinal: 0,
+        decision: 1,
+        reconciled: false,
+        last: false,
+        corrupt: false,
+        adopt: None,
+        version: Some(version),
+    };
+    for req in 0..DEPLOY_MIN_OUTPUTS as u32 {
+        sut.deliver(worker_host(0), Msg::Write { req: 2 + req, token, write: valid });
+    }
+    sut.fire_deploy_check(first_us + DEPLOY_WINDOW_US);
+    assert_eq!(
+        sut.env.timers,
+        vec![(first_us + 2 * DEPLOY_WINDOW_US, Timer::DeployCheck)],
+        "{DEPLOY_MIN_OUTPUTS} copies of one valid result are one output, too few to pass a version"
+    );
+    sut.env.now_us = first_us + DEPLOY_WINDOW_US + 1_000;
+    sut.deliver(worker_host(0), Msg::OutputRejected { version });
+    sut.fire_deploy_check(first_us + 2 * DEPLOY_WINDOW_US);
+    assert_eq!(sut.env.timers, vec![(first_us + 2 * DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
+}
+
 /// A promoted standby (asynchronous replication) grants none of the tasks
 /// it inherited until a whole lease after it starts serving; a job
 /// submitted after the promotion is granted at once. The old primary may

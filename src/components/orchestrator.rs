@@ -840,9 +840,15 @@ impl Orchestrator {
                 if let Some((g, d)) = adopt {
                     self.commit(env, Op::Result { task, ordinal: g, decision: d, reconciled: true, corrupt: false });
                 }
+                // A retransmitted result (its acknowledgement was lost) is
+                // the same output: counted once, or a lossy link that drops
+                // the rejections' telemetry and makes the worker resend its
+                // one valid result passes a bad version.
+                let recorded = self.store.task(task).is_some_and(|t| t.step_done(ordinal));
                 if let Some(w) = self.watch.as_mut()
                     && decision != NO_DECISION
                     && version == Some(self.prompt.version)
+                    && !recorded
                 {
                     w.count(env.now_us(), false);
                 }

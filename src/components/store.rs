@@ -111,6 +111,15 @@ pub struct TaskRec {
 }
 
 impl TaskRec {
+    /// Whether step `ordinal`'s result is persisted (held, or released at
+    /// completion).
+    pub fn step_done(&self, ordinal: u16) -> bool {
+        match self.steps.get(usize::from(ordinal)) {
+            Some(s) => s.state == StepState::Done,
+            None => ordinal < self.released_steps,
+        }
+    }
+
     /// The state of each step, in order, whether its record is held or
     /// was released at completion (then every step is `Done`).
     pub fn step_states(&self) -> impl Iterator<Item = StepState> + '_ {
