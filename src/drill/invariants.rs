@@ -1109,6 +1109,9 @@ fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
 /// (it was the primary then). Each fault's, by the one RTO rule
 /// ([`crate::drill::measure::Progress::rto_us`]) over all those logs.
 fn union_rto_us(g: &Ground<'_>) -> Vec<Option<Micros>> {
+    if g.onsets.iter().all(Option::is_none) {
+        return vec![None; g.onsets.len()]; // no fault began: nothing to recover from
+    }
     let logs: Vec<LogSlice<'_>> = g.all_logs().chain(g.before_promotion.iter().copied()).collect();
     let progress = crate::drill::measure::Progress::of(&logs);
     (0..g.onsets.len())

@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::components::env::Note;
-use crate::components::ids::{HostId, TaskId, us_to_s};
+use crate::components::ids::{HostId, JobId, TaskId, us_to_s};
 use crate::components::store::{LogSlice, Op, TaskJobs};
 use crate::drill::measure::FaultObs;
 use crate::sim::stack::TraceEvent;
@@ -68,6 +68,9 @@ pub struct JobLane {
 /// The lanes of the jobs a fault touched (in flight at an onset, or named
 /// by a recovery note), at most [`MAX_LANES`], and how many more there were.
 pub fn lanes(log: LogSlice<'_>, trace: &[TraceEvent], faults: &[FaultObs]) -> (Vec<JobLane>, usize) {
+    if faults.iter().all(|f| f.in_flight.is_empty()) && !trace.iter().any(|e| touch(&e.note).is_some()) {
+        return (Vec::new(), 0); // no job was touched: skip the log scans
+    }
     let mut affected: BTreeMap<u32, Vec<(f64, LaneEvent)>> = BTreeMap::new();
     for f in faults {
         for j in &f.in_flight {
@@ -89,12 +92,9 @@ pub fn lanes(log: LogSlice<'_>, trace: &[TraceEvent], faults: &[FaultObs]) -> (V
     let holders = if crashed { holders(log) } else { Vec::new() };
     for e in trace {
         let t = us_to_s(e.at_us);
-        let (job, what) = match e.note {
-            Note::LeaseExpired { job, .. } => (job, LaneEvent::LeaseExpired),
-            Note::Resumed { job, .. } => (job, LaneEvent::Resumed),
-            Note::Reconciled { job, .. } => (job, LaneEvent::Reconciled),
-            Note::Reissued { job, .. } => (job, LaneEvent::Reissued),
-            Note::Crashed { host } => {
+        let (job, what) = match touch(&e.note) {
+            Some(Touch::Job(job, what)) => (job, what),
+            Some(Touch::Crash(host)) => {
                 for task in held_at(&holders, host, e.at_us) {
                     if let Some(j) = job_of.get(&task).filter(|_| !probes.contains(&task)) {
                         affected.entry(j.0).or_default().push((t, LaneEvent::Killed));
@@ -102,7 +102,7 @@ pub fn lanes(log: LogSlice<'_>, trace: &[TraceEvent], faults: &[FaultObs]) -> (V
                 }
                 continue;
             }
-            _ => continue,
+            None => continue,
         };
         affected.entry(job.0).or_default().push((t, what));
     }
@@ -131,6 +131,28 @@ pub fn lanes(log: LogSlice<'_>, trace: &[TraceEvent], faults: &[FaultObs]) -> (V
         .collect();
     let more = total - out.len();
     (out, more)
+}
+
+/// What a timeline note says about the jobs' lanes.
+enum Touch {
+    /// An event in one job's lane.
+    Job(JobId, LaneEvent),
+    /// A host crashed: the jobs it held were killed.
+    Crash(HostId),
+}
+
+/// The lane event a note makes, if any (the one list of them: [`lanes`]
+/// skips its log scans when no note makes one and no fault caught a job in
+/// flight).
+fn touch(note: &Note) -> Option<Touch> {
+    Some(match *note {
+        Note::LeaseExpired { job, .. } => Touch::Job(job, LaneEvent::LeaseExpired),
+        Note::Resumed { job, .. } => Touch::Job(job, LaneEvent::Resumed),
+        Note::Reconciled { job, .. } => Touch::Job(job, LaneEvent::Reconciled),
+        Note::Reissued { job, .. } => Touch::Job(job, LaneEvent::Reissued),
+        Note::Crashed { host } => Touch::Crash(host),
+        _ => return None,
+    })
 }
 
 /// Every lease in the log: (task, holder, from, until the next lease of the
