@@ -803,16 +803,10 @@ fn a_deploy_watch_waits_a_whole_window_from_its_first_output() {
     assert_eq!(sut.env.timers, vec![(first_us + DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
 }
 
-/// The health checks pass a version only on a sample that could show its
-/// error rate: a window with fewer outputs is extended, and the version is
-/// failed once the sample shows the rate. Seed 821 case 88989: anthropic's
-/// 429s (29 s retry-after) left one valid output in the window, which
-/// passed a version 70 % of whose outputs failed validation; it was never
-/// rolled back.
-#[test]
-fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
-    use agentdrill::components::orchestrator::{DEPLOY_MIN_OUTPUTS, DEPLOY_WINDOW_US, ROLLBACK_US};
-    let mut sut = Sut::started(config(true));
+/// Job 0 leased to worker 0, then a deploy of a version with
+/// `defect_permille` defects: the version, the lease's token, and a valid
+/// result of step 0 under that version (a model output the watch counts).
+fn deploy_over_a_leased_job(sut: &mut Sut, defect_permille: u16) -> (u32, u64, WorkerWrite) {
     sut.deliver(CLIENT, Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false });
     sut.deliver(worker_host(0), Msg::LeaseReq { req: 1, sent_us: 0 });
     let (task, token) = sut
@@ -824,10 +818,8 @@ fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
             _ => None,
         })
         .expect("job 0 leased");
-    sut.orch.deploy(&mut sut.env, 700);
+    sut.orch.deploy(&mut sut.env, defect_permille);
     let version = sut.orch.prompt().version;
-    let first_us = 1_000_000;
-    sut.env.now_us = first_us;
     let valid = WorkerWrite::Result {
         task,
         ordinal: 0,
@@ -838,13 +830,39 @@ fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
         adopt: None,
         version: Some(version),
     };
-    sut.deliver(worker_host(0), Msg::Write { req: 2, token, write: valid });
-    sut.fire_deploy_check(first_us + DEPLOY_WINDOW_US);
+    (version, token, valid)
+}
+
+/// The health checks pass a version only on a sample that could show its
+/// error rate: a window with fewer outputs is extended, and the version is
+/// failed once the sample shows the rate. Seed 821 case 88989: anthropic's
+/// 429s (29 s retry-after) left one valid output in the window, which
+/// passed a version 70 % of whose outputs failed validation; it was never
+/// rolled back.
+#[test]
+fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
+    one_valid_output_then_a_rejection(700, 1);
+}
+
+/// A deploy over a leased job; `copies` deliveries of one valid result in
+/// the first window, which must not pass the version (one output, fewer
+/// than `DEPLOY_MIN_OUTPUTS`), then one rejection in the extended window,
+/// which must fail it.
+fn one_valid_output_then_a_rejection(defect_permille: u16, copies: u32) {
+    use agentdrill::components::orchestrator::{DEPLOY_MIN_OUTPUTS, DEPLOY_WINDOW_US, ROLLBACK_US};
     const { assert!(DEPLOY_MIN_OUTPUTS > 1) };
+    let mut sut = Sut::started(config(true));
+    let (version, token, valid) = deploy_over_a_leased_job(&mut sut, defect_permille);
+    let first_us = 1_000_000;
+    sut.env.now_us = first_us;
+    for req in 0..copies {
+        sut.deliver(worker_host(0), Msg::Write { req: 2 + req, token, write: valid });
+    }
+    sut.fire_deploy_check(first_us + DEPLOY_WINDOW_US);
     assert_eq!(
         sut.env.timers,
         vec![(first_us + 2 * DEPLOY_WINDOW_US, Timer::DeployCheck)],
-        "one valid output passes no version"
+        "{copies} cop(ies) of one valid result are one output, too few to pass a version"
     );
     sut.env.now_us = first_us + DEPLOY_WINDOW_US + 1_000;
     sut.deliver(worker_host(0), Msg::OutputRejected { version });
@@ -860,46 +878,8 @@ fn a_deploy_watch_passes_a_version_only_on_enough_outputs() {
 /// was never rolled back, and a one-worker stack missed its settle deadline.
 #[test]
 fn a_deploy_watch_counts_a_resent_result_once() {
-    use agentdrill::components::orchestrator::{DEPLOY_MIN_OUTPUTS, DEPLOY_WINDOW_US, ROLLBACK_US};
-    let mut sut = Sut::started(config(true));
-    sut.deliver(CLIENT, Msg::Submit { job: JobId(0), template: 0, steps: STEPS, probe: false, replay: false });
-    sut.deliver(worker_host(0), Msg::LeaseReq { req: 1, sent_us: 0 });
-    let (task, token) = sut
-        .env
-        .outbox
-        .iter()
-        .find_map(|(_, m)| match m {
-            Msg::LeaseGrant { grant, .. } => Some((grant.task, grant.token)),
-            _ => None,
-        })
-        .expect("job 0 leased");
-    sut.orch.deploy(&mut sut.env, 900);
-    let version = sut.orch.prompt().version;
-    let first_us = 1_000_000;
-    sut.env.now_us = first_us;
-    let valid = WorkerWrite::Result {
-        task,
-        ordinal: 0,
-        decision: 1,
-        reconciled: false,
-        last: false,
-        corrupt: false,
-        adopt: None,
-        version: Some(version),
-    };
-    for req in 0..DEPLOY_MIN_OUTPUTS as u32 {
-        sut.deliver(worker_host(0), Msg::Write { req: 2 + req, token, write: valid });
-    }
-    sut.fire_deploy_check(first_us + DEPLOY_WINDOW_US);
-    assert_eq!(
-        sut.env.timers,
-        vec![(first_us + 2 * DEPLOY_WINDOW_US, Timer::DeployCheck)],
-        "{DEPLOY_MIN_OUTPUTS} copies of one valid result are one output, too few to pass a version"
-    );
-    sut.env.now_us = first_us + DEPLOY_WINDOW_US + 1_000;
-    sut.deliver(worker_host(0), Msg::OutputRejected { version });
-    sut.fire_deploy_check(first_us + 2 * DEPLOY_WINDOW_US);
-    assert_eq!(sut.env.timers, vec![(first_us + 2 * DEPLOY_WINDOW_US + ROLLBACK_US, Timer::RollbackDone)]);
+    use agentdrill::components::orchestrator::DEPLOY_MIN_OUTPUTS;
+    one_valid_output_then_a_rejection(900, DEPLOY_MIN_OUTPUTS as u32);
 }
 
 /// A promoted standby (asynchronous replication) grants none of the tasks
