@@ -906,6 +906,20 @@ fn queue_node_back_us(sc: &Scenario, i: usize, t_us: Micros) -> Option<Micros> {
 /// loss); the chain starts at 0.1 s, and 0.54 s + 76.5 s allows it.
 fn replica_down_us(sc: &Scenario, onsets: &[Option<Micros>], i: usize, window_us: Micros, service: &str) -> Micros {
     let (Some(t0), FaultSpec::RegionLoss { region, .. }) = (onsets[i], &sc.faults[i]) else { return 0 };
+    replica_down_since_us(sc, onsets, t0, region, window_us, service)
+}
+
+/// [`replica_down_us`] seen from `t0` (not necessarily a fault's onset)
+/// for a loss of `region`: how long before `t0` the chain of the replica's
+/// absences began (0: none reaches within a window of `t0`).
+fn replica_down_since_us(
+    sc: &Scenario,
+    onsets: &[Option<Micros>],
+    t0: Micros,
+    region: &RegionName,
+    window_us: Micros,
+    service: &str,
+) -> Micros {
     let (host_a, host_b) = (format!("{service}-a"), format!("{service}-b"));
     let covers = |end: &str, host: &str, region: &str| end == host || end.strip_prefix("region:") == Some(region);
     let between = |a: &str, b: &str| {
@@ -1530,13 +1544,30 @@ impl Budget {
         // integrity-check interval) and restored; a region loss's vector RPO
         // counts them too (the corrupted points are not the good ones), and
         // a corruption before the loss ages them by the time between.
-        if let (Some(v), Some(t0), FaultSpec::RegionLoss { .. }) = (vector.as_mut(), onsets[i], &sc.faults[i]) {
+        // The snapshots taken since a corruption carry it, so the newest
+        // clean one the other region holds predates the corruption; when
+        // that region was away (lost, or cut off) until less than a window
+        // before the corruption, every snapshot shipped meanwhile was lost
+        // and the newest clean one predates its absence: the absence's
+        // chain seen from the corruption, plus a window. Seed 990202 case
+        // 15907: B lost over [155.1 s, 579.1 s), snapshots every 86 s,
+        // corrupted at 600.4 s, A lost at 858.5 s before the integrity
+        // check: a point from 88.4 s, 770.1 s old, was lost (703.4 s +
+        // 87.0 s allowed).
+        if let (Some(v), Some(base), Some(t0), FaultSpec::RegionLoss { region, .. }) =
+            (vector.as_mut(), self.vector_rpo_us, onsets[i], &sc.faults[i])
+        {
             let vs = &sc.stack.vector;
             let found =
                 vs.integrity_check_interval.us() + vs.snapshot_interval.us() + vs.ship_delay.us() + hop_us(&sc.stack);
             for (j, f) in sc.faults.iter().enumerate() {
                 if let (FaultSpec::VectorCorruption { .. }, Some(c)) = (f, onsets[j]) {
                     *v = (*v).max(t0.saturating_sub(c) + found);
+                    let away_us =
+                        if c <= t0 { replica_down_since_us(sc, onsets, c, region, base, "vector") } else { 0 };
+                    if away_us > 0 {
+                        *v = (*v).max(t0 - c + away_us + base);
+                    }
                 }
             }
         }
