@@ -844,11 +844,10 @@ impl Orchestrator {
                 // the same output: counted once, or a lossy link that drops
                 // the rejections' telemetry and makes the worker resend its
                 // one valid result passes a bad version.
-                let recorded = self.store.task(task).is_some_and(|t| t.step_done(ordinal));
                 if let Some(w) = self.watch.as_mut()
                     && decision != NO_DECISION
                     && version == Some(self.prompt.version)
-                    && !recorded
+                    && !self.store.task(task).is_some_and(|t| t.step_done(ordinal))
                 {
                     w.count(env.now_us(), false);
                 }
