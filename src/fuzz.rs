@@ -741,6 +741,24 @@ pub fn claim_tier(sc: &Scenario) -> Tier {
         })
         .max()
         .unwrap_or(0);
+    // A cut or lossy link may cause a false failover: the old primary's
+    // writes past what the standby held are lost, through the split window.
+    // The promotion comes any time from the fault's start until a detection
+    // after its end, or when a standby region lost meanwhile comes back: the
+    // bound is checked at both ends and where another fault's absence, just
+    // over, reaches furthest back.
+    let rpo = (0..sc.faults.len())
+        .filter(|&i| matches!(sc.faults[i], FaultSpec::Partition { .. } | FaultSpec::LinkDegradation { .. }))
+        .filter_map(|i| {
+            let start = at[i]?;
+            let window = b.structured_rpo_us?;
+            let latest = sc.faults[i].end()?.us() + b.detection_us;
+            let ends = sc.faults.iter().filter_map(|f| f.end()).map(|e| e.us() + window).filter(|&e| e >= start);
+            let worst =
+                [start, latest].into_iter().chain(ends).filter_map(|p| b.split_rpo_base_us(sc, &at, i, p)).max()?;
+            Some(worst + b.split_window_us(sc, i))
+        })
+        .fold(rpo, Micros::max);
     // A vector corruption loses the points since the newest clean snapshot
     // when the integrity check finds it (longer during a failover).
     let rpo = (0..sc.faults.len())

@@ -341,3 +341,48 @@ b = "orchestrator-a"
     let v = cut.rpo.vector_memory_s;
     assert!((280.0..300.0).contains(&v), "vector RPO {v} s: points acknowledged ~10 s in, lost at the 300 s cut");
 }
+
+/// A false failover over a slow link loses what the old primary
+/// acknowledged that the promoted standby never received, and the cut's
+/// own RPO shows it (it read 0.0 s before: only a region loss's log was
+/// read). Health checks every 30 s time out after 1 s against a 5 s link:
+/// the check sent at 60 s fails at 61.0 s, B is promoted at 61.04 s, and A
+/// hears the `Demote` 5 s later, at 66.1 s. Region A shipped its log every
+/// 20 s, last just before 60 s, so its writes from 60.04 s (the first not
+/// shipped) until 66.04 s (its last before it stood down, in the split
+/// window) are lost: 6.0 s, within the bound of a replication window (21 s)
+/// plus the split window (5.1 s).
+#[test]
+fn a_false_failover_loses_the_old_primarys_writes_through_the_split_window() {
+    let r = run(
+        r#"
+tier = "batch"
+horizon = "20m"
+[stack]
+pattern = "warm_standby"
+workers = 2
+replication = { mode = "async", lag_ms = 0, interval_ms = 20000 }
+failover = { health_interval = "30s", health_timeout = "1s", failure_threshold = 1, promotion = "8s", dns_ttl = "0s" }
+[workload]
+tasks = 40
+interval = "3s"
+templates = ["book_flight"]
+[[faults]]
+kind = "link_degradation"
+at = "60s"
+duration = "60s"
+a = "region:a"
+b = "failover-controller"
+latency = "5s"
+"#,
+        1,
+    );
+    let at = |pred: &dyn Fn(&Note) -> bool| r.trace.iter().find(|e| pred(&e.note)).map(|e| e.at_us);
+    let promoted_us = at(&|n| matches!(n, Note::Promoted)).expect("B promoted");
+    let demoted_us = at(&|n| matches!(n, Note::Demoted)).expect("A stood down");
+    assert!((61_000_000..61_100_000).contains(&promoted_us), "promoted at {promoted_us} µs");
+    assert!((66_000_000..66_200_000).contains(&demoted_us), "stood down at {demoted_us} µs");
+    let rpo = r.faults[0].rpo.structured_state_s;
+    assert!((5.9..6.1).contains(&rpo), "structured RPO {rpo} s: writes from 60.04 s to 66.04 s were lost");
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}

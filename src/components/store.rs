@@ -218,6 +218,13 @@ impl Op {
             | Op::Requeue { task } => task,
         }
     }
+
+    /// Whether committing it answered someone outside the store: a client
+    /// (a creation), a worker (a grant, a renewal, a write). Every op but
+    /// the recovery service's requeue, which only the store sees.
+    pub fn is_acknowledged(&self) -> bool {
+        !matches!(self, Op::Requeue { .. })
+    }
 }
 
 /// A map from the task ids stores mint (an index dense on each timeline)

@@ -64,6 +64,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::components::env::Note;
 use crate::components::ids::{HostId, IdemKey, JobId, Micros, TaskId, US_PER_MS, US_PER_S, us_to_s};
 use crate::components::orchestrator::Replication;
 use crate::components::policy::{Checkpointing, Policy};
@@ -75,7 +76,7 @@ use crate::components::workflow::{StepKind, Template};
 use crate::drill::Run;
 use crate::drill::measure::{FaultResult, measure};
 use crate::drill::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation, StackSpec};
-use crate::sim::stack::{Node, Stack};
+use crate::sim::stack::{Node, REGION_A, Stack};
 
 /// One invariant. The order is the order of precedence when a drill breaks
 /// several: the first is the one a reproducer is named after.
@@ -301,7 +302,7 @@ impl<'a> Ground<'a> {
             .iter()
             .filter(|&&h| h != serving)
             .map(|&h| stack.orch(h).store().log())
-            .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_ref().map(LogSlice::from)))
+            .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_ref().map(|(_, l)| LogSlice::from(l))))
             .collect();
         let before_promotion = crate::drill::measure::before_promotion(stack, &run.faults);
         let (job_of, leases) = jobs_and_grants(sc, &lost_logs, &demoted_logs, serving_log);
@@ -778,13 +779,46 @@ fn liveness(g: &Ground<'_>, budget: &Budget, out: &mut Vec<Violation>) {
     }
 }
 
-/// The first acknowledged record a lost primary had that the serving store
-/// lacks: (job, step) for naming.
+/// A false failover's structured-state and queue RPO bound
+/// ([`FaultObs::failed_away`](crate::drill::measure::FaultObs::failed_away)):
+/// what replication allows at the promotion ([`Budget::split_rpo_base_us`]),
+/// plus the split window, from the promotion until
+/// the old primary stood down (its `Demoted` note, its region lost) or the
+/// horizon. A write lost from before the replication window, or one the
+/// old primary acknowledged after it stood down, breaks it. None when the
+/// fault caused no false failover.
+fn split_rpo_bound_us(g: &Ground<'_>, budget: &Budget, i: usize) -> Option<Micros> {
+    let away = g.run.faults[i].failed_away?;
+    let (_, promoted_us) = g.stack.truth.promoted_at?;
+    let structured = budget.split_rpo_base_us(g.sc, &g.onsets, i, promoted_us);
+    let demoted =
+        g.stack.truth.trace.iter().find(|e| e.host == away && e.at_us >= promoted_us && e.note == Note::Demoted);
+    let region = g.stack.rt.host(away).region;
+    let region_lost = g.sc.faults.iter().zip(&g.onsets).filter_map(|(f, &t)| match f {
+        FaultSpec::RegionLoss { region: r, .. } if (*r == RegionName::A) == (region == REGION_A) => {
+            t.filter(|&t| t >= promoted_us)
+        }
+        _ => None,
+    });
+    let stood_down_us =
+        demoted.map(|e| e.at_us).into_iter().chain(region_lost).min().unwrap_or(g.horizon_us()).max(promoted_us);
+    Some(structured? + (stood_down_us - promoted_us))
+}
+
+/// The first acknowledged record a lost primary (or a false failover's old
+/// primary) had that the serving store lacks: (job, step) for naming.
 fn lost_record_at(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
-    let Some(lost) = g.run.faults[i].lost_log.as_ref() else { return (None, None) };
-    let kept = lost.kept_upto(g.stack);
-    let t0 = g.onsets[i].unwrap_or(0);
-    let Some(r) = lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0) else {
+    let f = &g.run.faults[i];
+    let split = || {
+        let (log, kept_lsn) = crate::drill::measure::split_log(g.stack, &g.run.faults, f)?;
+        crate::drill::measure::split_lost(log, kept_lsn).next()
+    };
+    let lost = |lost: &crate::drill::measure::LostLog| {
+        let kept = lost.kept_upto(g.stack);
+        let t0 = g.onsets[i].unwrap_or(0);
+        lost.log.iter().find(|r| r.lsn > kept && r.lsn <= lost.acked_upto && r.at_us <= t0).copied()
+    };
+    let Some(r) = f.lost_log.as_ref().and_then(lost).or_else(split) else {
         return (None, None);
     };
     let job = g.job_of.get(&r.op.task()).map(|j| j.0);
@@ -1029,10 +1063,13 @@ fn rpo_bound(g: &Ground<'_>, budget: &Budget, measured: &[FaultResult], out: &mu
             corruption_rpo_bound(g, budget, f, i, out);
             continue;
         }
-        if g.run.faults[i].lost_log.is_none() {
+        let (structured, vector) = if g.run.faults[i].lost_log.is_some() {
+            budget.rpo_bounds_us(g.sc, &g.onsets, i)
+        } else if let Some(bound) = split_rpo_bound_us(g, budget, i) {
+            (Some(bound), None)
+        } else {
             continue;
-        }
-        let (structured, vector) = budget.rpo_bounds_us(g.sc, &g.onsets, i);
+        };
         if let Some(bound) = structured {
             let b = us_to_s(bound);
             for (surface, rpo) in [("structured state", f.rpo.structured_state_s), ("queue", f.rpo.queue_s)] {
@@ -1744,6 +1781,42 @@ impl Budget {
             }
             FaultSpec::DiskLoss { .. } | FaultSpec::VectorCorruption { .. } | FaultSpec::BadDeploy { .. } => t0,
         })
+    }
+
+    /// A false failover's structured-state and queue RPO bound, before its
+    /// split window, when fault `i` (a cut or a lossy link) has the standby
+    /// promoted at `promoted_us`: what replication allows then (a lag
+    /// spike, a semi-synchronous cut), extended by the replica's absence
+    /// chained back from the promotion (writes region A made while region B
+    /// was lost or cut off never reached it), as for a loss of region A at
+    /// that instant. None without a replica.
+    pub fn split_rpo_base_us(
+        &self,
+        sc: &Scenario,
+        onsets: &[Option<Micros>],
+        i: usize,
+        promoted_us: Micros,
+    ) -> Option<Micros> {
+        let base = self.structured_rpo_us?;
+        let mut at = onsets.to_vec();
+        at[i] = Some(promoted_us);
+        let away = replica_down_since_us(sc, &at, promoted_us, &RegionName::A, base, "orchestrator");
+        Some(self.rpo_bounds_us(sc, &at, i).0? + away)
+    }
+
+    /// How long the primary may go on acknowledging writes after a false
+    /// failover that fault `i` (a cut or a lossy link) causes, before it
+    /// stands down (0 for other kinds): until the controller's `Demote`
+    /// reaches it over the link, or it self-fences, at the latest a
+    /// detection after the last health check it heard, which left the
+    /// controller up to a link's latency and a hop before the promotion.
+    pub fn split_window_us(&self, sc: &Scenario, i: usize) -> Micros {
+        let latency_us = match &sc.faults[i] {
+            FaultSpec::Partition { .. } => 0,
+            FaultSpec::LinkDegradation { latency, .. } => latency.us(),
+            _ => return 0,
+        };
+        self.detection_us + latency_us + hop_us(&sc.stack)
     }
 
     /// Fault `i`'s own recovery budget, before the work term.

@@ -52,8 +52,13 @@ pub struct FaultObs {
     /// For a permanent region loss: the log of an orchestrator there that
     /// was not serving (a demoted old primary, a standby), destroyed with
     /// its storage. Evidence of what it recorded (the event log's truth),
-    /// never recovery progress.
-    pub wiped_log: Option<Vec<LogRec>>,
+    /// never recovery progress. With the orchestrator that held it.
+    pub wiped_log: Option<(crate::components::ids::HostId, Vec<LogRec>)>,
+    /// For a cut or a lossy link that made the failover controller fail
+    /// over from a primary still alive (a false failover): that primary.
+    /// What it acknowledged that the promoted standby never received, up
+    /// to its stand-down, is this fault's loss (see [`rpo`]).
+    pub failed_away: Option<crate::components::ids::HostId>,
     /// Messages an unreplicated queue held when its node was lost: the job
     /// and when its publish was acknowledged.
     pub lost_messages: Vec<(JobId, Micros)>,
@@ -208,7 +213,7 @@ pub fn before_promotion<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<Log
         .iter()
         .filter(|&&h| h != serving)
         .map(|&h| upto(stack.orch(h).store().log()))
-        .chain(faults.iter().filter_map(|f| f.wiped_log.as_ref().map(|l| upto(LogSlice::from(l)))))
+        .chain(faults.iter().filter_map(|f| f.wiped_log.as_ref().map(|(_, l)| upto(LogSlice::from(l)))))
         .collect()
 }
 
@@ -582,48 +587,31 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
         let lost_us = promoted_before_us.filter(|&p| at <= p).unwrap_or(t0);
         us_to_s(lost_us.saturating_sub(at))
     };
-    if let Some(lost) = &f.lost_log {
+    if let Some(lost) = &f.lost_log
+        && !failed_away_before(faults, lost.host, promoted_before_us)
+    {
         // Structured state: acknowledged records of the lost primary that
         // the serving store does not hold (the same record at the same
         // LSN). A primary that came back with its store and serves again
         // lost nothing; a promoted standby lacks what it never received.
         let serving = store.log();
         let survived = |rec: &LogRec| rec.lsn >= 1 && serving.get((rec.lsn - 1) as usize) == Some(*rec);
-        let lost_ages = lost
-            .log
-            .iter()
-            .filter(|r| r.lsn <= lost.acked_upto && r.at_us <= t0 && !survived(r))
-            .map(|r| age_at_loss(r.at_us));
+        let acked = |r: &LogRec| r.lsn <= lost.acked_upto && r.at_us <= t0;
+        let log = LogSlice::from(&lost.log);
+        let lost_ages = log.iter().filter(|r| acked(r) && !survived(r)).map(|r| age_at_loss(r.at_us));
         if let Some(oldest_s) = lost_ages.reduce(f64::max) {
             r.structured_state_s = oldest_s;
         }
         // Queue: jobs the client was told were accepted that the lost
         // primary held (acknowledged, by the onset) and the serving store
-        // does not know afterwards. A job an earlier loss had already taken
-        // (never in this store) is that loss's RPO, not this one's.
-        // One pass over the lost log (not one per job: a million accepted
-        // jobs against a log of millions ran for hours).
-        let mut held_jobs = vec![false; stack.truth.accepted_us.len()];
-        for r in lost.log.iter().filter(|r| r.lsn <= lost.acked_upto && r.at_us <= t0) {
-            if let Op::Create { job, .. } = r.op
-                && let Some(held) = held_jobs.get_mut(job.0 as usize)
-            {
-                *held = true;
-            }
-        }
-        let held = |job: JobId| held_jobs[job.0 as usize];
-        let oldest_job = stack
-            .truth
-            .accepted_us
-            .iter()
-            .enumerate()
-            .filter(|(j, at)| at.is_some_and(|a| a <= t0) && store.task_for_job(JobId(*j as u32)).is_none())
-            .filter(|(j, _)| held(JobId(*j as u32)))
-            .filter_map(|(_, at)| at.map(age_at_loss))
-            .reduce(f64::max);
-        if let Some(oldest_s) = oldest_job {
+        // does not know afterwards.
+        if let Some(oldest_s) = lost_jobs(stack, store, log, acked, t0, age_at_loss) {
             r.queue_s = oldest_s;
         }
+    }
+    if let Some((structured_s, queue_s)) = split_loss(stack, store, f, faults) {
+        r.structured_state_s = r.structured_state_s.max(structured_s);
+        r.queue_s = r.queue_s.max(queue_s);
     }
     if let Some(oldest) = f.lost_messages.iter().map(|&(_, at)| at).filter(|&at| at <= t0).min() {
         r.queue_s = r.queue_s.max(age(oldest));
@@ -643,6 +631,112 @@ fn rpo(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs], t0: Micr
         }
     }
     r
+}
+
+/// The age (by `age`) of the oldest job the client was told was accepted
+/// by `cut_us` that `log` created in a record `acked` holds for
+/// acknowledged, and that the serving store does not know. A job an
+/// earlier loss had already taken (never in this log) is that loss's.
+/// One pass over the log (not one per job: a million accepted jobs against
+/// a log of millions ran for hours).
+fn lost_jobs(
+    stack: &Stack,
+    store: &Store,
+    log: LogSlice<'_>,
+    acked: impl Fn(&LogRec) -> bool,
+    cut_us: Micros,
+    age: impl Fn(Micros) -> f64,
+) -> Option<f64> {
+    let mut held_jobs = vec![false; stack.truth.accepted_us.len()];
+    for r in log.iter().filter(|r| acked(r)) {
+        if let Op::Create { job, .. } = r.op
+            && let Some(held) = held_jobs.get_mut(job.0 as usize)
+        {
+            *held = true;
+        }
+    }
+    stack
+        .truth
+        .accepted_us
+        .iter()
+        .enumerate()
+        .filter(|&(j, at)| held_jobs[j] && at.is_some_and(|a| a <= cut_us))
+        .filter(|(j, _)| store.task_for_job(JobId(*j as u32)).is_none())
+        .filter_map(|(_, at)| at.map(&age))
+        .reduce(f64::max)
+}
+
+/// Whether `host`, whose log a loss took, had already been failed away
+/// from by a false failover before it (a promotion before `promoted_before_us`
+/// is set): what it held that the promoted standby lacks was lost then, and
+/// is that failover's fault's loss ([`split_loss`]), not counted again.
+fn failed_away_before(
+    faults: &[FaultObs],
+    host: crate::components::ids::HostId,
+    promoted_before_us: Option<Micros>,
+) -> bool {
+    promoted_before_us.is_some() && faults.iter().any(|g| g.failed_away == Some(host))
+}
+
+/// A false failover's loss ([`FaultObs::failed_away`]): the records the
+/// primary failed away from acknowledged past the LSN the standby held at
+/// its promotion (the promoted standby never received them), as
+/// (structured state, queue) RPO in seconds.
+///
+/// When such a write was lost: the old primary kept acknowledging writes
+/// after the promotion until it stood down (the controller's `Demote`
+/// arrived, or it self-fenced): a split window. Every lost write is aged at
+/// the end of its lineage, the later of the promotion and the last write
+/// lost, as a region loss ages its writes at the onset, the moment its
+/// primary stopped acknowledging. So the RPO is the span of acknowledged
+/// writes lost: the replication lag at the promotion plus the split window
+/// (seed 880103 case 123899).
+fn split_loss(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs]) -> Option<(f64, f64)> {
+    let (log, kept_lsn) = split_log(stack, faults, f)?;
+    let (_, promoted_us) = stack.truth.promoted_at?;
+    let (oldest_us, newest_us) =
+        split_lost(log, kept_lsn).fold((Micros::MAX, 0), |(lo, hi), r| (lo.min(r.at_us), hi.max(r.at_us)));
+    if oldest_us == Micros::MAX {
+        return Some((0.0, 0.0));
+    }
+    let end_us = newest_us.max(promoted_us);
+    let age = |at: Micros| us_to_s(end_us.saturating_sub(at));
+    let acked = |r: &LogRec| r.lsn > kept_lsn && r.op.is_acknowledged();
+    let queue_s = lost_jobs(stack, store, log, acked, Micros::MAX, age).unwrap_or(0.0);
+    Some((age(oldest_us), queue_s))
+}
+
+/// For a false failover's fault ([`FaultObs::failed_away`]) while another
+/// orchestrator serves at the end: the log of the primary failed away
+/// from, and the LSN the standby held at its promotion.
+pub fn split_log<'a>(stack: &'a Stack, faults: &'a [FaultObs], f: &FaultObs) -> Option<(LogSlice<'a>, u64)> {
+    let away = f.failed_away?;
+    let (kept_lsn, _) = stack.truth.promoted_at?;
+    (stack.serving_orch() != away).then(|| (log_of(stack, faults, away), kept_lsn))
+}
+
+/// The acknowledged records of a false failover's old primary `log` past
+/// the LSN the standby held at its promotion ([`split_log`]): the promoted
+/// standby never received them. The recovery service's requeues answer
+/// nobody and are no acknowledged write.
+pub fn split_lost(log: LogSlice<'_>, kept_lsn: u64) -> impl Iterator<Item = LogRec> + '_ {
+    let start = usize::try_from(kept_lsn).unwrap_or(usize::MAX);
+    log.range(start, log.len()).filter(|r| r.op.is_acknowledged())
+}
+
+/// The log orchestrator `host` holds at the end, or, when a permanent loss
+/// of its region took its storage, the log it held then.
+fn log_of<'a>(stack: &'a Stack, faults: &'a [FaultObs], host: crate::components::ids::HostId) -> LogSlice<'a> {
+    let own = stack.orch(host).store().log();
+    if !own.is_empty() {
+        return own;
+    }
+    let taken = faults.iter().find_map(|f| match (&f.lost_log, &f.wiped_log) {
+        (Some(l), _) if l.host == host => Some(LogSlice::from(&l.log)),
+        (_, Some((h, l))) if *h == host => Some(LogSlice::from(l)),
+        _ => None,
+    });
+    taken.unwrap_or(own)
 }
 
 /// Acknowledged vector points the serving vector store lacks or holds

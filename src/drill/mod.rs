@@ -214,9 +214,34 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
         if stack.truth.promoted_at.is_none() && stack.orch(stack.hosts.orch[1]).is_primary() {
             let lsn = stack.orch(stack.hosts.orch[1]).store().last_lsn();
             stack.truth.promoted_at = Some((lsn, stack.rt.now_us()));
+            blame_false_failover(&stack, sc, &mut obs);
         }
     }
     Ok(Run { stack, faults: obs })
+}
+
+/// At the standby's promotion: when the primary failed away from is still
+/// up with its store (a false failover, not a lost region), the latest cut
+/// or lossy link begun by now made the controller's health checks fail,
+/// and owns what the old primary acknowledged that the standby never got
+/// ([`FaultObs::failed_away`]). Under fully synchronous replication it
+/// acknowledged nothing the standby lacks: no loss to own.
+fn blame_false_failover(stack: &Stack, sc: &Scenario, obs: &mut [FaultObs]) {
+    let old = stack.hosts.orch[0];
+    if !stack.rt.host(old).up
+        || stack.orch(old).store().log().is_empty()
+        || matches!(sc.stack.replication, Replication::Sync { degrade_after_ms: None })
+    {
+        return;
+    }
+    let now = stack.rt.now_us();
+    let cause = obs
+        .iter_mut()
+        .filter(|f| matches!(f.kind, "partition" | "link_degradation") && f.onset_us.is_some_and(|t| t <= now))
+        .max_by_key(|f| f.onset_us);
+    if let Some(f) = cause {
+        f.failed_away = Some(old);
+    }
 }
 
 /// Sets a fault up before the run: hooks for event triggers, windows on the
@@ -507,7 +532,7 @@ fn control(stack: &mut Stack, sc: &Scenario, obs: &mut [FaultObs], down: &mut Ve
                         let (o, v) = if r == REGION_A { (oa, va) } else { (ob, vb) };
                         let store = stack.orch_mut(o).take_store();
                         if o != primary {
-                            obs[i as usize].wiped_log = Some(store.log().to_vec());
+                            obs[i as usize].wiped_log = Some((o, store.log().to_vec()));
                         }
                         stack.vector_mut(v).store.clear();
                     } else {
