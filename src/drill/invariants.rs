@@ -1858,8 +1858,24 @@ impl Budget {
                 s.vector.integrity_check_interval.us() + s.vector.restore_base.us() + self.lease_us + self.step_us
             }
             // The breaker stays open a while after the API is fixed.
+            // While it lasts, the jobs that call the API retry and hold
+            // their workers; with every worker held, the client's probes
+            // (one every 30 s) queue ahead of later work, a step each, and
+            // drain only after it (seed 880104 case 112664: one worker held
+            // 27.5 min, 56 probes, the probe after a worker kill finished
+            // behind them).
             FaultSpec::ToolSchemaChange { duration, .. } => {
-                duration.us() + s.breaker.open_ms * US_PER_MS + self.lease_us + self.step_us
+                let workers = u64::from(s.workers.max(1));
+                let held_probes = if u64::from(sc.workload.tasks) >= workers && sc.workload.probes {
+                    duration.us() / PROBE_CADENCE_US + 1
+                } else {
+                    0
+                };
+                duration.us()
+                    + s.breaker.open_ms * US_PER_MS
+                    + self.lease_us
+                    + self.step_us
+                    + held_probes * self.step_us / workers
             }
             // Health window (re-armed once while there is no traffic) and
             // the rollback.
