@@ -1869,8 +1869,8 @@ impl Budget {
             FaultSpec::VectorCorruption { .. } => {
                 s.vector.integrity_check_interval.us() + s.vector.restore_base.us() + self.lease_us + self.step_us
             }
-            // The breaker stays open a while after the API is fixed.
-            // While it lasts, the jobs that call the API retry and hold
+            // The breaker stays open a while after the API is fixed. While
+            // the change lasts, the jobs that call the API retry and hold
             // their workers; with every worker held, the client's probes
             // (one every 30 s) queue ahead of later work, a step each, and
             // drain only after it (seed 880104 case 112664: one worker held

@@ -57,7 +57,7 @@ pub struct FaultObs {
     /// For a cut or a lossy link that made the failover controller fail
     /// over from a primary still alive (a false failover): that primary.
     /// What it acknowledged that the promoted standby never received, up
-    /// to its stand-down, is this fault's loss (see [`rpo`]).
+    /// to its stand-down, is this fault's loss (see [`split_log`]).
     pub failed_away: Option<crate::components::ids::HostId>,
     /// Messages an unreplicated queue held when its node was lost: the job
     /// and when its publish was acknowledged.
