@@ -701,7 +701,7 @@ fn split_loss(stack: &Stack, store: &Store, f: &FaultObs, faults: &[FaultObs]) -
     }
     let end_us = newest_us.max(promoted_us);
     let age = |at: Micros| us_to_s(end_us.saturating_sub(at));
-    let acked = |r: &LogRec| r.lsn > kept_lsn && r.op.is_acknowledged();
+    let acked = |r: &LogRec| lost_in_split(r, kept_lsn);
     let queue_s = lost_jobs(stack, store, log, acked, Micros::MAX, age).unwrap_or(0.0);
     Some((age(oldest_us), queue_s))
 }
@@ -721,7 +721,13 @@ pub fn split_log<'a>(stack: &'a Stack, faults: &'a [FaultObs], f: &FaultObs) -> 
 /// nobody and are no acknowledged write.
 pub fn split_lost(log: LogSlice<'_>, kept_lsn: u64) -> impl Iterator<Item = LogRec> + '_ {
     let start = usize::try_from(kept_lsn).unwrap_or(usize::MAX);
-    log.range(start, log.len()).filter(|r| r.op.is_acknowledged())
+    log.range(start, log.len()).filter(move |r| lost_in_split(r, kept_lsn))
+}
+
+/// Whether record `r` of a false failover's old primary is one the
+/// promoted standby (holding `kept_lsn`) lacks and someone was told of.
+fn lost_in_split(r: &LogRec, kept_lsn: u64) -> bool {
+    r.lsn > kept_lsn && r.op.is_acknowledged()
 }
 
 /// The log orchestrator `host` holds at the end, or, when a permanent loss
