@@ -859,7 +859,7 @@ fn horizon_for(sc: &Scenario) -> Dur {
 pub fn check_case(sc: &Scenario) -> Vec<Violation> {
     IN_CHECK.with(|c| c.set(true));
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        match crate::drill::simulate_within(sc, sc.seed, true, &crate::drill::Budget::default()) {
+        match crate::drill::simulate_checked(sc, sc.seed, &crate::drill::Budget::default()) {
             Ok(run) => invariants::check(sc, &run),
             Err(e) => vec![Violation {
                 invariant: Invariant::NoPanic,

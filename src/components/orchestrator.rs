@@ -299,6 +299,24 @@ impl Orchestrator {
         &self.store
     }
 
+    /// Whether this orchestrator has nothing left to hand out or answer: it
+    /// neither serves nor is primary, or it holds no task that is queued or
+    /// leased, no task held back, no reply waiting for the replica, no
+    /// refused queue delivery and no deploy under watch. A lease request,
+    /// a recovery scan or a health check then changes nothing a worker or
+    /// the measurement sees.
+    pub fn is_idle(&self) -> bool {
+        if !(self.primary || self.serving) {
+            return true;
+        }
+        self.ready.is_empty()
+            && self.held.is_empty()
+            && self.pending_sync.is_empty()
+            && self.refused.is_none()
+            && self.watch.is_none()
+            && self.store.tasks().iter().all(|t| matches!(t.status, TaskStatus::Done | TaskStatus::Failed))
+    }
+
     /// Whether this orchestrator is the primary.
     pub fn is_primary(&self) -> bool {
         self.primary

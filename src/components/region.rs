@@ -217,6 +217,24 @@ impl Controller {
         self.stage
     }
 
+    /// Whether the controller will do nothing but check health: it failed
+    /// over already, or it watches with no check failed, and a check's
+    /// answer comes back within the timeout on links whose round trip is at
+    /// most `worst_rtt_us` (the caller also knows the watched primary is
+    /// up and answers).
+    pub fn is_steady(&self, worst_rtt_us: Micros) -> bool {
+        match self.stage {
+            Stage::Done => true,
+            Stage::Watching => self.failures == 0 && worst_rtt_us < self.cfg.health_timeout_ms * US_PER_MS,
+            _ => false,
+        }
+    }
+
+    /// The primary the controller checks the health of.
+    pub fn watched(&self) -> HostId {
+        self.primary
+    }
+
     /// The primary orchestrator as of now: the standby once it acknowledged
     /// its promotion (the old primary must not serve again; a returning one
     /// asks this before serving), the watched primary before.

@@ -245,6 +245,13 @@ impl Worker {
         if self.shared.policy.wall_clock_leases { env.wall_now_us() } else { env.now_us() }
     }
 
+    /// Whether the worker holds no task and waits, if at all, only for a
+    /// lease (an idle long poll): its timers can then only poll again, and a
+    /// heartbeat timer finds no task to renew.
+    pub fn is_idle(&self) -> bool {
+        self.ctx.is_none() && self.out.as_ref().is_none_or(|o| o.wait == Wait::Lease)
+    }
+
     /// Start-up: ask for work.
     pub fn start(&mut self, env: &mut impl Env) {
         self.request_lease(env);

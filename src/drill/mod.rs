@@ -17,7 +17,7 @@ pub mod tier;
 use serde::Serialize;
 
 use crate::components::env::{Note, Timer};
-use crate::components::ids::{HostId, JobId, RegionId, us_to_s};
+use crate::components::ids::{HostId, JobId, Micros, RegionId, us_to_s};
 use crate::components::orchestrator::Replication;
 use crate::components::region::Request;
 use crate::components::store::TaskStatus;
@@ -148,7 +148,41 @@ pub fn simulate(sc: &Scenario, seed: u64, with_faults: bool) -> Run {
 /// stops it with [`OverBudget`] once it has handled more events or holds
 /// more heap than `budget` allows.
 pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Budget) -> Result<Run, OverBudget> {
+    simulate_until(sc, seed, with_faults, budget, false)
+}
+
+/// [`simulate_within`] with the faults, stopped early once the stack is
+/// quiescent ([`Stack::quiescent`]): every workload job done, every fault
+/// over, and nothing queued but idle chatter. What any invariant or
+/// measurement reads is then what it would read at the horizon
+/// (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
+/// report (`run`) goes to the horizon, where its event counts and digest
+/// are taken.
+pub fn simulate_checked(sc: &Scenario, seed: u64, budget: &Budget) -> Result<Run, OverBudget> {
+    simulate_until(sc, seed, true, budget, true)
+}
+
+/// The first quiescence test comes this long after the last fault and
+/// workload job; each failed test doubles the wait, up to
+/// [`QUIET_CHECK_MAX_US`] (a test reads every host and queued event).
+const QUIET_CHECK_FIRST_US: Micros = 5 * crate::components::ids::US_PER_S;
+
+/// The longest wait between two quiescence tests.
+const QUIET_CHECK_MAX_US: Micros = 120 * crate::components::ids::US_PER_S;
+
+fn simulate_until(
+    sc: &Scenario,
+    seed: u64,
+    with_faults: bool,
+    budget: &Budget,
+    stop_when_quiet: bool,
+) -> Result<Run, OverBudget> {
     let horizon_us = sc.horizon.us();
+    // No quiescence test before every fault has begun and ended (an event
+    // trigger fires only while a job runs, and the test waits for them all).
+    let faults_over_us = sc.faults.iter().filter_map(|f| f.end().or(f.at())).map(|d| d.us()).max().unwrap_or(0);
+    let (mut next_check_us, mut check_wait_us) =
+        if stop_when_quiet { (faults_over_us, QUIET_CHECK_FIRST_US) } else { (Micros::MAX, 0) };
     let mut meter = budget::Meter::start(budget, horizon_us, !with_faults);
     let mut stack = Stack::build(sc, seed);
     let mut obs: Vec<FaultObs> = sc.faults.iter().map(|f| FaultObs { kind: f.kind(), ..FaultObs::default() }).collect();
@@ -216,8 +250,22 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
             stack.truth.promoted_at = Some((lsn, stack.rt.now_us()));
             blame_false_failover(&stack, sc, &mut obs);
         }
+        let now_us = stack.rt.now_us();
+        if now_us >= next_check_us && workload_done(&stack) {
+            if stack.quiescent() {
+                break;
+            }
+            next_check_us = now_us + check_wait_us;
+            check_wait_us = (check_wait_us * 2).min(QUIET_CHECK_MAX_US);
+        }
     }
     Ok(Run { stack, faults: obs })
+}
+
+/// Whether the client was told every workload job finished.
+fn workload_done(stack: &Stack) -> bool {
+    let jobs = stack.workload_jobs as usize;
+    stack.truth.completed.len() >= jobs && stack.truth.completed[..jobs].iter().all(|&c| c)
 }
 
 /// At the standby's promotion: when the primary failed away from is still

@@ -20,6 +20,7 @@
 //! lost, without any bookkeeping in the components.
 
 pub mod net;
+pub mod quiet;
 pub mod stack;
 
 use rand::SeedableRng;
@@ -82,6 +83,22 @@ pub enum Event<M, T> {
     /// A harness event (fault injection, measurement tick); not tied to any
     /// host's liveness.
     Control(T),
+}
+
+/// A queued event, as [`Runtime::queued`] lists it.
+#[derive(Debug)]
+pub enum Queued<'a, M, T> {
+    /// A message in flight.
+    Message {
+        /// Its sender.
+        from: HostId,
+        /// The message.
+        msg: &'a M,
+    },
+    /// A host's timer.
+    Timer(&'a T),
+    /// A harness event.
+    Control(&'a T),
 }
 
 enum Payload<M, T> {
@@ -334,6 +351,11 @@ impl<M, T> Runtime<M, T> {
         &mut self.net
     }
 
+    /// The network.
+    pub fn net(&self) -> &Network {
+        &self.net
+    }
+
     /// Counters.
     pub fn stats(&self) -> RuntimeStats {
         self.stats
@@ -570,6 +592,30 @@ impl<M, T> Runtime<M, T> {
                 Slot::Free(_) => unreachable!("a queued event has its payload"),
             }
         }
+    }
+
+    /// Every queued event that will be handed out, in no particular order,
+    /// as the host it is addressed to (`None` for a harness event) and what
+    /// it carries. A message or timer [`Runtime::step`] will drop (its host
+    /// crashed since, or its sender died before it left) is not listed; one
+    /// a pause defers is.
+    pub fn queued(&self) -> impl Iterator<Item = (Option<HostId>, Queued<'_, M, T>)> {
+        let live = |h: HostId, incarnation: u32| {
+            let host = &self.hosts[h.0 as usize];
+            host.up && host.incarnation == incarnation
+        };
+        self.slab.iter().filter_map(move |slot| match slot {
+            Slot::Full(Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg: Some(msg) }) => {
+                let sender = &self.hosts[from.0 as usize];
+                let left = sender.incarnation == *sent_by || sender.crashed_at_us >= *depart_us;
+                (left && live(*to, *incarnation)).then_some((Some(*to), Queued::Message { from: *from, msg }))
+            }
+            Slot::Full(Payload::Timer { host, incarnation, timer: Some(timer) }) => {
+                live(*host, *incarnation).then_some((Some(*host), Queued::Timer(timer)))
+            }
+            Slot::Full(Payload::Control(Some(t))) => Some((None, Queued::Control(t))),
+            _ => None,
+        })
     }
 
     /// Frees the slot of an event just handed out: its payload was taken,

@@ -123,6 +123,23 @@ impl Network {
         self.partitions.push(p);
     }
 
+    /// The slowest a message can be on the standing links between any two
+    /// hosts (latency plus the whole jitter), and `None` when a standing
+    /// link may lose messages. Cuts and degradations are not counted: a
+    /// caller asks once they are over.
+    pub fn worst_standing_us(&self) -> Option<Micros> {
+        let links = [self.cfg.intra_region, self.cfg.cross_region];
+        if links.iter().any(|l| l.loss > 0.0) {
+            return None;
+        }
+        Some(links.iter().map(|l| l.latency_us + l.jitter_us).max().unwrap_or(0))
+    }
+
+    /// Whether a cut or degradation still applies at `now_us` or later.
+    pub fn disturbed_from(&self, now_us: Micros) -> bool {
+        self.partitions.iter().any(|p| p.until_us > now_us)
+    }
+
     /// The link class between two hosts.
     #[inline]
     pub fn class(from: HostId, fr: RegionId, to: HostId, tr: RegionId) -> LinkClass {

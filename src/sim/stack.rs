@@ -1200,6 +1200,15 @@ impl VectorNode {
         self.early.retain(|&(r, ..)| r > restores);
     }
 
+    /// Whether this vector node can do nothing a reader sees: it does not
+    /// serve, or it serves as the name's target with no corrupted point,
+    /// no restore and no hydration under way. Its snapshot ticks and
+    /// integrity checks then only take and ship snapshots (read at a
+    /// restore no fault is left to cause).
+    pub fn is_idle(&self, target: bool) -> bool {
+        !self.serving || (target && !self.hydrating && self.restoring.is_none() && self.store.corrupted_count() == 0)
+    }
+
     /// Stops taking snapshots and checking integrity (once).
     fn stand_down(&mut self, env: &mut SimEnv<'_>) {
         if !self.stood_down {
@@ -1336,6 +1345,13 @@ impl Client {
         if let Some(after_us) = self.resends.sent(env.now_us(), job) {
             env.set_timer(after_us, Timer::ClientRetry);
         }
+    }
+
+    /// Whether the client has nothing left to send: it is not probing and
+    /// was told every one of the first `jobs` (the workload) finished. A
+    /// resubmission timer then finds every job done.
+    pub fn is_settled(&self, jobs: u32) -> bool {
+        self.probe_since.is_none() && (0..jobs as usize).all(|j| self.done.get(j).copied().unwrap_or(false))
     }
 
     /// Starts probing until a probe submitted from now on completes.
