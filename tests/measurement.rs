@@ -386,3 +386,46 @@ latency = "5s"
     assert!((5.9..6.1).contains(&rpo), "structured RPO {rpo} s: writes from 60.04 s to 66.04 s were lost");
     assert!(r.violations.is_empty(), "{:?}", r.violations);
 }
+
+/// The loss of a false failover belongs to the fault on the controller's
+/// health-check path, not to a later one elsewhere. The drill above, with a
+/// cut between the two regions begun at 60.5 s, after the slow link and
+/// before the promotion at 61.04 s: the slow link between the controller and
+/// region A still owns the 6.0 s of lost writes, and the cut between the
+/// regions (which the checks never cross) owns none. (Picked by time alone,
+/// the later cut took the loss and the slow link read 0.0 s.)
+#[test]
+fn a_false_failover_is_owned_by_the_fault_on_the_health_check_path() {
+    let r = run(
+        r#"
+tier = "batch"
+horizon = "20m"
+[stack]
+pattern = "warm_standby"
+workers = 2
+replication = { mode = "async", lag_ms = 0, interval_ms = 20000 }
+failover = { health_interval = "30s", health_timeout = "1s", failure_threshold = 1, promotion = "8s", dns_ttl = "0s" }
+[workload]
+tasks = 40
+interval = "3s"
+templates = ["book_flight"]
+[[faults]]
+kind = "link_degradation"
+at = "60s"
+duration = "60s"
+a = "region:a"
+b = "failover-controller"
+latency = "5s"
+[[faults]]
+kind = "partition"
+at = "60500ms"
+duration = "2s"
+a = "region:a"
+b = "region:b"
+"#,
+        1,
+    );
+    let (slow, cut) = (r.faults[0].rpo.structured_state_s, r.faults[1].rpo.structured_state_s);
+    assert!((5.9..6.1).contains(&slow), "the slow link's structured RPO {slow} s: writes from 60.04 s to 66.04 s");
+    assert!(cut == 0.0, "the cut between the regions owns no false-failover loss, read {cut} s");
+}

@@ -269,11 +269,14 @@ fn workload_done(stack: &Stack) -> bool {
 }
 
 /// At the standby's promotion: when the primary failed away from is still
-/// up with its store (a false failover, not a lost region), the latest cut
-/// or lossy link begun by now made the controller's health checks fail,
-/// and owns what the old primary acknowledged that the standby never got
-/// ([`FaultObs::failed_away`]). Under fully synchronous replication it
-/// acknowledged nothing the standby lacks: no loss to own.
+/// up with its store (a false failover, not a lost region), a cut or lossy
+/// link begun by now made the controller's health checks fail, and owns
+/// what the old primary acknowledged that the standby never got
+/// ([`FaultObs::failed_away`]): the latest of those between the controller
+/// and the old primary (either way: a lost check or a lost answer fails
+/// it), else the latest of any (one that slowed the path some other way).
+/// Under fully synchronous replication it acknowledged nothing the standby
+/// lacks: no loss to own.
 fn blame_false_failover(stack: &Stack, sc: &Scenario, obs: &mut [FaultObs]) {
     let old = stack.hosts.orch[0];
     if !stack.rt.host(old).up
@@ -283,13 +286,29 @@ fn blame_false_failover(stack: &Stack, sc: &Scenario, obs: &mut [FaultObs]) {
         return;
     }
     let now = stack.rt.now_us();
-    let cause = obs
-        .iter_mut()
-        .filter(|f| matches!(f.kind, "partition" | "link_degradation") && f.onset_us.is_some_and(|t| t <= now))
-        .max_by_key(|f| f.onset_us);
-    if let Some(f) = cause {
-        f.failed_away = Some(old);
+    let begun =
+        |f: &FaultObs| matches!(f.kind, "partition" | "link_degradation") && f.onset_us.is_some_and(|t| t <= now);
+    let on_check_path = |i: usize| checks_cut(stack, &sc.faults[i], old);
+    let latest = |on_path: bool| {
+        (0..obs.len())
+            .filter(|&i| begun(&obs[i]) && (!on_path || on_check_path(i)))
+            .max_by_key(|&i| (obs[i].onset_us, i))
+    };
+    if let Some(i) = latest(true).or_else(|| latest(false)) {
+        obs[i].failed_away = Some(old);
     }
+}
+
+/// Whether a cut or degraded link lies between the failover controller and
+/// the orchestrator `orch`, in either direction.
+fn checks_cut(stack: &Stack, f: &FaultSpec, orch: HostId) -> bool {
+    let (FaultSpec::Partition { a, b, .. } | FaultSpec::LinkDegradation { a, b, .. }) = f else { return false };
+    let (Some(ctrl), Some(a), Some(b)) = (stack.hosts.controller, stack.endpoint(a), stack.endpoint(b)) else {
+        return false;
+    };
+    let side = |h: HostId| (h, stack.rt.host(h).region);
+    let ((c, cr), (o, or)) = (side(ctrl), side(orch));
+    (a.matches(c, cr) && b.matches(o, or)) || (a.matches(o, or) && b.matches(c, cr))
 }
 
 /// Sets a fault up before the run: hooks for event triggers, windows on the

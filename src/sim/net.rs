@@ -75,8 +75,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Whether host `h`, in region `r`, is on this side.
     #[inline]
-    fn matches(self, h: HostId, r: RegionId) -> bool {
+    pub fn matches(self, h: HostId, r: RegionId) -> bool {
         match self {
             Endpoint::Host(x) => x == h,
             Endpoint::Region(x) => x == r,
