@@ -342,20 +342,9 @@ b = "orchestrator-a"
     assert!((280.0..300.0).contains(&v), "vector RPO {v} s: points acknowledged ~10 s in, lost at the 300 s cut");
 }
 
-/// A false failover over a slow link loses what the old primary
-/// acknowledged that the promoted standby never received, and the cut's
-/// own RPO shows it (it read 0.0 s before: only a region loss's log was
-/// read). Health checks every 30 s time out after 1 s against a 5 s link:
-/// the check sent at 60 s fails at 61.0 s, B is promoted at 61.04 s, and A
-/// hears the `Demote` 5 s later, at 66.1 s. Region A shipped its log every
-/// 20 s, last just before 60 s, so its writes from 60.04 s (the first not
-/// shipped) until 66.04 s (its last before it stood down, in the split
-/// window) are lost: 6.0 s, within the bound of a replication window (21 s)
-/// plus the split window (5.1 s).
-#[test]
-fn a_false_failover_loses_the_old_primarys_writes_through_the_split_window() {
-    let r = run(
-        r#"
+/// The drill of the next two tests: a link between region A and the
+/// failover controller slowed to 5 s for a minute from 60 s.
+const SPLIT_WINDOW_DRILL: &str = r#"
 tier = "batch"
 horizon = "20m"
 [stack]
@@ -374,9 +363,21 @@ duration = "60s"
 a = "region:a"
 b = "failover-controller"
 latency = "5s"
-"#,
-        1,
-    );
+"#;
+
+/// A false failover over a slow link loses what the old primary
+/// acknowledged that the promoted standby never received, and the cut's
+/// own RPO shows it (it read 0.0 s before: only a region loss's log was
+/// read). Health checks every 30 s time out after 1 s against a 5 s link:
+/// the check sent at 60 s fails at 61.0 s, B is promoted at 61.04 s, and A
+/// hears the `Demote` 5 s later, at 66.1 s. Region A shipped its log every
+/// 20 s, last just before 60 s, so its writes from 60.04 s (the first not
+/// shipped) until 66.04 s (its last before it stood down, in the split
+/// window) are lost: 6.0 s, within the bound of a replication window (21 s)
+/// plus the split window (5.1 s).
+#[test]
+fn a_false_failover_loses_the_old_primarys_writes_through_the_split_window() {
+    let r = run(SPLIT_WINDOW_DRILL, 1);
     let at = |pred: &dyn Fn(&Note) -> bool| r.trace.iter().find(|e| pred(&e.note)).map(|e| e.at_us);
     let promoted_us = at(&|n| matches!(n, Note::Promoted)).expect("B promoted");
     let demoted_us = at(&|n| matches!(n, Note::Demoted)).expect("A stood down");
@@ -396,35 +397,15 @@ latency = "5s"
 /// the later cut took the loss and the slow link read 0.0 s.)
 #[test]
 fn a_false_failover_is_owned_by_the_fault_on_the_health_check_path() {
-    let r = run(
-        r#"
-tier = "batch"
-horizon = "20m"
-[stack]
-pattern = "warm_standby"
-workers = 2
-replication = { mode = "async", lag_ms = 0, interval_ms = 20000 }
-failover = { health_interval = "30s", health_timeout = "1s", failure_threshold = 1, promotion = "8s", dns_ttl = "0s" }
-[workload]
-tasks = 40
-interval = "3s"
-templates = ["book_flight"]
-[[faults]]
-kind = "link_degradation"
-at = "60s"
-duration = "60s"
-a = "region:a"
-b = "failover-controller"
-latency = "5s"
+    let cut = r#"
 [[faults]]
 kind = "partition"
 at = "60500ms"
 duration = "2s"
 a = "region:a"
 b = "region:b"
-"#,
-        1,
-    );
+"#;
+    let r = run(&format!("{SPLIT_WINDOW_DRILL}{cut}"), 1);
     let (slow, cut) = (r.faults[0].rpo.structured_state_s, r.faults[1].rpo.structured_state_s);
     assert!((5.9..6.1).contains(&slow), "the slow link's structured RPO {slow} s: writes from 60.04 s to 66.04 s");
     assert!(cut == 0.0, "the cut between the regions owns no false-failover loss, read {cut} s");
