@@ -294,6 +294,17 @@ pub trait Env {
     fn send(&mut self, to: HostId, msg: Msg);
     /// Sends a message after a processing delay (the sender's work time).
     fn send_after(&mut self, delay_us: Micros, to: HostId, msg: Msg);
+    /// Sends the message `make` builds, as [`Env::send`] would send it, but
+    /// builds it only if it will travel: the simulation routes first and
+    /// does not build a message its link drops (a replication backlog
+    /// re-sent into a cut every tick costs a copy of the backlog each
+    /// time). This default builds it and sends it.
+    fn send_built(&mut self, to: HostId, make: impl FnOnce() -> Msg)
+    where
+        Self: Sized,
+    {
+        self.send(to, make());
+    }
     /// Sends `copies` copies of a probe to `to` at once (a health check
     /// sent from several locations) where the receiver needs only one:
     /// `make(n)` builds the message for `n` copies. The simulation routes

@@ -1040,26 +1040,31 @@ impl Orchestrator {
         let mut start = from;
         while start < upto {
             let end = (start + REPLICATE_BATCH_RECORDS).min(upto);
-            let recs = match &self.shipped {
-                // The same batch as last time (nothing acknowledged since,
-                // nothing newer old enough): shared, not copied again.
-                Some((f, e, recs)) if (*f, *e) == (start, end) => recs.clone(),
-                _ => {
-                    // From the open tail chunk's whole records as a slice
-                    // (no lookup per record), else from a range of known
-                    // length: either way straight into the shared
-                    // allocation, copied once.
-                    let recs: std::sync::Arc<[_]> = match log.whole(start, end) {
-                        Some(tail) => tail.iter().copied().collect(),
-                        None => (start..end).map(|i| log.get(i).expect("below the log's end")).collect(),
-                    };
-                    if start == from {
-                        self.shipped = Some((start, end, recs.clone()));
+            let shipped = &mut self.shipped;
+            // Built only if the link delivers it: a backlog re-sent into a
+            // cut every tick would otherwise be copied every tick.
+            env.send_built(replica, || {
+                let recs = match shipped {
+                    // The same batch as last time (nothing acknowledged
+                    // since, nothing newer old enough): shared, not copied.
+                    Some((f, e, recs)) if (*f, *e) == (start, end) => recs.clone(),
+                    _ => {
+                        // From the open tail chunk's whole records as a
+                        // slice (no lookup per record), else from a range of
+                        // known length: either way straight into the shared
+                        // allocation, copied once.
+                        let recs: std::sync::Arc<[_]> = match log.whole(start, end) {
+                            Some(tail) => tail.iter().copied().collect(),
+                            None => (start..end).map(|i| log.get(i).expect("below the log's end")).collect(),
+                        };
+                        if start == from {
+                            *shipped = Some((start, end, recs.clone()));
+                        }
+                        recs
                     }
-                    recs
-                }
-            };
-            env.send(replica, Msg::Replicate { recs });
+                };
+                Msg::Replicate { recs }
+            });
             start = end;
         }
     }

@@ -433,6 +433,27 @@ impl<M, T> Runtime<M, T> {
         }
     }
 
+    /// [`Runtime::send`] of the message `make` builds, built only once the
+    /// route is known to deliver it: the same draws, the same event, and no
+    /// work for a message the link drops.
+    #[inline]
+    pub fn send_built(&mut self, from: HostId, to: HostId, make: impl FnOnce() -> M) {
+        let (sender, receiver) = (&self.hosts[from.0 as usize], &self.hosts[to.0 as usize]);
+        let depart = sender.acts_at(self.now_us);
+        let (fr, sent_by) = (sender.region, sender.incarnation);
+        let (tr, incarnation) = (receiver.region, receiver.incarnation);
+        match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
+            Some(latency_us) => {
+                let msg = Some(make());
+                self.push(
+                    depart + latency_us,
+                    Payload::Deliver { from, to, incarnation, sent_by, depart_us: depart, msg },
+                );
+            }
+            None => self.stats.dropped += 1,
+        }
+    }
+
     /// Sends `copies` copies of a message from `from` to `to`, each routed
     /// as a send of its own (the same random draws as `copies` calls of
     /// [`Runtime::send`]: jitter and loss per copy), and queues only the

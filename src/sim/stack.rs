@@ -417,6 +417,10 @@ impl Env for SimEnv<'_> {
         self.rt.send_after(self.me, delay_us, to, msg);
     }
     #[inline]
+    fn send_built(&mut self, to: HostId, make: impl FnOnce() -> Msg) {
+        self.rt.send_built(self.me, to, make);
+    }
+    #[inline]
     fn send_copies(&mut self, to: HostId, copies: u32, make: impl FnOnce(u32) -> Msg) {
         self.rt.send_copies(self.me, to, copies, make);
     }
