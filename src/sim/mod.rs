@@ -416,21 +416,7 @@ impl<M, T> Runtime<M, T> {
     /// Sends `msg` after the sender spent `delay_us` processing it.
     #[inline(always)]
     pub fn send_after(&mut self, from: HostId, delay_us: Micros, to: HostId, msg: M) {
-        // What the send needs of both hosts, read once.
-        let (sender, receiver) = (&self.hosts[from.0 as usize], &self.hosts[to.0 as usize]);
-        let depart = sender.acts_at(self.now_us) + delay_us;
-        let (fr, sent_by) = (sender.region, sender.incarnation);
-        let (tr, incarnation) = (receiver.region, receiver.incarnation);
-        match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
-            Some(latency_us) => {
-                let depart_us = depart;
-                self.push(
-                    depart + latency_us,
-                    Payload::Deliver { from, to, incarnation, sent_by, depart_us, msg: Some(msg) },
-                );
-            }
-            None => self.stats.dropped += 1,
-        }
+        self.send_after_built(from, delay_us, to, move || msg);
     }
 
     /// [`Runtime::send`] of the message `make` builds, built only once the
@@ -438,8 +424,16 @@ impl<M, T> Runtime<M, T> {
     /// work for a message the link drops.
     #[inline]
     pub fn send_built(&mut self, from: HostId, to: HostId, make: impl FnOnce() -> M) {
+        self.send_after_built(from, 0, to, make);
+    }
+
+    /// The one send: routes the message, then builds and queues it if the
+    /// link delivers it.
+    #[inline(always)]
+    fn send_after_built(&mut self, from: HostId, delay_us: Micros, to: HostId, make: impl FnOnce() -> M) {
+        // What the send needs of both hosts, read once.
         let (sender, receiver) = (&self.hosts[from.0 as usize], &self.hosts[to.0 as usize]);
-        let depart = sender.acts_at(self.now_us);
+        let depart = sender.acts_at(self.now_us) + delay_us;
         let (fr, sent_by) = (sender.region, sender.incarnation);
         let (tr, incarnation) = (receiver.region, receiver.incarnation);
         match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
