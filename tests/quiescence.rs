@@ -70,30 +70,59 @@ fn stopping_at_quiescence_changes_no_verdict_and_no_measurement() {
     assert!(stopped * 4 > pairs, "only {stopped} of {pairs} drills stopped early: the quiescence test never holds?");
 }
 
-/// A drill whose last fault never ends (a region lost for good) or whose
-/// jobs are not all done runs to the horizon: a harness event still queued,
-/// or a job not finished, is never idle chatter.
+/// A drill whose last fault's end matters (a cut between the regions heals:
+/// replication and health checks cross again) runs past that end: a
+/// harness event still queued is not idle chatter.
 #[test]
-fn a_drill_with_work_left_runs_to_the_horizon() {
-    let text = r#"
-purpose = "jobs done in minutes, an outage from 20 to 25 min"
+fn a_drill_waits_for_the_end_of_a_fault_whose_end_matters() {
+    let sc = drill_with_late_fault(
+        r#"
+kind = "partition"
+at = "20m"
+duration = "5m"
+a = "region:a"
+b = "region:b""#,
+    );
+    let quick = drill::simulate_checked(&sc, sc.seed, &Budget::default()).expect("within budget");
+    // The jobs finish in minutes, but the cut lasts from 20 to 25 min.
+    assert!(quick.stack.rt.now_us() >= 25 * 60 * 1_000_000, "stopped at {} us", quick.stack.rt.now_us());
+}
+
+/// A provider outage only a worker's call can meet: once it has begun and
+/// the stack is idle, its end changes nothing, so the run stops before it,
+/// with the same verdicts and measurements as a run to the horizon.
+#[test]
+fn a_drill_stops_inside_an_outage_no_call_meets() {
+    let sc = drill_with_late_fault(
+        r#"
+kind = "provider_outage"
+at = "20m"
+provider = "anthropic"
+mode = "unavailable"
+duration = "5m""#,
+    );
+    let quick = drill::simulate_checked(&sc, sc.seed, &Budget::default()).expect("within budget");
+    let stop_us = quick.stack.rt.now_us();
+    assert!((20 * 60 * 1_000_000..25 * 60 * 1_000_000).contains(&stop_us), "stopped at {stop_us} us");
+    let full = drill::simulate_within(&sc, sc.seed, true, &Budget::default()).expect("within budget");
+    assert_eq!(judged(&sc, &full), judged(&sc, &quick));
+}
+
+/// Three jobs done in minutes, and `fault` (a `[[faults]]` table's body)
+/// late in a 30-minute horizon.
+fn drill_with_late_fault(fault: &str) -> agentdrill::drill::scenario::Scenario {
+    let text = format!(
+        r#"
+purpose = "jobs done in minutes, a fault from 20 to 25 min"
 tier = "sandbox"
 horizon = "30m"
 seed = 1
 [workload]
 tasks = 3
 interval = "5s"
-[[faults]]
-kind = "provider_outage"
-at = "20m"
-provider = "anthropic"
-mode = "unavailable"
-duration = "5m"
-"#;
-    let path = std::path::Path::new("work-left.toml");
-    let sc = agentdrill::drill::loader::parse(path, text).expect("a valid scenario").scenario;
-    let quick = drill::simulate_checked(&sc, sc.seed, &Budget::default()).expect("within budget");
-    // The jobs finish in minutes, but the outage begins at 20 min and ends
-    // at 25 min: no stop before then.
-    assert!(quick.stack.rt.now_us() >= 25 * 60 * 1_000_000, "stopped at {} us", quick.stack.rt.now_us());
+[[faults]]{fault}
+"#
+    );
+    let path = std::path::Path::new("late-fault.toml");
+    agentdrill::drill::loader::parse(path, &text).expect("a valid scenario").scenario
 }

@@ -153,7 +153,9 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
 
 /// [`simulate_within`] with the faults, stopped early once the stack is
 /// quiescent ([`Stack::quiescent`]): every workload job done, every fault
-/// over, and nothing queued but idle chatter. What any invariant or
+/// over (or, for a fault only a worker's call can meet, begun: a
+/// provider outage, a prompt-cache loss, a tool schema change), and nothing
+/// queued but idle chatter. What any invariant or
 /// measurement reads is then what it would read at the horizon
 /// (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
 /// report (`run`) goes to the horizon, where its event counts and digest
@@ -180,7 +182,9 @@ fn simulate_until(
     let horizon_us = sc.horizon.us();
     // No quiescence test before every fault has begun and ended (an event
     // trigger fires only while a job runs, and the test waits for them all).
-    let faults_over_us = sc.faults.iter().filter_map(|f| f.end().or(f.at())).map(|d| d.us()).max().unwrap_or(0);
+    let over_us = |f: &FaultSpec| if over_once_begun(f) { f.at() } else { f.end().or(f.at()) };
+    let faults_over_us = sc.faults.iter().filter_map(over_us).map(|d| d.us()).max().unwrap_or(0);
+    let idle_control = |t: &Timer| matches!(t, Timer::FaultEnd(i) if over_once_begun(&sc.faults[*i as usize]));
     let (mut next_check_us, mut check_wait_us) =
         if stop_when_quiet { (faults_over_us, QUIET_CHECK_FIRST_US) } else { (Micros::MAX, 0) };
     let mut meter = budget::Meter::start(budget, horizon_us, !with_faults);
@@ -252,7 +256,7 @@ fn simulate_until(
         }
         let now_us = stack.rt.now_us();
         if now_us >= next_check_us && workload_done(&stack) {
-            if stack.quiescent() {
+            if stack.quiescent(idle_control) {
                 break;
             }
             next_check_us = now_us + check_wait_us;
@@ -260,6 +264,18 @@ fn simulate_until(
         }
     }
     Ok(Run { stack, faults: obs })
+}
+
+/// Whether a fault's end can change nothing once the stack is quiescent:
+/// a provider outage, a prompt-cache loss and a tool schema change are
+/// windows on a service only a worker's call meets, and an idle stack
+/// makes none (its jobs are done; its chatter calls no model or tool).
+/// Their end does nothing in the drill either ([`control`]).
+fn over_once_begun(f: &FaultSpec) -> bool {
+    matches!(
+        f,
+        FaultSpec::ProviderOutage { .. } | FaultSpec::PromptCacheLoss { .. } | FaultSpec::ToolSchemaChange { .. }
+    )
 }
 
 /// Whether the client was told every workload job finished.

@@ -7,9 +7,9 @@
 //! `run` always goes to the horizon. The test is conservative: every event
 //! still queued must be of a kind known to be idle in the state the stack is
 //! in, and every component must be in that state. Anything else (a harness
-//! event such as a fault's end or a restart, a reply in flight, a retry, a
-//! paused host, a deploy under watch, a corrupted vector point) means "not
-//! yet". `tests/quiescence.rs` checks, drill by drill, that stopping there
+//! event such as a restart or a fault's end the caller does not call idle, a
+//! reply in flight, a retry, a paused host, a deploy under watch, a corrupted
+//! vector point) means "not yet". `tests/quiescence.rs` checks, drill by drill, that stopping there
 //! gives the same verdicts and measurements as running to the horizon.
 
 use crate::components::env::Timer;
@@ -19,15 +19,18 @@ use crate::sim::stack::{Node, Stack};
 
 impl Stack {
     /// Whether nothing but idle chatter can happen from now on (see the
-    /// module docs). Costs a pass over the hosts and the queued events:
-    /// call it now and then, not after every event.
-    pub fn quiescent(&self) -> bool {
+    /// module docs). `idle_control` says which queued harness events the
+    /// caller knows to change nothing on an idle stack (the end of a
+    /// fault that only the workers' calls could meet); any other harness
+    /// event means "not yet". Costs a pass over the hosts and the queued
+    /// events: call it now and then, not after every event.
+    pub fn quiescent(&self, idle_control: impl Fn(&Timer) -> bool) -> bool {
         let now_us = self.rt.now_us();
         if self.rt.net().disturbed_from(now_us) {
             return false;
         }
         let Some(worst_us) = self.rt.net().worst_standing_us() else { return false };
-        self.hosts_idle(now_us, worst_us.saturating_mul(2)) && self.queue_idle()
+        self.hosts_idle(now_us, worst_us.saturating_mul(2)) && self.queue_idle(idle_control)
     }
 
     /// Every host up is unpaused and its component idle.
@@ -57,11 +60,13 @@ impl Stack {
         })
     }
 
-    /// Every event still queued is idle chatter for the host it reaches.
-    fn queue_idle(&self) -> bool {
-        self.rt.queued().all(|(to, ev)| match to {
-            Some(h) => idle_chatter(&self.nodes[h.0 as usize], &ev),
-            None => false, // a fault, a restart, …
+    /// Every event still queued is idle chatter for the host it reaches,
+    /// or a harness event `idle_control` accepts.
+    fn queue_idle(&self, idle_control: impl Fn(&Timer) -> bool) -> bool {
+        self.rt.queued().all(|(to, ev)| match (to, ev) {
+            (Some(h), ev) => idle_chatter(&self.nodes[h.0 as usize], &ev),
+            (None, Queued::Control(t)) => idle_control(t),
+            (None, _) => false, // a fault, a restart, …
         })
     }
 }
