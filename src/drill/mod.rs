@@ -153,9 +153,9 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
 
 /// [`simulate_within`] with the faults, stopped early once the stack is
 /// quiescent ([`Stack::quiescent`]): every workload job done, every fault
-/// over (or, for a fault only a worker's call can meet, begun: a
-/// provider outage, a prompt-cache loss, a tool schema change), and nothing
-/// queued but idle chatter. What any invariant or
+/// over (or, for a fault only a busy stack can meet, begun: a provider
+/// outage, a prompt-cache loss, a tool schema change, a clock skew), and
+/// nothing queued but idle chatter. What any invariant or
 /// measurement reads is then what it would read at the horizon
 /// (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
 /// report (`run`) goes to the horizon, where its event counts and digest
@@ -270,11 +270,18 @@ fn simulate_until(
 /// a provider outage, a prompt-cache loss and a tool schema change are
 /// windows on a service only a worker's call meets, and an idle stack
 /// makes none (its jobs are done; its chatter calls no model or tool).
-/// Their end does nothing in the drill either ([`control`]).
+/// Their end does nothing in the drill either ([`control`]). A clock
+/// skew's end resets a host's wall clock, which only leases timed on it
+/// and keys minted from it read: an idle stack holds no lease and mints
+/// no key (an idle worker's parked lease request carries its clock, but
+/// no grant answers it while nothing is queued).
 fn over_once_begun(f: &FaultSpec) -> bool {
     matches!(
         f,
-        FaultSpec::ProviderOutage { .. } | FaultSpec::PromptCacheLoss { .. } | FaultSpec::ToolSchemaChange { .. }
+        FaultSpec::ProviderOutage { .. }
+            | FaultSpec::PromptCacheLoss { .. }
+            | FaultSpec::ToolSchemaChange { .. }
+            | FaultSpec::ClockSkew { .. }
     )
 }
 
