@@ -154,8 +154,8 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
 /// [`simulate_within`] with the faults, stopped early once the stack is
 /// quiescent ([`Stack::quiescent`]): every workload job done, every fault
 /// over (or, for a fault only a busy stack can meet, begun: a provider
-/// outage, a prompt-cache loss, a tool schema change, a clock skew), and
-/// nothing queued but idle chatter. What any invariant or
+/// outage, a prompt-cache loss, a tool schema change, a clock skew, a
+/// replication-lag spike), and nothing queued but idle chatter. What any invariant or
 /// measurement reads is then what it would read at the horizon
 /// (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
 /// report (`run`) goes to the horizon, where its event counts and digest
@@ -274,7 +274,10 @@ fn simulate_until(
 /// skew's end resets a host's wall clock, which only leases timed on it
 /// and keys minted from it read: an idle stack holds no lease and mints
 /// no key (an idle worker's parked lease request carries its clock, but
-/// no grant answers it while nothing is queued).
+/// no grant answers it while nothing is queued). A replication-lag spike's
+/// end only lets the primary ship sooner, and replication is idle chatter
+/// to [`Stack::quiescent`] already (what reaches the replica after the
+/// last fault is read by nothing).
 fn over_once_begun(f: &FaultSpec) -> bool {
     matches!(
         f,
@@ -282,6 +285,7 @@ fn over_once_begun(f: &FaultSpec) -> bool {
             | FaultSpec::PromptCacheLoss { .. }
             | FaultSpec::ToolSchemaChange { .. }
             | FaultSpec::ClockSkew { .. }
+            | FaultSpec::ReplicationLagSpike { .. }
     )
 }
 
