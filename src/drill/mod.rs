@@ -155,9 +155,9 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
 /// quiescent ([`Stack::quiescent`]): every workload job done, every fault
 /// over (or, for a fault only a busy stack can meet, begun: a provider
 /// outage, a prompt-cache loss, a tool schema change, a clock skew, a
-/// replication-lag spike), and nothing queued but idle chatter. What any invariant or
-/// measurement reads is then what it would read at the horizon
-/// (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
+/// replication-lag spike), and nothing queued but idle chatter. What any
+/// invariant or measurement reads is then what it would read at the
+/// horizon (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
 /// report (`run`) goes to the horizon, where its event counts and digest
 /// are taken.
 pub fn simulate_checked(sc: &Scenario, seed: u64, budget: &Budget) -> Result<Run, OverBudget> {
@@ -180,8 +180,9 @@ fn simulate_until(
     stop_when_quiet: bool,
 ) -> Result<Run, OverBudget> {
     let horizon_us = sc.horizon.us();
-    // No quiescence test before every fault has begun and ended (an event
-    // trigger fires only while a job runs, and the test waits for them all).
+    // No quiescence test before every fault has begun and ended, or only
+    // begun for the kinds an idle stack cannot meet (an event trigger fires
+    // only while a job runs, and the test waits for them all).
     let over_us = |f: &FaultSpec| if over_once_begun(f) { f.at() } else { f.end().or(f.at()) };
     let faults_over_us = sc.faults.iter().filter_map(over_us).map(|d| d.us()).max().unwrap_or(0);
     let idle_control = |t: &Timer| matches!(t, Timer::FaultEnd(i) if over_once_begun(&sc.faults[*i as usize]));

@@ -9,8 +9,9 @@
 //! in, and every component must be in that state. Anything else (a harness
 //! event such as a restart or a fault's end the caller does not call idle, a
 //! reply in flight, a retry, a paused host, a deploy under watch, a corrupted
-//! vector point) means "not yet". `tests/quiescence.rs` checks, drill by drill, that stopping there
-//! gives the same verdicts and measurements as running to the horizon.
+//! vector point) means "not yet". `tests/quiescence.rs` checks, drill by
+//! drill, that stopping there gives the same verdicts and measurements as
+//! running to the horizon.
 
 use crate::components::env::Timer;
 use crate::components::wire::Msg;
@@ -66,7 +67,7 @@ impl Stack {
         self.rt.queued().all(|(to, ev)| match (to, ev) {
             (Some(h), ev) => idle_chatter(&self.nodes[h.0 as usize], &ev),
             (None, Queued::Control(t)) => idle_control(t),
-            (None, _) => false, // a fault, a restart, …
+            (None, _) => false, // no host: only harness events have none
         })
     }
 }
