@@ -157,9 +157,9 @@ pub fn simulate_within(sc: &Scenario, seed: u64, with_faults: bool, budget: &Bud
 /// outage, a prompt-cache loss, a tool schema change, a clock skew, a
 /// replication-lag spike), and nothing queued but idle chatter. What any
 /// invariant or measurement reads is then what it would read at the
-/// horizon (`tests/quiescence.rs` compares the two). The fuzzer's runs; a drill's
-/// report (`run`) goes to the horizon, where its event counts and digest
-/// are taken.
+/// horizon (`tests/quiescence.rs` compares the two). The fuzzer's runs; a
+/// drill's report (`run`) goes to the horizon, where its event counts and
+/// digest are taken.
 pub fn simulate_checked(sc: &Scenario, seed: u64, budget: &Budget) -> Result<Run, OverBudget> {
     simulate_until(sc, seed, true, budget, true)
 }

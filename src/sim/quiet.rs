@@ -22,7 +22,8 @@ impl Stack {
     /// Whether nothing but idle chatter can happen from now on (see the
     /// module docs). `idle_control` says which queued harness events the
     /// caller knows to change nothing on an idle stack (the end of a
-    /// fault that only the workers' calls could meet); any other harness
+    /// fault an idle stack cannot meet, such as a provider outage, which
+    /// only the workers' calls reach); any other harness
     /// event means "not yet". Costs a pass over the hosts and the queued
     /// events: call it now and then, not after every event.
     pub fn quiescent(&self, idle_control: impl Fn(&Timer) -> bool) -> bool {
