@@ -36,7 +36,7 @@ use crate::components::provider::ErrorMode;
 use crate::components::wire::Msg;
 use crate::drill;
 use crate::drill::scenario::{self, Dur, FaultSpec, RegionName, Scenario, When, WorkerTarget};
-use crate::heap::{peak_during, start_counting};
+use crate::heap::peak_during;
 use crate::sim::{Event, NetConfig, Runtime};
 
 // ---------------------------------------------------------------- workloads
@@ -440,7 +440,6 @@ const SCALING: [(&str, u32, usize); 4] =
 
 /// Runs every measurement. `progress` is told what is being measured.
 pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Report {
-    start_counting();
     let quick = opts.quick;
     let p: &mut dyn FnMut(&str) = &mut progress;
     let mut figures = scaling_figures(quick, opts.ten_million, p);
