@@ -111,7 +111,8 @@ enum Payload<M, T> {
         incarnation: u32,
         sent_by: u32,
         depart_us: Micros,
-        /// Taken (`None`) only as the event is handed out.
+        /// Taken (`None`) as the event is handed out; never built (`None`
+        /// from the start) for a receiver that was down when it was sent.
         msg: Option<M>,
     },
     Timer {
@@ -420,8 +421,9 @@ impl<M, T> Runtime<M, T> {
     }
 
     /// [`Runtime::send`] of the message `make` builds, built only once the
-    /// route is known to deliver it: the same draws, the same event, and no
-    /// work for a message the link drops.
+    /// route is known to deliver it to a host that is up: the same draws,
+    /// the same event, and no work for a message the link drops or the
+    /// receiver, crashed, never gets.
     #[inline]
     pub fn send_built(&mut self, from: HostId, to: HostId, make: impl FnOnce() -> M) {
         self.send_after_built(from, 0, to, make);
@@ -435,10 +437,15 @@ impl<M, T> Runtime<M, T> {
         let (sender, receiver) = (&self.hosts[from.0 as usize], &self.hosts[to.0 as usize]);
         let depart = sender.acts_at(self.now_us) + delay_us;
         let (fr, sent_by) = (sender.region, sender.incarnation);
-        let (tr, incarnation) = (receiver.region, receiver.incarnation);
+        let (tr, incarnation, up) = (receiver.region, receiver.incarnation, receiver.up);
         match self.net.route(depart, from, fr, to, tr, &mut self.rng) {
             Some(latency_us) => {
-                let msg = Some(make());
+                // A message to a crashed host carries the incarnation its
+                // restart replaces, so `step` drops it on arrival: queued
+                // all the same (the same event, counted as dropped when it
+                // arrives), but not built (a primary re-ships its whole
+                // backlog to a lost replica every tick).
+                let msg = up.then(make);
                 self.push(
                     depart + latency_us,
                     Payload::Deliver { from, to, incarnation, sent_by, depart_us: depart, msg },
