@@ -599,7 +599,8 @@ impl Orchestrator {
             && let Some(r) = self.cfg.replica
         {
             let rec = *self.store.last_rec().expect("just committed");
-            env.send(r, Msg::Replicate { recs: std::sync::Arc::new([rec]) });
+            // Allocated only if the link delivers it to a replica that is up.
+            env.send_built(r, || Msg::Replicate { recs: std::sync::Arc::new([rec]) });
         }
         if self.tick.due_us.is_none() {
             self.arm_tick(env); // a record to ship

@@ -137,12 +137,10 @@ fn due(
     after_us: Micros,
     settled: impl Fn(JobId) -> bool,
 ) -> Vec<JobId> {
-    // The prefix that goes, counted first so that the answer is sized once
-    // (a retry storm releases many sends at a time).
+    // The prefix that goes, counted first; the answer allocates only for
+    // an unsettled entry (a retry timer mostly finds every send answered).
     let ready = queue.iter().take_while(|&&(at, job)| settled(job) || at + after_us <= now_us).count();
-    let mut out = Vec::with_capacity(ready);
-    out.extend(queue.drain(..ready).map(|(_, job)| job).filter(|&job| !settled(job)));
-    out
+    queue.drain(..ready).map(|(_, job)| job).filter(|&job| !settled(job)).collect()
 }
 
 #[cfg(test)]
