@@ -128,9 +128,10 @@ pub fn thread_heap_bytes() -> isize {
 /// Process-wide counting is on only while `f` runs: every allocation then
 /// updates one shared counter, and threads allocating side by side would
 /// contend for its cache line (measured: `fuzz --jobs 2` ran 14 % fewer
-/// cases a second with it on). The count is exact without a start-up total: the heap's
-/// growth since `f` began is what `f`'s span allocated less what it freed,
-/// whenever the freed blocks were allocated. Calls do not nest.
+/// cases a second with it on). The count needs no start-up total: the
+/// heap's growth since `f` began is what was allocated during `f` less
+/// what was freed, whenever the freed blocks were allocated. Calls do not
+/// nest.
 pub fn peak_during<R>(f: impl FnOnce() -> R) -> (R, Option<u64>) {
     assert!(!COUNTING.load(Ordering::Relaxed), "peak_during does not nest");
     CURRENT.store(0, Ordering::Relaxed);
