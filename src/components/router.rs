@@ -47,9 +47,10 @@
 //! stack's configuration; the stack's `Policy` maps onto [`RouterPolicy`]
 //! (`provider_router` → `fallback`, `circuit_breakers` → `breakers`).
 //!
-//! The breaker keeps its failure timestamps in a ring allocated once, and the
-//! router's transition log only grows when a breaker changes state (rare), so
-//! driving calls does not allocate. [`Router::take_transitions`] drains that
+//! The breaker keeps its failure timestamps in a ring allocated once, at its
+//! first failure, and the router's transition log only grows when a breaker
+//! changes state (rare), so driving calls does not allocate, and neither
+//! does a breaker that never sees a failure. [`Router::take_transitions`] drains that
 //! log for the drill report ("breaker opened at t": the detection part of the
 //! RTO for a provider outage).
 
@@ -103,8 +104,9 @@ pub enum BreakerState {
 pub struct Breaker {
     cfg: BreakerConfig,
     state: BreakerState,
-    /// Ring of the most recent failure times; capacity = threshold.
-    failures: Box<[Micros]>,
+    /// Ring of the most recent failure times; capacity = threshold,
+    /// allocated at the first failure (most breakers never see one).
+    failures: Vec<Micros>,
     /// Next slot to write in `failures`.
     head: usize,
     /// Occupied slots in `failures`.
@@ -117,14 +119,7 @@ impl Breaker {
     /// A closed breaker. Panics if `failure_threshold` is 0.
     pub fn new(cfg: BreakerConfig) -> Self {
         assert!(cfg.failure_threshold >= 1, "failure_threshold must be >= 1");
-        Breaker {
-            cfg,
-            state: BreakerState::Closed,
-            failures: vec![0; cfg.failure_threshold as usize].into_boxed_slice(),
-            head: 0,
-            len: 0,
-            trial_since: None,
-        }
+        Breaker { cfg, state: BreakerState::Closed, failures: Vec::new(), head: 0, len: 0, trial_since: None }
     }
 
     /// Current state (without advancing Open → HalfOpen; see [`Breaker::allows`]).
@@ -186,6 +181,9 @@ impl Breaker {
                 true
             }
             BreakerState::Closed => {
+                if self.failures.is_empty() {
+                    self.failures = vec![0; self.cfg.failure_threshold as usize];
+                }
                 let cap = self.failures.len();
                 self.failures[self.head] = now_us;
                 self.head = (self.head + 1) % cap;
@@ -387,7 +385,7 @@ impl Router {
             breakers: providers.iter().map(|_| Breaker::new(breaker)).collect(),
             retry: providers.to_vec(),
             policy,
-            transitions: Vec::with_capacity(4 * providers.len()),
+            transitions: Vec::new(),
             attempts: vec![0; providers.len()],
             stats: RouterStats::default(),
         }
