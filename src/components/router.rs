@@ -49,10 +49,10 @@
 //!
 //! The breaker keeps its failure timestamps in a ring allocated once, at its
 //! first failure, and the router's transition log only grows when a breaker
-//! changes state (rare), so driving calls does not allocate, and neither
-//! does a breaker that never sees a failure. [`Router::take_transitions`] drains that
-//! log for the drill report ("breaker opened at t": the detection part of the
-//! RTO for a provider outage).
+//! changes state (rare): driving calls does not allocate, and neither does
+//! a breaker that never sees a failure. [`Router::take_transitions`] drains
+//! that log for the drill report ("breaker opened at t": the detection part
+//! of the RTO for a provider outage).
 
 use serde::{Deserialize, Serialize};
 
