@@ -8,6 +8,7 @@
 
 pub mod env;
 pub mod ids;
+pub mod lazy_timer;
 pub mod ledger;
 pub mod orchestrator;
 pub mod policy;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::components::env::{Env, Note, Timer};
 use crate::components::ids::{HostId, JobId, Micros, TaskId, US_PER_MS};
+use crate::components::lazy_timer::LazyTimer;
 use crate::components::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
 use crate::components::wire::{Grant, Msg, WorkerWrite};
 
@@ -139,54 +140,6 @@ impl DeployWatch {
             None => Some(DEPLOY_WINDOW_US), // no traffic yet
             Some(first) => (first + DEPLOY_WINDOW_US).checked_sub(now_us).filter(|&w| w > 0),
         }
-    }
-}
-
-/// A periodic timer armed only while a firing could find work. Its firings
-/// fall where a timer re-armed on every firing would fire (`phase_us` plus
-/// whole periods), so a firing it skips is one that would have found
-/// nothing, and the work it does happens at the same times.
-#[derive(Clone, Copy, Debug, Default)]
-struct LazyTimer {
-    /// When the schedule started or last fired.
-    phase_us: Micros,
-    /// When the armed timer fires (`None`: none armed). Timers cannot be
-    /// cancelled, so a firing before this (one armed before a demotion, or
-    /// before an earlier re-arm) is stale and ignored.
-    due_us: Option<Micros>,
-}
-
-impl LazyTimer {
-    /// The schedule starts now, with no timer armed.
-    fn restart(&mut self, now_us: Micros) {
-        *self = LazyTimer { phase_us: now_us, due_us: None };
-    }
-
-    /// Whether a firing at `now_us` is the armed timer's. If so, none is
-    /// armed any more and the schedule goes on from now (a firing a pause
-    /// deferred shifts it, as it shifts a timer re-armed on firing).
-    fn fired(&mut self, now_us: Micros) -> bool {
-        match self.due_us {
-            Some(due_us) if now_us >= due_us => {
-                self.restart(now_us);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Arms the timer for the schedule's first firing after `now_us` and
-    /// at or after `not_before_us`, unless the armed one fires no later.
-    /// Returns the delay to set a timer for, if one is needed.
-    fn arm(&mut self, period_us: Micros, now_us: Micros, not_before_us: Micros) -> Option<Micros> {
-        let period_us = period_us.max(1);
-        let target_us = not_before_us.max(now_us + 1);
-        let due_us = self.phase_us + target_us.saturating_sub(self.phase_us).div_ceil(period_us) * period_us;
-        if self.due_us.is_some_and(|d| d <= due_us) {
-            return None;
-        }
-        self.due_us = Some(due_us);
-        Some(due_us - now_us)
     }
 }
 
@@ -379,8 +332,8 @@ impl Orchestrator {
         self.pending_sync.clear();
         self.store_free_at_us = 0; // the commits under way die with it
         self.sync_degrade_armed = false; // the crash drops its timers
-        self.scan.due_us = None; // (a demotion's are stale once re-armed)
-        self.tick.due_us = None;
+        self.scan.disarm(); // (a demotion's are stale once re-armed)
+        self.tick.disarm();
         self.shipped = None;
         self.reorder.clear();
         self.refused = None;
@@ -602,7 +555,7 @@ impl Orchestrator {
             // Allocated only if the link delivers it to a replica that is up.
             env.send_built(r, || Msg::Replicate { recs: std::sync::Arc::new([rec]) });
         }
-        if self.tick.due_us.is_none() {
+        if !self.tick.is_armed() {
             self.arm_tick(env); // a record to ship
         }
         lsn
@@ -1110,36 +1063,4 @@ pub fn task_uid(job: crate::components::ids::JobId) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::LazyTimer;
-
-    #[test]
-    fn a_lazy_timer_fires_on_its_schedule_and_ignores_stale_firings() {
-        let mut t = LazyTimer::default();
-        t.restart(0);
-        // Work at 7 that is due at once: the next point of the 5 µs schedule.
-        assert_eq!(t.arm(5, 7, 0), Some(3));
-        // Work due later needs no earlier timer.
-        assert_eq!(t.arm(5, 8, 23), None);
-        // Work due at 10 exactly fires at 10, not 15.
-        let mut u = LazyTimer::default();
-        u.restart(0);
-        assert_eq!(u.arm(5, 1, 10), Some(9));
-        // An earlier need re-arms; the later timer's firing is then stale.
-        let mut v = LazyTimer::default();
-        v.restart(0);
-        assert_eq!(v.arm(5, 1, 23), Some(24)); // due 25
-        assert_eq!(v.arm(5, 2, 6), Some(8)); // due 10
-        assert!(!v.fired(9), "before its due time a firing is stale");
-        assert!(v.fired(10));
-        assert!(!v.fired(10), "a second firing at the same instant is stale");
-        assert!(!v.fired(25), "the timer replaced by an earlier one is stale");
-        // A firing a pause deferred shifts the schedule, as a re-armed timer's would.
-        assert_eq!(v.arm(5, 10, 0), Some(5)); // due 15
-        assert!(v.fired(17));
-        assert_eq!(v.arm(5, 17, 0), Some(5)); // due 22
-    }
 }

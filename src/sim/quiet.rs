@@ -95,7 +95,10 @@ fn idle_chatter(node: &Node, ev: &Queued<'_, Msg, Timer>) -> bool {
             T(Timer::SnapshotTick | Timer::IntegrityCheck | Timer::ShipSnapshot { .. })
                 | Message { msg: Msg::ShipSnapshot { .. }, .. }
         ),
-        Node::Client(_) => matches!(ev, T(Timer::ClientResubmit)),
+        // A probe tick left from a probing that ended does nothing.
+        Node::Client(c) => {
+            matches!(ev, T(Timer::ClientResubmit)) || matches!(ev, T(Timer::ProbeTick)) && !c.is_probing()
+        }
         Node::Api(_) | Node::Search(_) | Node::Provider(_) | Node::Queue(_) => false,
     }
 }

@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 
 use crate::components::env::{Env, Note, Phase, Service, Timer};
 use crate::components::ids::{HostId, JobId, Micros, Origin, RegionId, US_PER_MS, US_PER_S};
+use crate::components::lazy_timer::LazyTimer;
 use crate::components::ledger::{ApiConfig, CallOutcome, SideEffectApi};
 use crate::components::orchestrator::{OrchConfig, Orchestrator, Replication};
 use crate::components::provider::ProviderMock;
@@ -291,6 +292,10 @@ pub struct Client {
     resends: Resends,
     via_queue: bool,
     probe_since: Option<Micros>,
+    /// The tick that checks whether a probe is due: every
+    /// `probe_interval_us` from the first probe, queued only for the
+    /// firing that sends the next one ([`PROBE_EVERY_US`] after the last).
+    probe_tick: LazyTimer,
     probe_interval_us: Micros,
     next_probe: u32,
     last_probe: Option<(JobId, Micros)>,
@@ -383,6 +388,10 @@ pub struct Hosts {
     /// Queue nodes (active, replica), when the stack has a queue.
     pub queue: Option<[HostId; 2]>,
 }
+
+/// How often the client probes after a fault, until a probe completes
+/// (checked on every `workload.probe_interval` tick).
+pub const PROBE_EVERY_US: Micros = 30 * US_PER_S;
 
 /// The maximum number of probe jobs a drill may submit.
 pub const MAX_PROBES: u32 = 100_000;
@@ -755,6 +764,7 @@ fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template
         resends: Resends::new(sc.workload.submit_retry.us(), sc.workload.resubmit_after.us()),
         via_queue: sc.stack.queue.is_some(),
         probe_since: None,
+        probe_tick: LazyTimer::default(),
         probe_interval_us: sc.workload.probe_interval.us().max(US_PER_MS),
         next_probe: n,
         last_probe: None,
@@ -1364,8 +1374,18 @@ impl Client {
         self.probe_since = Some(env.now_us());
         self.last_probe = None;
         if first {
+            // A new schedule (a tick still queued from an earlier one is stale).
+            self.probe_tick.restart(env.now_us());
             self.probe(env);
+        } else {
+            self.arm_probe(env); // the schedule's next tick probes
         }
+    }
+
+    /// Whether the client is probing: its probe ticks are then its work,
+    /// not idle chatter.
+    pub fn is_probing(&self) -> bool {
+        self.probe_since.is_some()
     }
 
     fn probe(&mut self, env: &mut impl Env) {
@@ -1375,7 +1395,7 @@ impl Client {
         let now = env.now_us();
         let due = match self.last_probe {
             None => true,
-            Some((_, at)) => now >= at + 30 * US_PER_S,
+            Some((_, at)) => now >= at + PROBE_EVERY_US,
         };
         if due && self.next_probe < self.first_probe_job + MAX_PROBES {
             let job = JobId(self.next_probe);
@@ -1383,7 +1403,21 @@ impl Client {
             self.last_probe = Some((job, now));
             self.submit(env, job);
         }
-        env.set_timer(self.probe_interval_us, Timer::ProbeTick);
+        self.arm_probe(env);
+    }
+
+    /// Arms the probe tick for the schedule's first firing that probes: the
+    /// next one after a fault's onset, else the first [`PROBE_EVERY_US`]
+    /// after the last probe. None while no probe is left to send.
+    fn arm_probe(&mut self, env: &mut impl Env) {
+        if self.next_probe >= self.first_probe_job + MAX_PROBES {
+            return;
+        }
+        let now = env.now_us();
+        let not_before_us = self.last_probe.map_or(now, |(_, at)| at + PROBE_EVERY_US);
+        if let Some(after_us) = self.probe_tick.arm(self.probe_interval_us, now, not_before_us) {
+            env.set_timer(after_us, Timer::ProbeTick);
+        }
     }
 
     fn on_timer(&mut self, env: &mut SimEnv<'_>, timer: Timer, jobs: &[JobSpec]) {
@@ -1423,7 +1457,7 @@ impl Client {
                     env.set_timer(after_us, Timer::ClientRetry);
                 }
             }
-            Timer::ProbeTick => self.probe(env),
+            Timer::ProbeTick if self.probe_tick.fired(now) => self.probe(env),
             Timer::ClientResubmit => {
                 // A job accepted long ago and never reported done may have
                 // been lost with a region: submit it again (idempotent on
