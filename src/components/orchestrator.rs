@@ -15,7 +15,7 @@ use crate::components::env::{Env, Note, Timer};
 use crate::components::ids::{HostId, JobId, Micros, TaskId, US_PER_MS};
 use crate::components::lazy_timer::LazyTimer;
 use crate::components::store::{Lease, NO_DECISION, Op, Store, TaskStatus};
-use crate::components::wire::{Grant, Msg, WorkerWrite};
+use crate::components::wire::{Grant, Msg, Recs, WorkerWrite};
 
 /// Records per replication message (a message stays small; a tick sends as
 /// many as its backlog needs).
@@ -552,8 +552,8 @@ impl Orchestrator {
             && let Some(r) = self.cfg.replica
         {
             let rec = *self.store.last_rec().expect("just committed");
-            // Allocated only if the link delivers it to a replica that is up.
-            env.send_built(r, || Msg::Replicate { recs: std::sync::Arc::new([rec]) });
+            // Built only if the link delivers it to a replica that is up.
+            env.send_built(r, || Msg::Replicate { recs: Recs::One(rec) });
         }
         if !self.tick.is_armed() {
             self.arm_tick(env); // a record to ship
@@ -1017,7 +1017,7 @@ impl Orchestrator {
                         recs
                     }
                 };
-                Msg::Replicate { recs }
+                Msg::Replicate { recs: Recs::Batch(recs) }
             });
             start = end;
         }

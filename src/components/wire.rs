@@ -325,7 +325,7 @@ pub enum Msg {
     /// Structured-state replication: a batch of log records.
     Replicate {
         /// Records in LSN order.
-        recs: std::sync::Arc<[LogRec]>,
+        recs: Recs,
     },
     /// The replica applied up to this LSN.
     ReplicateAck {
@@ -453,5 +453,45 @@ impl WorkerWrite {
             | WorkerWrite::Session { task, .. }
             | WorkerWrite::Fail { task, .. } => task,
         }
+    }
+}
+
+/// The records a [`Msg::Replicate`] carries, in LSN order: one record
+/// inline (a synchronous commit ships each write as it commits: no
+/// allocation per write), or a shared batch (a replication tick's backlog,
+/// shared by every re-send of the same range). On the wire, a list either
+/// way.
+#[derive(Clone, Debug)]
+pub enum Recs {
+    /// A single record.
+    One(LogRec),
+    /// A batch, shared rather than copied.
+    Batch(std::sync::Arc<[LogRec]>),
+}
+
+impl std::ops::Deref for Recs {
+    type Target = [LogRec];
+
+    fn deref(&self) -> &[LogRec] {
+        match self {
+            Recs::One(rec) => std::slice::from_ref(rec),
+            Recs::Batch(recs) => recs,
+        }
+    }
+}
+
+impl Serialize for Recs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Recs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let recs = Vec::<LogRec>::deserialize(d)?;
+        Ok(match <[LogRec; 1]>::try_from(recs) {
+            Ok([rec]) => Recs::One(rec),
+            Err(recs) => Recs::Batch(recs.into()),
+        })
     }
 }
