@@ -74,7 +74,7 @@ use crate::components::router::{DEFAULT_BACKOFF_BASE_MS, MAX_BACKOFF_MS, MAX_RET
 use crate::components::store::{LogSlice, Op, StepState, TaskJobs, TaskStatus, distinct_runs};
 use crate::components::workflow::{StepKind, Template};
 use crate::drill::Run;
-use crate::drill::measure::{FaultResult, measure};
+use crate::drill::measure::{FaultResult, Progress};
 use crate::drill::scenario::{FaultSpec, RegionName, Scenario, SnapshotLocation, StackSpec};
 use crate::sim::stack::{Node, REGION_A, Stack};
 
@@ -206,8 +206,9 @@ fn v(invariant: Invariant, job: Option<u32>, step: Option<u16>, detail: String) 
 /// Runs the measurements and checks every invariant. Violations come in
 /// precedence order (see [`Invariant`]), then by job and step.
 pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
-    let (faults, counts) = measure(&run.stack, &run.faults, sc.horizon.us());
-    let mut out = check_measured(sc, run, &faults);
+    let (faults, counts, progress) =
+        crate::drill::measure::measure_with_progress(&run.stack, &run.faults, sc.horizon.us());
+    let mut out = check_measured(sc, run, &faults, &progress);
     // The claimed tier's counted invariants that the checks above do not
     // cover (`agentdrill run` checks every count itself): steps decided
     // again after their result was persisted, two workers acting
@@ -226,8 +227,10 @@ pub fn check(sc: &Scenario, run: &Run) -> Vec<Violation> {
     out
 }
 
-/// [`check`] with the measurements already made.
-pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec<Violation> {
+/// [`check`] with the measurements already made, and the progress they
+/// were read from ([`crate::drill::measure::measure_with_progress`]): the
+/// RTO checks read the same logs, so it is not built twice.
+pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult], progress: &Progress) -> Vec<Violation> {
     let (g, leases) = Ground::new(sc, run);
     let budget = Budget::new(sc);
     let mut out = Vec::new();
@@ -243,7 +246,7 @@ pub fn check_measured(sc: &Scenario, run: &Run, measured: &[FaultResult]) -> Vec
     liveness(&g, &budget, &mut out);
     rpo_bound(&g, &budget, measured, &mut out);
     // Each fault's RTO over every log, once for both checks that read it.
-    let union_rto = union_rto_us(&g);
+    let union_rto = union_rto_us(&g, progress);
     rto_bound(&g, &budget, measured, &union_rto, &mut out);
     tier(&g, measured, &union_rto, &mut out);
     retry_budget(&g, &mut out);
@@ -266,10 +269,6 @@ struct Ground<'a> {
     lost_logs: Vec<LogSlice<'a>>,
     /// Logs of the orchestrators not serving at the end (for log truth).
     demoted_logs: Vec<LogSlice<'a>>,
-    /// What the orchestrator not serving at the end committed before the
-    /// standby's promotion, while it was the primary: progress that
-    /// happened (its later records are no recovery).
-    before_promotion: Vec<LogSlice<'a>>,
     /// Task → job over every log (point lookups only, several per log
     /// record: a hash map, not a tree).
     job_of: TaskJobs,
@@ -304,7 +303,6 @@ impl<'a> Ground<'a> {
             .map(|&h| stack.orch(h).store().log())
             .chain(run.faults.iter().filter_map(|f| f.wiped_log.as_ref().map(|(_, l)| LogSlice::from(l))))
             .collect();
-        let before_promotion = crate::drill::measure::before_promotion(stack, &run.faults);
         let (job_of, leases) = jobs_and_grants(sc, &lost_logs, &demoted_logs, serving_log);
         let onsets = run.faults.iter().map(|f| f.onset_us).collect();
         let g = Ground {
@@ -316,7 +314,6 @@ impl<'a> Ground<'a> {
             serving_log,
             lost_logs,
             demoted_logs,
-            before_promotion,
             job_of,
             onsets,
         };
@@ -1175,19 +1172,17 @@ fn slowest_in_flight(g: &Ground<'_>, i: usize) -> (Option<u32>, Option<u16>) {
     }
 }
 
-/// RTO as `measure` defines it, but over every log (the serving store's
-/// and those of primaries lost with their region) instead of the serving
-/// store alone: recovery that happened and was then lost with a region
-/// (RPO accounts for that loss) still counts as recovery, and so does work
-/// a primary failed away from committed before the standby's promotion
-/// (it was the primary then). Each fault's, by the one RTO rule
-/// ([`crate::drill::measure::Progress::rto_us`]) over all those logs.
-fn union_rto_us(g: &Ground<'_>) -> Vec<Option<Micros>> {
+/// Each fault's RTO over every log (the serving store's, those of
+/// primaries lost with their region, and what a primary failed away from
+/// committed before the standby's promotion: `progress`, the one the
+/// measurement read): recovery that happened and was then lost with a
+/// region (RPO accounts for that loss) still counts as recovery. By the
+/// one RTO rule ([`crate::drill::measure::Progress::rto_us`]), in
+/// microseconds (the measured `rto_s` is rounded to seconds).
+fn union_rto_us(g: &Ground<'_>, progress: &Progress) -> Vec<Option<Micros>> {
     if g.onsets.iter().all(Option::is_none) {
         return vec![None; g.onsets.len()]; // no fault began: nothing to recover from
     }
-    let logs: Vec<LogSlice<'_>> = g.all_logs().chain(g.before_promotion.iter().copied()).collect();
-    let progress = crate::drill::measure::Progress::of(&logs);
     (0..g.onsets.len())
         .map(|i| {
             let t0 = g.onsets[i]?;

@@ -219,6 +219,18 @@ pub fn before_promotion<'a>(stack: &'a Stack, faults: &'a [FaultObs]) -> Vec<Log
 
 /// Measures a finished drill.
 pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<FaultResult>, Counts) {
+    let (results, counts, _) = measure_with_progress(stack, faults, horizon_us);
+    (results, counts)
+}
+
+/// [`measure`], and the [`Progress`] its RTOs were read from (empty for a
+/// drill without faults), for the invariants' RTO checks, which read the
+/// same logs ([`crate::drill::invariants::check_measured`]).
+pub fn measure_with_progress(
+    stack: &Stack,
+    faults: &[FaultObs],
+    horizon_us: Micros,
+) -> (Vec<FaultResult>, Counts, Progress) {
     let serving = stack.serving_orch();
     let store = stack.orch(serving).store();
     let mut counts = counts(stack, store);
@@ -245,7 +257,7 @@ pub fn measure(stack: &Stack, faults: &[FaultObs], horizon_us: Micros) -> (Vec<F
             fault_result(stack, store, &progress, (f, faults), next_onset.max(f.onset_us.unwrap_or(0)))
         })
         .collect();
-    (results, counts)
+    (results, counts, progress)
 }
 
 /// Every structured-state log the drill's ground truth holds: the serving

@@ -703,7 +703,7 @@ pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult,
         Some(cost(&b.stack))
     };
     let mut run = simulate_within(sc, seed, true, &left)?;
-    let (faults, counts) = measure::measure(&run.stack, &run.faults, horizon_us);
+    let (faults, counts, progress) = measure::measure_with_progress(&run.stack, &run.faults, horizon_us);
     let cost_now = cost(&run.stack);
     let baseline_cost = baseline_cost.unwrap_or(cost_now);
 
@@ -726,7 +726,8 @@ pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult,
         }
     }
     // The recovery invariants (`invariants`), so a `fuzz` reproducer fails here too.
-    extra.extend(crate::drill::invariants::check_measured(sc, &run, &faults).iter().map(ToString::to_string));
+    extra
+        .extend(crate::drill::invariants::check_measured(sc, &run, &faults, &progress).iter().map(ToString::to_string));
     let step_events = steps::step_log(&run.stack, &run.faults);
     let header = Header { scenario: &sc.name, purpose: &sc.purpose, seed, tier: &sc.tier, expect: sc.expect };
     let mut result = DrillResult::judged(header, faults, counts, horizon_us, extra);
