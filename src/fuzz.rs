@@ -1024,11 +1024,21 @@ fn cached_strategy(policy: PolicyChoice, switch_on: bool) -> BoxedStrategy<Scena
     })
 }
 
+/// The runner that generates case `i` of a run with seed `seed`: the
+/// default configuration without failure persistence (a case is found
+/// again by its index, not from a file; and the default's boxed file
+/// handle would be cloned for every case).
+fn case_runner(seed: u64, i: u64) -> TestRunner {
+    thread_local! {
+        static CONFIG: Config = Config { failure_persistence: None, ..Config::default() };
+    }
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
+    TestRunner::new_with_rng(CONFIG.with(Config::clone), rng)
+}
+
 /// Generates case `i` of a run: the value tree (for shrinking).
 pub fn case_tree(policy: PolicyChoice, seed: u64, i: u64) -> impl ValueTree<Value = Scenario> {
-    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
-    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    cached_strategy(policy, true).new_tree(&mut runner).expect("generation does not reject")
+    cached_strategy(policy, true).new_tree(&mut case_runner(seed, i)).expect("generation does not reject")
 }
 
 /// Generates case `i` of a run.
@@ -1039,9 +1049,7 @@ pub fn case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
 /// Case `i` of a run as the reference policy sees it: the same stack
 /// `policy` sets up, with its switch off (see [`PolicyChoice::prepare`]).
 pub fn reference_case(policy: PolicyChoice, seed: u64, i: u64) -> Scenario {
-    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &case_seed(seed, i));
-    let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    cached_strategy(policy, false).new_tree(&mut runner).expect("generation does not reject").current()
+    cached_strategy(policy, false).new_tree(&mut case_runner(seed, i)).expect("generation does not reject").current()
 }
 
 /// Shrinks a failing case while `invariant` stays the first one it breaks. Returns the
