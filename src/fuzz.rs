@@ -664,7 +664,7 @@ pub fn scenario_with(policy: PolicyChoice, switch_on: bool) -> impl Strategy<Val
 
 /// Resolves raw fault numbers against the workload and stack.
 fn resolve(f: &mut FaultSpec, workload: &Workload, stack: &StackSpec) {
-    let templates = crate::components::workflow::builtin();
+    let templates = crate::components::workflow::builtin_shared();
     let tasks = workload.tasks.max(1);
     let fix_when = |at: &mut When, worker: &mut Option<WorkerTarget>| match at {
         When::Event { job, step, .. } => {

@@ -108,6 +108,14 @@ fn tool(kind: StepKind, governed_by: u16) -> StepSpec {
     StepSpec { kind, governed_by: Some(governed_by), artefact: false, label: None }
 }
 
+/// Every built-in template, built once per process: [`builtin`] for the
+/// readers that need no copy of their own (a generated drill's set-up and
+/// checks read them several times each).
+pub fn builtin_shared() -> &'static [Template] {
+    static BUILTIN: std::sync::LazyLock<Vec<Template>> = std::sync::LazyLock::new(builtin);
+    &BUILTIN
+}
+
 /// Every built-in template, in a stable order.
 pub fn builtin() -> Vec<Template> {
     vec![

@@ -1473,7 +1473,7 @@ impl Budget {
         let detection_us = f.health_interval.us() * u64::from(f.failure_threshold) + f.health_timeout.us();
         let routing_us = f.promotion.us() + f.dns_ttl.us();
         let scale_up_us = if s.pattern == Pattern::ActiveActive { 0 } else { f.scale_up.us() };
-        let templates = crate::components::workflow::builtin();
+        let templates = crate::components::workflow::builtin_shared();
         let used: Vec<&Template> =
             sc.workload.templates.iter().filter_map(|n| templates.iter().find(|t| t.name == n)).collect();
         let mem_writes = used

@@ -1383,7 +1383,7 @@ fn outage_mode_problems(field: &dyn Fn(&str) -> String, mode: ErrorMode, out: &m
 
 /// The names of the templates a workload may use.
 fn template_names() -> Vec<&'static str> {
-    crate::components::workflow::builtin().iter().map(|t| t.name).filter(|n| *n != "probe").collect()
+    crate::components::workflow::builtin_shared().iter().map(|t| t.name).filter(|n| *n != "probe").collect()
 }
 
 /// `[workload]`: templates, tasks, arrivals.

@@ -301,7 +301,7 @@ impl<M, T> Runtime<M, T> {
             queue: Queue::with_capacity(1024),
             slab: Vec::with_capacity(1024),
             free: NO_SLOT,
-            hosts: Vec::new(),
+            hosts: Vec::with_capacity(32), // a two-region stack has about 20
             net: Network::new(net),
             rng: ChaCha8Rng::seed_from_u64(seed),
             stats: RuntimeStats::default(),

@@ -779,7 +779,11 @@ impl Stack {
     pub fn build(sc: &Scenario, seed: u64) -> Stack {
         let spec = &sc.stack;
         let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::from(&spec.network));
-        let templates: Rc<Vec<Template>> = Rc::new(workflow::builtin());
+        thread_local! {
+            // Shared by every stack the thread builds (read-only).
+            static BUILTIN: Rc<Vec<Template>> = Rc::new(workflow::builtin());
+        }
+        let templates: Rc<Vec<Template>> = BUILTIN.with(Rc::clone);
         let mut hosts = add_service_hosts(&mut rt, spec);
         let mut nodes = service_nodes(spec, &hosts, rt.hosts().len());
         let worker_shared = add_workers(&mut rt, spec, &templates, &mut hosts, &mut nodes);
