@@ -728,6 +728,7 @@ pub fn try_run(sc: &Scenario, seed: u64, budget: &Budget) -> Result<DrillResult,
     // The recovery invariants (`invariants`), so a `fuzz` reproducer fails here too.
     extra
         .extend(crate::drill::invariants::check_measured(sc, &run, &faults, &progress).iter().map(ToString::to_string));
+    drop(progress); // a map over every job: not held while the report is built
     let step_events = steps::step_log(&run.stack, &run.faults);
     let header = Header { scenario: &sc.name, purpose: &sc.purpose, seed, tier: &sc.tier, expect: sc.expect };
     let mut result = DrillResult::judged(header, faults, counts, horizon_us, extra);
