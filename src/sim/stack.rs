@@ -300,7 +300,7 @@ pub struct Client {
     next_probe: u32,
     last_probe: Option<(JobId, Micros)>,
     first_probe_job: u32,
-    templates: Rc<Vec<Template>>,
+    templates: &'static [Template],
     probe_template: u16,
     /// The standby orchestrator: after its promotion, the old primary's
     /// completions are no recovery (see `on_msg`).
@@ -351,7 +351,7 @@ pub struct Stack {
     /// Number of workload jobs (probes come after).
     pub workload_jobs: u32,
     /// Templates.
-    pub templates: Rc<Vec<Template>>,
+    pub templates: &'static [Template],
     /// The pattern.
     pub pattern: Pattern,
     /// Whether the client probes after a fault (`[workload] probes`).
@@ -668,7 +668,7 @@ fn vector_node(
 fn add_workers(
     rt: &mut Runtime<Msg, Timer>,
     spec: &crate::drill::scenario::StackSpec,
-    templates: &Rc<Vec<Template>>,
+    templates: &[Template],
     hosts: &mut Hosts,
     nodes: &mut Vec<Option<Node>>,
 ) -> Rc<WorkerShared> {
@@ -680,7 +680,7 @@ fn add_workers(
     let shared_for = |home: Option<HostId>, providers: Vec<HostId>| {
         Rc::new(WorkerShared {
             policy,
-            templates: (**templates).clone(),
+            templates: templates.to_vec(),
             home,
             payment: hosts.payment,
             email: hosts.email,
@@ -751,7 +751,7 @@ fn workload(sc: &Scenario, rt: &mut Runtime<Msg, Timer>, templates: &[Template])
 }
 
 /// The client that submits the workload and, after a fault, health probes.
-fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template>>, standby_orch: HostId) -> Client {
+fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: &'static [Template], standby_orch: HostId) -> Client {
     let n = sc.workload.tasks;
     Client {
         next_arrival: 0,
@@ -760,7 +760,7 @@ fn client_node(sc: &Scenario, jobs: Rc<Vec<JobSpec>>, templates: Rc<Vec<Template
         first_orch: vec![None; jobs.len()],
         done: vec![false; jobs.len()],
         jobs,
-        probe_template: template_index(&templates, "probe"),
+        probe_template: template_index(templates, "probe"),
         resends: Resends::new(sc.workload.submit_retry.us(), sc.workload.resubmit_after.us()),
         via_queue: sc.stack.queue.is_some(),
         probe_since: None,
@@ -779,17 +779,12 @@ impl Stack {
     pub fn build(sc: &Scenario, seed: u64) -> Stack {
         let spec = &sc.stack;
         let mut rt: Runtime<Msg, Timer> = Runtime::new(seed, NetConfig::from(&spec.network));
-        thread_local! {
-            // Shared by every stack the thread builds (read-only).
-            static BUILTIN: Rc<Vec<Template>> = Rc::new(workflow::builtin());
-        }
-        let templates: Rc<Vec<Template>> = BUILTIN.with(Rc::clone);
+        let templates = workflow::builtin_shared();
         let mut hosts = add_service_hosts(&mut rt, spec);
         let mut nodes = service_nodes(spec, &hosts, rt.hosts().len());
-        let worker_shared = add_workers(&mut rt, spec, &templates, &mut hosts, &mut nodes);
-        let jobs = Rc::new(workload(sc, &mut rt, &templates));
-        nodes[hosts.client.0 as usize] =
-            Some(Node::Client(client_node(sc, jobs.clone(), templates.clone(), hosts.orch[1])));
+        let worker_shared = add_workers(&mut rt, spec, templates, &mut hosts, &mut nodes);
+        let jobs = Rc::new(workload(sc, &mut rt, templates));
+        nodes[hosts.client.0 as usize] = Some(Node::Client(client_node(sc, jobs.clone(), templates, hosts.orch[1])));
 
         let ttl = spec.failover.dns_ttl.us();
         let [orch_a, _] = hosts.orch;
@@ -1343,7 +1338,7 @@ impl Client {
     fn submit(&mut self, env: &mut impl Env, job: JobId) {
         let spec = self.spec(job);
         let to = env.resolve(Service::Orchestrator);
-        let steps = steps_of(&self.templates, spec.template);
+        let steps = steps_of(self.templates, spec.template);
         // An acknowledged job sent again is a replay; so is one first sent
         // while traffic went to another orchestrator, acknowledged or not:
         // the stack there may have run it (its answer lost, say with a
