@@ -13,7 +13,9 @@
 //! counts nothing: [`installed`] says so, and the memory budget is then not
 //! enforced.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
@@ -31,7 +33,7 @@ thread_local! {
     static THREAD_BYTES: Cell<isize> = const { Cell::new(0) };
 }
 
-/// A global allocator that forwards to [`System`], counts the bytes each
+/// A global allocator that forwards to mimalloc, counts the bytes each
 /// thread holds, and, inside [`peak_during`], the bytes the process
 /// allocated since it began and their peak. Install it in a binary with
 /// `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
@@ -69,12 +71,12 @@ fn shrank(bytes: usize) {
     CURRENT.fetch_sub(bytes, Ordering::Relaxed);
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments
+// SAFETY: every method forwards to `MiMalloc` with the caller's arguments
 // unchanged; the counters do not affect the memory handed out.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is.
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { MiMalloc.alloc(layout) };
         if !p.is_null() {
             grew(layout.size());
         }
@@ -82,7 +84,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded as is.
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { MiMalloc.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size());
         }
@@ -90,12 +92,12 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { MiMalloc.dealloc(ptr, layout) };
         shrank(layout.size());
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             shrank(layout.size());
             grew(new_size);
