@@ -56,8 +56,8 @@ pub fn lease_poll_us(lease_ms: u64) -> Micros {
 pub struct WorkerShared {
     /// The policy switches.
     pub policy: Policy,
-    /// Workflow templates.
-    pub templates: Vec<Template>,
+    /// Workflow templates (the built-in set, [`crate::components::workflow::builtin_shared`]).
+    pub templates: &'static [Template],
     /// Where to find the orchestrator: `None` = the global name (DNS),
     /// `Some(h)` = the region's own orchestrator.
     pub home: Option<HostId>,
@@ -1253,7 +1253,7 @@ mod tests {
     fn worker_with(policy: Policy) -> (Worker, TestEnv) {
         let shared = WorkerShared {
             policy,
-            templates: builtin(),
+            templates: crate::components::workflow::builtin_shared(),
             home: Some(ORCH),
             payment: HostId(3),
             email: HostId(4),

@@ -668,7 +668,7 @@ fn vector_node(
 fn add_workers(
     rt: &mut Runtime<Msg, Timer>,
     spec: &crate::drill::scenario::StackSpec,
-    templates: &[Template],
+    templates: &'static [Template],
     hosts: &mut Hosts,
     nodes: &mut Vec<Option<Node>>,
 ) -> Rc<WorkerShared> {
@@ -680,7 +680,7 @@ fn add_workers(
     let shared_for = |home: Option<HostId>, providers: Vec<HostId>| {
         Rc::new(WorkerShared {
             policy,
-            templates: templates.to_vec(),
+            templates,
             home,
             payment: hosts.payment,
             email: hosts.email,

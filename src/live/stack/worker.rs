@@ -28,7 +28,7 @@ use crate::components::provider::ProviderConfig;
 use crate::components::router::RouterSettings;
 use crate::components::wire::Msg;
 use crate::components::worker::{Worker, WorkerShared};
-use crate::components::workflow::{Template, builtin};
+use crate::components::workflow::{Template, builtin_shared};
 
 /// How long a message to the orchestrator may take before it counts as lost.
 const ORCHESTRATOR_POST_TIMEOUT_MS: u64 = 5_000;
@@ -164,11 +164,11 @@ async fn serve(cfg: WorkerConfig) -> anyhow::Result<()> {
             tracing::error!(error = %e, "worker listener stopped");
         }
     });
-    let templates: Arc<Vec<Template>> = Arc::new(builtin());
+    let templates = builtin_shared();
     let provider_cfgs = [ProviderConfig::anthropic(), ProviderConfig::openai(), ProviderConfig::local()];
     let shared = Rc::new(WorkerShared {
         policy: cfg.policy,
-        templates: templates.to_vec(),
+        templates,
         home: Some(ORCHESTRATOR),
         payment: super::env::PAYMENT,
         email: super::env::EMAIL,
@@ -248,7 +248,7 @@ struct Outbound {
     orchestrator_url: String,
     client: reqwest::Client,
     fakes: Arc<Fakes>,
-    templates: Arc<Vec<Template>>,
+    templates: &'static [Template],
     in_tx: mpsc::UnboundedSender<(HostId, Msg)>,
 }
 
@@ -276,7 +276,7 @@ impl Outbound {
                 tracing::warn!(to = to.0, msg = ?msg, "request for a job this worker was never granted; dropped");
                 continue;
             };
-            let (fakes, templates, tx) = (self.fakes.clone(), self.templates.clone(), self.in_tx.clone());
+            let (fakes, templates, tx) = (self.fakes.clone(), self.templates, self.in_tx.clone());
             tokio::task::spawn_local(async move {
                 if let Some(reply) = fakes.call(to, &templates[template as usize], msg).await {
                     let _ = tx.send((to, reply));
