@@ -20,6 +20,7 @@
 //! lost, without any bookkeeping in the components.
 
 pub mod net;
+mod queue;
 pub mod quiet;
 pub mod stack;
 
@@ -28,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::components::ids::{HostId, Micros, RegionId};
 pub use net::{Endpoint, LinkClass, NetConfig, Network, Partition};
+use queue::{Entry, Queue};
 
 /// A host's runtime status.
 #[derive(Clone, Debug)]
@@ -133,124 +135,6 @@ enum Slot<M, T> {
 /// The end of the slab's free list.
 const NO_SLOT: u32 = u32::MAX;
 
-/// A queue entry: the ordering key and where its payload is parked.
-///
-/// Payloads (a message is ~60 bytes) live in a slab and only this 24-byte
-/// key moves through the heap.
-#[derive(Clone, Copy)]
-struct Entry {
-    at_us: Micros,
-    seq: u64,
-    slot: u32,
-}
-
-impl Entry {
-    /// Later than every queued entry (`seq` counts from 1 and never reaches
-    /// `u64::MAX`): a missing child in [`Queue::sift_down`].
-    const NEVER: Entry = Entry { at_us: Micros::MAX, seq: u64::MAX, slot: u32::MAX };
-
-    /// Earlier time first, then the first scheduled (one 128-bit compare,
-    /// without branches).
-    #[inline(always)]
-    fn before(&self, other: &Entry) -> bool {
-        let key = |e: &Entry| u128::from(e.at_us) << 64 | u128::from(e.seq);
-        key(self) < key(other)
-    }
-}
-
-/// A binary min-heap of [`Entry`] ordered by `(at_us, seq)` that fuses
-/// "pop the earliest" with the next push.
-///
-/// Almost every event's handler schedules another event. So [`Queue::take`]
-/// leaves the entry it hands out at the root, marked dead, and the next
-/// [`Queue::push`] overwrites the root and sifts it down once, instead of a
-/// full pop (sift down, then up) followed by a push (sift up). `(at_us, seq)`
-/// is unique, so the order in which entries come out is exactly that of any
-/// other priority queue over the same keys.
-struct Queue {
-    heap: Vec<Entry>,
-    /// `heap[0]` was handed out by `take` and awaits replacement.
-    dead_root: bool,
-}
-
-impl Queue {
-    fn with_capacity(n: usize) -> Self {
-        Queue { heap: Vec::with_capacity(n), dead_root: false }
-    }
-
-    #[inline]
-    fn len(&self) -> usize {
-        self.heap.len() - usize::from(self.dead_root)
-    }
-
-    #[inline(always)]
-    fn push(&mut self, e: Entry) {
-        if self.dead_root {
-            self.dead_root = false;
-            self.sift_down(0, e);
-        } else {
-            self.heap.push(e);
-            self.sift_up(self.heap.len() - 1, e);
-        }
-    }
-
-    /// The earliest live entry.
-    #[inline]
-    fn peek(&mut self) -> Option<&Entry> {
-        if self.dead_root {
-            self.dead_root = false;
-            let last = self.heap.pop().expect("a dead root is an entry");
-            if !self.heap.is_empty() {
-                self.sift_down(0, last);
-            }
-        }
-        self.heap.first()
-    }
-
-    /// Hands out the earliest entry (call after `peek` returned one).
-    #[inline]
-    fn take(&mut self) -> Entry {
-        debug_assert!(!self.dead_root && !self.heap.is_empty());
-        self.dead_root = true;
-        self.heap[0]
-    }
-
-    /// Moves `e` up from the hole at `i` to its place.
-    #[inline(always)]
-    fn sift_up(&mut self, mut i: usize, e: Entry) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            let p = self.heap[parent];
-            if !e.before(&p) {
-                break;
-            }
-            self.heap[i] = p;
-            i = parent;
-        }
-        self.heap[i] = e;
-    }
-
-    /// Moves `e` down from the hole at `i` to its place.
-    #[inline]
-    fn sift_down(&mut self, mut i: usize, e: Entry) {
-        let heap = self.heap.as_mut_slice();
-        loop {
-            let first = 2 * i + 1;
-            let Some(&a) = heap.get(first) else { break };
-            // The earlier child, chosen without a branch: a missing second
-            // child reads as `Entry::NEVER`, which no entry comes after.
-            let b = heap.get(first + 1).copied().unwrap_or(Entry::NEVER);
-            let (child, c) = if b.before(&a) { (first + 1, b) } else { (first, a) };
-            if !c.before(&e) {
-                break;
-            }
-            heap[i] = c;
-            i = child;
-        }
-        heap[i] = e;
-    }
-}
-
 /// Counters of what the runtime did, for benchmarks and the event digest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeStats {
@@ -298,7 +182,7 @@ impl<M, T> Runtime<M, T> {
         Runtime {
             now_us: 0,
             seq: 0,
-            queue: Queue::with_capacity(1024),
+            queue: Queue::new(),
             slab: Vec::with_capacity(1024),
             free: NO_SLOT,
             hosts: Vec::with_capacity(32), // a two-region stack has about 20
@@ -760,32 +644,6 @@ mod tests {
         r.set_timer(a, 100, 1);
         assert!(r.step(50).is_none());
         assert!(r.step(100).is_some());
-    }
-
-    #[test]
-    fn the_queue_hands_out_entries_in_time_then_schedule_order() {
-        use rand::RngExt;
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let mut q = Queue::with_capacity(4);
-        let mut model = std::collections::BTreeSet::new();
-        let mut seq = 0u64;
-        let mut now = 0u64;
-        for _ in 0..20_000 {
-            if rng.random_range(0..3u32) > 0 || model.is_empty() {
-                // Pushes at or after now, with many ties.
-                seq += 1;
-                let at = now + rng.random_range(0..8u64);
-                q.push(Entry { at_us: at, seq, slot: seq as u32 });
-                model.insert((at, seq));
-            } else {
-                let head = *q.peek().expect("non-empty");
-                let want = model.pop_first().expect("non-empty");
-                assert_eq!((head.at_us, head.seq), want);
-                assert_eq!(q.take().seq, want.1);
-                now = want.0;
-            }
-            assert_eq!(q.len(), model.len());
-        }
     }
 
     #[test]
