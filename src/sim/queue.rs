@@ -125,10 +125,14 @@ impl Queue {
 
     /// The earliest entry.
     #[inline(always)]
-    pub(super) fn peek(&mut self) -> Option<&Entry> {
+    ///
+    /// `prefetch` is told the slots of entries that will come out soon (the
+    /// radix heap's, at its minimum's time), so their payloads can be
+    /// fetched into the cache while the events before them run.
+    pub(super) fn peek(&mut self, prefetch: impl Fn(u32)) -> Option<&Entry> {
         match &mut self.large {
             None => self.small.peek(),
-            Some(r) => r.peek(),
+            Some(r) => r.peek(prefetch),
         }
     }
 
@@ -213,9 +217,9 @@ impl Radix {
 
     /// The earliest entry.
     #[inline(never)]
-    fn peek(&mut self) -> Option<&Entry> {
+    fn peek(&mut self, prefetch: impl Fn(u32)) -> Option<&Entry> {
         if self.head.is_none() && self.occupied != 0 {
-            self.find_head();
+            self.find_head(prefetch);
         }
         self.head.as_ref()
     }
@@ -230,7 +234,7 @@ impl Radix {
 
     /// Moves the minimum of the lowest non-empty bucket to `head` and
     /// spreads the rest of that bucket over the buckets below it.
-    fn find_head(&mut self) {
+    fn find_head(&mut self, prefetch: impl Fn(u32)) {
         let b = self.occupied.trailing_zeros() as usize;
         let mut bucket = std::mem::take(&mut self.buckets[b]);
         self.occupied &= !(1 << b);
@@ -239,6 +243,10 @@ impl Radix {
         for e in bucket.drain(..) {
             let key = e.key();
             if key != self.last {
+                // The same microsecond as the head: out within a few events.
+                if key >> 64 == self.last >> 64 {
+                    prefetch(e.slot);
+                }
                 self.file(key, e);
             }
         }
@@ -405,7 +413,7 @@ mod tests {
                     }
                     Op::Step { horizon_after_us } => {
                         let horizon_us = now_us + horizon_after_us;
-                        let head = q.peek().map(|e| (e.at_us, e.seq));
+                        let head = q.peek(|_| ()).map(|e| (e.at_us, e.seq));
                         prop_assert_eq!(head, model.peek().map(|r| r.0));
                         if let Some((at_us, _)) = head.filter(|h| h.0 <= horizon_us) {
                             let e = q.take();
@@ -416,7 +424,7 @@ mod tests {
                 }
                 prop_assert_eq!(q.len(), model.len());
             }
-            while let Some(&e) = q.peek() {
+            while let Some(&e) = q.peek(|_| ()) {
                 prop_assert_eq!(Some((e.at_us, e.seq)), model.pop().map(|r| r.0));
                 q.take();
             }
@@ -442,7 +450,7 @@ mod tests {
                 q.push(Entry { at_us: at, seq, slot: seq as u32 });
                 model.insert((at, seq));
             } else {
-                let head = *q.peek().expect("non-empty");
+                let head = *q.peek(|_| ()).expect("non-empty");
                 let want = model.pop_first().expect("non-empty");
                 assert_eq!((head.at_us, head.seq), want);
                 assert_eq!(q.take().seq, want.1);
@@ -457,9 +465,9 @@ mod tests {
         let mut q = Radix::new();
         q.push(Entry { at_us: 100, seq: 1, slot: 0 });
         q.push(Entry { at_us: 200, seq: 2, slot: 1 });
-        assert_eq!(q.peek().map(|e| e.at_us), Some(100));
+        assert_eq!(q.peek(|_| ()).map(|e| e.at_us), Some(100));
         q.push(Entry { at_us: 50, seq: 3, slot: 2 });
-        let order: Vec<u64> = std::iter::from_fn(|| q.peek().is_some().then(|| q.take().at_us)).collect();
+        let order: Vec<u64> = std::iter::from_fn(|| q.peek(|_| ()).is_some().then(|| q.take().at_us)).collect();
         assert_eq!(order, [50, 100, 200]);
         assert_eq!(q.len, 0);
     }
