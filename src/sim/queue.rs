@@ -104,7 +104,9 @@ impl Queue {
     #[inline(always)]
     pub(super) fn push(&mut self, e: Entry) {
         match &mut self.large {
-            // `Binary::push`, with the size checked only where it grows.
+            // `Binary::push` written out, with the size checked only where
+            // the heap grows: calling it and checking after cost 0.6 % more
+            // instructions over 500 fuzz cases (811.5M against 806.6M Ir).
             None if self.small.dead_root => {
                 self.small.dead_root = false;
                 self.small.sift_down(0, e);
@@ -127,11 +129,11 @@ impl Queue {
     }
 
     /// The earliest entry.
-    #[inline(always)]
     ///
     /// `prefetch` is told the slots of entries that will come out soon (the
     /// radix heap's, at its minimum's time), so their payloads can be
     /// fetched into the cache while the events before them run.
+    #[inline(always)]
     pub(super) fn peek(&mut self, prefetch: impl Fn(u32)) -> Option<&Entry> {
         match &mut self.large {
             None => self.small.peek(),
