@@ -30,7 +30,8 @@ struct Cli {
 struct BudgetArgs {
     /// Most simulated events one drill may handle, its fault-free baseline
     /// included, counting messages and timers the simulator dropped (a send
-    /// to a dead host); about 4 million a second on one core.
+    /// to a dead host); 3 to 10 million a second on one core, the fewer the
+    /// more memory the drill holds.
     #[arg(long, value_name = "N", default_value_t = agentdrill::drill::limits::MAX_DRILL_EVENTS)]
     max_events: u64,
     /// Most heap one run of a drill may hold, in MiB.
