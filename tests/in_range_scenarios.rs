@@ -4,8 +4,8 @@
 //! The scenarios are drawn from the limits themselves, not from the fuzz
 //! strategies: every count and duration log-uniformly over its whole allowed
 //! range (so both the small everyday values and the extremes come up), the
-//! pattern, replication mode, queue, providers and a few faults of each
-//! kind with in-range parameters. Each one must pass `validate` (it is in
+//! pattern, replication mode, queue, commit latency, providers and a few
+//! faults of each kind with in-range parameters. Each one must pass `validate` (it is in
 //! range by construction) and is then run by the `agentdrill` binary in a
 //! child process under a CPU-time and address-space cap (`setrlimit` via
 //! `prlimit`), with a wall-clock watchdog. A panic, an abort, an
@@ -124,7 +124,15 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
     let timings = (
         (dur(period, span), dur(0, span), 1..=limits::MAX_FAILURE_THRESHOLD, dur(0, span), dur(0, span), dur(0, span)),
         (dur(limits::MIN_SNAPSHOT_INTERVAL_MS, span), dur(0, span), dur(0, span), 0..=limits::MAX_PER_UNIT_US),
-        (dur(0, span), dur(0, span), dur(0, span), dur(period, span), dur(period, span)),
+        (
+            dur(0, span),
+            dur(0, span),
+            dur(0, span),
+            dur(period, span),
+            dur(period, span),
+            // Free commits (the default) half the time, else up to the limit.
+            prop_oneof![Just(Dur(0)), dur(0, limits::MAX_COMMIT_LATENCY_MS)],
+        ),
     );
     // Idle workers poll for work once a lease (1 to 30 s) over the whole
     // horizon, in both regions: at most MAX_WORKER_POLLS polls. The count
@@ -174,12 +182,13 @@ fn stack(horizon_ms: u64) -> impl Strategy<Value = StackSpec> {
             s.vector.ship_delay = ship_delay;
             s.vector.restore_base = restore_base;
             s.vector.restore_per_point_us = per_point_us;
-            let (payment, email, search, recovery_scan, request_timeout) = apis;
+            let (payment, email, search, recovery_scan, request_timeout, commit_latency) = apis;
             s.apis.payment_latency = payment;
             s.apis.email_latency = email;
             s.apis.search_latency = search;
             s.recovery_scan = recovery_scan;
             s.request_timeout = request_timeout;
+            s.commit_latency = commit_latency;
             s
         },
     )
