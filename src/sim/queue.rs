@@ -22,6 +22,12 @@
 //! entry more often than a heap sifts it (13 % more instructions over 500
 //! fuzz cases), hence the binary heap below [`GROW_AT`].
 //!
+//! Written here rather than taken from the `radix-heap` crate (0.4): its
+//! `RadixHeapMap` panics on a push above its top key, while a step that
+//! stops at its horizon peeks a head it does not take and the harness may
+//! then schedule before it ([`Radix::rebase`]); and it has no hook to
+//! prefetch the payloads of the entries about to come out.
+//!
 //! `(at_us, seq)` is unique, so entries come out in exactly the order any
 //! priority queue over the same keys gives: the switch changes no result.
 
