@@ -18,7 +18,7 @@
 //! - [`gameday`]: drill programmes by cadence and the blind exercise;
 //! - [`history`]: the drill history and its trends;
 //! - [`heap`]: the counting allocator (drill memory budgets, bench peaks);
-//! - [`bench`]: `agentdrill bench`.
+//! - [`bench`](mod@bench): `agentdrill bench`.
 
 #![warn(missing_docs)]
 

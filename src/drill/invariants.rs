@@ -1980,7 +1980,7 @@ impl Budget {
     }
 
     /// Fault `i`'s RTO bound: its own budget plus the work term and the
-    /// slowdown of provider outages under way ([`Budget::span_us`]),
+    /// slowdown of provider outages under way (`Budget::span_us`),
     /// extended over every fault whose recovery overlaps it (the bound runs
     /// to the end of the cluster of overlapping recoveries). None when it
     /// never triggered.

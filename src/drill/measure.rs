@@ -148,7 +148,7 @@ pub struct FaultResult {
     pub in_flight_tasks: usize,
     /// For a bad deploy: from the bad version's first model output (the
     /// deploy's onset when it produced none) until the last good version
-    /// is live again (None: never rolled back). See [`rollback_us`].
+    /// is live again (None: never rolled back). See `rollback_us`.
     pub rollback_s: Option<f64>,
 }
 

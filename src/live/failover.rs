@@ -2,7 +2,7 @@
 //! harness's failover controller.
 //!
 //! The controller is the simulator's own
-//! [`Controller`](crate::components::region::Controller) (one implementation
+//! [`Controller`] (one implementation
 //! of detect → promote → DNS switch after the TTL → scale-up → open) behind a
 //! live `Env` in the harness; its messages become real actions:
 //!

@@ -1,5 +1,5 @@
 //! The simulated agent stack: builds the hosts of a scenario's stack on the
-//! runtime, routes every event to its component through [`SimEnv`], and
+//! runtime, routes every event to its component through `SimEnv`, and
 //! keeps the harness's ground-truth instruments ([`Truth`]).
 //!
 //! Topology: region A (primary) and region B (standby) each have an

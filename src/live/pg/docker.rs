@@ -8,7 +8,7 @@
 //!
 //! Every container carries [`LABEL`] and the harness's pid and start time,
 //! so the next start removes those of a dead harness
-//! ([`remove_orphan_containers`]); the synchronous operations (kill, remove,
+//! (`remove_orphan_containers`); the synchronous operations (kill, remove,
 //! state) use the `docker` program, the start testcontainers.
 
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! `agentdrill stack worker`) behind a live [`Env`](crate::components::env::Env).
 //! There is no second copy of their logic: only the transport differs.
 //!
-//! - [`env`]: the live `Env` (boot clock, tokio timers, seeded rng, an outbox
+//! - [`env`](mod@env): the live `Env` (boot clock, tokio timers, seeded rng, an outbox
 //!   the process loop delivers) and the envelope of messages between processes;
 //! - [`fakes`]: the worker's requests to the fakes in their wire shapes, and
 //!   the answers back into `Msg`s;

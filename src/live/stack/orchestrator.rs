@@ -325,7 +325,7 @@ fn commit_line(handled_at: std::time::Instant) {
 }
 
 /// The commit times an orchestrator process printed in its `log` (see
-/// [`CommitLine`]), in order: a live drill's `store_commit`, what a
+/// `CommitLine`), in order: a live drill's `store_commit`, what a
 /// simulated twin gives `[stack] commit_latency`.
 pub fn commit_times(log: &str) -> Vec<crate::components::ids::Micros> {
     log.lines()
