@@ -11,14 +11,31 @@ use procfs::{alive, listening};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agentdrill::live::pg::{self, Backend, Cluster, PgOptions};
 
+/// Held by every `cleanup_stale` in this binary ([`sweep`]), and by the
+/// docker SIGKILL test from the kill to its own clean-up: a clean-up also
+/// removes the containers of *every* dead harness, so a test starting
+/// beside it would take (and count) the very container it checks.
+static SWEEP: Mutex<()> = Mutex::new(());
+
+fn sweep_lock() -> MutexGuard<'static, ()> {
+    SWEEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `cleanup_stale` under [`SWEEP`].
+fn sweep(dir: &Path) -> Result<pg::CleanupReport, pg::PgError> {
+    let _sweeping = sweep_lock();
+    pg::cleanup_stale(dir)
+}
+
 /// A fresh folder for one test (removed first if a previous run left it).
 fn run_dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("agentdrill-pg-test-{test}"));
-    let _ = pg::cleanup_stale(&dir);
+    let _ = sweep(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test's run folder");
     dir
@@ -107,8 +124,9 @@ const CHILD_ENV: &str = "AGENTDRILL_PG_CHILD_RUN_DIR";
 const CHILD_BACKEND_ENV: &str = "AGENTDRILL_PG_CHILD_BACKEND";
 
 /// Runs the child harness, waits for its primary, SIGKILLs it; returns the
-/// primary's port.
-fn sigkilled_child_harness(dir: &Path, backend: Backend) -> u16 {
+/// primary's port and [`SWEEP`], taken just before the kill (so no other
+/// test's clean-up removes the leftovers before the caller's does).
+fn sigkilled_child_harness(dir: &Path, backend: Backend) -> (u16, MutexGuard<'static, ()>) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--ignored", "--exact", "child_harness_holding_a_primary", "--nocapture"])
         .env(CHILD_ENV, dir)
@@ -127,10 +145,11 @@ fn sigkilled_child_harness(dir: &Path, backend: Backend) -> u16 {
     let port: u16 = std::fs::read_to_string(&ready).expect("ready").trim().parse().expect("port");
     let record = pg::stale::read_record(&dir.join("pg/primary")).expect("the node record");
     assert_eq!(record.harness_pid, child.id());
+    let sweeping = sweep_lock();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL the child harness");
     child.wait().expect("reap the child harness");
-    port
+    (port, sweeping)
 }
 
 #[test]
@@ -139,16 +158,68 @@ fn docker_sigkilled_harness_container_is_removed_by_the_next_start_when_docker_a
         return;
     }
     let dir = run_dir("sigkill-docker");
-    let port = sigkilled_child_harness(&dir, Backend::Docker);
+    let (port, sweeping) = sigkilled_child_harness(&dir, Backend::Docker);
     let node_dir = dir.join("pg/primary");
     let id = pg::stale::read_record(&node_dir).expect("record").container_id.expect("a container");
     assert!(container_exists(&id) && listening(port), "a SIGKILLed harness leaves its container running");
     let report = pg::cleanup_stale(&dir).expect("cleanup");
+    drop(sweeping);
     assert_eq!((report.containers_removed, report.nodes_removed), (1, 1), "{report:?}");
     assert!(!container_exists(&id), "the leftover container is removed");
     wait_until("the leftover's port free", 5_000, || !listening(port));
     assert!(!node_dir.exists());
     std::fs::remove_dir_all(&dir).expect("remove the run folder");
+}
+
+/// Two harnesses starting at once both sweep a dead harness's container:
+/// neither fails (one removes it, the other finds the removal under way or
+/// done and waits for it), and it is counted once.
+#[test]
+fn docker_two_clean_ups_at_once_remove_an_orphan_once_when_docker_answers() {
+    if !docker_ready() {
+        return;
+    }
+    let _sweeping = sweep_lock();
+    let dirs = [run_dir_unswept("sweep-a"), run_dir_unswept("sweep-b")];
+    for round in 0..5 {
+        let id = orphan_container();
+        let reports: Vec<pg::CleanupReport> = std::thread::scope(|s| {
+            let handles: Vec<_> = dirs.iter().map(|d| s.spawn(move || pg::cleanup_stale(d))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic").unwrap_or_else(|e| panic!("round {round}: {e}")))
+                .collect()
+        });
+        let removed: u32 = reports.iter().map(|r| r.containers_removed).sum();
+        assert_eq!(removed, 1, "round {round}: the orphan is counted once: {reports:?}");
+        assert!(!container_exists(&id), "round {round}: the orphan is gone");
+    }
+    for d in dirs {
+        std::fs::remove_dir_all(d).expect("remove the run folder");
+    }
+}
+
+/// A running container labelled as agentdrill's, by a harness that is dead
+/// (its start time, 1, is no process's).
+fn orphan_container() -> String {
+    let out = Command::new("docker")
+        .args(["run", "-d", "--label", &format!("{}=1", pg::docker::LABEL)])
+        .args(["--label", &format!("{}={}", pg::docker::LABEL_HARNESS_PID, std::process::id())])
+        .args(["--label", &format!("{}=1", pg::docker::LABEL_HARNESS_START)])
+        .args([&pg::docker::image_ref(), "sleep", "60"])
+        .output()
+        .expect("docker run");
+    assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A fresh folder without the clean-up [`run_dir`] does (for a test that
+/// holds [`SWEEP`] itself).
+fn run_dir_unswept(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentdrill-pg-test-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test's run folder");
+    dir
 }
 
 /// Not a test of its own: the child process of
@@ -199,14 +270,14 @@ fn sigkilled_harness_leftovers_are_cleaned_by_the_next_start() {
     assert!(alive(postmaster), "a SIGKILLed harness leaves its server running (what the clean-up is for)");
     assert!(listening(port));
 
-    let report = pg::cleanup_stale(&dir).expect("cleanup");
+    let report = sweep(&dir).expect("cleanup");
     assert_eq!((report.servers_killed, report.nodes_removed), (1, 1), "{report:?}");
     wait_until("the leftover postmaster gone", 5_000, || !alive(postmaster));
     wait_until("every leftover server process gone", 5_000, || servers.iter().all(|p| !alive(*p)));
     assert!(!listening(port), "the leftover's port is free");
     assert!(!node_dir.exists(), "the leftover's folder is removed");
     // A second clean-up finds nothing.
-    assert_eq!(pg::cleanup_stale(&dir).expect("cleanup"), pg::CleanupReport::default());
+    assert_eq!(sweep(&dir).expect("cleanup"), pg::CleanupReport::default());
     std::fs::remove_dir_all(&dir).expect("remove the run folder");
 }
 

@@ -55,7 +55,10 @@ fn docker(args: &[&str]) -> Option<std::process::Output> {
     Command::new("docker").args(args).stdin(Stdio::null()).output().ok()
 }
 
-/// Removes a container (`docker rm -f`); `Ok(false)` if it was already gone.
+/// Removes a container (`docker rm -f`); `Ok(false)` if it was already
+/// gone, or if another process was removing it (two harnesses starting at
+/// once both sweep a dead harness's containers): then this waits, up to
+/// [`STOP_TIMEOUT_MS`], until the daemon no longer knows it.
 pub(crate) fn remove_container(id: &str) -> Result<bool, PgError> {
     if !daemon_configured() {
         return Ok(false);
@@ -66,12 +69,31 @@ pub(crate) fn remove_container(id: &str) -> Result<bool, PgError> {
             let err = String::from_utf8_lossy(&out.stderr);
             if err.contains("No such container") {
                 Ok(false)
+            } else if err.contains("already in progress") {
+                wait_container_gone(id)?;
+                Ok(false)
             } else {
                 Err(PgError::Docker(format!("`docker rm -f {id}` failed: {}", err.trim())))
             }
         }
         None => Ok(false),
     }
+}
+
+/// Waits until `docker inspect` no longer finds `id` (a removal another
+/// process started), up to [`STOP_TIMEOUT_MS`].
+fn wait_container_gone(id: &str) -> Result<(), PgError> {
+    let start = Instant::now();
+    while docker(&["inspect", "--format", "{{.Id}}", id]).is_some_and(|o| o.status.success()) {
+        if start.elapsed() > Duration::from_millis(STOP_TIMEOUT_MS) {
+            return Err(PgError::Docker(format!(
+                "container {id} was being removed by another process and is still there after {STOP_TIMEOUT_MS} ms; \
+                 remove it with `docker rm -f {id}`"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Removes every container labelled [`LABEL`] whose harness is dead; returns
