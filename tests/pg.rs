@@ -32,13 +32,16 @@ fn sweep(dir: &Path) -> Result<pg::CleanupReport, pg::PgError> {
     pg::cleanup_stale(dir)
 }
 
-/// A fresh folder for one test (removed first if a previous run left it).
+/// A fresh folder for one test, after a clean-up of what a previous run
+/// left in it.
 fn run_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentdrill-pg-test-{test}"));
-    let _ = sweep(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the test's run folder");
-    dir
+    let _ = sweep(&test_dir(test));
+    run_dir_unswept(test)
+}
+
+/// The folder of one test.
+fn test_dir(test: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("agentdrill-pg-test-{test}"))
 }
 
 /// A node's postmaster (from its record) and its children, from /proc.
@@ -216,7 +219,7 @@ fn orphan_container() -> String {
 /// A fresh folder without the clean-up [`run_dir`] does (for a test that
 /// holds [`SWEEP`] itself).
 fn run_dir_unswept(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentdrill-pg-test-{test}"));
+    let dir = test_dir(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test's run folder");
     dir
