@@ -250,6 +250,11 @@ region = "a"
     )
 }
 
+/// One health-check period plus one recovery-scan period (seconds): how far a
+/// live loss's phase against those schedules can move its RTO from the
+/// simulated twin's.
+const PHASE_SLACK_S: f64 = 1.0 + 0.5;
+
 fn compare_with_twin(live_file: &str, twin: &Twin, test: &str) {
     let dir = run_dir(test);
     let live = run_json(&root().join(live_file), &[("AGENTDRILL_RUN_DIR", &dir)]);
@@ -268,7 +273,19 @@ fn compare_with_twin(live_file: &str, twin: &Twin, test: &str) {
         live["rto_parts"], sim["rto_parts"]
     );
     assert_eq!(live["verdict"], sim["verdict"], "live {live:#}\nsimulated {sim:#}");
-    assert!((l - s).abs() <= 0.2 * s, "live RTO {l:.2} s is not within 20 % of the simulated {s:.2} s");
+    // The simulated twin meets the loss at one phase of the two periodic
+    // schedules the RTO runs through (the health checks, every 1 s, and the
+    // recovery scan, every 0.5 s: the twin's `failover` and `recovery_scan`
+    // above, and the live files'); a live loss lands at any phase of them,
+    // so its detection and its resume may each be up to one period later or
+    // earlier than the twin's (CI on 2026-12-04: detection 2.49 s live
+    // against 1.5 s simulated, RTO 7.28 s against 5.55 s).
+    let allowed_s = 0.2 * s + PHASE_SLACK_S;
+    assert!(
+        (l - s).abs() <= allowed_s,
+        "live RTO {l:.2} s is not within 20 % + {PHASE_SLACK_S} s (the health check's and recovery scan's \
+         periods) of the simulated {s:.2} s"
+    );
     assert_eq!(live["duplicates"], 0);
     assert!(live["region"]["rpo"].is_object(), "RPO measured from the data: {:#}", live["region"]);
     let _ = std::fs::remove_dir_all(&dir);
