@@ -225,8 +225,8 @@ workers = 2
 standby_workers = {standby_workers}
 policy = {{ lease_ms = 2000 }}
 replication = {replication}
-failover = {{ health_interval = "1s", health_timeout = "500ms", failure_threshold = 2, promotion = "{promotion}", dns_ttl = "2s", scale_up = "{scale_up}" }}
-recovery_scan = "500ms"
+failover = {{ health_interval = "{HEALTH_INTERVAL_MS}ms", health_timeout = "500ms", failure_threshold = 2, promotion = "{promotion}", dns_ttl = "2s", scale_up = "{scale_up}" }}
+recovery_scan = "{RECOVERY_SCAN_MS}ms"
 request_timeout = "2s"
 commit_latency = "{commit_ms_int}ms"
 network = {{ intra_region_latency_us = 1000, intra_region_jitter_us = 0, cross_region_latency_us = 1000, cross_region_jitter_us = 0 }}
@@ -250,10 +250,14 @@ region = "a"
     )
 }
 
+/// The twin's health-check period, as in the live files' `failover`.
+const HEALTH_INTERVAL_MS: u64 = 1_000;
+/// The twin's recovery-scan period, as in the live files' `recovery_scan`.
+const RECOVERY_SCAN_MS: u64 = 500;
 /// One health-check period plus one recovery-scan period (seconds): how far a
 /// live loss's phase against those schedules can move its RTO from the
 /// simulated twin's.
-const PHASE_SLACK_S: f64 = 1.0 + 0.5;
+const PHASE_SLACK_S: f64 = (HEALTH_INTERVAL_MS + RECOVERY_SCAN_MS) as f64 / 1_000.0;
 
 fn compare_with_twin(live_file: &str, twin: &Twin, test: &str) {
     let dir = run_dir(test);
@@ -274,9 +278,9 @@ fn compare_with_twin(live_file: &str, twin: &Twin, test: &str) {
     );
     assert_eq!(live["verdict"], sim["verdict"], "live {live:#}\nsimulated {sim:#}");
     // The simulated twin meets the loss at one phase of the two periodic
-    // schedules the RTO runs through (the health checks, every 1 s, and the
-    // recovery scan, every 0.5 s: the twin's `failover` and `recovery_scan`
-    // above, and the live files'); a live loss lands at any phase of them,
+    // schedules the RTO runs through (the health checks, every
+    // `HEALTH_INTERVAL_MS`, and the recovery scan, every `RECOVERY_SCAN_MS`:
+    // the twin's and the live files'); a live loss lands at any phase of them,
     // so its detection and its resume may each be up to one period later or
     // earlier than the twin's (CI on 2026-12-04: detection 2.49 s live
     // against 1.5 s simulated, RTO 7.28 s against 5.55 s).
